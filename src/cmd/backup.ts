@@ -1,0 +1,193 @@
+import { resolve } from "node:path";
+import { runBackup } from "../engine/backup.ts";
+import type { CheckMode } from "../engine/diff.ts";
+import { KeepError } from "../engine/errors.ts";
+import type { CompressMode } from "../engine/pack.ts";
+import { KeepClient } from "../http/client.ts";
+import { checkProjectName } from "../http/wire.ts";
+import { type Command, note, out } from "./command.ts";
+import {
+  CLIENT_FLAGS,
+  CLIENT_HELP,
+  clientOptions,
+  formatBytes,
+  parseDuration,
+  parseFlags,
+  parseTags,
+  positionals,
+  required,
+} from "./flags.ts";
+
+export const backupCommand: Command = {
+  name: "backup",
+  summary: "send the new state of a directory to the server as a commit",
+  help: `Usage: keep backup --project ID [options] DIR
+
+Scans DIR, diffs it against the project's latest commit on the server, waits
+for files still being written, and uploads one tar.gz of what changed. If
+another backup of the project lands first, it diffs again and retries.
+
+${CLIENT_HELP}
+
+What is backed up:
+      --exclude PATTERN     skip paths matching PATTERN (gitignore syntax; repeatable)
+      --include-from FILE   only paths matching the patterns in FILE (and their parents)
+      --no-exclude-caches   also back up directories tagged with CACHEDIR.TAG
+  .backupignore files (gitignore syntax) in any directory apply below it; the
+  deepest one wins. Symlinks are stored as links, empty directories kept,
+  FIFOs/sockets/devices skipped with a note, hard links stored as files.
+
+Change detection:
+  By default a file is unchanged when size, mtime, ctime and mode all match the
+  last commit. ctime catches rewrites whose mtime was put back (touch -d, cp -p,
+  tar -x). If only ctime or mode moved, the file is hashed and only its metadata
+  is sent when the content is the same. Files modified within the mtime
+  granularity (detected: 1 ns ... 2 s) or the settle window of the previous
+  backup's scan are hashed too. What the default cannot see: a rewrite that
+  keeps size, mtime and ctime (only possible by resetting the clock or with
+  --ignore-ctime); use --check for that.
+      --check MODE          none (default) | partial: xxHash64 of first+last 4 KiB
+                            and size (cheap; misses edits in the middle of files
+                            over 8 KiB) | full: SHA-256 of every file (reads all)
+      --ignore-ctime        do not compare ctime (filesystems with meaningless ctime)
+
+Files still being written:
+      --settle DURATION     a changed file must hold still this long (default 2s; 0 = off)
+      --settle-timeout DUR  give up waiting after this long (default 5 × settle);
+                            such files are reported and their last version kept
+      --no-sync             do not fsync recently modified files before the final stat
+
+Commit:
+  -m, --message TEXT        commit message
+  -t, --tag KEY=VALUE       tag (repeatable)
+      --host NAME           host name recorded (default: this host)
+      --compress MODE       auto (default: store incompressible data) | fast | none
+      --json                print the result as JSON
+  -v, --verbose             print phases and every problem as it happens
+
+Exit codes: 0 ok, 1 failed (nothing recorded), 2 usage, 3 incomplete (commit
+recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
+  async run(args) {
+    const p = parseFlags("backup", args, {
+      ...CLIENT_FLAGS,
+      message: { type: "string", short: "m" },
+      tag: { type: "string", short: "t", multiple: true },
+      host: { type: "string" },
+      exclude: { type: "string", multiple: true },
+      "include-from": { type: "string" },
+      "no-exclude-caches": { type: "boolean" },
+      check: { type: "string" },
+      "ignore-ctime": { type: "boolean" },
+      settle: { type: "string" },
+      "settle-timeout": { type: "string" },
+      "no-sync": { type: "boolean" },
+      compress: { type: "string" },
+      json: { type: "boolean" },
+      verbose: { type: "boolean", short: "v" },
+    });
+    const [dir] = positionals(p, "backup", ["DIR"]);
+    const project = checkProjectName(required(p, "backup", "project", "KEEP_PROJECT"));
+    const check = (p.values.check as string | undefined) ?? "none";
+    if (!["none", "partial", "full"].includes(check)) {
+      throw new KeepError("usage", `Cannot parse --check ${check}: use none, partial or full`);
+    }
+    const compress = (p.values.compress as string | undefined) ?? "auto";
+    if (!["auto", "fast", "none"].includes(compress)) {
+      throw new KeepError("usage", `Cannot parse --compress ${compress}: use auto, fast or none`);
+    }
+    let include: string[] | undefined;
+    if (p.values["include-from"]) {
+      try {
+        include = Deno.readTextFileSync(p.values["include-from"] as string).split("\n")
+          .map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("#"));
+      } catch (err) {
+        throw new KeepError(
+          "usage",
+          `Cannot read --include-from ${p.values["include-from"]}: ${(err as Error).message}`,
+        );
+      }
+      if (include.length === 0) {
+        throw new KeepError("usage", "Cannot use --include-from: the file has no patterns");
+      }
+    }
+    const settleMs = p.values.settle ? parseDuration(p.values.settle as string, "settle") : 2000;
+    const root = resolve(dir);
+    try {
+      if (!Deno.statSync(root).isDirectory) throw new Error("not a directory");
+    } catch (err) {
+      throw new KeepError(
+        "usage",
+        `Cannot back up ${dir}: ${(err as Error).message.split(",")[0]}`,
+      );
+    }
+    const verbose = !!p.values.verbose;
+    const client = new KeepClient(clientOptions(p));
+    try {
+      const result = await runBackup(root, client.remote(project), {
+        message: p.values.message as string | undefined,
+        tags: parseTags(p.values.tag as string[] | undefined),
+        host: p.values.host as string | undefined,
+        exclude: p.values.exclude as string[] | undefined,
+        include,
+        excludeCaches: !p.values["no-exclude-caches"],
+        check: check as CheckMode,
+        ctime: !p.values["ignore-ctime"],
+        settleMs,
+        settleMaxMs: p.values["settle-timeout"]
+          ? parseDuration(p.values["settle-timeout"] as string, "settle-timeout")
+          : undefined,
+        sync: !p.values["no-sync"],
+        compress: compress as CompressMode,
+        onPhase: verbose ? (phase, detail) => note(`keep backup: ${phase}: ${detail}`) : undefined,
+        onProblem: verbose
+          ? (q) => note(`keep backup: ${q.kind}: ${q.path}: ${q.reason}`)
+          : undefined,
+      });
+      const c = result.commit;
+      if (!verbose) {
+        for (const q of result.problems) {
+          note(
+            `keep backup: ${q.kind}: ${q.path}: ${q.reason}${
+              q.kind === "skipped" ? "" : " (last good version kept)"
+            }`,
+          );
+        }
+      }
+      if (p.values.json) {
+        out(JSON.stringify(result, null, 2));
+      } else {
+        out(`keep backup: ${project} commit ${c.id} (#${c.seq}) from ${root}`);
+        out(
+          `  scanned   ${result.scanned} entries: ${c.counts.files} files, ${c.counts.dirs} dirs, ${c.counts.symlinks} symlinks in the commit`,
+        );
+        out(
+          `  changes   ${c.counts.added} added, ${c.counts.changed} changed, ${c.counts.deleted} deleted, ${c.counts.metadata} metadata-only, ${c.counts.unchanged} unchanged`,
+        );
+        out(
+          `  data      read ${formatBytes(result.bytesRead)}, sent ${
+            formatBytes(result.wireBytes)
+          }, new on server ${formatBytes(c.stats.newBlobBytes)} in ${c.stats.newBlobs} blobs`,
+        );
+        if (result.hashed) out(`  hashed    ${result.hashed} suspect files locally`);
+        if (result.settleMs >= 100) {
+          out(
+            `  settle    waited ${(result.settleMs / 1000).toFixed(1)} s for files being written`,
+          );
+        }
+        if (result.incomplete) {
+          out(
+            `  INCOMPLETE ${result.incomplete} paths not backed up (listed on stderr); their last good version is kept`,
+          );
+        }
+        out(
+          `  time      ${result.seconds.toFixed(2)} s${
+            result.attempts > 1 ? ` (${result.attempts} attempts)` : ""
+          }`,
+        );
+      }
+      return result.incomplete ? 3 : 0;
+    } finally {
+      client.close();
+    }
+  },
+};

@@ -1,0 +1,14 @@
+/** The shape every subcommand file exports. */
+export interface Command {
+  name: string;
+  /** One line for `keep --help`. */
+  summary: string;
+  /** Full `keep <name> --help` text. */
+  help: string;
+  /** Runs with the arguments after the subcommand; resolves to the exit code. */
+  run(args: string[]): Promise<number>;
+}
+
+/** Where commands write: stdout for results, stderr for notes and problems. */
+export const out = (line: string) => console.log(line);
+export const note = (line: string) => console.error(line);

@@ -1,0 +1,80 @@
+import { resolve } from "node:path";
+import { normalisePrefix } from "../engine/paths.ts";
+import { prepareDestination, restoreArchive } from "../engine/restore.ts";
+import { KeepClient } from "../http/client.ts";
+import { checkProjectName } from "../http/wire.ts";
+import { type Command, note, out } from "./command.ts";
+import {
+  CLIENT_FLAGS,
+  CLIENT_HELP,
+  clientOptions,
+  formatBytes,
+  parseFlags,
+  positionals,
+  required,
+} from "./flags.ts";
+
+export const restoreCommand: Command = {
+  name: "restore",
+  summary: "bring a recorded state (or part of it) back into a directory",
+  help: `Usage: keep restore --project ID [--commit REF] [--path PREFIX] [--overwrite] DEST
+
+Writes files, directories and symlinks of a commit into DEST with their
+modes and mtimes, checking every file's SHA-256 before it gets its name.
+Nothing is written outside DEST, nor through a symlink.
+
+${CLIENT_HELP}
+
+Options:
+  -c, --commit REF    commit id, unique id prefix, #SEQ, or latest (default)
+      --path PREFIX   only this path and what is below it
+      --overwrite     allow a non-empty DEST (replaces files in the way)
+      --json          print the result as JSON
+
+Exit codes: 0 ok, 1 failed, 2 usage (e.g. DEST not empty), 4 a file failed its
+hash check (not written; others restored), 5 server unreachable, 6 denied.`,
+  async run(args) {
+    const p = parseFlags("restore", args, {
+      ...CLIENT_FLAGS,
+      commit: { type: "string", short: "c" },
+      path: { type: "string" },
+      overwrite: { type: "boolean" },
+      json: { type: "boolean" },
+    });
+    const [destArg] = positionals(p, "restore", ["DEST"]);
+    const project = checkProjectName(required(p, "restore", "project", "KEEP_PROJECT"));
+    const prefix = normalisePrefix((p.values.path as string | undefined) ?? "");
+    const dest = resolve(destArg);
+    const client = new KeepClient(clientOptions(p));
+    try {
+      prepareDestination(dest, !!p.values.overwrite);
+      const started = performance.now();
+      const { commitId, stream } = await client.archive(
+        project,
+        (p.values.commit as string) ?? "latest",
+        prefix,
+      );
+      const r = await restoreArchive(stream, dest, {
+        overwrite: !!p.values.overwrite,
+        onProblem: (q) => note(`keep restore: ${q.path}: ${q.reason}`),
+      });
+      const seconds = (performance.now() - started) / 1000;
+      if (p.values.json) out(JSON.stringify({ commit: commitId, dest, ...r, seconds }, null, 2));
+      else {
+        out(
+          `keep restore: ${project} commit ${commitId}${
+            prefix ? ` path ${prefix}` : ""
+          } into ${dest}: ${r.files} files, ${r.dirs} dirs, ${r.symlinks} symlinks, ${
+            formatBytes(r.bytes)
+          } in ${seconds.toFixed(2)} s`,
+        );
+        if (r.hashErrors) {
+          out(`  INTEGRITY ${r.hashErrors} files failed their hash check and were not written`);
+        }
+      }
+      return r.hashErrors ? 4 : 0;
+    } finally {
+      client.close();
+    }
+  },
+};

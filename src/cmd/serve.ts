@@ -1,0 +1,77 @@
+import { resolve } from "node:path";
+import { DEFAULT_LIMITS } from "../engine/ingest.ts";
+import { startServer } from "../http/server.ts";
+import { type Command, note } from "./command.ts";
+import {
+  flagOrEnv,
+  parseDuration,
+  parseFlags,
+  parseListen,
+  parseSize,
+  positionals,
+} from "./flags.ts";
+
+export const serveCommand: Command = {
+  name: "serve",
+  summary: "run the server: stores commits and blobs in a data directory",
+  help: `Usage: keep serve [--data DIR] [--listen HOST:PORT] [options]
+
+Runs the Keep server. Creates DIR on first run: DIR/index.db (SQLite, WAL),
+DIR/blobs/ (large blobs), DIR/tmp/ (uploads in progress). Stops cleanly on
+SIGINT or SIGTERM: in-flight requests finish, unfinished uploads leave no commit.
+
+Options:
+  -d, --data DIR          data directory (default ./keep-data; env KEEP_DATA)
+  -l, --listen HOST:PORT  address (default 127.0.0.1:8080; port 0 picks a free one)
+      --no-auth           no tokens (only allowed on a loopback address)
+      --cert FILE --key FILE  serve HTTPS with this PEM certificate and key
+      --max-upload SIZE   largest upload, raw file bytes (default 1T)
+      --idle-timeout DUR  cut uploads silent for this long (default 60s)
+
+Every route needs a bearer token (keep token create) unless --no-auth.`,
+  async run(args) {
+    const p = parseFlags("serve", args, {
+      data: { type: "string", short: "d" },
+      listen: { type: "string", short: "l" },
+      "no-auth": { type: "boolean" },
+      cert: { type: "string" },
+      key: { type: "string" },
+      "max-upload": { type: "string" },
+      "idle-timeout": { type: "string" },
+    });
+    positionals(p, "serve", []);
+    const dataDir = resolve(flagOrEnv(p, "data", "KEEP_DATA") ?? "keep-data");
+    const { hostname, port } = parseListen((p.values.listen as string) ?? "127.0.0.1:8080");
+    const maxUpload = p.values["max-upload"]
+      ? parseSize(p.values["max-upload"] as string, "max-upload")
+      : undefined;
+    const idle = p.values["idle-timeout"]
+      ? parseDuration(p.values["idle-timeout"] as string, "idle-timeout")
+      : 60_000;
+    const controller = new AbortController();
+    const server = startServer({
+      dataDir,
+      hostname,
+      port,
+      noAuth: !!p.values["no-auth"],
+      cert: p.values.cert as string | undefined,
+      key: p.values.key as string | undefined,
+      limits: { ...DEFAULT_LIMITS, ...(maxUpload ? { maxUploadBytes: maxUpload } : {}) },
+      idleTimeoutSec: Math.max(idle / 1000, 0.5),
+      log: (line) => note(`keep serve: ${line}`),
+      signal: controller.signal,
+    });
+    // The first stdout line is machine-read by tests and scripts.
+    console.log(`keep serve: listening on ${server.url} (data ${dataDir})`);
+    const stop = () => {
+      note("keep serve: shutting down");
+      server.close();
+    };
+    Deno.addSignalListener("SIGINT", stop);
+    Deno.addSignalListener("SIGTERM", stop);
+    await server.finished;
+    Deno.removeSignalListener("SIGINT", stop);
+    Deno.removeSignalListener("SIGTERM", stop);
+    return 0;
+  },
+};

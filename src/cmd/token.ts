@@ -1,0 +1,115 @@
+import { join, resolve } from "node:path";
+import { KeepError } from "../engine/errors.ts";
+import { IndexDb } from "../engine/index_db.ts";
+import { type Role, ROLES, TokenStore } from "../engine/tokens.ts";
+import { checkProjectName } from "../http/wire.ts";
+import { type Command, out } from "./command.ts";
+import { flagOrEnv, parseFlags, positionals } from "./flags.ts";
+
+export const tokenCommand: Command = {
+  name: "token",
+  summary: "create, list or revoke access tokens (on the server's data dir)",
+  help:
+    `Usage: keep token create --data DIR --role ROLE --project ID|'*' [--project ID ...] [--name NAME]
+       keep token list   --data DIR [--json]
+       keep token revoke --data DIR TOKEN_ID
+
+Roles: backup  (append-only: read the head manifest, add commits; no old content, no prune)
+       restore (read: commits, manifests, archives, blobs)
+       admin   (everything, plus verify)
+A token is printed once at creation; the server keeps only its SHA-256.
+Clients pass it with --token or KEEP_TOKEN.
+
+Options:
+  -d, --data DIR     data directory (env KEEP_DATA; default ./keep-data)`,
+  run(args) {
+    return Promise.resolve().then(() => runToken(args));
+  },
+};
+
+function runToken(args: string[]): number {
+  {
+    const p = parseFlags("token", args, {
+      data: { type: "string", short: "d" },
+      role: { type: "string" },
+      project: { type: "string", short: "p", multiple: true },
+      name: { type: "string" },
+      json: { type: "boolean" },
+    });
+    const [action, ...rest] = p.positionals;
+    const dir = resolve(flagOrEnv(p, "data", "KEEP_DATA") ?? "keep-data");
+    try {
+      Deno.statSync(join(dir, "index.db"));
+    } catch {
+      if (action !== "create") {
+        throw new KeepError("usage", `Cannot open ${dir}: no index.db there (run keep serve once)`);
+      }
+      Deno.mkdirSync(dir, { recursive: true });
+    }
+    const index = IndexDb.open(join(dir, "index.db"));
+    try {
+      const tokens = new TokenStore(index);
+      switch (action) {
+        case "create": {
+          if (rest.length) {
+            throw new KeepError("usage", `Cannot run keep token create: unexpected ${rest[0]}`);
+          }
+          const role = p.values.role as string | undefined;
+          if (!role || !ROLES.includes(role as Role)) {
+            throw new KeepError(
+              "usage",
+              `Cannot create token: --role must be one of ${ROLES.join(", ")}`,
+            );
+          }
+          const projects = ((p.values.project as string[] | undefined) ?? []).map((x) =>
+            x === "*" ? x : checkProjectName(x)
+          );
+          if (role === "admin" && projects.length === 0) projects.push("*");
+          const { token, info } = tokens.create(
+            (p.values.name as string) ?? role,
+            role as Role,
+            projects,
+          );
+          if (p.values.json) out(JSON.stringify({ token, ...info }, null, 2));
+          else {
+            out(token);
+            console.error(
+              `keep token: created ${info.id} (${info.role} on ${
+                info.projects.join(", ")
+              }); shown once, store it now`,
+            );
+          }
+          return 0;
+        }
+        case "list": {
+          positionals({ values: {}, positionals: rest }, "token list", []);
+          const list = tokens.list();
+          if (p.values.json) out(JSON.stringify(list, null, 2));
+          else {
+            for (const t of list) {
+              out(
+                `${t.id}  ${t.role.padEnd(7)}  ${
+                  t.projects.join(",").padEnd(20)
+                }  ${t.name}  ${t.created}${t.revoked ? `  REVOKED ${t.revoked}` : ""}`,
+              );
+            }
+          }
+          return 0;
+        }
+        case "revoke": {
+          const [id] = positionals({ values: {}, positionals: rest }, "token revoke", ["TOKEN_ID"]);
+          tokens.revoke(id);
+          out(`keep token: revoked ${id}`);
+          return 0;
+        }
+        default:
+          throw new KeepError(
+            "usage",
+            `Cannot run keep token ${action ?? ""}: use create, list or revoke`,
+          );
+      }
+    } finally {
+      index.close();
+    }
+  }
+}

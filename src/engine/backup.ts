@@ -1,0 +1,307 @@
+/**
+ * One backup, end to end on the client: scan → fetch the parent manifest →
+ * diff → hash suspects → settle → pack and upload. A 409 (another backup
+ * landed first) re-runs fetch, diff and upload against the new head, reusing
+ * the scan. Nothing unreadable or unsettled ever becomes a deletion: paths
+ * the parent had are kept (flagged) and reported.
+ *
+ * @module
+ */
+
+import { createHash } from "node:crypto";
+import { type CheckMode, diffTree, type Suspect } from "./diff.ts";
+import { KeepError } from "./errors.ts";
+import { lstatNs } from "./fs_native.ts";
+import type { ChangeRecord, CommitInfo, Entry, UploadHeader } from "./manifest.ts";
+import { type CompressMode, type PackStats, packUpload } from "./pack.ts";
+import { partialHashOfFile } from "./partial_hash.ts";
+import { scanTree } from "./scan.ts";
+import { settleFiles } from "./settle.ts";
+
+/** What the backup needs from the server. */
+export interface BackupRemote {
+  /** The head commit and its manifest, streamed in path order. */
+  latest(): Promise<{ commit: CommitInfo | null; entries: AsyncIterable<Entry> }>;
+  /** Sends an upload; resolves to the new commit, rejects with KeepError (conflict on 409). */
+  upload(body: ReadableStream<Uint8Array>): Promise<CommitInfo>;
+}
+
+/** A path that was not backed up as it is on disk. */
+export interface BackupProblem {
+  path: string;
+  reason: string;
+  kind: "unreadable" | "unsettled" | "skipped";
+}
+
+export interface BackupOptions {
+  message?: string;
+  tags?: Record<string, string>;
+  host?: string;
+  exclude?: string[];
+  include?: string[];
+  excludeCaches?: boolean;
+  check?: CheckMode;
+  /** Compare ctime (default true). */
+  ctime?: boolean;
+  /** Settle window, ms (default 2000; 0 = off). */
+  settleMs?: number;
+  /** Longest wait for files to settle, ms (default 5 windows). */
+  settleMaxMs?: number;
+  sync?: boolean;
+  compress?: CompressMode;
+  /** Attempts when another backup lands first (default 5). */
+  attempts?: number;
+  signal?: AbortSignal;
+  onProblem?: (p: BackupProblem) => void;
+  /** Progress: phase name and a short detail. */
+  onPhase?: (phase: string, detail: string) => void;
+  onProgress?: (stats: PackStats) => void;
+}
+
+export interface BackupResult {
+  commit: CommitInfo;
+  /** Entries the scan found (after rules). */
+  scanned: number;
+  added: number;
+  changed: number;
+  deleted: number;
+  unchanged: number;
+  /** Files whose metadata alone was recorded (content identical). */
+  metadata: number;
+  /** Suspect files hashed locally. */
+  hashed: number;
+  problems: BackupProblem[];
+  /** Problems that make the backup incomplete. */
+  incomplete: number;
+  bytesRead: number;
+  wireBytes: number;
+  settleMs: number;
+  attempts: number;
+  seconds: number;
+}
+
+function sha256File(path: string): { hash: string; moved: boolean } {
+  const before = lstatNs(path);
+  const f = Deno.openSync(path, { read: true });
+  const h = createHash("sha256");
+  try {
+    const buf = new Uint8Array(1 << 20);
+    for (;;) {
+      const n = f.readSync(buf);
+      if (n === null || n === 0) break;
+      h.update(buf.subarray(0, n));
+    }
+  } finally {
+    f.close();
+  }
+  const after = lstatNs(path);
+  return {
+    hash: h.digest("hex"),
+    moved: before.size !== after.size || before.mtime !== after.mtime ||
+      before.ctime !== after.ctime,
+  };
+}
+
+function reasonOf(err: unknown): string {
+  if (err instanceof Deno.errors.PermissionDenied) return "permission denied";
+  if (err instanceof Deno.errors.NotFound) return "vanished during the backup";
+  return err instanceof Error ? err.message.split("\n")[0] : String(err);
+}
+
+/**
+ * Backs up `root` through `remote`.
+ *
+ * @example
+ * ```ts
+ * const result = await runBackup("/nas/build/app", remote, { message: "nightly" });
+ * console.log(result.commit.id);
+ * ```
+ */
+export async function runBackup(
+  root: string,
+  remote: BackupRemote,
+  options: BackupOptions = {},
+): Promise<BackupResult> {
+  const started = performance.now();
+  const problems: BackupProblem[] = [];
+  const report = (p: BackupProblem) => {
+    problems.push(p);
+    options.onProblem?.(p);
+  };
+  options.onPhase?.("scan", root);
+  const scan = scanTree(root, {
+    exclude: options.exclude,
+    include: options.include,
+    excludeCaches: options.excludeCaches,
+    onProblem: (p) => report(p),
+  });
+  const unreadable = scan.problems.filter((p) => p.kind === "unreadable").map((p) => p.path);
+  const settleMs = options.settleMs ?? 2000;
+  const granularity = scan.granularity;
+  const settleNs = BigInt(Math.round(settleMs * 1e6));
+  const racyMargin = granularity > settleNs ? granularity : settleNs;
+  const maxAttempts = options.attempts ?? 5;
+  let settleTook = 0;
+  const settledCache = new Map<string, boolean>();
+
+  for (let attempt = 1;; attempt++) {
+    const attemptProblems: BackupProblem[] = [];
+    const note = (p: BackupProblem) => {
+      attemptProblems.push(p);
+    };
+    options.onPhase?.("fetch", "latest manifest");
+    const latest = await remote.latest();
+    const parent = latest.commit;
+    const plan = await diffTree(scan.entries, latest.entries, {
+      ctime: options.ctime ?? true,
+      granularity,
+      parentScanTime: parent ? BigInt(parent.scanTime) : undefined,
+      racyMargin,
+      check: options.check ?? "none",
+      unreadable,
+    });
+    const changes: ChangeRecord[] = plan.deleted.map((p) => ({ op: "del" as const, p }));
+    for (const p of plan.unreadableKnown) {
+      const why = scan.problems.find((q) => q.path === p)?.reason ?? "unreadable";
+      changes.push({ op: "keep", p, flag: "unreadable", reason: why });
+    }
+
+    // Suspects: hash locally, send content only when it differs.
+    options.onPhase?.("hash", `${plan.suspects.length} suspect files`);
+    let metadata = 0;
+    const extraSend = [];
+    for (const s of plan.suspects) {
+      const decision = resolveSuspect(root, s);
+      if (decision.kind === "unchanged") plan.unchanged++;
+      else if (decision.kind === "meta") {
+        metadata++;
+        changes.push({
+          op: "meta",
+          e: { ...s.entry, hash: s.prev.hash, xxh: s.prev.xxh },
+        });
+      } else if (decision.kind === "send") {
+        extraSend.push(s.entry);
+        plan.changed++;
+      } else {
+        note({ path: s.entry.path, reason: decision.reason, kind: "unreadable" });
+        changes.push({ op: "keep", p: s.entry.path, flag: "unreadable", reason: decision.reason });
+      }
+    }
+    let send = plan.send;
+    if (extraSend.length) {
+      const sendSet = new Set(extraSend.map((e) => e.path));
+      send = scan.entries.filter((e) => sendSet.has(e.path) || plan.kinds.has(e.path));
+    }
+
+    // Settle: only files not already seen settled in an earlier attempt.
+    const candidates = send.filter((e) => e.type === "f" && !settledCache.get(e.path));
+    if (candidates.length) options.onPhase?.("settle", `${candidates.length} files`);
+    const settled = await settleFiles(root, candidates, {
+      windowMs: settleMs,
+      maxWaitMs: options.settleMaxMs,
+      sync: options.sync,
+      signal: options.signal,
+      onWait: (n) => options.onPhase?.("settle", `waiting for ${n} files still being written`),
+    });
+    settleTook += settled.waitedMs;
+    for (const e of settled.settled) settledCache.set(e.path, true);
+    const unsettledPaths = new Set(settled.unsettled.map((u) => u.entry.path));
+    for (const u of settled.unsettled) {
+      note({ path: u.entry.path, reason: u.reason, kind: "unsettled" });
+      if (
+        plan.kinds.get(u.entry.path) === "changed" || extraSend.some((e) => e.path === u.entry.path)
+      ) {
+        changes.push({ op: "keep", p: u.entry.path, flag: "unsettled", reason: u.reason });
+      }
+    }
+    const updated = new Map(settled.settled.map((e) => [e.path, e]));
+    const finalSend = send.filter((e) => !unsettledPaths.has(e.path)).map((e) =>
+      updated.get(e.path) ?? e
+    );
+
+    const header: UploadHeader = {
+      format: 1,
+      parent: parent?.id ?? null,
+      message: options.message ?? "",
+      tags: options.tags ?? {},
+      host: options.host ?? Deno.hostname(),
+      source: root,
+      scanTime: scan.startedNs.toString(),
+      granularity: granularity.toString(),
+    };
+    options.onPhase?.("upload", `${finalSend.length} entries`);
+    const { stream, stats } = packUpload({
+      root,
+      header,
+      send: finalSend,
+      changes,
+      compress: options.compress,
+      signal: options.signal,
+      onProblem: (p) => note(p),
+      onProgress: options.onProgress,
+    });
+    let commit: CommitInfo;
+    try {
+      commit = await remote.upload(stream);
+    } catch (err) {
+      if (err instanceof KeepError && err.code === "conflict" && attempt < maxAttempts) {
+        options.onPhase?.(
+          "retry",
+          `another backup landed first; diffing again (attempt ${attempt + 1})`,
+        );
+        continue;
+      }
+      throw err;
+    }
+    for (const p of attemptProblems) report(p);
+    const incomplete = problems.filter((p) => p.kind !== "skipped").length;
+    return {
+      commit,
+      scanned: scan.entries.length,
+      added: commit.counts.added,
+      changed: commit.counts.changed,
+      deleted: commit.counts.deleted,
+      unchanged: commit.counts.unchanged,
+      metadata: commit.counts.metadata,
+      hashed: plan.suspects.length,
+      problems,
+      incomplete,
+      bytesRead: stats.bytesRead,
+      wireBytes: stats.wireBytes,
+      settleMs: settleTook,
+      attempts: attempt,
+      seconds: Math.round(performance.now() - started) / 1000,
+    };
+  }
+}
+
+type Decision =
+  | { kind: "unchanged" }
+  | { kind: "meta" }
+  | { kind: "send" }
+  | { kind: "unreadable"; reason: string };
+
+function resolveSuspect(root: string, s: Suspect): Decision {
+  const abs = `${root}/${s.entry.path}`;
+  const metaSame = s.entry.mode === s.prev.mode && s.entry.ctime === s.prev.ctime &&
+    s.entry.mtime === s.prev.mtime &&
+    !s.prev.flag;
+  try {
+    if (s.reason === "partial" && s.prev.xxh) {
+      const f = Deno.openSync(abs, { read: true });
+      let x: string;
+      try {
+        x = partialHashOfFile(f, s.entry.size);
+      } finally {
+        f.close();
+      }
+      return x === s.prev.xxh ? { kind: "unchanged" } : { kind: "send" };
+    }
+    if (!s.prev.hash) return { kind: "send" };
+    const { hash, moved } = sha256File(abs);
+    if (moved || hash !== s.prev.hash) return { kind: "send" };
+    return metaSame ? { kind: "unchanged" } : { kind: "meta" };
+  } catch (err) {
+    return { kind: "unreadable", reason: reasonOf(err) };
+  }
+}

@@ -1,0 +1,166 @@
+/**
+ * Change detection: merges the scan (sorted) with the parent manifest
+ * (streamed, sorted) and classifies every path.
+ *
+ * Rules for files (inode and device are never used: unstable on NAS mounts):
+ * - not in the manifest, or another type: added / changed;
+ * - size or mtime differ: changed;
+ * - ctime or mode differ, or the manifest flags it (last read failed):
+ *   suspect: hashed locally, content sent only when the hash differs;
+ * - "racily clean": mtime within max(granularity, settle window) of the
+ *   parent's scan time: the file may have changed again in the same tick
+ *   after that scan; suspect;
+ * - otherwise unchanged, unless `check` asks for more: `partial` compares the
+ *   xxHash64 of head + tail + size, `full` the whole-content SHA-256.
+ * Directories and symlinks are resent (header only) when mode, mtime or
+ * target differ. Paths in the manifest that the scan lacks are deleted,
+ * except below directories that could not be listed.
+ *
+ * @module
+ */
+
+import type { Entry } from "./manifest.ts";
+import { comparePaths } from "./paths.ts";
+import type { ScanEntry } from "./scan.ts";
+
+/** Extra content checks for metadata-unchanged files. */
+export type CheckMode = "none" | "partial" | "full";
+
+export interface DiffOptions {
+  /** Compare ctime (default true). */
+  ctime?: boolean;
+  /** mtime granularity, ns: times are compared after flooring to it. */
+  granularity?: bigint;
+  /** The parent commit's scan time, ns (client clock). */
+  parentScanTime?: bigint;
+  /** The racily-clean margin, ns (max of granularity and settle window). */
+  racyMargin?: bigint;
+  check?: CheckMode;
+  /** Paths the scan could not read (directories: nor their contents). */
+  unreadable?: string[];
+}
+
+/** Why a file is suspect. */
+export type SuspectReason = "ctime" | "mode" | "flagged" | "racy" | "partial" | "full";
+
+export interface Suspect {
+  entry: ScanEntry;
+  prev: Entry;
+  reason: SuspectReason;
+}
+
+/** The outcome of a diff. */
+export interface DiffPlan {
+  /** Entries whose content or header must be sent, in path order. */
+  send: ScanEntry[];
+  /** Kind of each sent path. */
+  kinds: Map<string, "added" | "changed">;
+  /** Files to hash before deciding. */
+  suspects: Suspect[];
+  /** Paths to delete. */
+  deleted: string[];
+  /** Manifest entries below unreadable directories (kept as they were). */
+  keptBelowUnreadable: number;
+  /** Unreadable paths that exist in the manifest: kept, flagged. */
+  unreadableKnown: string[];
+  unchanged: number;
+  added: number;
+  changed: number;
+}
+
+function floorTo(t: bigint, g: bigint): bigint {
+  return g <= 1n ? t : t - (((t % g) + g) % g);
+}
+
+/** Classifies a scan against the parent manifest. */
+export async function diffTree(
+  scan: ScanEntry[],
+  manifest: AsyncIterable<Entry> | Iterable<Entry>,
+  options: DiffOptions = {},
+): Promise<DiffPlan> {
+  const useCtime = options.ctime ?? true;
+  const g = options.granularity ?? 1n;
+  const check = options.check ?? "none";
+  const racyFrom = options.parentScanTime !== undefined && options.parentScanTime > 0n
+    ? options.parentScanTime - (options.racyMargin ?? g)
+    : null;
+  const unreadableSet = new Set(options.unreadable ?? []);
+  const plan: DiffPlan = {
+    send: [],
+    kinds: new Map(),
+    suspects: [],
+    deleted: [],
+    keptBelowUnreadable: 0,
+    unreadableKnown: [],
+    unchanged: 0,
+    added: 0,
+    changed: 0,
+  };
+  const belowUnreadable = (path: string): boolean => {
+    for (let i = path.lastIndexOf("/"); i > 0; i = path.lastIndexOf("/", i - 1)) {
+      if (unreadableSet.has(path.slice(0, i))) return true;
+    }
+    return false;
+  };
+  const send = (e: ScanEntry, kind: "added" | "changed") => {
+    plan.send.push(e);
+    plan.kinds.set(e.path, kind);
+    if (kind === "added") plan.added++;
+    else plan.changed++;
+  };
+
+  let i = 0;
+  const takeScanBefore = (path: string | null) => {
+    while (i < scan.length && (path === null || comparePaths(scan[i].path, path) < 0)) {
+      send(scan[i++], "added");
+    }
+  };
+  for await (const prev of manifest) {
+    takeScanBefore(prev.path);
+    if (i < scan.length && scan[i].path === prev.path) {
+      compare(scan[i++], prev);
+      continue;
+    }
+    // In the manifest, not in the scan.
+    if (unreadableSet.has(prev.path)) plan.unreadableKnown.push(prev.path);
+    else if (belowUnreadable(prev.path)) plan.keptBelowUnreadable++;
+    else plan.deleted.push(prev.path);
+  }
+  takeScanBefore(null);
+  return plan;
+
+  function compare(e: ScanEntry, prev: Entry): void {
+    if (e.type !== prev.type) return send(e, "changed");
+    if (e.type === "d") {
+      if (e.mode !== prev.mode || e.mtime !== prev.mtime || prev.flag) return send(e, "changed");
+      plan.unchanged++;
+      return;
+    }
+    if (e.type === "l") {
+      if (e.target !== prev.target || e.mode !== prev.mode || e.mtime !== prev.mtime) {
+        return send(e, "changed");
+      }
+      plan.unchanged++;
+      return;
+    }
+    if (e.size !== prev.size || floorTo(e.mtime, g) !== floorTo(prev.mtime, g)) {
+      return send(e, "changed");
+    }
+    let reason: SuspectReason | null = null;
+    if (prev.flag) reason = "flagged";
+    else if (e.mode !== prev.mode) reason = "mode";
+    else if (useCtime && floorTo(e.ctime, g) !== floorTo(prev.ctime, g)) reason = "ctime";
+    else if (e.mtime !== prev.mtime) reason = "racy"; // equal only after flooring: finer than we trust
+    else if (racyFrom !== null && e.mtime >= racyFrom) reason = "racy";
+    else if (check === "full") reason = "full";
+    else if (check === "partial") reason = "partial";
+    if (
+      reason === null ||
+      e.size === 0 && reason !== "mode" && reason !== "ctime" && reason !== "flagged"
+    ) {
+      plan.unchanged++;
+      return;
+    }
+    plan.suspects.push({ entry: e, prev, reason });
+  }
+}

@@ -1,0 +1,135 @@
+/**
+ * File metadata at the precision the kernel keeps. Deno's `lstatSync` reports
+ * times in milliseconds; on Linux Keep calls `statx(2)` and `utimensat(2)`
+ * through FFI to read and restore nanoseconds (the struct statx layout is the
+ * same on every Linux architecture). Elsewhere, or without `--allow-ffi`, it
+ * falls back to Deno's calls and millisecond times.
+ *
+ * @module
+ */
+
+/** What kind of directory entry a path is. */
+export type FileKind = "file" | "dir" | "symlink" | "other";
+
+/** The fields of lstat that Keep uses; times in ns since the epoch. */
+export interface NativeStat {
+  kind: FileKind;
+  size: number;
+  /** Permission bits and setuid/setgid/sticky (mode & 0o7777). */
+  mode: number;
+  mtime: bigint;
+  ctime: bigint;
+  nlink: number;
+}
+
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+const S_IFDIR = 0o040000;
+const S_IFLNK = 0o120000;
+const AT_FDCWD = -100;
+const AT_SYMLINK_NOFOLLOW = 0x100;
+const STATX_BASIC_STATS = 0x7ff;
+
+interface Libc {
+  statx(dirfd: number, path: Uint8Array, flags: number, mask: number, buf: Uint8Array): number;
+  utimensat(dirfd: number, path: Uint8Array, times: Uint8Array, flags: number): number;
+}
+
+let libc: Libc | null | undefined;
+
+function loadLibc(): Libc | null {
+  if (libc !== undefined) return libc;
+  libc = null;
+  if (Deno.build.os !== "linux" || Deno.env.get("KEEP_NO_FFI") === "1") return libc;
+  try {
+    const lib = Deno.dlopen("libc.so.6", {
+      statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
+      utimensat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
+    });
+    libc = lib.symbols as unknown as Libc;
+  } catch {
+    libc = null;
+  }
+  return libc;
+}
+
+/** True when nanosecond stat and utimens are in use. */
+export function hasNativeTimes(): boolean {
+  return loadLibc() !== null;
+}
+
+const encoder = new TextEncoder();
+const statBuf = new Uint8Array(256);
+const statView = new DataView(statBuf.buffer);
+
+function cPath(path: string): Uint8Array {
+  return encoder.encode(path + "\0");
+}
+
+function kindOf(fmt: number): FileKind {
+  if (fmt === S_IFREG) return "file";
+  if (fmt === S_IFDIR) return "dir";
+  if (fmt === S_IFLNK) return "symlink";
+  return "other";
+}
+
+function ns(d: Date | null): bigint {
+  return d ? BigInt(d.getTime()) * 1_000_000n : 0n;
+}
+
+/**
+ * lstat with ns times. Throws Deno.errors.* (NotFound, PermissionDenied) like
+ * Deno.lstatSync does.
+ */
+export function lstatNs(path: string): NativeStat {
+  const c = loadLibc();
+  if (c) {
+    const r = c.statx(AT_FDCWD, cPath(path), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, statBuf);
+    if (r === 0) {
+      const mode = statView.getUint16(28, true);
+      return {
+        kind: kindOf(mode & S_IFMT),
+        size: Number(statView.getBigUint64(40, true)),
+        mode: mode & 0o7777,
+        mtime: statView.getBigInt64(112, true) * 1_000_000_000n +
+          BigInt(statView.getUint32(120, true)),
+        ctime: statView.getBigInt64(96, true) * 1_000_000_000n +
+          BigInt(statView.getUint32(104, true)),
+        nlink: statView.getUint32(16, true),
+      };
+    }
+    // Let Deno raise the proper error class for the errno.
+  }
+  const st = Deno.lstatSync(path);
+  return {
+    kind: st.isFile ? "file" : st.isDirectory ? "dir" : st.isSymlink ? "symlink" : "other",
+    size: st.size,
+    mode: (st.mode ?? 0o644) & 0o7777,
+    mtime: ns(st.mtime),
+    ctime: ns(st.ctime),
+    nlink: st.nlink ?? 1,
+  };
+}
+
+const timesBuf = new Uint8Array(32);
+const timesView = new DataView(timesBuf.buffer);
+
+/**
+ * Sets atime and mtime (ns) of a path without following a final symlink.
+ * Falls back to Deno.utimeSync (µs precision, follows links; symlinks skipped).
+ */
+export function setTimesNs(path: string, mtime: bigint, isSymlink = false): void {
+  const c = loadLibc();
+  if (c) {
+    const sec = mtime / 1_000_000_000n;
+    const nsec = mtime % 1_000_000_000n;
+    for (const off of [0, 16]) {
+      timesView.setBigInt64(off, sec, true);
+      timesView.setBigInt64(off + 8, nsec, true);
+    }
+    if (c.utimensat(AT_FDCWD, cPath(path), timesBuf, AT_SYMLINK_NOFOLLOW) === 0) return;
+  }
+  if (isSymlink) return;
+  const seconds = Number(mtime / 1000n) / 1e6;
+  Deno.utimeSync(path, seconds, seconds);
+}

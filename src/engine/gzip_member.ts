@@ -1,0 +1,216 @@
+/**
+ * Keep's gzip framing. Every archive Keep writes is a concatenation of gzip
+ * members (RFC 1952 allows it; gzip, GNU tar and bsdtar read it as one
+ * stream). Each member carries an extra field `KP` with the member's total
+ * length and its uncompressed length, so a reader can cut the stream into
+ * members without inflating it (as BGZF does). That lets the server keep a
+ * file's members as its blob at rest, and send them back on restore, without
+ * compressing anything twice.
+ *
+ * Layout: 1f 8b 08 04 | mtime 0 | xfl 0 | os ff | XLEN=12 | 'K' 'P' LEN=8 |
+ * u32 member length | u32 raw length | deflate data | crc32 | isize.
+ *
+ * @module
+ */
+
+import zlib from "node:zlib";
+import { KeepError } from "./errors.ts";
+
+/** Largest uncompressed payload of one member. */
+export const MAX_MEMBER_RAW = 1 << 20;
+const HEADER = 24;
+const TRAILER = 8;
+/** Largest member on the wire: stored blocks cost 5 bytes per 65535. */
+export const MAX_MEMBER_BYTES = HEADER + TRAILER + MAX_MEMBER_RAW +
+  5 * (Math.ceil(MAX_MEMBER_RAW / 65535) + 1);
+
+/** How a member's payload is encoded. 0 = stored, 1..9 = deflate level. */
+export type Level = number;
+
+function writeHeader(out: Uint8Array, total: number, raw: number): void {
+  out.set([0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 12, 0, 0x4b, 0x50, 8, 0]);
+  const v = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  v.setUint32(16, total, true);
+  v.setUint32(20, raw, true);
+}
+
+function finish(out: Uint8Array, raw: Uint8Array): Uint8Array {
+  const v = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  v.setUint32(out.length - 8, zlib.crc32(raw), true);
+  v.setUint32(out.length - 4, raw.length, true);
+  return out;
+}
+
+/** Size of the stored-block deflate stream for `n` bytes. */
+function storedSize(n: number): number {
+  return n + 5 * Math.max(1, Math.ceil(n / 65535));
+}
+
+/**
+ * Encodes `raw` (at most MAX_MEMBER_RAW bytes) as one member.
+ *
+ * @example
+ * ```ts
+ * const m = encodeMember(new TextEncoder().encode("hello"), 1);
+ * ```
+ */
+export function encodeMember(raw: Uint8Array, level: Level): Uint8Array {
+  if (raw.length > MAX_MEMBER_RAW) throw new RangeError("member payload too large");
+  if (level > 0) {
+    const deflated = zlib.deflateRawSync(raw, { level });
+    if (deflated.length < storedSize(raw.length)) {
+      const out = new Uint8Array(HEADER + deflated.length + TRAILER);
+      writeHeader(out, out.length, raw.length);
+      out.set(deflated, HEADER);
+      return finish(out, raw);
+    }
+  }
+  const out = new Uint8Array(HEADER + storedSize(raw.length) + TRAILER);
+  writeHeader(out, out.length, raw.length);
+  let o = HEADER;
+  let i = 0;
+  do {
+    const n = Math.min(65535, raw.length - i);
+    out[o] = i + n >= raw.length ? 1 : 0;
+    out[o + 1] = n & 0xff;
+    out[o + 2] = n >> 8;
+    out[o + 3] = ~n & 0xff;
+    out[o + 4] = (~n >> 8) & 0xff;
+    out.set(raw.subarray(i, i + n), o + 5);
+    o += 5 + n;
+    i += n;
+  } while (i < raw.length);
+  return finish(out, raw);
+}
+
+/**
+ * Picks a level for `raw` under `auto`: deflate a sample at level 1 and store
+ * the chunk when the sample does not shrink by 10% (already compressed data).
+ */
+export function autoLevel(raw: Uint8Array): Level {
+  if (raw.length < 64) return 0;
+  const sample = raw.length <= 16384 ? raw : raw.subarray(0, 16384);
+  const out = zlib.deflateRawSync(sample, { level: 1 });
+  return out.length > sample.length * 0.9 ? 0 : 1;
+}
+
+/** Uncompressed length declared in a member's header. */
+export function memberRawLength(member: Uint8Array): number {
+  return new DataView(member.buffer, member.byteOffset, member.byteLength).getUint32(20, true);
+}
+
+function corrupt(detail: string): KeepError {
+  return new KeepError("invalid", `Cannot read archive: corrupt gzip member (${detail})`);
+}
+
+/** Decodes and verifies one whole member (as cut by MemberSplitter). */
+export function decodeMember(member: Uint8Array): Uint8Array {
+  const v = new DataView(member.buffer, member.byteOffset, member.byteLength);
+  const rawLen = v.getUint32(20, true);
+  const body = member.subarray(HEADER, member.length - TRAILER);
+  let raw = decodeStored(body, rawLen);
+  if (!raw) {
+    try {
+      raw = zlib.inflateRawSync(body, { maxOutputLength: Math.max(rawLen, 1) });
+    } catch (err) {
+      throw corrupt(
+        err instanceof RangeError ? "inflates past its declared size" : (err as Error).message,
+      );
+    }
+  }
+  if (raw.length !== rawLen) throw corrupt(`length ${raw.length}, header says ${rawLen}`);
+  if (v.getUint32(member.length - 4, true) !== (rawLen >>> 0)) throw corrupt("isize mismatch");
+  if (v.getUint32(member.length - 8, true) !== zlib.crc32(raw)) throw corrupt("CRC mismatch");
+  return raw;
+}
+
+/** Decodes a deflate stream made only of stored blocks; null if it has others. */
+function decodeStored(body: Uint8Array, rawLen: number): Uint8Array | null {
+  if (body.length !== storedSize(rawLen) || (body[0] & 0x06) !== 0) return null;
+  const out = new Uint8Array(rawLen);
+  let i = 0;
+  let o = 0;
+  for (;;) {
+    if (i + 5 > body.length) return null;
+    const head = body[i];
+    if ((head & 0x06) !== 0) return null;
+    const n = body[i + 1] | (body[i + 2] << 8);
+    const nn = body[i + 3] | (body[i + 4] << 8);
+    if ((n ^ 0xffff) !== nn || i + 5 + n > body.length || o + n > rawLen) return null;
+    out.set(body.subarray(i + 5, i + 5 + n), o);
+    i += 5 + n;
+    o += n;
+    if (head & 1) break;
+  }
+  return i === body.length && o === rawLen ? out : null;
+}
+
+/**
+ * Cuts a byte stream into whole members. Push chunks, then take members with
+ * `next()` until it returns null; call `end()` when the input is done.
+ */
+export class MemberSplitter {
+  #buf = new Uint8Array(1 << 16);
+  #start = 0;
+  #end = 0;
+  /** Bytes consumed so far (offset of the next member). */
+  offset = 0;
+
+  push(chunk: Uint8Array): void {
+    const need = this.#end - this.#start + chunk.length;
+    if (this.#end + chunk.length > this.#buf.length) {
+      if (need > this.#buf.length) {
+        const grown = new Uint8Array(Math.max(need, this.#buf.length * 2));
+        grown.set(this.#buf.subarray(this.#start, this.#end));
+        this.#buf = grown;
+      } else {
+        this.#buf.copyWithin(0, this.#start, this.#end);
+      }
+      this.#end -= this.#start;
+      this.#start = 0;
+    }
+    this.#buf.set(chunk, this.#end);
+    this.#end += chunk.length;
+  }
+
+  /** The next whole member (a copy), or null when more input is needed. */
+  next(): Uint8Array | null {
+    const avail = this.#end - this.#start;
+    if (avail < HEADER) return null;
+    const b = this.#buf;
+    const s = this.#start;
+    if (b[s] !== 0x1f || b[s + 1] !== 0x8b || b[s + 2] !== 8) {
+      throw new KeepError("invalid", `Cannot read archive: not gzip data at offset ${this.offset}`);
+    }
+    if (
+      b[s + 3] !== 4 || b[s + 10] !== 12 || b[s + 11] !== 0 || b[s + 12] !== 0x4b ||
+      b[s + 13] !== 0x50
+    ) {
+      throw new KeepError(
+        "invalid",
+        `Cannot read archive: gzip member at offset ${this.offset} lacks Keep framing (not written by keep)`,
+      );
+    }
+    const v = new DataView(b.buffer, b.byteOffset + s, HEADER);
+    const total = v.getUint32(16, true);
+    const raw = v.getUint32(20, true);
+    if (raw > MAX_MEMBER_RAW || total < HEADER + TRAILER + 1 || total > MAX_MEMBER_BYTES) {
+      throw corrupt(`member at offset ${this.offset} declares ${total} bytes for ${raw}`);
+    }
+    if (avail < total) return null;
+    const member = b.slice(s, s + total);
+    this.#start += total;
+    this.offset += total;
+    return member;
+  }
+
+  /** Throws if input ended inside a member. */
+  end(): void {
+    if (this.#end !== this.#start) {
+      throw new KeepError(
+        "invalid",
+        `Cannot read archive: truncated gzip stream at offset ${this.offset}`,
+      );
+    }
+  }
+}

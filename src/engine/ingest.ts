@@ -1,0 +1,496 @@
+/**
+ * Server-side upload ingest. Algorithm: cut the body into Keep gzip members,
+ * inflate and verify each (CRC, length), feed the raw bytes to the tar parser;
+ * for every file entry compute SHA-256 and the partial hash over the data as
+ * it passes (the client's hashes are never trusted) and keep its members as
+ * the blob unless the store already has that content. Entries and change
+ * records are staged in SQLite in small batches; `finish` checks the archive
+ * ended properly and applies the commit in one durable transaction.
+ *
+ * Everything here is synchronous per chunk: the HTTP handler awaits only the
+ * next body read (see TECH.md: awaiting other I/O between body reads makes
+ * Deno's HTTP/1.1 server crawl).
+ *
+ * @module
+ */
+
+import { createHash, type Hash } from "node:crypto";
+import { KeepError } from "./errors.ts";
+import {
+  autoLevel,
+  decodeMember,
+  encodeMember,
+  MAX_MEMBER_RAW,
+  MemberSplitter,
+} from "./gzip_member.ts";
+import { bytesToHex, hexToBytes, type IndexDb, type StageRow } from "./index_db.ts";
+import { type BlobStore, INLINE_MAX, type PendingBlob } from "./blob_store.ts";
+import {
+  type CommitInfo,
+  type Entry,
+  LineSplitter,
+  parseChangeRecord,
+  parseUploadHeader,
+  type UploadHeader,
+} from "./manifest.ts";
+import { comparePaths, pathProblem } from "./paths.ts";
+import { PartialHasher } from "./partial_hash.ts";
+import { type TarHeader, TarParser } from "./tar.ts";
+
+/** Limits on one upload. */
+export interface IngestLimits {
+  /** Largest sum of file sizes (raw) and of body bytes accepted. */
+  maxUploadBytes: number;
+  /** Most entries (files, dirs, links, change records) in one upload. */
+  maxEntries: number;
+}
+
+export const DEFAULT_LIMITS: IngestLimits = {
+  maxUploadBytes: 1024 ** 4,
+  maxEntries: 50_000_000,
+};
+
+const BATCH_BYTES = 16 << 20;
+const BATCH_ROWS = 4096;
+const MAX_CONTROL = 1 << 20;
+
+/** Collects one blob's members, in memory up to INLINE_MAX, then in a temp file. */
+class BlobBuilder {
+  #store: BlobStore;
+  #parts: Uint8Array[] = [];
+  #bytes = 0;
+  #pendingRaw: Uint8Array[] = [];
+  #pendingRawLen = 0;
+  #file: Deno.FsFile | null = null;
+  #tempPath = "";
+  #level: number;
+
+  constructor(store: BlobStore, level: number) {
+    this.#store = store;
+    this.#level = level;
+  }
+
+  /** Adds an already-encoded member carrying the next raw bytes. */
+  addMember(member: Uint8Array): void {
+    this.#flushRaw();
+    this.#emit(member);
+  }
+
+  /** Adds raw bytes that arrived split across members: re-encoded here. */
+  addRaw(raw: Uint8Array): void {
+    this.#pendingRaw.push(raw.slice());
+    this.#pendingRawLen += raw.length;
+    if (this.#pendingRawLen >= MAX_MEMBER_RAW) this.#flushRaw();
+  }
+
+  #flushRaw(): void {
+    if (this.#pendingRawLen === 0) return;
+    const all = new Uint8Array(this.#pendingRawLen);
+    let o = 0;
+    for (const p of this.#pendingRaw) {
+      all.set(p, o);
+      o += p.length;
+    }
+    this.#pendingRaw = [];
+    this.#pendingRawLen = 0;
+    for (let i = 0; i < all.length; i += MAX_MEMBER_RAW) {
+      const raw = all.subarray(i, i + MAX_MEMBER_RAW);
+      this.#emit(encodeMember(raw, this.#level < 0 ? autoLevel(raw) : this.#level));
+    }
+  }
+
+  #emit(member: Uint8Array): void {
+    if (!this.#file && this.#bytes + member.length > INLINE_MAX + 65536) {
+      this.#tempPath = this.#store.tempPath();
+      this.#file = Deno.openSync(this.#tempPath, { write: true, createNew: true });
+      for (const p of this.#parts) writeAll(this.#file, p);
+      this.#parts = [];
+    }
+    if (this.#file) writeAll(this.#file, member);
+    else this.#parts.push(member);
+    this.#bytes += member.length;
+  }
+
+  /**
+   * Completes the blob. Returns the row to insert and, for file blobs, the
+   * directory to fsync; null when the store already has it.
+   */
+  finish(
+    hash: Uint8Array,
+    hex: string,
+    size: number,
+    known: boolean,
+  ): { row: PendingBlob; dir?: string } | null {
+    this.#flushRaw();
+    if (known) {
+      this.abort();
+      return null;
+    }
+    if (this.#file) {
+      this.#file.syncSync();
+      this.#file.close();
+      this.#file = null;
+      const dir = this.#store.adopt(this.#tempPath, hex);
+      return { row: { hash, size, stored: this.#bytes, data: null }, dir };
+    }
+    const data = this.#parts.length === 1 ? this.#parts[0] : concat(this.#parts, this.#bytes);
+    return { row: { hash, size, stored: this.#bytes, data } };
+  }
+
+  abort(): void {
+    if (this.#file) {
+      try {
+        this.#file.close();
+      } catch { /* already closed */ }
+      this.#file = null;
+    }
+    if (this.#tempPath) {
+      try {
+        Deno.removeSync(this.#tempPath);
+      } catch { /* gone already */ }
+      this.#tempPath = "";
+    }
+    this.#parts = [];
+  }
+}
+
+function writeAll(f: Deno.FsFile, b: Uint8Array): void {
+  let o = 0;
+  while (o < b.length) o += f.writeSync(b.subarray(o));
+}
+
+function concat(parts: Uint8Array[], total: number): Uint8Array {
+  const out = new Uint8Array(total);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+type Phase = "header" | "entries" | "changes" | "end";
+
+/** Options of an ingest session. */
+export interface IngestOptions {
+  limits?: IngestLimits;
+  /** Level for members the server must encode itself: -1 auto. */
+  level?: number;
+}
+
+/**
+ * Receives one upload for `project`. Push body chunks, then `finish` for the
+ * new commit. On any error call `abort`: nothing is committed and temp files
+ * are removed; blobs already stored stay (content-addressed, reused later,
+ * reported as orphans by verify until referenced).
+ *
+ * @example
+ * ```ts
+ * const ingest = new Ingest(index, blobs, "app");
+ * for await (const chunk of body) ingest.push(chunk);
+ * const commit = ingest.finish();
+ * ```
+ */
+export class Ingest {
+  readonly project: string;
+  #index: IndexDb;
+  #store: BlobStore;
+  #limits: IngestLimits;
+  #level: number;
+  #upload: number;
+  #splitter = new MemberSplitter();
+  #parser: TarParser;
+  #phase: Phase = "header";
+  #header: UploadHeader | null = null;
+  #control: Uint8Array[] = [];
+  #controlLen = 0;
+  #lines: LineSplitter | null = null;
+  #lastPath = "";
+  #entry: Entry | null = null;
+  #sha: Hash | null = null;
+  #xxh: PartialHasher | null = null;
+  #blob: BlobBuilder | null = null;
+  #member: Uint8Array | null = null;
+  #pendingRows: StageRow[] = [];
+  #pendingBlobs: PendingBlob[] = [];
+  #pendingBytes = 0;
+  #pendingHashes = new Set<string>();
+  #dirs = new Set<string>();
+  #entries = 0;
+  #declared = 0;
+  #started = performance.now();
+  #closed = false;
+  /** Bytes of body received. */
+  wireBytes = 0;
+  filesReceived = 0;
+  bytesReceived = 0;
+  newBlobs = 0;
+  newBlobBytes = 0;
+
+  constructor(index: IndexDb, store: BlobStore, project: string, options: IngestOptions = {}) {
+    this.#index = index;
+    this.#store = store;
+    this.project = project;
+    this.#limits = options.limits ?? DEFAULT_LIMITS;
+    this.#level = options.level ?? -1;
+    this.#upload = index.newUpload();
+    this.#parser = new TarParser({
+      entry: (h) => this.#onEntry(h),
+      data: (c) => this.#onData(c),
+      entryEnd: () => this.#onEntryEnd(),
+    });
+  }
+
+  /** The upload's commit header, once read. */
+  get header(): UploadHeader | null {
+    return this.#header;
+  }
+
+  /** Processes a body chunk. Throws KeepError on bad input. */
+  push(chunk: Uint8Array): void {
+    this.wireBytes += chunk.length;
+    if (this.wireBytes > this.#limits.maxUploadBytes + (1 << 20)) {
+      throw new KeepError(
+        "too_large",
+        `Cannot accept upload: body over the limit of ${this.#limits.maxUploadBytes} bytes`,
+      );
+    }
+    this.#splitter.push(chunk);
+    for (let m = this.#splitter.next(); m; m = this.#splitter.next()) {
+      const raw = decodeMember(m);
+      this.#member = this.#blob && raw.length > 0 && this.#parser.dataRemaining >= raw.length
+        ? m
+        : null;
+      this.#parser.push(raw);
+      this.#member = null;
+    }
+  }
+
+  /** Ends the upload and records the commit. */
+  finish(): CommitInfo {
+    this.#splitter.end();
+    this.#parser.finish();
+    if (this.#phase !== "end") {
+      throw new KeepError(
+        "invalid",
+        "Cannot accept upload: the archive has no change list (.keep-changes.ndjson)",
+      );
+    }
+    this.#flush();
+    this.#store.syncDirs(this.#dirs);
+    const commit = this.#index.commitUpload(this.#upload, this.project, this.#header!, {
+      filesReceived: this.filesReceived,
+      bytesReceived: this.bytesReceived,
+      wireBytes: this.wireBytes,
+      newBlobs: this.newBlobs,
+      newBlobBytes: this.newBlobBytes,
+      seconds: Math.round(performance.now() - this.#started) / 1000,
+    });
+    this.#closed = true;
+    return commit;
+  }
+
+  /** Drops everything staged and removes temp files. Safe to call twice. */
+  abort(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#blob?.abort();
+    this.#blob = null;
+    try {
+      this.#index.dropUpload(this.#upload);
+    } catch { /* index closing */ }
+  }
+
+  #count(): void {
+    if (++this.#entries > this.#limits.maxEntries) {
+      throw new KeepError(
+        "too_large",
+        `Cannot accept upload: more than ${this.#limits.maxEntries} entries`,
+      );
+    }
+  }
+
+  #onEntry(h: TarHeader): void {
+    const control = h.keep?.control;
+    if (this.#phase === "header") {
+      if (control !== "commit" || h.type !== "file" || h.size > MAX_CONTROL) {
+        throw new KeepError(
+          "invalid",
+          "Cannot accept upload: it must start with the commit header (.keep-commit.json)",
+        );
+      }
+      this.#control = [];
+      this.#controlLen = 0;
+      return;
+    }
+    if (this.#phase === "changes" || this.#phase === "end") {
+      throw new KeepError("invalid", "Cannot accept upload: entry after the change list");
+    }
+    if (control === "changes") {
+      if (h.type !== "file") {
+        throw new KeepError("invalid", "Cannot accept upload: change list is not a file");
+      }
+      this.#phase = "changes";
+      this.#lines = new LineSplitter();
+      return;
+    }
+    if (control !== undefined) {
+      throw new KeepError("invalid", `Cannot accept upload: unexpected control entry ${control}`);
+    }
+    this.#count();
+    const problem = pathProblem(h.path);
+    if (problem) {
+      throw new KeepError("invalid", `Cannot accept entry ${JSON.stringify(h.path)}: ${problem}`);
+    }
+    if (comparePaths(this.#lastPath, h.path) >= 0) {
+      throw new KeepError(
+        "invalid",
+        `Cannot accept entry ${JSON.stringify(h.path)}: ${
+          h.path === this.#lastPath ? "duplicate path" : "entries out of order"
+        }`,
+      );
+    }
+    this.#lastPath = h.path;
+    const entry: Entry = {
+      path: h.path,
+      type: h.type === "file" ? "f" : h.type === "dir" ? "d" : "l",
+      size: h.size,
+      mode: h.mode & 0o7777,
+      mtime: h.mtime,
+      ctime: h.ctime ?? 0n,
+    };
+    if (h.type === "symlink") {
+      if (!h.linkname || h.linkname.includes("\0") || h.linkname.length > 4096) {
+        throw new KeepError(
+          "invalid",
+          `Cannot accept symlink ${JSON.stringify(h.path)}: bad target`,
+        );
+      }
+      entry.target = h.linkname;
+    }
+    this.#entry = entry;
+    if (h.type === "file") {
+      this.#declared += h.size;
+      if (this.#declared > this.#limits.maxUploadBytes) {
+        throw new KeepError(
+          "too_large",
+          `Cannot accept upload: declared file sizes exceed the limit of ${this.#limits.maxUploadBytes} bytes`,
+        );
+      }
+      this.#sha = createHash("sha256");
+      this.#xxh = new PartialHasher();
+      this.#blob = new BlobBuilder(this.#store, this.#level);
+    }
+  }
+
+  #onData(chunk: Uint8Array): void {
+    if (this.#phase === "header" || this.#phase === "changes") {
+      if (this.#phase === "changes") {
+        for (const line of this.#lines!.push(chunk)) this.#onChange(line);
+        return;
+      }
+      this.#controlLen += chunk.length;
+      this.#control.push(chunk.slice());
+      return;
+    }
+    this.#sha!.update(chunk);
+    this.#xxh!.update(chunk);
+    if (this.#member) this.#blob!.addMember(this.#member);
+    else this.#blob!.addRaw(chunk);
+    this.bytesReceived += chunk.length;
+  }
+
+  #onEntryEnd(): void {
+    if (this.#phase === "header") {
+      this.#header = parseUploadHeader(
+        new TextDecoder().decode(concat(this.#control, this.#controlLen)),
+      );
+      this.#control = [];
+      const head = this.#index.headCommit(this.project);
+      if ((head?.id ?? null) !== this.#header.parent) {
+        throw new KeepError(
+          "conflict",
+          `Cannot commit: parent ${
+            this.#header.parent ?? "(none)"
+          } is not the head of ${this.project} (${head?.id ?? "none"})`,
+        );
+      }
+      this.#phase = "entries";
+      return;
+    }
+    if (this.#phase === "changes") {
+      for (const line of this.#lines!.end()) this.#onChange(line);
+      this.#phase = "end";
+      return;
+    }
+    const entry = this.#entry!;
+    this.#entry = null;
+    if (entry.type === "f") {
+      const digest = this.#sha!.digest();
+      const hex = bytesToHex(digest);
+      entry.hash = hex;
+      entry.xxh = this.#xxh!.digest();
+      this.#sha = null;
+      this.#xxh = null;
+      const blob = this.#blob!;
+      this.#blob = null;
+      this.filesReceived++;
+      if (entry.size > 0) {
+        const known = this.#pendingHashes.has(hex) || this.#store.has(digest);
+        const done = blob.finish(digest, hex, entry.size, known);
+        if (done) {
+          this.#pendingHashes.add(hex);
+          this.#pendingBlobs.push(done.row);
+          this.#pendingBytes += done.row.data?.length ?? 0;
+          if (done.dir) this.#dirs.add(done.dir);
+          this.newBlobs++;
+          this.newBlobBytes += done.row.stored;
+        }
+      } else {
+        blob.abort();
+        if (hex !== EMPTY_SHA256) throw new KeepError("internal", "Cannot hash empty file");
+      }
+    }
+    this.#stageRow({ op: "put", path: entry.path, entry });
+  }
+
+  #onChange(line: string): void {
+    this.#count();
+    const r = parseChangeRecord(line);
+    switch (r.op) {
+      case "del":
+        return this.#stageRow({ op: "del", path: r.p });
+      case "meta":
+        return this.#stageRow({ op: "meta", path: r.e.path, entry: r.e });
+      case "keep":
+        return this.#stageRow({ op: "keep", path: r.p, flag: r.flag, reason: r.reason });
+      case "drop":
+        this.#flush();
+        this.#index.unstagePut(this.#upload, r.p, r.reason);
+        return;
+    }
+  }
+
+  #stageRow(row: StageRow): void {
+    this.#pendingRows.push(row);
+    if (this.#pendingRows.length >= BATCH_ROWS || this.#pendingBytes >= BATCH_BYTES) this.#flush();
+  }
+
+  #flush(): void {
+    if (this.#pendingRows.length === 0 && this.#pendingBlobs.length === 0) return;
+    const rows = this.#pendingRows;
+    const blobs = this.#pendingBlobs;
+    this.#pendingRows = [];
+    this.#pendingBlobs = [];
+    this.#pendingBytes = 0;
+    this.#index.transaction(() => {
+      this.#store.insert(blobs);
+      this.#index.stage(this.#upload, rows);
+    });
+    this.#pendingHashes.clear();
+  }
+}
+
+export { hexToBytes };

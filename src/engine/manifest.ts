@@ -1,0 +1,316 @@
+/**
+ * The manifest: what a commit holds, one entry per path, sorted in UTF-8
+ * byte order. On the wire it is NDJSON (gzip'd): a first line
+ * `{"commit": CommitInfo | null}`, then one entry per line with short keys
+ * (`p` path, `t` type f/d/l, `s` size, `m` mode, `mt`/`ct` mtime/ctime in ns
+ * as decimal strings, `h` SHA-256 hex, `x` xxHash64 of head+tail+size hex,
+ * `l` symlink target, `fl` flags). Everything here validates what it reads.
+ *
+ * @module
+ */
+
+import { KeepError } from "./errors.ts";
+import { pathProblem } from "./paths.ts";
+
+/** Entry type: regular file, directory, symlink. */
+export type EntryType = "f" | "d" | "l";
+
+/** Why an entry's last good version was kept instead of a new one. */
+export type EntryFlag = "unreadable" | "unsettled";
+
+/** One path of a commit. */
+export interface Entry {
+  path: string;
+  type: EntryType;
+  /** Bytes of content (files), 0 otherwise. */
+  size: number;
+  /** Permission bits (mode & 0o7777). */
+  mode: number;
+  /** Modification time, ns since the epoch. */
+  mtime: bigint;
+  /** Status change time, ns since the epoch (client side; not restorable). */
+  ctime: bigint;
+  /** SHA-256 of the content, hex (files; computed by the server). */
+  hash?: string;
+  /** xxHash64 of head 4 KiB + tail 4 KiB + size, hex (files). */
+  xxh?: string;
+  /** Symlink target. */
+  target?: string;
+  /** Set when this version was kept because the file could not be read. */
+  flag?: EntryFlag;
+}
+
+/** Counts and sizes recorded with a commit. */
+export interface CommitCounts {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  /** Sum of file sizes in the commit. */
+  bytes: number;
+  added: number;
+  changed: number;
+  deleted: number;
+  /** Entries whose metadata alone changed (content kept). */
+  metadata: number;
+  unchanged: number;
+  /** Entries kept from the parent because they could not be read or settle. */
+  flagged: number;
+}
+
+/** What the server measured while receiving a commit. */
+export interface CommitStats {
+  /** File entries that carried content. */
+  filesReceived: number;
+  /** Uncompressed content bytes received. */
+  bytesReceived: number;
+  /** Bytes of the request body (compressed archive). */
+  wireBytes: number;
+  newBlobs: number;
+  /** Bytes added to the blob store (as stored, compressed). */
+  newBlobBytes: number;
+  seconds: number;
+}
+
+/** A commit as the server reports it. */
+export interface CommitInfo {
+  id: string;
+  project: string;
+  seq: number;
+  parent: string | null;
+  /** ISO 8601, server clock. */
+  time: string;
+  message: string;
+  tags: Record<string, string>;
+  host: string;
+  source: string;
+  /** When the client's scan started (ns, client clock): the racily-clean boundary. */
+  scanTime: string;
+  /** Client-detected mtime granularity in ns (1 for ns-exact filesystems). */
+  granularity: string;
+  counts: CommitCounts;
+  stats: CommitStats;
+}
+
+/** First entry of an upload: who sends what on top of which parent. */
+export interface UploadHeader {
+  format: 1;
+  parent: string | null;
+  message: string;
+  tags: Record<string, string>;
+  host: string;
+  source: string;
+  scanTime: string;
+  granularity: string;
+}
+
+/**
+ * Records of the last entry of an upload (NDJSON): changes that carry no
+ * content. `del` removes a path; `meta` re-records a file's metadata with
+ * content the parent already had (hash given); `keep` keeps the parent's
+ * version of a path that could not be read, flagged; `drop` withdraws a file
+ * entry sent earlier in this upload (it changed while being read).
+ */
+export type ChangeRecord =
+  | { op: "del"; p: string }
+  | { op: "meta"; e: Entry }
+  | { op: "keep"; p: string; flag: EntryFlag; reason: string }
+  | { op: "drop"; p: string; reason: string };
+
+const HEX64 = /^[0-9a-f]{64}$/;
+const HEX16 = /^[0-9a-f]{16}$/;
+const NS = /^-?\d{1,20}$/;
+
+function bad(what: string): KeepError {
+  return new KeepError("invalid", `Cannot read manifest: ${what}`);
+}
+
+/** Encodes an entry as one NDJSON line (without newline). */
+export function entryToJson(e: Entry): string {
+  const o: Record<string, unknown> = {
+    p: e.path,
+    t: e.type,
+    s: e.size,
+    m: e.mode,
+    mt: e.mtime.toString(),
+    ct: e.ctime.toString(),
+  };
+  if (e.hash !== undefined) o.h = e.hash;
+  if (e.xxh !== undefined) o.x = e.xxh;
+  if (e.target !== undefined) o.l = e.target;
+  if (e.flag !== undefined) o.fl = e.flag;
+  return JSON.stringify(o);
+}
+
+/** Validates and converts a parsed NDJSON object into an Entry. */
+export function entryFromJson(o: unknown): Entry {
+  if (typeof o !== "object" || o === null) throw bad("entry is not an object");
+  const r = o as Record<string, unknown>;
+  const { p, t, s, m, mt, ct, h, x, l, fl } = r;
+  if (typeof p !== "string") throw bad("entry without a path");
+  const problem = pathProblem(p);
+  if (problem) throw bad(`${JSON.stringify(p)}: ${problem}`);
+  if (t !== "f" && t !== "d" && t !== "l") throw bad(`${p}: unknown type ${JSON.stringify(t)}`);
+  if (typeof s !== "number" || !Number.isSafeInteger(s) || s < 0) throw bad(`${p}: bad size`);
+  if (typeof m !== "number" || !Number.isInteger(m) || m < 0 || m > 0o7777) {
+    throw bad(`${p}: bad mode`);
+  }
+  if (typeof mt !== "string" || !NS.test(mt)) throw bad(`${p}: bad mtime`);
+  if (typeof ct !== "string" || !NS.test(ct)) throw bad(`${p}: bad ctime`);
+  const e: Entry = { path: p, type: t, size: s, mode: m, mtime: BigInt(mt), ctime: BigInt(ct) };
+  if (h !== undefined) {
+    if (typeof h !== "string" || !HEX64.test(h)) throw bad(`${p}: bad hash`);
+    e.hash = h;
+  }
+  if (x !== undefined) {
+    if (typeof x !== "string" || !HEX16.test(x)) throw bad(`${p}: bad partial hash`);
+    e.xxh = x;
+  }
+  if (l !== undefined) {
+    if (typeof l !== "string" || l.length === 0 || l.includes("\0")) {
+      throw bad(`${p}: bad symlink target`);
+    }
+    e.target = l;
+  }
+  if (fl !== undefined) {
+    if (fl !== "unreadable" && fl !== "unsettled") throw bad(`${p}: unknown flag`);
+    e.flag = fl;
+  }
+  if (t === "l" && e.target === undefined) throw bad(`${p}: symlink without target`);
+  if (t !== "f" && s !== 0) throw bad(`${p}: size on a non-file`);
+  return e;
+}
+
+/** Parses the upload's first control entry. */
+export function parseUploadHeader(text: string): UploadHeader {
+  let o: unknown;
+  try {
+    o = JSON.parse(text);
+  } catch {
+    throw new KeepError("invalid", "Cannot read upload: commit header is not JSON");
+  }
+  const r = o as Record<string, unknown>;
+  const str = (k: string, max = 4096): string => {
+    const v = r[k];
+    if (typeof v !== "string" || v.length > max) {
+      throw new KeepError(
+        "invalid",
+        `Cannot read upload: commit header field ${k} is missing or too long`,
+      );
+    }
+    return v;
+  };
+  if (typeof o !== "object" || o === null || r.format !== 1) {
+    throw new KeepError("invalid", "Cannot read upload: unknown commit header format");
+  }
+  const parent = r.parent === null ? null : str("parent", 64);
+  const tags = r.tags ?? {};
+  if (typeof tags !== "object" || tags === null || Array.isArray(tags)) {
+    throw new KeepError("invalid", "Cannot read upload: tags must be an object");
+  }
+  const tagOut: Record<string, string> = {};
+  for (const [k, v] of Object.entries(tags)) {
+    if (typeof v !== "string" || k.length > 256 || v.length > 4096) {
+      throw new KeepError("invalid", "Cannot read upload: tags must map short strings to strings");
+    }
+    tagOut[k] = v;
+  }
+  const scanTime = str("scanTime", 24);
+  const granularity = str("granularity", 24);
+  if (!NS.test(scanTime) || !NS.test(granularity)) {
+    throw new KeepError(
+      "invalid",
+      "Cannot read upload: scanTime and granularity must be ns integers",
+    );
+  }
+  return {
+    format: 1,
+    parent,
+    message: str("message", 65536),
+    tags: tagOut,
+    host: str("host", 1024),
+    source: str("source"),
+    scanTime,
+    granularity,
+  };
+}
+
+/** Parses one NDJSON change record from the upload's last control entry. */
+export function parseChangeRecord(line: string): ChangeRecord {
+  let o: Record<string, unknown>;
+  try {
+    o = JSON.parse(line);
+  } catch {
+    throw new KeepError("invalid", "Cannot read upload: change record is not JSON");
+  }
+  const path = (v: unknown): string => {
+    if (typeof v !== "string") {
+      throw new KeepError("invalid", "Cannot read upload: change record without path");
+    }
+    const problem = pathProblem(v);
+    if (problem) {
+      throw new KeepError("invalid", `Cannot read upload: ${JSON.stringify(v)}: ${problem}`);
+    }
+    return v;
+  };
+  const reason = (v: unknown): string => (typeof v === "string" ? v.slice(0, 1024) : "");
+  switch (o?.op) {
+    case "del":
+      return { op: "del", p: path(o.p) };
+    case "meta": {
+      const e = entryFromJson(o.e);
+      if (e.type === "f" && e.hash === undefined) {
+        throw new KeepError(
+          "invalid",
+          `Cannot read upload: metadata record for ${e.path} without hash`,
+        );
+      }
+      return { op: "meta", e };
+    }
+    case "keep": {
+      if (o.flag !== "unreadable" && o.flag !== "unsettled") {
+        throw new KeepError("invalid", "Cannot read upload: keep record with unknown flag");
+      }
+      return { op: "keep", p: path(o.p), flag: o.flag, reason: reason(o.reason) };
+    }
+    case "drop":
+      return { op: "drop", p: path(o.p), reason: reason(o.reason) };
+    default:
+      throw new KeepError("invalid", "Cannot read upload: unknown change record");
+  }
+}
+
+/** Serialises a change record as one NDJSON line (without newline). */
+export function changeRecordToJson(r: ChangeRecord): string {
+  if (r.op === "meta") return `{"op":"meta","e":${entryToJson(r.e)}}`;
+  return JSON.stringify(r);
+}
+
+/** Splits a stream of text chunks into lines, with a bound on line length. */
+export class LineSplitter {
+  #rest = "";
+  #decoder = new TextDecoder("utf-8", { fatal: true });
+  constructor(readonly maxLine = 1 << 20) {}
+
+  /** Lines completed by this chunk. */
+  push(chunk: Uint8Array): string[] {
+    let text: string;
+    try {
+      text = this.#rest + this.#decoder.decode(chunk, { stream: true });
+    } catch {
+      throw new KeepError("invalid", "Cannot read manifest: not valid UTF-8");
+    }
+    const lines = text.split("\n");
+    this.#rest = lines.pop()!;
+    if (this.#rest.length > this.maxLine) {
+      throw new KeepError("too_large", "Cannot read manifest: line too long");
+    }
+    return lines.filter((l) => l !== "");
+  }
+
+  /** The last unterminated line, if any. */
+  end(): string[] {
+    const rest = this.#rest + this.#decoder.decode();
+    this.#rest = "";
+    return rest === "" ? [] : [rest];
+  }
+}

@@ -1,0 +1,309 @@
+/**
+ * Builds an upload: one tar.gz stream, pulled as the network takes it.
+ * Layout: `.keep-commit.json` (control: commit header), then every sent entry
+ * in path order, then `.keep-changes.ndjson` (control: deletions, metadata
+ * records, kept and withdrawn paths), then the end-of-archive blocks.
+ *
+ * Each entry is one gzip member holding the previous file's tar padding and
+ * this entry's header blocks, followed by its data as members of at most
+ * 1 MiB raw each (see gzip_member.ts), so the server can keep the data
+ * members as the blob. GNU tar and bsdtar read the result as one archive.
+ *
+ * A file's bytes never disagree with its header: files up to 8 MiB are read
+ * whole between two stats and re-read (bounded) if they moved; larger files
+ * are streamed, padded or cut to the size in the header, and withdrawn with a
+ * `drop` record if they moved while being read.
+ *
+ * @module
+ */
+
+import { autoLevel, encodeMember, MAX_MEMBER_RAW } from "./gzip_member.ts";
+import { lstatNs, type NativeStat } from "./fs_native.ts";
+import { type ChangeRecord, changeRecordToJson, type UploadHeader } from "./manifest.ts";
+import { encodeHeader, END_OF_ARCHIVE, padded, type TarHeader } from "./tar.ts";
+import type { ScanEntry } from "./scan.ts";
+
+/** How file data is compressed on the wire (and so at rest). */
+export type CompressMode = "none" | "fast" | "auto";
+
+/** A path that could not be sent as scanned. */
+export interface PackProblem {
+  path: string;
+  reason: string;
+  kind: "unreadable" | "unsettled";
+}
+
+/** Counters filled while the stream is read. */
+export interface PackStats {
+  filesSent: number;
+  bytesRead: number;
+  wireBytes: number;
+  entriesSent: number;
+}
+
+export interface PackOptions {
+  /** Absolute path of the source directory. */
+  root: string;
+  header: UploadHeader;
+  /** Entries to send, in path order. */
+  send: ScanEntry[];
+  /** Change records known before packing (del, meta, keep). */
+  changes: ChangeRecord[];
+  compress?: CompressMode;
+  /** Re-reads of a file that moved while read (default 3). */
+  retries?: number;
+  /** Files above this are streamed rather than read whole (default 8 MiB). */
+  wholeFileMax?: number;
+  onProblem?: (p: PackProblem) => void;
+  /** Called after each entry with the bytes read so far. */
+  onProgress?: (stats: PackStats) => void;
+  signal?: AbortSignal;
+}
+
+const encoder = new TextEncoder();
+const TARGET_CHUNK = 512 * 1024;
+
+function sameStat(a: NativeStat, b: NativeStat): boolean {
+  return a.kind === b.kind && a.size === b.size && a.mtime === b.mtime && a.ctime === b.ctime;
+}
+
+function reasonOf(err: unknown): string {
+  if (err instanceof Deno.errors.PermissionDenied) return "permission denied";
+  if (err instanceof Deno.errors.NotFound) return "vanished before it could be read";
+  return err instanceof Error ? err.message.split("\n")[0] : String(err);
+}
+
+/**
+ * Returns the upload stream and the stats it fills.
+ *
+ * @example
+ * ```ts
+ * const { stream, stats } = packUpload({ root, header, send, changes: [] });
+ * await fetch(url, { method: "POST", body: stream, duplex: "half" });
+ * ```
+ */
+export function packUpload(
+  options: PackOptions,
+): { stream: ReadableStream<Uint8Array>; stats: PackStats } {
+  const stats: PackStats = { filesSent: 0, bytesRead: 0, wireBytes: 0, entriesSent: 0 };
+  const gen = generate(options, stats);
+  const stream = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const { value, done } = await gen.next();
+        if (done) controller.close();
+        else {
+          stats.wireBytes += value.length;
+          controller.enqueue(value);
+        }
+      } catch (err) {
+        controller.error(err);
+      }
+    },
+    async cancel() {
+      await gen.return(undefined);
+    },
+  }, { highWaterMark: 2 });
+  return { stream, stats };
+}
+
+async function* generate(options: PackOptions, stats: PackStats): AsyncGenerator<Uint8Array> {
+  const compress = options.compress ?? "auto";
+  const retries = options.retries ?? 3;
+  const wholeMax = options.wholeFileMax ?? 8 << 20;
+  const changes = [...options.changes];
+  const levelFor = (raw: Uint8Array) =>
+    compress === "none" ? 0 : compress === "fast" ? 1 : autoLevel(raw);
+  let pad = 0;
+  let out: Uint8Array[] = [];
+  let outLen = 0;
+  const push = (m: Uint8Array) => {
+    out.push(m);
+    outLen += m.length;
+  };
+  const take = (): Uint8Array => {
+    const all = out.length === 1 ? out[0] : concat(out, outLen);
+    out = [];
+    outLen = 0;
+    return all;
+  };
+  const headerMember = (h: TarHeader) => {
+    const blocks = encodeHeader(h);
+    const raw = new Uint8Array(pad + blocks.length);
+    raw.set(blocks, pad);
+    push(encodeMember(raw, compress === "none" ? 0 : 1));
+    pad = 0;
+  };
+  const dataMembers = (data: Uint8Array) => {
+    for (let i = 0; i < data.length; i += MAX_MEMBER_RAW) {
+      const raw = data.subarray(i, i + MAX_MEMBER_RAW);
+      push(encodeMember(raw, levelFor(raw)));
+    }
+  };
+  const control = (name: string, kind: string, body: Uint8Array) => {
+    headerMember({
+      path: name,
+      type: "file",
+      size: body.length,
+      mode: 0o644,
+      mtime: BigInt(options.header.scanTime),
+      keep: { control: kind },
+    });
+    if (body.length) dataMembers(body);
+    pad = padded(body.length) - body.length;
+  };
+  const problem = (p: PackProblem) => {
+    options.onProblem?.(p);
+    changes.push(
+      p.kind === "unsettled" && p.reason.startsWith("withdrawn")
+        ? { op: "drop", p: p.path, reason: p.reason }
+        : { op: "keep", p: p.path, flag: p.kind, reason: p.reason },
+    );
+  };
+
+  control(".keep-commit.json", "commit", encoder.encode(JSON.stringify(options.header)));
+  for (const e of options.send) {
+    if (options.signal?.aborted) throw options.signal.reason;
+    const abs = `${options.root}/${e.path}`;
+    if (e.type !== "f") {
+      headerMember({
+        path: e.path,
+        type: e.type === "d" ? "dir" : "symlink",
+        size: 0,
+        mode: e.mode,
+        mtime: e.mtime,
+        ctime: e.ctime,
+        linkname: e.target,
+      });
+      stats.entriesSent++;
+      if (outLen >= TARGET_CHUNK) yield take();
+      continue;
+    }
+    if (e.size <= wholeMax) {
+      let sent = false;
+      let lastReason = "";
+      for (let attempt = 0; attempt <= retries && !sent; attempt++) {
+        if (attempt > 0) await delay(50 * 2 ** attempt);
+        let st0: NativeStat, st1: NativeStat, data: Uint8Array;
+        try {
+          st0 = lstatNs(abs);
+          if (st0.kind !== "file") {
+            lastReason = "is no longer a regular file";
+            continue;
+          }
+          data = Deno.readFileSync(abs);
+          st1 = lstatNs(abs);
+        } catch (err) {
+          problem({ path: e.path, reason: reasonOf(err), kind: "unreadable" });
+          lastReason = "";
+          break;
+        }
+        if (!sameStat(st0, st1) || data.length !== st1.size) {
+          lastReason = "changed while being read";
+          continue;
+        }
+        headerMember({
+          path: e.path,
+          type: "file",
+          size: data.length,
+          mode: st1.mode,
+          mtime: st1.mtime,
+          ctime: st1.ctime,
+        });
+        dataMembers(data);
+        pad = padded(data.length) - data.length;
+        stats.filesSent++;
+        stats.entriesSent++;
+        stats.bytesRead += data.length;
+        sent = true;
+      }
+      if (!sent && lastReason) {
+        problem({
+          path: e.path,
+          reason: `${lastReason} (${retries + 1} tries)`,
+          kind: "unsettled",
+        });
+      }
+      if (outLen >= TARGET_CHUNK) yield take();
+      options.onProgress?.(stats);
+      continue;
+    }
+    // Large file: stream it; the header's size is the stat before the read.
+    let file: Deno.FsFile;
+    let st0: NativeStat;
+    try {
+      st0 = lstatNs(abs);
+      if (st0.kind !== "file") {
+        problem({ path: e.path, reason: "is no longer a regular file", kind: "unsettled" });
+        continue;
+      }
+      file = Deno.openSync(abs, { read: true });
+    } catch (err) {
+      problem({ path: e.path, reason: reasonOf(err), kind: "unreadable" });
+      continue;
+    }
+    let moved = false;
+    try {
+      headerMember({
+        path: e.path,
+        type: "file",
+        size: st0.size,
+        mode: st0.mode,
+        mtime: st0.mtime,
+        ctime: st0.ctime,
+      });
+      let left = st0.size;
+      const buf = new Uint8Array(MAX_MEMBER_RAW);
+      while (left > 0) {
+        const want = Math.min(left, buf.length);
+        let got = 0;
+        while (got < want) {
+          const n = file.readSync(buf.subarray(got, want));
+          if (n === null || n === 0) break;
+          got += n;
+        }
+        if (got < want) {
+          moved = true; // shrank: zero-fill to the size the header promised
+          buf.fill(0, got, want);
+        }
+        const raw = buf.subarray(0, want);
+        push(encodeMember(raw, levelFor(raw)));
+        left -= want;
+        stats.bytesRead += got;
+        if (outLen >= TARGET_CHUNK) yield take();
+        if (options.signal?.aborted) throw options.signal.reason;
+      }
+      pad = padded(st0.size) - st0.size;
+      const st1 = lstatNs(abs);
+      if (!sameStat(st0, st1)) moved = true;
+    } finally {
+      file.close();
+    }
+    stats.filesSent++;
+    stats.entriesSent++;
+    if (moved) {
+      stats.filesSent--;
+      problem({ path: e.path, reason: "withdrawn: changed while being read", kind: "unsettled" });
+    }
+    options.onProgress?.(stats);
+  }
+  const lines = changes.map((c) => changeRecordToJson(c) + "\n").join("");
+  control(".keep-changes.ndjson", "changes", encoder.encode(lines));
+  const tail = new Uint8Array(pad + END_OF_ARCHIVE.length);
+  push(encodeMember(tail, 1));
+  yield take();
+}
+
+function concat(parts: Uint8Array[], total: number): Uint8Array {
+  const out = new Uint8Array(total);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,271 @@
+/**
+ * Client side of restore: materialises a tar.gz stream from the server into
+ * a directory. Every path is checked before anything is written: it must be a
+ * clean relative path, and each of its parents a real directory this restore
+ * made or found (never a symlink), so no entry can write outside DEST.
+ * Files are verified against their SHA-256 before they appear under their
+ * name (small ones in memory, large ones through a temp file renamed into
+ * place); a mismatch is reported and the file is not written. Modes and
+ * mtimes (ns where the platform allows) are applied, directories last.
+ *
+ * @module
+ */
+
+import { createHash, type Hash } from "node:crypto";
+import { KeepError } from "./errors.ts";
+import { lstatNs, setTimesNs } from "./fs_native.ts";
+import { decodeMember, MemberSplitter } from "./gzip_member.ts";
+import { comparePaths, parentOf, pathProblem } from "./paths.ts";
+import { type TarHeader, TarParser } from "./tar.ts";
+
+export interface RestoreOptions {
+  /** Allow a non-empty destination: existing files are replaced. */
+  overwrite?: boolean;
+  signal?: AbortSignal;
+  onProblem?: (p: { path: string; reason: string }) => void;
+  onProgress?: (r: RestoreResult) => void;
+}
+
+export interface RestoreResult {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  bytes: number;
+  /** Files whose content did not match their hash (not written). */
+  hashErrors: number;
+  problems: { path: string; reason: string }[];
+}
+
+const SMALL = 1 << 20;
+
+/** Throws usage unless `dest` is missing or empty (or overwrite is set); creates it. */
+export function prepareDestination(dest: string, overwrite: boolean): void {
+  let st;
+  try {
+    st = Deno.lstatSync(dest);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+    Deno.mkdirSync(dest, { recursive: true });
+    return;
+  }
+  if (!st.isDirectory) {
+    throw new KeepError("usage", `Cannot restore into ${dest}: it is not a directory`);
+  }
+  if (!overwrite) {
+    for (const _ of Deno.readDirSync(dest)) {
+      throw new KeepError(
+        "usage",
+        `Cannot restore into ${dest}: it is not empty (use --overwrite to replace files)`,
+      );
+    }
+  }
+}
+
+/**
+ * Restores an archive stream into `dest` (which must exist).
+ *
+ * @example
+ * ```ts
+ * prepareDestination("/tmp/out", false);
+ * const r = await restoreArchive(response.body!, "/tmp/out");
+ * ```
+ */
+export async function restoreArchive(
+  stream: ReadableStream<Uint8Array>,
+  dest: string,
+  options: RestoreOptions = {},
+): Promise<RestoreResult> {
+  const result: RestoreResult = {
+    files: 0,
+    dirs: 0,
+    symlinks: 0,
+    bytes: 0,
+    hashErrors: 0,
+    problems: [],
+  };
+  const overwrite = options.overwrite ?? false;
+  const realDirs = new Set<string>([""]);
+  const dirMeta: { path: string; mode: number; mtime: bigint }[] = [];
+  const abs = (rel: string) => `${dest}/${rel}`;
+  const problem = (path: string, reason: string) => {
+    result.problems.push({ path, reason });
+    options.onProblem?.({ path, reason });
+  };
+
+  const ensureDir = (rel: string): void => {
+    if (realDirs.has(rel)) return;
+    ensureDir(parentOf(rel));
+    let st;
+    try {
+      st = lstatNs(abs(rel));
+    } catch {
+      Deno.mkdirSync(abs(rel), { mode: 0o755 });
+      realDirs.add(rel);
+      return;
+    }
+    if (st.kind !== "dir") {
+      throw new KeepError(
+        "invalid",
+        `Cannot restore below ${rel}: it is a ${st.kind}, not a directory`,
+      );
+    }
+    realDirs.add(rel);
+  };
+
+  /** Removes whatever non-directory is at rel (overwrite mode). */
+  const clear = (rel: string): "none" | "dir" => {
+    let st;
+    try {
+      st = lstatNs(abs(rel));
+    } catch {
+      return "none";
+    }
+    if (st.kind === "dir") return "dir";
+    if (!overwrite) throw new KeepError("invalid", `Cannot restore ${rel}: it already exists`);
+    Deno.removeSync(abs(rel));
+    return "none";
+  };
+
+  let cur: TarHeader | null = null;
+  let expect = "";
+  let sha: Hash | null = null;
+  let parts: Uint8Array[] = [];
+  let file: Deno.FsFile | null = null;
+  let tmp = "";
+  let lastPath = "";
+  let tmpSeq = 0;
+
+  const parser = new TarParser({
+    entry(h) {
+      const bad = pathProblem(h.path);
+      if (bad) {
+        throw new KeepError(
+          "invalid",
+          `Cannot restore ${JSON.stringify(h.path)}: unsafe path (${bad})`,
+        );
+      }
+      if (comparePaths(lastPath, h.path) >= 0) {
+        throw new KeepError(
+          "invalid",
+          `Cannot restore ${JSON.stringify(h.path)}: entries out of order or repeated`,
+        );
+      }
+      lastPath = h.path;
+      ensureDir(parentOf(h.path));
+      cur = h;
+      if (h.type === "dir") {
+        if (clear(h.path) === "none") Deno.mkdirSync(abs(h.path), { mode: 0o700 });
+        realDirs.add(h.path);
+        dirMeta.push({ path: h.path, mode: h.mode, mtime: h.mtime });
+        result.dirs++;
+        return;
+      }
+      if (clear(h.path) === "dir") {
+        throw new KeepError("invalid", `Cannot restore ${h.path}: a directory is in the way`);
+      }
+      if (h.type === "symlink") {
+        Deno.symlinkSync(h.linkname!, abs(h.path));
+        setTimesNs(abs(h.path), h.mtime, true);
+        result.symlinks++;
+        return;
+      }
+      expect = h.keep?.sha256 ?? "";
+      if (!/^[0-9a-f]{64}$/.test(expect)) {
+        throw new KeepError("invalid", `Cannot restore ${h.path}: no content hash`);
+      }
+      sha = createHash("sha256");
+      parts = [];
+      if (h.size > SMALL) {
+        tmp = abs(
+          `${
+            parentOf(h.path) ? parentOf(h.path) + "/" : ""
+          }.keep-restore-${Deno.pid}-${++tmpSeq}.part`,
+        );
+        file = Deno.openSync(tmp, { write: true, createNew: true, mode: 0o600 });
+      }
+    },
+    data(chunk) {
+      sha!.update(chunk);
+      if (file) {
+        let o = 0;
+        while (o < chunk.length) o += file.writeSync(chunk.subarray(o));
+      } else {
+        parts.push(chunk.slice());
+      }
+      result.bytes += chunk.length;
+    },
+    entryEnd() {
+      const h = cur!;
+      cur = null;
+      if (h.type !== "file") return;
+      const got = sha!.digest("hex");
+      sha = null;
+      const target = abs(h.path);
+      if (got !== expect) {
+        if (file) {
+          file.close();
+          file = null;
+          Deno.removeSync(tmp);
+        }
+        result.hashErrors++;
+        problem(
+          h.path,
+          `content hash mismatch (got ${got.slice(0, 12)}…, expected ${
+            expect.slice(0, 12)
+          }…): not written`,
+        );
+        return;
+      }
+      if (file) {
+        file.close();
+        file = null;
+        Deno.renameSync(tmp, target);
+      } else {
+        const data = parts.length === 1 ? parts[0] : concat(parts);
+        Deno.writeFileSync(target, data, { createNew: true, mode: 0o600 });
+      }
+      parts = [];
+      Deno.chmodSync(target, h.mode);
+      setTimesNs(target, h.mtime);
+      result.files++;
+    },
+  });
+
+  const split = new MemberSplitter();
+  try {
+    for await (const chunk of stream) {
+      if (options.signal?.aborted) throw options.signal.reason;
+      split.push(chunk);
+      for (let m = split.next(); m; m = split.next()) parser.push(decodeMember(m));
+      options.onProgress?.(result);
+    }
+    split.end();
+    parser.finish();
+  } finally {
+    if (file) {
+      (file as Deno.FsFile).close();
+      try {
+        Deno.removeSync(tmp);
+      } catch { /* already gone */ }
+    }
+  }
+  // Directories last, deepest first, so their mtimes stay put.
+  for (let i = dirMeta.length - 1; i >= 0; i--) {
+    const d = dirMeta[i];
+    Deno.chmodSync(abs(d.path), d.mode);
+    setTimesNs(abs(d.path), d.mtime);
+  }
+  return result;
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}

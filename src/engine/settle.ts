@@ -1,0 +1,109 @@
+/**
+ * The settle check: a file a parallel `make` may still be writing is not
+ * sent until it holds still. Algorithm, over all candidates at once (so ten
+ * thousand fresh files cost one window, not ten thousand): optionally fsync
+ * recently modified files (pushes a NAS client's dirty pages to the server
+ * before the final stat), then stat every candidate. A file is settled when
+ * its size and mtime equal the previous observation and its mtime is older
+ * than the window (or, for clocks that disagree, when it did not move during
+ * a whole window). Others are re-observed after a window, until `maxWait`.
+ *
+ * @module
+ */
+
+import { lstatNs } from "./fs_native.ts";
+import type { ScanEntry } from "./scan.ts";
+
+export interface SettleOptions {
+  /** The window, ms; 0 settles everything at once. */
+  windowMs: number;
+  /** Give up after this long, ms (default 5 windows). */
+  maxWaitMs?: number;
+  /** fsync files modified in the last minute before observing (default true). */
+  sync?: boolean;
+  signal?: AbortSignal;
+  /** Called before each wait with the number of files still moving. */
+  onWait?: (pending: number) => void;
+}
+
+export interface SettleResult {
+  /** Candidates that held still, with their latest stat. */
+  settled: ScanEntry[];
+  /** Candidates that kept moving (or vanished). */
+  unsettled: { entry: ScanEntry; reason: string }[];
+  /** How long the check took, ms. */
+  waitedMs: number;
+}
+
+function fsyncQuietly(path: string): void {
+  try {
+    const f = Deno.openSync(path, { read: true });
+    try {
+      f.syncSync();
+    } finally {
+      f.close();
+    }
+  } catch { /* not every filesystem allows it: best effort */ }
+}
+
+/** Waits for candidate files to settle. */
+export async function settleFiles(
+  root: string,
+  files: ScanEntry[],
+  options: SettleOptions,
+): Promise<SettleResult> {
+  const started = Date.now();
+  if (options.windowMs <= 0 || files.length === 0) {
+    return { settled: files, unsettled: [], waitedMs: 0 };
+  }
+  const windowNs = BigInt(Math.round(options.windowMs * 1e6));
+  const maxWait = options.maxWaitMs ?? options.windowMs * 5;
+  if (options.sync ?? true) {
+    const recent = BigInt(Date.now() - 60_000) * 1_000_000n;
+    for (const f of files) if (f.mtime >= recent) fsyncQuietly(`${root}/${f.path}`);
+  }
+  const settled: ScanEntry[] = [];
+  const unsettled: SettleResult["unsettled"] = [];
+  let pending = files.map((entry) => ({ entry, seen: entry as ScanEntry, watched: false }));
+  for (;;) {
+    const now = BigInt(Date.now()) * 1_000_000n;
+    const next: typeof pending = [];
+    for (const p of pending) {
+      let st;
+      try {
+        st = lstatNs(`${root}/${p.entry.path}`);
+      } catch {
+        settled.push(p.entry); // vanished or unreadable: the pack step reports it
+        continue;
+      }
+      const still = st.size === p.seen.size && st.mtime === p.seen.mtime;
+      const cur: ScanEntry = {
+        ...p.entry,
+        size: st.kind === "file" ? st.size : 0,
+        mode: st.mode,
+        mtime: st.mtime,
+        ctime: st.ctime,
+      };
+      if (still && (st.mtime < now - windowNs || p.watched)) settled.push(cur);
+      else next.push({ entry: p.entry, seen: cur, watched: still ? true : false });
+    }
+    pending = next;
+    if (pending.length === 0) break;
+    if (Date.now() - started >= maxWait) {
+      for (const p of pending) {
+        unsettled.push({
+          entry: p.entry,
+          reason: `still being written after ${((Date.now() - started) / 1000).toFixed(1)} s`,
+        });
+      }
+      break;
+    }
+    options.onWait?.(pending.length);
+    // One window of observation: a file unchanged across it is settled.
+    for (const p of pending) p.watched = false;
+    await new Promise((r) => setTimeout(r, options.windowMs));
+    if (options.signal?.aborted) throw options.signal.reason;
+    for (const p of pending) p.watched = true;
+  }
+  return { settled, unsettled, waitedMs: Date.now() - started };
+}

@@ -1,0 +1,290 @@
+/**
+ * The HTTP API, versioned under /v1. Routes are thin: they check access,
+ * call the engine and map KeepError codes to statuses with a JSON body
+ * `{error: {code, message}}`. See README.md "API" for the table.
+ *
+ * @module
+ */
+
+import { Hono } from "hono";
+import type { Context } from "hono";
+import zlib from "node:zlib";
+import { Readable } from "node:stream";
+import { type BlobStore } from "../engine/blob_store.ts";
+import { HTTP_STATUS, KeepError, toKeepError } from "../engine/errors.ts";
+import { exportArchive } from "../engine/export.ts";
+import { Ingest, type IngestLimits } from "../engine/ingest.ts";
+import { hexToBytes, type IndexDb } from "../engine/index_db.ts";
+import { entryToJson } from "../engine/manifest.ts";
+import { normalisePrefix } from "../engine/paths.ts";
+import { verifyStore } from "../engine/verify.ts";
+import { type Access, authorize, type Need, type TokenStore } from "../engine/tokens.ts";
+import { checkProjectName, VERSION } from "./wire.ts";
+
+/** What the routes need. */
+export interface AppContext {
+  index: IndexDb;
+  store: BlobStore;
+  limits: IngestLimits;
+  /** null: --no-auth (loopback only). */
+  tokens: TokenStore | null;
+  /** Seconds an upload may stay silent before it is cut. */
+  idleTimeoutSec: number;
+  log?: (line: string) => void;
+}
+
+type Env = { Variables: { access: Access | null } };
+
+function errorResponse(c: Context, err: KeepError): Response {
+  return c.json({ error: { code: err.code, message: err.message } }, HTTP_STATUS[err.code] as 400);
+}
+
+/** Builds the Hono app. */
+export function createApp(ctx: AppContext): Hono<Env> {
+  const app = new Hono<Env>();
+  const { index, store } = ctx;
+
+  app.onError((err, c) => {
+    const k = toKeepError(err, "Cannot serve request");
+    if (k.code === "internal") {
+      ctx.log?.(`error: ${c.req.method} ${c.req.path}: ${(err as Error)?.stack ?? err}`);
+    }
+    return errorResponse(c, k);
+  });
+  app.notFound((c) =>
+    errorResponse(
+      c,
+      new KeepError("not_found", `Cannot ${c.req.method} ${c.req.path}: no such route`),
+    )
+  );
+
+  app.use("/v1/*", async (c, next) => {
+    if (ctx.tokens === null) {
+      c.set("access", null);
+      return await next();
+    }
+    const h = c.req.header("authorization") ?? "";
+    const m = /^Bearer\s+(\S+)$/i.exec(h);
+    if (!m) {
+      throw new KeepError(
+        "unauthorized",
+        "Cannot authenticate: send Authorization: Bearer <token>",
+      );
+    }
+    c.set("access", ctx.tokens.check(m[1]));
+    await next();
+  });
+
+  const need = (c: Context<Env>, what: Need, project?: string) =>
+    authorize(c.get("access"), what, project);
+  const project = (c: Context<Env>) => checkProjectName(c.req.param("project") ?? "");
+
+  app.get("/v1/health", (c) => c.json({ ok: true, version: VERSION }));
+
+  app.get("/v1/projects", (c) => {
+    const access = c.get("access");
+    const all = index.listProjects();
+    const visible = all.filter((p) => {
+      try {
+        authorize(access, "head", p.name);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    return c.json({ projects: visible });
+  });
+
+  app.get("/v1/projects/:project/head", (c) => {
+    const p = project(c);
+    need(c, "head", p);
+    return c.json({ commit: index.headCommit(p) });
+  });
+
+  app.get("/v1/projects/:project/manifest", (c) => {
+    const p = project(c);
+    const ref = c.req.query("commit") ?? "latest";
+    need(c, ref === "latest" ? "head" : "read", p);
+    const commit = ref === "latest" ? index.headCommit(p) : index.resolveCommit(p, ref);
+    const gz = zlib.createGzip({ level: 1 });
+    const produce = async () => {
+      try {
+        if (!gz.write(JSON.stringify({ commit }) + "\n")) {
+          await new Promise((r) => gz.once("drain", r));
+        }
+        if (commit) {
+          let lines: string[] = [];
+          for (const e of index.entries(p, commit)) {
+            lines.push(entryToJson(e));
+            if (lines.length >= 2000) {
+              if (!gz.write(lines.join("\n") + "\n")) await new Promise((r) => gz.once("drain", r));
+              lines = [];
+            }
+          }
+          if (lines.length) gz.write(lines.join("\n") + "\n");
+        }
+        gz.end();
+      } catch (err) {
+        gz.destroy(err as Error);
+      }
+    };
+    produce();
+    return new Response(Readable.toWeb(gz) as ReadableStream<Uint8Array>, {
+      headers: { "content-type": "application/gzip", "keep-commit": commit?.id ?? "" },
+    });
+  });
+
+  app.get("/v1/projects/:project/commits", (c) => {
+    const p = project(c);
+    need(c, "read", p);
+    const limit = Math.min(Math.max(Number(c.req.query("limit") ?? 1000) || 1000, 1), 100000);
+    return c.json({ commits: index.listCommits(p, limit) });
+  });
+
+  app.get("/v1/projects/:project/commits/:ref", (c) => {
+    const p = project(c);
+    need(c, "read", p);
+    const commit = index.resolveCommit(p, c.req.param("ref"));
+    return c.json({ commit, notes: index.commitNotes(p, commit.seq) });
+  });
+
+  app.post("/v1/projects/:project/commits", async (c) => {
+    const p = project(c);
+    need(c, "append", p);
+    const body = c.req.raw.body;
+    if (!body) throw new KeepError("invalid", "Cannot accept upload: empty body");
+    const declared = Number(c.req.header("content-length") ?? "0");
+    if (declared > ctx.limits.maxUploadBytes + (1 << 20)) {
+      throw new KeepError(
+        "too_large",
+        `Cannot accept upload: body of ${declared} bytes is over the limit`,
+      );
+    }
+    const ingest = new Ingest(index, store, p, { limits: ctx.limits });
+    const reader = body.getReader();
+    let last = Date.now();
+    let timedOut = false;
+    const timer = setInterval(() => {
+      if (Date.now() - last > ctx.idleTimeoutSec * 1000) {
+        timedOut = true;
+        reader.cancel(new KeepError("timeout", "Cannot accept upload: client idle too long")).catch(
+          () => {},
+        );
+      }
+    }, Math.min(1000, ctx.idleTimeoutSec * 250));
+    try {
+      let failure: KeepError | null = null;
+      for (;;) {
+        let r: ReadableStreamReadResult<Uint8Array>;
+        try {
+          r = await reader.read();
+        } catch (err) {
+          if (timedOut) {
+            throw new KeepError(
+              "timeout",
+              `Cannot accept upload: no data for ${ctx.idleTimeoutSec} s`,
+            );
+          }
+          throw new KeepError(
+            "invalid",
+            `Cannot accept upload: connection failed (${(err as Error).message})`,
+          );
+        }
+        last = Date.now();
+        if (r.done) break;
+        if (failure) {
+          // Keep reading to the end so the client sees the answer, but no further work.
+          if (failure.code !== "conflict" && ingest.wireBytes > 64 << 20) break;
+          ingest.wireBytes += r.value.length;
+          continue;
+        }
+        try {
+          ingest.push(r.value);
+        } catch (err) {
+          failure = toKeepError(err, "Cannot accept upload");
+          ingest.abort();
+        }
+      }
+      if (timedOut) {
+        throw new KeepError("timeout", `Cannot accept upload: no data for ${ctx.idleTimeoutSec} s`);
+      }
+      if (failure) throw failure;
+      const commit = ingest.finish();
+      ctx.log?.(
+        `commit ${p} ${commit.id} #${commit.seq}: +${commit.counts.added} ~${commit.counts.changed} -${commit.counts.deleted} ${commit.stats.wireBytes} B in ${commit.stats.seconds} s`,
+      );
+      return c.json({ commit }, 201);
+    } catch (err) {
+      ingest.abort();
+      try {
+        await reader.cancel();
+      } catch { /* already closed */ }
+      throw err;
+    } finally {
+      clearInterval(timer);
+    }
+  });
+
+  app.get("/v1/projects/:project/archive", (c) => {
+    const p = project(c);
+    need(c, "read", p);
+    const commit = index.resolveCommit(p, c.req.query("commit") ?? "latest");
+    const prefix = normalisePrefix(c.req.query("path") ?? "");
+    if (prefix !== "" && !index.entries(p, commit, prefix).next().value) {
+      throw new KeepError("not_found", `Cannot restore ${prefix}: not in commit ${commit.id}`);
+    }
+    const gen = exportArchive(index, store, commit, prefix);
+    const stream = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        try {
+          const r = gen.next();
+          if (r.done) controller.close();
+          else controller.enqueue(r.value);
+        } catch (err) {
+          ctx.log?.(`error: archive ${p} ${commit.id}: ${(err as Error).message}`);
+          controller.error(err);
+        }
+      },
+      cancel() {
+        gen.return(undefined);
+      },
+    });
+    return new Response(stream, {
+      headers: { "content-type": "application/gzip", "keep-commit": commit.id },
+    });
+  });
+
+  app.get("/v1/projects/:project/blobs/:hash", (c) => {
+    const p = project(c);
+    need(c, "read", p);
+    const hash = c.req.param("hash");
+    if (!/^[0-9a-f]{64}$/.test(hash)) {
+      throw new KeepError("invalid", "Cannot fetch blob: hash must be 64 hex digits");
+    }
+    const pid = index.projectId(p);
+    if (pid === null || !index.projectHasHash(pid, hexToBytes(hash))) {
+      throw new KeepError(
+        "not_found",
+        `Cannot fetch blob ${hash}: project ${p} has no such content`,
+      );
+    }
+    const gen = store.read(hash);
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        pull(controller) {
+          const r = gen.next();
+          if (r.done) controller.close();
+          else controller.enqueue(r.value);
+        },
+      }),
+      { headers: { "content-type": "application/gzip" } },
+    );
+  });
+
+  app.post("/v1/verify", (c) => {
+    need(c, "admin");
+    return c.json({ report: verifyStore(index, store) });
+  });
+
+  return app;
+}

@@ -1,0 +1,197 @@
+/**
+ * The client the CLI uses to talk to `keep serve`. Maps HTTP errors back to
+ * KeepError codes and network failures to `unavailable`.
+ *
+ * @module
+ */
+
+import type { BackupRemote } from "../engine/backup.ts";
+import { KeepError } from "../engine/errors.ts";
+import { type CommitInfo, type Entry, entryFromJson, LineSplitter } from "../engine/manifest.ts";
+import type { VerifyReport } from "../engine/verify.ts";
+import type { CommitNote, ProjectInfo } from "../engine/index_db.ts";
+import { API, errorFromBody } from "./wire.ts";
+
+export interface ClientOptions {
+  /** Base URL, e.g. http://127.0.0.1:8080 */
+  server: string;
+  token?: string;
+  /** PEM file of a CA to trust (self-signed servers). */
+  caFile?: string;
+}
+
+/**
+ * A connection to one server.
+ *
+ * @example
+ * ```ts
+ * const client = new KeepClient({ server: "http://127.0.0.1:8080" });
+ * console.log(await client.head("app"));
+ * ```
+ */
+export class KeepClient {
+  readonly base: string;
+  #token?: string;
+  #http?: Deno.HttpClient;
+
+  constructor(options: ClientOptions) {
+    let url: URL;
+    try {
+      url = new URL(options.server);
+    } catch {
+      throw new KeepError(
+        "usage",
+        `Cannot use server ${JSON.stringify(options.server)}: not a URL`,
+      );
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") {
+      throw new KeepError("usage", `Cannot use server ${options.server}: use http:// or https://`);
+    }
+    this.base = url.origin;
+    this.#token = options.token;
+    if (options.caFile) {
+      this.#http = Deno.createHttpClient({ caCerts: [Deno.readTextFileSync(options.caFile)] });
+    }
+  }
+
+  close(): void {
+    this.#http?.close();
+  }
+
+  async #fetch(path: string, init: RequestInit = {}): Promise<Response> {
+    const headers = new Headers(init.headers);
+    if (this.#token) headers.set("authorization", `Bearer ${this.#token}`);
+    let res: Response;
+    try {
+      res = await fetch(`${this.base}${API}${path}`, {
+        ...init,
+        headers,
+        ...(this.#http ? { client: this.#http } : {}),
+      } as RequestInit);
+    } catch (err) {
+      if (err instanceof KeepError) throw err;
+      const cause = (err as Error).cause;
+      if (cause instanceof KeepError) throw cause;
+      throw new KeepError(
+        "unavailable",
+        `Cannot reach ${this.base}: ${(err as Error).message.split("\n")[0]}`,
+      );
+    }
+    if (!res.ok) {
+      let body: unknown = null;
+      try {
+        body = await res.json();
+      } catch { /* not JSON */ }
+      throw errorFromBody(res.status, body);
+    }
+    return res;
+  }
+
+  async #json<T>(path: string, init?: RequestInit): Promise<T> {
+    const res = await this.#fetch(path, init);
+    try {
+      return await res.json() as T;
+    } catch {
+      throw new KeepError("unavailable", `Cannot read answer of ${this.base}: not JSON`);
+    }
+  }
+
+  #p(project: string): string {
+    return `/projects/${encodeURIComponent(project)}`;
+  }
+
+  async health(): Promise<{ ok: boolean; version: string }> {
+    return await this.#json("/health");
+  }
+
+  async projects(): Promise<ProjectInfo[]> {
+    return (await this.#json<{ projects: ProjectInfo[] }>("/projects")).projects;
+  }
+
+  async head(project: string): Promise<CommitInfo | null> {
+    return (await this.#json<{ commit: CommitInfo | null }>(`${this.#p(project)}/head`)).commit;
+  }
+
+  /** A commit's manifest: its info, then entries streamed in path order. */
+  async manifest(
+    project: string,
+    ref = "latest",
+  ): Promise<{ commit: CommitInfo | null; entries: AsyncIterable<Entry> }> {
+    const res = await this.#fetch(`${this.#p(project)}/manifest?commit=${encodeURIComponent(ref)}`);
+    const reader = res.body!.pipeThrough(new DecompressionStream("gzip")).getReader();
+    const split = new LineSplitter();
+    let queue: string[] = [];
+    let done = false;
+    const fill = async () => {
+      while (queue.length === 0 && !done) {
+        const r = await reader.read();
+        if (r.done) {
+          queue = split.end();
+          done = true;
+        } else queue = split.push(r.value);
+      }
+    };
+    await fill();
+    const first = queue.shift();
+    if (first === undefined) {
+      throw new KeepError("unavailable", "Cannot read manifest: empty answer");
+    }
+    const commit = (JSON.parse(first) as { commit: CommitInfo | null }).commit;
+    async function* entries(): AsyncGenerator<Entry> {
+      try {
+        for (;;) {
+          while (queue.length) yield entryFromJson(JSON.parse(queue.shift()!));
+          if (done) return;
+          await fill();
+        }
+      } finally {
+        if (!done) await reader.cancel().catch(() => {});
+      }
+    }
+    return { commit, entries: entries() };
+  }
+
+  async upload(project: string, body: ReadableStream<Uint8Array>): Promise<CommitInfo> {
+    const res = await this.#json<{ commit: CommitInfo }>(`${this.#p(project)}/commits`, {
+      method: "POST",
+      body,
+      headers: { "content-type": "application/gzip" },
+      duplex: "half",
+    } as RequestInit);
+    return res.commit;
+  }
+
+  async commits(project: string, limit = 1000): Promise<CommitInfo[]> {
+    return (await this.#json<{ commits: CommitInfo[] }>(
+      `${this.#p(project)}/commits?limit=${limit}`,
+    )).commits;
+  }
+
+  async commit(project: string, ref: string): Promise<{ commit: CommitInfo; notes: CommitNote[] }> {
+    return await this.#json(`${this.#p(project)}/commits/${encodeURIComponent(ref)}`);
+  }
+
+  /** A commit (or a path below it) as a tar.gz stream. */
+  async archive(
+    project: string,
+    ref = "latest",
+    path = "",
+  ): Promise<{ commitId: string; stream: ReadableStream<Uint8Array> }> {
+    const q = new URLSearchParams({ commit: ref });
+    if (path) q.set("path", path);
+    const res = await this.#fetch(`${this.#p(project)}/archive?${q}`);
+    return { commitId: res.headers.get("keep-commit") ?? "", stream: res.body! };
+  }
+
+  async verify(): Promise<VerifyReport> {
+    return (await this.#json<{ report: VerifyReport }>("/verify", { method: "POST" })).report;
+  }
+
+  /** The BackupRemote for one project. */
+  remote(project: string): BackupRemote {
+    return {
+      latest: () => this.manifest(project, "latest"),
+      upload: (body) => this.upload(project, body),
+    };
+  }
+}

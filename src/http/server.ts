@@ -1,0 +1,118 @@
+/**
+ * `keep serve` underneath: opens a data directory (index, blobs, tokens),
+ * listens with Deno.serve, and shuts down gracefully (in-flight requests
+ * finish; uploads that cannot finish are aborted and leave no commit).
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { BlobStore } from "../engine/blob_store.ts";
+import { KeepError } from "../engine/errors.ts";
+import { IndexDb } from "../engine/index_db.ts";
+import { DEFAULT_LIMITS, type IngestLimits } from "../engine/ingest.ts";
+import { TokenStore } from "../engine/tokens.ts";
+import { createApp } from "./app.ts";
+
+export interface ServeOptions {
+  dataDir: string;
+  hostname: string;
+  port: number;
+  /** Serve without tokens; refused unless hostname is loopback. */
+  noAuth?: boolean;
+  cert?: string;
+  key?: string;
+  limits?: IngestLimits;
+  idleTimeoutSec?: number;
+  log?: (line: string) => void;
+  signal?: AbortSignal;
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  finished: Promise<void>;
+  close(): Promise<void>;
+}
+
+/** True for addresses that never leave the machine. */
+export function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || host === "[::1]" ||
+    /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/** Opens `dataDir` (creating it) and starts serving. */
+export function startServer(options: ServeOptions): RunningServer {
+  if (options.noAuth && !isLoopback(options.hostname)) {
+    throw new KeepError(
+      "usage",
+      `Cannot serve without tokens on ${options.hostname}: --no-auth needs a loopback address`,
+    );
+  }
+  if (!!options.cert !== !!options.key) {
+    throw new KeepError("usage", "Cannot serve TLS: give both --cert and --key");
+  }
+  Deno.mkdirSync(options.dataDir, { recursive: true });
+  const index = IndexDb.open(join(options.dataDir, "index.db"));
+  const store = BlobStore.open(options.dataDir, index);
+  const tokens = options.noAuth ? null : new TokenStore(index);
+  const log = options.log ?? (() => {});
+  if (tokens && tokens.active() === 0) {
+    log(
+      `no tokens yet: create one with  keep token create --data ${options.dataDir} --role admin --project '*' --name admin`,
+    );
+  }
+  const app = createApp({
+    index,
+    store,
+    tokens,
+    limits: options.limits ?? DEFAULT_LIMITS,
+    idleTimeoutSec: options.idleTimeoutSec ?? 60,
+    log,
+  });
+  const tls = options.cert
+    ? { cert: Deno.readTextFileSync(options.cert), key: Deno.readTextFileSync(options.key!) }
+    : {};
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    server = Deno.serve({
+      hostname: options.hostname,
+      port: options.port,
+      ...tls,
+      signal: options.signal,
+      onListen: () => {},
+      onError: (err) => {
+        log(`error: ${(err as Error)?.stack ?? err}`);
+        return new Response(
+          JSON.stringify({ error: { code: "internal", message: "Cannot serve request" } }),
+          {
+            status: 500,
+            headers: { "content-type": "application/json" },
+          },
+        );
+      },
+    }, app.fetch);
+  } catch (err) {
+    index.close();
+    if (err instanceof Deno.errors.AddrInUse) {
+      throw new KeepError(
+        "unavailable",
+        `Cannot listen on ${options.hostname}:${options.port}: address in use`,
+      );
+    }
+    throw err;
+  }
+  const port = server.addr.port;
+  const scheme = options.cert ? "https" : "http";
+  const host = options.hostname.includes(":") ? `[${options.hostname}]` : options.hostname;
+  const finished = server.finished.then(() => index.close());
+  return {
+    url: `${scheme}://${host}:${port}`,
+    port,
+    finished,
+    close: async () => {
+      await server.shutdown();
+      await finished;
+    },
+  };
+}

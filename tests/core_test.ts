@@ -1,0 +1,206 @@
+/**
+ * Issue 2, end to end: the real CLI against a real `keep serve` on 127.0.0.1.
+ */
+
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { join } from "node:path";
+import {
+  assertSameTree,
+  captureProxy,
+  json,
+  keep,
+  keepOk,
+  randomData,
+  snapshot,
+  startServer,
+  tempDir,
+  writeTree,
+} from "./helpers.ts";
+
+interface BackupJson {
+  commit: {
+    id: string;
+    seq: number;
+    counts: Record<string, number>;
+    stats: Record<string, number>;
+  };
+  incomplete: number;
+}
+
+const KOREAN = "한국어_파일";
+
+Deno.test("backup and restore round-trip two commits with every kind of entry", async () => {
+  const server = await startServer();
+  const src = await tempDir();
+  try {
+    writeTree(src, {
+      "README.md": "# app\n",
+      "src/main.c": "int main(void) { return 0; }\n",
+      "src/lib/util.c": "void util(void) {}\n".repeat(100),
+      "src/lib/deep/er/still/x.h": "#define X 1\n",
+      "build/empty.o": "",
+      "build/big.bin": randomData(65536),
+      [`docs/${KOREAN}.txt`]: "안녕하세요\n",
+      "docs/emoji_🎉.txt": "party\n",
+      "empty-dir": { dir: true },
+      "link-to-main": { link: "src/main.c" },
+      "dangling": { link: "../outside/nowhere" },
+    });
+    Deno.chmodSync(join(src, "src/main.c"), 0o755);
+    const before1 = snapshot(src, { dirTimes: true });
+    const env = { KEEP_SERVER: server.url, KEEP_PROJECT: "app" };
+    const b1 = json<BackupJson>(
+      await keepOk(["backup", "--settle", "0", "--json", "-m", "first", src], 0, { env }),
+    );
+    assertEquals(b1.commit.counts.added, Object.keys(before1).length);
+    assertEquals(b1.commit.stats.filesReceived, 8);
+
+    // Modify, add, delete.
+    Deno.writeTextFileSync(join(src, "src/main.c"), "int main(void) { return 1; }\n");
+    Deno.writeTextFileSync(join(src, "src/new.c"), "new\n");
+    Deno.removeSync(join(src, "build/empty.o"));
+    Deno.removeSync(join(src, "dangling"));
+    Deno.writeTextFileSync(join(src, "build/added.txt"), "added\n");
+    const before2 = snapshot(src, { dirTimes: true });
+    const b2 = json<BackupJson>(
+      await keepOk(["backup", "--settle", "0", "--json", "-m", "second", src], 0, { env }),
+    );
+    // The server received only the changed and added files.
+    assertEquals(b2.commit.stats.filesReceived, 3);
+    assertEquals(b2.commit.counts.deleted, 2);
+    assert(
+      b2.commit.stats.bytesReceived < 200,
+      `second upload carried ${b2.commit.stats.bytesReceived} bytes`,
+    );
+
+    for (const [commit, expected] of [[b1.commit.id, before1], [b2.commit.id, before2]] as const) {
+      const dest = await tempDir();
+      await Deno.remove(dest);
+      const r = await keepOk(["restore", "--commit", commit, dest], 0, { env });
+      assertMatch(r.stdout, new RegExp(`commit ${commit}`));
+      assertSameTree(snapshot(dest, { dirTimes: true }), expected, `restore of ${commit}`);
+    }
+
+    const log = await keepOk(["log"], 0, { env });
+    assertMatch(log.stdout, /#2 .*second/);
+    assertMatch(log.stdout, /#1 .*first/);
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("restore refuses a non-empty destination without --overwrite", async () => {
+  const server = await startServer();
+  const src = await tempDir();
+  try {
+    writeTree(src, { "a.txt": "a" });
+    const env = { KEEP_SERVER: server.url, KEEP_PROJECT: "p1" };
+    await keepOk(["backup", "--settle", "0", src], 0, { env });
+    const dest = await tempDir();
+    writeTree(dest, { "a.txt": "old", "keep-me.txt": "mine" });
+    const r = await keep(["restore", dest], { env });
+    assertEquals(r.code, 2);
+    assertMatch(r.stderr, /^keep: Cannot restore into .*: it is not empty \(use --overwrite/);
+    assertEquals(Deno.readTextFileSync(join(dest, "a.txt")), "old");
+    await keepOk(["restore", "--overwrite", dest], 0, { env });
+    assertEquals(Deno.readTextFileSync(join(dest, "a.txt")), "a");
+    assertEquals(Deno.readTextFileSync(join(dest, "keep-me.txt")), "mine");
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("restore of a path prefix writes only that subtree", async () => {
+  const server = await startServer();
+  const src = await tempDir();
+  try {
+    writeTree(src, {
+      "src/a/x.c": "x",
+      "src/a/y.c": "y",
+      "src/b.c": "b",
+      "src-other/z": "z",
+      "top.txt": "t",
+    });
+    const env = { KEEP_SERVER: server.url, KEEP_PROJECT: "p2" };
+    await keepOk(["backup", "--settle", "0", src], 0, { env });
+    const dest = await tempDir();
+    await keepOk(["restore", "--path", "src/a", dest], 0, { env });
+    assertEquals(Object.keys(snapshot(dest)).sort(), ["src", "src/a", "src/a/x.c", "src/a/y.c"]);
+    const missing = await keep(["restore", "--path", "nope", await tempDir()], { env });
+    assertEquals(missing.code, 1);
+    assertMatch(missing.stderr, /Cannot restore nope: not in commit/);
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("a second project with the same files stores no new blobs (global dedup)", async () => {
+  const server = await startServer();
+  const src = await tempDir();
+  try {
+    const spec: Record<string, Uint8Array> = {};
+    for (let i = 0; i < 20; i++) spec[`f${i}.bin`] = randomData(1000 + i * 5000);
+    writeTree(src, spec);
+    const one = json<BackupJson>(
+      await keepOk(["backup", "--settle", "0", "--json", "-s", server.url, "-p", "one", src]),
+    );
+    assertEquals(one.commit.stats.newBlobs, 20);
+    const copy = await tempDir();
+    writeTree(copy, spec);
+    const two = json<BackupJson>(
+      await keepOk(["backup", "--settle", "0", "--json", "-s", server.url, "-p", "two", copy]),
+    );
+    assertEquals(two.commit.stats.filesReceived, 20);
+    assertEquals(two.commit.stats.newBlobs, 0);
+    assertEquals(two.commit.stats.newBlobBytes, 0);
+    const v = await keepOk(["verify", "--data", server.dataDir]);
+    assertMatch(v.stdout, /keep verify: OK/);
+    assertMatch(v.stdout, /blobs +20 /);
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("tar -tzvf lists a captured upload: the files and the manifest entries", async () => {
+  const server = await startServer();
+  const proxy = captureProxy(server.url);
+  const src = await tempDir();
+  try {
+    writeTree(src, {
+      "dir/file.txt": "hello\n",
+      [`dir/${"long_name_".repeat(15)}.txt`]: "long\n",
+      [`${KOREAN}.txt`]: "k\n",
+      "link": { link: "dir/file.txt" },
+    });
+    await keepOk(["backup", "--settle", "0", "-s", proxy.url, "-p", "cap", src]);
+    assertEquals(proxy.uploads.length, 1);
+    const file = join(await tempDir(), "upload.tar.gz");
+    Deno.writeFileSync(file, proxy.uploads[0]);
+    for (const tar of ["tar", "bsdtar"]) {
+      const out = await new Deno.Command(tar, {
+        args: ["-tzvf", file],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assertEquals(out.code, 0, `${tar} failed: ${new TextDecoder().decode(out.stderr)}`);
+      assertEquals(new TextDecoder().decode(out.stderr), "", `${tar} warned`);
+      const listing = new TextDecoder().decode(out.stdout);
+      for (
+        const name of [
+          ".keep-commit.json",
+          "dir/file.txt",
+          `dir/${"long_name_".repeat(15)}.txt`,
+          `${KOREAN}.txt`,
+          "link -> dir/file.txt",
+          ".keep-changes.ndjson",
+        ]
+      ) {
+        assert(listing.includes(name), `${tar} listing lacks ${name}:\n${listing}`);
+      }
+      assertMatch(listing, /-rw-r--r--.* 6 .*dir\/file\.txt/);
+    }
+  } finally {
+    await proxy.close();
+    await server.stop();
+  }
+});

@@ -1,0 +1,226 @@
+/**
+ * End-to-end test helpers: a real `keep serve` on 127.0.0.1 (free port),
+ * the real CLI (scripts/keep), trees on disk and their comparison.
+ */
+
+import { assertEquals } from "./assert.ts";
+import { join } from "node:path";
+import { lstatNs } from "../src/engine/fs_native.ts";
+
+export const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+export const KEEP = join(ROOT, "scripts/keep");
+
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI. */
+export async function keep(
+  args: string[],
+  opts: { env?: Record<string, string>; cwd?: string } = {},
+): Promise<Run> {
+  const out = await new Deno.Command(KEEP, {
+    args,
+    env: { KEEP_SERVER: "", KEEP_PROJECT: "", KEEP_TOKEN: "", KEEP_DATA: "", ...opts.env },
+    cwd: opts.cwd,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+/** Runs the CLI and fails the test unless it exits with `code`. */
+export async function keepOk(
+  args: string[],
+  code = 0,
+  opts: { env?: Record<string, string> } = {},
+): Promise<Run> {
+  const r = await keep(args, opts);
+  if (r.code !== code) {
+    throw new Error(
+      `keep ${
+        args.join(" ")
+      } exited ${r.code}, expected ${code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`,
+    );
+  }
+  return r;
+}
+
+export interface TestServer {
+  url: string;
+  dataDir: string;
+  proc: Deno.ChildProcess;
+  stderr: () => string;
+  stop(signal?: Deno.Signal): Promise<number>;
+}
+
+/** Starts `keep serve` on a free loopback port. */
+export async function startServer(
+  opts: { dataDir?: string; args?: string[]; noAuth?: boolean; env?: Record<string, string> } = {},
+): Promise<TestServer> {
+  const dataDir = opts.dataDir ?? await Deno.makeTempDir({ prefix: "keep-data-" });
+  const args = ["serve", "--data", dataDir, "--listen", "127.0.0.1:0", ...(opts.args ?? [])];
+  if (opts.noAuth ?? true) args.push("--no-auth");
+  const proc = new Deno.Command(KEEP, { args, stdout: "piped", stderr: "piped", env: opts.env })
+    .spawn();
+  let errText = "";
+  (async () => {
+    const dec = new TextDecoder();
+    for await (const chunk of proc.stderr) errText += dec.decode(chunk);
+  })();
+  const reader = proc.stdout.getReader();
+  let text = "";
+  const dec = new TextDecoder();
+  while (!text.includes("\n")) {
+    const r = await reader.read();
+    if (r.done) throw new Error(`keep serve exited before listening: ${errText}`);
+    text += dec.decode(r.value);
+  }
+  (async () => {
+    try {
+      while (!(await reader.read()).done) { /* drain */ }
+    } catch { /* closed */ }
+  })();
+  const m = /listening on (\S+)/.exec(text);
+  if (!m) throw new Error(`unexpected serve output: ${text}`);
+  let stopped: Promise<number> | null = null;
+  return {
+    url: m[1],
+    dataDir,
+    proc,
+    stderr: () => errText,
+    stop(signal: Deno.Signal = "SIGTERM") {
+      if (!stopped) {
+        try {
+          proc.kill(signal);
+        } catch { /* already gone */ }
+        stopped = proc.status.then((s) => s.code);
+      }
+      return stopped;
+    },
+  };
+}
+
+/** Writes a tree: path → string/bytes (file), {dir}, {link}. */
+export type Spec = Record<string, string | Uint8Array | { dir: true } | { link: string }>;
+
+export function writeTree(root: string, spec: Spec): void {
+  for (const [path, v] of Object.entries(spec)) {
+    const abs = join(root, path);
+    Deno.mkdirSync(join(abs, ".."), { recursive: true });
+    if (typeof v === "string") Deno.writeTextFileSync(abs, v);
+    else if (v instanceof Uint8Array) Deno.writeFileSync(abs, v);
+    else if ("dir" in v) Deno.mkdirSync(abs, { recursive: true });
+    else Deno.symlinkSync(v.link, abs);
+  }
+}
+
+/** What a tree holds: path → type, mode, mtime (ns), content or link target. */
+export interface Snapshot {
+  [path: string]: {
+    type: string;
+    mode?: number;
+    mtime?: string;
+    content?: string;
+    target?: string;
+  };
+}
+
+/** Records a tree's state (files' content as base64; dirs' mtime optional). */
+export function snapshot(root: string, opts: { dirTimes?: boolean } = {}): Snapshot {
+  const out: Snapshot = {};
+  const walk = (rel: string) => {
+    const abs = rel ? join(root, rel) : root;
+    const names = [...Deno.readDirSync(abs)].map((e) => e.name).sort();
+    for (const name of names) {
+      const r = rel ? `${rel}/${name}` : name;
+      const st = lstatNs(join(root, r));
+      if (st.kind === "dir") {
+        out[r] = {
+          type: "dir",
+          mode: st.mode,
+          ...(opts.dirTimes ? { mtime: st.mtime.toString() } : {}),
+        };
+        walk(r);
+      } else if (st.kind === "symlink") {
+        out[r] = {
+          type: "symlink",
+          target: Deno.readLinkSync(join(root, r)),
+          mtime: st.mtime.toString(),
+        };
+      } else {
+        const data = Deno.readFileSync(join(root, r));
+        out[r] = { type: "file", mode: st.mode, mtime: st.mtime.toString(), content: b64(data) };
+      }
+    }
+  };
+  walk("");
+  return out;
+}
+
+function b64(data: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < data.length; i += 8192) {
+    s += String.fromCharCode(...data.subarray(i, i + 8192));
+  }
+  return btoa(s);
+}
+
+/** Asserts two snapshots are equal, with a readable diff of paths. */
+export function assertSameTree(actual: Snapshot, expected: Snapshot, what = "tree"): void {
+  const a = Object.keys(actual).sort();
+  const e = Object.keys(expected).sort();
+  assertEquals(a, e, `${what}: paths differ`);
+  for (const k of e) assertEquals(actual[k], expected[k], `${what}: ${k} differs`);
+}
+
+export async function tempDir(prefix = "keep-test-"): Promise<string> {
+  return await Deno.makeTempDir({ prefix });
+}
+
+/** Parses the JSON printed by `--json`. */
+export function json<T = Record<string, unknown>>(r: Run): T {
+  return JSON.parse(r.stdout) as T;
+}
+
+/** A loopback proxy that forwards to `target` and saves each upload body. */
+export function captureProxy(
+  target: string,
+): { url: string; uploads: Uint8Array[]; close(): Promise<void> } {
+  const uploads: Uint8Array[] = [];
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
+    const u = new URL(req.url);
+    let body: BodyInit | null = null;
+    if (req.method === "POST") {
+      const bytes = new Uint8Array(await req.arrayBuffer());
+      uploads.push(bytes);
+      body = bytes;
+    }
+    const res = await fetch(target + u.pathname + u.search, {
+      method: req.method,
+      headers: req.headers,
+      body,
+    });
+    return new Response(res.body, { status: res.status, headers: res.headers });
+  });
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    uploads,
+    close: () => server.shutdown(),
+  };
+}
+
+/** n random bytes (any n). */
+export function randomData(n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i += 65536) {
+    crypto.getRandomValues(out.subarray(i, Math.min(n, i + 65536)));
+  }
+  return out;
+}
