@@ -11,6 +11,7 @@
  * @module
  */
 
+import { Buffer } from "node:buffer";
 import { createHash, type Hash } from "node:crypto";
 import { KeepError } from "./errors.ts";
 import { lstatNs, setTimesNs } from "./fs_native.ts";
@@ -187,8 +188,13 @@ export async function restoreArchive(
     data(chunk) {
       sha!.update(chunk);
       if (file) {
-        let o = 0;
-        while (o < chunk.length) o += file.writeSync(chunk.subarray(o));
+        if (isZero(chunk)) {
+          // Leave a hole: sparse files come back sparse (truncate sets the size at the end).
+          file.seekSync(chunk.length, Deno.SeekMode.Current);
+        } else {
+          let o = 0;
+          while (o < chunk.length) o += file.writeSync(chunk.subarray(o));
+        }
       } else {
         parts.push(chunk.slice());
       }
@@ -217,6 +223,7 @@ export async function restoreArchive(
         return;
       }
       if (file) {
+        file.truncateSync(h.size);
         file.close();
         file = null;
         Deno.renameSync(tmp, target);
@@ -256,6 +263,15 @@ export async function restoreArchive(
     setTimesNs(abs(d.path), d.mtime);
   }
   return result;
+}
+
+const ZEROS = Buffer.alloc(1 << 20);
+
+function isZero(chunk: Uint8Array): boolean {
+  if (chunk.length < 4096 || chunk.length > ZEROS.length) return false;
+  return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length).equals(
+    ZEROS.subarray(0, chunk.length),
+  );
 }
 
 function concat(parts: Uint8Array[]): Uint8Array {

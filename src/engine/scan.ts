@@ -138,7 +138,8 @@ export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
     return out;
   };
 
-  const walk = (dirRel: string, levels: Level[]): void => {
+  /** Walks a directory; false when it could not be listed. */
+  const walk = (dirRel: string, levels: Level[]): boolean => {
     const dirAbs = dirRel === "" ? root : `${root}/${dirRel}`;
     let names: string[];
     try {
@@ -220,8 +221,10 @@ export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
       }
       if (st.kind === "file") noteGranularity(st.mtime);
       entries.push(e);
-      if (isDir) walk(rel, here);
+      // A directory we cannot list is kept as it was (with its contents), not half-recorded.
+      if (isDir && !walk(rel, here)) entries.pop();
     }
+    return true;
   };
   walk("", []);
   entries.sort((a, b) => comparePaths(a.path, b.path));
