@@ -30,12 +30,16 @@ Deno.test("100 backups of an unchanged 10,000-file tree add no per-file rows", a
   try {
     for (let d = 0; d < 100; d++) {
       Deno.mkdirSync(join(src, `d${d}`));
-      for (let f = 0; f < 100; f++) Deno.writeTextFileSync(join(src, `d${d}`, `f${f}.c`), `${d}/${f}\n`);
+      for (let f = 0; f < 100; f++) {
+        Deno.writeTextFileSync(join(src, `d${d}`, `f${f}.c`), `${d}/${f}\n`);
+      }
     }
     // Let the files age past the settle window so no backup treats them as racily clean.
     const old = new Date(Date.now() - 60_000);
     for (const d of Deno.readDirSync(src)) {
-      for (const f of Deno.readDirSync(join(src, d.name))) Deno.utimeSync(join(src, d.name, f.name), old, old);
+      for (const f of Deno.readDirSync(join(src, d.name))) {
+        Deno.utimeSync(join(src, d.name, f.name), old, old);
+      }
       Deno.utimeSync(join(src, d.name), old, old);
     }
     const remote = client.remote("hist");

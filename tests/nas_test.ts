@@ -10,7 +10,6 @@ import {
   assertSameTree,
   captureProxy,
   json,
-  keep,
   keepOk,
   randomData,
   snapshot,
