@@ -72,10 +72,10 @@ export class KeepClient {
       if (err instanceof KeepError) throw err;
       const cause = (err as Error).cause;
       if (cause instanceof KeepError) throw cause;
-      throw new KeepError(
-        "unavailable",
-        `Cannot reach ${this.base}: ${(err as Error).message.split("\n")[0]}`,
-      );
+      // Deno puts the useful part (refused, TLS, DNS) in the cause.
+      const detail = cause instanceof Error ? cause.message : (err as Error).message;
+      const short = detail.split("\n")[0].replace(/^error sending request for url \([^)]*\): /, "");
+      throw new KeepError("unavailable", `Cannot reach ${this.base}: ${short}`);
     }
     if (!res.ok) {
       let body: unknown = null;

@@ -1,0 +1,282 @@
+/**
+import { Buffer } from "node:buffer";
+ * Issue 4, access: tokens scoped to projects and roles, TLS, project ids.
+ */
+
+import { join } from "node:path";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { keep, keepOk, startServer, tempDir, writeTree } from "./helpers.ts";
+
+async function token(dataDir: string, role: string, ...projects: string[]): Promise<string> {
+  const r = await keepOk([
+    "token",
+    "create",
+    "--data",
+    dataDir,
+    "--role",
+    role,
+    ...projects.flatMap((p) => ["--project", p]),
+  ]);
+  const t = r.stdout.trim();
+  assertMatch(t, /^keep_[0-9a-f]{8}_[A-Za-z0-9_-]+$/);
+  return t;
+}
+
+Deno.test("serve needs a token on every route unless --no-auth, which is refused off loopback", async () => {
+  const refused = await keep([
+    "serve",
+    "--data",
+    await tempDir(),
+    "--listen",
+    "0.0.0.0:0",
+    "--no-auth",
+  ]);
+  assertEquals(refused.code, 2);
+  assertMatch(
+    refused.stderr,
+    /^keep: Cannot serve without tokens on 0\.0\.0\.0: --no-auth needs a loopback address\n$/,
+  );
+
+  const server = await startServer({ noAuth: false });
+  try {
+    assertMatch(server.stderr(), /no tokens yet: create one with {2}keep token create --data /);
+    const routes: [string, string][] = [
+      ["GET", "/v1/health"],
+      ["GET", "/v1/projects"],
+      ["GET", "/v1/projects/app/head"],
+      ["GET", "/v1/projects/app/manifest"],
+      ["GET", "/v1/projects/app/commits"],
+      ["GET", "/v1/projects/app/commits/latest"],
+      ["POST", "/v1/projects/app/commits"],
+      ["GET", "/v1/projects/app/archive"],
+      ["GET", `/v1/projects/app/blobs/${"0".repeat(64)}`],
+      ["POST", "/v1/verify"],
+    ];
+    for (const [method, path] of routes) {
+      for (const auth of [undefined, "Bearer nonsense", `Bearer keep_00000000_${"A".repeat(32)}`]) {
+        const res = await fetch(server.url + path, {
+          method,
+          headers: auth ? { authorization: auth } : {},
+          body: method === "POST" ? "x" : undefined,
+        });
+        assertEquals(res.status, 401, `${method} ${path} with ${auth}`);
+        const body = await res.json();
+        assertEquals(body.error.code, "unauthorized");
+        assertMatch(body.error.message, /^Cannot authenticate/);
+      }
+    }
+    const cli = await keep(["log", "-s", server.url, "-p", "app"]);
+    assertEquals(cli.code, 6);
+    assertMatch(cli.stderr, /^keep: Cannot authenticate: send Authorization: Bearer <token>\n$/);
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("roles: backup appends, restore reads, admin does all; tokens are scoped to projects on every route", async () => {
+  const server = await startServer({ noAuth: false });
+  const src = await tempDir();
+  try {
+    writeTree(src, { "a.txt": "hello\n", "dir/b.txt": "b\n" });
+    const backupA = await token(server.dataDir, "backup", "A");
+    const restoreA = await token(server.dataDir, "restore", "A");
+    const admin = await token(server.dataDir, "admin");
+    const backupB = await token(server.dataDir, "backup", "B");
+    const env = (t: string, project = "A") => ({
+      KEEP_SERVER: server.url,
+      KEEP_PROJECT: project,
+      KEEP_TOKEN: t,
+    });
+
+    await keepOk(["backup", "--settle", "0", src], 0, { env: env(backupA) });
+    await keepOk(["backup", "--settle", "0", src], 0, { env: env(backupB, "B") });
+    // backup is append-only: no reading of old content, no verify.
+    await keepOk(["ls"], 0, { env: env(backupA) }); // the latest manifest: what a backup diffs against
+    for (const args of [["log"], ["ls", "--commit", "#1"], ["restore", await tempDir()]]) {
+      const r = await keep(args, { env: env(backupA) });
+      assertEquals(r.code, 6, `${args[0]}: ${r.stderr}`);
+      assertMatch(r.stderr, /Cannot allow this: token [0-9a-f]{8} has role backup/);
+    }
+    // restore reads but cannot append.
+    await keepOk(["log"], 0, { env: env(restoreA) });
+    const dest = await tempDir();
+    await keepOk(["restore", dest], 0, { env: env(restoreA) });
+    assertEquals(Deno.readTextFileSync(join(dest, "dir/b.txt")), "b\n");
+    const denied = await keep(["backup", "--settle", "0", src], { env: env(restoreA) });
+    assertEquals(denied.code, 6);
+    assertMatch(denied.stderr, /has role restore/);
+    // verify over HTTP: admin only.
+    const v = await keep(["verify", "-s", server.url], { env: { KEEP_TOKEN: restoreA } });
+    assertEquals(v.code, 6);
+    const ok = await keepOk(["verify", "-s", server.url, "--json"], 0, {
+      env: { KEEP_TOKEN: admin },
+    });
+    assertEquals(JSON.parse(ok.stdout).ok, true);
+
+    // A token for project A gets 403 on project B, on every project route.
+    const head = await (await fetch(`${server.url}/v1/projects/B/head`, {
+      headers: { authorization: `Bearer ${admin}` },
+    }))
+      .json();
+    const blob = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"; // "hello\n"
+    const routes: [string, string][] = [
+      ["GET", "/v1/projects/B/head"],
+      ["GET", "/v1/projects/B/manifest"],
+      ["GET", "/v1/projects/B/manifest?commit=latest"],
+      ["GET", "/v1/projects/B/commits"],
+      ["GET", `/v1/projects/B/commits/${head.commit.id}`],
+      ["POST", "/v1/projects/B/commits"],
+      ["GET", "/v1/projects/B/archive"],
+      ["GET", `/v1/projects/B/blobs/${blob}`],
+    ];
+    for (const t of [backupA, restoreA]) {
+      for (const [method, path] of routes) {
+        const res = await fetch(server.url + path, {
+          method,
+          headers: { authorization: `Bearer ${t}` },
+          body: method === "POST" ? "x" : undefined,
+        });
+        const body = await res.json();
+        assertEquals(res.status, 403, `${method} ${path}: ${JSON.stringify(body)}`);
+        assertEquals(body.error.code, "forbidden");
+      }
+    }
+    // The project list shows only what the token may see.
+    const list = await (await fetch(`${server.url}/v1/projects`, {
+      headers: { authorization: `Bearer ${restoreA}` },
+    }))
+      .json();
+    assertEquals(list.projects.map((p: { name: string }) => p.name), ["A"]);
+    const blobRes = await fetch(`${server.url}/v1/projects/A/blobs/${blob}`, {
+      headers: { authorization: `Bearer ${restoreA}` },
+    });
+    assertEquals(blobRes.status, 200);
+    assertEquals(
+      new TextDecoder().decode(
+        new Uint8Array(
+          await new Response(blobRes.body!.pipeThrough(new DecompressionStream("gzip")))
+            .arrayBuffer(),
+        ),
+      ),
+      "hello\n",
+    );
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("tokens are stored hashed, listed without secrets, and stop working when revoked", async () => {
+  const server = await startServer({ noAuth: false });
+  try {
+    const t = await token(server.dataDir, "restore", "app");
+    const id = t.split("_")[1];
+    const db = Deno.readFileSync(join(server.dataDir, "index.db"));
+    const wal = (() => {
+      try {
+        return Deno.readFileSync(join(server.dataDir, "index.db-wal"));
+      } catch {
+        return new Uint8Array();
+      }
+    })();
+    const secret = new TextEncoder().encode(t.split("_")[2]);
+    for (const bytes of [db, wal]) {
+      assert(!Buffer.from(bytes).includes(Buffer.from(secret)), "secret stored in clear");
+    }
+    const list = await keepOk(["token", "list", "--data", server.dataDir]);
+    assertMatch(list.stdout, new RegExp(`^${id}  restore  app`));
+    assert(!list.stdout.includes(t.split("_")[2]));
+    const before = await fetch(`${server.url}/v1/projects/app/head`, {
+      headers: { authorization: `Bearer ${t}` },
+    });
+    assertEquals(before.status, 200);
+    await before.body?.cancel();
+    await keepOk(["token", "revoke", "--data", server.dataDir, id]);
+    const after = await fetch(`${server.url}/v1/projects/app/head`, {
+      headers: { authorization: `Bearer ${t}` },
+    });
+    assertEquals(after.status, 401);
+    await after.body?.cancel();
+    const again = await keep(["token", "revoke", "--data", server.dataDir, id]);
+    assertEquals(again.code, 1);
+    assertMatch(again.stderr, /Cannot revoke token .*: no such active token/);
+    const badRole = await keep([
+      "token",
+      "create",
+      "--data",
+      server.dataDir,
+      "--role",
+      "root",
+      "--project",
+      "x",
+    ]);
+    assertEquals(badRole.code, 2);
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("project ids are validated on every route and in the CLI", async () => {
+  const server = await startServer();
+  try {
+    for (const bad of ["a%2Fb", "a b", "x%2Fy", "é", "a".repeat(129)]) {
+      for (const path of ["head", "manifest", "commits", "archive"]) {
+        const res = await fetch(`${server.url}/v1/projects/${bad}/${path}`);
+        assertEquals(res.status, 400, `${bad} ${path}`);
+        const body = await res.json();
+        assertEquals(body.error.code, "invalid");
+        assertMatch(body.error.message, /^Cannot use project id/);
+      }
+    }
+    const r = await keep(["log", "-s", server.url, "-p", "../etc"]);
+    assertEquals(r.code, 1);
+    assertMatch(
+      r.stderr,
+      /^keep: Cannot use project id "\.\.\/etc": use 1-128 of A-Z a-z 0-9 \. _ -\n$/,
+    );
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("TLS: serve --cert/--key, clients trust it with --ca and refuse it without", async () => {
+  const dir = await tempDir();
+  const cert = join(dir, "cert.pem");
+  const key = join(dir, "key.pem");
+  const ca = join(dir, "ca.pem");
+  const sh = `set -e; cd ${dir}
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=keep-test-ca \
+      -keyout ca.key -out ca.pem
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out srv.csr
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > ext.cnf
+    openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out cert.pem`;
+  const gen = await new Deno.Command("sh", { args: ["-c", sh], stdout: "null", stderr: "piped" })
+    .output();
+  assertEquals(gen.code, 0, new TextDecoder().decode(gen.stderr));
+  const server = await startServer({ args: ["--cert", cert, "--key", key] });
+  const src = await tempDir();
+  try {
+    assertMatch(server.url, /^https:\/\/127\.0\.0\.1:\d+$/);
+    writeTree(src, { "x.txt": "tls\n" });
+    const env = { KEEP_SERVER: server.url, KEEP_PROJECT: "tls" };
+    const untrusted = await keep(["backup", "--settle", "0", src], { env });
+    assertEquals(untrusted.code, 5);
+    assertMatch(untrusted.stderr, /^keep: Cannot reach https:\/\/127\.0\.0\.1:\d+: .*certificate/i);
+    await keepOk(["backup", "--settle", "0", "--ca", ca, src], 0, { env });
+    const dest = await tempDir();
+    await keepOk(["restore", dest], 0, { env: { ...env, KEEP_CA: ca } });
+    assertEquals(Deno.readTextFileSync(join(dest, "x.txt")), "tls\n");
+    const half = await keep([
+      "serve",
+      "--data",
+      await tempDir(),
+      "--listen",
+      "127.0.0.1:0",
+      "--cert",
+      cert,
+    ]);
+    assertEquals(half.code, 2);
+    assertMatch(half.stderr, /Cannot serve TLS: give both --cert and --key/);
+  } finally {
+    await server.stop();
+  }
+});
