@@ -4,6 +4,7 @@
  */
 
 import { assertEquals } from "./assert.ts";
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { lstatNs } from "../src/engine/fs_native.ts";
 
@@ -121,7 +122,7 @@ export function writeTree(root: string, spec: Spec): void {
   }
 }
 
-/** What a tree holds: path → type, mode, mtime (ns), content or link target. */
+/** What a tree holds: path → type, mode, mtime (ns), content (size:sha256) or link target. */
 export interface Snapshot {
   [path: string]: {
     type: string;
@@ -156,7 +157,13 @@ export function snapshot(root: string, opts: { dirTimes?: boolean } = {}): Snaps
         };
       } else {
         const data = Deno.readFileSync(join(root, r));
-        out[r] = { type: "file", mode: st.mode, mtime: st.mtime.toString(), content: b64(data) };
+        const hash = createHash("sha256").update(data).digest("hex");
+        out[r] = {
+          type: "file",
+          mode: st.mode,
+          mtime: st.mtime.toString(),
+          content: `${data.length}:${hash}`,
+        };
       }
     }
   };

@@ -19,6 +19,7 @@ export type ErrorCode =
   | "integrity" // hash mismatch, corrupt blob, failed verify
   | "unavailable" // server unreachable, disk full, shutting down
   | "incomplete" // finished, but some files could not be backed up
+  | "io" // a local file system error (permission, read-only, I/O)
   | "internal"; // a bug
 
 /**
@@ -51,6 +52,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   integrity: 422,
   unavailable: 503,
   incomplete: 200,
+  io: 500,
   internal: 500,
 };
 
@@ -60,7 +62,7 @@ export const EXIT_CODES: { code: number; meaning: string; errors: ErrorCode[] }[
   {
     code: 1,
     meaning: "failed: nothing was recorded (see the message)",
-    errors: ["internal", "invalid", "not_found", "conflict", "too_large", "timeout"],
+    errors: ["internal", "invalid", "not_found", "conflict", "too_large", "timeout", "io"],
   },
   { code: 2, meaning: "usage: bad flags or arguments", errors: ["usage"] },
   {
@@ -97,14 +99,14 @@ export function toKeepError(err: unknown, action = "Cannot complete"): KeepError
   if (err instanceof Deno.errors.NotFound) {
     return new KeepError("not_found", `${action}: ${err.message}`);
   }
-  if (err instanceof Deno.errors.PermissionDenied) {
-    return new KeepError("forbidden", `${action}: ${err.message}`);
+  if (err instanceof Deno.errors.PermissionDenied || err instanceof Deno.errors.NotADirectory) {
+    return new KeepError("io", `${action}: ${err.message}`);
   }
   if (err instanceof Deno.errors.ConnectionRefused || err instanceof Deno.errors.ConnectionReset) {
     return new KeepError("unavailable", `${action}: ${err.message}`);
   }
   const msg = err instanceof Error ? err.message : String(err);
-  if (/ENOSPC|No space left/i.test(msg)) {
+  if (/ENOSPC|No space left|disk is full|EDQUOT|quota exceeded/i.test(msg)) {
     return new KeepError("unavailable", `${action}: disk full (${msg})`);
   }
   return new KeepError("internal", `${action}: ${msg.split("\n")[0]}`, { cause: err });

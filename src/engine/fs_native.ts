@@ -33,6 +33,8 @@ const STATX_BASIC_STATS = 0x7ff;
 interface Libc {
   statx(dirfd: number, path: Uint8Array, flags: number, mask: number, buf: Uint8Array): number;
   utimensat(dirfd: number, path: Uint8Array, times: Uint8Array, flags: number): number;
+  open(path: Uint8Array, flags: number, mode: number): number;
+  flock(fd: number, op: number): number;
 }
 
 let libc: Libc | null | undefined;
@@ -45,6 +47,8 @@ function loadLibc(): Libc | null {
     const lib = Deno.dlopen("libc.so.6", {
       statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
       utimensat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
+      open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+      flock: { parameters: ["i32", "i32"], result: "i32" },
     });
     libc = lib.symbols as unknown as Libc;
   } catch {
@@ -132,4 +136,23 @@ export function setTimesNs(path: string, mtime: bigint, isSymlink = false): void
   if (isSymlink) return;
   const seconds = Number(mtime / 1000n) / 1e6;
   Deno.utimeSync(path, seconds, seconds);
+}
+
+const O_RDWR = 2;
+const O_CREAT = 0o100;
+const O_CLOEXEC = 0o2000000;
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+
+/**
+ * Takes an exclusive advisory lock (flock) on `path` for the life of the
+ * process. Returns false when another process holds it, null when locking
+ * is not available here (no FFI).
+ */
+export function lockForLife(path: string): boolean | null {
+  const c = loadLibc();
+  if (!c) return null;
+  const fd = c.open(cPath(path), O_RDWR | O_CREAT | O_CLOEXEC, 0o644);
+  if (fd < 0) return null;
+  return c.flock(fd, LOCK_EX | LOCK_NB) === 0;
 }

@@ -153,7 +153,7 @@ export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
           reason: `cannot list directory: ${reasonOf(err)}`,
           kind: "unreadable",
         });
-        return;
+        return false;
       }
       throw err;
     }

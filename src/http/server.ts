@@ -9,6 +9,7 @@
 import { join } from "node:path";
 import { BlobStore } from "../engine/blob_store.ts";
 import { KeepError } from "../engine/errors.ts";
+import { lockForLife } from "../engine/fs_native.ts";
 import { IndexDb } from "../engine/index_db.ts";
 import { DEFAULT_LIMITS, type IngestLimits } from "../engine/ingest.ts";
 import { TokenStore } from "../engine/tokens.ts";
@@ -53,6 +54,12 @@ export function startServer(options: ServeOptions): RunningServer {
     throw new KeepError("usage", "Cannot serve TLS: give both --cert and --key");
   }
   Deno.mkdirSync(options.dataDir, { recursive: true });
+  if (lockForLife(join(options.dataDir, "serve.lock")) === false) {
+    throw new KeepError(
+      "unavailable",
+      `Cannot serve ${options.dataDir}: another keep serve is using it`,
+    );
+  }
   const index = IndexDb.open(join(options.dataDir, "index.db"));
   const store = BlobStore.open(options.dataDir, index);
   const tokens = options.noAuth ? null : new TokenStore(index);

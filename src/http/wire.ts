@@ -65,6 +65,7 @@ export function errorFromBody(status: number, body: unknown): KeepError {
     "integrity",
     "unavailable",
     "incomplete",
+    "io",
     "internal",
   ];
   if (e && typeof e.message === "string" && codes.includes(e.code)) {
