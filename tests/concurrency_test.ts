@@ -1,0 +1,152 @@
+/**
+ * Issue 4, concurrency: backups of one project from two hosts at once, ten
+ * projects at once, and reads while a long upload is in progress.
+ */
+
+import { join } from "node:path";
+import { runBackup } from "../src/engine/backup.ts";
+import { KeepClient } from "../src/http/client.ts";
+import { assert, assertEquals } from "./assert.ts";
+import {
+  assertSameTree,
+  json,
+  keep,
+  keepOk,
+  randomData,
+  snapshot,
+  startServer,
+  tempDir,
+  writeTree,
+} from "./helpers.ts";
+
+Deno.test("two hosts backing up one project at once: both succeed, one after the other, the history holds both", async () => {
+  const server = await startServer();
+  const client = new KeepClient({ server: server.url });
+  try {
+    const hostA = await tempDir();
+    const hostB = await tempDir();
+    writeTree(hostA, { "shared.txt": "A\n", "a-only.bin": randomData(3 << 20) });
+    writeTree(hostB, { "shared.txt": "B\n", "b-only.bin": randomData(3 << 20) });
+    const remote = client.remote("same");
+    // Both read the same (empty) head, then race to commit: one must get 409 and redo its diff.
+    const [a, b] = await Promise.all([
+      runBackup(hostA, remote, { settleMs: 0, host: "host-a" }),
+      runBackup(hostB, remote, { settleMs: 0, host: "host-b" }),
+    ]);
+    assertEquals([a.attempts, b.attempts].sort(), [1, 2]);
+    const [firstDone, secondDone] = a.attempts === 1 ? [a, b] : [b, a];
+    assertEquals(secondDone.commit.parent, firstDone.commit.id);
+    assertEquals(secondDone.commit.seq, 2);
+    for (const [r, dir] of [[a, hostA], [b, hostB]] as const) {
+      const dest = await tempDir();
+      await keepOk(["restore", "-s", server.url, "-p", "same", "--commit", r.commit.id, dest]);
+      assertSameTree(snapshot(dest), snapshot(dir));
+    }
+
+    // The same through the real CLI from two processes started together.
+    writeTree(hostA, { "shared.txt": "A2\n" });
+    writeTree(hostB, { "shared.txt": "B2\n" });
+    const runs = await Promise.all(
+      [hostA, hostB].map((dir) =>
+        keep(["backup", "-s", server.url, "-p", "same", "--settle", "0", "--json", dir])
+      ),
+    );
+    for (const r of runs) assertEquals(r.code, 0, r.stderr);
+    const log = json<{ seq: number; parent: string | null; id: string }[]>(
+      await keepOk(["log", "-s", server.url, "-p", "same", "--json"]),
+    );
+    assertEquals(log.map((c) => c.seq), [4, 3, 2, 1]);
+    for (let i = 0; i < 3; i++) assertEquals(log[i].parent, log[i + 1].id);
+  } finally {
+    client.close();
+    await server.stop();
+  }
+});
+
+Deno.test("ten projects backing up at once: no lock errors, every commit correct", async () => {
+  const server = await startServer();
+  try {
+    const dirs: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const d = await tempDir();
+      const spec: Record<string, Uint8Array | string> = { "common.txt": "shared by all\n" };
+      for (let f = 0; f < 30; f++) spec[`p${i}/f${f}.bin`] = randomData(20_000 + f * 1000);
+      writeTree(d, spec);
+      dirs.push(d);
+    }
+    const runs = await Promise.all(
+      dirs.map((d, i) => keep(["backup", "-s", server.url, "-p", `proj${i}`, "--settle", "0", d])),
+    );
+    for (const r of runs) assertEquals(r.code, 0, r.stderr);
+    for (let i = 0; i < 10; i++) {
+      const dest = await tempDir();
+      await keepOk(["restore", "-s", server.url, "-p", `proj${i}`, dest]);
+      assertSameTree(snapshot(dest), snapshot(dirs[i]), `proj${i}`);
+    }
+    const v = await keepOk(["verify", "--data", server.dataDir]);
+    assert(v.stdout.includes("keep verify: OK"));
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("reads never wait for a long upload", async () => {
+  const server = await startServer();
+  const client = new KeepClient({ server: server.url });
+  try {
+    const other = await tempDir();
+    writeTree(other, { "x.txt": "x\n" });
+    await keepOk(["backup", "-s", server.url, "-p", "reader", "--settle", "0", other]);
+    const slow = await tempDir();
+    for (let i = 0; i < 24; i++) writeTree(slow, { [`f${i}.bin`]: randomData(256 << 10) });
+    // An upload that trickles: the real archive, released in pieces over ~3 s.
+    const remote = client.remote("slow");
+    const trickle = {
+      latest: remote.latest,
+      upload: (body: ReadableStream<Uint8Array>) => {
+        const reader = body.getReader();
+        const slowed = new ReadableStream<Uint8Array>({
+          async pull(c) {
+            const r = await reader.read();
+            if (r.done) return c.close();
+            for (let i = 0; i < r.value.length; i += 64 << 10) {
+              await new Promise((res) => setTimeout(res, 25));
+              c.enqueue(r.value.subarray(i, i + (64 << 10)));
+            }
+          },
+        });
+        return remote.upload(slowed);
+      },
+    };
+    const started = performance.now();
+    const upload = runBackup(slow, trickle, { settleMs: 0, compress: "none" });
+    await new Promise((r) => setTimeout(r, 500));
+    const latencies: number[] = [];
+    const dest = await tempDir();
+    for (let i = 0; i < 5; i++) {
+      const t = performance.now();
+      await client.head("reader");
+      await client.commits("reader");
+      latencies.push(performance.now() - t);
+    }
+    const t = performance.now();
+    await keepOk(["restore", "-s", server.url, "-p", "reader", dest]);
+    const restoreMs = performance.now() - t;
+    const result = await upload;
+    const uploadMs = performance.now() - started;
+    assert(uploadMs > 2000, `the upload took only ${uploadMs} ms; the test needs a long one`);
+    assertEquals(result.commit.stats.filesReceived, 24);
+    assert(
+      Math.max(...latencies) < 300,
+      `reads took ${latencies.map((l) => l.toFixed(0)).join(", ")} ms`,
+    );
+    assert(
+      restoreMs < uploadMs - 500,
+      `restore took ${restoreMs} ms during an upload of ${uploadMs} ms`,
+    );
+    assertEquals(Deno.readTextFileSync(join(dest, "x.txt")), "x\n");
+  } finally {
+    client.close();
+    await server.stop();
+  }
+});
