@@ -9,6 +9,7 @@ import { EXIT_CODES, exitCodeFor, KeepError, toKeepError } from "./engine/errors
 import { backupCommand } from "./cmd/backup.ts";
 import type { Command } from "./cmd/command.ts";
 import { logCommand } from "./cmd/log.ts";
+import { pruneCommand } from "./cmd/prune.ts";
 import { lsCommand } from "./cmd/ls.ts";
 import { restoreCommand } from "./cmd/restore.ts";
 import { serveCommand } from "./cmd/serve.ts";
@@ -23,6 +24,7 @@ const COMMANDS: Command[] = [
   logCommand,
   lsCommand,
   verifyCommand,
+  pruneCommand,
   tokenCommand,
 ];
 

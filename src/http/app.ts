@@ -17,6 +17,7 @@ import { Ingest, type IngestLimits } from "../engine/ingest.ts";
 import { hexToBytes, type IndexDb } from "../engine/index_db.ts";
 import { entryToJson } from "../engine/manifest.ts";
 import { normalisePrefix } from "../engine/paths.ts";
+import { pruneProject } from "../engine/prune.ts";
 import { verifyStore } from "../engine/verify.ts";
 import { type Access, authorize, type Need, type TokenStore } from "../engine/tokens.ts";
 import { checkProjectName, VERSION } from "./wire.ts";
@@ -43,6 +44,7 @@ function errorResponse(c: Context, err: KeepError): Response {
 export function createApp(ctx: AppContext): Hono<Env> {
   const app = new Hono<Env>();
   const { index, store } = ctx;
+  let activeUploads = 0;
 
   app.onError((err, c) => {
     const k = toKeepError(err, "Cannot serve request");
@@ -161,6 +163,7 @@ export function createApp(ctx: AppContext): Hono<Env> {
       );
     }
     const ingest = new Ingest(index, store, p, { limits: ctx.limits });
+    activeUploads++;
     const reader = body.getReader();
     let last = Date.now();
     let timedOut = false;
@@ -222,7 +225,28 @@ export function createApp(ctx: AppContext): Hono<Env> {
       throw err;
     } finally {
       clearInterval(timer);
+      activeUploads--;
     }
+  });
+
+  app.post("/v1/projects/:project/prune", async (c) => {
+    const p = project(c);
+    need(c, "admin", p);
+    let body: { keepLast?: unknown; dryRun?: unknown };
+    try {
+      body = await c.req.json();
+    } catch {
+      throw new KeepError("invalid", "Cannot prune: body must be JSON {keepLast, dryRun}");
+    }
+    if (activeUploads > 0 && !body.dryRun) {
+      throw new KeepError(
+        "unavailable",
+        `Cannot prune now: ${activeUploads} uploads in progress; try again`,
+      );
+    }
+    return c.json({
+      result: pruneProject(index, store, p, Number(body.keepLast), { dryRun: !!body.dryRun }),
+    });
   });
 
   app.get("/v1/projects/:project/archive", (c) => {

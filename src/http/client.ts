@@ -8,6 +8,7 @@
 import type { BackupRemote } from "../engine/backup.ts";
 import { KeepError } from "../engine/errors.ts";
 import { type CommitInfo, type Entry, entryFromJson, LineSplitter } from "../engine/manifest.ts";
+import type { PruneResult } from "../engine/prune.ts";
 import type { VerifyReport } from "../engine/verify.ts";
 import type { CommitNote, ProjectInfo } from "../engine/index_db.ts";
 import { API, errorFromBody } from "./wire.ts";
@@ -181,6 +182,14 @@ export class KeepClient {
     if (path) q.set("path", path);
     const res = await this.#fetch(`${this.#p(project)}/archive?${q}`);
     return { commitId: res.headers.get("keep-commit") ?? "", stream: res.body! };
+  }
+
+  async prune(project: string, keepLast: number, dryRun: boolean): Promise<PruneResult> {
+    return (await this.#json<{ result: PruneResult }>(`${this.#p(project)}/prune`, {
+      method: "POST",
+      body: JSON.stringify({ keepLast, dryRun }),
+      headers: { "content-type": "application/json" },
+    })).result;
   }
 
   async verify(): Promise<VerifyReport> {
