@@ -171,14 +171,6 @@ export function snapshot(root: string, opts: { dirTimes?: boolean } = {}): Snaps
   return out;
 }
 
-function b64(data: Uint8Array): string {
-  let s = "";
-  for (let i = 0; i < data.length; i += 8192) {
-    s += String.fromCharCode(...data.subarray(i, i + 8192));
-  }
-  return btoa(s);
-}
-
 /** Asserts two snapshots are equal, with a readable diff of paths. */
 export function assertSameTree(actual: Snapshot, expected: Snapshot, what = "tree"): void {
   const a = Object.keys(actual).sort();

@@ -398,7 +398,7 @@ Deno.test("long Korean names, emoji, symlinks and hard links round-trip; GNU tar
     const listing = new TextDecoder().decode(out.stdout);
     const mtime = new Date(Number(lstatNs(join(src, "bin/tool")).mtime / 1_000_000n)).toISOString()
       .slice(0, 19).replace("T", " ");
-    assertMatch(listing, new RegExp(`-rwxr-xr-x 0/0 +18 ${mtime}\\.\\d+ bin/tool\\n`));
+    assertMatch(listing, new RegExp(`-rwxr-xr-x 0/0 +18 ${mtime}\\.\\d+ +bin/tool\\n`));
     assert(listing.includes(` ${korean}\n`), listing);
     assert(listing.includes(`${deep}/🎉 party.txt`), listing);
     assert(listing.includes(`latest -> ${korean}`), listing);

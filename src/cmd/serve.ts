@@ -11,6 +11,9 @@ import {
   positionals,
 } from "./flags.ts";
 
+/** How long a shutdown waits for in-flight requests. */
+const GRACE_MS = 10_000;
+
 export const serveCommand: Command = {
   name: "serve",
   summary: "run the server: stores commits and blobs in a data directory",
@@ -18,7 +21,8 @@ export const serveCommand: Command = {
 
 Runs the Keep server. Creates DIR on first run: DIR/index.db (SQLite, WAL),
 DIR/blobs/ (large blobs), DIR/tmp/ (uploads in progress). Stops cleanly on
-SIGINT or SIGTERM: in-flight requests finish, unfinished uploads leave no commit.
+SIGINT or SIGTERM: in-flight requests get 10 s to finish (a second signal
+ends them at once); uploads cut short leave no commit.
 
 Options:
   -d, --data DIR          data directory (default ./keep-data; env KEEP_DATA)
@@ -63,13 +67,41 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
     });
     // The first stdout line is machine-read by tests and scripts.
     console.log(`keep serve: listening on ${server.url} (data ${dataDir})`);
+    // Graceful: stop accepting, let requests in flight finish (their response
+    // bodies included) for up to GRACE_MS. A connection whose request already
+    // got its answer (e.g. a stalled upload cut by --idle-timeout) cannot be
+    // dropped through Deno.serve; it must not hold the process, so once
+    // nothing is in flight the process ends without waiting for it.
+    let stopping = 0;
+    let force = false;
+    let signalled: () => void = () => {};
+    const firstSignal = new Promise<void>((r) => signalled = r);
     const stop = () => {
-      note("keep serve: shutting down");
+      if (stopping) {
+        force = true; // a second signal: now
+        return;
+      }
+      stopping = Date.now();
+      signalled();
+      note(`keep serve: shutting down (requests in flight get ${GRACE_MS / 1000} s)`);
       server.close();
     };
     Deno.addSignalListener("SIGINT", stop);
     Deno.addSignalListener("SIGTERM", stop);
-    await server.finished;
+    let finished = false;
+    server.finished.then(() => finished = true);
+    await Promise.race([server.finished, firstSignal]);
+    while (!finished) {
+      await new Promise((r) => setTimeout(r, 100));
+      const late = Date.now() - stopping > GRACE_MS;
+      if (force || late || server.inflight() === 0) {
+        if (!finished && server.inflight() > 0) {
+          note(`keep serve: ${server.inflight()} requests still open; closing them`);
+        }
+        break;
+      }
+    }
+    server.closeIndex();
     Deno.removeSignalListener("SIGINT", stop);
     Deno.removeSignalListener("SIGTERM", stop);
     return 0;

@@ -24,6 +24,8 @@ export interface PendingBlob {
   hash: Uint8Array;
   size: number;
   stored: number;
+  /** Partial hash (xxHash64 of head + tail + size) computed by the server. */
+  xxh: Uint8Array;
   data: Uint8Array | null;
 }
 
@@ -56,11 +58,16 @@ export class BlobStore {
     this.index = index;
   }
 
-  /** Opens the store, creating its folders and clearing temp files left by a crash. */
-  static open(dataDir: string, index: IndexDb): BlobStore {
+  /**
+   * Opens the store, creating its folders. `clean` (only for the process that
+   * holds the data-dir lock, i.e. the server) removes temp files left by a
+   * crash; other readers (verify, prune) must not touch uploads in progress.
+   */
+  static open(dataDir: string, index: IndexDb, options: { clean?: boolean } = {}): BlobStore {
     const s = new BlobStore(dataDir, index);
     Deno.mkdirSync(s.dir, { recursive: true });
     Deno.mkdirSync(s.tmpDir, { recursive: true });
+    if (!options.clean) return s;
     for (const e of Deno.readDirSync(s.tmpDir)) {
       try {
         Deno.removeSync(join(s.tmpDir, e.name), { recursive: true });

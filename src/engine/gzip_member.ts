@@ -103,20 +103,44 @@ function corrupt(detail: string): KeepError {
   return new KeepError("invalid", `Cannot read archive: corrupt gzip member (${detail})`);
 }
 
+/** True when `b` starts with Keep's member header (see the module doc). */
+function hasKeepFraming(b: Uint8Array, s: number): boolean {
+  return b[s] === 0x1f && b[s + 1] === 0x8b && b[s + 2] === 8 && b[s + 3] === 4 &&
+    b[s + 10] === 12 && b[s + 11] === 0 && b[s + 12] === 0x4b && b[s + 13] === 0x50 &&
+    b[s + 14] === 8 && b[s + 15] === 0;
+}
+
 /** Decodes and verifies one whole member (as cut by MemberSplitter). */
 export function decodeMember(member: Uint8Array): Uint8Array {
+  if (member.length < HEADER + TRAILER + 1 || !hasKeepFraming(member, 0)) {
+    throw corrupt("not a Keep gzip member");
+  }
   const v = new DataView(member.buffer, member.byteOffset, member.byteLength);
+  if (v.getUint32(16, true) !== member.length) {
+    throw corrupt(`${member.length} bytes, header says ${v.getUint32(16, true)}`);
+  }
   const rawLen = v.getUint32(20, true);
+  if (rawLen > MAX_MEMBER_RAW) throw corrupt(`declares ${rawLen} raw bytes`);
   const body = member.subarray(HEADER, member.length - TRAILER);
   let raw = decodeStored(body, rawLen);
   if (!raw) {
+    let used: number;
     try {
-      raw = zlib.inflateRawSync(body, { maxOutputLength: Math.max(rawLen, 1) });
+      // `info: true` also returns the engine, whose bytesWritten is the input consumed.
+      const r = zlib.inflateRawSync(body, {
+        maxOutputLength: Math.max(rawLen, 1),
+        info: true,
+      }) as unknown as { buffer: Uint8Array; engine: { bytesWritten: number } };
+      raw = r.buffer;
+      used = r.engine.bytesWritten;
     } catch (err) {
       throw corrupt(
         err instanceof RangeError ? "inflates past its declared size" : (err as Error).message,
       );
     }
+    // zlib stops at the end of the deflate stream; anything after it would
+    // be read by gzip as this member's trailer.
+    if (used !== body.length) throw corrupt(`${body.length - used} bytes after the deflate data`);
   }
   if (raw.length !== rawLen) throw corrupt(`length ${raw.length}, header says ${rawLen}`);
   if (v.getUint32(member.length - 4, true) !== (rawLen >>> 0)) throw corrupt("isize mismatch");
@@ -182,10 +206,7 @@ export class MemberSplitter {
     if (b[s] !== 0x1f || b[s + 1] !== 0x8b || b[s + 2] !== 8) {
       throw new KeepError("invalid", `Cannot read archive: not gzip data at offset ${this.offset}`);
     }
-    if (
-      b[s + 3] !== 4 || b[s + 10] !== 12 || b[s + 11] !== 0 || b[s + 12] !== 0x4b ||
-      b[s + 13] !== 0x50
-    ) {
+    if (!hasKeepFraming(b, s)) {
       throw new KeepError(
         "invalid",
         `Cannot read archive: gzip member at offset ${this.offset} lacks Keep framing (not written by keep)`,

@@ -31,6 +31,8 @@ import type {
 import { parentOf } from "./paths.ts";
 
 const SCHEMA_VERSION = 1;
+/** SHA-256 of no bytes: the content of every empty file (never stored as a blob). */
+const EMPTY_HASH = hexToBytes("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS projects(
@@ -80,6 +82,7 @@ CREATE TABLE IF NOT EXISTS blobs(
   hash BLOB NOT NULL UNIQUE,
   size INTEGER NOT NULL,
   stored INTEGER NOT NULL,
+  xxh BLOB,
   data BLOB
 );
 CREATE TABLE IF NOT EXISTS tokens(
@@ -210,7 +213,7 @@ export class IndexDb {
 
   close(): void {
     this.#stmts.clear();
-    this.db.close();
+    if (this.db.isOpen) this.db.close();
   }
 
   /** A cached prepared statement. */
@@ -515,22 +518,28 @@ export class IndexDb {
       const seq = (head?.seq ?? 0) + 1;
       const q = (sql: string) => this.stmt(sql);
       const fail = (sql: string, msg: (p: string) => string) => {
-        const r = q(sql).get({ u: upload, p: pid, s: seq }) as Row | undefined;
+        const r = q(sql).get({ u: upload, p: pid, s: seq, empty: EMPTY_HASH }) as Row | undefined;
         if (r) throw new KeepError("invalid", `Cannot commit: ${msg(r.path as string)}`);
       };
       fail(
-        "SELECT path FROM temp.stage s WHERE upload = $u AND op IN ('del', 'keep') AND op = 'del' AND NOT EXISTS (SELECT 1 FROM current c WHERE c.project = $p AND c.path = s.path) LIMIT 1",
+        "SELECT path FROM temp.stage s WHERE upload = $u AND op = 'del' AND NOT EXISTS (SELECT 1 FROM current c WHERE c.project = $p AND c.path = s.path) LIMIT 1",
         (p) => `deleted path ${JSON.stringify(p)} is not in the parent commit`,
       );
       fail(
         "SELECT path FROM temp.stage s WHERE upload = $u AND op = 'put' AND type = 'f' AND size > 0 AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = s.hash) LIMIT 1",
         (p) => `content of ${JSON.stringify(p)} was not stored`,
       );
+      // A metadata record re-records content: it must be content of this very
+      // project, of exactly that size; non-files carry no hash.
       fail(
-        `SELECT path FROM temp.stage s WHERE upload = $u AND op = 'meta' AND type = 'f' AND size > 0 AND NOT (
-           EXISTS (SELECT 1 FROM current c WHERE c.hash = s.hash AND c.project = $p) OR
-           EXISTS (SELECT 1 FROM history h WHERE h.hash = s.hash AND h.project = $p)) LIMIT 1`,
-        (p) => `metadata record for ${JSON.stringify(p)} names content the project never had`,
+        `SELECT path FROM temp.stage s WHERE upload = $u AND op = 'meta' AND (
+           (type != 'f' AND (hash IS NOT NULL OR xxh IS NOT NULL)) OR
+           (type = 'f' AND (hash IS NULL OR (size = 0 AND hash != $empty))) OR
+           (type = 'f' AND size > 0 AND NOT (
+             EXISTS (SELECT 1 FROM blobs b WHERE b.hash = s.hash AND b.size = s.size) AND (
+             EXISTS (SELECT 1 FROM current c WHERE c.hash = s.hash AND c.project = $p) OR
+             EXISTS (SELECT 1 FROM history h WHERE h.hash = s.hash AND h.project = $p))))) LIMIT 1`,
+        (p) => `metadata record for ${JSON.stringify(p)} names content the project never had (at that size)`,
       );
       const totalsOf = (where: string) => {
         const rows = q(
@@ -571,8 +580,9 @@ export class IndexDb {
       ).run({ u: upload, p: pid });
       q(
         `INSERT INTO current(project, path, first, type, size, mode, mtime, ctime, hash, target, xxh, flag)
-         SELECT $p, path, $s, type, size, mode, mtime, ctime, hash, target, xxh, NULL
-         FROM temp.stage WHERE upload = $u AND op IN ('put', 'meta')`,
+         SELECT $p, path, $s, type, size, mode, mtime, ctime, hash, target,
+           CASE WHEN op = 'put' THEN xxh ELSE (SELECT b.xxh FROM blobs b WHERE b.hash = s.hash) END, NULL
+         FROM temp.stage s WHERE upload = $u AND op IN ('put', 'meta')`,
       ).run({ u: upload, p: pid, s: seq });
       q(
         `INSERT INTO current(project, path, first, type, size, mode, mtime, ctime, hash, target, xxh, flag)

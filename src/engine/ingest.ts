@@ -119,6 +119,7 @@ class BlobBuilder {
     hash: Uint8Array,
     hex: string,
     size: number,
+    xxh: Uint8Array,
     known: boolean,
   ): { row: PendingBlob; dir?: string } | null {
     this.#flushRaw();
@@ -131,10 +132,10 @@ class BlobBuilder {
       this.#file.close();
       this.#file = null;
       const dir = this.#store.adopt(this.#tempPath, hex);
-      return { row: { hash, size, stored: this.#bytes, data: null }, dir };
+      return { row: { hash, size, stored: this.#bytes, xxh, data: null }, dir };
     }
     const data = this.#parts.length === 1 ? this.#parts[0] : concat(this.#parts, this.#bytes);
-    return { row: { hash, size, stored: this.#bytes, data } };
+    return { row: { hash, size, stored: this.#bytes, xxh, data } };
   }
 
   abort(): void {
@@ -439,7 +440,7 @@ export class Ingest {
       this.filesReceived++;
       if (entry.size > 0) {
         const known = this.#pendingHashes.has(hex) || this.#store.has(digest);
-        const done = blob.finish(digest, hex, entry.size, known);
+        const done = blob.finish(digest, hex, entry.size, hexToBytes(entry.xxh), known);
         if (done) {
           this.#pendingHashes.add(hex);
           this.#pendingBlobs.push(done.row);

@@ -119,6 +119,15 @@ export type ChangeRecord =
 const HEX64 = /^[0-9a-f]{64}$/;
 const HEX16 = /^[0-9a-f]{16}$/;
 const NS = /^-?\d{1,20}$/;
+const I64_MIN = -(1n << 63n);
+const I64_MAX = (1n << 63n) - 1n;
+
+/** True for a decimal ns time that fits the signed 64-bit INTEGER it is stored as. */
+function isNs(v: unknown): v is string {
+  if (typeof v !== "string" || !NS.test(v)) return false;
+  const n = BigInt(v);
+  return n >= I64_MIN && n <= I64_MAX;
+}
 
 function bad(what: string): KeepError {
   return new KeepError("invalid", `Cannot read manifest: ${what}`);
@@ -154,8 +163,8 @@ export function entryFromJson(o: unknown): Entry {
   if (typeof m !== "number" || !Number.isInteger(m) || m < 0 || m > 0o7777) {
     throw bad(`${p}: bad mode`);
   }
-  if (typeof mt !== "string" || !NS.test(mt)) throw bad(`${p}: bad mtime`);
-  if (typeof ct !== "string" || !NS.test(ct)) throw bad(`${p}: bad ctime`);
+  if (!isNs(mt)) throw bad(`${p}: bad mtime`);
+  if (!isNs(ct)) throw bad(`${p}: bad ctime`);
   const e: Entry = { path: p, type: t, size: s, mode: m, mtime: BigInt(mt), ctime: BigInt(ct) };
   if (h !== undefined) {
     if (typeof h !== "string" || !HEX64.test(h)) throw bad(`${p}: bad hash`);
@@ -176,6 +185,7 @@ export function entryFromJson(o: unknown): Entry {
     e.flag = fl;
   }
   if (t === "l" && e.target === undefined) throw bad(`${p}: symlink without target`);
+  if (t !== "l" && e.target !== undefined) throw bad(`${p}: symlink target on a non-symlink`);
   if (t !== "f" && s !== 0) throw bad(`${p}: size on a non-file`);
   return e;
 }
@@ -216,7 +226,7 @@ export function parseUploadHeader(text: string): UploadHeader {
   }
   const scanTime = str("scanTime", 24);
   const granularity = str("granularity", 24);
-  if (!NS.test(scanTime) || !NS.test(granularity)) {
+  if (!isNs(scanTime) || !isNs(granularity)) {
     throw new KeepError(
       "invalid",
       "Cannot read upload: scanTime and granularity must be ns integers",
@@ -293,24 +303,43 @@ export class LineSplitter {
 
   /** Lines completed by this chunk. */
   push(chunk: Uint8Array): string[] {
-    let text: string;
+    const text = this.#decode(chunk, true);
+    if (!text.includes("\n")) {
+      // Only the last line grew: no need to split what came before.
+      this.#rest += text;
+      this.#checkLength(this.#rest);
+      return [];
+    }
+    const lines = (this.#rest + text).split("\n");
+    this.#rest = lines.pop()!;
+    this.#checkLength(this.#rest);
+    const out: string[] = [];
+    for (const l of lines) {
+      this.#checkLength(l);
+      if (l !== "") out.push(l);
+    }
+    return out;
+  }
+
+  /** The last unterminated line, if any. Throws if the input ended inside a character. */
+  end(): string[] {
+    const rest = this.#rest + this.#decode(new Uint8Array(0), false);
+    this.#rest = "";
+    this.#checkLength(rest);
+    return rest === "" ? [] : [rest];
+  }
+
+  #decode(chunk: Uint8Array, stream: boolean): string {
     try {
-      text = this.#rest + this.#decoder.decode(chunk, { stream: true });
+      return this.#decoder.decode(chunk, { stream });
     } catch {
       throw new KeepError("invalid", "Cannot read manifest: not valid UTF-8");
     }
-    const lines = text.split("\n");
-    this.#rest = lines.pop()!;
-    if (this.#rest.length > this.maxLine) {
-      throw new KeepError("too_large", "Cannot read manifest: line too long");
-    }
-    return lines.filter((l) => l !== "");
   }
 
-  /** The last unterminated line, if any. */
-  end(): string[] {
-    const rest = this.#rest + this.#decoder.decode();
-    this.#rest = "";
-    return rest === "" ? [] : [rest];
+  #checkLength(line: string): void {
+    if (line.length > this.maxLine) {
+      throw new KeepError("too_large", "Cannot read manifest: line too long");
+    }
   }
 }

@@ -39,12 +39,19 @@ export function padded(n: number): number {
   return Math.ceil(n / BLOCK) * BLOCK;
 }
 
+/** Times in ns as pax writes them: decimal seconds, "-" for times before 1970. */
 function nsText(t: bigint): string {
-  if (t < 0n) t = 0n;
+  const sign = t < 0n ? "-" : "";
+  if (t < 0n) t = -t;
   const s = t / 1_000_000_000n;
   const f = t % 1_000_000_000n;
-  return f === 0n ? `${s}` : `${s}.${f.toString().padStart(9, "0")}`;
+  return f === 0n ? `${sign}${s}` : `${sign}${s}.${f.toString().padStart(9, "0")}`;
 }
+
+/** Largest time the 12-byte ustar field holds, in ns. */
+const MAX_OCTAL_TIME_NS = BigInt(MAX_OCTAL_SIZE) * 1_000_000_000n;
+/** Times are ns in a signed 64-bit integer (as SQLite stores them). */
+const MAX_NS = (1n << 63n) - 1n;
 
 function paxRecord(key: string, value: string): string {
   const body = ` ${key}=${value}\n`;
@@ -134,7 +141,9 @@ export function encodeHeader(h: TarHeader): Uint8Array {
     pax += paxRecord("linkpath", h.linkname ?? "");
   }
   if (h.size > MAX_OCTAL_SIZE) pax += paxRecord("size", String(h.size));
-  if (h.mtime % 1_000_000_000n !== 0n) pax += paxRecord("mtime", nsText(h.mtime));
+  if (h.mtime % 1_000_000_000n !== 0n || h.mtime < 0n || h.mtime > MAX_OCTAL_TIME_NS) {
+    pax += paxRecord("mtime", nsText(h.mtime));
+  }
   if (h.ctime !== undefined) pax += paxRecord("ctime", nsText(h.ctime));
   if (h.keep) pax += paxRecord("comment", formatKeepComment(h.keep));
   const typeflag = h.type === "file" ? "0" : h.type === "dir" ? "5" : "2";
@@ -217,6 +226,9 @@ function parseNs(text: string, what: string): bigint {
   const m = /^(-?)(\d{1,12})(?:\.(\d{1,9})\d*)?$/.exec(text);
   if (!m) throw bad(`pax ${what} is not a time: ${JSON.stringify(text.slice(0, 40))}`);
   const v = BigInt(m[2]) * 1_000_000_000n + BigInt((m[3] ?? "").padEnd(9, "0"));
+  if (v > (m[1] ? MAX_NS + 1n : MAX_NS)) {
+    throw bad(`pax ${what} is out of range: ${JSON.stringify(text.slice(0, 40))}`);
+  }
   return m[1] ? -v : v;
 }
 
@@ -225,11 +237,14 @@ function parsePax(bytes: Uint8Array): Map<string, string> {
   let i = 0;
   while (i < bytes.length) {
     if (bytes[i] === 0) break;
+    // "LEN key=value\n", LEN in decimal digits counting the whole record.
     let sp = i;
-    while (sp < bytes.length && bytes[sp] !== 0x20) sp++;
-    const len = Number(new TextDecoder().decode(bytes.subarray(i, sp)));
+    let len = 0;
+    while (sp < bytes.length && bytes[sp] >= 0x30 && bytes[sp] <= 0x39 && sp - i < 16) {
+      len = len * 10 + bytes[sp++] - 0x30;
+    }
     if (
-      !Number.isInteger(len) || len <= sp - i + 1 || i + len > bytes.length ||
+      sp === i || bytes[sp] !== 0x20 || len <= sp - i + 1 || i + len > bytes.length ||
       bytes[i + len - 1] !== 0x0a
     ) {
       throw bad("malformed pax record");
@@ -246,6 +261,11 @@ function parsePax(bytes: Uint8Array): Map<string, string> {
     i += len;
   }
   return out;
+}
+
+function isPosixUstar(b: Uint8Array): boolean {
+  return b[257] === 0x75 && b[258] === 0x73 && b[259] === 0x74 && b[260] === 0x61 &&
+    b[261] === 0x72 && b[262] === 0;
 }
 
 const enum State {
@@ -274,6 +294,8 @@ export class TarParser {
   #pax = new Map<string, string>();
   #gnuName: string | null = null;
   #gnuLink: string | null = null;
+  /** Bytes of the extended headers (pax 'x', GNU 'L'/'K') kept for the next entry. */
+  #extTotal = 0;
   #zeroBlocks = 0;
   /** Entries seen so far. */
   entries = 0;
@@ -341,6 +363,9 @@ export class TarParser {
 
   /** Throws unless the archive ended properly. */
   finish(): void {
+    if (this.#state === State.Done && this.#blockFill !== 0) {
+      throw bad("partial block after the end-of-archive blocks");
+    }
     if (this.#state !== State.Done || this.#blockFill !== 0) {
       throw bad(
         this.#state === State.Data
@@ -388,7 +413,9 @@ export class TarParser {
       return;
     }
     if (zero) {
-      if (this.#pax.size || this.#gnuName !== null) throw bad("extended header without an entry");
+      if (this.#pax.size || this.#gnuName !== null || this.#gnuLink !== null) {
+        throw bad("extended header without an entry");
+      }
       if (++this.#zeroBlocks === 2) this.#state = State.Done;
       return;
     }
@@ -403,6 +430,14 @@ export class TarParser {
         throw new KeepError(
           "too_large",
           `Cannot read archive: extended header of ${size} bytes (limit ${MAX_EXT_HEADER})`,
+        );
+      }
+      // A chain of headers, each under the limit, must not add up past it:
+      // their records are all kept until the entry comes.
+      if (flag !== "g" && (this.#extTotal += size) > MAX_EXT_HEADER) {
+        throw new KeepError(
+          "too_large",
+          `Cannot read archive: extended headers of ${this.#extTotal} bytes for one entry (limit ${MAX_EXT_HEADER})`,
         );
       }
       this.#ext = new Uint8Array(size);
@@ -420,14 +455,13 @@ export class TarParser {
     else if (flag === "1") throw bad("hard link entries are not accepted");
     else throw bad(`unsupported entry type ${JSON.stringify(flag)}`);
 
-    if (type !== "file" && size !== 0 && !this.#pax.has("size")) {
-      throw bad(`${type} entry with data`);
-    }
     const pax = this.#pax;
     let path = pax.get("path") ?? this.#gnuName;
     if (path === undefined || path === null) {
       const name = readString(b, 0, 100);
-      const prefix = b[257] === 0x75 ? readString(b, 345, 155) : "";
+      // The prefix field is POSIX ustar only: GNU headers ("ustar  \0") keep
+      // atime and ctime at offset 345.
+      const prefix = isPosixUstar(b) ? readString(b, 345, 155) : "";
       path = prefix ? `${prefix}/${name}` : name;
     }
     while (path.length > 1 && path.endsWith("/")) path = path.slice(0, -1);
@@ -441,6 +475,7 @@ export class TarParser {
       }
       realSize = Number(t);
     }
+    if (type !== "file" && realSize !== 0) throw bad(`${type} entry with data`);
     const secs = readNumber(b, 136, 12, "mtime");
     const header: TarHeader = {
       path,
@@ -456,6 +491,7 @@ export class TarParser {
     this.#pax = new Map();
     this.#gnuName = null;
     this.#gnuLink = null;
+    this.#extTotal = 0;
     this.entries++;
     this.#sink.entry(header);
     const dataSize = type === "file" ? realSize : 0;

@@ -32,6 +32,38 @@ export interface AppContext {
   /** Seconds an upload may stay silent before it is cut. */
   idleTimeoutSec: number;
   log?: (line: string) => void;
+  /** Counts requests in flight, until their response body is done (for shutdown). */
+  inflight?: { n: number };
+}
+
+/** Wraps a response body so `done` runs once it is fully sent, failed or cancelled. */
+function trackBody(body: ReadableStream<Uint8Array>, done: () => void): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
+  let finished = false;
+  const finish = () => {
+    if (!finished) {
+      finished = true;
+      done();
+    }
+  };
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const r = await reader.read();
+        if (r.done) {
+          finish();
+          controller.close();
+        } else controller.enqueue(r.value);
+      } catch (err) {
+        finish();
+        controller.error(err);
+      }
+    },
+    cancel(reason) {
+      finish();
+      return reader.cancel(reason);
+    },
+  });
 }
 
 type Env = { Variables: { access: Access | null } };
@@ -45,6 +77,30 @@ export function createApp(ctx: AppContext): Hono<Env> {
   const app = new Hono<Env>();
   const { index, store } = ctx;
   let activeUploads = 0;
+
+  if (ctx.inflight) {
+    const inflight = ctx.inflight;
+    app.use("*", async (c, next) => {
+      inflight.n++;
+      let ended = false;
+      const end = () => {
+        if (!ended) {
+          ended = true;
+          inflight.n--;
+        }
+      };
+      try {
+        await next();
+      } finally {
+        // Streamed answers (archives, manifests, blobs) stay in flight until sent.
+        // (Only touch .body of those: reading it turns a fixed-length body into a
+        // chunked stream in Deno.)
+        if (c.res.headers.get("content-type") === "application/gzip" && c.res.body) {
+          c.res = new Response(trackBody(c.res.body, end), c.res);
+        } else end();
+      }
+    });
+  }
 
   app.onError((err, c) => {
     const k = toKeepError(err, "Cannot serve request");

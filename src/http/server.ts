@@ -34,6 +34,10 @@ export interface RunningServer {
   port: number;
   finished: Promise<void>;
   close(): Promise<void>;
+  /** Closes the index at once (before a forced exit). */
+  closeIndex(): void;
+  /** Requests whose handler or response body is still running. */
+  inflight(): number;
 }
 
 /** True for addresses that never leave the machine. */
@@ -61,7 +65,7 @@ export function startServer(options: ServeOptions): RunningServer {
     );
   }
   const index = IndexDb.open(join(options.dataDir, "index.db"));
-  const store = BlobStore.open(options.dataDir, index);
+  const store = BlobStore.open(options.dataDir, index, { clean: true });
   const tokens = options.noAuth ? null : new TokenStore(index);
   const log = options.log ?? (() => {});
   if (tokens && tokens.active() === 0) {
@@ -69,7 +73,9 @@ export function startServer(options: ServeOptions): RunningServer {
       `no tokens yet: create one with  keep token create --data ${options.dataDir} --role admin --project '*' --name admin`,
     );
   }
+  const inflight = { n: 0 };
   const app = createApp({
+    inflight,
     index,
     store,
     tokens,
@@ -120,6 +126,12 @@ export function startServer(options: ServeOptions): RunningServer {
     close: async () => {
       await server.shutdown();
       await finished;
+    },
+    inflight: () => inflight.n,
+    closeIndex: () => {
+      try {
+        index.close();
+      } catch { /* already closed */ }
     },
   };
 }
