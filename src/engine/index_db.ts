@@ -539,7 +539,10 @@ export class IndexDb {
              EXISTS (SELECT 1 FROM blobs b WHERE b.hash = s.hash AND b.size = s.size) AND (
              EXISTS (SELECT 1 FROM current c WHERE c.hash = s.hash AND c.project = $p) OR
              EXISTS (SELECT 1 FROM history h WHERE h.hash = s.hash AND h.project = $p))))) LIMIT 1`,
-        (p) => `metadata record for ${JSON.stringify(p)} names content the project never had (at that size)`,
+        (p) =>
+          `metadata record for ${
+            JSON.stringify(p)
+          } names content the project never had (at that size)`,
       );
       const totalsOf = (where: string) => {
         const rows = q(
