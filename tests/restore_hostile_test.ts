@@ -1,0 +1,158 @@
+/**
+ * Issue 4: restore never trusts the server. A fake server answers with
+ * crafted archives; the real CLI must refuse to write outside DEST or
+ * through a symlink, and must check every hash.
+ */
+
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { encodeMember } from "../src/engine/gzip_member.ts";
+import { encodeHeader, END_OF_ARCHIVE, padded, type TarHeader } from "../src/engine/tar.ts";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { keep, tempDir } from "./helpers.ts";
+
+type Item = { h: TarHeader; data?: string; hash?: string };
+
+function archive(items: Item[]): Uint8Array {
+  const parts: Uint8Array[] = [];
+  let pad = 0;
+  for (const { h, data, hash } of items) {
+    const bytes = new TextEncoder().encode(data ?? "");
+    if (h.type === "file") {
+      h.size = bytes.length;
+      h.keep = { sha256: hash ?? createHash("sha256").update(bytes).digest("hex") };
+    }
+    const blocks = encodeHeader(h);
+    const raw = new Uint8Array(pad + blocks.length);
+    raw.set(blocks, pad);
+    parts.push(encodeMember(raw, 1));
+    if (bytes.length) parts.push(encodeMember(bytes, 1));
+    pad = padded(bytes.length) - bytes.length;
+  }
+  parts.push(encodeMember(new Uint8Array(pad + END_OF_ARCHIVE.length), 1));
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+const f = (path: string, data: string, hash?: string): Item => ({
+  h: { path, type: "file", size: 0, mode: 0o644, mtime: 1_700_000_000_000_000_000n },
+  data,
+  hash,
+});
+const d = (path: string): Item => ({
+  h: { path, type: "dir", size: 0, mode: 0o755, mtime: 1_700_000_000_000_000_000n },
+});
+const l = (path: string, target: string): Item => ({
+  h: {
+    path,
+    type: "symlink",
+    size: 0,
+    mode: 0o777,
+    mtime: 1_700_000_000_000_000_000n,
+    linkname: target,
+  },
+});
+
+/** Serves `body` as the archive of any commit. */
+function fakeServer(body: Uint8Array): { url: string; close(): Promise<void> } {
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+    if (new URL(req.url).pathname.endsWith("/archive")) {
+      return new Response(body as Uint8Array<ArrayBuffer>, {
+        headers: { "content-type": "application/gzip", "keep-commit": "feedfacefeedface" },
+      });
+    }
+    return Response.json({ error: { code: "not_found", message: "Cannot find it" } }, {
+      status: 404,
+    });
+  });
+  return { url: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+}
+
+async function restoreFrom(items: Item[]) {
+  const server = fakeServer(archive(items));
+  const root = await tempDir();
+  const dest = join(root, "dest");
+  try {
+    const r = await keep(["restore", "-s", server.url, "-p", "evil", dest]);
+    return { ...r, root, dest };
+  } finally {
+    await server.close();
+  }
+}
+
+function listAll(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (rel: string) => {
+    for (const e of Deno.readDirSync(join(dir, rel))) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      out.push(r);
+      if (e.isDirectory) walk(r);
+    }
+  };
+  walk("");
+  return out.sort();
+}
+
+Deno.test("restore refuses paths with .. or a leading / from a hostile server", async () => {
+  for (const bad of ["../escape.txt", "a/../../escape.txt", "/tmp/keep-escape-abs.txt"]) {
+    const r = await restoreFrom([d("a"), f(bad, "pwned")]);
+    assertEquals(r.code, 1, r.stderr);
+    assertMatch(r.stderr, /^keep: Cannot restore ".*": unsafe path/);
+    assertEquals(listAll(r.root), ["dest", "dest/a"]);
+  }
+  assert(!(await exists("/tmp/keep-escape-abs.txt")));
+});
+
+Deno.test("restore refuses to write through a symlink it created or found", async () => {
+  const outside = await tempDir();
+  const r = await restoreFrom([l("link", outside), f("link/owned.txt", "pwned")]);
+  assertEquals(r.code, 1, r.stderr);
+  assertMatch(r.stderr, /^keep: Cannot restore below link: it is a symlink, not a directory/);
+  assertEquals(listAll(outside), []);
+  // A symlink entry that points outside is itself fine (it is data), a file replacing it is not followed.
+  const r2 = await restoreFrom([l("abs", "/etc/passwd"), f("data.txt", "ok")]);
+  assertEquals(r2.code, 0, r2.stderr);
+  assertEquals(Deno.readLinkSync(join(r2.dest, "abs")), "/etc/passwd");
+});
+
+Deno.test("restore checks every hash: a mismatching file is not written, the rest are, exit 4", async () => {
+  const r = await restoreFrom([
+    f("a-good.txt", "good"),
+    f("b-bad.txt", "tampered", "0".repeat(64)),
+    f("c-last.txt", "last"),
+  ]);
+  assertEquals(r.code, 4, r.stderr);
+  assertMatch(r.stderr, /keep restore: b-bad\.txt: content hash mismatch .*not written/);
+  assertEquals(listAll(r.dest), ["a-good.txt", "c-last.txt"]);
+});
+
+Deno.test("restore refuses duplicate or unordered entries and a truncated stream", async () => {
+  const dup = await restoreFrom([f("a.txt", "1"), f("a.txt", "2")]);
+  assertEquals(dup.code, 1);
+  assertMatch(dup.stderr, /entries out of order or repeated/);
+  assertEquals(Deno.readTextFileSync(join(dup.dest, "a.txt")), "1");
+  const body = archive([f("a.txt", "1"), f("b.txt", "2")]);
+  const server = fakeServer(body.subarray(0, body.length - 20));
+  try {
+    const dest = join(await tempDir(), "dest");
+    const r = await keep(["restore", "-s", server.url, "-p", "evil", dest]);
+    assertEquals(r.code, 1);
+    assertMatch(r.stderr, /^keep: Cannot read archive: truncated/);
+  } finally {
+    await server.close();
+  }
+});
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await Deno.lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
