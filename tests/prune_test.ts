@@ -69,10 +69,13 @@ Deno.test("prune keeps the newest N commits, frees blobs only they used, and nee
     const gone = await keep(["restore", "--commit", snaps[0][0], await tempDir()], { env });
     assertEquals(gone.code, 1);
     assertMatch(gone.stderr, /Cannot find commit/);
-    const v = json<{ ok: boolean; blobs: number; orphanBlobs: number }>(
+    const v = json<
+      { ok: boolean; blobs: number; orphanBlobs: number; packSlack: number; orphanPacks: string[] }
+    >(
       await keepOk(["verify", "--data", server.dataDir, "--json"]),
     );
-    assertEquals([v.ok, v.blobs, v.orphanBlobs], [true, 3, 0]);
+    // Pack files that were mostly dead were rewritten: no slack left behind.
+    assertEquals([v.ok, v.blobs, v.orphanBlobs, v.packSlack, v.orphanPacks], [true, 3, 0, 0, []]);
     // Backups continue on top of the pruned history.
     writeTree(src, { "after.txt": "after prune\n" });
     await keepOk(["backup", "--settle", "0", src], 0, { env });

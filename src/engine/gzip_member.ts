@@ -41,6 +41,9 @@ function finish(out: Uint8Array, raw: Uint8Array): Uint8Array {
   return out;
 }
 
+/** Bytes `auto` deflates to judge a big chunk. */
+const AUTO_SAMPLE = 16384;
+
 /** Size of the stored-block deflate stream for `n` bytes. */
 function storedSize(n: number): number {
   return n + 5 * Math.max(1, Math.ceil(n / 65535));
@@ -54,11 +57,23 @@ function storedSize(n: number): number {
  * const m = encodeMember(new TextEncoder().encode("hello"), 1);
  * ```
  */
-export function encodeMember(raw: Uint8Array, level: Level): Uint8Array {
+export function encodeMember(raw: Uint8Array, level: Level | "auto"): Uint8Array {
   if (raw.length > MAX_MEMBER_RAW) throw new RangeError("member payload too large");
+  // auto: small chunks are deflated once and kept only if they shrink by 10%;
+  // big ones are first judged on a sample, so incompressible data costs one
+  // 16 KiB deflate rather than a whole one.
+  let limit = storedSize(raw.length);
+  if (level === "auto") {
+    if (raw.length < 64) level = 0;
+    else {
+      if (raw.length > AUTO_SAMPLE) level = autoLevel(raw);
+      else level = 1;
+      limit = Math.floor(raw.length * 0.9);
+    }
+  }
   if (level > 0) {
     const deflated = zlib.deflateRawSync(raw, { level });
-    if (deflated.length < storedSize(raw.length)) {
+    if (deflated.length < limit) {
       const out = new Uint8Array(HEADER + deflated.length + TRAILER);
       writeHeader(out, out.length, raw.length);
       out.set(deflated, HEADER);
@@ -89,7 +104,7 @@ export function encodeMember(raw: Uint8Array, level: Level): Uint8Array {
  */
 export function autoLevel(raw: Uint8Array): Level {
   if (raw.length < 64) return 0;
-  const sample = raw.length <= 16384 ? raw : raw.subarray(0, 16384);
+  const sample = raw.length <= AUTO_SAMPLE ? raw : raw.subarray(0, AUTO_SAMPLE);
   const out = zlib.deflateRawSync(sample, { level: 1 });
   return out.length > sample.length * 0.9 ? 0 : 1;
 }

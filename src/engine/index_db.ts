@@ -18,6 +18,7 @@
  * @module
  */
 
+import { Buffer } from "node:buffer";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { KeepError } from "./errors.ts";
 import type {
@@ -83,7 +84,12 @@ CREATE TABLE IF NOT EXISTS blobs(
   size INTEGER NOT NULL,
   stored INTEGER NOT NULL,
   xxh BLOB,
-  data BLOB
+  pack INTEGER,
+  offset INTEGER
+);
+CREATE TABLE IF NOT EXISTS packs(
+  id INTEGER PRIMARY KEY,
+  created INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tokens(
   id TEXT PRIMARY KEY,
@@ -132,9 +138,7 @@ export interface ProjectInfo {
 }
 
 export function hexToBytes(hex: string): Uint8Array {
-  const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.substr(i * 2, 2), 16);
-  return out;
+  return Buffer.from(hex, "hex");
 }
 
 const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));

@@ -16,15 +16,9 @@
 
 import { createHash, type Hash } from "node:crypto";
 import { KeepError } from "./errors.ts";
-import {
-  autoLevel,
-  decodeMember,
-  encodeMember,
-  MAX_MEMBER_RAW,
-  MemberSplitter,
-} from "./gzip_member.ts";
+import { decodeMember, encodeMember, MAX_MEMBER_RAW, MemberSplitter } from "./gzip_member.ts";
 import { bytesToHex, hexToBytes, type IndexDb, type StageRow } from "./index_db.ts";
-import { type BlobStore, INLINE_MAX, type PendingBlob } from "./blob_store.ts";
+import { type BlobStore, PACK_MAX, PackWriter, type PendingBlob } from "./blob_store.ts";
 import {
   type CommitInfo,
   type Entry,
@@ -54,7 +48,10 @@ const BATCH_BYTES = 16 << 20;
 const BATCH_ROWS = 4096;
 const MAX_CONTROL = 1 << 20;
 
-/** Collects one blob's members, in memory up to INLINE_MAX, then in a temp file. */
+/**
+ * Collects one blob's members: in memory for blobs bound for a pack (up to
+ * PACK_MAX raw bytes), else in a temp file that becomes the blob file.
+ */
 class BlobBuilder {
   #store: BlobStore;
   #parts: Uint8Array[] = [];
@@ -65,9 +62,13 @@ class BlobBuilder {
   #tempPath = "";
   #level: number;
 
-  constructor(store: BlobStore, level: number) {
+  constructor(store: BlobStore, level: number, size: number) {
     this.#store = store;
     this.#level = level;
+    if (size > PACK_MAX) {
+      this.#tempPath = store.tempPath();
+      this.#file = Deno.openSync(this.#tempPath, { write: true, createNew: true });
+    }
   }
 
   /** Adds an already-encoded member carrying the next raw bytes. */
@@ -95,25 +96,20 @@ class BlobBuilder {
     this.#pendingRawLen = 0;
     for (let i = 0; i < all.length; i += MAX_MEMBER_RAW) {
       const raw = all.subarray(i, i + MAX_MEMBER_RAW);
-      this.#emit(encodeMember(raw, this.#level < 0 ? autoLevel(raw) : this.#level));
+      this.#emit(encodeMember(raw, this.#level < 0 ? "auto" : this.#level));
     }
   }
 
   #emit(member: Uint8Array): void {
-    if (!this.#file && this.#bytes + member.length > INLINE_MAX + 65536) {
-      this.#tempPath = this.#store.tempPath();
-      this.#file = Deno.openSync(this.#tempPath, { write: true, createNew: true });
-      for (const p of this.#parts) writeAll(this.#file, p);
-      this.#parts = [];
-    }
     if (this.#file) writeAll(this.#file, member);
     else this.#parts.push(member);
     this.#bytes += member.length;
   }
 
   /**
-   * Completes the blob. Returns the row to insert and, for file blobs, the
-   * directory to fsync; null when the store already has it.
+   * Completes the blob: a file blob is fsync'd and renamed into place (its
+   * directory returned for an fsync); a pack blob's bytes are appended to
+   * `pack`. Returns null when the store already has the content.
    */
   finish(
     hash: Uint8Array,
@@ -121,6 +117,7 @@ class BlobBuilder {
     size: number,
     xxh: Uint8Array,
     known: boolean,
+    pack: PackWriter,
   ): { row: PendingBlob; dir?: string } | null {
     this.#flushRaw();
     if (known) {
@@ -132,10 +129,13 @@ class BlobBuilder {
       this.#file.close();
       this.#file = null;
       const dir = this.#store.adopt(this.#tempPath, hex);
-      return { row: { hash, size, stored: this.#bytes, xxh, data: null }, dir };
+      this.#tempPath = "";
+      return { row: { hash, size, stored: this.#bytes, xxh, pack: null, offset: null }, dir };
     }
     const data = this.#parts.length === 1 ? this.#parts[0] : concat(this.#parts, this.#bytes);
-    return { row: { hash, size, stored: this.#bytes, xxh, data } };
+    this.#parts = [];
+    const at = pack.add(data);
+    return { row: { hash, size, stored: this.#bytes, xxh, pack: at.pack, offset: at.offset } };
   }
 
   abort(): void {
@@ -211,13 +211,14 @@ export class Ingest {
   #lastPath = "";
   #entry: Entry | null = null;
   #sha: Hash | null = null;
-  #xxh: PartialHasher | null = null;
+  #xxh = new PartialHasher();
   #blob: BlobBuilder | null = null;
   #member: Uint8Array | null = null;
   #pendingRows: StageRow[] = [];
   #pendingBlobs: PendingBlob[] = [];
   #pendingBytes = 0;
   #pendingHashes = new Set<string>();
+  #pack: PackWriter;
   #dirs = new Set<string>();
   #entries = 0;
   #declared = 0;
@@ -237,6 +238,7 @@ export class Ingest {
     this.#limits = options.limits ?? DEFAULT_LIMITS;
     this.#level = options.level ?? -1;
     this.#upload = index.newUpload();
+    this.#pack = new PackWriter(store);
     this.#parser = new TarParser({
       entry: (h) => this.#onEntry(h),
       data: (c) => this.#onData(c),
@@ -280,6 +282,7 @@ export class Ingest {
       );
     }
     this.#flush();
+    this.#pack.close();
     this.#store.syncDirs(this.#dirs);
     const commit = this.#index.commitUpload(this.#upload, this.project, this.#header!, {
       filesReceived: this.filesReceived,
@@ -299,6 +302,13 @@ export class Ingest {
     this.#closed = true;
     this.#blob?.abort();
     this.#blob = null;
+    try {
+      // Blobs already in the pack stay: content-addressed, reused by the next upload.
+      this.#flush();
+    } catch { /* the disk may be full: the rows are not needed */ }
+    try {
+      this.#pack.close();
+    } catch { /* same */ }
     try {
       this.#index.dropUpload(this.#upload);
     } catch { /* index closing */ }
@@ -381,8 +391,8 @@ export class Ingest {
         );
       }
       this.#sha = createHash("sha256");
-      this.#xxh = new PartialHasher();
-      this.#blob = new BlobBuilder(this.#store, this.#level);
+      this.#xxh.reset();
+      this.#blob = new BlobBuilder(this.#store, this.#level, h.size);
     }
   }
 
@@ -397,7 +407,7 @@ export class Ingest {
       return;
     }
     this.#sha!.update(chunk);
-    this.#xxh!.update(chunk);
+    this.#xxh.update(chunk);
     if (this.#member) this.#blob!.addMember(this.#member);
     else this.#blob!.addRaw(chunk);
     this.bytesReceived += chunk.length;
@@ -432,19 +442,18 @@ export class Ingest {
       const digest = this.#sha!.digest();
       const hex = bytesToHex(digest);
       entry.hash = hex;
-      entry.xxh = this.#xxh!.digest();
+      entry.xxh = this.#xxh.digest();
       this.#sha = null;
-      this.#xxh = null;
       const blob = this.#blob!;
       this.#blob = null;
       this.filesReceived++;
       if (entry.size > 0) {
         const known = this.#pendingHashes.has(hex) || this.#store.has(digest);
-        const done = blob.finish(digest, hex, entry.size, hexToBytes(entry.xxh), known);
+        const done = blob.finish(digest, hex, entry.size, hexToBytes(entry.xxh), known, this.#pack);
         if (done) {
           this.#pendingHashes.add(hex);
           this.#pendingBlobs.push(done.row);
-          this.#pendingBytes += done.row.data?.length ?? 0;
+          if (done.row.pack !== null) this.#pendingBytes += done.row.stored;
           if (done.dir) this.#dirs.add(done.dir);
           this.newBlobs++;
           this.newBlobBytes += done.row.stored;
@@ -486,6 +495,8 @@ export class Ingest {
     this.#pendingRows = [];
     this.#pendingBlobs = [];
     this.#pendingBytes = 0;
+    // Rows may only point at bytes that are on disk.
+    if (blobs.some((b) => b.pack !== null)) this.#pack.sync();
     this.#index.transaction(() => {
       this.#store.insert(blobs);
       this.#index.stage(this.#upload, rows);

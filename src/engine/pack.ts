@@ -17,7 +17,7 @@
  * @module
  */
 
-import { autoLevel, encodeMember, MAX_MEMBER_RAW } from "./gzip_member.ts";
+import { encodeMember, MAX_MEMBER_RAW } from "./gzip_member.ts";
 import { lstatNs, type NativeStat } from "./fs_native.ts";
 import { type ChangeRecord, changeRecordToJson, type UploadHeader } from "./manifest.ts";
 import { encodeHeader, END_OF_ARCHIVE, padded, type TarHeader } from "./tar.ts";
@@ -112,8 +112,7 @@ async function* generate(options: PackOptions, stats: PackStats): AsyncGenerator
   const retries = options.retries ?? 3;
   const wholeMax = options.wholeFileMax ?? 8 << 20;
   const changes = [...options.changes];
-  const levelFor = (raw: Uint8Array) =>
-    compress === "none" ? 0 : compress === "fast" ? 1 : autoLevel(raw);
+  const level = compress === "none" ? 0 : compress === "fast" ? 1 : "auto" as const;
   let pad = 0;
   let out: Uint8Array[] = [];
   let outLen = 0;
@@ -131,13 +130,13 @@ async function* generate(options: PackOptions, stats: PackStats): AsyncGenerator
     const blocks = encodeHeader(h);
     const raw = new Uint8Array(pad + blocks.length);
     raw.set(blocks, pad);
-    push(encodeMember(raw, compress === "none" ? 0 : 1));
+    push(encodeMember(raw, 0));
     pad = 0;
   };
   const dataMembers = (data: Uint8Array) => {
     for (let i = 0; i < data.length; i += MAX_MEMBER_RAW) {
       const raw = data.subarray(i, i + MAX_MEMBER_RAW);
-      push(encodeMember(raw, levelFor(raw)));
+      push(encodeMember(raw, level));
     }
   };
   const control = (name: string, kind: string, body: Uint8Array) => {
@@ -267,7 +266,7 @@ async function* generate(options: PackOptions, stats: PackStats): AsyncGenerator
           buf.fill(0, got, want);
         }
         const raw = buf.subarray(0, want);
-        push(encodeMember(raw, levelFor(raw)));
+        push(encodeMember(raw, level));
         left -= want;
         stats.bytesRead += got;
         if (outLen >= TARGET_CHUNK) yield take();

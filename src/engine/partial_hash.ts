@@ -73,6 +73,13 @@ export class PartialHasher {
   #tailFill = 0;
   #size = 0;
 
+  /** Starts over for the next file (reuses the buffers). */
+  reset(): void {
+    this.#headFill = 0;
+    this.#tailFill = 0;
+    this.#size = 0;
+  }
+
   update(chunk: Uint8Array): void {
     if (this.#headFill < PARTIAL_SPAN) {
       const n = Math.min(PARTIAL_SPAN - this.#headFill, chunk.length);

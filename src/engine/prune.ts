@@ -10,7 +10,7 @@
  * @module
  */
 
-import type { BlobStore } from "./blob_store.ts";
+import { type BlobStore, PackWriter } from "./blob_store.ts";
 import { KeepError } from "./errors.ts";
 import { bytesToHex, type IndexDb } from "./index_db.ts";
 
@@ -76,7 +76,7 @@ export function pruneProject(
     result.blobsRemoved = Number(stats.n);
     result.bytesFreed = Number(stats.bytes);
     for (
-      const r of db.prepare(`SELECT hash ${dead} AND data IS NULL`).all() as { hash: Uint8Array }[]
+      const r of db.prepare(`SELECT hash ${dead} AND pack IS NULL`).all() as { hash: Uint8Array }[]
     ) {
       files.push(store.pathOf(bytesToHex(r.hash)));
     }
@@ -87,5 +87,48 @@ export function pruneProject(
       Deno.removeSync(f);
     } catch { /* already gone: verify would have reported it */ }
   }
+  repack(index, store);
   return result;
+}
+
+/**
+ * Rewrites pack files that are mostly dead space: live blobs are copied to a
+ * new pack (fsync'd before the rows move), then the old file is removed.
+ */
+function repack(index: IndexDb, store: BlobStore): void {
+  const db = index.db;
+  const packs = db.prepare(
+    `SELECT p.id AS id, coalesce((SELECT sum(stored) FROM blobs b WHERE b.pack = p.id), 0) AS live FROM packs p`,
+  ).all() as { id: number; live: number }[];
+  for (const p of packs) {
+    const path = store.packPath(Number(p.id));
+    let size = 0;
+    try {
+      size = Deno.statSync(path).size;
+    } catch { /* missing: nothing to reclaim */ }
+    if (Number(p.live) > size / 2) continue;
+    const blobs = db.prepare("SELECT id, hash FROM blobs WHERE pack = ? ORDER BY offset").all(
+      p.id,
+    ) as {
+      id: number;
+      hash: Uint8Array;
+    }[];
+    const writer = new PackWriter(store);
+    const moved: { id: number; pack: number; offset: number }[] = [];
+    for (const b of blobs) {
+      const parts = [...store.read(bytesToHex(b.hash))];
+      const data = parts.length === 1 ? parts[0] : new Uint8Array(parts.flatMap((x) => [...x]));
+      moved.push({ id: Number(b.id), ...writer.add(data) });
+    }
+    writer.close();
+    index.transaction(() => {
+      const upd = db.prepare("UPDATE blobs SET pack = ?, offset = ? WHERE id = ?");
+      for (const m of moved) upd.run(m.pack, m.offset, m.id);
+      db.prepare("DELETE FROM packs WHERE id = ?").run(p.id);
+    }, true);
+    store.closeReaders();
+    try {
+      Deno.removeSync(path);
+    } catch { /* already gone */ }
+  }
 }

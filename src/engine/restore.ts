@@ -115,6 +115,9 @@ export async function restoreArchive(
 
   /** Removes whatever non-directory is at rel (overwrite mode). */
   const clear = (rel: string): "none" | "dir" => {
+    // DEST was empty and entries come strictly ordered: nothing can be in the
+    // way (and creating with createNew/mkdir would fail loudly if it were).
+    if (!overwrite) return "none";
     let st;
     try {
       st = lstatNs(abs(rel));

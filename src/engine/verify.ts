@@ -27,6 +27,10 @@ export interface VerifyReport {
   missing: { hash: string; project: string; path: string }[];
   orphanBlobs: number;
   orphanFiles: string[];
+  /** Pack files, and their bytes no blob row points at (crash leftovers, pruned blobs). */
+  packs: number;
+  packSlack: number;
+  orphanPacks: string[];
   seconds: number;
 }
 
@@ -58,13 +62,16 @@ export function verifyStore(
     missing: [],
     orphanBlobs: 0,
     orphanFiles: [],
+    packs: 0,
+    packSlack: 0,
+    orphanPacks: [],
     seconds: 0,
   };
   const hasher = () => createHash("sha256");
   let after = 0;
   let checked = 0;
   const page = db.prepare(
-    "SELECT id, hash, size, data IS NOT NULL AS inl FROM blobs WHERE id > ? ORDER BY id LIMIT 1000",
+    "SELECT id, hash, size, pack IS NOT NULL AS inl FROM blobs WHERE id > ? ORDER BY id LIMIT 1000",
   );
   const fileBlobs = new Set<string>();
   for (;;) {
@@ -109,6 +116,32 @@ export function verifyStore(
         if (!fileBlobs.has(f)) report.orphanFiles.push(join(a, b, f));
       }
     }
+  }
+  // Pack files: each referenced one present; bytes beyond what rows use are slack.
+  const used = new Map<number, number>();
+  for (
+    const r of db.prepare(
+      "SELECT pack, sum(stored) AS n FROM blobs WHERE pack IS NOT NULL GROUP BY pack",
+    ).all() as {
+      pack: number;
+      n: number;
+    }[]
+  ) used.set(Number(r.pack), Number(r.n));
+  const known = new Set(
+    (db.prepare("SELECT id FROM packs").all() as { id: number }[]).map((r) => Number(r.id)),
+  );
+  for (const name of safeDir(store.packDir)) {
+    const m = /^(\d+)\.pack$/.exec(name);
+    if (!m || !known.has(Number(m[1]))) {
+      report.orphanPacks.push(name);
+      continue;
+    }
+    report.packs++;
+    let size = 0;
+    try {
+      size = Deno.statSync(join(store.packDir, name)).size;
+    } catch { /* vanished: blobs in it are reported as damaged */ }
+    report.packSlack += Math.max(0, size - (used.get(Number(m[1])) ?? 0));
   }
   report.ok = integrity === "ok" && report.damaged.length === 0 && report.missing.length === 0;
   report.seconds = Math.round(performance.now() - started) / 1000;
