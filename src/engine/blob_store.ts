@@ -118,6 +118,45 @@ function writeAll(f: Deno.FsFile, b: Uint8Array): void {
 }
 
 /**
+ * A Bloom filter over blob hashes, so that looking up content the store has
+ * never seen (every file of a first backup) costs no SQLite query. The
+ * SHA-256 bits are already uniform: the k probes are 32-bit words of the
+ * hash. False positives fall through to SQLite; a false negative cannot
+ * happen for hashes added here (and would only cost a duplicate write).
+ */
+class HashFilter {
+  #bits: Uint32Array;
+  #mask: number;
+  #count = 0;
+  constructor(expected: number) {
+    let m = 1 << 23; // 8 Mbit = 1 MiB
+    while (m < expected * 16) m *= 2;
+    this.#bits = new Uint32Array(m / 32);
+    this.#mask = m - 1;
+  }
+  /** True when the filter should be rebuilt larger. */
+  get full(): boolean {
+    return this.#count * 12 > this.#mask;
+  }
+  add(h: Uint8Array): void {
+    for (let i = 0; i < 24; i += 4) {
+      const bit = ((h[i] | (h[i + 1] << 8) | (h[i + 2] << 16) | (h[i + 3] << 24)) >>> 0) &
+        this.#mask;
+      this.#bits[bit >>> 5] |= 1 << (bit & 31);
+    }
+    this.#count++;
+  }
+  mayHave(h: Uint8Array): boolean {
+    for (let i = 0; i < 24; i += 4) {
+      const bit = ((h[i] | (h[i + 1] << 8) | (h[i + 2] << 16) | (h[i + 3] << 24)) >>> 0) &
+        this.#mask;
+      if ((this.#bits[bit >>> 5] & (1 << (bit & 31))) === 0) return false;
+    }
+    return true;
+  }
+}
+
+/**
  * The blob store of one data directory.
  *
  * @example
@@ -177,7 +216,24 @@ export class BlobStore {
     return Number(r.lastInsertRowid);
   }
 
+  #filter: HashFilter | null = null;
+
+  #loadFilter(): HashFilter {
+    const n = Number((this.index.stmt("SELECT count(*) AS n FROM blobs").get() as { n: number }).n);
+    const f = new HashFilter(n * 2);
+    for (
+      const r of this.index.db.prepare("SELECT hash FROM blobs").iterate() as Iterable<
+        { hash: Uint8Array }
+      >
+    ) {
+      f.add(r.hash);
+    }
+    return f;
+  }
+
   has(hash: Uint8Array): boolean {
+    if (!this.#filter || this.#filter.full) this.#filter = this.#loadFilter();
+    if (!this.#filter.mayHave(hash)) return false;
     return !!this.index.stmt("SELECT 1 FROM blobs WHERE hash = ?").get(hash);
   }
 
@@ -199,7 +255,10 @@ export class BlobStore {
     const ins = this.index.stmt(
       "INSERT OR IGNORE INTO blobs(hash, size, stored, xxh, pack, offset) VALUES (?, ?, ?, ?, ?, ?)",
     );
-    for (const r of rows) ins.run(r.hash, r.size, r.stored, r.xxh, r.pack, r.offset);
+    for (const r of rows) {
+      ins.run(r.hash, r.size, r.stored, r.xxh, r.pack, r.offset);
+      this.#filter?.add(r.hash);
+    }
   }
 
   /** A temp file path in the store's tmp/ folder. */

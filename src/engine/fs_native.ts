@@ -66,8 +66,14 @@ const encoder = new TextEncoder();
 const statBuf = new Uint8Array(256);
 const statView = new DataView(statBuf.buffer);
 
+let pathBuf = new Uint8Array(4096 * 3 + 1);
+
+/** The path as a NUL-terminated C string (a view of a reused buffer). */
 function cPath(path: string): Uint8Array {
-  return encoder.encode(path + "\0");
+  if (path.length * 3 + 1 > pathBuf.length) pathBuf = new Uint8Array(path.length * 3 + 1);
+  const { written } = encoder.encodeInto(path, pathBuf);
+  pathBuf[written] = 0;
+  return pathBuf.subarray(0, written + 1);
 }
 
 function kindOf(fmt: number): FileKind {

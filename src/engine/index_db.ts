@@ -18,7 +18,6 @@
  * @module
  */
 
-import { Buffer } from "node:buffer";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { KeepError } from "./errors.ts";
 import type {
@@ -32,8 +31,6 @@ import type {
 import { parentOf } from "./paths.ts";
 
 const SCHEMA_VERSION = 1;
-/** SHA-256 of no bytes: the content of every empty file (never stored as a blob). */
-const EMPTY_HASH = hexToBytes("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS projects(
@@ -119,6 +116,9 @@ export interface StageRow {
   op: StageOp;
   path: string;
   entry?: Entry;
+  /** The entry's hash and partial hash as bytes, when the caller has them (saves a hex round trip). */
+  hashBytes?: Uint8Array;
+  xxhBytes?: Uint8Array;
   flag?: EntryFlag;
   reason?: string;
 }
@@ -137,9 +137,23 @@ export interface ProjectInfo {
   head: CommitInfo | null;
 }
 
-export function hexToBytes(hex: string): Uint8Array {
-  return Buffer.from(hex, "hex");
+const HEX_VALUE = new Int8Array(128).fill(-1);
+for (let i = 0; i < 16; i++) {
+  HEX_VALUE["0123456789abcdef".charCodeAt(i)] = i;
+  HEX_VALUE["0123456789ABCDEF".charCodeAt(i)] = i;
 }
+
+/** Lower- or upper-case hex to bytes (callers validate the text first). */
+export function hexToBytes(hex: string): Uint8Array {
+  const out = new Uint8Array(hex.length >> 1);
+  for (let i = 0, j = 0; i < out.length; i++, j += 2) {
+    out[i] = (HEX_VALUE[hex.charCodeAt(j) & 127] << 4) | HEX_VALUE[hex.charCodeAt(j + 1) & 127];
+  }
+  return out;
+}
+
+/** SHA-256 of no bytes: the content of every empty file (never stored as a blob). */
+const EMPTY_HASH = hexToBytes("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 
 const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
 export function bytesToHex(b: Uint8Array): string {
@@ -461,9 +475,9 @@ export class IndexDb {
           e?.mode ?? null,
           e?.mtime ?? null,
           e?.ctime ?? null,
-          e?.hash ? hexToBytes(e.hash) : null,
+          r.hashBytes ?? (e?.hash ? hexToBytes(e.hash) : null),
           e?.target ?? null,
-          e?.xxh ? hexToBytes(e.xxh) : null,
+          r.xxhBytes ?? (e?.xxh ? hexToBytes(e.xxh) : null),
           r.flag ?? null,
           r.reason ?? null,
         );

@@ -17,7 +17,7 @@
 import { createHash, type Hash } from "node:crypto";
 import { KeepError } from "./errors.ts";
 import { decodeMember, encodeMember, MAX_MEMBER_RAW, MemberSplitter } from "./gzip_member.ts";
-import { bytesToHex, hexToBytes, type IndexDb, type StageRow } from "./index_db.ts";
+import { hexToBytes, type IndexDb, type StageRow } from "./index_db.ts";
 import { type BlobStore, PACK_MAX, PackWriter, type PendingBlob } from "./blob_store.ts";
 import {
   type CommitInfo,
@@ -438,18 +438,22 @@ export class Ingest {
     }
     const entry = this.#entry!;
     this.#entry = null;
+    let hashBytes: Uint8Array | undefined;
+    let xxhBytes: Uint8Array | undefined;
     if (entry.type === "f") {
       const digest = this.#sha!.digest();
-      const hex = bytesToHex(digest);
+      const hex = digest.toString("hex");
       entry.hash = hex;
       entry.xxh = this.#xxh.digest();
+      xxhBytes = hexToBytes(entry.xxh);
+      hashBytes = digest;
       this.#sha = null;
       const blob = this.#blob!;
       this.#blob = null;
       this.filesReceived++;
       if (entry.size > 0) {
         const known = this.#pendingHashes.has(hex) || this.#store.has(digest);
-        const done = blob.finish(digest, hex, entry.size, hexToBytes(entry.xxh), known, this.#pack);
+        const done = blob.finish(digest, hex, entry.size, xxhBytes, known, this.#pack);
         if (done) {
           this.#pendingHashes.add(hex);
           this.#pendingBlobs.push(done.row);
@@ -463,7 +467,7 @@ export class Ingest {
         if (hex !== EMPTY_SHA256) throw new KeepError("internal", "Cannot hash empty file");
       }
     }
-    this.#stageRow({ op: "put", path: entry.path, entry });
+    this.#stageRow({ op: "put", path: entry.path, entry, hashBytes, xxhBytes });
   }
 
   #onChange(line: string): void {

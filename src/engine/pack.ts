@@ -62,8 +62,13 @@ export interface PackOptions {
 
 const encoder = new TextEncoder();
 const TARGET_CHUNK = 512 * 1024;
+/** Bytes per piece of the upload stream (one HTTP chunk that fits a 64 KiB read). */
+const WIRE_CHUNK = 65000;
 
-function sameStat(a: NativeStat, b: NativeStat): boolean {
+function sameStat(
+  a: Pick<NativeStat, "kind" | "size" | "mtime" | "ctime">,
+  b: NativeStat,
+): boolean {
   return a.kind === b.kind && a.size === b.size && a.mtime === b.mtime && a.ctime === b.ctime;
 }
 
@@ -87,14 +92,38 @@ export function packUpload(
 ): { stream: ReadableStream<Uint8Array>; stats: PackStats } {
   const stats: PackStats = { filesSent: 0, bytesRead: 0, wireBytes: 0, entriesSent: 0 };
   const gen = generate(options, stats);
+  // The stream hands out pieces of exactly WIRE_CHUNK bytes (the last may be
+  // shorter): measured on Deno 2.9.6, a server reading a chunked upload spends
+  // 0.4 s of CPU per 800 MB with 65,000-byte chunks, 3 s with 128 KiB and
+  // 8.7 s with 16 KB chunks (see docs/DESIGN.md).
+  let carry: Uint8Array | null = null;
+  let carryOff = 0;
   const stream = new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
-        const { value, done } = await gen.next();
-        if (done) controller.close();
-        else {
-          stats.wireBytes += value.length;
-          controller.enqueue(value);
+        for (;;) {
+          if (carry && carry.length - carryOff >= WIRE_CHUNK) {
+            controller.enqueue(carry.slice(carryOff, carryOff + WIRE_CHUNK));
+            carryOff += WIRE_CHUNK;
+            stats.wireBytes += WIRE_CHUNK;
+            return;
+          }
+          const { value, done } = await gen.next();
+          if (done) {
+            if (carry && carryOff < carry.length) {
+              controller.enqueue(carry.slice(carryOff));
+              stats.wireBytes += carry.length - carryOff;
+            }
+            carry = null;
+            controller.close();
+            return;
+          }
+          const rest = carry ? carry.length - carryOff : 0;
+          const next = new Uint8Array(rest + value.length);
+          if (rest) next.set(carry!.subarray(carryOff));
+          next.set(value, rest);
+          carry = next;
+          carryOff = 0;
         }
       } catch (err) {
         controller.error(err);
@@ -183,9 +212,15 @@ async function* generate(options: PackOptions, stats: PackStats): AsyncGenerator
       let lastReason = "";
       for (let attempt = 0; attempt <= retries && !sent; attempt++) {
         if (attempt > 0) await delay(50 * 2 ** attempt);
-        let st0: NativeStat, st1: NativeStat, data: Uint8Array;
+        // The first read is checked against the scan's (or settle check's)
+        // stat; a retry takes a fresh one. One stat per file in the usual case.
+        let st0: Pick<NativeStat, "kind" | "size" | "mtime" | "ctime">,
+          st1: NativeStat,
+          data: Uint8Array;
         try {
-          st0 = lstatNs(abs);
+          st0 = attempt === 0
+            ? { kind: "file", size: e.size, mtime: e.mtime, ctime: e.ctime }
+            : lstatNs(abs);
           if (st0.kind !== "file") {
             lastReason = "is no longer a regular file";
             continue;
