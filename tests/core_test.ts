@@ -4,6 +4,7 @@
 
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
 import {
   assertSameTree,
   captureProxy,
@@ -201,6 +202,37 @@ Deno.test("tar -tzvf lists a captured upload: the files and the manifest entries
     }
   } finally {
     await proxy.close();
+    await server.stop();
+  }
+});
+
+Deno.test("the head manifest is gzip'd NDJSON sorted by path, cached per head", async () => {
+  const server = await startServer();
+  const src = await tempDir();
+  try {
+    writeTree(src, { "b.txt": "b", "a/x.txt": "x", "a-b": "dash" });
+    const url = `${server.url}/v1/projects/man/manifest`;
+    const empty = gunzipSync(new Uint8Array(await (await fetch(url)).arrayBuffer())).toString();
+    assertEquals(empty, '{"commit":null}\n');
+    await keepOk(["backup", "-s", server.url, "-p", "man", "--settle", "0", src]);
+    const raw1 = new Uint8Array(await (await fetch(url)).arrayBuffer());
+    const lines = gunzipSync(raw1).toString().trim().split("\n").map((l) => JSON.parse(l));
+    assertEquals(lines[0].commit.seq, 1);
+    assertEquals(lines.slice(1).map((e) => e.p), ["a", "a-b", "a/x.txt", "b.txt"]);
+    assertEquals(lines[3].h, "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881");
+    const cached = Deno.readDirSync(join(server.dataDir, "cache")).toArray().map((e) => e.name);
+    assertEquals(cached.length, 1);
+    assertEquals(new Uint8Array(await (await fetch(url)).arrayBuffer()), raw1);
+    Deno.writeTextFileSync(join(src, "c.txt"), "c");
+    await keepOk(["backup", "-s", server.url, "-p", "man", "--settle", "0", src]);
+    const lines2 = gunzipSync(new Uint8Array(await (await fetch(url)).arrayBuffer())).toString()
+      .trim().split("\n");
+    assertEquals(JSON.parse(lines2[0]).commit.seq, 2);
+    assertEquals(lines2.length, 6);
+    const cached2 = Deno.readDirSync(join(server.dataDir, "cache")).toArray().map((e) => e.name);
+    assertEquals(cached2.length, 1);
+    assert(cached2[0] !== cached[0]);
+  } finally {
     await server.stop();
   }
 });

@@ -15,7 +15,8 @@ import { lstatNs } from "./fs_native.ts";
 import type { ChangeRecord, CommitInfo, Entry, UploadHeader } from "./manifest.ts";
 import { type CompressMode, type PackStats, packUpload } from "./pack.ts";
 import { partialHashOfFile } from "./partial_hash.ts";
-import { scanTree } from "./scan.ts";
+import { comparePaths } from "./paths.ts";
+import { type ScanEntry, scanTree } from "./scan.ts";
 import { settleFiles } from "./settle.ts";
 
 /** What the backup needs from the server. */
@@ -187,11 +188,9 @@ export async function runBackup(
         changes.push({ op: "keep", p: s.entry.path, flag: "unreadable", reason: decision.reason });
       }
     }
-    let send = plan.send;
-    if (extraSend.length) {
-      const sendSet = new Set(extraSend.map((e) => e.path));
-      send = scan.entries.filter((e) => sendSet.has(e.path) || plan.kinds.has(e.path));
-    }
+    // Suspects whose content differs join the sent entries, in path order.
+    for (const e of extraSend) plan.changedPaths.add(e.path);
+    const send = extraSend.length ? mergeByPath(plan.send, extraSend) : plan.send;
 
     // Settle: only files not already seen settled in an earlier attempt.
     const candidates = send.filter((e) => e.type === "f" && !settledCache.get(e.path));
@@ -208,16 +207,11 @@ export async function runBackup(
     const unsettledPaths = new Set(settled.unsettled.map((u) => u.entry.path));
     for (const u of settled.unsettled) {
       note({ path: u.entry.path, reason: u.reason, kind: "unsettled" });
-      if (
-        plan.kinds.get(u.entry.path) === "changed" || extraSend.some((e) => e.path === u.entry.path)
-      ) {
+      if (plan.changedPaths.has(u.entry.path)) {
         changes.push({ op: "keep", p: u.entry.path, flag: "unsettled", reason: u.reason });
       }
     }
-    const updated = new Map(settled.settled.map((e) => [e.path, e]));
-    const finalSend = send.filter((e) => !unsettledPaths.has(e.path)).map((e) =>
-      updated.get(e.path) ?? e
-    );
+    const finalSend = unsettledPaths.size ? send.filter((e) => !unsettledPaths.has(e.path)) : send;
 
     const header: UploadHeader = {
       format: 1,
@@ -273,6 +267,17 @@ export async function runBackup(
       seconds: Math.round(performance.now() - started) / 1000,
     };
   }
+}
+
+function mergeByPath(a: ScanEntry[], b: ScanEntry[]): ScanEntry[] {
+  const out: ScanEntry[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    if (j >= b.length || (i < a.length && comparePaths(a[i].path, b[j].path) < 0)) out.push(a[i++]);
+    else out.push(b[j++]);
+  }
+  return out;
 }
 
 type Decision =

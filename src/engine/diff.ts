@@ -53,8 +53,8 @@ export interface Suspect {
 export interface DiffPlan {
   /** Entries whose content or header must be sent, in path order. */
   send: ScanEntry[];
-  /** Kind of each sent path. */
-  kinds: Map<string, "added" | "changed">;
+  /** Sent paths that the parent has (changed, not added). */
+  changedPaths: Set<string>;
   /** Files to hash before deciding. */
   suspects: Suspect[];
   /** Paths to delete. */
@@ -87,7 +87,7 @@ export async function diffTree(
   const unreadableSet = new Set(options.unreadable ?? []);
   const plan: DiffPlan = {
     send: [],
-    kinds: new Map(),
+    changedPaths: new Set(),
     suspects: [],
     deleted: [],
     keptBelowUnreadable: 0,
@@ -104,9 +104,11 @@ export async function diffTree(
   };
   const send = (e: ScanEntry, kind: "added" | "changed") => {
     plan.send.push(e);
-    plan.kinds.set(e.path, kind);
     if (kind === "added") plan.added++;
-    else plan.changed++;
+    else {
+      plan.changed++;
+      plan.changedPaths.add(e.path);
+    }
   };
 
   let i = 0;

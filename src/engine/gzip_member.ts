@@ -27,18 +27,13 @@ export const MAX_MEMBER_BYTES = HEADER + TRAILER + MAX_MEMBER_RAW +
 /** How a member's payload is encoded. 0 = stored, 1..9 = deflate level. */
 export type Level = number;
 
+const PREFIX = new Uint8Array([0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 12, 0, 0x4b, 0x50, 8, 0]);
+
 function writeHeader(out: Uint8Array, total: number, raw: number): void {
-  out.set([0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 12, 0, 0x4b, 0x50, 8, 0]);
+  out.set(PREFIX);
   const v = new DataView(out.buffer, out.byteOffset, out.byteLength);
   v.setUint32(16, total, true);
   v.setUint32(20, raw, true);
-}
-
-function finish(out: Uint8Array, raw: Uint8Array): Uint8Array {
-  const v = new DataView(out.buffer, out.byteOffset, out.byteLength);
-  v.setUint32(out.length - 8, zlib.crc32(raw), true);
-  v.setUint32(out.length - 4, raw.length, true);
-  return out;
 }
 
 /** Bytes `auto` deflates to judge a big chunk. */
@@ -58,6 +53,37 @@ function storedSize(n: number): number {
  * ```
  */
 export function encodeMember(raw: Uint8Array, level: Level | "auto"): Uint8Array {
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  writeMember(raw, level, (b) => {
+    parts.push(b.slice());
+    total += b.length;
+  });
+  const out = new Uint8Array(total);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+const headerScratch = new Uint8Array(HEADER);
+const blockScratch = new Uint8Array(5);
+const trailerScratch = new Uint8Array(TRAILER);
+const trailerView = new DataView(trailerScratch.buffer);
+
+/**
+ * Writes `raw` (at most MAX_MEMBER_RAW bytes) as one member through `sink`,
+ * in pieces and without assembling it: the sink must copy each piece before
+ * it returns (pieces may be reused scratch buffers or views of `raw`).
+ * Returns the member's length.
+ */
+export function writeMember(
+  raw: Uint8Array,
+  level: Level | "auto",
+  sink: (piece: Uint8Array) => void,
+): number {
   if (raw.length > MAX_MEMBER_RAW) throw new RangeError("member payload too large");
   // auto: small chunks are deflated once and kept only if they shrink by 10%;
   // big ones are first judged on a sample, so incompressible data costs one
@@ -71,31 +97,39 @@ export function encodeMember(raw: Uint8Array, level: Level | "auto"): Uint8Array
       limit = Math.floor(raw.length * 0.9);
     }
   }
+  const trailer = () => {
+    trailerView.setUint32(0, zlib.crc32(raw), true);
+    trailerView.setUint32(4, raw.length, true);
+    sink(trailerScratch);
+  };
   if (level > 0) {
     const deflated = zlib.deflateRawSync(raw, { level });
     if (deflated.length < limit) {
-      const out = new Uint8Array(HEADER + deflated.length + TRAILER);
-      writeHeader(out, out.length, raw.length);
-      out.set(deflated, HEADER);
-      return finish(out, raw);
+      const total = HEADER + deflated.length + TRAILER;
+      writeHeader(headerScratch, total, raw.length);
+      sink(headerScratch);
+      sink(deflated);
+      trailer();
+      return total;
     }
   }
-  const out = new Uint8Array(HEADER + storedSize(raw.length) + TRAILER);
-  writeHeader(out, out.length, raw.length);
-  let o = HEADER;
+  const total = HEADER + storedSize(raw.length) + TRAILER;
+  writeHeader(headerScratch, total, raw.length);
+  sink(headerScratch);
   let i = 0;
   do {
     const n = Math.min(65535, raw.length - i);
-    out[o] = i + n >= raw.length ? 1 : 0;
-    out[o + 1] = n & 0xff;
-    out[o + 2] = n >> 8;
-    out[o + 3] = ~n & 0xff;
-    out[o + 4] = (~n >> 8) & 0xff;
-    out.set(raw.subarray(i, i + n), o + 5);
-    o += 5 + n;
+    blockScratch[0] = i + n >= raw.length ? 1 : 0;
+    blockScratch[1] = n & 0xff;
+    blockScratch[2] = n >> 8;
+    blockScratch[3] = ~n & 0xff;
+    blockScratch[4] = (~n >> 8) & 0xff;
+    sink(blockScratch);
+    if (n) sink(raw.subarray(i, i + n));
     i += n;
   } while (i < raw.length);
-  return finish(out, raw);
+  trailer();
+  return total;
 }
 
 const seen = new Uint8Array(256);

@@ -85,6 +85,7 @@ export async function restoreArchive(
     problems: [],
   };
   const overwrite = options.overwrite ?? false;
+  const umask = Deno.umask();
   const realDirs = new Set<string>([""]);
   const dirMeta: { path: string; mode: number; mtime: bigint }[] = [];
   const abs = (rel: string) => `${dest}/${rel}`;
@@ -232,7 +233,13 @@ export async function restoreArchive(
         Deno.renameSync(tmp, target);
       } else {
         const data = parts.length === 1 ? parts[0] : concat(parts);
-        Deno.writeFileSync(target, data, { createNew: true, mode: 0o600 });
+        // Created with its final mode when the umask lets it through (saves a chmod).
+        Deno.writeFileSync(target, data, { createNew: true, mode: h.mode & 0o777 });
+        if ((h.mode & ~umask & 0o777) !== h.mode) Deno.chmodSync(target, h.mode);
+        parts = [];
+        setTimesNs(target, h.mtime);
+        result.files++;
+        return;
       }
       parts = [];
       Deno.chmodSync(target, h.mode);

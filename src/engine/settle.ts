@@ -27,7 +27,7 @@ export interface SettleOptions {
 }
 
 export interface SettleResult {
-  /** Candidates that held still, with their latest stat. */
+  /** Candidates that held still (the same objects, updated with their latest stat). */
   settled: ScanEntry[];
   /** Candidates that kept moving (or vanished). */
   unsettled: { entry: ScanEntry; reason: string }[];
@@ -64,7 +64,14 @@ export async function settleFiles(
   }
   const settled: ScanEntry[] = [];
   const unsettled: SettleResult["unsettled"] = [];
-  let pending = files.map((entry) => ({ entry, seen: entry as ScanEntry, watched: false }));
+  // Each candidate with the size and mtime last observed; entries are updated
+  // in place with their latest stat once settled (no copies of big lists).
+  let pending = files.map((entry) => ({
+    entry,
+    size: entry.size,
+    mtime: entry.mtime,
+    watched: false,
+  }));
   for (;;) {
     const now = BigInt(Date.now()) * 1_000_000n;
     const next: typeof pending = [];
@@ -76,16 +83,16 @@ export async function settleFiles(
         settled.push(p.entry); // vanished or unreadable: the pack step reports it
         continue;
       }
-      const still = st.size === p.seen.size && st.mtime === p.seen.mtime;
-      const cur: ScanEntry = {
-        ...p.entry,
-        size: st.kind === "file" ? st.size : 0,
-        mode: st.mode,
-        mtime: st.mtime,
-        ctime: st.ctime,
-      };
-      if (still && (st.mtime < now - windowNs || p.watched)) settled.push(cur);
-      else next.push({ entry: p.entry, seen: cur, watched: still ? true : false });
+      const size = st.kind === "file" ? st.size : 0;
+      const still = size === p.size && st.mtime === p.mtime;
+      if (still && (st.mtime < now - windowNs || p.watched)) {
+        const e = p.entry;
+        e.size = size;
+        e.mode = st.mode;
+        e.mtime = st.mtime;
+        e.ctime = st.ctime;
+        settled.push(e);
+      } else next.push({ entry: p.entry, size, mtime: st.mtime, watched: false });
     }
     pending = next;
     if (pending.length === 0) break;
@@ -100,7 +107,6 @@ export async function settleFiles(
     }
     options.onWait?.(pending.length);
     // One window of observation: a file unchanged across it is settled.
-    for (const p of pending) p.watched = false;
     await new Promise((r) => setTimeout(r, options.windowMs));
     if (options.signal?.aborted) throw options.signal.reason;
     for (const p of pending) p.watched = true;

@@ -8,14 +8,12 @@
 
 import { Hono } from "hono";
 import type { Context } from "hono";
-import zlib from "node:zlib";
-import { Readable } from "node:stream";
 import { type BlobStore } from "../engine/blob_store.ts";
 import { HTTP_STATUS, KeepError, toKeepError } from "../engine/errors.ts";
 import { exportArchive } from "../engine/export.ts";
 import { Ingest, type IngestLimits } from "../engine/ingest.ts";
 import { hexToBytes, type IndexDb } from "../engine/index_db.ts";
-import { entryToJson } from "../engine/manifest.ts";
+import { type ManifestCache, manifestMembers } from "../engine/manifest_stream.ts";
 import { normalisePrefix } from "../engine/paths.ts";
 import { pruneProject } from "../engine/prune.ts";
 import { verifyStore } from "../engine/verify.ts";
@@ -26,6 +24,8 @@ import { checkProjectName, VERSION } from "./wire.ts";
 export interface AppContext {
   index: IndexDb;
   store: BlobStore;
+  /** Cache of head manifests. */
+  manifests: ManifestCache;
   limits: IngestLimits;
   /** null: --no-auth (loopback only). */
   tokens: TokenStore | null;
@@ -164,30 +164,20 @@ export function createApp(ctx: AppContext): Hono<Env> {
     const ref = c.req.query("commit") ?? "latest";
     need(c, ref === "latest" ? "head" : "read", p);
     const commit = ref === "latest" ? index.headCommit(p) : index.resolveCommit(p, ref);
-    const gz = zlib.createGzip({ level: 1 });
-    const produce = async () => {
-      try {
-        if (!gz.write(JSON.stringify({ commit }) + "\n")) {
-          await new Promise((r) => gz.once("drain", r));
-        }
-        if (commit) {
-          let lines: string[] = [];
-          for (const e of index.entries(p, commit)) {
-            lines.push(entryToJson(e));
-            if (lines.length >= 2000) {
-              if (!gz.write(lines.join("\n") + "\n")) await new Promise((r) => gz.once("drain", r));
-              lines = [];
-            }
-          }
-          if (lines.length) gz.write(lines.join("\n") + "\n");
-        }
-        gz.end();
-      } catch (err) {
-        gz.destroy(err as Error);
-      }
-    };
-    produce();
-    return new Response(Readable.toWeb(gz) as ReadableStream<Uint8Array>, {
+    const body = ref === "latest"
+      ? ctx.manifests.stream(index, p, commit)
+      : new ReadableStream<Uint8Array>({
+        start() {},
+        pull: (() => {
+          const gen = manifestMembers(index, p, commit);
+          return (controller: ReadableStreamDefaultController<Uint8Array>) => {
+            const r = gen.next();
+            if (r.done) controller.close();
+            else controller.enqueue(r.value);
+          };
+        })(),
+      });
+    return new Response(body, {
       headers: { "content-type": "application/gzip", "keep-commit": commit?.id ?? "" },
     });
   });

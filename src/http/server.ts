@@ -11,6 +11,7 @@ import { BlobStore } from "../engine/blob_store.ts";
 import { KeepError } from "../engine/errors.ts";
 import { lockForLife } from "../engine/fs_native.ts";
 import { IndexDb } from "../engine/index_db.ts";
+import { ManifestCache } from "../engine/manifest_stream.ts";
 import { DEFAULT_LIMITS, type IngestLimits } from "../engine/ingest.ts";
 import { TokenStore } from "../engine/tokens.ts";
 import { createApp } from "./app.ts";
@@ -75,6 +76,7 @@ export function startServer(options: ServeOptions): RunningServer {
   }
   const inflight = { n: 0 };
   const app = createApp({
+    manifests: new ManifestCache(join(options.dataDir, "cache")),
     inflight,
     index,
     store,
