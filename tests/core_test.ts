@@ -236,3 +236,40 @@ Deno.test("the head manifest is gzip'd NDJSON sorted by path, cached per head", 
     await server.stop();
   }
 });
+
+Deno.test("the cached head manifest, built incrementally from the parent's, equals one built from the index", async () => {
+  const server = await startServer();
+  const src = await tempDir();
+  try {
+    const spec: Record<string, string> = {};
+    for (let i = 0; i < 300; i++) spec[`d${i % 7}/f${i}.txt`] = `file ${i}\n`;
+    spec['odd/q"uote\\back.txt'] = "escapes";
+    spec["odd/한글 🎉.txt"] = "utf8";
+    writeTree(src, spec);
+    const run = () => keepOk(["backup", "-s", server.url, "-p", "inc", "--settle", "0", src]);
+    await run();
+    const steps: (() => void)[] = [
+      () => Deno.writeTextFileSync(join(src, "d1/f1.txt"), "changed"),
+      () => Deno.removeSync(join(src, "d2/f2.txt")),
+      () => writeTree(src, { "d0/new.txt": "n", "a-first.txt": "a", "zz/last.txt": "z" }),
+      () => Deno.chmodSync(join(src, "d3/f3.txt"), 0o600),
+      () => Deno.removeSync(join(src, "d4"), { recursive: true }),
+      () => {}, // no change at all
+    ];
+    const text = async (query: string) => {
+      const res = await fetch(`${server.url}/v1/projects/inc/manifest${query}`);
+      return gunzipSync(new Uint8Array(await res.arrayBuffer())).toString();
+    };
+    for (const step of steps) {
+      step();
+      await run();
+      const cached = await text("");
+      const id = JSON.parse(cached.slice(0, cached.indexOf("\n"))).commit.id;
+      const fresh = await text(`?commit=${id}`);
+      assertEquals(cached, fresh);
+    }
+    assert((await text("")).includes('"p":"odd/q\\"uote\\\\back.txt"'));
+  } finally {
+    await server.stop();
+  }
+});

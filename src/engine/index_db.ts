@@ -201,6 +201,8 @@ export class IndexDb {
   readonly db: DatabaseSync;
   #stmts = new Map<string, StatementSync>();
   #nextUpload = 1;
+  /** Paths the last commitUpload touched, sorted (null when there were many). */
+  lastChanged: string[] | null = null;
 
   private constructor(db: DatabaseSync) {
     this.db = db;
@@ -669,6 +671,12 @@ export class IndexDb {
         JSON.stringify(stats),
       );
       q("UPDATE projects SET head = ? WHERE id = ?").run(seq, pid);
+      // The paths this commit touched, for an incremental head manifest (when few).
+      const touched = staged + metadata + deleted + flagged;
+      this.lastChanged = touched <= 50_000
+        ? (q("SELECT path FROM temp.stage WHERE upload = ? ORDER BY path").all(upload) as Row[])
+          .map((r) => r.path as string)
+        : null;
       q("DELETE FROM temp.stage WHERE upload = ?").run(upload);
       return this.#commitBySeq(pid, project, seq)!;
     }, true);

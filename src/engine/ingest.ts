@@ -226,6 +226,8 @@ export class Ingest {
   #closed = false;
   /** Bytes of body received. */
   wireBytes = 0;
+  /** After finish: the paths the commit touched, sorted (null when many). */
+  changedPaths: string[] | null = null;
   filesReceived = 0;
   bytesReceived = 0;
   newBlobs = 0;
@@ -292,6 +294,7 @@ export class Ingest {
       newBlobBytes: this.newBlobBytes,
       seconds: Math.round(performance.now() - this.#started) / 1000,
     });
+    this.changedPaths = this.#index.lastChanged;
     this.#closed = true;
     return commit;
   }

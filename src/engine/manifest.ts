@@ -116,38 +116,48 @@ export type ChangeRecord =
   | { op: "keep"; p: string; flag: EntryFlag; reason: string }
   | { op: "drop"; p: string; reason: string };
 
-const HEX64 = /^[0-9a-f]{64}$/;
-const HEX16 = /^[0-9a-f]{16}$/;
 const NS = /^-?\d{1,20}$/;
 const I64_MIN = -(1n << 63n);
 const I64_MAX = (1n << 63n) - 1n;
 
 /** True for a decimal ns time that fits the signed 64-bit INTEGER it is stored as. */
 function isNs(v: unknown): v is string {
-  if (typeof v !== "string" || !NS.test(v)) return false;
+  if (typeof v !== "string") return false;
+  const start = v.charCodeAt(0) === 45 ? 1 : 0; // "-"
+  if (v.length - start < 1 || v.length - start > 20) return false;
+  for (let i = start; i < v.length; i++) {
+    const c = v.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+  }
+  if (v.length < 19) return true; // |n| < 10^18 < 2^63: no BigInt needed
   const n = BigInt(v);
   return n >= I64_MIN && n <= I64_MAX;
+}
+
+/** True for `len` lower-case hex digits (a loop: faster than a regex on hot paths). */
+function isHex(v: unknown, len: number): v is string {
+  if (typeof v !== "string" || v.length !== len) return false;
+  for (let i = 0; i < len; i++) {
+    const c = v.charCodeAt(i);
+    if (!((c >= 48 && c <= 57) || (c >= 97 && c <= 102))) return false;
+  }
+  return true;
 }
 
 function bad(what: string): KeepError {
   return new KeepError("invalid", `Cannot read manifest: ${what}`);
 }
 
-/** Encodes an entry as one NDJSON line (without newline). */
+/** Encodes an entry as one NDJSON line (without newline). Same bytes as JSON.stringify, built by hand (hot path). */
 export function entryToJson(e: Entry): string {
-  const o: Record<string, unknown> = {
-    p: e.path,
-    t: e.type,
-    s: e.size,
-    m: e.mode,
-    mt: e.mtime.toString(),
-    ct: e.ctime.toString(),
-  };
-  if (e.hash !== undefined) o.h = e.hash;
-  if (e.xxh !== undefined) o.x = e.xxh;
-  if (e.target !== undefined) o.l = e.target;
-  if (e.flag !== undefined) o.fl = e.flag;
-  return JSON.stringify(o);
+  let line = `{"p":${
+    JSON.stringify(e.path)
+  },"t":"${e.type}","s":${e.size},"m":${e.mode},"mt":"${e.mtime}","ct":"${e.ctime}"`;
+  if (e.hash !== undefined) line += `,"h":"${e.hash}"`;
+  if (e.xxh !== undefined) line += `,"x":"${e.xxh}"`;
+  if (e.target !== undefined) line += `,"l":${JSON.stringify(e.target)}`;
+  if (e.flag !== undefined) line += `,"fl":"${e.flag}"`;
+  return line + "}";
 }
 
 /** Validates and converts a parsed NDJSON object into an Entry. */
@@ -167,11 +177,11 @@ export function entryFromJson(o: unknown): Entry {
   if (!isNs(ct)) throw bad(`${p}: bad ctime`);
   const e: Entry = { path: p, type: t, size: s, mode: m, mtime: BigInt(mt), ctime: BigInt(ct) };
   if (h !== undefined) {
-    if (typeof h !== "string" || !HEX64.test(h)) throw bad(`${p}: bad hash`);
+    if (!isHex(h, 64)) throw bad(`${p}: bad hash`);
     e.hash = h;
   }
   if (x !== undefined) {
-    if (typeof x !== "string" || !HEX16.test(x)) throw bad(`${p}: bad partial hash`);
+    if (!isHex(x, 16)) throw bad(`${p}: bad partial hash`);
     e.xxh = x;
   }
   if (l !== undefined) {

@@ -11,9 +11,10 @@
  */
 
 import { join } from "node:path";
-import { encodeMember } from "./gzip_member.ts";
+import { decodeMember, encodeMember, MemberSplitter } from "./gzip_member.ts";
 import type { IndexDb } from "./index_db.ts";
 import { type CommitInfo, entryToJson } from "./manifest.ts";
+import { comparePaths } from "./paths.ts";
 
 const MEMBER_TARGET = 256 * 1024;
 const encoder = new TextEncoder();
@@ -24,7 +25,10 @@ export function* manifestMembers(
   project: string,
   commit: CommitInfo | null,
 ): Generator<Uint8Array> {
-  let text = JSON.stringify({ commit }) + "\n";
+  // The commit line has a member of its own: the entries that follow can be
+  // reused as they are by the next head's manifest (see mergedMembers).
+  yield encodeMember(encoder.encode(JSON.stringify({ commit }) + "\n"), 1);
+  let text = "";
   if (commit) {
     for (const e of index.entries(project, commit)) {
       text += entryToJson(e) + "\n";
@@ -34,6 +38,76 @@ export function* manifestMembers(
       }
     }
   }
+  if (text) yield encodeMember(encoder.encode(text), 1);
+}
+
+/** The path of a manifest line (lines start with `{"p":"…"`). */
+function pathOfLine(line: string): string {
+  for (let i = 6; i < line.length; i++) {
+    const c = line.charCodeAt(i);
+    if (c === 34) return line.slice(6, i); // closing quote
+    if (c === 92) break; // an escape: let JSON decode it
+  }
+  return (JSON.parse(line) as { p: string }).p;
+}
+
+/**
+ * The manifest of `commit` built from its parent's cached manifest and the
+ * paths the commit changed: the old entry lines are copied as text except
+ * where a changed path replaces, adds or removes one. Much cheaper than
+ * reading every row back from SQLite when few paths changed.
+ */
+function* mergedMembers(
+  index: IndexDb,
+  project: string,
+  commit: CommitInfo,
+  parentFile: string,
+  changed: string[],
+): Generator<Uint8Array> {
+  yield encodeMember(encoder.encode(JSON.stringify({ commit }) + "\n"), 1);
+  const pid = index.projectId(project)!;
+  const lineOf = (path: string) => {
+    const e = index.entryAt(pid, commit.seq, path);
+    return e ? entryToJson(e) + "\n" : "";
+  };
+  let text = "";
+  let ci = 0;
+  const file = Deno.openSync(parentFile, { read: true });
+  try {
+    const split = new MemberSplitter();
+    const decoder = new TextDecoder();
+    const buf = new Uint8Array(256 * 1024);
+    let first = true;
+    for (;;) {
+      const n = file.readSync(buf);
+      if (n === null || n === 0) break;
+      split.push(buf.slice(0, n));
+      for (let m = split.next(); m; m = split.next()) {
+        if (first) {
+          first = false; // the parent's commit line
+          continue;
+        }
+        const lines = decoder.decode(decodeMember(m)).split("\n");
+        lines.pop(); // members end with a newline
+        for (const line of lines) {
+          const path = pathOfLine(line);
+          while (ci < changed.length && comparePaths(changed[ci], path) < 0) {
+            text += lineOf(changed[ci++]);
+          }
+          if (ci < changed.length && changed[ci] === path) text += lineOf(changed[ci++]);
+          else text += line + "\n";
+          if (text.length >= MEMBER_TARGET) {
+            yield encodeMember(encoder.encode(text), 1);
+            text = "";
+          }
+        }
+      }
+    }
+    split.end();
+  } finally {
+    file.close();
+  }
+  while (ci < changed.length) text += lineOf(changed[ci++]);
   if (text) yield encodeMember(encoder.encode(text), 1);
 }
 
@@ -49,6 +123,8 @@ export function* manifestMembers(
 export class ManifestCache {
   readonly dir: string;
   #seq = 0;
+  /** Builds in progress, by cache path. */
+  #building = new Map<string, Promise<void>>();
 
   constructor(dir: string) {
     this.dir = dir;
@@ -59,11 +135,86 @@ export class ManifestCache {
     return join(this.dir, `${projectId}-${commit.seq}-${commit.id}.ndjson.gz`);
   }
 
+  /**
+   * Builds the cache file for a new head in the background, a few members per
+   * turn of the event loop, so the next backup's request is answered from a
+   * file (a 1M-file manifest takes seconds to build).
+   */
+  prepare(
+    index: IndexDb,
+    project: string,
+    commit: CommitInfo,
+    changed: string[] | null = null,
+  ): Promise<void> {
+    const pid = index.projectId(project);
+    if (pid === null) return Promise.resolve();
+    const path = this.#path(pid, commit);
+    const running = this.#building.get(path);
+    if (running) return running;
+    const job = (async () => {
+      try {
+        Deno.statSync(path);
+        return; // already there
+      } catch { /* build it */ }
+      const tmp = `${path}.${Deno.pid}.${++this.#seq}.part`;
+      const out = Deno.openSync(tmp, { write: true, createNew: true });
+      // From the parent's cache when there is one and the change list is known.
+      let members = manifestMembers(index, project, commit);
+      if (changed && commit.parent) {
+        const parent = index.resolveCommit(project, commit.parent);
+        const parentFile = this.#path(pid, parent);
+        try {
+          Deno.statSync(parentFile);
+          members = mergedMembers(index, project, commit, parentFile, changed);
+        } catch { /* no parent cache: build from the index */ }
+      }
+      try {
+        let n = 0;
+        for (const m of members) {
+          let o = 0;
+          while (o < m.length) o += out.writeSync(m.subarray(o));
+          if (++n % 4 === 0) await new Promise((r) => setTimeout(r, 0));
+          if (index.headCommit(project)?.id !== commit.id) throw new Error("superseded");
+        }
+        out.close();
+        Deno.renameSync(tmp, path);
+        this.#dropOthers(pid, path);
+      } catch {
+        try {
+          out.close();
+        } catch { /* closed */ }
+        try {
+          Deno.removeSync(tmp);
+        } catch { /* gone */ }
+      } finally {
+        this.#building.delete(path);
+      }
+    })();
+    this.#building.set(path, job);
+    return job;
+  }
+
+  #dropOthers(pid: number, keep: string): void {
+    for (const e of Deno.readDirSync(this.dir)) {
+      const p = join(this.dir, e.name);
+      if (e.name.startsWith(`${pid}-`) && p !== keep && !e.name.endsWith(".part")) {
+        try {
+          Deno.removeSync(p);
+        } catch { /* gone */ }
+      }
+    }
+  }
+
   /** The manifest of a project's head as a stream; from the cache when it is there. */
-  stream(index: IndexDb, project: string, commit: CommitInfo | null): ReadableStream<Uint8Array> {
+  async stream(
+    index: IndexDb,
+    project: string,
+    commit: CommitInfo | null,
+  ): Promise<ReadableStream<Uint8Array>> {
     const pid = index.projectId(project);
     if (!commit || pid === null) return fromGenerator(manifestMembers(index, project, commit));
     const path = this.#path(pid, commit);
+    await this.#building.get(path);
     try {
       const file = Deno.openSync(path, { read: true });
       return fileStream(file);
@@ -75,7 +226,8 @@ export class ManifestCache {
       out = Deno.openSync(tmp, { write: true, createNew: true });
     } catch { /* cache not writable: just stream */ }
     const gen = manifestMembers(index, project, commit);
-    const dir = this.dir;
+    // deno-lint-ignore no-this-alias
+    const cache = this;
     return new ReadableStream<Uint8Array>({
       pull(controller) {
         try {
@@ -85,16 +237,7 @@ export class ManifestCache {
               out.close();
               out = null;
               Deno.renameSync(tmp, path);
-              for (const e of Deno.readDirSync(dir)) {
-                if (
-                  e.name.startsWith(`${pid}-`) && join(dir, e.name) !== path &&
-                  !e.name.endsWith(".part")
-                ) {
-                  try {
-                    Deno.removeSync(join(dir, e.name));
-                  } catch { /* gone */ }
-                }
-              }
+              cache.#dropOthers(pid, path);
             }
             controller.close();
             return;

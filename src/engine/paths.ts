@@ -41,7 +41,6 @@ export function pathProblem(path: string): string | null {
   if (path.length === 0) return "empty path";
   if (path.includes("\0")) return "path contains NUL";
   if (path.startsWith("/")) return "absolute path";
-  if (path.includes("\uFFFD")) return "path is not valid UTF-8";
   if (path.length * 3 > MAX_PATH_BYTES && encoder.encode(path).length > MAX_PATH_BYTES) {
     return `path longer than ${MAX_PATH_BYTES} bytes`;
   }

@@ -189,7 +189,6 @@ Deno.test("pathProblem reports each kind of invalid path", () => {
     ["a//b", 'path has a "" component'],
     ["a/", 'path has a "" component'],
     ["a/b/", 'path has a "" component'],
-    ["a\uFFFDb", "path is not valid UTF-8"],
     ["a\uD800", "path is not valid UTF-8"], // lone high surrogate
     ["\uDC00a", "path is not valid UTF-8"], // lone low surrogate
     ["a/\uDE00\uD83D", "path is not valid UTF-8"], // pair in the wrong order

@@ -16,7 +16,7 @@
 
 import ignore, { type Ignore } from "ignore";
 import { lstatNs, type NativeStat } from "./fs_native.ts";
-import { comparePaths, pathProblem } from "./paths.ts";
+import { comparePaths, MAX_PATH_BYTES, pathProblem } from "./paths.ts";
 
 /** One path found by the scan. */
 export interface ScanEntry {
@@ -145,6 +145,8 @@ export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
     try {
       names = [];
       for (const d of Deno.readDirSync(dirAbs)) names.push(d.name);
+      // Sorted per directory, the final list is nearly sorted: its sort is then cheap.
+      names.sort(comparePaths);
     } catch (err) {
       if (dirRel !== "") {
         unreadableDirs.push(dirRel);
@@ -174,7 +176,10 @@ export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
     for (const name of names) {
       if (cache && name !== "CACHEDIR.TAG") continue;
       const rel = dirRel === "" ? name : `${dirRel}/${name}`;
-      const bad = pathProblem(rel);
+      // The OS guarantees a name has no "/" or NUL, is not "." or "..", and
+      // fits NAME_MAX; what is left to check is the path's length (and a lossy
+      // UTF-8 decoding, which shows up as a failing lstat below).
+      const bad = rel.length * 3 > MAX_PATH_BYTES ? pathProblem(rel) : null;
       if (bad) {
         problem({ path: rel, reason: `cannot back up this name: ${bad}`, kind: "unreadable" });
         continue;

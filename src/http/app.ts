@@ -159,13 +159,13 @@ export function createApp(ctx: AppContext): Hono<Env> {
     return c.json({ commit: index.headCommit(p) });
   });
 
-  app.get("/v1/projects/:project/manifest", (c) => {
+  app.get("/v1/projects/:project/manifest", async (c) => {
     const p = project(c);
     const ref = c.req.query("commit") ?? "latest";
     need(c, ref === "latest" ? "head" : "read", p);
     const commit = ref === "latest" ? index.headCommit(p) : index.resolveCommit(p, ref);
     const body = ref === "latest"
-      ? ctx.manifests.stream(index, p, commit)
+      ? await ctx.manifests.stream(index, p, commit)
       : new ReadableStream<Uint8Array>({
         start() {},
         pull: (() => {
@@ -259,6 +259,7 @@ export function createApp(ctx: AppContext): Hono<Env> {
       }
       if (failure) throw failure;
       const commit = ingest.finish();
+      ctx.manifests.prepare(index, p, commit, ingest.changedPaths);
       ctx.log?.(
         `commit ${p} ${commit.id} #${commit.seq}: +${commit.counts.added} ~${commit.counts.changed} -${commit.counts.deleted} ${commit.stats.wireBytes} B in ${commit.stats.seconds} s`,
       );
