@@ -153,8 +153,10 @@ Deno.test("a rewrite within the same second as the last backup is caught on a 1 
   const src = await tempDir();
   try {
     writeTree(src, { "a.o": "11111111", "b.o": "22222222", "c.o": "33333333" });
-    // Simulate a filesystem that keeps whole seconds (SMB/FAT/ext3): touch -d @S.
-    const S = BigInt(Math.floor(Date.now() / 1000)) * 1_000_000_000n;
+    // Simulate a filesystem that keeps whole seconds (SMB/FAT/ext3): touch -d @S,
+    // with S the second the backup's scan falls in or just after (a NAS clock a
+    // little ahead), so every later write in that second keeps mtime S.
+    const S = BigInt(Math.floor(Date.now() / 1000) + 2) * 1_000_000_000n;
     for (const n of ["a.o", "b.o", "c.o"]) setTimesNs(join(src, n), S);
     await backup(server, "racy", src, ["--settle", "1s"]);
     // Same second, same size, mtime still S: only the racily-clean rule can tell.
@@ -463,6 +465,28 @@ Deno.test("an 8 GiB sparse file round-trips (pax size), and comes back sparse", 
       assertEquals(buf, payload);
     }
     g.close();
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("ten thousand freshly written files settle together, in about one window", async () => {
+  const server = await startServer();
+  const src = await tempDir();
+  try {
+    for (let d = 0; d < 100; d++) {
+      Deno.mkdirSync(join(src, `o${d}`));
+      for (let f = 0; f < 100; f++) {
+        Deno.writeTextFileSync(join(src, `o${d}`, `${f}.o`), `${d}.${f}`);
+      }
+    }
+    // Written just now: every file is younger than the window and must be watched once.
+    const r = await backup(server, "settle", src, ["--settle", "500ms"]);
+    assertEquals(r.commit.counts.files, 10_000);
+    assertEquals(r.incomplete, 0);
+    const waited = (r as unknown as { settleMs: number }).settleMs;
+    assert(waited >= 500, `did not wait: ${waited} ms`);
+    assert(waited < 2500, `waited ${waited} ms: not one window for all files`);
   } finally {
     await server.stop();
   }

@@ -55,7 +55,7 @@ Files still being written:
       --settle DURATION     a changed file must hold still this long (default 2s; 0 = off)
       --settle-timeout DUR  give up waiting after this long (default 5 × settle);
                             such files are reported and their last version kept
-      --no-sync             do not fsync recently modified files before the final stat
+      --no-sync             do not flush the tree's filesystem (syncfs) before the final stat
 
 Commit:
   -m, --message TEXT        commit message

@@ -315,6 +315,57 @@ export class BlobStore {
     this.#readers.clear();
   }
 
+  #scratch = new Uint8Array(1 << 16);
+
+  /**
+   * The stored bytes of a blob in pieces that are views of one reused buffer,
+   * valid only until the next piece: for callers that copy at once.
+   */
+  *pieces(hashHex: string): Generator<Uint8Array> {
+    const info = this.info(hashHex);
+    if (!info) throw new KeepError("integrity", `Cannot read blob ${hashHex}: not in the store`);
+    if (info.pack === null) {
+      let f: Deno.FsFile;
+      try {
+        f = Deno.openSync(this.pathOf(hashHex), { read: true });
+      } catch {
+        throw new KeepError("integrity", `Cannot read blob ${hashHex}: its file is missing`);
+      }
+      try {
+        if (this.#scratch.length < 1 << 20) this.#scratch = new Uint8Array(1 << 20);
+        for (;;) {
+          const n = f.readSync(this.#scratch);
+          if (n === null || n === 0) return;
+          yield this.#scratch.subarray(0, n);
+        }
+      } finally {
+        f.close();
+      }
+    }
+    if (this.#scratch.length < info.stored) this.#scratch = new Uint8Array(info.stored);
+    const buf = this.#scratch.subarray(0, info.stored);
+    this.#readPack(hashHex, info, buf);
+    yield buf;
+  }
+
+  #readPack(hashHex: string, info: BlobInfo, buf: Uint8Array): void {
+    let f: Deno.FsFile;
+    try {
+      f = this.#packReader(info.pack!);
+    } catch {
+      throw new KeepError("integrity", `Cannot read blob ${hashHex}: pack ${info.pack} is missing`);
+    }
+    f.seekSync(info.offset!, Deno.SeekMode.Start);
+    let got = 0;
+    while (got < buf.length) {
+      const n = f.readSync(buf.subarray(got));
+      if (n === null || n === 0) {
+        throw new KeepError("integrity", `Cannot read blob ${hashHex}: pack ${info.pack} is short`);
+      }
+      got += n;
+    }
+  }
+
   /** The stored bytes of a blob (concatenated members), in chunks. */
   *read(hashHex: string): Generator<Uint8Array> {
     const info = this.info(hashHex);

@@ -9,7 +9,8 @@
  */
 
 import type { BlobStore } from "./blob_store.ts";
-import { encodeMember } from "./gzip_member.ts";
+import { BlockWriter } from "./block_writer.ts";
+import { writeMember } from "./gzip_member.ts";
 import type { IndexDb } from "./index_db.ts";
 import type { CommitInfo, Entry } from "./manifest.ts";
 import { encodeHeader, END_OF_ARCHIVE, padded, type TarHeader } from "./tar.ts";
@@ -45,46 +46,26 @@ export function* exportArchive(
   commit: CommitInfo,
   prefix = "",
 ): Generator<Uint8Array> {
+  // Output in 256 KiB blocks: one allocation per block (a download reads big
+  // chunks cheaply; see pack.ts for the upload direction).
+  const out = new BlockWriter(256 * 1024);
   let pad = 0;
-  let batch: Uint8Array[] = [];
-  let batchLen = 0;
   for (const e of index.entries(commit.project, commit, prefix)) {
     const blocks = encodeHeader(headerFor(e));
     const raw = new Uint8Array(pad + blocks.length);
     raw.set(blocks, pad);
-    batch.push(encodeMember(raw, 0));
-    batchLen += raw.length + 32;
+    writeMember(raw, 0, out.write);
     pad = 0;
     if (e.type === "f" && e.size > 0) {
-      for (const chunk of store.read(e.hash!)) {
-        batch.push(chunk);
-        batchLen += chunk.length;
-        if (batchLen >= 256 * 1024) {
-          yield concat(batch, batchLen);
-          batch = [];
-          batchLen = 0;
-        }
+      for (const piece of store.pieces(e.hash!)) {
+        out.write(piece);
+        if (out.ready) yield* out.take();
       }
       pad = padded(e.size) - e.size;
     }
-    if (batchLen >= 256 * 1024) {
-      yield concat(batch, batchLen);
-      batch = [];
-      batchLen = 0;
-    }
+    if (out.ready) yield* out.take();
   }
-  const tail = new Uint8Array(pad + END_OF_ARCHIVE.length);
-  batch.push(encodeMember(tail, 1));
-  yield concat(batch, batchLen + tail.length);
-}
-
-function concat(parts: Uint8Array[], total: number): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0) || total);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  writeMember(new Uint8Array(pad + END_OF_ARCHIVE.length), 1, out.write);
+  out.flush();
+  yield* out.take();
 }

@@ -116,7 +116,6 @@ export type ChangeRecord =
   | { op: "keep"; p: string; flag: EntryFlag; reason: string }
   | { op: "drop"; p: string; reason: string };
 
-const NS = /^-?\d{1,20}$/;
 const I64_MIN = -(1n << 63n);
 const I64_MAX = (1n << 63n) - 1n;
 

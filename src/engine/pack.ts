@@ -17,6 +17,7 @@
  * @module
  */
 
+import { BlockWriter } from "./block_writer.ts";
 import { MAX_MEMBER_RAW, writeMember } from "./gzip_member.ts";
 import { lstatNs, type NativeStat } from "./fs_native.ts";
 import { type ChangeRecord, changeRecordToJson, type UploadHeader } from "./manifest.ts";
@@ -131,7 +132,7 @@ async function* generate(options: PackOptions, stats: PackStats): AsyncGenerator
   let pad = 0;
   // Members are written straight into wire blocks: one allocation per block,
   // not per member (fewer short-lived buffers keep the client's RSS flat).
-  const out = new WireBlocks();
+  const out = new BlockWriter(WIRE_CHUNK);
   const headerMember = (h: TarHeader) => {
     const blocks = encodeHeader(h);
     const raw = new Uint8Array(pad + blocks.length);
@@ -303,47 +304,6 @@ async function* generate(options: PackOptions, stats: PackStats): AsyncGenerator
   writeMember(tail, 1, out.write);
   out.flush();
   yield out.take();
-}
-
-/** Collects output into blocks of exactly WIRE_CHUNK bytes. */
-class WireBlocks {
-  #block = new Uint8Array(WIRE_CHUNK);
-  #fill = 0;
-  #ready: Uint8Array[] = [];
-
-  /** Copies `b` in (a bound function: usable as a writeMember sink). */
-  write = (b: Uint8Array): void => {
-    let i = 0;
-    while (i < b.length) {
-      const n = Math.min(b.length - i, WIRE_CHUNK - this.#fill);
-      this.#block.set(n === b.length ? b : b.subarray(i, i + n), this.#fill);
-      this.#fill += n;
-      i += n;
-      if (this.#fill === WIRE_CHUNK) {
-        this.#ready.push(this.#block);
-        this.#block = new Uint8Array(WIRE_CHUNK);
-        this.#fill = 0;
-      }
-    }
-  };
-
-  /** Ends the last, partial block. */
-  flush(): void {
-    if (this.#fill) this.#ready.push(this.#block.slice(0, this.#fill));
-    this.#fill = 0;
-  }
-
-  /** Full blocks waiting. */
-  get ready(): number {
-    return this.#ready.length;
-  }
-
-  /** The full blocks so far. */
-  take(): Uint8Array[] {
-    const r = this.#ready;
-    this.#ready = [];
-    return r;
-  }
 }
 
 /**

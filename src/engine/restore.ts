@@ -17,6 +17,7 @@ import { KeepError } from "./errors.ts";
 import { lstatNs, setTimesNs } from "./fs_native.ts";
 import { decodeMember, MemberSplitter } from "./gzip_member.ts";
 import { comparePaths, parentOf, pathProblem } from "./paths.ts";
+import type { WriteError, WriteJob } from "./restore_writer.ts";
 import { type TarHeader, TarParser } from "./tar.ts";
 
 export interface RestoreOptions {
@@ -85,7 +86,6 @@ export async function restoreArchive(
     problems: [],
   };
   const overwrite = options.overwrite ?? false;
-  const umask = Deno.umask();
   const realDirs = new Set<string>([""]);
   const dirMeta: { path: string; mode: number; mtime: bigint }[] = [];
   const abs = (rel: string) => `${dest}/${rel}`;
@@ -232,12 +232,10 @@ export async function restoreArchive(
         file = null;
         Deno.renameSync(tmp, target);
       } else {
+        // Verified: the writer creates it (with its mode and mtime) off this thread.
         const data = parts.length === 1 ? parts[0] : concat(parts);
-        // Created with its final mode when the umask lets it through (saves a chmod).
-        Deno.writeFileSync(target, data, { createNew: true, mode: h.mode & 0o777 });
-        if ((h.mode & ~umask & 0o777) !== h.mode) Deno.chmodSync(target, h.mode);
         parts = [];
-        setTimesNs(target, h.mtime);
+        writer.add({ path: target, data, mode: h.mode, mtime: h.mtime });
         result.files++;
         return;
       }
@@ -249,16 +247,28 @@ export async function restoreArchive(
   });
 
   const split = new MemberSplitter();
+  const writer = new FileWriter();
   try {
     for await (const chunk of stream) {
       if (options.signal?.aborted) throw options.signal.reason;
       split.push(chunk);
       for (let m = split.next(); m; m = split.next()) parser.push(decodeMember(m));
       options.onProgress?.(result);
+      await writer.ready();
     }
     split.end();
     parser.finish();
+    for (const e of await writer.finish()) {
+      throw new KeepError("io", `Cannot restore ${e.path.slice(dest.length + 1)}: ${e.message}`);
+    }
+  } catch (err) {
+    // What was verified before the failure is still written, then the failure is reported.
+    try {
+      await writer.finish();
+    } catch { /* the original error matters more */ }
+    throw err;
   } finally {
+    writer.close();
     if (file) {
       (file as Deno.FsFile).close();
       try {
@@ -273,6 +283,79 @@ export async function restoreArchive(
     setTimesNs(abs(d.path), d.mtime);
   }
   return result;
+}
+
+/**
+ * Hands verified small files to the writer Worker in batches, with at most
+ * MAX_INFLIGHT bytes not yet written (memory stays bounded).
+ */
+class FileWriter {
+  static MAX_INFLIGHT = 32 << 20;
+  static BATCH = 256;
+  #worker = new Worker(new URL("./restore_writer.ts", import.meta.url).href, { type: "module" });
+  #batch: WriteJob[] = [];
+  #batchBytes = 0;
+  #inflight = 0;
+  #wake: (() => void) | null = null;
+  #flushed: ((errors: WriteError[]) => void) | null = null;
+  #failure: Error | null = null;
+
+  constructor() {
+    this.#worker.onmessage = (ev: MessageEvent) => {
+      const m = ev.data as { done?: number; flushed?: boolean; errors?: WriteError[] };
+      if (m.done !== undefined) {
+        this.#inflight -= m.done;
+        this.#wake?.();
+      }
+      if (m.flushed) this.#flushed?.(m.errors ?? []);
+    };
+    this.#worker.onerror = (ev: ErrorEvent) => {
+      ev.preventDefault();
+      this.#failure = new KeepError("internal", `Cannot write files: ${ev.message}`);
+      this.#wake?.();
+      this.#flushed?.([]);
+    };
+  }
+
+  add(job: WriteJob): void {
+    this.#batch.push(job);
+    this.#batchBytes += job.data.length;
+    if (this.#batch.length >= FileWriter.BATCH || this.#batchBytes >= 4 << 20) this.#send();
+  }
+
+  #send(): void {
+    if (!this.#batch.length) return;
+    this.#inflight += this.#batchBytes;
+    const transfer = this.#batch.map((j) => j.data.buffer).filter((b, i, all) =>
+      all.indexOf(b) === i && b instanceof ArrayBuffer
+    ) as ArrayBuffer[];
+    this.#worker.postMessage({ files: this.#batch }, transfer);
+    this.#batch = [];
+    this.#batchBytes = 0;
+  }
+
+  /** Waits while too much is waiting to be written. */
+  async ready(): Promise<void> {
+    while (this.#inflight > FileWriter.MAX_INFLIGHT && !this.#failure) {
+      await new Promise<void>((r) => this.#wake = r);
+      this.#wake = null;
+    }
+    if (this.#failure) throw this.#failure;
+  }
+
+  /** Sends what is left and waits until every file is written; returns the failures. */
+  async finish(): Promise<WriteError[]> {
+    this.#send();
+    const done = new Promise<WriteError[]>((r) => this.#flushed = r);
+    this.#worker.postMessage({ flush: true });
+    const errors = await done;
+    if (this.#failure) throw this.#failure;
+    return errors;
+  }
+
+  close(): void {
+    this.#worker.terminate();
+  }
 }
 
 const ZEROS = Buffer.alloc(1 << 20);

@@ -1,9 +1,9 @@
 /**
  * The settle check: a file a parallel `make` may still be writing is not
  * sent until it holds still. Algorithm, over all candidates at once (so ten
- * thousand fresh files cost one window, not ten thousand): optionally fsync
- * recently modified files (pushes a NAS client's dirty pages to the server
- * before the final stat), then stat every candidate. A file is settled when
+ * thousand fresh files cost one window, not ten thousand): optionally flush
+ * the tree's filesystem with one syncfs (pushes a NAS client's dirty pages to
+ * the server before the final stat), then stat every candidate. A file is settled when
  * its size and mtime equal the previous observation and its mtime is older
  * than the window (or, for clocks that disagree, when it did not move during
  * a whole window). Others are re-observed after a window, until `maxWait`.
@@ -11,7 +11,7 @@
  * @module
  */
 
-import { lstatNs } from "./fs_native.ts";
+import { lstatNs, syncFilesystem } from "./fs_native.ts";
 import type { ScanEntry } from "./scan.ts";
 
 export interface SettleOptions {
@@ -19,7 +19,7 @@ export interface SettleOptions {
   windowMs: number;
   /** Give up after this long, ms (default 5 windows). */
   maxWaitMs?: number;
-  /** fsync files modified in the last minute before observing (default true). */
+  /** Flush the tree's filesystem (syncfs) before observing (default true). */
   sync?: boolean;
   signal?: AbortSignal;
   /** Called before each wait with the number of files still moving. */
@@ -59,8 +59,12 @@ export async function settleFiles(
   const windowNs = BigInt(Math.round(options.windowMs * 1e6));
   const maxWait = options.maxWaitMs ?? options.windowMs * 5;
   if (options.sync ?? true) {
-    const recent = BigInt(Date.now() - 60_000) * 1_000_000n;
-    for (const f of files) if (f.mtime >= recent) fsyncQuietly(`${root}/${f.path}`);
+    // One syncfs for the whole tree's filesystem; per-file fsync (only of
+    // recently written files) where syncfs is not available.
+    if (!syncFilesystem(root)) {
+      const recent = BigInt(Date.now() - 60_000) * 1_000_000n;
+      for (const f of files) if (f.mtime >= recent) fsyncQuietly(`${root}/${f.path}`);
+    }
   }
   const settled: ScanEntry[] = [];
   const unsettled: SettleResult["unsettled"] = [];
