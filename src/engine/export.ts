@@ -11,6 +11,7 @@
 import type { BlobStore } from "./blob_store.ts";
 import { BlockWriter } from "./block_writer.ts";
 import { writeMember } from "./gzip_member.ts";
+import { churned } from "./memory.ts";
 import type { IndexDb } from "./index_db.ts";
 import type { CommitInfo, Entry } from "./manifest.ts";
 import { encodeHeader, END_OF_ARCHIVE, padded, type TarHeader } from "./tar.ts";
@@ -63,7 +64,10 @@ export function* exportArchive(
       }
       pad = padded(e.size) - e.size;
     }
-    if (out.ready) yield* out.take();
+    if (out.ready) {
+      churned(out.ready * out.size);
+      yield* out.take();
+    }
   }
   writeMember(new Uint8Array(pad + END_OF_ARCHIVE.length), 1, out.write);
   out.flush();

@@ -28,6 +28,7 @@ import {
   type UploadHeader,
 } from "./manifest.ts";
 import { comparePaths, pathProblem } from "./paths.ts";
+import { churned } from "./memory.ts";
 import { PartialHasher } from "./partial_hash.ts";
 import { type TarHeader, TarParser } from "./tar.ts";
 
@@ -256,6 +257,7 @@ export class Ingest {
   /** Processes a body chunk. Throws KeepError on bad input. */
   push(chunk: Uint8Array): void {
     this.wireBytes += chunk.length;
+    churned(chunk.length * 2);
     if (this.wireBytes > this.#limits.maxUploadBytes + (1 << 20)) {
       throw new KeepError(
         "too_large",

@@ -18,6 +18,7 @@
  */
 
 import { BlockWriter } from "./block_writer.ts";
+import { churned } from "./memory.ts";
 import { MAX_MEMBER_RAW, writeMember } from "./gzip_member.ts";
 import { lstatNs, type NativeStat } from "./fs_native.ts";
 import { type ChangeRecord, changeRecordToJson, type UploadHeader } from "./manifest.ts";
@@ -110,6 +111,7 @@ export function packUpload(
             stats.wireBytes += block.length;
             controller.enqueue(block);
           }
+          churned(value.length * WIRE_CHUNK, true);
         }
       } catch (err) {
         controller.error(err);

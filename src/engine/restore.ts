@@ -16,6 +16,7 @@ import { createHash, type Hash } from "node:crypto";
 import { KeepError } from "./errors.ts";
 import { lstatNs, setTimesNs } from "./fs_native.ts";
 import { decodeMember, MemberSplitter } from "./gzip_member.ts";
+import { churned } from "./memory.ts";
 import { comparePaths, parentOf, pathProblem } from "./paths.ts";
 import type { WriteError, WriteJob } from "./restore_writer.ts";
 import { type TarHeader, TarParser } from "./tar.ts";
@@ -253,6 +254,7 @@ export async function restoreArchive(
       if (options.signal?.aborted) throw options.signal.reason;
       split.push(chunk);
       for (let m = split.next(); m; m = split.next()) parser.push(decodeMember(m));
+      churned(chunk.length * 2);
       options.onProgress?.(result);
       await writer.ready();
     }
