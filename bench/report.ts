@@ -1,0 +1,460 @@
+/**
+ * Turns measured steps into the results table, checks the spec's targets
+ * (issue 5) and renders bench/results.md. Pure functions of a BenchReport,
+ * so a partial report (a dataset failed or was skipped) renders too, with
+ * the targets it could not check marked "not run".
+ *
+ * @module
+ */
+
+import type { MachineInfo } from "./machine.ts";
+
+/** One timed repetition of a step. */
+export interface RunRecord {
+  seconds: number;
+  /** Client (or tool) CPU seconds, user + system. */
+  clientCpu?: number;
+  /** Client (or tool) peak RSS, KiB. */
+  clientRssKib?: number;
+  serverCpu?: number;
+  serverRssKib?: number;
+  /** Keep's own `seconds` from --json: the run without process start-up. */
+  selfSeconds?: number;
+  /** Bytes on the wire, from keep backup --json. */
+  wireBytes?: number;
+  /** The commit a backup made, from --json. */
+  commitId?: string;
+}
+
+/** A step (one row of the table) with all its repetitions. */
+export interface StepResult {
+  /** Stable id, `dataset/tool/step`, used for ratios and targets. */
+  id: string;
+  dataset: string;
+  tool: "floor" | "keep" | "restic" | "info";
+  label: string;
+  runs: RunRecord[];
+  /** Bytes the step moves (for MB/s). */
+  bytes?: number;
+  /** Files the step handles (for files/s). */
+  files?: number;
+  /** Id of the step this one is compared with, and its short name. */
+  ref?: { id: string; name: string };
+  note?: string;
+}
+
+/** A generated dataset. */
+export interface DatasetInfo {
+  name: string;
+  description: string;
+  files: number;
+  dirs: number;
+  bytes: number;
+  /** pigz -1 size / tar size (measured on the floor's archive). */
+  gzipRatio?: number;
+  genSeconds: number;
+}
+
+/** Bytes used by a store: `du -sk` (disk blocks) and `du -sb` (apparent). */
+export interface StoreSize {
+  disk: number;
+  apparent: number;
+}
+
+/** Store sizes of one dataset. */
+export interface StorageRow {
+  dataset: string;
+  /** After the first backup. */
+  keepFirst?: StoreSize;
+  resticFirst?: StoreSize;
+  /** After all backups (first, no-change, mutation). */
+  keepFinal?: StoreSize;
+  resticFinal?: StoreSize;
+}
+
+/** Everything one `deno task bench` measured. */
+export interface BenchReport {
+  command: string;
+  machine: MachineInfo;
+  /** Human summary of the options (reps, scale…). */
+  settings: string[];
+  datasets: DatasetInfo[];
+  steps: StepResult[];
+  storage: StorageRow[];
+  /** Which datasets ran; targets on the others are "not run". */
+  ran: Set<string>;
+  /** Free-form notes (skips, failures, method). */
+  notes: string[];
+  /** Extra sections (markdown) for the million and huge runs. */
+  extras: { title: string; body: string }[];
+  totalSeconds: number;
+  /** The small dataset was scaled down with --files. */
+  scaled: boolean;
+}
+
+/** One checked target. */
+export interface TargetRow {
+  target: string;
+  measured: string;
+  result: "PASS" | "FAIL" | "not run";
+}
+
+const MB = 1e6;
+
+/** Median of the runs' wall seconds. */
+export function medianSeconds(step: StepResult): number {
+  const xs = step.runs.map((r) => r.seconds).sort((a, b) => a - b);
+  if (xs.length === 0) return NaN;
+  const mid = xs.length >> 1;
+  return xs.length % 2 ? xs[mid] : (xs[mid - 1] + xs[mid]) / 2;
+}
+
+function median(xs: number[]): number {
+  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return NaN;
+  const mid = v.length >> 1;
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+function maxOf(xs: (number | undefined)[]): number {
+  const v = xs.filter((x): x is number => x !== undefined && Number.isFinite(x));
+  return v.length ? Math.max(...v) : NaN;
+}
+
+function fmtSec(s: number): string {
+  if (!Number.isFinite(s)) return "–";
+  return s < 1 ? s.toFixed(3) : s < 100 ? s.toFixed(2) : s.toFixed(1);
+}
+
+function fmtNum(x: number, digits = 0): string {
+  if (!Number.isFinite(x)) return "–";
+  return x.toLocaleString("en-US", {
+    maximumFractionDigits: digits,
+    minimumFractionDigits: digits,
+  });
+}
+
+function rssMb(kib: number): string {
+  return Number.isFinite(kib) ? fmtNum((kib * 1024) / MB) : "–";
+}
+
+/** Human size: 1.23 GB (decimal units, like the MB/s column). */
+export function fmtBytes(n: number): string {
+  if (!Number.isFinite(n)) return "–";
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)} MB`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} kB`;
+  return `${n} B`;
+}
+
+const HEADER = [
+  "dataset",
+  "step",
+  "seconds",
+  "runs",
+  "MB/s",
+  "files/s",
+  "client RSS MB",
+  "server RSS MB",
+  "client CPU s",
+  "server CPU s",
+  "ratio",
+];
+
+function rows(report: BenchReport): string[][] {
+  const byId = new Map(report.steps.map((s) => [s.id, s]));
+  return report.steps.map((s) => {
+    if (s.runs.length === 0) {
+      return [s.dataset, s.label, "failed", "0", ...HEADER.slice(4).map(() => "")];
+    }
+    const sec = medianSeconds(s);
+    const ref = s.ref ? byId.get(s.ref.id) : undefined;
+    const ratio = ref?.runs.length && s.ref
+      ? `${(sec / medianSeconds(ref)).toFixed(2)}× ${s.ref.name}`
+      : "";
+    return [
+      s.dataset,
+      s.label,
+      fmtSec(sec),
+      s.runs.length > 1 ? s.runs.map((r) => fmtSec(r.seconds)).join(" / ") : "1",
+      s.bytes !== undefined ? fmtNum(s.bytes / MB / sec, 1) : "",
+      s.files !== undefined ? fmtNum(s.files / sec) : "",
+      rssMb(maxOf(s.runs.map((r) => r.clientRssKib))),
+      s.tool === "keep" ? rssMb(maxOf(s.runs.map((r) => r.serverRssKib))) : "",
+      fmtNum(median(s.runs.map((r) => r.clientCpu ?? NaN)), 1),
+      s.tool === "keep" ? fmtNum(median(s.runs.map((r) => r.serverCpu ?? NaN)), 1) : "",
+      ratio,
+    ];
+  });
+}
+
+/** The results table as aligned plain text (for the terminal). */
+export function textTable(report: BenchReport): string {
+  const all = [HEADER, ...rows(report)];
+  const widths = HEADER.map((_, i) => Math.max(...all.map((r) => r[i].length)));
+  return all.map((r) =>
+    r.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i])))
+      .join("  ").trimEnd()
+  ).join("\n");
+}
+
+/** A markdown table; the first `left` columns are left-aligned, the rest (numbers) right. */
+function mdTable(header: string[], body: string[][], left = 2): string {
+  const esc = (c: string) => c.replaceAll("|", "\\|");
+  return [
+    `| ${header.map(esc).join(" | ")} |`,
+    `| ${header.map((_, i) => (i < left ? "---" : "---:")).join(" | ")} |`,
+    ...body.map((r) => `| ${r.map(esc).join(" | ")} |`),
+  ].join("\n");
+}
+
+/**
+ * Checks the targets of issue 5 against the measured medians.
+ *
+ * @example
+ * ```ts
+ * for (const t of evaluateTargets(report)) console.log(t.result, t.target, t.measured);
+ * ```
+ */
+export function evaluateTargets(report: BenchReport): TargetRow[] {
+  const byId = new Map(report.steps.map((s) => [s.id, s]));
+  const sec = (id: string) => {
+    const s = byId.get(id);
+    return s && s.runs.length ? medianSeconds(s) : NaN;
+  };
+  const out: TargetRow[] = [];
+  const check = (target: string, ok: boolean | null, measured: string) =>
+    out.push({ target, measured, result: ok === null ? "not run" : ok ? "PASS" : "FAIL" });
+  const ratio = (target: string, a: string, b: string, limit: number, what: string) => {
+    const x = sec(a), y = sec(b);
+    if (!Number.isFinite(x) || !Number.isFinite(y)) return check(target, null, "–");
+    check(
+      target,
+      x <= limit * y,
+      `${fmtSec(x)} s vs ${fmtSec(y)} s ${what} = ${(x / y).toFixed(2)}× (limit ${limit}×)`,
+    );
+  };
+
+  ratio(
+    "no-change backup of small ≤ 3× find walk",
+    "small/keep/nochange",
+    "small/floor/find",
+    3,
+    "find",
+  );
+  ratio(
+    "post-mutation backup ≤ 2× no-change backup (small)",
+    "small/keep/mutation",
+    "small/keep/nochange",
+    2,
+    "no-change",
+  );
+  ratio(
+    "first backup of small ≤ 1.25× tar | pigz -1",
+    "small/keep/first",
+    "small/floor/tarpigz",
+    1.25,
+    "tar|pigz",
+  );
+  {
+    const k = byId.get("large/keep/first"), r = byId.get("large/restic/first");
+    if (k?.runs.length && r?.runs.length && k.bytes) {
+      const kt = k.bytes / MB / medianSeconds(k), rt = k.bytes / MB / medianSeconds(r);
+      check(
+        "first backup of large ≥ restic's throughput",
+        kt >= rt,
+        `${kt.toFixed(1)} MB/s vs restic ${rt.toFixed(1)} MB/s`,
+      );
+    } else check("first backup of large ≥ restic's throughput", null, "–");
+  }
+  ratio(
+    "restore of small ≤ GNU tar -xzf",
+    "small/keep/restore",
+    "small/floor/untar",
+    1,
+    "tar -xzf",
+  );
+  {
+    const s = report.storage.find((r) => r.dataset === "small");
+    if (s?.keepFinal && s.resticFinal) {
+      check(
+        "stored size of small ≤ restic repo size",
+        s.keepFinal.disk <= s.resticFinal.disk,
+        `${fmtBytes(s.keepFinal.disk)} vs restic ${
+          fmtBytes(s.resticFinal.disk)
+        } (du, after all backups)`,
+      );
+    } else check("stored size of small ≤ restic repo size", null, "–");
+  }
+  for (const side of ["client", "server"] as const) {
+    const steps = report.steps.filter((s) =>
+      s.tool === "keep" && (s.dataset === "small" || s.dataset === "large")
+    );
+    const both = report.ran.has("small") && report.ran.has("large");
+    const peak = maxOf(
+      steps.flatMap((s) => s.runs.map((r) => side === "client" ? r.clientRssKib : r.serverRssKib)),
+    );
+    const worst = steps.find((s) =>
+      s.runs.some((r) => (side === "client" ? r.clientRssKib : r.serverRssKib) === peak)
+    );
+    const label = `${side} peak RSS < 150 MB on small and large`;
+    if (!Number.isFinite(peak)) check(label, null, "–");
+    else {
+      check(
+        label,
+        (peak * 1024) / MB < 150,
+        `${rssMb(peak)} MB (worst: ${worst?.dataset} ${worst?.label})${
+          both ? "" : " — only one dataset ran"
+        }`,
+      );
+    }
+  }
+  {
+    // Judged on the steady state (Keep caches the manifest per head), with the cold
+    // figures beside it so a PASS cannot hide them.
+    const m = byId.get("million/keep/manifest");
+    const s = m && m.runs.length ? medianSeconds(m) : NaN;
+    check(
+      "latest manifest of a 1M-file project < 2 s",
+      Number.isFinite(s) ? s < 2 : null,
+      Number.isFinite(s)
+        ? `${fmtSec(s)} s cached, for ${
+          fmtNum(m!.files ?? 0)
+        } files (first GET right after the commit: ${
+          fmtSec(sec("million/keep/manifest-first"))
+        } s; uncached, from the index: ${fmtSec(sec("million/keep/manifest-index"))} s)`
+        : "– (run with --million)",
+    );
+  }
+  {
+    const h = byId.get("huge/keep/backup");
+    const peak = h?.runs.length ? maxOf(h.runs.map((r) => r.serverRssKib)) : NaN;
+    check(
+      "server RSS flat during a 4 GiB upload (peak < 150 MB; derived)",
+      Number.isFinite(peak) ? (peak * 1024) / MB < 150 : null,
+      Number.isFinite(peak)
+        ? `${rssMb(peak)} MB peak for ${fmtBytes(h!.bytes ?? 0)}`
+        : "– (run with --huge)",
+    );
+  }
+  return out;
+}
+
+/**
+ * Renders bench/results.md.
+ *
+ * @example
+ * ```ts
+ * Deno.writeTextFileSync("bench/results.md", renderMarkdown(report));
+ * ```
+ */
+export function renderMarkdown(report: BenchReport): string {
+  const m = report.machine;
+  const targets = evaluateTargets(report);
+  const lines: string[] = [];
+  lines.push("# Keep benchmark results", "");
+  lines.push(
+    `Generated by \`${report.command}\` on ${m.date} in ${fmtSec(report.totalSeconds)} s.`,
+    "",
+  );
+  if (report.scaled) {
+    lines.push(
+      "**Scaled-down run** (`--files`): the small dataset is not the spec's 100,000 files, so the targets below are indicative only.",
+      "",
+    );
+  }
+  lines.push("## Machine", "");
+  lines.push(
+    mdTable(["item", "value"], [
+      ["cores (nproc)", String(m.nproc)],
+      ["memory", m.memory],
+      ["CPU", m.cpu],
+      ["kernel", m.kernel],
+      ["deno", m.deno],
+      ["temp dir filesystem", m.filesystem],
+      ["load average at start / end", `${m.loadStart} / ${m.loadEnd || "–"}`],
+      ...Object.entries(m.tools),
+    ], 2),
+    "",
+  );
+  lines.push("## Settings", "", ...report.settings.map((s) => `- ${s}`), "");
+  lines.push("## Datasets", "");
+  lines.push(
+    mdTable(
+      ["dataset", "description", "files", "dirs", "bytes", "gzip -1 ratio", "generated in s"],
+      report.datasets.map((d) => [
+        d.name,
+        d.description,
+        fmtNum(d.files),
+        fmtNum(d.dirs),
+        fmtBytes(d.bytes),
+        d.gzipRatio !== undefined ? d.gzipRatio.toFixed(3) : "–",
+        fmtSec(d.genSeconds),
+      ]),
+    ),
+    "",
+  );
+  lines.push("## Targets (issue 5)", "");
+  lines.push(
+    mdTable(
+      ["target", "measured", "result"],
+      targets.map((t) => [t.target, t.measured, t.result]),
+      3,
+    ),
+    "",
+  );
+  lines.push("## Results", "");
+  lines.push(
+    "Seconds are the median wall time of the runs (listed when more than one). MB/s and files/s divide the step's bytes and files by that median; MB = 10⁶ bytes. Client RSS/CPU are the measured process (Keep CLI, restic, or the floor's tools) from GNU time; server RSS is the `keep serve` process's peak during the step, server CPU its CPU time during the step. The ratio compares medians with the named reference.",
+    "",
+  );
+  lines.push(mdTable(HEADER, rows(report)), "");
+  const noted = report.steps.filter((st) => st.note);
+  if (noted.length) {
+    lines.push(...noted.map((st) => `- ${st.dataset}, ${st.label}: ${st.note}`), "");
+  }
+  if (report.storage.length) {
+    lines.push("## Stored size", "");
+    const s = (x?: StoreSize) => (x ? `${fmtBytes(x.disk)} (${fmtBytes(x.apparent)})` : "–");
+    lines.push(
+      "`du -sk` of Keep's data dir and of the restic repository (apparent size, `du -sb`, in parentheses). Final = after the first, the no-change and the mutation backups. Keep after first is measured with the server running, so it includes SQLite's write-ahead log (index.db-wal); final is after a clean shutdown, which checkpoints it.",
+      "",
+      mdTable(
+        ["dataset", "Keep after first", "restic after first", "Keep final", "restic final"],
+        report.storage.map((r) => [
+          r.dataset,
+          s(r.keepFirst),
+          s(r.resticFirst),
+          s(r.keepFinal),
+          s(r.resticFinal),
+        ]),
+        1,
+      ),
+      "",
+    );
+  }
+  const detail = report.steps.filter((st) =>
+    st.tool === "keep" && st.runs.some((r) => r.selfSeconds !== undefined)
+  );
+  if (detail.length) {
+    lines.push("## Keep: process time vs. its own timer", "");
+    lines.push(
+      "`keep backup --json` reports its own `seconds` (scan to commit, without Deno start-up and module loading); the gap to the wall time is the CLI's start-up cost.",
+      "",
+      mdTable(
+        ["dataset", "step", "wall s", "keep's own s", "bytes on the wire"],
+        detail.map((st) => [
+          st.dataset,
+          st.label,
+          fmtSec(medianSeconds(st)),
+          fmtSec(median(st.runs.map((r) => r.selfSeconds ?? NaN))),
+          fmtBytes(median(st.runs.map((r) => r.wireBytes ?? NaN))),
+        ]),
+      ),
+      "",
+    );
+  }
+  for (const e of report.extras) lines.push(`## ${e.title}`, "", e.body.trim(), "");
+  if (report.notes.length) lines.push("## Notes", "", ...report.notes.map((n) => `- ${n}`), "");
+  return lines.join("\n");
+}
