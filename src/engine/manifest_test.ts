@@ -1,4 +1,5 @@
 import { assertEquals, assertThrows } from "../../tests/assert.ts";
+import { rng } from "../../tests/seeded.ts";
 import { KeepError } from "./errors.ts";
 import {
   type ChangeRecord,
@@ -327,18 +328,6 @@ function lines(bytes: Uint8Array, sizes: number[], maxLine?: number): string[] {
   if (i < bytes.length) out.push(...s.push(bytes.subarray(i)));
   out.push(...s.end());
   return out;
-}
-
-/** A small seeded PRNG (mulberry32), so failures reproduce. */
-function rng(seed: number): (n: number) => number {
-  let a = seed >>> 0;
-  return (n: number) => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) / 4294967296 * n) | 0;
-  };
 }
 
 Deno.test("LineSplitter yields the same lines across any chunk boundaries", () => {

@@ -1,4 +1,5 @@
 import { assert, assertEquals, assertMatch, assertThrows } from "../../tests/assert.ts";
+import { randomBytes, rng } from "../../tests/seeded.ts";
 import xxhash from "xxhash-wasm";
 import {
   PARTIAL_SPAN,
@@ -11,25 +12,6 @@ import {
 } from "./partial_hash.ts";
 
 const SIZES = [0, 1, 4095, 4096, 4097, 8191, 8192, 8193, 12_288, (1 << 20) + 3];
-
-/** A small seeded PRNG (mulberry32), so failures reproduce. */
-function rng(seed: number): (n: number) => number {
-  let a = seed >>> 0;
-  return (n: number) => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) / 4294967296 * n) | 0;
-  };
-}
-
-function randomBytes(n: number, seed: number): Uint8Array {
-  const r = rng(seed);
-  const out = new Uint8Array(n);
-  for (let i = 0; i < n; i++) out[i] = r(256);
-  return out;
-}
 
 function streamed(data: Uint8Array, sizes: Iterable<number>): string {
   const h = new PartialHasher();

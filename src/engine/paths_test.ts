@@ -1,4 +1,5 @@
 import { assert, assertEquals, assertThrows } from "../../tests/assert.ts";
+import { rng } from "../../tests/seeded.ts";
 import { DatabaseSync } from "node:sqlite";
 import { KeepError } from "./errors.ts";
 import {
@@ -13,18 +14,6 @@ import {
 } from "./paths.ts";
 
 const encoder = new TextEncoder();
-
-/** A small seeded PRNG (mulberry32), so failures reproduce. */
-function rng(seed: number): (n: number) => number {
-  let a = seed >>> 0;
-  return (n: number) => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) / 4294967296 * n) | 0;
-  };
-}
 
 /** Code points from the ranges where UTF-16 and UTF-8 orders disagree, and around them. */
 function randomChar(r: (n: number) => number): string {

@@ -1,4 +1,5 @@
 import { assert, assertEquals, assertMatch, assertThrows } from "../../tests/assert.ts";
+import { randomBytes, rng } from "../../tests/seeded.ts";
 import { join } from "node:path";
 import { KeepError } from "./errors.ts";
 import { lstatNs, setTimesNs } from "./fs_native.ts";
@@ -17,18 +18,6 @@ const decoder = new TextDecoder();
 
 // ---------------------------------------------------------------- helpers
 
-/** A small seeded PRNG (mulberry32), so failures reproduce. */
-function rng(seed: number): (n: number) => number {
-  let a = seed >>> 0;
-  return (n: number) => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) / 4294967296 * n) | 0;
-  };
-}
-
 function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let o = 0;
@@ -36,13 +25,6 @@ function concat(parts: Uint8Array[]): Uint8Array {
     out.set(p, o);
     o += p.length;
   }
-  return out;
-}
-
-function randomBytes(n: number, seed: number): Uint8Array {
-  const r = rng(seed);
-  const out = new Uint8Array(n);
-  for (let i = 0; i < n; i++) out[i] = r(256);
   return out;
 }
 
