@@ -33,6 +33,8 @@ What is backed up:
       --exclude PATTERN     skip paths matching PATTERN (gitignore syntax; repeatable)
       --include-from FILE   only paths matching the patterns in FILE (and their parents)
       --no-exclude-caches   also back up directories tagged with CACHEDIR.TAG
+      --jobs N              directory listings and lstats in flight at once (default: 16 on
+                            NFS/SMB/CIFS/FUSE, where each call is a round trip; 1 elsewhere)
   .backupignore files (gitignore syntax) in any directory apply below it; the
   deepest one wins. Symlinks are stored as links, empty directories kept,
   FIFOs/sockets/devices skipped with a note, hard links stored as files.
@@ -76,6 +78,7 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
       exclude: { type: "string", multiple: true },
       "include-from": { type: "string" },
       "no-exclude-caches": { type: "boolean" },
+      jobs: { type: "string" },
       check: { type: "string" },
       "ignore-ctime": { type: "boolean" },
       settle: { type: "string" },
@@ -110,6 +113,16 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
         throw new KeepError("usage", "Cannot use --include-from: the file has no patterns");
       }
     }
+    let jobs: number | undefined;
+    if (p.values.jobs !== undefined) {
+      jobs = Number(p.values.jobs);
+      if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) {
+        throw new KeepError(
+          "usage",
+          `Cannot parse --jobs ${p.values.jobs}: give a whole number from 1 to 256`,
+        );
+      }
+    }
     const settleMs = p.values.settle ? parseDuration(p.values.settle as string, "settle") : 2000;
     const root = resolve(dir);
     try {
@@ -130,6 +143,7 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
         exclude: p.values.exclude as string[] | undefined,
         include,
         excludeCaches: !p.values["no-exclude-caches"],
+        jobs,
         check: check as CheckMode,
         ctime: !p.values["ignore-ctime"],
         settleMs,

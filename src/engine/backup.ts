@@ -41,6 +41,8 @@ export interface BackupOptions {
   exclude?: string[];
   include?: string[];
   excludeCaches?: boolean;
+  /** Scan parallelism (see scanTree). */
+  jobs?: number;
   check?: CheckMode;
   /** Compare ctime (default true). */
   ctime?: boolean;
@@ -130,7 +132,8 @@ export async function runBackup(
     options.onProblem?.(p);
   };
   options.onPhase?.("scan", root);
-  const scan = scanTree(root, {
+  const scan = await scanTree(root, {
+    jobs: options.jobs,
     exclude: options.exclude,
     include: options.include,
     excludeCaches: options.excludeCaches,

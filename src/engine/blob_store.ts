@@ -325,12 +325,7 @@ export class BlobStore {
     const info = this.info(hashHex);
     if (!info) throw new KeepError("integrity", `Cannot read blob ${hashHex}: not in the store`);
     if (info.pack === null) {
-      let f: Deno.FsFile;
-      try {
-        f = Deno.openSync(this.pathOf(hashHex), { read: true });
-      } catch {
-        throw new KeepError("integrity", `Cannot read blob ${hashHex}: its file is missing`);
-      }
+      const f = this.#openFile(hashHex);
       try {
         if (this.#scratch.length < 1 << 20) this.#scratch = new Uint8Array(1 << 20);
         for (;;) {
@@ -346,6 +341,14 @@ export class BlobStore {
     const buf = this.#scratch.subarray(0, info.stored);
     this.#readPack(hashHex, info, buf);
     yield buf;
+  }
+
+  #openFile(hashHex: string): Deno.FsFile {
+    try {
+      return Deno.openSync(this.pathOf(hashHex), { read: true });
+    } catch {
+      throw new KeepError("integrity", `Cannot read blob ${hashHex}: its file is missing`);
+    }
   }
 
   #readPack(hashHex: string, info: BlobInfo, buf: Uint8Array): void {
@@ -396,12 +399,7 @@ export class BlobStore {
       yield buf;
       return;
     }
-    let f: Deno.FsFile;
-    try {
-      f = Deno.openSync(this.pathOf(hashHex), { read: true });
-    } catch {
-      throw new KeepError("integrity", `Cannot read blob ${hashHex}: its file is missing`);
-    }
+    const f = this.#openFile(hashHex);
     try {
       for (;;) {
         const buf = new Uint8Array(1 << 20);

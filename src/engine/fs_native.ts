@@ -32,6 +32,14 @@ const STATX_BASIC_STATS = 0x7ff;
 
 interface Libc {
   statx(dirfd: number, path: Uint8Array, flags: number, mask: number, buf: Uint8Array): number;
+  statxAsync(
+    dirfd: number,
+    path: Uint8Array,
+    flags: number,
+    mask: number,
+    buf: Uint8Array,
+  ): Promise<number>;
+  statfs(path: Uint8Array, buf: Uint8Array): number;
   utimensat(dirfd: number, path: Uint8Array, times: Uint8Array, flags: number): number;
   open(path: Uint8Array, flags: number, mode: number): number;
   flock(fd: number, op: number): number;
@@ -48,6 +56,14 @@ function loadLibc(): Libc | null {
   try {
     const lib = Deno.dlopen("libc.so.6", {
       statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
+      // The same call on a worker thread: many in flight hide a NAS's round trips.
+      statxAsync: {
+        name: "statx",
+        parameters: ["i32", "buffer", "i32", "u32", "buffer"],
+        result: "i32",
+        nonblocking: true,
+      },
+      statfs: { parameters: ["buffer", "buffer"], result: "i32" },
       utimensat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
       open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
       flock: { parameters: ["i32", "i32"], result: "i32" },
@@ -91,6 +107,64 @@ function ns(d: Date | null): bigint {
   return d ? BigInt(d.getTime()) * 1_000_000n : 0n;
 }
 
+function decodeStatx(v: DataView): NativeStat {
+  const mode = v.getUint16(28, true);
+  return {
+    kind: kindOf(mode & S_IFMT),
+    size: Number(v.getBigUint64(40, true)),
+    mode: mode & 0o7777,
+    mtime: v.getBigInt64(112, true) * 1_000_000_000n + BigInt(v.getUint32(120, true)),
+    ctime: v.getBigInt64(96, true) * 1_000_000_000n + BigInt(v.getUint32(104, true)),
+    nlink: v.getUint32(16, true),
+  };
+}
+
+/**
+ * lstat off the main thread (statx on Deno's blocking pool), so that many can
+ * be in flight at once; falls back to Deno.lstat.
+ */
+export async function lstatNsAsync(path: string): Promise<NativeStat> {
+  const c = loadLibc();
+  if (c) {
+    const buf = new Uint8Array(256);
+    const p = encoder.encode(path + "\0");
+    if (await c.statxAsync(AT_FDCWD, p, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf) === 0) {
+      return decodeStatx(new DataView(buf.buffer));
+    }
+  }
+  const st = await Deno.lstat(path);
+  return {
+    kind: st.isFile ? "file" : st.isDirectory ? "dir" : st.isSymlink ? "symlink" : "other",
+    size: st.size,
+    mode: (st.mode ?? 0o644) & 0o7777,
+    mtime: ns(st.mtime),
+    ctime: ns(st.ctime),
+    nlink: st.nlink ?? 1,
+  };
+}
+
+/** Filesystem types (statfs f_type) whose every call is a network round trip. */
+const NETWORK_FS = new Map<bigint, string>([
+  [0x6969n, "nfs"],
+  [0x517bn, "smb"],
+  [0xfe534d42n, "smb2"],
+  [0xff534d42n, "cifs"],
+  [0x65735546n, "fuse"],
+  [0x01021997n, "9p"],
+  [0x00c36400n, "ceph"],
+  [0x47504653n, "gpfs"],
+  [0x0bd00bd0n, "lustre"],
+]);
+
+/** The network filesystem `path` is on ("nfs", "cifs", …), or null for local or unknown. */
+export function networkFilesystem(path: string): string | null {
+  const c = loadLibc();
+  if (!c) return null;
+  const buf = new Uint8Array(128);
+  if (c.statfs(cPath(path), buf) !== 0) return null;
+  return NETWORK_FS.get(new DataView(buf.buffer).getBigInt64(0, true) & 0xffffffffn) ?? null;
+}
+
 /**
  * lstat with ns times. Throws Deno.errors.* (NotFound, PermissionDenied) like
  * Deno.lstatSync does.
@@ -99,19 +173,7 @@ export function lstatNs(path: string): NativeStat {
   const c = loadLibc();
   if (c) {
     const r = c.statx(AT_FDCWD, cPath(path), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, statBuf);
-    if (r === 0) {
-      const mode = statView.getUint16(28, true);
-      return {
-        kind: kindOf(mode & S_IFMT),
-        size: Number(statView.getBigUint64(40, true)),
-        mode: mode & 0o7777,
-        mtime: statView.getBigInt64(112, true) * 1_000_000_000n +
-          BigInt(statView.getUint32(120, true)),
-        ctime: statView.getBigInt64(96, true) * 1_000_000_000n +
-          BigInt(statView.getUint32(104, true)),
-        nlink: statView.getUint32(16, true),
-      };
-    }
+    if (r === 0) return decodeStatx(statView);
     // Let Deno raise the proper error class for the errno.
   }
   const st = Deno.lstatSync(path);

@@ -350,7 +350,7 @@ export class MemberSplitter {
    */
   next(): Uint8Array | null {
     if (this.#end > this.#start) {
-      // A member split across chunks, completed by push().
+      // A member split across chunks, completed by push() (or not yet whole).
       const avail = this.#end - this.#start;
       if (avail < HEADER) return null;
       const total = this.#total(this.#buf, this.#start);
@@ -373,16 +373,9 @@ export class MemberSplitter {
           return d.subarray(s, s + total);
         }
       }
-      this.#carry();
+      this.#carry(); // the rest is the start of a member: wait for more input
     }
-    const avail = this.#end - this.#start;
-    if (avail < HEADER) return null;
-    const total = this.#total(this.#buf, this.#start);
-    if (avail < total) return null;
-    const member = this.#buf.slice(this.#start, this.#start + total);
-    this.#start += total;
-    this.offset += total;
-    return member;
+    return null;
   }
 
   /** Throws if input ended inside a member. */

@@ -292,7 +292,7 @@ export async function restoreArchive(
  * MAX_INFLIGHT bytes not yet written (memory stays bounded).
  */
 class FileWriter {
-  static MAX_INFLIGHT = 32 << 20;
+  static MAX_INFLIGHT = 8 << 20;
   static BATCH = 256;
   #worker = new Worker(new URL("./restore_writer.ts", import.meta.url).href, { type: "module" });
   #batch: WriteJob[] = [];

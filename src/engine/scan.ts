@@ -15,7 +15,7 @@
  */
 
 import ignore, { type Ignore } from "ignore";
-import { lstatNs, type NativeStat } from "./fs_native.ts";
+import { lstatNs, lstatNsAsync, type NativeStat, networkFilesystem } from "./fs_native.ts";
 import { comparePaths, MAX_PATH_BYTES, pathProblem } from "./paths.ts";
 
 /** One path found by the scan. */
@@ -47,6 +47,8 @@ export interface ScanOptions {
   excludeCaches?: boolean;
   /** Name of per-directory ignore files (default .backupignore). */
   ignoreFile?: string;
+  /** Directory listings and lstats in flight at once (default: 16 on NFS/SMB/FUSE, else 1). */
+  jobs?: number;
   onProblem?: (p: ScanProblem) => void;
 }
 
@@ -96,12 +98,42 @@ interface Level {
   rules: Ignore;
 }
 
-/** Walks `root` and returns every entry to consider, sorted by path. */
-export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
+/** A counting semaphore: at most `n` tasks at once. */
+class Limiter {
+  #free: number;
+  #waiting: (() => void)[] = [];
+  constructor(n: number) {
+    this.#free = n;
+  }
+  async run<T>(task: () => Promise<T>): Promise<T> {
+    if (this.#free === 0) await new Promise<void>((r) => this.#waiting.push(r));
+    else this.#free--;
+    try {
+      return await task();
+    } finally {
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#free++;
+    }
+  }
+}
+
+/**
+ * Walks `root` and returns every entry to consider, sorted by path.
+ *
+ * `jobs` bounds the parallelism: with 1 everything is synchronous (fastest on
+ * a local disk: no thread hand-offs); with more, directory listings and
+ * lstat calls run on Deno's blocking pool, up to `jobs` at once, which hides
+ * the round trip every call costs on NFS/SMB. The default picks 16 on a
+ * network filesystem (statfs type) and 1 elsewhere.
+ */
+export async function scanTree(root: string, options: ScanOptions = {}): Promise<ScanResult> {
   const startedNs = BigInt(Date.now()) * 1_000_000n;
   const ignoreFile = options.ignoreFile ?? ".backupignore";
   const excludeCaches = options.excludeCaches ?? true;
   const exclude = options.exclude?.length ? ignore().add(options.exclude) : null;
+  const jobs = Math.max(1, options.jobs ?? (networkFilesystem(root) ? 16 : 1));
+  const limiter = new Limiter(jobs);
   const entries: ScanEntry[] = [];
   const problems: ScanProblem[] = [];
   const unreadableDirs: string[] = [];
@@ -138,13 +170,37 @@ export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
     return out;
   };
 
-  /** Walks a directory; false when it could not be listed. */
-  const walk = (dirRel: string, levels: Level[]): boolean => {
+  const list = async (dirAbs: string): Promise<string[]> => {
+    const names: string[] = [];
+    if (jobs === 1) { for (const d of Deno.readDirSync(dirAbs)) names.push(d.name); }
+    else {await limiter.run(async () => {
+        for await (const d of Deno.readDir(dirAbs)) names.push(d.name);
+      });}
+    return names;
+  };
+  const statAll = async (dirAbs: string, names: string[]): Promise<(NativeStat | Error)[]> => {
+    if (jobs === 1) {
+      return names.map((n) => {
+        try {
+          return lstatNs(`${dirAbs}/${n}`);
+        } catch (err) {
+          return err as Error;
+        }
+      });
+    }
+    return await Promise.all(
+      names.map((n) =>
+        limiter.run(() => lstatNsAsync(`${dirAbs}/${n}`)).catch((err) => err as Error)
+      ),
+    );
+  };
+
+  /** Walks a directory and, concurrently when jobs > 1, those below it. */
+  const walk = async (dirRel: string, levels: Level[]): Promise<void> => {
     const dirAbs = dirRel === "" ? root : `${root}/${dirRel}`;
     let names: string[];
     try {
-      names = [];
-      for (const d of Deno.readDirSync(dirAbs)) names.push(d.name);
+      names = await list(dirAbs);
       // Sorted per directory, the final list is nearly sorted: its sort is then cheap.
       names.sort(comparePaths);
     } catch (err) {
@@ -155,7 +211,7 @@ export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
           reason: `cannot list directory: ${reasonOf(err)}`,
           kind: "unreadable",
         });
-        return false;
+        return;
       }
       throw err;
     }
@@ -172,23 +228,28 @@ export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
         });
       }
     }
-    const cache = excludeCaches && names.includes("CACHEDIR.TAG") && isCacheDir(dirAbs);
+    if (excludeCaches && names.includes("CACHEDIR.TAG") && isCacheDir(dirAbs)) {
+      names = ["CACHEDIR.TAG"];
+    }
+    // The OS guarantees a name has no "/" or NUL, is not "." or "..", and fits
+    // NAME_MAX; what is left to check is the path's length (and a lossy UTF-8
+    // decoding, which shows up as a failing lstat).
+    const wanted: string[] = [];
     for (const name of names) {
-      if (cache && name !== "CACHEDIR.TAG") continue;
       const rel = dirRel === "" ? name : `${dirRel}/${name}`;
-      // The OS guarantees a name has no "/" or NUL, is not "." or "..", and
-      // fits NAME_MAX; what is left to check is the path's length (and a lossy
-      // UTF-8 decoding, which shows up as a failing lstat below).
       const bad = rel.length * 3 > MAX_PATH_BYTES ? pathProblem(rel) : null;
       if (bad) {
         problem({ path: rel, reason: `cannot back up this name: ${bad}`, kind: "unreadable" });
-        continue;
-      }
-      let st: NativeStat;
-      try {
-        st = lstatNs(`${dirAbs}/${name}`);
-      } catch (err) {
-        const reason = name.includes("\uFFFD") ? "file name is not valid UTF-8" : reasonOf(err);
+      } else wanted.push(name);
+    }
+    const stats = await statAll(dirAbs, wanted);
+    const subdirs: string[] = [];
+    for (let i = 0; i < wanted.length; i++) {
+      const name = wanted[i];
+      const rel = dirRel === "" ? name : `${dirRel}/${name}`;
+      const st = stats[i];
+      if (st instanceof Error) {
+        const reason = name.includes("\uFFFD") ? "file name is not valid UTF-8" : reasonOf(st);
         problem({ path: rel, reason: `cannot stat: ${reason}`, kind: "unreadable" });
         continue;
       }
@@ -226,15 +287,18 @@ export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
       }
       if (st.kind === "file") noteGranularity(st.mtime);
       entries.push(e);
-      // A directory we cannot list is kept as it was (with its contents), not half-recorded.
-      if (isDir && !walk(rel, here)) entries.pop();
+      if (isDir) subdirs.push(rel);
     }
-    return true;
+    if (jobs === 1) { for (const d of subdirs) await walk(d, here); }
+    else await Promise.all(subdirs.map((d) => walk(d, here)));
   };
-  walk("", []);
-  entries.sort((a, b) => comparePaths(a.path, b.path));
-  let result = entries;
-  if (options.include?.length) result = applyInclude(entries, options.include);
+  await walk("", []);
+  // A directory that could not be listed is kept as it was (with its
+  // contents) through the parent commit, not half-recorded here.
+  const failed = new Set(unreadableDirs);
+  let result = failed.size ? entries.filter((e) => !failed.has(e.path)) : entries;
+  result.sort((a, b) => comparePaths(a.path, b.path));
+  if (options.include?.length) result = applyInclude(result, options.include);
   return {
     entries: result,
     problems,

@@ -1,0 +1,41 @@
+import { join } from "node:path";
+import { assert, assertEquals } from "../../tests/assert.ts";
+import { scanTree } from "./scan.ts";
+
+function tree(): string {
+  const root = Deno.makeTempDirSync({ prefix: "keep-scan-" });
+  const write = (p: string, text: string) => {
+    Deno.mkdirSync(join(root, p, ".."), { recursive: true });
+    Deno.writeTextFileSync(join(root, p), text);
+  };
+  for (let d = 0; d < 20; d++) {
+    for (let f = 0; f < 30; f++) write(`d${d}/sub${f % 3}/f${f}.c`, `${d}/${f}`);
+  }
+  write(".backupignore", "*.o\n");
+  write("d1/x.o", "o");
+  write("d2/.backupignore", "!keep.o\n");
+  write("d2/keep.o", "o");
+  write("cache/CACHEDIR.TAG", "Signature: 8a477f597d28d172789f06886806bc55\n");
+  write("cache/junk", "j");
+  write("a-b", "dash sorts before a/");
+  Deno.mkdirSync(join(root, "empty"));
+  Deno.symlinkSync("d1", join(root, "link"));
+  new Deno.Command("mkfifo", { args: [join(root, "fifo")] }).outputSync();
+  return root;
+}
+
+Deno.test("scanTree gives the same result sequentially and with parallel listings and stats", async () => {
+  const root = tree();
+  const one = await scanTree(root, { jobs: 1 });
+  const many = await scanTree(root, { jobs: 8 });
+  assertEquals(many.entries, one.entries);
+  assertEquals(many.problems, one.problems);
+  assertEquals(many.granularity, one.granularity);
+  // dirs, subdirs, files; then 2 ignore files, keep.o, cache/, its tag, a-b, empty/, link
+  assertEquals(one.entries.length, 20 + 20 * 3 + 600 + 8);
+  const paths = one.entries.map((e) => e.path);
+  assert(paths.includes("d2/keep.o") && !paths.includes("d1/x.o"));
+  assert(paths.includes("cache/CACHEDIR.TAG") && !paths.includes("cache/junk"));
+  assertEquals(paths.slice(0, 3), [".backupignore", "a-b", "cache"]);
+  assertEquals(one.problems.map((p) => [p.path, p.kind]), [["fifo", "skipped"]]);
+});
