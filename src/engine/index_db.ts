@@ -174,14 +174,16 @@ function rowToEntry(r: unknown[]): Entry {
     mtime: r[4] as bigint,
     ctime: r[5] as bigint,
   };
-  if (r[6]) e.hash = bytesToHex(r[6] as Uint8Array);
+  if (r[6]) e.hash = r[6] as string;
   if (r[7] !== null) e.target = r[7] as string;
-  if (r[8]) e.xxh = bytesToHex(r[8] as Uint8Array);
+  if (r[8]) e.xxh = r[8] as string;
   if (r[9] !== null) e.flag = r[9] as EntryFlag;
   return e;
 }
 
-const COLS = "path, type, size, mode, mtime, ctime, hash, target, xxh, flag";
+// Hashes come out as hex text: no small ArrayBuffer per row (a 1M-row manifest made 2M of them).
+const COLS =
+  "path, type, size, mode, mtime, ctime, lower(hex(hash)), target, lower(hex(xxh)), flag";
 
 /** Sorted key range of a path prefix: [lo, hi) plus the exact path itself. */
 function prefixEnd(prefix: string): string {

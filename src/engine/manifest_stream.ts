@@ -112,6 +112,35 @@ function* mergedMembers(
 }
 
 /**
+ * The manifest of a commit that changed nothing: a new commit line, then the
+ * parent's entry members copied byte for byte.
+ */
+function* copiedMembers(commit: CommitInfo, parentFile: string): Generator<Uint8Array> {
+  yield encodeMember(encoder.encode(JSON.stringify({ commit }) + "\n"), 1);
+  const file = Deno.openSync(parentFile, { read: true });
+  try {
+    const head = new Uint8Array(24);
+    let got = 0;
+    while (got < head.length) {
+      const n = file.readSync(head.subarray(got));
+      if (!n) throw new Error("short manifest cache file");
+      got += n;
+    }
+    // Skip the parent's commit line: its member length is in the KP field.
+    const first = new DataView(head.buffer).getUint32(16, true);
+    file.seekSync(first, Deno.SeekMode.Start);
+    for (;;) {
+      const buf = new Uint8Array(256 * 1024);
+      const n = file.readSync(buf);
+      if (n === null || n === 0) return;
+      yield buf.subarray(0, n);
+    }
+  } finally {
+    file.close();
+  }
+}
+
+/**
  * Head manifests cached as files.
  *
  * @example
@@ -165,7 +194,9 @@ export class ManifestCache {
         const parentFile = this.#path(pid, parent);
         try {
           Deno.statSync(parentFile);
-          members = mergedMembers(index, project, commit, parentFile, changed);
+          members = changed.length
+            ? mergedMembers(index, project, commit, parentFile, changed)
+            : copiedMembers(commit, parentFile);
         } catch { /* no parent cache: build from the index */ }
       }
       try {
