@@ -34,17 +34,8 @@ export function bytesOf(v: string | Uint8Array): Uint8Array {
 }
 
 /** Concatenates byte arrays. */
-export function concat(parts: Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
+import { concatBytes as concat } from "../src/engine/concat_bytes.ts";
+export { concat };
 
 /** The commit header fields of an upload (see UploadHeader); `over` replaces or adds any. */
 export function commitHeader(

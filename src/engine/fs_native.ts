@@ -132,15 +132,7 @@ export async function lstatNsAsync(path: string): Promise<NativeStat> {
       return decodeStatx(new DataView(buf.buffer));
     }
   }
-  const st = await Deno.lstat(path);
-  return {
-    kind: st.isFile ? "file" : st.isDirectory ? "dir" : st.isSymlink ? "symlink" : "other",
-    size: st.size,
-    mode: (st.mode ?? 0o644) & 0o7777,
-    mtime: ns(st.mtime),
-    ctime: ns(st.ctime),
-    nlink: st.nlink ?? 1,
-  };
+  return fromFileInfo(await Deno.lstat(path));
 }
 
 /** Filesystem types (statfs f_type) whose every call is a network round trip. */
@@ -176,7 +168,11 @@ export function lstatNs(path: string): NativeStat {
     if (r === 0) return decodeStatx(statView);
     // Let Deno raise the proper error class for the errno.
   }
-  const st = Deno.lstatSync(path);
+  return fromFileInfo(Deno.lstatSync(path));
+}
+
+/** Deno's own stat result (ms times) as a NativeStat. */
+function fromFileInfo(st: Deno.FileInfo): NativeStat {
   return {
     kind: st.isFile ? "file" : st.isDirectory ? "dir" : st.isSymlink ? "symlink" : "other",
     size: st.size,

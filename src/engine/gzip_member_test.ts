@@ -1,4 +1,5 @@
 import { assert, assertEquals, assertThrows } from "../../tests/assert.ts";
+import { concatBytes as concat } from "./concat_bytes.ts";
 import { randomBytes, rng } from "../../tests/seeded.ts";
 import zlib from "node:zlib";
 import { KeepError } from "./errors.ts";
@@ -23,16 +24,6 @@ function text(n: number, seed = 1): Uint8Array {
   let s = "";
   while (s.length < n) s += words[r(words.length)] + " ";
   return encoder.encode(s.slice(0, n));
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
 }
 
 /** A plain Uint8Array view (node:zlib hands out Buffers, which deep equality tells apart). */

@@ -18,6 +18,7 @@ import { createHash, type Hash } from "node:crypto";
 import { KeepError } from "./errors.ts";
 import { decodeMember, encodeMember, MAX_MEMBER_RAW, MemberSplitter } from "./gzip_member.ts";
 import { hexToBytes, type IndexDb, type StageRow } from "./index_db.ts";
+import { concatBytes } from "./concat_bytes.ts";
 import { type BlobStore, PACK_MAX, PackWriter, type PendingBlob } from "./blob_store.ts";
 import {
   type CommitInfo,
@@ -133,7 +134,7 @@ class BlobBuilder {
       this.#tempPath = "";
       return { row: { hash, size, stored: this.#bytes, xxh, pack: null, offset: null }, dir };
     }
-    const data = this.#parts.length === 1 ? this.#parts[0] : concat(this.#parts, this.#bytes);
+    const data = this.#parts.length === 1 ? this.#parts[0] : concatBytes(this.#parts);
     this.#parts = [];
     const at = pack.add(data);
     return { row: { hash, size, stored: this.#bytes, xxh, pack: at.pack, offset: at.offset } };
@@ -159,16 +160,6 @@ class BlobBuilder {
 function writeAll(f: Deno.FsFile, b: Uint8Array): void {
   let o = 0;
   while (o < b.length) o += f.writeSync(b.subarray(o));
-}
-
-function concat(parts: Uint8Array[], total: number): Uint8Array {
-  const out = new Uint8Array(total);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
 }
 
 const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -421,7 +412,7 @@ export class Ingest {
   #onEntryEnd(): void {
     if (this.#phase === "header") {
       this.#header = parseUploadHeader(
-        new TextDecoder().decode(concat(this.#control, this.#controlLen)),
+        new TextDecoder().decode(concatBytes(this.#control)),
       );
       this.#control = [];
       const head = this.#index.headCommit(this.project);

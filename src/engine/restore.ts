@@ -13,6 +13,7 @@
 
 import { Buffer } from "node:buffer";
 import { createHash, type Hash } from "node:crypto";
+import { concatBytes } from "./concat_bytes.ts";
 import { KeepError } from "./errors.ts";
 import { lstatNs, setTimesNs } from "./fs_native.ts";
 import { decodeMember, MemberSplitter } from "./gzip_member.ts";
@@ -234,7 +235,7 @@ export async function restoreArchive(
         Deno.renameSync(tmp, target);
       } else {
         // Verified: the writer creates it (with its mode and mtime) off this thread.
-        const data = parts.length === 1 ? parts[0] : concat(parts);
+        const data = parts.length === 1 ? parts[0] : concatBytes(parts);
         parts = [];
         writer.add({ path: target, data, mode: h.mode, mtime: h.mtime });
         result.files++;
@@ -367,16 +368,4 @@ function isZero(chunk: Uint8Array): boolean {
   return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length).equals(
     ZEROS.subarray(0, chunk.length),
   );
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
 }

@@ -1,4 +1,5 @@
 import { assert, assertEquals, assertMatch, assertThrows } from "../../tests/assert.ts";
+import { concatBytes as concat } from "./concat_bytes.ts";
 import { randomBytes, rng } from "../../tests/seeded.ts";
 import { join } from "node:path";
 import { KeepError } from "./errors.ts";
@@ -17,16 +18,6 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 // ---------------------------------------------------------------- helpers
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
 
 interface Item {
   h: TarHeader;
