@@ -136,8 +136,9 @@ Deno.test("reads never wait for a long upload", async () => {
     const uploadMs = performance.now() - started;
     assert(uploadMs > 2000, `the upload took only ${uploadMs} ms; the test needs a long one`);
     assertEquals(result.commit.stats.filesReceived, 24);
+    // Waiting for the upload would take seconds; a second allows for a loaded CI box.
     assert(
-      Math.max(...latencies) < 300,
+      Math.max(...latencies) < 1000,
       `reads took ${latencies.map((l) => l.toFixed(0)).join(", ")} ms`,
     );
     assert(
