@@ -60,6 +60,7 @@ export class PackWriter {
   #size = 0;
   #buf = new Uint8Array(WRITE_BUFFER);
   #fill = 0;
+  #newName = false;
   /** Bytes appended to packs by this writer. */
   bytes = 0;
 
@@ -82,11 +83,15 @@ export class PackWriter {
     return at;
   }
 
-  /** Makes everything added so far durable. */
+  /** Makes everything added so far durable, including a new pack's name in packs/. */
   sync(): void {
     if (!this.#file) return;
     this.#drain();
     this.#file.syncSync();
+    if (this.#newName) {
+      this.#store.syncDirs([this.#store.packDir]);
+      this.#newName = false;
+    }
   }
 
   close(): void {
@@ -108,6 +113,7 @@ export class PackWriter {
     this.close();
     this.#pack = this.#store.newPack();
     this.#file = Deno.openSync(this.#store.packPath(this.#pack), { write: true, createNew: true });
+    this.#newName = true;
     this.#size = 0;
   }
 }
@@ -266,16 +272,38 @@ export class BlobStore {
     return join(this.tmpDir, `${Deno.pid}-${Date.now()}-${++this.#tmpSeq}.part`);
   }
 
-  /** Moves a finished, fsync'd temp file into place as blob `hashHex`. */
-  adopt(tempPath: string, hashHex: string): string {
+  /**
+   * Moves a finished, fsync'd temp file into place as blob `hashHex`. Returns
+   * the directories to fsync before anything refers to the blob: its own, and
+   * the parents of any directory this call created.
+   */
+  adopt(tempPath: string, hashHex: string): string[] {
     const final = this.pathOf(hashHex);
-    const dir = join(this.dir, hashHex.slice(0, 2), hashHex.slice(2, 4));
+    const top = join(this.dir, hashHex.slice(0, 2));
+    const dir = join(top, hashHex.slice(2, 4));
+    const dirs = [dir];
     if (!this.#madeDirs.has(dir)) {
+      let topExisted = true;
+      try {
+        Deno.statSync(top);
+      } catch {
+        topExisted = false;
+      }
+      let dirExisted = topExisted;
+      if (topExisted) {
+        try {
+          Deno.statSync(dir);
+        } catch {
+          dirExisted = false;
+        }
+      }
       Deno.mkdirSync(dir, { recursive: true });
+      if (!dirExisted) dirs.push(top);
+      if (!topExisted) dirs.push(this.dir);
       this.#madeDirs.add(dir);
     }
     Deno.renameSync(tempPath, final);
-    return dir;
+    return dirs;
   }
 
   /** fsyncs directories so renames into them survive a crash. */

@@ -151,7 +151,9 @@ export async function diffTree(
     let reason: SuspectReason | null = null;
     if (prev.flag) reason = "flagged";
     else if (e.mode !== prev.mode) reason = "mode";
-    else if (useCtime && floorTo(e.ctime, g) !== floorTo(prev.ctime, g)) reason = "ctime";
+    // ctime exactly: nobody can set it, and a rebuild that restores the mtime
+    // (reproducible builds, cp -p) leaves it as the only sign of new content.
+    else if (useCtime && e.ctime !== prev.ctime) reason = "ctime";
     else if (e.mtime !== prev.mtime) reason = "racy"; // equal only after flooring: finer than we trust
     else if (racyFrom !== null && e.mtime >= racyFrom) reason = "racy";
     else if (check === "full") reason = "full";

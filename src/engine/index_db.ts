@@ -429,7 +429,6 @@ export class IndexDb {
   *entries(project: string, commit: CommitInfo, prefix = "", pageSize = 2000): Generator<Entry> {
     const pid = this.projectId(project);
     if (pid === null) return;
-    const headSeq = this.headCommit(project)?.seq ?? 0;
     if (prefix !== "") {
       const exact = this.entryAt(pid, commit.seq, prefix);
       if (exact) yield exact;
@@ -441,6 +440,10 @@ export class IndexDb {
       after = prefix + "/";
     }
     for (;;) {
+      // The head is read again for every page: a commit landing between two
+      // pages moves replaced rows from `current` to `history`, and a page that
+      // still read only `current` would miss them.
+      const headSeq = this.headCommit(project)?.seq ?? 0;
       const page = this.manifestPage(pid, commit.seq, headSeq, after, before, pageSize);
       for (const e of page) yield e;
       if (page.length < pageSize) return;

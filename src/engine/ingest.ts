@@ -120,7 +120,7 @@ class BlobBuilder {
     xxh: Uint8Array,
     known: boolean,
     pack: PackWriter,
-  ): { row: PendingBlob; dir?: string } | null {
+  ): { row: PendingBlob; dirs?: string[] } | null {
     this.#flushRaw();
     if (known) {
       this.abort();
@@ -130,9 +130,9 @@ class BlobBuilder {
       this.#file.syncSync();
       this.#file.close();
       this.#file = null;
-      const dir = this.#store.adopt(this.#tempPath, hex);
+      const dirs = this.#store.adopt(this.#tempPath, hex);
       this.#tempPath = "";
-      return { row: { hash, size, stored: this.#bytes, xxh, pack: null, offset: null }, dir };
+      return { row: { hash, size, stored: this.#bytes, xxh, pack: null, offset: null }, dirs };
     }
     const data = this.#parts.length === 1 ? this.#parts[0] : concatBytes(this.#parts);
     this.#parts = [];
@@ -454,7 +454,7 @@ export class Ingest {
           this.#pendingHashes.add(hex);
           this.#pendingBlobs.push(done.row);
           if (done.row.pack !== null) this.#pendingBytes += done.row.stored;
-          if (done.dir) this.#dirs.add(done.dir);
+          for (const d of done.dirs ?? []) this.#dirs.add(d);
           this.newBlobs++;
           this.newBlobBytes += done.row.stored;
         }
@@ -495,8 +495,12 @@ export class Ingest {
     this.#pendingRows = [];
     this.#pendingBlobs = [];
     this.#pendingBytes = 0;
-    // Rows may only point at bytes that are on disk.
+    // Rows may only point at bytes, and names, that are on disk.
     if (blobs.some((b) => b.pack !== null)) this.#pack.sync();
+    if (this.#dirs.size) {
+      this.#store.syncDirs(this.#dirs);
+      this.#dirs.clear();
+    }
     this.#index.transaction(() => {
       this.#store.insert(blobs);
       this.#index.stage(this.#upload, rows);

@@ -155,8 +155,15 @@ export class ManifestCache {
   /** Builds in progress, by cache path. */
   #building = new Map<string, Promise<void>>();
 
+  /**
+   * The cache is derived data and its files are not fsync'd: it starts empty
+   * on every server start, so a file cut short by a crash is never served.
+   */
   constructor(dir: string) {
     this.dir = dir;
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch { /* not there yet */ }
     Deno.mkdirSync(dir, { recursive: true });
   }
 
@@ -181,25 +188,27 @@ export class ManifestCache {
     const running = this.#building.get(path);
     if (running) return running;
     const job = (async () => {
-      try {
-        Deno.statSync(path);
-        return; // already there
-      } catch { /* build it */ }
       const tmp = `${path}.${Deno.pid}.${++this.#seq}.part`;
-      const out = Deno.openSync(tmp, { write: true, createNew: true });
-      // From the parent's cache when there is one and the change list is known.
-      let members = manifestMembers(index, project, commit);
-      if (changed && commit.parent) {
-        const parent = index.resolveCommit(project, commit.parent);
-        const parentFile = this.#path(pid, parent);
-        try {
-          Deno.statSync(parentFile);
-          members = changed.length
-            ? mergedMembers(index, project, commit, parentFile, changed)
-            : copiedMembers(commit, parentFile);
-        } catch { /* no parent cache: build from the index */ }
-      }
+      let out: Deno.FsFile | null = null;
       try {
+        try {
+          Deno.statSync(path);
+          return; // already there
+        } catch { /* build it */ }
+        Deno.mkdirSync(this.dir, { recursive: true });
+        out = Deno.openSync(tmp, { write: true, createNew: true });
+        // From the parent's cache when there is one and the change list is known.
+        let members = manifestMembers(index, project, commit);
+        if (changed && commit.parent) {
+          const parent = index.resolveCommit(project, commit.parent);
+          const parentFile = this.#path(pid, parent);
+          try {
+            Deno.statSync(parentFile);
+            members = changed.length
+              ? mergedMembers(index, project, commit, parentFile, changed)
+              : copiedMembers(commit, parentFile);
+          } catch { /* no parent cache: build from the index */ }
+        }
         let n = 0;
         for (const m of members) {
           let o = 0;
@@ -208,11 +217,14 @@ export class ManifestCache {
           if (index.headCommit(project)?.id !== commit.id) throw new Error("superseded");
         }
         out.close();
+        out = null;
         Deno.renameSync(tmp, path);
         this.#dropOthers(pid, path);
       } catch {
+        // A cache that cannot be built (disk full, directory gone, a newer head)
+        // only costs speed: the manifest is then built from the index on request.
         try {
-          out.close();
+          out?.close();
         } catch { /* closed */ }
         try {
           Deno.removeSync(tmp);
@@ -267,8 +279,10 @@ export class ManifestCache {
             if (out) {
               out.close();
               out = null;
-              Deno.renameSync(tmp, path);
-              cache.#dropOthers(pid, path);
+              try {
+                Deno.renameSync(tmp, path);
+                cache.#dropOthers(pid, path);
+              } catch { /* cache gone: the answer is complete anyway */ }
             }
             controller.close();
             return;

@@ -71,21 +71,36 @@ export function verifyStore(
   let after = 0;
   let checked = 0;
   const page = db.prepare(
-    "SELECT id, hash, size, pack IS NOT NULL AS inl FROM blobs WHERE id > ? ORDER BY id LIMIT 1000",
+    "SELECT id, hash, size, stored, pack, offset FROM blobs WHERE id > ? ORDER BY id LIMIT 1000",
   );
   const fileBlobs = new Set<string>();
+  const packSizes = new Map<number, number | null>();
   for (;;) {
-    const rows = page.all(after) as { id: number; hash: Uint8Array; size: number; inl: number }[];
+    const rows = page.all(after) as {
+      id: number;
+      hash: Uint8Array;
+      size: number;
+      stored: number;
+      pack: number | null;
+      offset: number | null;
+    }[];
     if (rows.length === 0) break;
     for (const r of rows) {
       const hex = bytesToHex(r.hash);
-      if (!r.inl) fileBlobs.add(hex);
-      if (!options.quick || !r.inl) {
-        const problem = options.quick
-          ? (exists(store.pathOf(hex)) ? null : "blob file is missing")
-          : store.check(hex, Number(r.size), hasher);
-        if (problem) report.damaged.push({ hash: hex, problem });
+      if (r.pack === null) fileBlobs.add(hex);
+      let problem: string | null;
+      if (!options.quick) problem = store.check(hex, Number(r.size), hasher);
+      else if (r.pack === null) problem = exists(store.pathOf(hex)) ? null : "blob file is missing";
+      else {
+        // Quick: the pack must be there and long enough to hold the blob.
+        const size = packSize(store, Number(r.pack), packSizes);
+        problem = size === null
+          ? `pack ${r.pack} is missing`
+          : Number(r.offset) + Number(r.stored) > size
+          ? `pack ${r.pack} is short`
+          : null;
       }
+      if (problem) report.damaged.push({ hash: hex, problem });
       checked++;
     }
     after = rows[rows.length - 1].id;
@@ -146,6 +161,21 @@ export function verifyStore(
   report.ok = integrity === "ok" && report.damaged.length === 0 && report.missing.length === 0;
   report.seconds = Math.round(performance.now() - started) / 1000;
   return report;
+}
+
+function packSize(
+  store: BlobStore,
+  pack: number,
+  cache: Map<number, number | null>,
+): number | null {
+  if (!cache.has(pack)) {
+    try {
+      cache.set(pack, Deno.statSync(store.packPath(pack)).size);
+    } catch {
+      cache.set(pack, null);
+    }
+  }
+  return cache.get(pack)!;
 }
 
 function exists(path: string): boolean {

@@ -259,7 +259,7 @@ export function createApp(ctx: AppContext): Hono<Env> {
       }
       if (failure) throw failure;
       const commit = ingest.finish();
-      ctx.manifests.prepare(index, p, commit, ingest.changedPaths);
+      ctx.manifests.prepare(index, p, commit, ingest.changedPaths).catch(() => {});
       ctx.log?.(
         `commit ${p} ${commit.id} #${commit.seq}: +${commit.counts.added} ~${commit.counts.changed} -${commit.counts.deleted} ${commit.stats.wireBytes} B in ${commit.stats.seconds} s`,
       );

@@ -1,0 +1,51 @@
+/**
+ * keep verify finds what a crash or a lost file would leave, and a head
+ * manifest cache cut short by a crash is never served after a restart.
+ */
+
+import { join } from "node:path";
+import { assertEquals, assertMatch } from "./assert.ts";
+import { json, keep, keepOk, startServer, tempDir, writeTree } from "./helpers.ts";
+
+Deno.test("keep verify, full and --quick, reports a missing pack file", async () => {
+  const server = await startServer();
+  const src = await tempDir();
+  writeTree(src, { "a.txt": "a".repeat(5000), "b.txt": "b".repeat(7000) });
+  await keepOk(["backup", "-s", server.url, "-p", "v", "--settle", "0", src]);
+  await server.stop();
+  const packs = [...Deno.readDirSync(join(server.dataDir, "packs"))].map((e) => e.name);
+  assertEquals(packs.length, 1);
+  Deno.removeSync(join(server.dataDir, "packs", packs[0]));
+  for (const flags of [[], ["--quick"]]) {
+    const r = await keep(["verify", "--data", server.dataDir, ...flags]);
+    assertEquals(r.code, 4, r.stdout);
+    assertMatch(r.stdout, /keep verify: DAMAGED/);
+    assertMatch(r.stdout, /damaged +[0-9a-f]{64}: .*pack \d+ is missing/);
+  }
+});
+
+Deno.test("a head manifest cache cut short by a crash is not served after a restart", async () => {
+  const dataDir = await tempDir("keep-cache-");
+  let server = await startServer({ dataDir });
+  const src = await tempDir();
+  try {
+    const spec: Record<string, string> = {};
+    for (let i = 0; i < 50; i++) spec[`f${i}.txt`] = `file ${i}`;
+    writeTree(src, spec);
+    await keepOk(["backup", "-s", server.url, "-p", "c", "--settle", "0", src]);
+    // Wait for the cache of the head, then stop and leave it empty, as a crash could.
+    await (await fetch(`${server.url}/v1/projects/c/manifest`)).arrayBuffer();
+    await server.stop();
+    const cached = [...Deno.readDirSync(join(dataDir, "cache"))].map((e) => e.name);
+    assertEquals(cached.length, 1);
+    Deno.writeFileSync(join(dataDir, "cache", cached[0]), new Uint8Array());
+    server = await startServer({ dataDir });
+    Deno.removeSync(join(src, "f7.txt"));
+    const r = json<{ commit: { counts: { deleted: number; files: number } } }>(
+      await keepOk(["backup", "-s", server.url, "-p", "c", "--settle", "0", "--json", src]),
+    );
+    assertEquals([r.commit.counts.deleted, r.commit.counts.files], [1, 49]);
+  } finally {
+    await server.stop();
+  }
+});
