@@ -59,12 +59,19 @@ const l = (path: string, target: string): Item => ({
 });
 
 /** Serves `body` as the archive of any commit. */
-function fakeServer(body: Uint8Array): { url: string; close(): Promise<void> } {
+/** Serves `body` as the archive of any commit, and commit info with `items`' counts. */
+function fakeServer(body: Uint8Array, items: Item[] = []): { url: string; close(): Promise<void> } {
+  const count = (t: string) => items.filter((i) => i.h.type === t).length;
+  const counts = { files: count("file"), dirs: count("dir"), symlinks: count("symlink") };
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
-    if (new URL(req.url).pathname.endsWith("/archive")) {
+    const path = new URL(req.url).pathname;
+    if (path.endsWith("/archive")) {
       return new Response(body as Uint8Array<ArrayBuffer>, {
         headers: { "content-type": "application/gzip", "keep-commit": "feedfacefeedface" },
       });
+    }
+    if (path.endsWith("/commits/feedfacefeedface")) {
+      return Response.json({ commit: { counts }, notes: [] });
     }
     return Response.json({ error: { code: "not_found", message: "Cannot find it" } }, {
       status: 404,
@@ -74,7 +81,7 @@ function fakeServer(body: Uint8Array): { url: string; close(): Promise<void> } {
 }
 
 async function restoreFrom(items: Item[]) {
-  const server = fakeServer(archive(items));
+  const server = fakeServer(archive(items), items);
   const root = await tempDir();
   const dest = join(root, "dest");
   try {
@@ -156,3 +163,20 @@ async function exists(p: string): Promise<boolean> {
     return false;
   }
 }
+
+Deno.test("restore reports exit 4 when a whole-commit restore comes back short of the commit's counts", async () => {
+  const items = [f("a.txt", "a"), f("b.txt", "b")];
+  // The archive leaves b.txt out; the commit says it has two files.
+  const server = fakeServer(archive(items.slice(0, 1)), items);
+  try {
+    const dest = join(await tempDir(), "dest");
+    const r = await keep(["restore", "-s", server.url, "-p", "evil", dest]);
+    assertEquals(r.code, 4, r.stderr);
+    assertMatch(
+      r.stderr,
+      /Cannot confirm the restore is complete: restored 1 files, 0 dirs, 0 symlinks; the commit has 2, 0, 0/,
+    );
+  } finally {
+    await server.close();
+  }
+});

@@ -31,8 +31,12 @@ Options:
       --overwrite     allow a non-empty DEST (replaces files in the way)
       --json          print the result as JSON
 
+A whole-commit restore is then checked against the commit's own counts of
+files, directories and symlinks.
+
 Exit codes: 0 ok, 1 failed, 2 usage (e.g. DEST not empty), 4 a file failed its
-hash check (not written; others restored), 5 server unreachable, 6 denied.`,
+hash check (not written; others restored) or the restore came back short of
+the commit, 5 server unreachable, 6 denied.`,
   async run(args) {
     const p = parseFlags("restore", args, {
       ...CLIENT_FLAGS,
@@ -59,6 +63,18 @@ hash check (not written; others restored), 5 server unreachable, 6 denied.`,
         onProblem: (q) => note(`keep restore: ${q.path}: ${q.reason}`),
       });
       const seconds = (performance.now() - started) / 1000;
+      // A whole commit must come back whole: compare with what the commit records.
+      let short = "";
+      if (!prefix && commitId) {
+        const { commit } = await client.commit(project, commitId);
+        const c = commit.counts;
+        if (r.files + r.hashErrors !== c.files || r.dirs !== c.dirs || r.symlinks !== c.symlinks) {
+          short =
+            `restored ${r.files + r.hashErrors} files, ${r.dirs} dirs, ${r.symlinks} symlinks; ` +
+            `the commit has ${c.files}, ${c.dirs}, ${c.symlinks}`;
+          note(`keep: Cannot confirm the restore is complete: ${short}`);
+        }
+      }
       if (p.values.json) out(JSON.stringify({ commit: commitId, dest, ...r, seconds }, null, 2));
       else {
         out(
@@ -72,7 +88,7 @@ hash check (not written; others restored), 5 server unreachable, 6 denied.`,
           out(`  INTEGRITY ${r.hashErrors} files failed their hash check and were not written`);
         }
       }
-      return r.hashErrors ? 4 : 0;
+      return r.hashErrors || short ? 4 : 0;
     } finally {
       client.close();
     }
