@@ -48,9 +48,14 @@ export class KeepServer {
    * (`keep serve: listening on URL (data DIR)`). scripts/keep execs down to
    * the deno binary, so the child's pid is the server process itself.
    */
-  static async start(keepBin: string, dataDir: string, logFile: string): Promise<KeepServer> {
+  static async start(
+    keepBin: string,
+    dataDir: string,
+    logFile: string,
+    extraArgs: string[] = [],
+  ): Promise<KeepServer> {
     const child = new Deno.Command(keepBin, {
-      args: ["serve", "--data", dataDir, "--listen", "127.0.0.1:0", "--no-auth"],
+      args: ["serve", "--data", dataDir, "--listen", "127.0.0.1:0", "--no-auth", ...extraArgs],
       stdin: "null",
       stdout: "piped",
       stderr: "piped",

@@ -67,7 +67,9 @@ export interface StorageRow {
   /** After the first backup. */
   keepFirst?: StoreSize;
   resticFirst?: StoreSize;
-  /** After all backups (first, no-change, mutation). */
+  /** After all backups (first, no-change, mutation), before recompression at rest. */
+  keepBeforeCompaction?: StoreSize;
+  /** After all backups and the idle server's recompression at rest. */
   keepFinal?: StoreSize;
   resticFinal?: StoreSize;
 }
@@ -417,14 +419,22 @@ export function renderMarkdown(report: BenchReport): string {
     lines.push("## Stored size", "");
     const s = (x?: StoreSize) => (x ? `${fmtBytes(x.disk)} (${fmtBytes(x.apparent)})` : "–");
     lines.push(
-      "`du -sk` of Keep's data dir and of the restic repository (apparent size, `du -sb`, in parentheses). Final = after the first, the no-change and the mutation backups. Keep after first is measured with the server running, so it includes SQLite's write-ahead log (index.db-wal); final is after a clean shutdown, which checkpoints it.",
+      "`du -sk` of Keep's data dir and of the restic repository (apparent size, `du -sb`, in parentheses). Final = after the first, the no-change and the mutation backups. Keep after first is measured with the server running, so it includes SQLite's write-ahead log (index.db-wal); Keep's final figures are after a clean shutdown, which checkpoints it: before, and after the recompression an idle server does at rest (timed steps run with it off).",
       "",
       mdTable(
-        ["dataset", "Keep after first", "restic after first", "Keep final", "restic final"],
+        [
+          "dataset",
+          "Keep after first",
+          "restic after first",
+          "Keep final, before recompression",
+          "Keep final",
+          "restic final",
+        ],
         report.storage.map((r) => [
           r.dataset,
           s(r.keepFirst),
           s(r.resticFirst),
+          s(r.keepBeforeCompaction),
           s(r.keepFinal),
           s(r.resticFinal),
         ]),

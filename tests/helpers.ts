@@ -67,6 +67,8 @@ export async function startServer(
 ): Promise<TestServer> {
   const dataDir = opts.dataDir ?? await Deno.makeTempDir({ prefix: "keep-data-" });
   const args = ["serve", "--data", dataDir, "--listen", "127.0.0.1:0", ...(opts.args ?? [])];
+  // Background recompression changes packs on its own schedule: off unless a test asks.
+  if (!args.includes("--compact-idle")) args.push("--compact-idle", "off");
   if (opts.noAuth ?? true) args.push("--no-auth");
   const proc = new Deno.Command(KEEP, { args, stdout: "piped", stderr: "piped", env: opts.env })
     .spawn();

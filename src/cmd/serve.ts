@@ -31,6 +31,8 @@ Options:
       --cert FILE --key FILE  serve HTTPS with this PEM certificate and key
       --max-upload SIZE   largest upload, raw file bytes (default 1T)
       --idle-timeout DUR  cut uploads silent for this long (default 60s)
+      --compact-idle DUR  recompress stored blobs (deflate 6; uploads arrive at level 1)
+                          once no request came for this long (default 10s; off = never)
 
 Every route needs a bearer token (keep token create) unless --no-auth.`,
   async run(args) {
@@ -42,6 +44,7 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       key: { type: "string" },
       "max-upload": { type: "string" },
       "idle-timeout": { type: "string" },
+      "compact-idle": { type: "string" },
     });
     positionals(p, "serve", []);
     const dataDir = resolve(flagOrEnv(p, "data", "KEEP_DATA") ?? "keep-data");
@@ -52,6 +55,8 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
     const idle = p.values["idle-timeout"]
       ? parseDuration(p.values["idle-timeout"] as string, "idle-timeout")
       : 60_000;
+    const compactRaw = (p.values["compact-idle"] as string | undefined) ?? "10s";
+    const compactIdleMs = compactRaw === "off" ? 0 : parseDuration(compactRaw, "compact-idle");
     const controller = new AbortController();
     const server = startServer({
       dataDir,
@@ -62,6 +67,7 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       key: p.values.key as string | undefined,
       limits: { ...DEFAULT_LIMITS, ...(maxUpload ? { maxUploadBytes: maxUpload } : {}) },
       idleTimeoutSec: Math.max(idle / 1000, 0.5),
+      compactIdleMs,
       log: (line) => note(`keep serve: ${line}`),
       signal: controller.signal,
     });

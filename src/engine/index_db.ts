@@ -82,7 +82,8 @@ CREATE TABLE IF NOT EXISTS blobs(
   stored INTEGER NOT NULL,
   xxh BLOB,
   pack INTEGER,
-  offset INTEGER
+  offset INTEGER,
+  level INTEGER
 );
 CREATE TABLE IF NOT EXISTS packs(
   id INTEGER PRIMARY KEY,

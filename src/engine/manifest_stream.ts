@@ -161,10 +161,15 @@ export class ManifestCache {
    */
   constructor(dir: string) {
     this.dir = dir;
-    try {
-      Deno.removeSync(dir, { recursive: true });
-    } catch { /* not there yet */ }
+    this.clear();
     Deno.mkdirSync(dir, { recursive: true });
+  }
+
+  /** Removes every cached file (at start, and at a clean shutdown: it is only a cache). */
+  clear(): void {
+    try {
+      Deno.removeSync(this.dir, { recursive: true });
+    } catch { /* not there */ }
   }
 
   #path(projectId: number, commit: CommitInfo): string {

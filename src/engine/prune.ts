@@ -95,7 +95,7 @@ export function pruneProject(
  * Rewrites pack files that are mostly dead space: live blobs are copied to a
  * new pack (fsync'd before the rows move), then the old file is removed.
  */
-function repack(index: IndexDb, store: BlobStore): void {
+export function repack(index: IndexDb, store: BlobStore): void {
   const db = index.db;
   const packs = db.prepare(
     `SELECT p.id AS id, coalesce((SELECT sum(stored) FROM blobs b WHERE b.pack = p.id), 0) AS live FROM packs p`,

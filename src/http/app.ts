@@ -33,7 +33,7 @@ export interface AppContext {
   idleTimeoutSec: number;
   log?: (line: string) => void;
   /** Counts requests in flight, until their response body is done (for shutdown). */
-  inflight?: { n: number };
+  inflight?: { n: number; last: number };
 }
 
 /** Wraps a response body so `done` runs once it is fully sent, failed or cancelled. */
@@ -82,11 +82,13 @@ export function createApp(ctx: AppContext): Hono<Env> {
     const inflight = ctx.inflight;
     app.use("*", async (c, next) => {
       inflight.n++;
+      inflight.last = Date.now();
       let ended = false;
       const end = () => {
         if (!ended) {
           ended = true;
           inflight.n--;
+          inflight.last = Date.now();
         }
       };
       try {

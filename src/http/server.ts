@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { BlobStore } from "../engine/blob_store.ts";
 import { KeepError } from "../engine/errors.ts";
 import { lockForLife } from "../engine/fs_native.ts";
+import { Compactor } from "../engine/compactor.ts";
 import { IndexDb } from "../engine/index_db.ts";
 import { ManifestCache } from "../engine/manifest_stream.ts";
 import { DEFAULT_LIMITS, type IngestLimits } from "../engine/ingest.ts";
@@ -26,6 +27,8 @@ export interface ServeOptions {
   key?: string;
   limits?: IngestLimits;
   idleTimeoutSec?: number;
+  /** Recompress blobs at rest after this long without requests (0: never). */
+  compactIdleMs?: number;
   log?: (line: string) => void;
   signal?: AbortSignal;
 }
@@ -74,9 +77,10 @@ export function startServer(options: ServeOptions): RunningServer {
       `no tokens yet: create one with  keep token create --data ${options.dataDir} --role admin --project '*' --name admin`,
     );
   }
-  const inflight = { n: 0 };
+  const inflight = { n: 0, last: Date.now() };
+  const manifests = new ManifestCache(join(options.dataDir, "cache"));
   const app = createApp({
-    manifests: new ManifestCache(join(options.dataDir, "cache")),
+    manifests,
     inflight,
     index,
     store,
@@ -120,7 +124,31 @@ export function startServer(options: ServeOptions): RunningServer {
   const port = server.addr.port;
   const scheme = options.cert ? "https" : "http";
   const host = options.hostname.includes(":") ? `[${options.hostname}]` : options.hostname;
-  const finished = server.finished.then(() => index.close());
+  // Recompression at rest, only once no request has been seen for a while.
+  const compactor = options.compactIdleMs ? new Compactor(index, store) : null;
+  let compactTimer: ReturnType<typeof setTimeout> | undefined;
+  const tick = () => {
+    if (!compactor) return;
+    const idle = inflight.n === 0 && Date.now() - inflight.last >= options.compactIdleMs!;
+    let more = true;
+    if (idle) {
+      try {
+        more = compactor.step(50);
+      } catch (err) {
+        log(`compaction stopped: ${(err as Error).message}`);
+        compactor.close();
+        return;
+      }
+    }
+    compactTimer = setTimeout(tick, !idle ? 1000 : more ? 0 : 30_000);
+  };
+  if (compactor) compactTimer = setTimeout(tick, 1000);
+  const finished = server.finished.then(() => {
+    clearTimeout(compactTimer);
+    compactor?.close();
+    manifests.clear();
+    index.close();
+  });
   return {
     url: `${scheme}://${host}:${port}`,
     port,
@@ -131,6 +159,8 @@ export function startServer(options: ServeOptions): RunningServer {
     },
     inflight: () => inflight.n,
     closeIndex: () => {
+      clearTimeout(compactTimer);
+      compactor?.close();
       try {
         index.close();
       } catch { /* already closed */ }
