@@ -136,6 +136,8 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
     const verbose = !!p.values.verbose;
     const client = new KeepClient(clientOptions(p));
     try {
+      const t0 = performance.now();
+      const elapsed = () => `[${((performance.now() - t0) / 1000).toFixed(2)} s]`;
       const result = await runBackup(root, client.remote(project), {
         message: p.values.message as string | undefined,
         tags: parseTags(p.values.tag as string[] | undefined),
@@ -152,7 +154,9 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
           : undefined,
         sync: !p.values["no-sync"],
         compress: compress as CompressMode,
-        onPhase: verbose ? (phase, detail) => note(`keep backup: ${phase}: ${detail}`) : undefined,
+        onPhase: verbose
+          ? (phase, detail) => note(`keep backup: ${elapsed()} ${phase}: ${detail}`)
+          : undefined,
         onProblem: verbose
           ? (q) => note(`keep backup: ${q.kind}: ${q.path}: ${q.reason}`)
           : undefined,

@@ -1,6 +1,6 @@
 /**
  * Change detection: merges the scan (sorted) with the parent manifest
- * (streamed, sorted) and classifies every path.
+ * (streamed in batches, sorted) and classifies every path.
  *
  * Rules for files (inode and device are never used: unstable on NAS mounts):
  * - not in the manifest, or another type: added / changed;
@@ -19,7 +19,7 @@
  * @module
  */
 
-import type { Entry } from "./manifest.ts";
+import { entriesFromLines, type Entry } from "./manifest.ts";
 import { comparePaths } from "./paths.ts";
 import type { ScanEntry } from "./scan.ts";
 
@@ -38,6 +38,8 @@ export interface DiffOptions {
   check?: CheckMode;
   /** Paths the scan could not read (directories: nor their contents). */
   unreadable?: string[];
+  /** Take unchanged lines without decoding them (default true; false for tests). */
+  fastPath?: boolean;
 }
 
 /** Why a file is suspect. */
@@ -64,18 +66,54 @@ export interface DiffPlan {
   /** Unreadable paths that exist in the manifest: kept, flagged. */
   unreadableKnown: string[];
   unchanged: number;
+  /** Of those, lines taken as unchanged without decoding them. */
+  undecoded: number;
   added: number;
   changed: number;
+}
+
+/** Characters JSON.stringify escapes in a (well-formed) string. */
+// deno-lint-ignore no-control-regex
+const NEEDS_ESCAPE = /["\\\u0000-\u001f]/;
+
+/** The position after `s` when `line` has it at `pos`, else -1 (and -1 stays -1). */
+function at(line: string, pos: number, s: string): number {
+  return pos >= 0 && line.startsWith(s, pos) ? pos + s.length : -1;
+}
+
+/** The position after the decimal digits of `n` when `line` has them at `pos`, else -1. */
+function digitsEqual(line: string, pos: number, n: number): number {
+  if (pos < 0) return -1;
+  const start = pos;
+  let v = 0;
+  for (let c = line.charCodeAt(pos); c >= 48 && c <= 57; c = line.charCodeAt(++pos)) {
+    v = v * 10 + (c - 48);
+  }
+  // No leading zeros, at most 15 digits (exact in a double): as JSON writes n.
+  const len = pos - start;
+  if (len === 0 || len > 15 || (len > 1 && line.charCodeAt(start) === 48)) return -1;
+  return v === n ? pos : -1;
 }
 
 function floorTo(t: bigint, g: bigint): bigint {
   return g <= 1n ? t : t - (((t % g) + g) % g);
 }
 
-/** Classifies a scan against the parent manifest. */
+/**
+ * Classifies a scan against the parent manifest, given as batches of its
+ * NDJSON lines (see `entryToJson`).
+ *
+ * Fast path: an unchanged file's line starts with exactly what the scan entry
+ * would be written as (path, type, size, mode, mtime, ctime), so when that
+ * prefix matches, the line carries no flag, the file is not racily clean and
+ * no `check` is asked for, it is unchanged without decoding the line. Every
+ * other line is decoded, validated and compared field by field. (Measured on
+ * 100,000 unchanged files: decoding every line cost about as much CPU as the
+ * walk that found them.)
+ */
 export async function diffTree(
   scan: ScanEntry[],
-  manifest: AsyncIterable<Entry> | Iterable<Entry>,
+  manifest: AsyncIterable<string[]> | Iterable<string[]>,
   options: DiffOptions = {},
 ): Promise<DiffPlan> {
   const useCtime = options.ctime ?? true;
@@ -93,6 +131,7 @@ export async function diffTree(
     keptBelowUnreadable: 0,
     unreadableKnown: [],
     unchanged: 0,
+    undecoded: 0,
     added: 0,
     changed: 0,
   };
@@ -117,16 +156,55 @@ export async function diffTree(
       send(scan[i++], "added");
     }
   };
-  for await (const prev of manifest) {
+  const fast = check === "none" && options.fastPath !== false;
+  /** True when `line` is the unchanged record of `e` (see above). */
+  const unchangedLine = (e: ScanEntry, line: string): boolean => {
+    if (e.type === "l" || (e.type === "f" && racyFrom !== null && e.mtime >= racyFrom)) {
+      return false;
+    }
+    // Field by field, as entryToJson writes them; no string is built for the
+    // whole prefix (measured: half the cost).
+    if (NEEDS_ESCAPE.test(e.path)) return false;
+    let pos = at(line, 0, '{"p":"');
+    pos = at(line, pos, e.path);
+    pos = at(line, pos, e.type === "f" ? '","t":"f","s":' : '","t":"d","s":');
+    pos = digitsEqual(line, pos, e.size);
+    pos = at(line, pos, ',"m":');
+    pos = digitsEqual(line, pos, e.mode);
+    pos = at(line, pos, ',"mt":"');
+    pos = at(line, pos, e.mtime.toString());
+    pos = at(line, pos, '","ct":"');
+    pos = at(line, pos, e.ctime.toString());
+    pos = at(line, pos, '"');
+    if (pos < 0) return false;
+    const next = line.charCodeAt(pos);
+    // A key can only follow a comma; "fl" cannot occur inside a hash or a
+    // JSON string (quotes are escaped there).
+    return (next === 44 || next === 125) && !line.includes('"fl":', pos);
+  };
+  const merge = (prev: Entry) => {
     takeScanBefore(prev.path);
     if (i < scan.length && scan[i].path === prev.path) {
       compare(scan[i++], prev);
-      continue;
+      return;
     }
     // In the manifest, not in the scan.
     if (unreadableSet.has(prev.path)) plan.unreadableKnown.push(prev.path);
     else if (belowUnreadable(prev.path)) plan.keptBelowUnreadable++;
     else plan.deleted.push(prev.path);
+  };
+  for await (const lines of manifest) {
+    for (const line of lines) {
+      if (fast && i < scan.length && unchangedLine(scan[i], line)) {
+        i++;
+        plan.unchanged++;
+        plan.undecoded++;
+        continue;
+      }
+      // One JSON.parse per line costs ~1 µs more than a batched one: noise
+      // next to sending the file that most such lines stand for.
+      merge(entriesFromLines([line])[0]);
+    }
   }
   takeScanBefore(null);
   return plan;

@@ -2,7 +2,8 @@
  * The client's walk of a backup source. Algorithm: depth-first over
  * directories with `readDirSync` and an lstat per entry (statx through FFI
  * where available, for ns times; measured fastest on this class of machine:
- * async stat pools were 5–6× slower and Workers gained nothing on 2 cores).
+ * async stat pools were 5–6× slower, and a walk on a Worker, overlapped with
+ * the manifest download, gained nothing on 2 cores and cost 30 MB).
  * Rules are applied while walking so excluded trees are never entered:
  * `.backupignore` files (gitignore syntax, any directory, deeper files win),
  * `--exclude` patterns (always exclude), CACHEDIR.TAG directories (kept with
@@ -118,23 +119,76 @@ class Limiter {
   }
 }
 
+/** Receives the walk's entries. */
+export interface Sink {
+  entry(rel: string, type: "f" | "d" | "l", st: NativeStat, target: string | undefined): void;
+}
+
+/** What a walk found besides its entries. */
+export interface WalkSummary {
+  problems: ScanProblem[];
+  unreadableDirs: string[];
+  startedNs: bigint;
+  granularity: bigint;
+}
+
 /**
  * Walks `root` and returns every entry to consider, sorted by path.
  *
  * `jobs` bounds the parallelism: with 1 everything is synchronous (fastest on
- * a local disk: no thread hand-offs); with more, directory listings and
- * lstat calls run on Deno's blocking pool, up to `jobs` at once, which hides
- * the round trip every call costs on NFS/SMB. The default picks 16 on a
- * network filesystem (statfs type) and 1 elsewhere.
+ * a local disk: no thread hand-offs); with more, directory listings and lstat
+ * calls run on Deno's blocking pool, up to `jobs` at once, which hides the
+ * round trip every call costs on NFS/SMB. The default picks 16 on a network
+ * filesystem (statfs type) and 1 elsewhere.
  */
 export async function scanTree(root: string, options: ScanOptions = {}): Promise<ScanResult> {
+  const jobs = Math.max(1, options.jobs ?? (networkFilesystem(root) ? 16 : 1));
+  const entries: ScanEntry[] = [];
+  const summary = await walkTree(root, { ...options, jobs }, {
+    entry(path, type, st, target) {
+      const e: ScanEntry = {
+        path,
+        type,
+        size: st.size,
+        mode: st.mode,
+        mtime: st.mtime,
+        ctime: st.ctime,
+      };
+      if (target !== undefined) e.target = target;
+      entries.push(e);
+    },
+  });
+  // Sequential walks emit in path order already; parallel ones interleave directories.
+  if (jobs > 1) entries.sort((a, b) => comparePaths(a.path, b.path));
+  return finish(entries, summary, options);
+}
+
+/** Drops what lies in unreadable directories and applies --include-from. */
+function finish(entries: ScanEntry[], summary: WalkSummary, options: ScanOptions): ScanResult {
+  // A directory that could not be listed is kept as it was (with its
+  // contents) through the parent commit, not half-recorded here.
+  const failed = new Set(summary.unreadableDirs);
+  let result = failed.size ? entries.filter((e) => !failed.has(e.path)) : entries;
+  if (options.include?.length) result = applyInclude(result, options.include);
+  return { entries: result, ...summary };
+}
+
+/**
+ * The walk itself. With `jobs` 1 it emits entries in path order (UTF-8 byte
+ * order): within a directory, a subdirectory's contents sort as if named
+ * `name/`, which need not follow `name` directly ("a", "a-b", "a/x").
+ */
+export async function walkTree(
+  root: string,
+  options: ScanOptions & { jobs: number },
+  sink: Sink,
+): Promise<WalkSummary> {
   const startedNs = BigInt(Date.now()) * 1_000_000n;
   const ignoreFile = options.ignoreFile ?? ".backupignore";
   const excludeCaches = options.excludeCaches ?? true;
   const exclude = options.exclude?.length ? ignore().add(options.exclude) : null;
-  const jobs = Math.max(1, options.jobs ?? (networkFilesystem(root) ? 16 : 1));
+  const jobs = options.jobs;
   const limiter = new Limiter(jobs);
-  const entries: ScanEntry[] = [];
   const problems: ScanProblem[] = [];
   const unreadableDirs: string[] = [];
   const problem = (p: ScanProblem) => {
@@ -243,6 +297,11 @@ export async function scanTree(root: string, options: ScanOptions = {}): Promise
       } else wanted.push(name);
     }
     const stats = await statAll(dirAbs, wanted);
+    // This directory's entries, in name order.
+    const names2: string[] = [];
+    const types: ("f" | "d" | "l")[] = [];
+    const kept: NativeStat[] = [];
+    const targets: (string | undefined)[] = [];
     const subdirs: string[] = [];
     for (let i = 0; i < wanted.length; i++) {
       const name = wanted[i];
@@ -265,42 +324,48 @@ export async function scanTree(root: string, options: ScanOptions = {}): Promise
       }
       const isDir = st.kind === "dir";
       if (ignored(here, rel, isDir)) continue;
-      const e: ScanEntry = {
-        path: rel,
-        type: isDir ? "d" : st.kind === "symlink" ? "l" : "f",
-        size: st.kind === "file" ? st.size : 0,
-        mode: st.mode,
-        mtime: st.mtime,
-        ctime: st.ctime,
-      };
+      let target: string | undefined;
       if (st.kind === "symlink") {
         try {
-          e.target = Deno.readLinkSync(`${dirAbs}/${name}`);
+          target = Deno.readLinkSync(`${dirAbs}/${name}`);
         } catch (err) {
           problem({ path: rel, reason: `cannot read link: ${reasonOf(err)}`, kind: "unreadable" });
           continue;
         }
-        if (e.target === "") {
+        if (target === "") {
           problem({ path: rel, reason: "symlink with an empty target skipped", kind: "skipped" });
           continue;
         }
       }
       if (st.kind === "file") noteGranularity(st.mtime);
-      entries.push(e);
-      if (isDir) subdirs.push(rel);
+      else st.size = 0;
+      names2.push(name);
+      types.push(isDir ? "d" : st.kind === "symlink" ? "l" : "f");
+      kept.push(st);
+      targets.push(target);
+      if (isDir) subdirs.push(name);
     }
-    if (jobs === 1) { for (const d of subdirs) await walk(d, here); }
-    else await Promise.all(subdirs.map((d) => walk(d, here)));
+    const emit = (j: number) => {
+      const name = names2[j];
+      sink.entry(dirRel === "" ? name : `${dirRel}/${name}`, types[j], kept[j], targets[j]);
+    };
+    const below = (name: string) => dirRel === "" ? name : `${dirRel}/${name}`;
+    if (jobs > 1) {
+      for (let j = 0; j < names2.length; j++) emit(j);
+      await Promise.all(subdirs.map((d) => walk(below(d), here)));
+      return;
+    }
+    // In path order: the contents of subdirectory `x` sort as "x/".
+    const keys = subdirs.map((d) => d + "/").sort(comparePaths);
+    let j = 0;
+    for (const key of keys) {
+      while (j < names2.length && comparePaths(names2[j], key) < 0) emit(j++);
+      await walk(below(key.slice(0, -1)), here);
+    }
+    while (j < names2.length) emit(j++);
   };
   await walk("", []);
-  // A directory that could not be listed is kept as it was (with its
-  // contents) through the parent commit, not half-recorded here.
-  const failed = new Set(unreadableDirs);
-  let result = failed.size ? entries.filter((e) => !failed.has(e.path)) : entries;
-  result.sort((a, b) => comparePaths(a.path, b.path));
-  if (options.include?.length) result = applyInclude(result, options.include);
   return {
-    entries: result,
     problems,
     unreadableDirs,
     startedNs,

@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { assert, assertEquals } from "../../tests/assert.ts";
+import { comparePaths } from "./paths.ts";
 import { scanTree } from "./scan.ts";
 
 function tree(): string {
@@ -18,6 +19,14 @@ function tree(): string {
   write("cache/CACHEDIR.TAG", "Signature: 8a477f597d28d172789f06886806bc55\n");
   write("cache/junk", "j");
   write("a-b", "dash sorts before a/");
+  // Names whose subtrees sort away from their own entry, and UTF-8 order
+  // (U+FF01 before an emoji, though JavaScript's < says otherwise).
+  write("a/x", "x");
+  write("a.d/y", "y");
+  write("a0", "0");
+  write("\uFF01", "fullwidth");
+  write("😀/z", "z");
+  write("é", "e");
   Deno.mkdirSync(join(root, "empty"));
   Deno.symlinkSync("d1", join(root, "link"));
   new Deno.Command("mkfifo", { args: [join(root, "fifo")] }).outputSync();
@@ -29,13 +38,29 @@ Deno.test("scanTree gives the same result sequentially and with parallel listing
   const one = await scanTree(root, { jobs: 1 });
   const many = await scanTree(root, { jobs: 8 });
   assertEquals(many.entries, one.entries);
+  const paths0 = one.entries.map((e) => e.path);
+  assertEquals(paths0, [...paths0].sort(comparePaths));
+  assert(
+    paths0.indexOf("a-b") < paths0.indexOf("a/x") && paths0.indexOf("a") < paths0.indexOf("a-b"),
+  );
   assertEquals(many.problems, one.problems);
   assertEquals(many.granularity, one.granularity);
-  // dirs, subdirs, files; then 2 ignore files, keep.o, cache/, its tag, a-b, empty/, link
-  assertEquals(one.entries.length, 20 + 20 * 3 + 600 + 8);
+  // dirs, subdirs, files; then 2 ignore files, keep.o, cache/, its tag, a-b, empty/, link;
+  // then a/, a/x, a.d/, a.d/y, a0, U+FF01, the emoji dir and its file, é
+  assertEquals(one.entries.length, 20 + 20 * 3 + 600 + 8 + 9);
   const paths = one.entries.map((e) => e.path);
   assert(paths.includes("d2/keep.o") && !paths.includes("d1/x.o"));
   assert(paths.includes("cache/CACHEDIR.TAG") && !paths.includes("cache/junk"));
-  assertEquals(paths.slice(0, 3), [".backupignore", "a-b", "cache"]);
+  assertEquals(paths.slice(0, 8), [
+    ".backupignore",
+    "a",
+    "a-b",
+    "a.d",
+    "a.d/y",
+    "a/x",
+    "a0",
+    "cache",
+  ]);
+  assertEquals(paths.slice(-3), ["é", "\uFF01", "😀", "😀/z"].slice(-3));
   assertEquals(one.problems.map((p) => [p.path, p.kind]), [["fifo", "skipped"]]);
 });

@@ -8,7 +8,7 @@
 import type { BackupRemote } from "../engine/backup.ts";
 import { KeepError } from "../engine/errors.ts";
 import { decodeMember, MemberSplitter } from "../engine/gzip_member.ts";
-import { type CommitInfo, type Entry, entryFromJson, LineSplitter } from "../engine/manifest.ts";
+import { type CommitInfo, entriesFromLines, type Entry, LineSplitter } from "../engine/manifest.ts";
 import type { PruneResult } from "../engine/prune.ts";
 import type { VerifyReport } from "../engine/verify.ts";
 import type { CommitNote, ProjectInfo } from "../engine/index_db.ts";
@@ -114,15 +114,27 @@ export class KeepClient {
     return (await this.#json<{ commit: CommitInfo | null }>(`${this.#p(project)}/head`)).commit;
   }
 
-  /** A commit's manifest: its info, then entries streamed in path order. */
+  /**
+   * A commit's manifest: its info, then entries streamed in path order, one
+   * by one (`entries`), in the batches they were decoded in (`batches`), or
+   * as batches of NDJSON lines not yet decoded (`lines`, for the backup's
+   * diff; see `entriesFromLines`). Read one of the three.
+   */
   async manifest(
     project: string,
     ref = "latest",
-  ): Promise<{ commit: CommitInfo | null; entries: AsyncIterable<Entry> }> {
+  ): Promise<
+    {
+      commit: CommitInfo | null;
+      entries: AsyncIterable<Entry>;
+      batches: AsyncIterable<Entry[]>;
+      lines: AsyncIterable<string[]>;
+    }
+  > {
     const res = await this.#fetch(`${this.#p(project)}/manifest?commit=${encodeURIComponent(ref)}`);
     const reader = res.body!.getReader();
     const split = new MemberSplitter();
-    const lines = new LineSplitter();
+    const splitter = new LineSplitter();
     let queue: string[] = [];
     let done = false;
     const fill = async () => {
@@ -130,13 +142,13 @@ export class KeepClient {
         const r = await reader.read();
         if (r.done) {
           split.end();
-          queue = lines.end();
+          queue = splitter.end();
           done = true;
           break;
         }
         split.push(r.value);
         for (let m = split.next(); m; m = split.next()) {
-          for (const l of lines.push(decodeMember(m))) queue.push(l);
+          for (const l of splitter.push(decodeMember(m))) queue.push(l);
         }
       }
     };
@@ -145,25 +157,23 @@ export class KeepClient {
     if (first === undefined) {
       throw new KeepError("unavailable", "Cannot read manifest: empty answer");
     }
-    const parse = (text: string): unknown => {
-      try {
-        return JSON.parse(text);
-      } catch {
-        throw new KeepError(
-          "invalid",
-          "Cannot read manifest: the server sent a line that is not JSON",
-        );
-      }
-    };
-    const commit = (parse(first) as { commit: CommitInfo | null }).commit;
-    async function* entries(): AsyncGenerator<Entry> {
+    let head: unknown;
+    try {
+      head = JSON.parse(first);
+    } catch {
+      throw new KeepError(
+        "invalid",
+        "Cannot read manifest: the server sent a line that is not JSON",
+      );
+    }
+    const commit = (head as { commit: CommitInfo | null }).commit;
+    async function* lineBatches(): AsyncGenerator<string[]> {
       try {
         for (;;) {
-          // Many lines in one JSON.parse: much cheaper than one call per line.
           if (queue.length) {
             const batch = queue;
             queue = [];
-            for (const o of parse(`[${batch.join(",")}]`) as unknown[]) yield entryFromJson(o);
+            yield batch;
           }
           if (done) return;
           await fill();
@@ -172,7 +182,15 @@ export class KeepClient {
         if (!done) await reader.cancel().catch(() => {});
       }
     }
-    return { commit, entries: entries() };
+    const lineStream = lineBatches();
+    async function* batches(): AsyncGenerator<Entry[]> {
+      for await (const batch of lineStream) yield entriesFromLines(batch);
+    }
+    const all = batches();
+    async function* entries(): AsyncGenerator<Entry> {
+      for await (const batch of all) yield* batch;
+    }
+    return { commit, entries: entries(), batches: all, lines: lineStream };
   }
 
   async upload(project: string, body: ReadableStream<Uint8Array>): Promise<CommitInfo> {
@@ -222,7 +240,10 @@ export class KeepClient {
   /** The BackupRemote for one project. */
   remote(project: string): BackupRemote {
     return {
-      latest: () => this.manifest(project, "latest"),
+      latest: async () => {
+        const m = await this.manifest(project, "latest");
+        return { commit: m.commit, lines: m.lines };
+      },
       upload: (body) => this.upload(project, body),
     };
   }
