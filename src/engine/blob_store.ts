@@ -20,7 +20,7 @@
 
 import { join } from "node:path";
 import { KeepError } from "./errors.ts";
-import { decodeMember, MemberSplitter } from "./gzip_member.ts";
+import { decodeMemberTransient, MemberSplitter } from "./gzip_member.ts";
 import { bytesToHex, hexToBytes, type IndexDb } from "./index_db.ts";
 
 /** Largest raw blob kept in a pack file. */
@@ -456,7 +456,7 @@ export class BlobStore {
       for (const chunk of this.read(hashHex)) {
         split.push(chunk);
         for (let m = split.next(); m; m = split.next()) {
-          const raw = decodeMember(m);
+          const raw = decodeMemberTransient(m);
           total += raw.length;
           h.update(raw);
         }

@@ -16,6 +16,142 @@
 import zlib from "node:zlib";
 import { KeepError } from "./errors.ts";
 
+/**
+ * One zlib stream object, reset and reused for every member. node:zlib's
+ * one-shot `deflateRawSync`/`inflateRawSync` build a new stream object and
+ * output buffers per call, freed only when V8 collects them: measured over
+ * 100,000 calls of 8 KiB, RSS grew from 42 MB to 147 MB and the calls took
+ * 7× longer (inflate 870 ms against 121 ms; deflate 1.25 s against 0.42 s).
+ * The reused object is driven through the binding that node:zlib's own sync
+ * path uses (`_handle.writeSync` and `_writeState`); when a Deno release
+ * lacks it, the one-shot functions are used instead (see `fastZlib`).
+ */
+interface ZHandle {
+  reset(): void;
+  writeSync(
+    flush: number,
+    input: Uint8Array,
+    inOff: number,
+    inLen: number,
+    out: Uint8Array,
+    outOff: number,
+    outLen: number,
+  ): void;
+  onerror: (message: string, errno: number) => void;
+}
+
+interface ZStream {
+  handle: ZHandle;
+  /** After writeSync: [output bytes left, input bytes left]. */
+  state: Uint32Array;
+  error: string | null;
+}
+
+function openStream(make: () => unknown): ZStream | null {
+  // deno-lint-ignore no-explicit-any
+  const s = make() as any;
+  const handle = s?._handle as ZHandle | undefined;
+  const state = s?._writeState;
+  if (
+    !handle || typeof handle.writeSync !== "function" || typeof handle.reset !== "function" ||
+    !(state instanceof Uint32Array) || state.length !== 2
+  ) {
+    return null;
+  }
+  const z: ZStream = { handle, state, error: null };
+  handle.onerror = (message) => {
+    z.error = message;
+  };
+  return z;
+}
+
+const deflaters = new Map<number, ZStream | null>();
+let inflater: ZStream | null | undefined;
+
+/**
+ * Runs `input` through a reset stream with Z_FINISH into `out`. Returns the
+ * output length, or -1 when `out` filled up first; throws the zlib message
+ * on bad data. The stream is dropped after an error (a reset does not clear
+ * it). `left` receives the input bytes not consumed.
+ */
+function runStream(
+  z: ZStream,
+  input: Uint8Array,
+  out: Uint8Array,
+): { produced: number; left: number } {
+  z.error = null;
+  z.handle.reset();
+  z.handle.writeSync(zlib.constants.Z_FINISH, input, 0, input.length, out, 0, out.length);
+  if (z.error !== null) throw new Error(z.error);
+  return { produced: out.length - z.state[0], left: z.state[1] };
+}
+
+let deflateOut = new Uint8Array(0);
+
+/**
+ * Deflates `raw` at `level`; the result is a view of a scratch buffer (valid
+ * until the next call), or null when it would not be shorter than `limit`.
+ */
+function deflateTransient(raw: Uint8Array, level: number, limit: number): Uint8Array | null {
+  if (!deflaters.has(level)) {
+    deflaters.set(level, openStream(() => zlib.createDeflateRaw({ level })));
+  }
+  const z = deflaters.get(level)!;
+  if (!z) {
+    const d = zlib.deflateRawSync(raw, { level });
+    return d.length < limit ? d : null;
+  }
+  if (deflateOut.length < limit) deflateOut = new Uint8Array(Math.max(limit, 64 << 10));
+  const out = deflateOut.subarray(0, limit);
+  let r;
+  try {
+    r = runStream(z, raw, out);
+  } catch (err) {
+    deflaters.delete(level);
+    throw err;
+  }
+  // A full buffer: the stream did not end within the limit.
+  return r.produced < limit ? out.subarray(0, r.produced) : null;
+}
+
+/**
+ * Inflates one deflate stream that must give exactly `rawLen` bytes into
+ * `out` (at least rawLen + 1 long). Returns the bytes of `body` after the
+ * stream's end. Throws on bad data, and RangeError past `rawLen`.
+ */
+function inflateInto(body: Uint8Array, rawLen: number, out: Uint8Array): number {
+  if (inflater === undefined) inflater = openStream(() => zlib.createInflateRaw());
+  const z = inflater;
+  if (!z) {
+    const r = zlib.inflateRawSync(body, {
+      maxOutputLength: Math.max(rawLen, 1),
+      info: true,
+    }) as unknown as { buffer: Uint8Array; engine: { bytesWritten: number } };
+    if (r.buffer.length > rawLen) throw new RangeError("too long");
+    out.set(r.buffer);
+    if (r.buffer.length !== rawLen) {
+      throw new Error(`length ${r.buffer.length}, header says ${rawLen}`);
+    }
+    return body.length - r.engine.bytesWritten;
+  }
+  let r;
+  try {
+    r = runStream(z, body, out.subarray(0, rawLen + 1));
+  } catch (err) {
+    inflater = undefined;
+    throw err;
+  }
+  if (r.produced > rawLen) throw new RangeError("too long");
+  if (r.produced !== rawLen) throw new Error(`length ${r.produced}, header says ${rawLen}`);
+  return r.left;
+}
+
+/** True when the reused zlib streams are in use (see ZHandle). */
+export function fastZlib(): boolean {
+  if (inflater === undefined) inflater = openStream(() => zlib.createInflateRaw());
+  return inflater !== null;
+}
+
 /** Largest uncompressed payload of one member. */
 export const MAX_MEMBER_RAW = 1 << 20;
 const HEADER = 24;
@@ -114,8 +250,8 @@ export function writeMember(
     sink(trailerScratch);
   };
   if (level > 0) {
-    const deflated = zlib.deflateRawSync(raw, { level });
-    if (deflated.length < limit) {
+    const deflated = deflateTransient(raw, level, limit);
+    if (deflated) {
       const total = HEADER + deflated.length + TRAILER;
       writeHeader(headerScratch, total, raw.length);
       sink(headerScratch);
@@ -179,8 +315,8 @@ export function looksRandom(raw: Uint8Array): boolean {
 export function autoLevel(raw: Uint8Array): Level {
   if (raw.length < 64) return 0;
   const sample = raw.length <= AUTO_SAMPLE ? raw : raw.subarray(0, AUTO_SAMPLE);
-  const out = zlib.deflateRawSync(sample, { level: 1 });
-  return out.length > sample.length * 0.9 ? 0 : 1;
+  const limit = Math.floor(sample.length * 0.9) + 1;
+  return deflateTransient(sample, 1, limit) ? 1 : 0;
 }
 
 /** Uncompressed length declared in a member's header. */
@@ -201,6 +337,20 @@ function hasKeepFraming(b: Uint8Array, s: number): boolean {
 
 /** Decodes and verifies one whole member (as cut by MemberSplitter). */
 export function decodeMember(member: Uint8Array): Uint8Array {
+  return decode(member, false);
+}
+
+let inflateScratch = new Uint8Array(64 << 10);
+
+/**
+ * decodeMember into a scratch buffer: the result is valid only until the
+ * next decode, for callers that consume it at once (hash, copy, text decode).
+ */
+export function decodeMemberTransient(member: Uint8Array): Uint8Array {
+  return decode(member, true);
+}
+
+function decode(member: Uint8Array, transient: boolean): Uint8Array {
   if (member.length < HEADER + TRAILER + 1 || !hasKeepFraming(member, 0)) {
     throw corrupt("not a Keep gzip member");
   }
@@ -213,15 +363,14 @@ export function decodeMember(member: Uint8Array): Uint8Array {
   const body = member.subarray(HEADER, member.length - TRAILER);
   let raw = decodeStored(body, rawLen);
   if (!raw) {
-    let used: number;
+    let out: Uint8Array;
+    if (transient) {
+      if (inflateScratch.length < rawLen + 1) inflateScratch = new Uint8Array(MAX_MEMBER_RAW + 1);
+      out = inflateScratch;
+    } else out = new Uint8Array(rawLen + 1);
+    let left: number;
     try {
-      // `info: true` also returns the engine, whose bytesWritten is the input consumed.
-      const r = zlib.inflateRawSync(body, {
-        maxOutputLength: Math.max(rawLen, 1),
-        info: true,
-      }) as unknown as { buffer: Uint8Array; engine: { bytesWritten: number } };
-      raw = r.buffer;
-      used = r.engine.bytesWritten;
+      left = inflateInto(body, rawLen, out);
     } catch (err) {
       throw corrupt(
         err instanceof RangeError ? "inflates past its declared size" : (err as Error).message,
@@ -229,7 +378,8 @@ export function decodeMember(member: Uint8Array): Uint8Array {
     }
     // zlib stops at the end of the deflate stream; anything after it would
     // be read by gzip as this member's trailer.
-    if (used !== body.length) throw corrupt(`${body.length - used} bytes after the deflate data`);
+    if (left !== 0) throw corrupt(`${left} bytes after the deflate data`);
+    raw = out.subarray(0, rawLen);
   }
   if (raw.length !== rawLen) throw corrupt(`length ${raw.length}, header says ${rawLen}`);
   if (v.getUint32(member.length - 4, true) !== (rawLen >>> 0)) throw corrupt("isize mismatch");

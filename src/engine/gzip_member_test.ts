@@ -6,7 +6,9 @@ import { KeepError } from "./errors.ts";
 import {
   autoLevel,
   decodeMember,
+  decodeMemberTransient,
   encodeMember,
+  fastZlib,
   MAX_MEMBER_BYTES,
   MAX_MEMBER_RAW,
   memberRawLength,
@@ -285,6 +287,36 @@ Deno.test("decodeMember rejects a truncated or broken deflate body", () => {
   assertInvalid(() => decodeMember(cut), /^Cannot read archive: corrupt gzip member \(.+\)$/);
   const reserved = handMember(new Uint8Array([0x07, 0, 0, 0, 0]), 0, 0); // BTYPE 11
   assertInvalid(() => decodeMember(reserved), /^Cannot read archive: corrupt gzip member \(.+\)$/);
+});
+
+Deno.test("members are coded through reused zlib streams, which a bad member does not break", () => {
+  // Deno 2.9's node:zlib exposes the binding its sync calls use; if a
+  // release drops it, Keep falls back to the one-shot calls (slower, and RSS
+  // grows ~1 KB per call until a GC), and this test says so.
+  assert(fastZlib(), "node:zlib's stream binding is not available: one-shot calls in use");
+  const raw = text(50_000);
+  const good = encodeMember(raw, 1);
+  const body = zlib.deflateRawSync(raw, { level: 6 });
+  const cut = handMember(body.subarray(0, body.length - 100), raw.length, zlib.crc32(raw));
+  for (let round = 0; round < 3; round++) {
+    assertInvalid(() => decodeMemberTransient(cut), /corrupt gzip member/);
+    assertEquals(plain(decodeMemberTransient(good)), raw);
+    assertInvalid(() => decodeMember(cut), /corrupt gzip member/);
+    assertEquals(plain(decodeMember(good)), raw);
+  }
+  // The owned result survives later decodes; the transient one is reused.
+  const owned = decodeMember(good);
+  const other = encodeMember(text(50_000).map((b) => b ^ 1), 6);
+  decodeMember(other);
+  decodeMemberTransient(other);
+  assertEquals(plain(owned), raw);
+  // Plain deflate that zlib's one-shot inflate reads, as small as the one-shot deflate's.
+  for (const level of [1, 2, 6, 9]) {
+    const viaStream = encodeMember(raw, level).subarray(24, -8);
+    assertEquals(plain(zlib.inflateRawSync(viaStream)), raw);
+    const oneShot = zlib.deflateRawSync(raw, { level }).length;
+    assert(Math.abs(viaStream.length - oneShot) <= oneShot / 100, `level ${level}`);
+  }
 });
 
 Deno.test("decodeMember rejects input that is not a whole Keep member", () => {

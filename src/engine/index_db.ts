@@ -219,7 +219,7 @@ export class IndexDb {
     db.exec("PRAGMA busy_timeout=30000");
     db.exec("PRAGMA foreign_keys=OFF");
     db.exec("PRAGMA temp_store=FILE");
-    db.exec("PRAGMA cache_size=-16384"); // 16 MiB: the hot set is the B-tree tops, not the data
+    db.exec("PRAGMA cache_size=-4096"); // 4 MiB: the hot set is the B-tree tops (16 MiB: +12 MB RSS, no faster)
     const version = Number((db.prepare("PRAGMA user_version").get() as Row).user_version);
     if (version > SCHEMA_VERSION) {
       db.close();

@@ -16,7 +16,12 @@
 
 import { createHash, type Hash } from "node:crypto";
 import { KeepError } from "./errors.ts";
-import { decodeMember, encodeMember, MAX_MEMBER_RAW, MemberSplitter } from "./gzip_member.ts";
+import {
+  decodeMemberTransient,
+  encodeMember,
+  MAX_MEMBER_RAW,
+  MemberSplitter,
+} from "./gzip_member.ts";
 import { hexToBytes, type IndexDb, type StageRow } from "./index_db.ts";
 import { concatBytes } from "./concat_bytes.ts";
 import { type BlobStore, PACK_MAX, PackWriter, type PendingBlob } from "./blob_store.ts";
@@ -257,7 +262,7 @@ export class Ingest {
     }
     this.#splitter.push(chunk);
     for (let m = this.#splitter.next(); m; m = this.#splitter.next()) {
-      const raw = decodeMember(m);
+      const raw = decodeMemberTransient(m); // hashed and copied before the next member
       this.#member = this.#blob && raw.length > 0 && this.#parser.dataRemaining >= raw.length
         ? m
         : null;

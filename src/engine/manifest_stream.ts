@@ -11,9 +11,10 @@
  */
 
 import { join } from "node:path";
-import { decodeMember, encodeMember, MemberSplitter } from "./gzip_member.ts";
+import { decodeMemberTransient, encodeMember, MemberSplitter } from "./gzip_member.ts";
 import type { IndexDb } from "./index_db.ts";
 import { type CommitInfo, entryToJson } from "./manifest.ts";
+import { churned, collectNow } from "./memory.ts";
 import { comparePaths } from "./paths.ts";
 
 const MEMBER_TARGET = 256 * 1024;
@@ -87,7 +88,7 @@ function* mergedMembers(
           first = false; // the parent's commit line
           continue;
         }
-        const lines = decoder.decode(decodeMember(m)).split("\n");
+        const lines = decoder.decode(decodeMemberTransient(m)).split("\n");
         lines.pop(); // members end with a newline
         for (const line of lines) {
           const path = pathOfLine(line);
@@ -218,6 +219,8 @@ export class ManifestCache {
         for (const m of members) {
           let o = 0;
           while (o < m.length) o += out.writeSync(m.subarray(o));
+          // ~4 bytes of entry objects and strings per byte of text went by.
+          churned(m.length * 16, true);
           if (++n % 4 === 0) await new Promise((r) => setTimeout(r, 0));
           if (index.headCommit(project)?.id !== commit.id) throw new Error("superseded");
         }
@@ -236,6 +239,7 @@ export class ManifestCache {
         } catch { /* gone */ }
       } finally {
         this.#building.delete(path);
+        collectNow();
       }
     })();
     this.#building.set(path, job);

@@ -12,6 +12,8 @@
  * @module
  */
 
+import { trimNativeHeap } from "./fs_native.ts";
+
 const EVERY = 32 << 20;
 let pending = 0;
 let pendingMinor = 0;
@@ -38,4 +40,16 @@ export function churned(bytes: number, full = false): void {
     pendingMinor = 0;
     gc({ type: "minor" });
   }
+}
+
+/**
+ * A full GC now, when exposed: after a big piece of work (an upload's
+ * commit, a manifest build) whose garbage would otherwise hold the heap at
+ * its high mark until the next allocation burst.
+ */
+export function collectNow(): void {
+  pending = 0;
+  pendingMinor = 0;
+  gc?.();
+  trimNativeHeap();
 }

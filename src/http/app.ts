@@ -14,6 +14,7 @@ import { exportArchive } from "../engine/export.ts";
 import { Ingest, type IngestLimits } from "../engine/ingest.ts";
 import { hexToBytes, type IndexDb } from "../engine/index_db.ts";
 import { type ManifestCache, manifestMembers } from "../engine/manifest_stream.ts";
+import { collectNow } from "../engine/memory.ts";
 import { normalisePrefix } from "../engine/paths.ts";
 import { pruneProject } from "../engine/prune.ts";
 import { verifyStore } from "../engine/verify.ts";
@@ -261,6 +262,7 @@ export function createApp(ctx: AppContext): Hono<Env> {
       }
       if (failure) throw failure;
       const commit = ingest.finish();
+      collectNow(); // the upload's garbage, before the manifest build adds its own
       ctx.manifests.prepare(index, p, commit, ingest.changedPaths).catch(() => {});
       ctx.log?.(
         `commit ${p} ${commit.id} #${commit.seq}: +${commit.counts.added} ~${commit.counts.changed} -${commit.counts.deleted} ${commit.stats.wireBytes} B in ${commit.stats.seconds} s`,

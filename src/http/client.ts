@@ -7,7 +7,7 @@
 
 import type { BackupRemote } from "../engine/backup.ts";
 import { KeepError } from "../engine/errors.ts";
-import { decodeMember, MemberSplitter } from "../engine/gzip_member.ts";
+import { decodeMemberTransient, MemberSplitter } from "../engine/gzip_member.ts";
 import { type CommitInfo, entriesFromLines, type Entry, LineSplitter } from "../engine/manifest.ts";
 import type { PruneResult } from "../engine/prune.ts";
 import type { VerifyReport } from "../engine/verify.ts";
@@ -148,7 +148,7 @@ export class KeepClient {
         }
         split.push(r.value);
         for (let m = split.next(); m; m = split.next()) {
-          for (const l of splitter.push(decodeMember(m))) queue.push(l);
+          for (const l of splitter.push(decodeMemberTransient(m))) queue.push(l);
         }
       }
     };
