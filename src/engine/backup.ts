@@ -132,8 +132,8 @@ export async function runBackup(
     options.onProblem?.(p);
   };
   options.onPhase?.("scan", root);
-  // The parent manifest is fetched and decoded while the tree is walked (on a
-  // Worker): on a no-change backup each takes about as long as the other.
+  // The parent manifest is requested before the walk: on a NAS, where the
+  // walk waits on the network, it downloads meanwhile (up to PREFETCH_LINES).
   let early: Promise<Prefetched> | null = remote.latest().then((l) => ({
     commit: l.commit,
     lines: prefetch(l.lines, PREFETCH_LINES),
@@ -167,7 +167,9 @@ export async function runBackup(
       attemptProblems.push(p);
     };
     options.onPhase?.("fetch", early ? "reading the latest manifest" : "latest manifest");
-    const latest = early ? await early : await remote.latest();
+    // A request made before a long walk may have failed (a server restart):
+    // asked again then.
+    const latest = early ? await early.catch(() => remote.latest()) : await remote.latest();
     early = null;
     options.onPhase?.("diff", `${scan.entries.length} scanned entries against the parent`);
     const parent = latest.commit;

@@ -493,19 +493,29 @@ export class MemberSplitter {
     return total;
   }
 
+  /** True when the last member `next(true)` returned is a view of the carry buffer. */
+  lastWasCarried = false;
+
   /**
    * The next whole member, or null when more input is needed. The bytes may
    * be a view into a pushed chunk: callers that keep them must not expect
    * them to be a fresh copy of their own (chunks are never reused here).
+   * With `transient`, a member that was split across chunks is returned as
+   * a view of the carry buffer (see `lastWasCarried`), valid only until the
+   * next `push` or `next`: no copy for callers that consume it at once.
    */
-  next(): Uint8Array | null {
+  next(transient = false): Uint8Array | null {
+    this.lastWasCarried = false;
     if (this.#end > this.#start) {
       // A member split across chunks, completed by push() (or not yet whole).
       const avail = this.#end - this.#start;
       if (avail < HEADER) return null;
       const total = this.#total(this.#buf, this.#start);
       if (avail < total) return null;
-      const member = this.#buf.slice(this.#start, this.#start + total);
+      this.lastWasCarried = transient;
+      const member = transient
+        ? this.#buf.subarray(this.#start, this.#start + total)
+        : this.#buf.slice(this.#start, this.#start + total);
       this.#start += total;
       this.offset += total;
       if (this.#start === this.#end) this.#start = this.#end = 0;

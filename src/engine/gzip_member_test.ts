@@ -54,12 +54,13 @@ function handMember(body: Uint8Array, raw: number, crc: number, isize = raw): Ui
 }
 
 /** Splits `stream` into members, pushing chunks of the given sizes. */
-function split(stream: Uint8Array, sizes: number[] = []): Uint8Array[] {
+function split(stream: Uint8Array, sizes: number[] = [], transient = false): Uint8Array[] {
   const s = new MemberSplitter();
   const out: Uint8Array[] = [];
   let i = 0;
   const drain = () => {
-    for (let m = s.next(); m; m = s.next()) out.push(m);
+    // Transient members are only valid until the next call: copied at once.
+    for (let m = s.next(transient); m; m = s.next(transient)) out.push(transient ? m.slice() : m);
   };
   for (const n of sizes) {
     if (i >= stream.length) break;
@@ -363,8 +364,9 @@ Deno.test("MemberSplitter cuts members from any chunking", () => {
   assertEquals(split(smallBytes, new Array(smallBytes.length).fill(1)), small);
   // Random splits, small and large, so members straddle chunks and chunks hold several.
   for (let seed = 1; seed <= 8; seed++) {
-    const got = split(bytes, randomSplits(bytes.length, seed, seed % 2 ? 3000 : 300_000));
-    assertEquals(got, members);
+    const sizes = randomSplits(bytes.length, seed, seed % 2 ? 3000 : 300_000);
+    assertEquals(split(bytes, sizes), members);
+    assertEquals(split(bytes, sizes, true), members);
   }
   assertEquals(split(smallBytes, randomSplits(smallBytes.length, 9, 50)), small);
   assertEquals(split(bytes).map((m) => plain(decodeMember(m))), payloads);

@@ -78,10 +78,13 @@ class BlobBuilder {
     }
   }
 
-  /** Adds an already-encoded member carrying the next raw bytes. */
-  addMember(member: Uint8Array): void {
+  /**
+   * Adds an already-encoded member carrying the next raw bytes; `transient`:
+   * the bytes are only valid during this call.
+   */
+  addMember(member: Uint8Array, transient = false): void {
     this.#flushRaw();
-    this.#emit(member);
+    this.#emit(transient && !this.#file ? member.slice() : member);
   }
 
   /** Adds raw bytes that arrived split across members: re-encoded here. */
@@ -211,6 +214,8 @@ export class Ingest {
   #xxh = new PartialHasher();
   #blob: BlobBuilder | null = null;
   #member: Uint8Array | null = null;
+  /** #member is a view of the splitter's carry buffer (copy it to keep it). */
+  #memberCarried = false;
   #pendingRows: StageRow[] = [];
   #pendingBlobs: PendingBlob[] = [];
   #pendingBytes = 0;
@@ -261,11 +266,14 @@ export class Ingest {
       );
     }
     this.#splitter.push(chunk);
-    for (let m = this.#splitter.next(); m; m = this.#splitter.next()) {
-      const raw = decodeMemberTransient(m); // hashed and copied before the next member
+    // Members, decoded bytes and carried members are views valid until the
+    // next member: consumed (hashed, written or copied) before it.
+    for (let m = this.#splitter.next(true); m; m = this.#splitter.next(true)) {
+      const raw = decodeMemberTransient(m);
       this.#member = this.#blob && raw.length > 0 && this.#parser.dataRemaining >= raw.length
         ? m
         : null;
+      this.#memberCarried = this.#splitter.lastWasCarried;
       this.#parser.push(raw);
       this.#member = null;
     }
@@ -409,7 +417,7 @@ export class Ingest {
     }
     this.#sha!.update(chunk);
     this.#xxh.update(chunk);
-    if (this.#member) this.#blob!.addMember(this.#member);
+    if (this.#member) this.#blob!.addMember(this.#member, this.#memberCarried);
     else this.#blob!.addRaw(chunk);
     this.bytesReceived += chunk.length;
   }
