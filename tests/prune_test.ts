@@ -2,7 +2,16 @@
  * keep prune: old commits go, the kept ones restore, unneeded blobs are freed.
  */
 
-import { assertEquals, assertMatch } from "./assert.ts";
+import { join } from "node:path";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { BlobStore } from "../src/engine/blob_store.ts";
+import { concatBytes } from "../src/engine/concat_bytes.ts";
+import { exportArchive } from "../src/engine/export.ts";
+import { decodeMember, MemberSplitter } from "../src/engine/gzip_member.ts";
+import { IndexDb } from "../src/engine/index_db.ts";
+import { pruneProject } from "../src/engine/prune.ts";
+import { TarParser } from "../src/engine/tar.ts";
+import { verifyStore } from "../src/engine/verify.ts";
 import {
   assertSameTree,
   json,
@@ -81,5 +90,67 @@ Deno.test("prune keeps the newest N commits, frees blobs only they used, and nee
     await keepOk(["backup", "--settle", "0", src], 0, { env });
   } finally {
     await server.stop();
+  }
+});
+
+Deno.test("an archive being streamed when prune moves and deletes packs still carries every file's content", async () => {
+  const server = await startServer();
+  const src = await tempDir();
+  // 60 files kept, 240 dropped by the next commit: after prune, their pack is mostly dead
+  // space and gets rewritten (moved, old pack deleted).
+  const keepSpec: Record<string, Uint8Array> = {};
+  for (let i = 0; i < 60; i++) keepSpec[`keep/f${i}.bin`] = randomData(20_000 + i);
+  try {
+    const dropSpec: Record<string, Uint8Array> = {};
+    for (let i = 0; i < 240; i++) dropSpec[`drop/f${i}.bin`] = randomData(20_000);
+    writeTree(src, { ...keepSpec, ...dropSpec });
+    await keepOk(["backup", "-s", server.url, "-p", "mv", "--settle", "0", src]);
+    await Deno.remove(join(src, "drop"), { recursive: true });
+    await keepOk(["backup", "-s", server.url, "-p", "mv", "--settle", "0", src]);
+  } finally {
+    await server.stop();
+  }
+  // The server is stopped: drive its engine in-process, as its handlers do.
+  const index = IndexDb.open(join(server.dataDir, "index.db"));
+  try {
+    const store = BlobStore.open(server.dataDir, index);
+    const head = index.headCommit("mv")!;
+    const packsBefore = [...Deno.readDirSync(join(server.dataDir, "packs"))].map((e) => e.name);
+    const chunks: Uint8Array[] = [];
+    const stream = exportArchive(index, store, head);
+    chunks.push(stream.next().value!); // the first page's blob places are read now
+    const pruned = pruneProject(index, store, "mv", 1);
+    assertEquals(pruned.commitsRemoved, 1);
+    const packsAfter = [...Deno.readDirSync(join(server.dataDir, "packs"))].map((e) => e.name);
+    assert(packsBefore.some((p) => !packsAfter.includes(p)), "no pack was rewritten");
+    for (const c of stream) chunks.push(c);
+    // Every file arrives with the content its pax hash names.
+    const seen = new Map<string, Uint8Array>();
+    let name = "";
+    let parts: Uint8Array[] = [];
+    const parser = new TarParser({
+      entry(h) {
+        name = h.path;
+        parts = [];
+      },
+      data(d) {
+        parts.push(d.slice());
+      },
+      entryEnd() {
+        if (name.endsWith(".bin")) seen.set(name, concatBytes(parts));
+      },
+    });
+    const split = new MemberSplitter();
+    for (const c of chunks) {
+      split.push(c);
+      for (let m = split.next(); m; m = split.next()) parser.push(decodeMember(m));
+    }
+    split.end();
+    parser.finish();
+    assertEquals([...seen.keys()].sort(), Object.keys(keepSpec).sort());
+    for (const [path, data] of Object.entries(keepSpec)) assertEquals(seen.get(path), data, path);
+    assert(verifyStore(index, store).ok);
+  } finally {
+    index.close();
   }
 });

@@ -349,8 +349,14 @@ export class BlobStore {
    * The stored bytes of a blob in pieces that are views of one reused buffer,
    * valid only until the next piece: for callers that copy at once.
    */
-  *pieces(hashHex: string): Generator<Uint8Array> {
-    const info = this.info(hashHex);
+  *pieces(
+    hashHex: string,
+    known?: { blob: BlobInfo | null; epoch: number },
+  ): Generator<Uint8Array> {
+    // A place read with the manifest page holds unless blobs moved since.
+    const info = known?.blob && known.epoch === this.index.blobEpoch
+      ? known.blob
+      : this.info(hashHex);
     if (!info) throw new KeepError("integrity", `Cannot read blob ${hashHex}: not in the store`);
     if (info.pack === null) {
       const f = this.#openFile(hashHex);

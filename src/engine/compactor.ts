@@ -114,6 +114,7 @@ export class Compactor {
       const skip = this.#index.stmt("UPDATE blobs SET level = ? WHERE id = ? AND level IS NULL");
       for (const id of skips) skip.run(SKIP, id);
     }, true);
+    this.#index.blobEpoch++;
     return true;
   }
 

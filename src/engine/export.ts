@@ -51,14 +51,12 @@ export function* exportArchive(
   // chunks cheaply; see pack.ts for the upload direction).
   const out = new BlockWriter(256 * 1024);
   let pad = 0;
-  for (const e of index.entries(commit.project, commit, prefix)) {
-    const blocks = encodeHeader(headerFor(e));
-    const raw = new Uint8Array(pad + blocks.length);
-    raw.set(blocks, pad);
-    writeMember(raw, 0, out.write);
+  for (const row of index.entriesWithBlobs(commit.project, commit, prefix)) {
+    const e = row.entry;
+    writeMember(encodeHeader(headerFor(e), pad), 0, out.write);
     pad = 0;
     if (e.type === "f" && e.size > 0) {
-      for (const piece of store.pieces(e.hash!)) {
+      for (const piece of store.pieces(e.hash!, row)) {
         out.write(piece);
         if (out.ready) yield* out.take();
       }

@@ -185,6 +185,18 @@ function rowToEntry(r: unknown[]): Entry {
 // Hashes come out as hex text: no small ArrayBuffer per row (a 1M-row manifest made 2M of them).
 const COLS =
   "path, type, size, mode, mtime, ctime, lower(hex(hash)), target, lower(hex(xxh)), flag";
+/** COLS with the raw hash (for a join), and COLS read back from such a row set `e`. */
+const RAW_COLS = "path, type, size, mode, mtime, ctime, hash, target, xxh, flag";
+const COLS_OF_E =
+  "e.path, e.type, e.size, e.mode, e.mtime, e.ctime, lower(hex(e.hash)), e.target, lower(hex(e.xxh)), e.flag";
+
+/** Where a blob's bytes are (see BlobStore). */
+export interface BlobPlace {
+  size: number;
+  stored: number;
+  pack: number | null;
+  offset: number | null;
+}
 
 /** Sorted key range of a path prefix: [lo, hi) plus the exact path itself. */
 function prefixEnd(prefix: string): string {
@@ -402,13 +414,75 @@ export class IndexDb {
     before: string,
     limit: number,
   ): Entry[] {
+    return this.#page(projectId, seq, headSeq, after, before, limit, false).map(rowToEntry);
+  }
+
+  #page(
+    projectId: number,
+    seq: number,
+    headSeq: number,
+    after: string,
+    before: string,
+    limit: number,
+    withBlobs: boolean,
+  ): unknown[][] {
+    const cols = withBlobs ? RAW_COLS : COLS;
     const cur =
-      `SELECT ${COLS} FROM current WHERE project = ?1 AND path > ?3 AND path < ?4 AND first <= ?2`;
-    const sql = seq === headSeq
+      `SELECT ${cols} FROM current WHERE project = ?1 AND path > ?3 AND path < ?4 AND first <= ?2`;
+    let sql = seq === headSeq
       ? `${cur} ORDER BY path LIMIT ?5`
-      : `SELECT * FROM (${cur} UNION ALL SELECT ${COLS} FROM history WHERE project = ?1 AND path > ?3 AND path < ?4 AND first <= ?2 AND last > ?2) ORDER BY path LIMIT ?5`;
+      : `SELECT * FROM (${cur} UNION ALL SELECT ${cols} FROM history WHERE project = ?1 AND path > ?3 AND path < ?4 AND first <= ?2 AND last > ?2) ORDER BY path LIMIT ?5`;
+    if (withBlobs) {
+      // The blob's place in the store, in the same query: one lookup per
+      // file on restore cost more than encoding its tar header.
+      sql = `SELECT ${COLS_OF_E}, b.size, b.stored, b.pack, b.offset FROM (${sql}) e
+        LEFT JOIN blobs b ON b.hash = e.hash ORDER BY e.path`;
+    }
     const s = this.stmt(sql, true, true);
-    return (s.all(projectId, seq, after, before, limit) as unknown as unknown[][]).map(rowToEntry);
+    return s.all(projectId, seq, after, before, limit) as unknown as unknown[][];
+  }
+
+  /**
+   * Bumped whenever blob rows move or go (prune, recompression): a place
+   * read before a change of this number may be stale.
+   */
+  blobEpoch = 0;
+
+  /**
+   * Like `entries`, with each file's blob place (null for other entries, or
+   * when the blob row is missing) and the `blobEpoch` it was read at.
+   */
+  *entriesWithBlobs(
+    project: string,
+    commit: CommitInfo,
+    prefix = "",
+    pageSize = 2000,
+  ): Generator<{ entry: Entry; blob: BlobPlace | null; epoch: number }> {
+    const pid = this.projectId(project);
+    if (pid === null) return;
+    if (prefix !== "") {
+      const exact = this.entryAt(pid, commit.seq, prefix);
+      if (exact) yield { entry: exact, blob: null, epoch: -1 };
+    }
+    let after = prefix === "" ? "" : prefix + "/";
+    const before = prefixEnd(prefix);
+    for (;;) {
+      const headSeq = this.headCommit(project)?.seq ?? 0; // see entries()
+      const epoch = this.blobEpoch;
+      const rows = this.#page(pid, commit.seq, headSeq, after, before, pageSize, true);
+      for (const r of rows) {
+        const entry = rowToEntry(r);
+        const blob = r[10] === null || r[10] === undefined ? null : {
+          size: Number(r[10]),
+          stored: Number(r[11]),
+          pack: r[12] === null ? null : Number(r[12]),
+          offset: r[13] === null ? null : Number(r[13]),
+        };
+        yield { entry, blob, epoch };
+      }
+      if (rows.length < pageSize) return;
+      after = rows[rows.length - 1][0] as string;
+    }
   }
 
   /** One entry of commit `seq`, or null. */

@@ -136,10 +136,7 @@ async function* generate(options: PackOptions, stats: PackStats): AsyncGenerator
   // not per member (fewer short-lived buffers keep the client's RSS flat).
   const out = new BlockWriter(WIRE_CHUNK);
   const headerMember = (h: TarHeader) => {
-    const blocks = encodeHeader(h);
-    const raw = new Uint8Array(pad + blocks.length);
-    raw.set(blocks, pad);
-    writeMember(raw, 0, out.write);
+    writeMember(encodeHeader(h, pad), 0, out.write);
     pad = 0;
   };
   const dataMembers = (data: Uint8Array) => {

@@ -82,6 +82,7 @@ export function pruneProject(
     }
     db.prepare(`DELETE FROM blobs WHERE id IN (SELECT id ${dead})`).run();
   }, true);
+  index.blobEpoch++; // places read before (a restore in progress) are stale
   for (const f of files) {
     try {
       Deno.removeSync(f);
@@ -126,6 +127,7 @@ export function repack(index: IndexDb, store: BlobStore): void {
       for (const m of moved) upd.run(m.pack, m.offset, m.id);
       db.prepare("DELETE FROM packs WHERE id = ?").run(p.id);
     }, true);
+    index.blobEpoch++;
     store.closeReaders();
     try {
       Deno.removeSync(path);

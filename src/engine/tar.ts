@@ -53,22 +53,81 @@ const MAX_OCTAL_TIME_NS = BigInt(MAX_OCTAL_SIZE) * 1_000_000_000n;
 /** Times are ns in a signed 64-bit integer (as SQLite stores them). */
 const MAX_NS = (1n << 63n) - 1n;
 
-function paxRecord(key: string, value: string): string {
-  const body = ` ${key}=${value}\n`;
-  const bodyLen = encoder.encode(body).length;
-  let len = bodyLen + String(bodyLen).length;
-  if (String(len).length + bodyLen !== len) len = bodyLen + String(len).length;
-  return `${len}${body}`;
-}
-
+/** Octal digits of `value`, zero-padded to width - 1, then NUL (written into b at off). */
 function writeOctal(b: Uint8Array, off: number, width: number, value: number): void {
-  const s = value.toString(8).padStart(width - 1, "0");
-  for (let i = 0; i < width - 1; i++) b[off + i] = s.charCodeAt(i);
+  let v = value;
+  for (let i = off + width - 2; i >= off; i--) {
+    b[i] = 0x30 + (v % 8);
+    v = Math.floor(v / 8);
+  }
   b[off + width - 1] = 0;
 }
 
-function writeString(b: Uint8Array, off: number, width: number, bytes: Uint8Array): void {
-  b.set(bytes.subarray(0, width), off);
+/**
+ * A string headed for a header: its UTF-8 length, and whether it is
+ * printable ASCII (then written char by char, with no encoder call).
+ */
+interface Text {
+  s: string;
+  ascii: boolean;
+  bytes: Uint8Array | null;
+  length: number;
+}
+
+function text(s: string): Text {
+  if (isAscii(s)) return { s, ascii: true, bytes: null, length: s.length };
+  const bytes = encoder.encode(s);
+  return { s, ascii: false, bytes, length: bytes.length };
+}
+
+/** Writes `t`'s UTF-8 bytes [from, from + n) at b[off]. */
+function writeText(b: Uint8Array, off: number, t: Text, from: number, n: number): void {
+  if (t.ascii) { for (let i = 0; i < n; i++) b[off + i] = t.s.charCodeAt(from + i); }
+  else b.set(t.bytes!.subarray(from, from + n), off);
+}
+
+/** A name or link field: the first 100 bytes, or the last 100 when longer (pax holds it whole). */
+function writeNameField(b: Uint8Array, off: number, t: Text): void {
+  if (t.length > 100) writeText(b, off, t, t.length - 100, 100);
+  else writeText(b, off, t, 0, t.length);
+}
+
+/** One pax record "LEN key=value\n" for a value of `valueBytes` UTF-8 bytes. */
+function paxRecord(key: string, value: string, valueBytes: number): string {
+  const bodyLen = key.length + valueBytes + 3; // " " key "=" value "\n"
+  let len = bodyLen + String(bodyLen).length;
+  if (String(len).length + bodyLen !== len) len = bodyLen + String(len).length;
+  return `${len} ${key}=${value}\n`;
+}
+
+const USTAR_MAGIC = [0x75, 0x73, 0x74, 0x61, 0x72, 0, 0x30, 0x30]; // "ustar\0" "00"
+
+/** Writes a ustar header block at b[off] (b is zero-filled there). */
+function ustarInto(
+  b: Uint8Array,
+  off: number,
+  name: Text,
+  h: TarHeader,
+  mode: number,
+  linkname: Text | null,
+  typeflag: number,
+  size: number,
+): void {
+  writeNameField(b, off, name);
+  writeOctal(b, off + 100, 8, mode & 0o7777);
+  writeOctal(b, off + 108, 8, 0);
+  writeOctal(b, off + 116, 8, 0);
+  writeOctal(b, off + 124, 12, size > MAX_OCTAL_SIZE ? 0 : size);
+  const sec = h.mtime < 0n ? 0 : Number(h.mtime / 1_000_000_000n);
+  writeOctal(b, off + 136, 12, Math.min(sec, 0o77777777777));
+  b[off + 156] = typeflag;
+  if (linkname) writeNameField(b, off + 157, linkname);
+  for (let i = 0; i < 8; i++) b[off + 257 + i] = USTAR_MAGIC[i];
+  let sum = 8 * 0x20; // the checksum field counts as spaces
+  for (let i = off; i < off + 148; i++) sum += b[i];
+  for (let i = off + 156; i < off + BLOCK; i++) sum += b[i];
+  writeOctal(b, off + 148, 7, sum);
+  b[off + 155] = 0x20;
 }
 
 function isAscii(s: string): boolean {
@@ -96,77 +155,55 @@ function parseKeepComment(text: string): Record<string, string> | undefined {
   return out;
 }
 
-function ustar(
-  name: Uint8Array,
-  h: TarHeader,
-  linkname: Uint8Array,
-  typeflag: string,
-  size: number,
-): Uint8Array {
-  const b = new Uint8Array(BLOCK);
-  writeString(b, 0, 100, name);
-  writeOctal(b, 100, 8, h.mode & 0o7777);
-  writeOctal(b, 108, 8, 0);
-  writeOctal(b, 116, 8, 0);
-  writeOctal(b, 124, 12, size > MAX_OCTAL_SIZE ? 0 : size);
-  const sec = h.mtime < 0n ? 0 : Number(h.mtime / 1_000_000_000n);
-  writeOctal(b, 136, 12, Math.min(sec, 0o77777777777));
-  b[156] = typeflag.charCodeAt(0);
-  writeString(b, 157, 100, linkname);
-  b.set([0x75, 0x73, 0x74, 0x61, 0x72, 0, 0x30, 0x30], 257); // "ustar\0" "00"
-  for (let i = 148; i < 156; i++) b[i] = 0x20;
-  let sum = 0;
-  for (let i = 0; i < BLOCK; i++) sum += b[i];
-  writeOctal(b, 148, 7, sum);
-  b[155] = 0x20;
-  return b;
-}
-
 /**
  * Encodes the header blocks (a pax header when needed, then ustar) of one
- * entry. File data and its padding follow separately.
+ * entry, after `lead` zero bytes (the previous entry's padding, so that the
+ * caller needs no second buffer). File data and its padding follow
+ * separately. Printable-ASCII names and values are written without an
+ * encoder call: headers are per file, and restores write 100k of them.
  *
  * @example
  * ```ts
  * const blocks = encodeHeader({ path: "a.txt", type: "file", size: 3, mode: 0o644, mtime: 0n });
  * ```
  */
-export function encodeHeader(h: TarHeader): Uint8Array {
-  const name = h.type === "dir" ? h.path + "/" : h.path;
-  const nameBytes = encoder.encode(name);
-  const linkBytes = encoder.encode(h.linkname ?? "");
+export function encodeHeader(h: TarHeader, lead = 0): Uint8Array {
+  const name = text(h.type === "dir" ? h.path + "/" : h.path);
+  const link = h.linkname !== undefined ? text(h.linkname) : null;
   let pax = "";
-  if (nameBytes.length > 100 || !isAscii(name)) pax += paxRecord("path", name);
-  if (linkBytes.length > 100 || !isAscii(h.linkname ?? "")) {
-    pax += paxRecord("linkpath", h.linkname ?? "");
-  }
-  if (h.size > MAX_OCTAL_SIZE) pax += paxRecord("size", String(h.size));
+  let paxBytes = 0;
+  let paxAscii = true;
+  const record = (key: string, t: Text) => {
+    const r = paxRecord(key, t.s, t.length);
+    pax += r;
+    paxBytes += r.length - t.s.length + t.length;
+    if (!t.ascii) paxAscii = false;
+  };
+  if (name.length > 100 || !name.ascii) record("path", name);
+  if (link && (link.length > 100 || !link.ascii)) record("linkpath", link);
+  if (h.size > MAX_OCTAL_SIZE) record("size", text(String(h.size)));
   if (h.mtime % 1_000_000_000n !== 0n || h.mtime < 0n || h.mtime > MAX_OCTAL_TIME_NS) {
-    pax += paxRecord("mtime", nsText(h.mtime));
+    record("mtime", text(nsText(h.mtime)));
   }
-  if (h.ctime !== undefined) pax += paxRecord("ctime", nsText(h.ctime));
-  if (h.keep) pax += paxRecord("comment", formatKeepComment(h.keep));
-  const typeflag = h.type === "file" ? "0" : h.type === "dir" ? "5" : "2";
-  const main = ustar(
-    nameBytes.length > 100 ? asciiFallback(nameBytes) : nameBytes,
-    h,
-    linkBytes.length > 100 ? asciiFallback(linkBytes) : linkBytes,
-    typeflag,
-    h.type === "file" ? h.size : 0,
-  );
-  if (pax === "") return main;
-  const paxBytes = encoder.encode(pax);
-  const paxName = encoder.encode("PaxHeaders/" + asciiName(h.path));
-  const ph = ustar(paxName, { ...h, mode: 0o644 }, new Uint8Array(0), "x", paxBytes.length);
-  const out = new Uint8Array(BLOCK + padded(paxBytes.length) + BLOCK);
-  out.set(ph, 0);
-  out.set(paxBytes, BLOCK);
-  out.set(main, BLOCK + padded(paxBytes.length));
+  if (h.ctime !== undefined) record("ctime", text(nsText(h.ctime)));
+  if (h.keep) record("comment", text(formatKeepComment(h.keep)));
+  const typeflag = h.type === "file" ? 0x30 : h.type === "dir" ? 0x35 : 0x32;
+  const size = h.type === "file" ? h.size : 0;
+  if (pax === "") {
+    const out = new Uint8Array(lead + BLOCK);
+    ustarInto(out, lead, name, h, h.mode, link, typeflag, size);
+    return out;
+  }
+  const body = padded(paxBytes);
+  const out = new Uint8Array(lead + BLOCK + body + BLOCK);
+  const paxName = text("PaxHeaders/" + asciiName(h.path));
+  ustarInto(out, lead, paxName, h, 0o644, null, 0x78, paxBytes); // 'x'
+  if (paxAscii) {
+    const o = lead + BLOCK;
+    for (let i = 0; i < pax.length; i++) out[o + i] = pax.charCodeAt(i);
+  } else encoder.encodeInto(pax, out.subarray(lead + BLOCK, lead + BLOCK + paxBytes));
+  ustarInto(out, lead + BLOCK + body, name, h, h.mode, link, typeflag, size);
   return out;
-}
-
-function asciiFallback(bytes: Uint8Array): Uint8Array {
-  return bytes.subarray(bytes.length - 100); // the pax path wins; keep the tail for old readers
 }
 
 function asciiName(path: string): string {
