@@ -302,8 +302,13 @@ interface Prefetched {
   lines: AsyncIterable<string[]> & { cancel(): Promise<void> };
 }
 
-/** Manifest lines read ahead while the scan runs: enough for 100k-file trees (~20 MB). */
-const PREFETCH_LINES = 150_000;
+/**
+ * Manifest lines read ahead while the scan runs (~4 MB): on a NAS, where the
+ * walk waits on the network, the start of the download overlaps it; more
+ * would hold memory for little (the rest of a 100k-line manifest takes tens
+ * of ms on a LAN).
+ */
+const PREFETCH_LINES = 20_000;
 
 /**
  * Reads batches of `src` ahead of the consumer, in the background, until

@@ -21,7 +21,7 @@
 
 import { entriesFromLines, type Entry } from "./manifest.ts";
 import { comparePaths } from "./paths.ts";
-import type { ScanEntry } from "./scan.ts";
+import { type ScanEntry, ScanTable } from "./scan.ts";
 
 /** Extra content checks for metadata-unchanged files. */
 export type CheckMode = "none" | "partial" | "full";
@@ -112,10 +112,11 @@ function floorTo(t: bigint, g: bigint): bigint {
  * walk that found them.)
  */
 export async function diffTree(
-  scan: ScanEntry[],
+  scanned: ScanTable | ScanEntry[],
   manifest: AsyncIterable<string[]> | Iterable<string[]>,
   options: DiffOptions = {},
 ): Promise<DiffPlan> {
+  const scan = Array.isArray(scanned) ? ScanTable.of(scanned) : scanned;
   const useCtime = options.ctime ?? true;
   const g = options.granularity ?? 1n;
   const check = options.check ?? "none";
@@ -152,29 +153,31 @@ export async function diffTree(
 
   let i = 0;
   const takeScanBefore = (path: string | null) => {
-    while (i < scan.length && (path === null || comparePaths(scan[i].path, path) < 0)) {
-      send(scan[i++], "added");
+    while (i < scan.length && (path === null || comparePaths(scan.path(i), path) < 0)) {
+      send(scan.get(i++), "added");
     }
   };
   const fast = check === "none" && options.fastPath !== false;
-  /** True when `line` is the unchanged record of `e` (see above). */
-  const unchangedLine = (e: ScanEntry, line: string): boolean => {
-    if (e.type === "l" || (e.type === "f" && racyFrom !== null && e.mtime >= racyFrom)) {
+  /** True when `line` is the unchanged record of scanned entry `k` (see above). */
+  const unchangedLine = (k: number, line: string): boolean => {
+    const type = scan.type(k);
+    if (type === "l" || (type === "f" && racyFrom !== null && scan.mtime(k) >= racyFrom)) {
       return false;
     }
     // Field by field, as entryToJson writes them; no string is built for the
     // whole prefix (measured: half the cost).
-    if (NEEDS_ESCAPE.test(e.path)) return false;
+    const path = scan.path(k);
+    if (NEEDS_ESCAPE.test(path)) return false;
     let pos = at(line, 0, '{"p":"');
-    pos = at(line, pos, e.path);
-    pos = at(line, pos, e.type === "f" ? '","t":"f","s":' : '","t":"d","s":');
-    pos = digitsEqual(line, pos, e.size);
+    pos = at(line, pos, path);
+    pos = at(line, pos, type === "f" ? '","t":"f","s":' : '","t":"d","s":');
+    pos = digitsEqual(line, pos, scan.size(k));
     pos = at(line, pos, ',"m":');
-    pos = digitsEqual(line, pos, e.mode);
+    pos = digitsEqual(line, pos, scan.mode(k));
     pos = at(line, pos, ',"mt":"');
-    pos = at(line, pos, e.mtime.toString());
+    pos = at(line, pos, scan.mtime(k).toString());
     pos = at(line, pos, '","ct":"');
-    pos = at(line, pos, e.ctime.toString());
+    pos = at(line, pos, scan.ctime(k).toString());
     pos = at(line, pos, '"');
     if (pos < 0) return false;
     const next = line.charCodeAt(pos);
@@ -184,8 +187,8 @@ export async function diffTree(
   };
   const merge = (prev: Entry) => {
     takeScanBefore(prev.path);
-    if (i < scan.length && scan[i].path === prev.path) {
-      compare(scan[i++], prev);
+    if (i < scan.length && scan.path(i) === prev.path) {
+      compare(scan.get(i++), prev);
       return;
     }
     // In the manifest, not in the scan.
@@ -195,7 +198,7 @@ export async function diffTree(
   };
   for await (const lines of manifest) {
     for (const line of lines) {
-      if (fast && i < scan.length && unchangedLine(scan[i], line)) {
+      if (fast && i < scan.length && unchangedLine(i, line)) {
         i++;
         plan.unchanged++;
         plan.undecoded++;

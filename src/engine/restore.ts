@@ -16,7 +16,7 @@ import { createHash, type Hash } from "node:crypto";
 import { concatBytes } from "./concat_bytes.ts";
 import { KeepError } from "./errors.ts";
 import { lstatNs, setTimesNs } from "./fs_native.ts";
-import { decodeMember, MemberSplitter } from "./gzip_member.ts";
+import { decodeMemberTransient, MemberSplitter } from "./gzip_member.ts";
 import { churned } from "./memory.ts";
 import { comparePaths, parentOf, pathProblem } from "./paths.ts";
 import type { WriteError, WriteJob } from "./restore_writer.ts";
@@ -254,7 +254,11 @@ export async function restoreArchive(
     for await (const chunk of stream) {
       if (options.signal?.aborted) throw options.signal.reason;
       split.push(chunk);
-      for (let m = split.next(); m; m = split.next()) parser.push(decodeMember(m));
+      // Views valid until the next member: the parser's sink hashes and
+      // writes or copies every piece at once.
+      for (let m = split.next(true); m; m = split.next(true)) {
+        parser.push(decodeMemberTransient(m));
+      }
       churned(chunk.length * 2);
       options.onProgress?.(result);
       await writer.ready();

@@ -55,7 +55,7 @@ export interface ScanOptions {
 
 /** The scan of one tree. */
 export interface ScanResult {
-  entries: ScanEntry[];
+  entries: ScanTable;
   problems: ScanProblem[];
   /** Directories that could not be listed: their previous contents are kept. */
   unreadableDirs: string[];
@@ -143,34 +143,171 @@ export interface WalkSummary {
  */
 export async function scanTree(root: string, options: ScanOptions = {}): Promise<ScanResult> {
   const jobs = Math.max(1, options.jobs ?? (networkFilesystem(root) ? 16 : 1));
-  const entries: ScanEntry[] = [];
-  const summary = await walkTree(root, { ...options, jobs }, {
-    entry(path, type, st, target) {
-      const e: ScanEntry = {
-        path,
-        type,
-        size: st.size,
-        mode: st.mode,
-        mtime: st.mtime,
-        ctime: st.ctime,
-      };
-      if (target !== undefined) e.target = target;
-      entries.push(e);
-    },
-  });
+  const table = new ScanTable();
+  const summary = await walkTree(root, { ...options, jobs }, table);
   // Sequential walks emit in path order already; parallel ones interleave directories.
-  if (jobs > 1) entries.sort((a, b) => comparePaths(a.path, b.path));
+  let entries = table;
+  if (jobs > 1) {
+    const order = Array.from({ length: table.length }, (_, i) => i);
+    order.sort((a, b) => comparePaths(table.path(a), table.path(b)));
+    entries = table.select(order);
+  }
   return finish(entries, summary, options);
 }
 
 /** Drops what lies in unreadable directories and applies --include-from. */
-function finish(entries: ScanEntry[], summary: WalkSummary, options: ScanOptions): ScanResult {
+function finish(entries: ScanTable, summary: WalkSummary, options: ScanOptions): ScanResult {
   // A directory that could not be listed is kept as it was (with its
   // contents) through the parent commit, not half-recorded here.
   const failed = new Set(summary.unreadableDirs);
-  let result = failed.size ? entries.filter((e) => !failed.has(e.path)) : entries;
+  let result = failed.size ? entries.filter((i) => !failed.has(entries.path(i))) : entries;
   if (options.include?.length) result = applyInclude(result, options.include);
   return { entries: result, ...summary };
+}
+
+/**
+ * `dir/name` as one flat string: a `+` or template concatenation is kept as
+ * a rope of two 32-byte nodes holding on to its parts, for as long as the
+ * path lives (measured on a 1M-file walk: 56 MB of ropes); `join` writes the
+ * characters out.
+ */
+function joinPath(dir: string, name: string): string {
+  return [dir, name].join("/");
+}
+
+const TYPE_CODES = { f: 0, d: 1, l: 2 } as const;
+const TYPES = ["f", "d", "l"] as const;
+
+/**
+ * A scan's entries, column by column: about 80 bytes per entry against ~180
+ * as ScanEntry objects (a million-file tree is walked into ~80 MB). Entries
+ * are materialised (`get`) only where one is kept: to be sent or hashed.
+ */
+export class ScanTable implements Sink {
+  #n = 0;
+  #paths: string[] = [];
+  #types = new Uint8Array(1024);
+  #sizes = new Float64Array(1024);
+  #modes = new Uint16Array(1024);
+  #mtimes = new BigInt64Array(1024);
+  #ctimes = new BigInt64Array(1024);
+  #targets = new Map<number, string>();
+
+  /** A table of `entries` (in the order given). */
+  static of(entries: ScanEntry[]): ScanTable {
+    const t = new ScanTable();
+    for (const e of entries) t.push(e.path, e.type, e.size, e.mode, e.mtime, e.ctime, e.target);
+    return t;
+  }
+
+  get length(): number {
+    return this.#n;
+  }
+
+  path(i: number): string {
+    return this.#paths[i];
+  }
+  type(i: number): ScanEntry["type"] {
+    return TYPES[this.#types[i]];
+  }
+  size(i: number): number {
+    return this.#sizes[i];
+  }
+  mode(i: number): number {
+    return this.#modes[i];
+  }
+  mtime(i: number): bigint {
+    return this.#mtimes[i];
+  }
+  ctime(i: number): bigint {
+    return this.#ctimes[i];
+  }
+  target(i: number): string | undefined {
+    return this.#targets.get(i);
+  }
+
+  /** Entry `i` as an object of its own. */
+  get(i: number): ScanEntry {
+    const e: ScanEntry = {
+      path: this.#paths[i],
+      type: TYPES[this.#types[i]],
+      size: this.#sizes[i],
+      mode: this.#modes[i],
+      mtime: this.#mtimes[i],
+      ctime: this.#ctimes[i],
+    };
+    const target = this.#targets.get(i);
+    if (target !== undefined) e.target = target;
+    return e;
+  }
+
+  toArray(): ScanEntry[] {
+    return Array.from({ length: this.#n }, (_, i) => this.get(i));
+  }
+
+  /** The entries at `indices`, in that order. */
+  select(indices: ArrayLike<number>): ScanTable {
+    const t = new ScanTable();
+    for (let k = 0; k < indices.length; k++) {
+      const i = indices[k];
+      t.push(
+        this.#paths[i],
+        TYPES[this.#types[i]],
+        this.#sizes[i],
+        this.#modes[i],
+        this.#mtimes[i],
+        this.#ctimes[i],
+        this.#targets.get(i),
+      );
+    }
+    return t;
+  }
+
+  /** The entries whose index passes `keep`. */
+  filter(keep: (i: number) => boolean): ScanTable {
+    const indices: number[] = [];
+    for (let i = 0; i < this.#n; i++) if (keep(i)) indices.push(i);
+    return indices.length === this.#n ? this : this.select(indices);
+  }
+
+  /** Sink: appends what the walk found. */
+  entry(path: string, type: "f" | "d" | "l", st: NativeStat, target: string | undefined): void {
+    this.push(path, type, st.size, st.mode, st.mtime, st.ctime, target);
+  }
+
+  push(
+    path: string,
+    type: ScanEntry["type"],
+    size: number,
+    mode: number,
+    mtime: bigint,
+    ctime: bigint,
+    target?: string,
+  ): void {
+    const i = this.#n++;
+    if (i === this.#types.length) this.#grow();
+    this.#paths.push(path);
+    this.#types[i] = TYPE_CODES[type];
+    this.#sizes[i] = size;
+    this.#modes[i] = mode;
+    this.#mtimes[i] = mtime;
+    this.#ctimes[i] = ctime;
+    if (target !== undefined) this.#targets.set(i, target);
+  }
+
+  #grow(): void {
+    const n = this.#types.length * 2;
+    const more = <T extends { set(a: T): void }>(a: T, make: (n: number) => T): T => {
+      const b = make(n);
+      b.set(a);
+      return b;
+    };
+    this.#types = more(this.#types, (k) => new Uint8Array(k));
+    this.#sizes = more(this.#sizes, (k) => new Float64Array(k));
+    this.#modes = more(this.#modes, (k) => new Uint16Array(k));
+    this.#mtimes = more(this.#mtimes, (k) => new BigInt64Array(k));
+    this.#ctimes = more(this.#ctimes, (k) => new BigInt64Array(k));
+  }
 }
 
 /**
@@ -347,7 +484,7 @@ export async function walkTree(
     }
     const emit = (j: number) => {
       const name = names2[j];
-      sink.entry(dirRel === "" ? name : `${dirRel}/${name}`, types[j], kept[j], targets[j]);
+      sink.entry(dirRel === "" ? name : joinPath(dirRel, name), types[j], kept[j], targets[j]);
     };
     const below = (name: string) => dirRel === "" ? name : `${dirRel}/${name}`;
     if (jobs > 1) {
@@ -374,23 +511,25 @@ export async function walkTree(
 }
 
 /** Keeps entries matching the include patterns, everything below matching dirs, and their parents. */
-function applyInclude(entries: ScanEntry[], patterns: string[]): ScanEntry[] {
+function applyInclude(entries: ScanTable, patterns: string[]): ScanTable {
   const rules = ignore().add(patterns);
   const keep = new Set<string>();
   let under: string | null = null;
-  for (const e of entries) {
-    if (under !== null && e.path.startsWith(under + "/")) {
-      keep.add(e.path);
+  for (let i = 0; i < entries.length; i++) {
+    const path = entries.path(i);
+    const isDir = entries.type(i) === "d";
+    if (under !== null && path.startsWith(under + "/")) {
+      keep.add(path);
       continue;
     }
     under = null;
-    if (rules.ignores(e.type === "d" ? e.path + "/" : e.path)) {
-      keep.add(e.path);
-      if (e.type === "d") under = e.path;
-      for (let i = e.path.lastIndexOf("/"); i > 0; i = e.path.lastIndexOf("/", i - 1)) {
-        keep.add(e.path.slice(0, i));
+    if (rules.ignores(isDir ? path + "/" : path)) {
+      keep.add(path);
+      if (isDir) under = path;
+      for (let k = path.lastIndexOf("/"); k > 0; k = path.lastIndexOf("/", k - 1)) {
+        keep.add(path.slice(0, k));
       }
     }
   }
-  return entries.filter((e) => keep.has(e.path));
+  return entries.filter((i) => keep.has(entries.path(i)));
 }
