@@ -56,9 +56,14 @@ const MAX_NS = (1n << 63n) - 1n;
 /** Octal digits of `value`, zero-padded to width - 1, then NUL (written into b at off). */
 function writeOctal(b: Uint8Array, off: number, width: number, value: number): void {
   let v = value;
-  for (let i = off + width - 2; i >= off; i--) {
+  let i = off + width - 2;
+  for (; i >= off && v > 0x3fffffff; i--) { // past 30 bits: float arithmetic
     b[i] = 0x30 + (v % 8);
     v = Math.floor(v / 8);
+  }
+  for (; i >= off; i--) {
+    b[i] = 0x30 + (v & 7);
+    v >>>= 3;
   }
   b[off + width - 1] = 0;
 }
