@@ -65,7 +65,7 @@ export interface TestServer {
 export async function startServer(
   opts: { dataDir?: string; args?: string[]; noAuth?: boolean; env?: Record<string, string> } = {},
 ): Promise<TestServer> {
-  const dataDir = opts.dataDir ?? await Deno.makeTempDir({ prefix: "keep-data-" });
+  const dataDir = opts.dataDir ?? await tempDir("keep-data-");
   const args = ["serve", "--data", dataDir, "--listen", "127.0.0.1:0", ...(opts.args ?? [])];
   // Background recompression changes packs on its own schedule: off unless a test asks.
   if (!args.includes("--compact-idle")) args.push("--compact-idle", "off");
@@ -181,8 +181,21 @@ export function assertSameTree(actual: Snapshot, expected: Snapshot, what = "tre
   for (const k of e) assertEquals(actual[k], expected[k], `${what}: ${k} differs`);
 }
 
+// Temp dirs go when the test run ends: a full run made ~300 of them (GBs,
+// 100k-file trees and stores) and left them all.
+const made: string[] = [];
+globalThis.addEventListener("unload", () => {
+  for (const dir of made) {
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch { /* still mounted (tmpfs tests unmount first) or already gone */ }
+  }
+});
+
 export async function tempDir(prefix = "keep-test-"): Promise<string> {
-  return await Deno.makeTempDir({ prefix });
+  const dir = await Deno.makeTempDir({ prefix });
+  made.push(dir);
+  return dir;
 }
 
 /** Parses the JSON printed by `--json`. */

@@ -458,43 +458,31 @@ export class IndexDb {
     prefix = "",
     pageSize = 2000,
   ): Generator<{ entry: Entry; blob: BlobPlace | null; epoch: number }> {
-    const pid = this.projectId(project);
-    if (pid === null) return;
-    if (prefix !== "") {
-      const exact = this.entryAt(pid, commit.seq, prefix);
-      if (exact) yield { entry: exact, blob: null, epoch: -1 };
-    }
-    let after = prefix === "" ? "" : prefix + "/";
-    const before = prefixEnd(prefix);
-    for (;;) {
-      const headSeq = this.headCommit(project)?.seq ?? 0; // see entries()
-      const epoch = this.blobEpoch;
-      const rows = this.#page(pid, commit.seq, headSeq, after, before, pageSize, true);
-      for (const r of rows) {
-        const entry = rowToEntry(r);
-        const blob = r[10] === null || r[10] === undefined ? null : {
-          size: Number(r[10]),
-          stored: Number(r[11]),
-          pack: r[12] === null ? null : Number(r[12]),
-          offset: r[13] === null ? null : Number(r[13]),
-        };
-        yield { entry, blob, epoch };
-      }
-      if (rows.length < pageSize) return;
-      after = rows[rows.length - 1][0] as string;
+    for (const { row: r, epoch } of this.#rows(project, commit, prefix, pageSize, true)) {
+      const blob = r[10] === null || r[10] === undefined ? null : {
+        size: Number(r[10]),
+        stored: Number(r[11]),
+        pack: r[12] === null ? null : Number(r[12]),
+        offset: r[13] === null ? null : Number(r[13]),
+      };
+      yield { entry: rowToEntry(r), blob, epoch };
     }
   }
 
   /** One entry of commit `seq`, or null. */
   entryAt(projectId: number, seq: number, path: string): Entry | null {
+    const r = this.#exactRow(projectId, seq, path);
+    return r ? rowToEntry(r) : null;
+  }
+
+  #exactRow(projectId: number, seq: number, path: string): unknown[] | null {
     const s = this.stmt(
       `SELECT ${COLS} FROM current WHERE project = ?1 AND path = ?3 AND first <= ?2
        UNION ALL SELECT ${COLS} FROM history WHERE project = ?1 AND path = ?3 AND first <= ?2 AND last > ?2`,
       true,
       true,
     );
-    const r = s.get(projectId, seq, path) as unknown as unknown[] | undefined;
-    return r ? rowToEntry(r) : null;
+    return (s.get(projectId, seq, path) as unknown as unknown[] | undefined) ?? null;
   }
 
   /**
@@ -502,27 +490,38 @@ export class IndexDb {
    * order, a page at a time (no statement stays open between pages).
    */
   *entries(project: string, commit: CommitInfo, prefix = "", pageSize = 2000): Generator<Entry> {
+    for (const { row } of this.#rows(project, commit, prefix, pageSize, false)) {
+      yield rowToEntry(row);
+    }
+  }
+
+  /** The rows behind `entries` (with blob places when asked), and the blobEpoch of their page. */
+  *#rows(
+    project: string,
+    commit: CommitInfo,
+    prefix: string,
+    pageSize: number,
+    withBlobs: boolean,
+  ): Generator<{ row: unknown[]; epoch: number }> {
     const pid = this.projectId(project);
     if (pid === null) return;
     if (prefix !== "") {
-      const exact = this.entryAt(pid, commit.seq, prefix);
-      if (exact) yield exact;
+      const exact = this.#exactRow(pid, commit.seq, prefix);
+      if (exact) yield { row: exact, epoch: -1 };
     }
+    // Paths under prefix are > prefix + "/" only after "prefix/" itself.
     let after = prefix === "" ? "" : prefix + "/";
     const before = prefixEnd(prefix);
-    if (prefix !== "") {
-      // Paths under prefix are > prefix + "/" only after "prefix/" itself.
-      after = prefix + "/";
-    }
     for (;;) {
       // The head is read again for every page: a commit landing between two
       // pages moves replaced rows from `current` to `history`, and a page that
       // still read only `current` would miss them.
       const headSeq = this.headCommit(project)?.seq ?? 0;
-      const page = this.manifestPage(pid, commit.seq, headSeq, after, before, pageSize);
-      for (const e of page) yield e;
-      if (page.length < pageSize) return;
-      after = page[page.length - 1].path;
+      const epoch = this.blobEpoch;
+      const rows = this.#page(pid, commit.seq, headSeq, after, before, pageSize, withBlobs);
+      for (const row of rows) yield { row, epoch };
+      if (rows.length < pageSize) return;
+      after = rows[rows.length - 1][0] as string;
     }
   }
 

@@ -38,5 +38,6 @@ Deno.test("IndexDb.entries of the head stays whole when a commit lands between i
     assertEquals([seen.includes("f2500"), seen.includes("f2600")], [true, true]);
   } finally {
     index.close();
+    Deno.removeSync(dir, { recursive: true });
   }
 });

@@ -63,4 +63,5 @@ Deno.test("scanTree gives the same result sequentially and with parallel listing
   ]);
   assertEquals(paths.slice(-3), ["é", "\uFF01", "😀", "😀/z"].slice(-3));
   assertEquals(one.problems.map((p) => [p.path, p.kind]), [["fifo", "skipped"]]);
+  Deno.removeSync(root, { recursive: true });
 });
