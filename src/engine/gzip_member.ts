@@ -14,6 +14,7 @@
  */
 
 import zlib from "node:zlib";
+import { concatBytes } from "./concat_bytes.ts";
 import { KeepError } from "./errors.ts";
 
 /**
@@ -201,18 +202,8 @@ function storedSize(n: number): number {
  */
 export function encodeMember(raw: Uint8Array, level: Level | "auto"): Uint8Array {
   const parts: Uint8Array[] = [];
-  let total = 0;
-  writeMember(raw, level, (b) => {
-    parts.push(b.slice());
-    total += b.length;
-  });
-  const out = new Uint8Array(total);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  writeMember(raw, level, (b) => parts.push(b.slice()));
+  return concatBytes(parts);
 }
 
 const headerScratch = new Uint8Array(HEADER);
