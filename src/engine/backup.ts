@@ -314,7 +314,7 @@ const PREFETCH_LINES = 20_000;
  * Reads batches of `src` ahead of the consumer, in the background, until
  * `max` items wait. `cancel()` stops reading and releases the source.
  */
-export function prefetch<T>(
+function prefetch<T>(
   src: AsyncIterable<T[]>,
   max: number,
 ): AsyncIterable<T[]> & { cancel(): Promise<void> } {

@@ -21,7 +21,7 @@
 import { join } from "node:path";
 import { KeepError } from "./errors.ts";
 import { decodeMemberTransient, MemberSplitter } from "./gzip_member.ts";
-import { bytesToHex, hexToBytes, type IndexDb } from "./index_db.ts";
+import { type BlobPlace, bytesToHex, hexToBytes, type IndexDb } from "./index_db.ts";
 
 /** Largest raw blob kept in a pack file. */
 export const PACK_MAX = 1 << 20;
@@ -41,13 +41,8 @@ export interface PendingBlob {
   offset: number | null;
 }
 
-/** Blob metadata. */
-export interface BlobInfo {
-  size: number;
-  stored: number;
-  pack: number | null;
-  offset: number | null;
-}
+/** Blob metadata: where its bytes are. */
+export type BlobInfo = BlobPlace;
 
 /**
  * Appends blobs to pack files for one upload. `add` buffers; `sync` writes

@@ -403,20 +403,10 @@ export class IndexDb {
   }
 
   /**
-   * Up to `limit` entries of commit `seq` with `after < path < before`, in
-   * path order. Call repeatedly with `after` = the last path returned.
+   * Up to `limit` rows of commit `seq` with `after < path < before`, in path
+   * order (with the blob's place when asked). Call repeatedly with `after` =
+   * the last path returned.
    */
-  manifestPage(
-    projectId: number,
-    seq: number,
-    headSeq: number,
-    after: string,
-    before: string,
-    limit: number,
-  ): Entry[] {
-    return this.#page(projectId, seq, headSeq, after, before, limit, false).map(rowToEntry);
-  }
-
   #page(
     projectId: number,
     seq: number,

@@ -133,12 +133,12 @@ function loadIgnore(): Promise<IgnoreFactory> {
 }
 
 /** Receives the walk's entries. */
-export interface Sink {
+interface Sink {
   entry(rel: string, type: "f" | "d" | "l", st: NativeStat, target: string | undefined): void;
 }
 
 /** What a walk found besides its entries. */
-export interface WalkSummary {
+interface WalkSummary {
   problems: ScanProblem[];
   unreadableDirs: string[];
   startedNs: bigint;
@@ -332,7 +332,7 @@ export class ScanTable implements Sink {
  * order): within a directory, a subdirectory's contents sort as if named
  * `name/`, which need not follow `name` directly ("a", "a-b", "a/x").
  */
-export async function walkTree(
+async function walkTree(
   root: string,
   options: ScanOptions & { jobs: number },
   sink: Sink,

@@ -116,9 +116,9 @@ export class KeepClient {
 
   /**
    * A commit's manifest: its info, then entries streamed in path order, one
-   * by one (`entries`), in the batches they were decoded in (`batches`), or
-   * as batches of NDJSON lines not yet decoded (`lines`, for the backup's
-   * diff; see `entriesFromLines`). Read one of the three.
+   * by one (`entries`), or as batches of NDJSON lines not yet decoded
+   * (`lines`, for the backup's diff; see `entriesFromLines`). Read one of the
+   * two.
    */
   async manifest(
     project: string,
@@ -127,7 +127,6 @@ export class KeepClient {
     {
       commit: CommitInfo | null;
       entries: AsyncIterable<Entry>;
-      batches: AsyncIterable<Entry[]>;
       lines: AsyncIterable<string[]>;
     }
   > {
@@ -183,14 +182,10 @@ export class KeepClient {
       }
     }
     const lineStream = lineBatches();
-    async function* batches(): AsyncGenerator<Entry[]> {
-      for await (const batch of lineStream) yield entriesFromLines(batch);
-    }
-    const all = batches();
     async function* entries(): AsyncGenerator<Entry> {
-      for await (const batch of all) yield* batch;
+      for await (const batch of lineStream) yield* entriesFromLines(batch);
     }
-    return { commit, entries: entries(), batches: all, lines: lineStream };
+    return { commit, entries: entries(), lines: lineStream };
   }
 
   async upload(project: string, body: ReadableStream<Uint8Array>): Promise<CommitInfo> {
