@@ -58,7 +58,10 @@ export function* exportArchive(
     if (e.type === "f" && e.size > 0) {
       for (const piece of store.pieces(e.hash!, row)) {
         out.write(piece);
-        if (out.ready) yield* out.take();
+        if (out.ready) {
+          churned(out.ready * out.size);
+          yield* out.take();
+        }
       }
       pad = padded(e.size) - e.size;
     }

@@ -4,10 +4,12 @@
  * heap, and those that wait in a stream queue (for a slower peer) survive
  * scavenges and move to the old generation, where they are freed only by a
  * full GC, which the small heap rarely triggers: the client's external
- * memory was seen climbing by ~100 MB over a 100k-file backup. With
- * `--expose-gc` (set by scripts/keep and the compile task) a full GC every
- * 16 MB of such data (~4 ms on a 50 MB heap; 0.2 s of CPU per GB) frees them;
- * elsewhere a minor GC every 16 MB. Without the flag this does nothing.
+ * memory was seen climbing by ~100 MB over a 100k-file backup, and the
+ * server's by ~70 MB over a restore of big files (V8 collects for external
+ * memory only after ~64 MB of it). With `--expose-gc` (set by scripts/keep
+ * and the compile task) a GC every 32 MB of such data frees them: a full one
+ * for buffers that may have waited in a queue, else a minor one. Without the
+ * flag this does nothing.
  *
  * @module
  */
@@ -23,7 +25,7 @@ const gc = (globalThis as any).gc as ((o?: { type: "minor" | "major" }) => void)
 /**
  * Notes that `bytes` of short-lived buffers were handled; collects them now
  * and then: `full` for buffers that may have been queued (and promoted),
- * else a cheap minor GC every 16 MB.
+ * else a cheap minor GC every 32 MB.
  */
 export function churned(bytes: number, full = false): void {
   if (!gc) return;
