@@ -95,6 +95,26 @@ function digitsEqual(line: string, pos: number, n: number): number {
   return v === n ? pos : -1;
 }
 
+/**
+ * The position after the decimal digits of the time `sec` s + `ns` ns (sec >
+ * 0) when `line` has them at `pos`, else -1: the seconds' digits, then
+ * exactly nine for the ns, without building a BigInt or its string per file.
+ */
+function timeEqual(line: string, pos: number, sec: number, ns: number): number {
+  if (pos < 0) return -1;
+  const s = String(sec);
+  if (!line.startsWith(s, pos)) return -1;
+  pos += s.length;
+  let v = 0;
+  for (const end = pos + 9; pos < end; pos++) {
+    const d = line.charCodeAt(pos) - 48;
+    if (!(d >= 0 && d <= 9)) return -1;
+    v = v * 10 + d;
+  }
+  const next = line.charCodeAt(pos);
+  return v === ns && !(next >= 48 && next <= 57) ? pos : -1;
+}
+
 function floorTo(t: bigint, g: bigint): bigint {
   return g <= 1n ? t : t - (((t % g) + g) % g);
 }
@@ -123,6 +143,15 @@ export async function diffTree(
   const racyFrom = options.parentScanTime !== undefined && options.parentScanTime > 0n
     ? options.parentScanTime - (options.racyMargin ?? g)
     : null;
+  // The same bound as seconds and ns, for the fast path.
+  const racySec = racyFrom === null ? 0 : Number(racyFrom / 1_000_000_000n);
+  const racyNs = racyFrom === null ? 0 : Number(racyFrom % 1_000_000_000n);
+  const racy = (k: number): boolean => {
+    if (racyFrom === null) return false;
+    const sec = scan.mtimeSec(k);
+    if (racyFrom < 0n || sec <= 0) return scan.mtime(k) >= racyFrom;
+    return sec > racySec || (sec === racySec && scan.mtimeNs(k) >= racyNs);
+  };
   const unreadableSet = new Set(options.unreadable ?? []);
   const plan: DiffPlan = {
     send: [],
@@ -161,9 +190,7 @@ export async function diffTree(
   /** True when `line` is the unchanged record of scanned entry `k` (see above). */
   const unchangedLine = (k: number, line: string): boolean => {
     const type = scan.type(k);
-    if (type === "l" || (type === "f" && racyFrom !== null && scan.mtime(k) >= racyFrom)) {
-      return false;
-    }
+    if (type === "l" || (type === "f" && racy(k))) return false;
     // Field by field, as entryToJson writes them; no string is built for the
     // whole prefix (measured: half the cost).
     const path = scan.path(k);
@@ -175,9 +202,15 @@ export async function diffTree(
     pos = at(line, pos, ',"m":');
     pos = digitsEqual(line, pos, scan.mode(k));
     pos = at(line, pos, ',"mt":"');
-    pos = at(line, pos, scan.mtime(k).toString());
+    const mtSec = scan.mtimeSec(k);
+    pos = mtSec > 0
+      ? timeEqual(line, pos, mtSec, scan.mtimeNs(k))
+      : at(line, pos, scan.mtime(k).toString());
     pos = at(line, pos, '","ct":"');
-    pos = at(line, pos, scan.ctime(k).toString());
+    const ctSec = scan.ctimeSec(k);
+    pos = ctSec > 0
+      ? timeEqual(line, pos, ctSec, scan.ctimeNs(k))
+      : at(line, pos, scan.ctime(k).toString());
     pos = at(line, pos, '"');
     if (pos < 0) return false;
     const next = line.charCodeAt(pos);

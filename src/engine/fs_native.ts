@@ -46,6 +46,8 @@ interface Libc {
   syncfs(fd: number): number;
   close(fd: number): number;
   malloc_trim(pad: bigint): number;
+  syscall(n: bigint, fd: bigint, buf: Uint8Array, len: bigint): bigint;
+  __errno_location(): Deno.PointerValue;
 }
 
 let libc: Libc | null | undefined;
@@ -71,6 +73,8 @@ function loadLibc(): Libc | null {
       syncfs: { parameters: ["i32"], result: "i32", nonblocking: false },
       close: { parameters: ["i32"], result: "i32" },
       malloc_trim: { parameters: ["usize"], result: "i32" },
+      syscall: { parameters: ["i64", "i64", "buffer", "i64"], result: "i64" },
+      __errno_location: { parameters: [], result: "pointer" },
     });
     libc = lib.symbols as unknown as Libc;
   } catch {
@@ -173,6 +177,140 @@ export function lstatNs(path: string): NativeStat {
   return fromFileInfo(Deno.lstatSync(path));
 }
 
+/**
+ * An lstat result as the walk keeps it: times as seconds and nanoseconds
+ * (numbers), so that a walk of 100k files allocates no BigInts (measured:
+ * the BigInt arithmetic cost a fifth of the stat calls' time).
+ */
+export interface RawStat {
+  kind: FileKind;
+  size: number;
+  mode: number;
+  mtimeSec: number;
+  mtimeNs: number;
+  ctimeSec: number;
+  ctimeNs: number;
+}
+
+/** A NativeStat as a RawStat. */
+export function rawOf(st: NativeStat): RawStat {
+  const split = (t: bigint): [number, number] => {
+    const ns = ((t % 1_000_000_000n) + 1_000_000_000n) % 1_000_000_000n;
+    return [Number((t - ns) / 1_000_000_000n), Number(ns)];
+  };
+  const [mtimeSec, mtimeNs] = split(st.mtime);
+  const [ctimeSec, ctimeNs] = split(st.ctime);
+  return { kind: st.kind, size: st.size, mode: st.mode, mtimeSec, mtimeNs, ctimeSec, ctimeNs };
+}
+
+/** getdents64(2) on the architectures Keep lists directories with directly. */
+const GETDENTS64: Record<string, bigint> = { x86_64: 217n, aarch64: 61n };
+const O_RDONLY = 0;
+const O_DIRECTORY = 0o200000;
+const O_CLOEXEC = 0o2000000;
+const ERRNO: Record<number, string> = {
+  1: "operation not permitted",
+  2: "no such file or directory",
+  5: "input/output error",
+  13: "permission denied",
+  20: "not a directory",
+  116: "stale file handle",
+};
+
+function errnoMessage(c: Libc): string {
+  const p = c.__errno_location();
+  const errno = p ? new Deno.UnsafePointerView(p).getInt32() : 0;
+  return ERRNO[errno] ?? `errno ${errno}`;
+}
+
+/**
+ * An open directory, listed and stat'ed with one getdents64 call per 64 KiB
+ * of entries and a statx relative to it per entry (measured on 100k files in
+ * 1,000 dirs: 50 ms to list against 110 ms with Deno.readDirSync). `open`
+ * returns null where this is not available (not Linux x86_64/aarch64, no
+ * FFI): the caller uses Deno's calls then.
+ */
+export class DirReader {
+  static #buf = new Uint8Array(64 * 1024);
+  static #view = new DataView(DirReader.#buf.buffer);
+  static #latin1 = new TextDecoder("latin1");
+  static #utf8 = new TextDecoder();
+  readonly #c: Libc;
+  readonly #fd: number;
+  readonly #getdents: bigint;
+
+  private constructor(c: Libc, fd: number, getdents: bigint) {
+    this.#c = c;
+    this.#fd = fd;
+    this.#getdents = getdents;
+  }
+
+  /** Opens `path`; throws Deno.errors.* like Deno.readDirSync when it cannot. */
+  static open(path: string): DirReader | null {
+    const c = loadLibc();
+    const getdents = GETDENTS64[Deno.build.arch];
+    if (!c || getdents === undefined) return null;
+    const fd = c.open(cPath(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    if (fd < 0) {
+      const why = errnoMessage(c);
+      // Deno's error class for the errno, when it still fails:
+      for (const _ of Deno.readDirSync(path)) break;
+      throw new Error(why);
+    }
+    return new DirReader(c, fd, getdents);
+  }
+
+  /** The names in the directory (not "." and ".."), in the kernel's order. */
+  names(): string[] {
+    const buf = DirReader.#buf;
+    const view = DirReader.#view;
+    const out: string[] = [];
+    for (;;) {
+      const n = Number(this.#c.syscall(this.#getdents, BigInt(this.#fd), buf, BigInt(buf.length)));
+      if (n < 0) throw new Error(errnoMessage(this.#c));
+      if (n === 0) return out;
+      // One decode per buffer; an ASCII name is a slice of it.
+      const text = DirReader.#latin1.decode(buf.subarray(0, n));
+      for (let off = 0; off < n;) {
+        const start = off + 19;
+        let end = start;
+        let ascii = true;
+        for (let b = buf[end]; b !== 0; b = buf[++end]) if (b > 127) ascii = false;
+        off += view.getUint16(off + 16, true);
+        if (end - start <= 2 && buf[start] === 46 && (end - start === 1 || buf[start + 1] === 46)) {
+          continue; // "." and ".."
+        }
+        // A name that is not valid UTF-8 decodes with U+FFFD and then fails to stat.
+        out.push(
+          ascii ? text.slice(start, end) : DirReader.#utf8.decode(buf.subarray(start, end)),
+        );
+      }
+    }
+  }
+
+  /** lstat of `name` in this directory; null when the call fails (see lstatNs for why). */
+  stat(name: string): RawStat | null {
+    if (this.#c.statx(this.#fd, cPath(name), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, statBuf)) {
+      return null;
+    }
+    const v = statView;
+    const mode = v.getUint16(28, true);
+    return {
+      kind: kindOf(mode & S_IFMT),
+      size: v.getUint32(40, true) + v.getUint32(44, true) * 2 ** 32,
+      mode: mode & 0o7777,
+      mtimeSec: v.getUint32(112, true) + v.getInt32(116, true) * 2 ** 32,
+      mtimeNs: v.getUint32(120, true),
+      ctimeSec: v.getUint32(96, true) + v.getInt32(100, true) * 2 ** 32,
+      ctimeNs: v.getUint32(104, true),
+    };
+  }
+
+  close(): void {
+    this.#c.close(this.#fd);
+  }
+}
+
 /** Deno's own stat result (ms times) as a NativeStat. */
 function fromFileInfo(st: Deno.FileInfo): NativeStat {
   return {
@@ -210,7 +348,6 @@ export function setTimesNs(path: string, mtime: bigint, isSymlink = false): void
 
 const O_RDWR = 2;
 const O_CREAT = 0o100;
-const O_CLOEXEC = 0o2000000;
 const LOCK_EX = 2;
 const LOCK_NB = 4;
 
@@ -226,9 +363,6 @@ export function lockForLife(path: string): boolean | null {
   if (fd < 0) return null;
   return c.flock(fd, LOCK_EX | LOCK_NB) === 0;
 }
-
-const O_RDONLY = 0;
-const O_DIRECTORY = 0o200000;
 
 /**
  * Flushes the filesystem holding `path` (syncfs(2)): one call that pushes

@@ -14,7 +14,7 @@ import { exportArchive } from "../engine/export.ts";
 import { Ingest, type IngestLimits } from "../engine/ingest.ts";
 import { hexToBytes, type IndexDb } from "../engine/index_db.ts";
 import { type ManifestCache, manifestMembers } from "../engine/manifest_stream.ts";
-import { collectNow } from "../engine/memory.ts";
+import { churned, collectNow } from "../engine/memory.ts";
 import { normalisePrefix } from "../engine/paths.ts";
 import { pruneProject } from "../engine/prune.ts";
 import { verifyStore } from "../engine/verify.ts";
@@ -349,7 +349,10 @@ export function createApp(ctx: AppContext): Hono<Env> {
         pull(controller) {
           const r = gen.next();
           if (r.done) controller.close();
-          else controller.enqueue(r.value);
+          else {
+            churned(r.value.length); // fresh 1 MiB buffers: see memory.ts
+            controller.enqueue(r.value);
+          }
         },
       }),
       { headers: { "content-type": "application/gzip" } },
