@@ -273,3 +273,28 @@ Deno.test("the cached head manifest, built incrementally from the parent's, equa
     await server.stop();
   }
 });
+
+Deno.test("tar headers travel deflated both ways: 2,000 tiny files cost ~0.2 KB each, not ~2 KB", async () => {
+  const server = await startServer();
+  const src = await tempDir();
+  try {
+    const spec: Record<string, string> = {};
+    for (let i = 0; i < 2000; i++) spec[`d${i % 20}/file-${i}.o`] = `${i}`;
+    writeTree(src, spec);
+    const up = json<BackupJson>(
+      await keepOk(["backup", "--settle", "0", "--json", "-s", server.url, "-p", "tiny", src]),
+    );
+    assertEquals(up.commit.stats.filesReceived, 2000);
+    // Stored, each file's pax and ustar blocks plus padding are ~2 KB on the wire.
+    const upload = up.commit.stats.wireBytes;
+    assert(upload < 2000 * 400, `upload of 2000 tiny files: ${upload} bytes`);
+    const res = await fetch(`${server.url}/v1/projects/tiny/archive?commit=latest`);
+    const archive = new Uint8Array(await res.arrayBuffer());
+    assert(archive.length < 2000 * 400, `archive of 2000 tiny files: ${archive.length} bytes`);
+    // Still one tar.gz: every file is in it.
+    const names = new TextDecoder().decode(gunzipSync(archive)).match(/file-\d+\.o/g) ?? [];
+    assertEquals(new Set(names).size, 2000);
+  } finally {
+    await server.stop();
+  }
+});

@@ -1,6 +1,6 @@
 /**
  * Server side of restore: a commit (or the part below a path prefix) as a
- * tar.gz stream. Each entry's header blocks are a fresh stored gzip member;
+ * tar.gz stream. Each entry's header blocks are a fresh gzip member;
  * file data is the blob's members exactly as stored, so nothing is
  * recompressed. The pax comment of each file carries its SHA-256 for the
  * client to verify while writing.
@@ -53,7 +53,9 @@ export function* exportArchive(
   let pad = 0;
   for (const row of index.entriesWithBlobs(commit.project, commit, prefix)) {
     const e = row.entry;
-    writeMember(encodeHeader(headerFor(e), pad), 0, out.write);
+    // Headers at level 1: ~1.8 KB of mostly zeros become ~190 bytes (100k
+    // files: ~160 MB less to download for ~0.5 s of server CPU).
+    writeMember(encodeHeader(headerFor(e), pad), 1, out.write);
     pad = 0;
     if (e.type === "f" && e.size > 0) {
       for (const piece of store.pieces(e.hash!, row)) {
