@@ -65,3 +65,35 @@ Deno.test("scanTree gives the same result sequentially and with parallel listing
   assertEquals(one.problems.map((p) => [p.path, p.kind]), [["fifo", "skipped"]]);
   Deno.removeSync(root, { recursive: true });
 });
+
+Deno.test("scanTree without FFI (Deno's readDir and lstat, ms times) finds the same entries", async () => {
+  const root = tree();
+  try {
+    const script = new URL("./scan.ts", import.meta.url).href;
+    const code = `
+      const { scanTree } = await import(${JSON.stringify(script)});
+      const s = await scanTree(Deno.args[0]);
+      console.log(JSON.stringify(s.entries.toArray().map((e) =>
+        [e.path, e.type, e.size, e.mode, String(e.mtime / 1_000_000n), e.target ?? null])));
+    `;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        "--quiet",
+        "--config",
+        new URL("../../deno.json", import.meta.url).pathname,
+        code,
+        root,
+      ],
+      env: { KEEP_NO_FFI: "1" },
+    }).output();
+    assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    const plain = JSON.parse(new TextDecoder().decode(out.stdout));
+    const native = (await scanTree(root)).entries.toArray().map((
+      e,
+    ) => [e.path, e.type, e.size, e.mode, String(e.mtime / 1_000_000n), e.target ?? null]);
+    assertEquals(plain, native);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
