@@ -197,6 +197,8 @@ export class ManifestCache {
     const job = (async () => {
       const tmp = `${path}.${Deno.pid}.${++this.#seq}.part`;
       let out: Deno.FsFile | null = null;
+      // A copy of the parent's file (no path changed) leaves little garbage.
+      let copy = false;
       try {
         try {
           Deno.statSync(path);
@@ -206,7 +208,6 @@ export class ManifestCache {
         out = Deno.openSync(tmp, { write: true, createNew: true });
         // From the parent's cache when there is one and the change list is known.
         let members = manifestMembers(index, project, commit);
-        let copy = false;
         if (changed && commit.parent) {
           const parent = index.resolveCommit(project, commit.parent);
           const parentFile = this.#path(pid, parent);
@@ -247,7 +248,7 @@ export class ManifestCache {
         } catch { /* gone */ }
       } finally {
         this.#building.delete(path);
-        collectNow();
+        if (!copy) collectNow();
       }
     })();
     this.#building.set(path, job);

@@ -262,7 +262,9 @@ export function createApp(ctx: AppContext): Hono<Env> {
       }
       if (failure) throw failure;
       const commit = ingest.finish();
-      collectNow(); // the upload's garbage, before the manifest build adds its own
+      // A big upload's garbage goes before the manifest build adds its own;
+      // a small one's is not worth a full GC before the answer (~20 ms).
+      if (commit.stats.wireBytes > 16 << 20) collectNow();
       ctx.manifests.prepare(index, p, commit, ingest.changedPaths).catch(() => {});
       ctx.log?.(
         `commit ${p} ${commit.id} #${commit.seq}: +${commit.counts.added} ~${commit.counts.changed} -${commit.counts.deleted} ${commit.stats.wireBytes} B in ${commit.stats.seconds} s`,
