@@ -29,6 +29,8 @@ export interface WriteError {
 
 const umask = Deno.umask();
 let errors: WriteError[] = [];
+// deno-lint-ignore no-explicit-any
+const minorGc = (globalThis as any).gc as ((o: { type: "minor" }) => void) | undefined;
 
 // deno-lint-ignore no-explicit-any
 const scope = self as any;
@@ -46,6 +48,12 @@ scope.onmessage = (ev: MessageEvent) => {
         errors.push({ path: job.path, message: (err as Error).message.split("\n")[0] });
       }
     }
+    // The batch's buffers are garbage now. This thread allocates almost
+    // nothing on the V8 heap, so no scavenge would come for them and their
+    // bytes (outside the heap) would pile up to V8's ~64 MB external limit;
+    // a minor GC per batch (<= 4 MB) frees them (measured: client peak RSS
+    // of a 100k-file restore 127-146 MB -> 115-127 MB).
+    minorGc?.({ type: "minor" });
     scope.postMessage({ done: bytes });
   }
   if (msg.flush) {
