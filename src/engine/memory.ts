@@ -45,6 +45,14 @@ export function churned(bytes: number, full = false): void {
 }
 
 /**
+ * A minor GC now, when exposed: for a thread that frees buffers in batches
+ * but allocates too little on the V8 heap for a scavenge to come by itself.
+ */
+export function collectYoung(): void {
+  gc?.({ type: "minor" });
+}
+
+/**
  * A full GC now, when exposed: after a big piece of work (an upload's
  * commit, a manifest build) whose garbage would otherwise hold the heap at
  * its high mark until the next allocation burst.
