@@ -10,6 +10,7 @@ import {
   normalisePrefix,
   parentOf,
   pathProblem,
+  sortPaths,
   underPrefix,
 } from "./paths.ts";
 
@@ -87,6 +88,12 @@ Deno.test("comparePaths equals UTF-8 byte order on random strings", () => {
   }
   const sorted = [...strings].sort(comparePaths);
   assertEquals(sorted, [...strings].sort(byteCompare));
+  // sortPaths: the mixed set through comparePaths, a set without high code units natively.
+  assertEquals(sortPaths([...strings]), sorted);
+  const low = strings.filter((s) => !/[\uD800-\uFFFF]/.test(s));
+  assert(low.length > 100 && low.some((s) => /[\u0080-\uD7FF]/.test(s)));
+  assertEquals(sortPaths([...low]), [...low].sort(byteCompare));
+  assertEquals(sortPaths(["b", "a\uFFFF", "a😀", "a"]), ["a", "a\uFFFF", "a😀", "b"]);
 });
 
 Deno.test("comparePaths orders characters above U+FFFF after U+E000..U+FFFF", () => {

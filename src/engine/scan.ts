@@ -27,7 +27,7 @@ import {
   rawOf,
   type RawStat,
 } from "./fs_native.ts";
-import { comparePaths, MAX_PATH_BYTES, pathProblem } from "./paths.ts";
+import { comparePaths, MAX_PATH_BYTES, pathProblem, sortPaths } from "./paths.ts";
 
 /** One path found by the scan. */
 export interface ScanEntry {
@@ -475,7 +475,7 @@ async function walkTree(
     try {
       if (jobs === 1) dir = DirReader.open(dirAbs);
       names = dir ? dir.names() : await list(dirAbs);
-      names.sort(comparePaths);
+      sortPaths(names);
     } catch (err) {
       dir?.close();
       if (dirRel !== "") {
@@ -582,7 +582,7 @@ async function walkTree(
       return;
     }
     // In path order: the contents of subdirectory `x` sort as "x/".
-    const keys = subdirs.map((d) => d + "/").sort(comparePaths);
+    const keys = sortPaths(subdirs.map((d) => d + "/"));
     let j = 0;
     for (const key of keys) {
       while (j < names2.length && comparePaths(names2[j], key) < 0) emit(j++);
