@@ -7,6 +7,9 @@ import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { keep, keepOk, startServer, tempDir, writeTree } from "./helpers.ts";
 
+/** SHA-256 of "hello\n". */
+const HELLO_HASH = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+
 async function token(dataDir: string, role: string, ...projects: string[]): Promise<string> {
   const r = await keepOk([
     "token",
@@ -48,6 +51,7 @@ Deno.test("serve needs a token on every route unless --no-auth, which is refused
       ["GET", "/v1/projects/app/commits"],
       ["GET", "/v1/projects/app/commits/latest"],
       ["POST", "/v1/projects/app/commits"],
+      ["POST", "/v1/projects/app/entries"],
       ["GET", "/v1/projects/app/archive"],
       ["GET", `/v1/projects/app/blobs/${"0".repeat(64)}`],
       ["POST", "/v1/verify"],
@@ -97,6 +101,25 @@ Deno.test("roles: backup appends, restore reads, admin does all; tokens are scop
       assertEquals(r.code, 6, `${args[0]}: ${r.stderr}`);
       assertMatch(r.stderr, /Cannot allow this: token [0-9a-f]{8} has role backup/);
     }
+    // It may look up its head's entries (hashes for the files it must hash), not older ones.
+    const lookup = async (t: string, commit: string) =>
+      await fetch(`${server.url}/v1/projects/A/entries`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${t}`, "content-type": "application/json" },
+        body: JSON.stringify({ commit, paths: ["a.txt", "missing", "../x"] }),
+      });
+    await keepOk(["backup", "--settle", "0", "-m", "second", src], 0, { env: env(backupA) });
+    const ids = (await (await fetch(`${server.url}/v1/projects/A/commits`, {
+      headers: { authorization: `Bearer ${admin}` },
+    })).json()).commits.map((c: { id: string }) => c.id);
+    const own = await lookup(backupA, ids[0]);
+    assertEquals(own.status, 200);
+    const found = (await own.text()).trim().split("\n").map((l) => JSON.parse(l));
+    assertEquals(found.map((e) => [e.p, e.h]), [["a.txt", HELLO_HASH]]);
+    const older = await lookup(backupA, ids[1]);
+    assertEquals(older.status, 403);
+    assertMatch((await older.json()).error.message, /has role backup/);
+    assertEquals((await lookup(restoreA, ids[1])).status, 200);
     // restore reads but cannot append.
     await keepOk(["log"], 0, { env: env(restoreA) });
     const dest = await tempDir();
@@ -118,7 +141,7 @@ Deno.test("roles: backup appends, restore reads, admin does all; tokens are scop
       headers: { authorization: `Bearer ${admin}` },
     }))
       .json();
-    const blob = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"; // "hello\n"
+    const blob = HELLO_HASH;
     const routes: [string, string][] = [
       ["GET", "/v1/projects/B/head"],
       ["GET", "/v1/projects/B/manifest"],
@@ -126,6 +149,7 @@ Deno.test("roles: backup appends, restore reads, admin does all; tokens are scop
       ["GET", "/v1/projects/B/commits"],
       ["GET", `/v1/projects/B/commits/${head.commit.id}`],
       ["POST", "/v1/projects/B/commits"],
+      ["POST", "/v1/projects/B/entries"],
       ["GET", "/v1/projects/B/archive"],
       ["GET", `/v1/projects/B/blobs/${blob}`],
     ];

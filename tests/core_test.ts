@@ -220,18 +220,31 @@ Deno.test("the head manifest is gzip'd NDJSON sorted by path, cached per head", 
     assertEquals(lines[0].commit.seq, 1);
     assertEquals(lines.slice(1).map((e) => e.p), ["a", "a-b", "a/x.txt", "b.txt"]);
     assertEquals(lines[3].h, "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881");
-    const cached = Deno.readDirSync(join(server.dataDir, "cache")).toArray().map((e) => e.name);
-    assertEquals(cached.length, 1);
+    // Two forms per head, both cached: whole, and "stat" (no hashes) for the backup's diff.
+    const cached = Deno.readDirSync(join(server.dataDir, "cache")).toArray().map((e) => e.name)
+      .sort();
+    assertEquals(cached.length, 2);
     assertEquals(new Uint8Array(await (await fetch(url)).arrayBuffer()), raw1);
+    const statRes = await fetch(`${url}?fields=stat`);
+    assertEquals(statRes.headers.get("keep-manifest-fields"), "stat");
+    const stat = gunzipSync(new Uint8Array(await statRes.arrayBuffer())).toString().trim()
+      .split("\n").map((l) => JSON.parse(l));
+    assertEquals(stat[0], lines[0]);
+    assertEquals(stat.slice(1), lines.slice(1).map(({ h: _h, x: _x, ...rest }) => rest));
+    assert(stat[3].s === 1 && stat[3].h === undefined && stat[3].x === undefined);
+    const bad = await fetch(`${url}?fields=hashes`);
+    assertEquals(bad.status, 400);
+    assert((await bad.json()).error.message.includes("unknown fields hashes"));
     Deno.writeTextFileSync(join(src, "c.txt"), "c");
     await keepOk(["backup", "-s", server.url, "-p", "man", "--settle", "0", src]);
     const lines2 = gunzipSync(new Uint8Array(await (await fetch(url)).arrayBuffer())).toString()
       .trim().split("\n");
     assertEquals(JSON.parse(lines2[0]).commit.seq, 2);
     assertEquals(lines2.length, 6);
-    const cached2 = Deno.readDirSync(join(server.dataDir, "cache")).toArray().map((e) => e.name);
-    assertEquals(cached2.length, 1);
-    assert(cached2[0] !== cached[0]);
+    const cached2 = Deno.readDirSync(join(server.dataDir, "cache")).toArray().map((e) => e.name)
+      .sort();
+    assertEquals(cached2.length, 2);
+    assert(cached2[0] !== cached[0] && cached2[1] !== cached[1]);
   } finally {
     await server.stop();
   }
@@ -267,6 +280,16 @@ Deno.test("the cached head manifest, built incrementally from the parent's, equa
       const id = JSON.parse(cached.slice(0, cached.indexOf("\n"))).commit.id;
       const fresh = await text(`?commit=${id}`);
       assertEquals(cached, fresh);
+      // The stat form: copied, or stripped from the whole one; the same as built from the index.
+      const stat = await text("?fields=stat");
+      assertEquals(stat, await text(`?commit=${id}&fields=stat`));
+      const strip = (t: string) =>
+        t.trim().split("\n").map((l) => {
+          const { h: _h, x: _x, ...rest } = JSON.parse(l);
+          return rest;
+        });
+      assertEquals(strip(stat), strip(cached));
+      assert(!stat.includes('"h":') && cached.includes('"h":'));
     }
     assert((await text("")).includes('"p":"odd/q\\"uote\\\\back.txt"'));
   } finally {

@@ -203,17 +203,22 @@ export function json<T = Record<string, unknown>>(r: Run): T {
   return JSON.parse(r.stdout) as T;
 }
 
-/** A loopback proxy that forwards to `target` and saves each upload body. */
+/**
+ * A loopback proxy that forwards to `target`, saves each upload body (POST
+ * …/commits) and lists the requests ("GET /v1/…?…").
+ */
 export function captureProxy(
   target: string,
-): { url: string; uploads: Uint8Array[]; close(): Promise<void> } {
+): { url: string; uploads: Uint8Array[]; requests: string[]; close(): Promise<void> } {
   const uploads: Uint8Array[] = [];
+  const requests: string[] = [];
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
     const u = new URL(req.url);
+    requests.push(`${req.method} ${u.pathname}${u.search}`);
     let body: BodyInit | null = null;
     if (req.method === "POST") {
       const bytes = new Uint8Array(await req.arrayBuffer());
-      uploads.push(bytes);
+      if (u.pathname.endsWith("/commits")) uploads.push(bytes);
       body = bytes;
     }
     const res = await fetch(target + u.pathname + u.search, {
@@ -226,6 +231,7 @@ export function captureProxy(
   return {
     url: `http://127.0.0.1:${server.addr.port}`,
     uploads,
+    requests,
     close: () => server.shutdown(),
   };
 }

@@ -8,6 +8,7 @@
  */
 
 import { createHash } from "node:crypto";
+import { KeepClient } from "../src/http/client.ts";
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import {
@@ -1386,4 +1387,69 @@ hostile("invalid JSON and unknown routes answer JSON errors", async (c) => {
     "invalid",
     /bad size/,
   );
+});
+
+Deno.test("POST entries: bad bodies get one-line 4xx errors; a client asks in batches", async () => {
+  const server = await startServer();
+  const src = await tempDir();
+  try {
+    const spec: Spec = {};
+    for (let i = 0; i < 30; i++) spec[`d/f${i}.txt`] = `file ${i}\n`;
+    writeTree(src, spec);
+    const up = json<{ commit: { id: string } }>(
+      await keepOk(["backup", "-s", server.url, "-p", "look", "--settle", "0", "--json", src]),
+    );
+    const url = `${server.url}/v1/projects/look/entries`;
+    const post = (body: string | Uint8Array<ArrayBuffer>) => fetch(url, { method: "POST", body });
+    const cases: [string | Uint8Array<ArrayBuffer>, number, RegExp][] = [
+      ["not json", 400, /^Cannot look up entries: the body is not JSON$/],
+      [new Uint8Array([0x7b, 0xff, 0x7d]), 400, /^Cannot look up entries: the body is not JSON$/],
+      ['{"commit": 5, "paths": []}', 400, /body must be JSON \{commit, paths: \[string\]\}$/],
+      [`{"commit": "${up.commit.id}", "paths": [1]}`, 400, /body must be JSON/],
+      [
+        JSON.stringify({ commit: up.commit.id, paths: Array(10_001).fill("a") }),
+        413,
+        /^Cannot look up entries: 10001 paths, at most 10000 per request$/,
+      ],
+      [JSON.stringify({ commit: "0123456789abcdef", paths: ["d/f1.txt"] }), 404, /^Cannot find/],
+    ];
+    for (const [body, status, message] of cases) {
+      const res = await post(body);
+      const err = (await res.json()).error;
+      assertEquals(res.status, status, JSON.stringify(err));
+      assertMatch(err.message, message);
+      assert(!err.message.includes("\n"));
+    }
+    // A body over the limit (48 MiB) is cut as it streams in.
+    let sent = 0;
+    const big = await fetch(url, {
+      method: "POST",
+      body: new ReadableStream<Uint8Array>({
+        pull(c) {
+          if (sent >= 64 << 20) return c.close();
+          sent += 1 << 20;
+          c.enqueue(new Uint8Array(1 << 20).fill(32));
+        },
+      }),
+    }).catch((e) => e as Error);
+    if (big instanceof Response) {
+      assertEquals(big.status, 413);
+      assertMatch(
+        (await big.json()).error.message,
+        /^Cannot look up entries: body over \d+ bytes$/,
+      );
+    } else assert(sent < 64 << 20, `the server read all ${sent} bytes: ${big.message}`);
+    // The client splits 12,000 paths into requests the server takes; found ones come back.
+    const client = new KeepClient({ server: server.url });
+    try {
+      const paths = Array.from({ length: 12_000 }, (_, i) => `d/f${i}.txt`);
+      const found = await client.entries("look", up.commit.id, paths);
+      assertEquals(found.map((e) => e.path), paths.slice(0, 30));
+      assert(found.every((e) => /^[0-9a-f]{64}$/.test(e.hash!) && e.type === "f"));
+    } finally {
+      client.close();
+    }
+  } finally {
+    await server.stop();
+  }
 });

@@ -128,7 +128,20 @@ Deno.test("a chmod of 1,000 unchanged files sends metadata only, no file content
     age(src);
     await backup(server, "chmod", src, ["--settle", "0"]);
     for (const p of Object.keys(spec)) Deno.chmodSync(join(src, p), 0o600);
-    const r = await backup(server, "chmod", src, ["--settle", "0"]);
+    // The diff reads the manifest without hashes; the suspects' hashes come in one lookup.
+    const proxy = captureProxy(server.url);
+    let r: BackupJson;
+    try {
+      r = json<BackupJson>(
+        await keepOk(["backup", "-s", proxy.url, "-p", "chmod", "--settle", "0", "--json", src]),
+      );
+    } finally {
+      await proxy.close();
+    }
+    assertEquals(proxy.requests.filter((q) => !q.startsWith("POST /v1/projects/chmod/commits")), [
+      "GET /v1/projects/chmod/manifest?commit=latest&fields=stat",
+      "POST /v1/projects/chmod/entries",
+    ]);
     assertEquals(r.commit.stats.filesReceived, 0);
     assertEquals(r.commit.stats.bytesReceived, 0);
     assertEquals(r.commit.counts.metadata, 1000);
@@ -143,6 +156,23 @@ Deno.test("a chmod of 1,000 unchanged files sends metadata only, no file content
       again.commit.counts.unchanged,
       again.commit.counts.files + again.commit.counts.dirs,
     );
+    // --check full compares every hash: it reads the whole manifest and asks for nothing more.
+    const proxy2 = captureProxy(server.url);
+    try {
+      const full = json<BackupJson>(
+        await keepOk([
+          "backup",
+          ...["-s", proxy2.url, "-p", "chmod", "--settle", "0", "--json", "--check", "full", src],
+        ]),
+      );
+      assertEquals(full.hashed, 1000);
+      assertEquals(full.commit.stats.filesReceived, 0);
+    } finally {
+      await proxy2.close();
+    }
+    assertEquals(proxy2.requests.filter((q) => !q.startsWith("POST /v1/projects/chmod/commits")), [
+      "GET /v1/projects/chmod/manifest?commit=latest",
+    ]);
   } finally {
     await server.stop();
   }

@@ -13,7 +13,7 @@ import { type CheckMode, diffTree, type Suspect } from "./diff.ts";
 import { KeepError } from "./errors.ts";
 import { lstatNs } from "./fs_native.ts";
 import { collectNow } from "./memory.ts";
-import type { ChangeRecord, CommitInfo, UploadHeader } from "./manifest.ts";
+import type { ChangeRecord, CommitInfo, Entry, UploadHeader } from "./manifest.ts";
 import { type CompressMode, type PackStats, packUpload } from "./pack.ts";
 import { partialHashOfFile } from "./partial_hash.ts";
 import { comparePaths } from "./paths.ts";
@@ -22,8 +22,15 @@ import { settleFiles } from "./settle.ts";
 
 /** What the backup needs from the server. */
 export interface BackupRemote {
-  /** The head commit and its manifest: batches of NDJSON lines, in path order. */
-  latest(): Promise<{ commit: CommitInfo | null; lines: AsyncIterable<string[]> }>;
+  /**
+   * The head commit and its manifest: batches of NDJSON lines, in path order.
+   * With `stat`, the server may leave out the files' hashes (and says so).
+   */
+  latest(
+    stat?: boolean,
+  ): Promise<{ commit: CommitInfo | null; stat?: boolean; lines: AsyncIterable<string[]> }>;
+  /** The whole entries of `paths` in commit `commit` (paths it lacks are left out). */
+  entries?(commit: string, paths: string[]): Promise<Entry[]>;
   /** Sends an upload; resolves to the new commit, rejects with KeepError (conflict on 409). */
   upload(body: ReadableStream<Uint8Array>): Promise<CommitInfo>;
 }
@@ -135,8 +142,12 @@ export async function runBackup(
   options.onPhase?.("scan", root);
   // The parent manifest is requested before the walk: on a NAS, where the
   // walk waits on the network, it downloads meanwhile (up to PREFETCH_LINES).
-  let early: Promise<Prefetched> | null = remote.latest().then((l) => ({
+  // Without a content check, the diff needs no hashes: the stat form of the
+  // manifest (a fifth of the bytes), then the hashes of the suspects alone.
+  const stat = (options.check ?? "none") === "none" && remote.entries !== undefined;
+  let early: Promise<Prefetched> | null = remote.latest(stat).then((l) => ({
     commit: l.commit,
+    stat: l.stat ?? false,
     lines: prefetch(l.lines, PREFETCH_LINES),
   }));
   early.catch(() => {}); // awaited below; a failure surfaces there
@@ -172,7 +183,7 @@ export async function runBackup(
     options.onPhase?.("fetch", early ? "reading the latest manifest" : "latest manifest");
     // A request made before a long walk may have failed (a server restart):
     // asked again then.
-    const latest = early ? await early.catch(() => remote.latest()) : await remote.latest();
+    const latest = early ? await early.catch(() => remote.latest(stat)) : await remote.latest(stat);
     early = null;
     options.onPhase?.("diff", `${scan.entries.length} scanned entries against the parent`);
     const parent = latest.commit;
@@ -192,6 +203,9 @@ export async function runBackup(
 
     // Suspects: hash locally, send content only when it differs.
     options.onPhase?.("hash", `${plan.suspects.length} suspect files`);
+    if (latest.stat && parent && plan.suspects.length) {
+      await fillHashes(remote, parent.id, plan.suspects);
+    }
     let metadata = 0;
     const extraSend = [];
     for (const s of plan.suspects) {
@@ -297,8 +311,28 @@ export async function runBackup(
   }
 }
 
+/**
+ * Gives suspects from a stat-form manifest their previous hashes, asked of
+ * the server. A suspect the answer lacks keeps none, and is sent whole.
+ */
+async function fillHashes(remote: BackupRemote, commit: string, suspects: Suspect[]) {
+  const files = suspects.filter((s) => s.prev.type === "f" && s.prev.hash === undefined);
+  if (!files.length || !remote.entries) return;
+  const found = await remote.entries(commit, files.map((s) => s.prev.path));
+  const byPath = new Map(found.map((e) => [e.path, e]));
+  for (const s of files) {
+    const e = byPath.get(s.prev.path);
+    // Only the hashes are taken: the rest of the line came with the manifest.
+    if (e && e.type === "f" && e.size === s.prev.size && e.mtime === s.prev.mtime) {
+      s.prev.hash = e.hash;
+      s.prev.xxh = e.xxh;
+    }
+  }
+}
+
 interface Prefetched {
   commit: CommitInfo | null;
+  stat: boolean;
   lines: AsyncIterable<string[]> & { cancel(): Promise<void> };
 }
 

@@ -6,6 +6,11 @@
  * The head manifest is what every backup asks for; it is cached per project
  * head in `DATA/cache/` (written while it is first streamed, renamed into
  * place when complete), so a project's manifest is built once per commit.
+ * Each head has two forms: the whole manifest, and the "stat" form a backup
+ * diffs against, whose file lines lack the hashes (`h`, `x`): half the text,
+ * a fifth of the gzip (hex hashes do not compress), and what the client
+ * inflates and decodes before a no-change backup can finish. The few files
+ * a backup must hash locally get their hashes with `POST …/entries`.
  *
  * @module
  */
@@ -14,7 +19,7 @@ import { join } from "node:path";
 import { setImmediate } from "node:timers";
 import { decodeMemberTransient, encodeMember, MemberSplitter } from "./gzip_member.ts";
 import type { IndexDb } from "./index_db.ts";
-import { type CommitInfo, entryToJson } from "./manifest.ts";
+import { type CommitInfo, entriesFromLines, entryToJson } from "./manifest.ts";
 import { churned, collectNow } from "./memory.ts";
 import { comparePaths } from "./paths.ts";
 
@@ -26,6 +31,7 @@ export function* manifestMembers(
   index: IndexDb,
   project: string,
   commit: CommitInfo | null,
+  stat = false,
 ): Generator<Uint8Array> {
   // The commit line has a member of its own: the entries that follow can be
   // reused as they are by the next head's manifest (see mergedMembers).
@@ -33,6 +39,10 @@ export function* manifestMembers(
   let text = "";
   if (commit) {
     for (const e of index.entries(project, commit)) {
+      if (stat) {
+        e.hash = undefined;
+        e.xxh = undefined;
+      }
       text += entryToJson(e) + "\n";
       if (text.length >= MEMBER_TARGET) {
         yield encodeMember(encoder.encode(text), 1);
@@ -143,6 +153,63 @@ function* copiedMembers(commit: CommitInfo, parentFile: string): Generator<Uint8
 }
 
 /**
+ * `line` (an entry line of the whole manifest) in the stat form: without its
+ * `h` and `x` fields. A path or target cannot hold `,"h":"` (its quotes are
+ * escaped), so the first such text is the field; anything unexpected is
+ * decoded and written again.
+ */
+export function statLine(line: string): string {
+  let i = line.indexOf(',"h":"');
+  if (i >= 0) {
+    if (line.charCodeAt(i + 70) !== 34) return statLineSlow(line);
+    line = line.slice(0, i) + line.slice(i + 71);
+  }
+  i = line.indexOf(',"x":"');
+  if (i >= 0) {
+    if (line.charCodeAt(i + 22) !== 34) return statLineSlow(line);
+    line = line.slice(0, i) + line.slice(i + 23);
+  }
+  return line;
+}
+
+function statLineSlow(line: string): string {
+  const e = entriesFromLines([line])[0];
+  e.hash = undefined;
+  e.xxh = undefined;
+  return entryToJson(e);
+}
+
+/** The stat form of a whole manifest's cached file (open, closed when done). */
+function* strippedMembers(file: Deno.FsFile): Generator<Uint8Array> {
+  try {
+    const split = new MemberSplitter();
+    const decoder = new TextDecoder();
+    const buf = new Uint8Array(256 * 1024);
+    let first = true;
+    for (;;) {
+      const n = file.readSync(buf);
+      if (n === null || n === 0) break;
+      split.push(buf.slice(0, n));
+      for (let m = split.next(); m; m = split.next()) {
+        if (first) {
+          first = false; // the commit line, as it is
+          yield m.slice();
+          continue;
+        }
+        const lines = decoder.decode(decodeMemberTransient(m)).split("\n");
+        lines.pop(); // members end with a newline
+        let text = "";
+        for (const line of lines) text += statLine(line) + "\n";
+        yield encodeMember(encoder.encode(text), 1);
+      }
+    }
+    split.end();
+  } finally {
+    file.close();
+  }
+}
+
+/**
  * Head manifests cached as files.
  *
  * @example
@@ -154,7 +221,7 @@ function* copiedMembers(commit: CommitInfo, parentFile: string): Generator<Uint8
 export class ManifestCache {
   readonly dir: string;
   #seq = 0;
-  /** Builds in progress, by cache path. */
+  /** Builds in progress (both forms), by the whole form's cache path. */
   #building = new Map<string, Promise<void>>();
 
   /**
@@ -174,14 +241,19 @@ export class ManifestCache {
     } catch { /* not there */ }
   }
 
-  #path(projectId: number, commit: CommitInfo): string {
-    return join(this.dir, `${projectId}-${commit.seq}-${commit.id}.ndjson.gz`);
+  #stem(projectId: number, commit: CommitInfo): string {
+    return `${projectId}-${commit.seq}-${commit.id}.`;
+  }
+
+  #path(projectId: number, commit: CommitInfo, stat = false): string {
+    return join(this.dir, `${this.#stem(projectId, commit)}${stat ? "stat." : ""}ndjson.gz`);
   }
 
   /**
-   * Builds the cache file for a new head in the background, a few members per
-   * turn of the event loop, so the next backup's request is answered from a
-   * file (a 1M-file manifest takes seconds to build).
+   * Builds the cache files for a new head in the background (the whole
+   * manifest, then its stat form), a few members per turn of the event loop,
+   * so the next backup's request is answered from a file (a 1M-file manifest
+   * takes seconds to build).
    */
   prepare(
     index: IndexDb,
@@ -195,57 +267,44 @@ export class ManifestCache {
     const running = this.#building.get(path);
     if (running) return running;
     const job = (async () => {
-      const tmp = `${path}.${Deno.pid}.${++this.#seq}.part`;
-      let out: Deno.FsFile | null = null;
-      // A copy of the parent's file (no path changed) leaves little garbage.
-      let copy = false;
+      // Copies of the parent's files (no path changed) leave little garbage.
+      let copy = true;
       try {
-        try {
-          Deno.statSync(path);
-          return; // already there
-        } catch { /* build it */ }
         Deno.mkdirSync(this.dir, { recursive: true });
-        out = Deno.openSync(tmp, { write: true, createNew: true });
         // From the parent's cache when there is one and the change list is known.
-        let members = manifestMembers(index, project, commit);
-        if (changed && commit.parent) {
-          const parent = index.resolveCommit(project, commit.parent);
-          const parentFile = this.#path(pid, parent);
-          try {
-            Deno.statSync(parentFile);
-            members = changed.length
-              ? mergedMembers(index, project, commit, parentFile, changed)
-              : copiedMembers(commit, parentFile);
-            copy = changed.length === 0;
-          } catch { /* no parent cache: build from the index */ }
+        const parent = changed && commit.parent
+          ? index.resolveCommit(project, commit.parent)
+          : null;
+        const parentFile = (stat: boolean) => {
+          const file = parent ? this.#path(pid, parent, stat) : "";
+          return file && exists(file) ? file : null;
+        };
+        if (!exists(path)) {
+          const file = parentFile(false);
+          const copied = file !== null && changed!.length === 0;
+          copy &&= copied;
+          const members = file === null
+            ? manifestMembers(index, project, commit)
+            : copied
+            ? copiedMembers(commit, file)
+            : mergedMembers(index, project, commit, file, changed!);
+          await this.#write(index, project, commit, path, members, copied);
         }
-        let n = 0;
-        for (const m of members) {
-          let o = 0;
-          while (o < m.length) o += out.writeSync(m.subarray(o));
-          // A copy goes by in fresh 256 KiB buffers; a build leaves ~4 bytes
-          // of entry objects and strings per byte of text.
-          if (copy) churned(m.length);
-          else churned(m.length * 16, true);
-          // Let requests in now and then; setImmediate, as a setTimeout(0)
-          // after another is held back ~2 ms (a copy of a 100k-file manifest
-          // took ~25 ms of such waits, which a backup right after waited for).
-          if (++n % 4 === 0) await new Promise((r) => setImmediate(r));
-          if (index.headCommit(project)?.id !== commit.id) throw new Error("superseded");
+        const statPath = this.#path(pid, commit, true);
+        if (!exists(statPath)) {
+          // A no-change commit copies its parent's stat file; otherwise the
+          // whole form just written is stripped (cheaper than the index).
+          const file = changed?.length === 0 ? parentFile(true) : null;
+          copy &&= file !== null;
+          const members = file !== null
+            ? copiedMembers(commit, file)
+            : strippedMembers(Deno.openSync(path, { read: true }));
+          await this.#write(index, project, commit, statPath, members, file !== null);
         }
-        out.close();
-        out = null;
-        Deno.renameSync(tmp, path);
-        this.#dropOthers(pid, path);
+        this.#dropOthers(pid, this.#stem(pid, commit));
       } catch {
         // A cache that cannot be built (disk full, directory gone, a newer head)
         // only costs speed: the manifest is then built from the index on request.
-        try {
-          out?.close();
-        } catch { /* closed */ }
-        try {
-          Deno.removeSync(tmp);
-        } catch { /* gone */ }
       } finally {
         this.#building.delete(path);
         if (!copy) collectNow();
@@ -255,27 +314,77 @@ export class ManifestCache {
     return job;
   }
 
+  /** Writes `members` to a temporary file, renamed to `path` when complete. */
+  async #write(
+    index: IndexDb,
+    project: string,
+    commit: CommitInfo,
+    path: string,
+    members: Generator<Uint8Array>,
+    copy: boolean,
+  ): Promise<void> {
+    const tmp = `${path}.${Deno.pid}.${++this.#seq}.part`;
+    let out: Deno.FsFile | null = null;
+    try {
+      out = Deno.openSync(tmp, { write: true, createNew: true });
+      let n = 0;
+      for (const m of members) {
+        let o = 0;
+        while (o < m.length) o += out.writeSync(m.subarray(o));
+        // A copy goes by in fresh 256 KiB buffers; a build leaves ~4 bytes
+        // of entry objects and strings per byte of text.
+        if (copy) churned(m.length);
+        else churned(m.length * 16, true);
+        // Let requests in now and then; setImmediate, as a setTimeout(0)
+        // after another is held back ~2 ms (a copy of a 100k-file manifest
+        // took ~25 ms of such waits, which a backup right after waited for).
+        if (++n % 4 === 0) await new Promise((r) => setImmediate(r));
+        if (index.headCommit(project)?.id !== commit.id) throw new Error("superseded");
+      }
+      out.close();
+      out = null;
+      Deno.renameSync(tmp, path);
+    } catch (err) {
+      try {
+        out?.close();
+      } catch { /* closed */ }
+      try {
+        Deno.removeSync(tmp);
+      } catch { /* gone */ }
+      throw err;
+    } finally {
+      members.return(undefined);
+    }
+  }
+
+  /** Removes the project's cache files other than those starting with `keep`. */
   #dropOthers(pid: number, keep: string): void {
     for (const e of Deno.readDirSync(this.dir)) {
-      const p = join(this.dir, e.name);
-      if (e.name.startsWith(`${pid}-`) && p !== keep && !e.name.endsWith(".part")) {
+      if (e.name.startsWith(`${pid}-`) && !e.name.startsWith(keep) && !e.name.endsWith(".part")) {
         try {
-          Deno.removeSync(p);
+          Deno.removeSync(join(this.dir, e.name));
         } catch { /* gone */ }
       }
     }
   }
 
-  /** The manifest of a project's head as a stream; from the cache when it is there. */
+  /**
+   * The manifest of a project's head as a stream, whole or in its stat form
+   * (no hashes); from the cache when it is there.
+   */
   async stream(
     index: IndexDb,
     project: string,
     commit: CommitInfo | null,
+    stat = false,
   ): Promise<ReadableStream<Uint8Array>> {
     const pid = index.projectId(project);
-    if (!commit || pid === null) return fromGenerator(manifestMembers(index, project, commit));
-    const path = this.#path(pid, commit);
-    await this.#building.get(path);
+    if (!commit || pid === null) {
+      return fromGenerator(manifestMembers(index, project, commit, stat));
+    }
+    const whole = this.#path(pid, commit);
+    const path = stat ? this.#path(pid, commit, true) : whole;
+    await this.#building.get(whole);
     try {
       const file = Deno.openSync(path, { read: true });
       return fileStream(file);
@@ -286,20 +395,28 @@ export class ManifestCache {
     try {
       out = Deno.openSync(tmp, { write: true, createNew: true });
     } catch { /* cache not writable: just stream */ }
-    const gen = manifestMembers(index, project, commit);
+    let gen: Generator<Uint8Array> | null = null;
+    if (stat) {
+      try {
+        gen = strippedMembers(Deno.openSync(whole, { read: true }));
+      } catch { /* no whole form either: from the index */ }
+    }
+    gen ??= manifestMembers(index, project, commit, stat);
+    const members = gen;
+    const stem = this.#stem(pid, commit);
     // deno-lint-ignore no-this-alias
     const cache = this;
     return new ReadableStream<Uint8Array>({
       pull(controller) {
         try {
-          const r = gen.next();
+          const r = members.next();
           if (r.done) {
             if (out) {
               out.close();
               out = null;
               try {
                 Deno.renameSync(tmp, path);
-                cache.#dropOthers(pid, path);
+                cache.#dropOthers(pid, stem);
               } catch { /* cache gone: the answer is complete anyway */ }
             }
             controller.close();
@@ -315,7 +432,7 @@ export class ManifestCache {
         }
       },
       cancel() {
-        gen.return(undefined);
+        members.return(undefined);
         if (out) {
           out.close();
           out = null;
@@ -325,6 +442,15 @@ export class ManifestCache {
         }
       },
     });
+  }
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -10,16 +10,47 @@ import { Hono } from "hono";
 import type { Context } from "hono";
 import { type BlobStore } from "../engine/blob_store.ts";
 import { HTTP_STATUS, KeepError, toKeepError } from "../engine/errors.ts";
+import { concatBytes } from "../engine/concat_bytes.ts";
 import { exportArchive } from "../engine/export.ts";
 import { Ingest, type IngestLimits } from "../engine/ingest.ts";
 import { hexToBytes, type IndexDb } from "../engine/index_db.ts";
 import { type ManifestCache, manifestMembers } from "../engine/manifest_stream.ts";
 import { churned, collectNow } from "../engine/memory.ts";
-import { normalisePrefix } from "../engine/paths.ts";
+import { entryToJson } from "../engine/manifest.ts";
+import { normalisePrefix, pathProblem } from "../engine/paths.ts";
 import { pruneProject } from "../engine/prune.ts";
 import { verifyStore } from "../engine/verify.ts";
 import { type Access, authorize, type Need, type TokenStore } from "../engine/tokens.ts";
 import { checkProjectName, VERSION } from "./wire.ts";
+
+/** Paths per `POST …/entries` request, and its body's limit (paths of up to 4 KiB). */
+export const MAX_LOOKUP_PATHS = 10_000;
+const MAX_LOOKUP_BODY = 48 << 20;
+
+/** A JSON request body of at most `limit` bytes. */
+async function readJson(c: Context, limit: number, what: string): Promise<unknown> {
+  const declared = Number(c.req.header("content-length") ?? 0);
+  if (declared > limit) {
+    throw new KeepError("too_large", `Cannot ${what}: body of ${declared} bytes is over the limit`);
+  }
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const body = c.req.raw.body;
+  if (body) {
+    for await (const chunk of body) {
+      size += chunk.length;
+      if (size > limit) {
+        throw new KeepError("too_large", `Cannot ${what}: body over ${limit} bytes`);
+      }
+      chunks.push(chunk);
+    }
+  }
+  try {
+    return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(concatBytes(chunks)));
+  } catch {
+    throw new KeepError("invalid", `Cannot ${what}: the body is not JSON`);
+  }
+}
 
 /** What the routes need. */
 export interface AppContext {
@@ -166,13 +197,18 @@ export function createApp(ctx: AppContext): Hono<Env> {
     const p = project(c);
     const ref = c.req.query("commit") ?? "latest";
     need(c, ref === "latest" ? "head" : "read", p);
+    const fields = c.req.query("fields") ?? "all";
+    if (fields !== "all" && fields !== "stat") {
+      throw new KeepError("usage", `Cannot send manifest: unknown fields ${fields} (all or stat)`);
+    }
+    const stat = fields === "stat";
     const commit = ref === "latest" ? index.headCommit(p) : index.resolveCommit(p, ref);
     const body = ref === "latest"
-      ? await ctx.manifests.stream(index, p, commit)
+      ? await ctx.manifests.stream(index, p, commit, stat)
       : new ReadableStream<Uint8Array>({
         start() {},
         pull: (() => {
-          const gen = manifestMembers(index, p, commit);
+          const gen = manifestMembers(index, p, commit, stat);
           return (controller: ReadableStreamDefaultController<Uint8Array>) => {
             const r = gen.next();
             if (r.done) controller.close();
@@ -181,8 +217,49 @@ export function createApp(ctx: AppContext): Hono<Env> {
         })(),
       });
     return new Response(body, {
-      headers: { "content-type": "application/gzip", "keep-commit": commit?.id ?? "" },
+      headers: {
+        "content-type": "application/gzip",
+        "keep-commit": commit?.id ?? "",
+        "keep-manifest-fields": fields,
+      },
     });
+  });
+
+  // Whole entries of some paths of a commit: the hashes a backup that read
+  // the stat form needs for the few files it hashes locally.
+  app.post("/v1/projects/:project/entries", async (c) => {
+    const p = project(c);
+    need(c, "head", p);
+    const body = await readJson(c, MAX_LOOKUP_BODY, "look up entries") as {
+      commit?: unknown;
+      paths?: unknown;
+    };
+    const { commit: ref, paths } = body ?? {};
+    if (
+      typeof ref !== "string" || !Array.isArray(paths) ||
+      !paths.every((x) => typeof x === "string")
+    ) {
+      throw new KeepError(
+        "invalid",
+        "Cannot look up entries: body must be JSON {commit, paths: [string]}",
+      );
+    }
+    if (paths.length > MAX_LOOKUP_PATHS) {
+      throw new KeepError(
+        "too_large",
+        `Cannot look up entries: ${paths.length} paths, at most ${MAX_LOOKUP_PATHS} per request`,
+      );
+    }
+    // A backup token may read its head's entries, like the head's manifest.
+    if (index.headCommit(p)?.id !== ref) need(c, "read", p);
+    const commit = index.resolveCommit(p, ref);
+    const pid = index.projectId(p)!;
+    let text = "";
+    for (const path of paths as string[]) {
+      const e = pathProblem(path) ? null : index.entryAt(pid, commit.seq, path);
+      if (e) text += entryToJson(e) + "\n";
+    }
+    return new Response(text, { headers: { "content-type": "application/x-ndjson" } });
   });
 
   app.get("/v1/projects/:project/commits", (c) => {

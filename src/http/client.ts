@@ -14,6 +14,9 @@ import type { VerifyReport } from "../engine/verify.ts";
 import type { CommitNote, ProjectInfo } from "../engine/index_db.ts";
 import { API, errorFromBody } from "./wire.ts";
 
+/** Paths per entries request (the server takes up to 10,000). */
+const LOOKUP_BATCH = 5_000;
+
 export interface ClientOptions {
   /** Base URL, e.g. http://127.0.0.1:8080 */
   server: string;
@@ -123,14 +126,22 @@ export class KeepClient {
   async manifest(
     project: string,
     ref = "latest",
+    options: { stat?: boolean } = {},
   ): Promise<
     {
       commit: CommitInfo | null;
+      /** True when the entries lack their hashes (asked for with `stat`). */
+      stat: boolean;
       entries: AsyncIterable<Entry>;
       lines: AsyncIterable<string[]>;
     }
   > {
-    const res = await this.#fetch(`${this.#p(project)}/manifest?commit=${encodeURIComponent(ref)}`);
+    const res = await this.#fetch(
+      `${this.#p(project)}/manifest?commit=${encodeURIComponent(ref)}${
+        options.stat ? "&fields=stat" : ""
+      }`,
+    );
+    const stat = res.headers.get("keep-manifest-fields") === "stat";
     const reader = res.body!.getReader();
     const split = new MemberSplitter();
     const splitter = new LineSplitter();
@@ -185,7 +196,22 @@ export class KeepClient {
     async function* entries(): AsyncGenerator<Entry> {
       for await (const batch of lineStream) yield* entriesFromLines(batch);
     }
-    return { commit, entries: entries(), lines: lineStream };
+    return { commit, stat, entries: entries(), lines: lineStream };
+  }
+
+  /** The whole entries (hashes included) of `paths` in a commit; paths it lacks are left out. */
+  async entries(project: string, commit: string, paths: string[]): Promise<Entry[]> {
+    const out: Entry[] = [];
+    for (let i = 0; i < paths.length; i += LOOKUP_BATCH) {
+      const res = await this.#fetch(`${this.#p(project)}/entries`, {
+        method: "POST",
+        body: JSON.stringify({ commit, paths: paths.slice(i, i + LOOKUP_BATCH) }),
+        headers: { "content-type": "application/json" },
+      });
+      const lines = (await res.text()).split("\n").filter((l) => l !== "");
+      for (const e of entriesFromLines(lines)) out.push(e);
+    }
+    return out;
   }
 
   async upload(project: string, body: ReadableStream<Uint8Array>): Promise<CommitInfo> {
@@ -235,10 +261,11 @@ export class KeepClient {
   /** The BackupRemote for one project. */
   remote(project: string): BackupRemote {
     return {
-      latest: async () => {
-        const m = await this.manifest(project, "latest");
-        return { commit: m.commit, lines: m.lines };
+      latest: async (stat) => {
+        const m = await this.manifest(project, "latest", { stat });
+        return { commit: m.commit, stat: m.stat, lines: m.lines };
       },
+      entries: (commit, paths) => this.entries(project, commit, paths),
       upload: (body) => this.upload(project, body),
     };
   }
