@@ -9,7 +9,7 @@
  */
 
 import { createHash } from "node:crypto";
-import { type CheckMode, diffTree, type Suspect } from "./diff.ts";
+import { type CheckMode, diffTree, type ManifestBatch, type Suspect } from "./diff.ts";
 import { KeepError } from "./errors.ts";
 import { lstatNs } from "./fs_native.ts";
 import { collectNow } from "./memory.ts";
@@ -28,7 +28,7 @@ export interface BackupRemote {
    */
   latest(
     stat?: boolean,
-  ): Promise<{ commit: CommitInfo | null; stat?: boolean; lines: AsyncIterable<string[]> }>;
+  ): Promise<{ commit: CommitInfo | null; stat?: boolean; lines: AsyncIterable<ManifestBatch> }>;
   /** The whole entries of `paths` in commit `commit` (paths it lacks are left out). */
   entries?(commit: string, paths: string[]): Promise<Entry[]>;
   /** Sends an upload; resolves to the new commit, rejects with KeepError (conflict on 409). */
@@ -148,7 +148,7 @@ export async function runBackup(
   let early: Promise<Prefetched> | null = remote.latest(stat).then((l) => ({
     commit: l.commit,
     stat: l.stat ?? false,
-    lines: prefetch(l.lines, PREFETCH_LINES),
+    lines: prefetch(l.lines, PREFETCH_BYTES),
   }));
   early.catch(() => {}); // awaited below; a failure surfaces there
   let scan;
@@ -333,27 +333,33 @@ async function fillHashes(remote: BackupRemote, commit: string, suspects: Suspec
 interface Prefetched {
   commit: CommitInfo | null;
   stat: boolean;
-  lines: AsyncIterable<string[]> & { cancel(): Promise<void> };
+  lines: AsyncIterable<ManifestBatch> & { cancel(): Promise<void> };
 }
 
 /**
- * Manifest lines read ahead while the scan runs (~4 MB): on a NAS, where the
- * walk waits on the network, the start of the download overlaps it; more
- * would hold memory for little (the rest of a 100k-line manifest takes tens
- * of ms on a LAN).
+ * Manifest text read ahead while the scan runs (~4 MB, ~20,000 lines): on a
+ * NAS, where the walk waits on the network, the start of the download
+ * overlaps it; more would hold memory for little (the rest of a 100k-line
+ * manifest takes tens of ms on a LAN).
  */
-const PREFETCH_LINES = 20_000;
+const PREFETCH_BYTES = 4 << 20;
+
+/** A batch's size in bytes (decoded lines: ~200 bytes each). */
+function weight(batch: ManifestBatch): number {
+  return batch instanceof Uint8Array ? batch.length : batch.length * 200;
+}
 
 /**
  * Reads batches of `src` ahead of the consumer, in the background, until
- * `max` items wait. `cancel()` stops reading and releases the source.
+ * `max` bytes wait. `cancel()` stops reading and releases the source.
  */
-function prefetch<T>(
-  src: AsyncIterable<T[]>,
+function prefetch(
+  src: AsyncIterable<ManifestBatch>,
   max: number,
-): AsyncIterable<T[]> & { cancel(): Promise<void> } {
+): AsyncIterable<ManifestBatch> & { cancel(): Promise<void> } {
+  type T = ManifestBatch;
   const it = src[Symbol.asyncIterator]();
-  const queue: T[][] = [];
+  const queue: T[] = [];
   let waiting = 0;
   let done = false;
   let failed: { error: unknown } | null = null;
@@ -370,7 +376,7 @@ function prefetch<T>(
         const r = await it.next();
         if (r.done) break;
         queue.push(r.value);
-        waiting += r.value.length;
+        waiting += weight(r.value);
         wakeConsumer?.();
       }
     } catch (error) {
@@ -388,12 +394,12 @@ function prefetch<T>(
   };
   return {
     cancel,
-    async *[Symbol.asyncIterator]() {
+    async *[Symbol.asyncIterator](): AsyncGenerator<T> {
       try {
         for (;;) {
           const batch = queue.shift();
           if (batch) {
-            waiting -= batch.length;
+            waiting -= weight(batch);
             wakePump?.();
             wakePump = null;
             yield batch;

@@ -19,6 +19,7 @@
  * @module
  */
 
+import { KeepError } from "./errors.ts";
 import { entriesFromLines, type Entry } from "./manifest.ts";
 import { comparePaths } from "./paths.ts";
 import { type ScanEntry, ScanTable } from "./scan.ts";
@@ -72,6 +73,20 @@ export interface DiffPlan {
   changed: number;
 }
 
+/**
+ * Manifest lines, in order: decoded, or as UTF-8 bytes of whole lines
+ * (`\n`-separated; compared as bytes, and only the lines that differ decoded).
+ */
+export type ManifestBatch = string[] | Uint8Array;
+
+function decodeLine(bytes: Uint8Array): string {
+  try {
+    return lineDecoder.decode(bytes);
+  } catch {
+    throw new KeepError("invalid", "Cannot read manifest: not valid UTF-8");
+  }
+}
+
 /** Characters JSON.stringify escapes in a (well-formed) string. */
 // deno-lint-ignore no-control-regex
 const NEEDS_ESCAPE = /["\\\u0000-\u001f]/;
@@ -115,6 +130,78 @@ function timeEqual(line: string, pos: number, sec: number, ns: number): number {
   return v === ns && !(next >= 48 && next <= 57) ? pos : -1;
 }
 
+const encoder = new TextEncoder();
+const P_OPEN = encoder.encode('{"p":"');
+const T_FILE = encoder.encode('","t":"f","s":');
+const T_DIR = encoder.encode('","t":"d","s":');
+const M_KEY = encoder.encode(',"m":');
+const MT_KEY = encoder.encode(',"mt":"');
+const CT_KEY = encoder.encode('","ct":"');
+const lineDecoder = new TextDecoder("utf-8", { fatal: true });
+
+/** The position after `lit` when `buf` has it at `pos` (before `end`), else -1. */
+function atBytes(buf: Uint8Array, pos: number, end: number, lit: Uint8Array): number {
+  if (pos < 0 || pos + lit.length > end) return -1;
+  for (let i = 0; i < lit.length; i++) if (buf[pos + i] !== lit[i]) return -1;
+  return pos + lit.length;
+}
+
+/**
+ * The position after the ASCII string `s` when `buf` has it at `pos`, else
+ * -1; also -1 when `s` has a character JSON would escape or that is not
+ * ASCII (those lines are decoded).
+ */
+function asciiAtBytes(buf: Uint8Array, pos: number, end: number, s: string): number {
+  if (pos < 0 || pos + s.length > end) return -1;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 128 || c < 32 || c === 34 || c === 92 || buf[pos + i] !== c) return -1;
+  }
+  return pos + s.length;
+}
+
+/** digitsEqual on bytes. */
+function digitsEqualBytes(buf: Uint8Array, pos: number, end: number, n: number): number {
+  if (pos < 0) return -1;
+  const start = pos;
+  let v = 0;
+  for (let c = buf[pos]; pos < end && c >= 48 && c <= 57; c = buf[++pos]) v = v * 10 + (c - 48);
+  const len = pos - start;
+  if (len === 0 || len > 15 || (len > 1 && buf[start] === 48)) return -1;
+  return v === n ? pos : -1;
+}
+
+/** timeEqual on bytes. */
+function timeEqualBytes(
+  buf: Uint8Array,
+  pos: number,
+  end: number,
+  sec: number,
+  ns: number,
+): number {
+  pos = asciiAtBytes(buf, pos, end, String(sec));
+  if (pos < 0 || pos + 9 > end) return -1;
+  let v = 0;
+  for (const stop = pos + 9; pos < stop; pos++) {
+    const d = buf[pos] - 48;
+    if (!(d >= 0 && d <= 9)) return -1;
+    v = v * 10 + d;
+  }
+  const next = pos < end ? buf[pos] : -1;
+  return v === ns && !(next >= 48 && next <= 57) ? pos : -1;
+}
+
+/** True when `buf` has `"fl":` between `pos` and `end`. */
+function hasFlagKey(buf: Uint8Array, pos: number, end: number): boolean {
+  for (let k = pos; k + 5 <= end; k++) {
+    if (
+      buf[k] === 34 && buf[k + 1] === 102 && buf[k + 2] === 108 && buf[k + 3] === 34 &&
+      buf[k + 4] === 58
+    ) return true;
+  }
+  return false;
+}
+
 function floorTo(t: bigint, g: bigint): bigint {
   return g <= 1n ? t : t - (((t % g) + g) % g);
 }
@@ -133,7 +220,7 @@ function floorTo(t: bigint, g: bigint): bigint {
  */
 export async function diffTree(
   scanned: ScanTable | ScanEntry[],
-  manifest: AsyncIterable<string[]> | Iterable<string[]>,
+  manifest: AsyncIterable<ManifestBatch> | Iterable<ManifestBatch>,
   options: DiffOptions = {},
 ): Promise<DiffPlan> {
   const scan = Array.isArray(scanned) ? ScanTable.of(scanned) : scanned;
@@ -218,6 +305,27 @@ export async function diffTree(
     // JSON string (quotes are escaped there).
     return (next === 44 || next === 125) && !line.includes('"fl":', pos);
   };
+  /** unchangedLine on the line's UTF-8 bytes `buf[start, end)` (ASCII paths only). */
+  const unchangedBytes = (k: number, buf: Uint8Array, start: number, end: number): boolean => {
+    const type = scan.type(k);
+    if (type === "l" || (type === "f" && racy(k))) return false;
+    const mtSec = scan.mtimeSec(k);
+    const ctSec = scan.ctimeSec(k);
+    if (mtSec <= 0 || ctSec <= 0) return false; // times before 1970 + 1 s: decoded
+    let pos = atBytes(buf, start, end, P_OPEN);
+    pos = asciiAtBytes(buf, pos, end, scan.path(k));
+    pos = atBytes(buf, pos, end, type === "f" ? T_FILE : T_DIR);
+    pos = digitsEqualBytes(buf, pos, end, scan.size(k));
+    pos = atBytes(buf, pos, end, M_KEY);
+    pos = digitsEqualBytes(buf, pos, end, scan.mode(k));
+    pos = atBytes(buf, pos, end, MT_KEY);
+    pos = timeEqualBytes(buf, pos, end, mtSec, scan.mtimeNs(k));
+    pos = atBytes(buf, pos, end, CT_KEY);
+    pos = timeEqualBytes(buf, pos, end, ctSec, scan.ctimeNs(k));
+    if (pos < 0 || pos >= end || buf[pos] !== 34) return false;
+    const next = pos + 1 < end ? buf[pos + 1] : -1;
+    return (next === 44 || next === 125) && !hasFlagKey(buf, pos + 1, end);
+  };
   const merge = (prev: Entry) => {
     takeScanBefore(prev.path);
     if (i < scan.length && scan.path(i) === prev.path) {
@@ -230,6 +338,23 @@ export async function diffTree(
     else plan.deleted.push(prev.path);
   };
   for await (const lines of manifest) {
+    if (lines instanceof Uint8Array) {
+      // Whole lines as bytes: compared without building a string per line.
+      const n = lines.length;
+      for (let start = 0; start < n;) {
+        let end = lines.indexOf(10, start);
+        if (end < 0) end = n;
+        if (end > start) {
+          if (fast && i < scan.length && unchangedBytes(i, lines, start, end)) {
+            i++;
+            plan.unchanged++;
+            plan.undecoded++;
+          } else merge(entriesFromLines([decodeLine(lines.subarray(start, end))])[0]);
+        }
+        start = end + 1;
+      }
+      continue;
+    }
     for (const line of lines) {
       if (fast && i < scan.length && unchangedLine(i, line)) {
         i++;

@@ -92,12 +92,21 @@ Deno.test("diffTree's undecoded fast path classifies exactly as decoding every l
   scan.sort(byPath);
   const lines = prevs.map(entryToJson);
   const batches = [lines.slice(0, 1000), lines.slice(1000)];
+  const enc = new TextEncoder();
+  const byteBatches = [
+    enc.encode(lines.slice(0, 1000).join("\n") + "\n\n"),
+    enc.encode(lines.slice(1000).join("\n")),
+  ];
   for (const parentScanTime of [undefined, S + 3_000_000_000n, 1_000_000_000n, 3_500_000_000n]) {
     const options = { granularity: 1n, parentScanTime, racyMargin: 2_000_000_000n };
     const fast = await diffTree(scan, batches, options);
     const slow = await diffTree(scan, batches, { ...options, fastPath: false });
     assertEquals({ ...fast, undecoded: 0 }, slow);
     assertEquals(slow.undecoded, 0);
+    // The same lines as bytes (a batch boundary inside no line, one last line unterminated).
+    const bytes = await diffTree(scan, byteBatches, options);
+    assertEquals({ ...bytes, undecoded: 0 }, slow);
+    assert(bytes.undecoded > 50 && bytes.undecoded < fast.undecoded, `${bytes.undecoded}`);
     const counts = [fast.undecoded, fast.unchanged, fast.suspects.length, fast.send.length];
     assert(
       fast.undecoded > 100 && fast.suspects.length > 100 && fast.send.length > 300,

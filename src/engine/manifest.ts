@@ -10,6 +10,7 @@
  */
 
 import { KeepError } from "./errors.ts";
+import { concatBytes } from "./concat_bytes.ts";
 import { pathProblem } from "./paths.ts";
 
 /** Entry type: regular file, directory, symlink. */
@@ -312,6 +313,43 @@ export function parseChangeRecord(line: string): ChangeRecord {
 export function changeRecordToJson(r: ChangeRecord): string {
   if (r.op === "meta") return `{"op":"meta","e":${entryToJson(r.e)}}`;
   return JSON.stringify(r);
+}
+
+/**
+ * Splits a byte stream into chunks of whole `\n`-terminated lines, copied
+ * (input buffers may be reused): what the diff compares without decoding.
+ * The tail after the last newline waits for the next push.
+ */
+export class LineChunker {
+  #carry: Uint8Array = new Uint8Array(0);
+  constructor(readonly maxLine = 1 << 20) {}
+
+  /** The whole lines completed by `chunk` (null: none yet). */
+  push(chunk: Uint8Array): Uint8Array | null {
+    const last = chunk.lastIndexOf(10);
+    if (last < 0) {
+      this.#carry = concatBytes([this.#carry, chunk]);
+      this.#check(this.#carry.length);
+      return null;
+    }
+    const whole = this.#carry.length
+      ? concatBytes([this.#carry, chunk.subarray(0, last + 1)])
+      : chunk.slice(0, last + 1);
+    this.#carry = chunk.slice(last + 1);
+    this.#check(this.#carry.length);
+    return whole;
+  }
+
+  /** The last, unterminated line (null: none). */
+  end(): Uint8Array | null {
+    const rest = this.#carry;
+    this.#carry = new Uint8Array(0);
+    return rest.length ? rest : null;
+  }
+
+  #check(n: number): void {
+    if (n > this.maxLine) throw new KeepError("too_large", "Cannot read manifest: line too long");
+  }
 }
 
 /** Splits a stream of text chunks into lines, with a bound on line length. */

@@ -1,4 +1,5 @@
-import { assertEquals, assertThrows } from "../../tests/assert.ts";
+import { assert, assertEquals, assertThrows } from "../../tests/assert.ts";
+import { concatBytes } from "./concat_bytes.ts";
 import { rng } from "../../tests/seeded.ts";
 import { KeepError } from "./errors.ts";
 import {
@@ -7,6 +8,7 @@ import {
   type Entry,
   entryFromJson,
   entryToJson,
+  LineChunker,
   LineSplitter,
   parseChangeRecord,
   parseUploadHeader,
@@ -409,4 +411,40 @@ Deno.test("LineSplitter rejects lines over maxLine with KeepError too_large", ()
   const ok = encoder.encode("x".repeat(100) + "\n" + "y".repeat(100));
   assertEquals(lines(ok, [], 100), ["x".repeat(100), "y".repeat(100)]);
   assertEquals(lines(ok, new Array(ok.length).fill(1), 100), ["x".repeat(100), "y".repeat(100)]);
+});
+
+// ---------------------------------------------------------------- LineChunker
+
+Deno.test("LineChunker yields whole lines, byte for byte, across any chunk boundaries", () => {
+  const text = ['{"commit":null}', ...ENTRIES.map(entryToJson), "가😀", "x".repeat(5000), "last"]
+    .join("\n");
+  const bytes = encoder.encode(text); // the last line unterminated
+  for (let seed = 0; seed <= 30; seed++) {
+    const r = rng(seed + 100);
+    const c = new LineChunker();
+    const out: Uint8Array[] = [];
+    const input = bytes.slice(); // reused below, as a transient inflate buffer would be
+    for (let i = 0; i < input.length;) {
+      const n = seed === 0 ? 1 : 1 + r(seed < 15 ? 8 : 4000);
+      const whole = c.push(input.subarray(i, i + n));
+      input.fill(0, i, i + n); // a copy must have been taken
+      if (whole) {
+        assertEquals(whole[whole.length - 1], 10, "a chunk ends at a newline");
+        out.push(whole);
+      }
+      i += n;
+    }
+    const rest = c.end();
+    assert(rest !== null);
+    out.push(rest);
+    assertEquals(c.end(), null);
+    assertEquals(new TextDecoder().decode(concatBytes(out)), text, `seed ${seed}`);
+  }
+  const c = new LineChunker(10);
+  assertEquals(c.push(encoder.encode("0123456789\n01234")), encoder.encode("0123456789\n"));
+  assertThrows(
+    () => c.push(encoder.encode("56789x")),
+    KeepError,
+    /^Cannot read manifest: line too long$/,
+  );
 });

@@ -8,11 +8,13 @@
 import type { BackupRemote } from "../engine/backup.ts";
 import { KeepError } from "../engine/errors.ts";
 import { decodeMemberTransient, MemberSplitter } from "../engine/gzip_member.ts";
-import { type CommitInfo, entriesFromLines, type Entry, LineSplitter } from "../engine/manifest.ts";
+import { type CommitInfo, entriesFromLines, type Entry, LineChunker } from "../engine/manifest.ts";
 import type { PruneResult } from "../engine/prune.ts";
 import type { VerifyReport } from "../engine/verify.ts";
 import type { CommitNote, ProjectInfo } from "../engine/index_db.ts";
 import { API, errorFromBody } from "./wire.ts";
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** Paths per entries request (the server takes up to 10,000). */
 const LOOKUP_BATCH = 5_000;
@@ -119,9 +121,9 @@ export class KeepClient {
 
   /**
    * A commit's manifest: its info, then entries streamed in path order, one
-   * by one (`entries`), or as batches of NDJSON lines not yet decoded
-   * (`lines`, for the backup's diff; see `entriesFromLines`). Read one of the
-   * two.
+   * by one (`entries`), as batches of NDJSON lines not yet decoded (`lines`),
+   * or as chunks of those lines' UTF-8 bytes (`chunks`, for the backup's diff:
+   * see `diffTree`). Read one of the three.
    */
   async manifest(
     project: string,
@@ -134,6 +136,7 @@ export class KeepClient {
       stat: boolean;
       entries: AsyncIterable<Entry>;
       lines: AsyncIterable<string[]>;
+      chunks: AsyncIterable<Uint8Array>;
     }
   > {
     const res = await this.#fetch(
@@ -144,46 +147,50 @@ export class KeepClient {
     const stat = res.headers.get("keep-manifest-fields") === "stat";
     const reader = res.body!.getReader();
     const split = new MemberSplitter();
-    const splitter = new LineSplitter();
-    let queue: string[] = [];
+    const chunker = new LineChunker();
+    let queue: Uint8Array[] = [];
     let done = false;
     const fill = async () => {
       while (queue.length === 0 && !done) {
         const r = await reader.read();
         if (r.done) {
           split.end();
-          queue = splitter.end();
+          const rest = chunker.end();
+          if (rest) queue.push(rest);
           done = true;
           break;
         }
         split.push(r.value);
         for (let m = split.next(); m; m = split.next()) {
-          for (const l of splitter.push(decodeMemberTransient(m))) queue.push(l);
+          const whole = chunker.push(decodeMemberTransient(m));
+          if (whole) queue.push(whole);
         }
       }
     };
     await fill();
-    const first = queue.shift();
-    if (first === undefined) {
-      throw new KeepError("unavailable", "Cannot read manifest: empty answer");
-    }
+    if (!queue.length) throw new KeepError("unavailable", "Cannot read manifest: empty answer");
+    // The commit line; the rest of its chunk stays queued.
+    let nl = queue[0].indexOf(10);
+    if (nl < 0) nl = queue[0].length;
     let head: unknown;
     try {
-      head = JSON.parse(first);
+      head = JSON.parse(utf8.decode(queue[0].subarray(0, nl)));
     } catch {
       throw new KeepError(
         "invalid",
         "Cannot read manifest: the server sent a line that is not JSON",
       );
     }
+    if (nl + 1 < queue[0].length) queue[0] = queue[0].subarray(nl + 1);
+    else queue.shift();
     const commit = (head as { commit: CommitInfo | null }).commit;
-    async function* lineBatches(): AsyncGenerator<string[]> {
+    async function* chunkStream(): AsyncGenerator<Uint8Array> {
       try {
         for (;;) {
           if (queue.length) {
             const batch = queue;
             queue = [];
-            yield batch;
+            yield* batch;
           }
           if (done) return;
           await fill();
@@ -192,11 +199,24 @@ export class KeepClient {
         if (!done) await reader.cancel().catch(() => {});
       }
     }
-    const lineStream = lineBatches();
-    async function* entries(): AsyncGenerator<Entry> {
-      for await (const batch of lineStream) yield* entriesFromLines(batch);
+    const chunks = chunkStream();
+    async function* lineBatches(): AsyncGenerator<string[]> {
+      for await (const chunk of chunks) {
+        let text: string;
+        try {
+          text = utf8.decode(chunk);
+        } catch {
+          throw new KeepError("invalid", "Cannot read manifest: not valid UTF-8");
+        }
+        const lines = text.split("\n").filter((l) => l !== "");
+        if (lines.length) yield lines;
+      }
     }
-    return { commit, stat, entries: entries(), lines: lineStream };
+    const lines = lineBatches();
+    async function* entries(): AsyncGenerator<Entry> {
+      for await (const batch of lines) yield* entriesFromLines(batch);
+    }
+    return { commit, stat, entries: entries(), lines, chunks };
   }
 
   /** The whole entries (hashes included) of `paths` in a commit; paths it lacks are left out. */
@@ -263,7 +283,7 @@ export class KeepClient {
     return {
       latest: async (stat) => {
         const m = await this.manifest(project, "latest", { stat });
-        return { commit: m.commit, stat: m.stat, lines: m.lines };
+        return { commit: m.commit, stat: m.stat, lines: m.chunks };
       },
       entries: (commit, paths) => this.entries(project, commit, paths),
       upload: (body) => this.upload(project, body),
