@@ -52,7 +52,7 @@ Options:
                      huge (default small,large; --million/--huge add theirs)
   --files N          files in the small dataset (default 100000; e.g. 5000 for
                      a quick run; dirs scale with it, ~100 files per dir)
-  --reps N           repetitions of fast steps, median reported (default 3)
+  --reps N           repetitions of fast steps, median reported (default 5)
   --slow-reps N      repetitions of slow steps: first backups, mutation,
                      bulk steps on large, the extras (default 1)
   --large-count N    files in the large dataset (default 8)
@@ -151,7 +151,7 @@ function parseOptions(args: string[]): Options {
   return {
     only,
     files: positiveInt(v.files, "files", 100_000),
-    reps: positiveInt(v.reps, "reps", 3),
+    reps: positiveInt(v.reps, "reps", 5),
     slowReps: positiveInt(v["slow-reps"], "slow-reps", 1),
     largeCount: positiveInt(v["large-count"], "large-count", 8),
     largeMib: [Number(mib[1]), Number(mib[2])],
@@ -205,6 +205,7 @@ report.settings.push(
   `datasets: ${[...opts.only].join(", ")}; seed ${opts.seed}`,
   `repetitions: ${opts.reps} for fast steps (find walk, no-change backups, small-dataset floors and restores, manifest GET), ${opts.slowReps} for slow ones (first backups, mutation rounds, bulk steps on large, the extras)`,
   "warm cache: datasets are written just before, `sync` runs before every timed run (no dirty pages flushed during a step), nothing is dropped from the page cache",
+  "paired floors: this VM's speed drifts by tens of percent within minutes, so each Keep no-change backup runs right after a find walk and each Keep restore right after a tar -xzf, and those ratios compare medians of the paired runs",
   "every repetition writes into a fresh directory (restores, tar -xzf) or store (first backups), and nothing is deleted until the run ends: on this kind of VM, file creation right after deleting many files costs several times more kernel time",
   `keep: ${keepSource.describe}, copied to the temp dir at the start so edits during the run cannot mix versions; its \`scripts/keep\` (Deno ${Deno.version.deno}, from source), \`keep serve --no-auth\` on 127.0.0.1 with a fresh data dir per dataset (and per first-backup repetition), \`keep backup --settle 0 --json\`, \`keep restore\``,
   resticVersion
@@ -486,15 +487,7 @@ async function benchTree(name: "small" | "large", tree: Tree): Promise<void> {
   );
   const info = report.datasets.find((d) => d.name === name);
   if (info) info.gzipRatio = Deno.statSync(archive).size / tarBytes;
-  const untarDest = (rep: number) => join(base, `untar-${rep}`);
-  await measureStep(
-    row("untar", "tar -xzf (floor: restore)", "floor", { files, bytes }),
-    bulk,
-    (rep) => plain("tar", ["-xzf", archive, "-C", untarDest(rep)]),
-    (rep) => Deno.mkdir(untarDest(rep)),
-    (rep) => discard(untarDest(rep)),
-  );
-  await Deno.remove(archive);
+  // tar -xzf, the restore floor, is timed later, each run next to a Keep restore.
 
   // First backups: each repetition needs an empty store.
   const project = `bench-${name}`;
@@ -546,12 +539,31 @@ async function benchTree(name: "small" | "large", tree: Tree): Promise<void> {
   }
   const rs: Restic | null = restic; // fixed from here on; closures see it non-null
 
-  // No-change backups.
-  await measureStep(
-    row("nochange", "keep no-change backup", "keep", { files, ref: ref("floor", "find", "find") }),
-    fast,
-    () => keepRun(srv, backupArgs(srv, project, dir)),
+  // No-change backups, each right after a find walk: this VM's speed drifts by
+  // tens of percent over minutes, so the ratio is taken against the walks of the
+  // same moments (the floor row above stays for the table).
+  const pairedFind = newStep(
+    row("find-paired", "find walk (each run just before a no-change backup)", "floor", { files }),
   );
+  const nochange = newStep(
+    row("nochange", "keep no-change backup", "keep", {
+      files,
+      ref: ref("floor", "find-paired", "find (paired)"),
+    }),
+  );
+  for (let rep = 1; rep <= fast; rep++) {
+    await run("sync", []);
+    const f = await plain("find", [dir, "-printf", "%s %T@ %p\\n"]);
+    pairedFind.runs.push(f);
+    await run("sync", []);
+    const k = await keepRun(srv, backupArgs(srv, project, dir));
+    nochange.runs.push(k);
+    progress(
+      `[${name}] keep no-change backup ${rep}/${fast}: ${fmt(k.seconds)} s (find just before: ${
+        fmt(f.seconds)
+      } s)`,
+    );
+  }
   if (rs) {
     await measureStep(
       row("nochange", "restic no-change backup", "restic", {
@@ -597,33 +609,44 @@ async function benchTree(name: "small" | "large", tree: Tree): Promise<void> {
     }
   }
 
-  // Restores of the latest state, each into a fresh directory.
+  // Restores of the latest state, each into a fresh directory, each right
+  // after a tar -xzf of the same files (the floor, timed in the same moments).
   const dest = (tool: string, rep: number) => join(base, `${tool}-restore-${rep}`);
-  let checked = false;
-  await measureStep(
+  const untar = newStep(row("untar", "tar -xzf (floor: restore)", "floor", { files, bytes }));
+  const keepRestore = newStep(
     row("restore", "keep restore", "keep", {
       files: tree.files.length,
       bytes: tree.bytes,
       ref: ref("floor", "untar", "tar -xzf"),
     }),
-    bulk,
-    (rep) => keepRun(srv, ["restore", "-s", srv.url, "-p", project, dest("keep", rep)]),
-    undefined,
-    async (rep) => {
-      if (!checked) {
-        // Not timed: the restore must bring back every file and byte, or its time means nothing.
-        const c = await census(dest("keep", rep));
-        checked = true;
-        if (c.files !== tree.files.length || c.bytes !== tree.bytes) {
-          report.notes.push(
-            `${name}: keep restore MISMATCH: ${c.files} files / ${c.bytes} B restored, expected ${tree.files.length} / ${tree.bytes}`,
-          );
-          progress(`[${name}] keep restore MISMATCH (${c.files} files, ${c.bytes} B)`);
-        } else progress(`[${name}] keep restore checked: ${c.files} files, ${fmtBytes(c.bytes)}`);
-      }
-      await discard(dest("keep", rep));
-    },
   );
+  for (let rep = 1; rep <= bulk; rep++) {
+    await Deno.mkdir(dest("untar", rep));
+    await run("sync", []);
+    const u = await plain("tar", ["-xzf", archive, "-C", dest("untar", rep)]);
+    untar.runs.push(u);
+    await run("sync", []);
+    const k = await keepRun(srv, ["restore", "-s", srv.url, "-p", project, dest("keep", rep)]);
+    keepRestore.runs.push(k);
+    progress(
+      `[${name}] keep restore ${rep}/${bulk}: ${fmt(k.seconds)} s (tar -xzf just before: ${
+        fmt(u.seconds)
+      } s)`,
+    );
+    if (rep === 1) {
+      // Not timed: the restore must bring back every file and byte, or its time means nothing.
+      const c = await census(dest("keep", rep));
+      if (c.files !== tree.files.length || c.bytes !== tree.bytes) {
+        report.notes.push(
+          `${name}: keep restore MISMATCH: ${c.files} files / ${c.bytes} B restored, expected ${tree.files.length} / ${tree.bytes}`,
+        );
+        progress(`[${name}] keep restore MISMATCH (${c.files} files, ${c.bytes} B)`);
+      } else progress(`[${name}] keep restore checked: ${c.files} files, ${fmtBytes(c.bytes)}`);
+    }
+    await discard(dest("untar", rep));
+    await discard(dest("keep", rep));
+  }
+  await Deno.remove(archive);
   if (rs) {
     await measureStep(
       row("restore", "restic restore", "restic", {
