@@ -94,12 +94,16 @@ const statView = new DataView(statBuf.buffer);
 
 let pathBuf = new Uint8Array(4096 * 3 + 1);
 
-/** The path as a NUL-terminated C string (a view of a reused buffer). */
+/**
+ * The path as a NUL-terminated C string, in a reused buffer (the buffer
+ * itself: C reads up to the NUL, and a view per call cost ~100 ns, a tenth of
+ * a walk's statx).
+ */
 function cPath(path: string): Uint8Array {
   if (path.length * 3 + 1 > pathBuf.length) pathBuf = new Uint8Array(path.length * 3 + 1);
   const { written } = encoder.encodeInto(path, pathBuf);
   pathBuf[written] = 0;
-  return pathBuf.subarray(0, written + 1);
+  return pathBuf;
 }
 
 function kindOf(fmt: number): FileKind {

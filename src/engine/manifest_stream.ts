@@ -264,54 +264,56 @@ export class ManifestCache {
     const pid = index.projectId(project);
     if (pid === null) return Promise.resolve();
     const path = this.#path(pid, commit);
-    const running = this.#building.get(path);
+    const statPath = this.#path(pid, commit, true);
+    const running = this.#building.get(statPath);
     if (running) return running;
-    const job = (async () => {
-      // Copies of the parent's files (no path changed) leave little garbage.
-      let copy = true;
-      try {
-        Deno.mkdirSync(this.dir, { recursive: true });
-        // From the parent's cache when there is one and the change list is known.
-        const parent = changed && commit.parent
-          ? index.resolveCommit(project, commit.parent)
-          : null;
-        const parentFile = (stat: boolean) => {
-          const file = parent ? this.#path(pid, parent, stat) : "";
-          return file && exists(file) ? file : null;
-        };
-        if (!exists(path)) {
-          const file = parentFile(false);
-          const copied = file !== null && changed!.length === 0;
-          copy &&= copied;
-          const members = file === null
-            ? manifestMembers(index, project, commit)
-            : copied
-            ? copiedMembers(commit, file)
-            : mergedMembers(index, project, commit, file, changed!);
-          await this.#write(index, project, commit, path, members, copied);
-        }
-        const statPath = this.#path(pid, commit, true);
-        if (!exists(statPath)) {
-          // A no-change commit copies its parent's stat file; otherwise the
-          // whole form just written is stripped (cheaper than the index).
-          const file = changed?.length === 0 ? parentFile(true) : null;
-          copy &&= file !== null;
-          const members = file !== null
-            ? copiedMembers(commit, file)
-            : strippedMembers(Deno.openSync(path, { read: true }));
-          await this.#write(index, project, commit, statPath, members, file !== null);
-        }
-        this.#dropOthers(pid, this.#stem(pid, commit));
-      } catch {
+    // Copies of the parent's files (no path changed) leave little garbage.
+    let copy = true;
+    // From the parent's cache when there is one and the change list is known.
+    const parentFile = (stat: boolean) => {
+      if (!changed || !commit.parent) return null;
+      const file = this.#path(pid, index.resolveCommit(project, commit.parent), stat);
+      return exists(file) ? file : null;
+    };
+    const whole = (async () => {
+      if (exists(path)) return;
+      Deno.mkdirSync(this.dir, { recursive: true });
+      const file = parentFile(false);
+      const copied = file !== null && changed!.length === 0;
+      copy &&= copied;
+      const members = file === null
+        ? manifestMembers(index, project, commit)
+        : copied
+        ? copiedMembers(commit, file)
+        : mergedMembers(index, project, commit, file, changed!);
+      await this.#write(index, project, commit, path, members, copied);
+    })();
+    // The stat form comes second (a request for the whole form waits only for
+    // that): a no-change commit copies its parent's stat file; otherwise the
+    // whole form just written is stripped (cheaper than the index).
+    const stat = (async () => {
+      await whole;
+      if (!exists(statPath)) {
+        const file = changed?.length === 0 ? parentFile(true) : null;
+        copy &&= file !== null;
+        const members = file !== null
+          ? copiedMembers(commit, file)
+          : strippedMembers(Deno.openSync(path, { read: true }));
+        await this.#write(index, project, commit, statPath, members, file !== null);
+      }
+      this.#dropOthers(pid, this.#stem(pid, commit));
+    })();
+    const settle = (job: Promise<void>, key: string) =>
+      job.catch(() => {
         // A cache that cannot be built (disk full, directory gone, a newer head)
         // only costs speed: the manifest is then built from the index on request.
-      } finally {
-        this.#building.delete(path);
-        if (!copy) collectNow();
-      }
-    })();
-    this.#building.set(path, job);
-    return job;
+      }).finally(() => this.#building.delete(key));
+    this.#building.set(path, settle(whole, path));
+    const all = settle(stat, statPath).finally(() => {
+      if (!copy) collectNow();
+    });
+    this.#building.set(statPath, all);
+    return all;
   }
 
   /** Writes `members` to a temporary file, renamed to `path` when complete. */
@@ -384,7 +386,7 @@ export class ManifestCache {
     }
     const whole = this.#path(pid, commit);
     const path = stat ? this.#path(pid, commit, true) : whole;
-    await this.#building.get(whole);
+    await this.#building.get(path);
     try {
       const file = Deno.openSync(path, { read: true });
       return fileStream(file);
