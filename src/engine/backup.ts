@@ -16,8 +16,7 @@ import { collectNow } from "./memory.ts";
 import type { ChangeRecord, CommitInfo, Entry, UploadHeader } from "./manifest.ts";
 import { type CompressMode, type PackStats, packUpload } from "./pack.ts";
 import { partialHashOfFile } from "./partial_hash.ts";
-import { comparePaths } from "./paths.ts";
-import { type ScanEntry, scanTree } from "./scan.ts";
+import { scanTree } from "./scan.ts";
 import { settleFiles } from "./settle.ts";
 
 /** What the backup needs from the server. */
@@ -173,7 +172,7 @@ export async function runBackup(
   let settleTook = 0;
   // Paths seen settled by earlier attempts; a set is built only when a retry
   // needs it (100k paths in a Map cost ~3 MB on every first backup).
-  let settledBefore: ScanEntry[][] = [];
+  let settledBefore: string[][] = [];
 
   for (let attempt = 1;; attempt++) {
     const attemptProblems: BackupProblem[] = [];
@@ -227,15 +226,18 @@ export async function runBackup(
     }
     // Suspects whose content differs join the sent entries, in path order.
     for (const e of extraSend) plan.changedPaths.add(e.path);
-    const send = extraSend.length ? mergeByPath(plan.send, extraSend) : plan.send;
+    const send = extraSend.length ? plan.send.mergedWith(extraSend) : plan.send;
 
     // Settle: only files not already seen settled in an earlier attempt.
-    const done = settledBefore.length
-      ? new Set(settledBefore.flatMap((list) => list.map((e) => e.path)))
-      : null;
-    const candidates = send.filter((e) => e.type === "f" && !done?.has(e.path));
+    const done = settledBefore.length ? new Set(settledBefore.flat()) : null;
+    const candidates: number[] = [];
+    if (settleMs > 0) {
+      for (let k = 0; k < send.length; k++) {
+        if (send.type(k) === "f" && !done?.has(send.path(k))) candidates.push(k);
+      }
+    }
     if (candidates.length) options.onPhase?.("settle", `${candidates.length} files`);
-    const settled = await settleFiles(root, candidates, {
+    const settled = await settleFiles(root, send, candidates, {
       windowMs: settleMs,
       maxWaitMs: options.settleMaxMs,
       sync: options.sync,
@@ -243,15 +245,17 @@ export async function runBackup(
       onWait: (n) => options.onPhase?.("settle", `waiting for ${n} files still being written`),
     });
     settleTook += settled.waitedMs;
-    settledBefore = [...settledBefore, settled.settled];
-    const unsettledPaths = new Set(settled.unsettled.map((u) => u.entry.path));
+    if (attempt < maxAttempts) {
+      settledBefore = [...settledBefore, settled.settled.map((k) => send.path(k))];
+    }
+    const unsettledRows = new Set(settled.unsettled.map((u) => u.index));
     for (const u of settled.unsettled) {
-      note({ path: u.entry.path, reason: u.reason, kind: "unsettled" });
-      if (plan.changedPaths.has(u.entry.path)) {
-        changes.push({ op: "keep", p: u.entry.path, flag: "unsettled", reason: u.reason });
+      note({ path: u.path, reason: u.reason, kind: "unsettled" });
+      if (plan.changedPaths.has(u.path)) {
+        changes.push({ op: "keep", p: u.path, flag: "unsettled", reason: u.reason });
       }
     }
-    const finalSend = unsettledPaths.size ? send.filter((e) => !unsettledPaths.has(e.path)) : send;
+    const finalSend = unsettledRows.size ? send.filter((k) => !unsettledRows.has(k)) : send;
 
     const header: UploadHeader = {
       format: 1,
@@ -417,17 +421,6 @@ function prefetch(
       }
     },
   };
-}
-
-function mergeByPath(a: ScanEntry[], b: ScanEntry[]): ScanEntry[] {
-  const out: ScanEntry[] = [];
-  let i = 0;
-  let j = 0;
-  while (i < a.length || j < b.length) {
-    if (j >= b.length || (i < a.length && comparePaths(a[i].path, b[j].path) < 0)) out.push(a[i++]);
-    else out.push(b[j++]);
-  }
-  return out;
 }
 
 type Decision =

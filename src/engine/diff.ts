@@ -54,8 +54,8 @@ export interface Suspect {
 
 /** The outcome of a diff. */
 export interface DiffPlan {
-  /** Entries whose content or header must be sent, in path order. */
-  send: ScanEntry[];
+  /** Entries whose content or header must be sent, in path order (the scan's own table when all are). */
+  send: ScanTable;
   /** Sent paths that the parent has (changed, not added). */
   changedPaths: Set<string>;
   /** Files to hash before deciding. */
@@ -241,7 +241,7 @@ export async function diffTree(
   };
   const unreadableSet = new Set(options.unreadable ?? []);
   const plan: DiffPlan = {
-    send: [],
+    send: scan,
     changedPaths: new Set(),
     suspects: [],
     deleted: [],
@@ -258,8 +258,12 @@ export async function diffTree(
     }
     return false;
   };
+  // Entries to send, as indices into the scan: no object per entry (a first
+  // backup of 1M files would hold ~120 MB of them).
+  const sendIdx: number[] = [];
+  let k = -1; // the scan index of the entry being compared
   const send = (e: ScanEntry, kind: "added" | "changed") => {
-    plan.send.push(e);
+    sendIdx.push(k);
     if (kind === "added") plan.added++;
     else {
       plan.changed++;
@@ -270,7 +274,9 @@ export async function diffTree(
   let i = 0;
   const takeScanBefore = (path: string | null) => {
     while (i < scan.length && (path === null || comparePaths(scan.path(i), path) < 0)) {
-      send(scan.get(i++), "added");
+      k = i++;
+      sendIdx.push(k);
+      plan.added++;
     }
   };
   const fast = check === "none" && options.fastPath !== false;
@@ -329,7 +335,8 @@ export async function diffTree(
   const merge = (prev: Entry) => {
     takeScanBefore(prev.path);
     if (i < scan.length && scan.path(i) === prev.path) {
-      compare(scan.get(i++), prev);
+      k = i++;
+      compare(scan.get(k), prev);
       return;
     }
     // In the manifest, not in the scan.
@@ -368,6 +375,7 @@ export async function diffTree(
     }
   }
   takeScanBefore(null);
+  plan.send = sendIdx.length === scan.length ? scan : scan.select(sendIdx);
   return plan;
 
   function compare(e: ScanEntry, prev: Entry): void {

@@ -48,7 +48,7 @@ export interface PackOptions {
   root: string;
   header: UploadHeader;
   /** Entries to send, in path order. */
-  send: ScanEntry[];
+  send: Iterable<ScanEntry>;
   /** Change records known before packing (del, meta, keep). */
   changes: ChangeRecord[];
   compress?: CompressMode;

@@ -23,6 +23,7 @@ import {
   DirReader,
   lstatNs,
   lstatNsAsync,
+  type NativeStat,
   networkFilesystem,
   rawOf,
   type RawStat,
@@ -286,6 +287,49 @@ export class ScanTable implements Sink {
 
   toArray(): ScanEntry[] {
     return Array.from({ length: this.#n }, (_, i) => this.get(i));
+  }
+
+  /** The entries as objects, each made when reached (none are kept). */
+  *[Symbol.iterator](): Iterator<ScanEntry> {
+    for (let i = 0; i < this.#n; i++) yield this.get(i);
+  }
+
+  /** Gives entry `i` a fresh stat's size, mode and times. */
+  setStat(i: number, st: NativeStat): void {
+    const r = rawOf(st);
+    this.#sizes[i] = r.size;
+    this.#modes[i] = r.mode;
+    this.#mtimeSec[i] = r.mtimeSec;
+    this.#mtimeNs[i] = r.mtimeNs;
+    this.#ctimeSec[i] = r.ctimeSec;
+    this.#ctimeNs[i] = r.ctimeNs;
+  }
+
+  /** This table's entries and `more`'s (both in path order, no path in both), in path order. */
+  mergedWith(more: ScanEntry[]): ScanTable {
+    const t = new ScanTable();
+    let j = 0;
+    for (let i = 0; i < this.#n; i++) {
+      const path = this.#paths[i];
+      for (; j < more.length && comparePaths(more[j].path, path) < 0; j++) t.#push(more[j]);
+      t.#add(
+        path,
+        this.#types[i],
+        this.#sizes[i],
+        this.#modes[i],
+        this.#mtimeSec[i],
+        this.#mtimeNs[i],
+        this.#ctimeSec[i],
+        this.#ctimeNs[i],
+        this.#targets.get(i),
+      );
+    }
+    for (; j < more.length; j++) t.#push(more[j]);
+    return t;
+  }
+
+  #push(e: ScanEntry): void {
+    this.push(e.path, e.type, e.size, e.mode, e.mtime, e.ctime, e.target);
   }
 
   /** The entries at `indices`, in that order. */

@@ -12,7 +12,7 @@
  */
 
 import { lstatNs, syncFilesystem } from "./fs_native.ts";
-import type { ScanEntry } from "./scan.ts";
+import type { ScanTable } from "./scan.ts";
 
 export interface SettleOptions {
   /** The window, ms; 0 settles everything at once. */
@@ -27,10 +27,10 @@ export interface SettleOptions {
 }
 
 export interface SettleResult {
-  /** Candidates that held still (the same objects, updated with their latest stat). */
-  settled: ScanEntry[];
+  /** Candidates that held still (their rows updated with their latest stat). */
+  settled: number[];
   /** Candidates that kept moving (or vanished). */
-  unsettled: { entry: ScanEntry; reason: string }[];
+  unsettled: { index: number; path: string; reason: string }[];
   /** How long the check took, ms. */
   waitedMs: number;
 }
@@ -46,15 +46,20 @@ function fsyncQuietly(path: string): void {
   } catch { /* not every filesystem allows it: best effort */ }
 }
 
-/** Waits for candidate files to settle. */
+/**
+ * Waits for candidate files (rows `which` of `files`) to settle. The
+ * observations are kept in typed arrays: a first backup of a million files
+ * checks them all without an object per file.
+ */
 export async function settleFiles(
   root: string,
-  files: ScanEntry[],
+  files: ScanTable,
+  which: number[],
   options: SettleOptions,
 ): Promise<SettleResult> {
   const started = Date.now();
-  if (options.windowMs <= 0 || files.length === 0) {
-    return { settled: files, unsettled: [], waitedMs: 0 };
+  if (options.windowMs <= 0 || which.length === 0) {
+    return { settled: which, unsettled: [], waitedMs: 0 };
   }
   const windowNs = BigInt(Math.round(options.windowMs * 1e6));
   const maxWait = options.maxWaitMs ?? options.windowMs * 5;
@@ -63,57 +68,62 @@ export async function settleFiles(
     // recently written files) where syncfs is not available.
     if (!syncFilesystem(root)) {
       const recent = BigInt(Date.now() - 60_000) * 1_000_000n;
-      for (const f of files) if (f.mtime >= recent) fsyncQuietly(`${root}/${f.path}`);
+      for (const i of which) if (files.mtime(i) >= recent) fsyncQuietly(`${root}/${files.path(i)}`);
     }
   }
-  const settled: ScanEntry[] = [];
+  const settled: number[] = [];
   const unsettled: SettleResult["unsettled"] = [];
-  // Each candidate with the size and mtime last observed; entries are updated
-  // in place with their latest stat once settled (no copies of big lists).
-  let pending = files.map((entry) => ({
-    entry,
-    size: entry.size,
-    mtime: entry.mtime,
-    watched: false,
-  }));
+  // Each candidate's row with the size and mtime last observed.
+  let pending = Int32Array.from(which);
+  let sizes = Float64Array.from(which, (i) => files.size(i));
+  let mtimes = BigInt64Array.from(which, (i) => files.mtime(i));
+  let watched = new Uint8Array(pending.length);
   for (;;) {
     const now = BigInt(Date.now()) * 1_000_000n;
-    const next: typeof pending = [];
-    for (const p of pending) {
+    let n = 0;
+    for (let k = 0; k < pending.length; k++) {
+      const i = pending[k];
       let st;
       try {
-        st = lstatNs(`${root}/${p.entry.path}`);
+        st = lstatNs(`${root}/${files.path(i)}`);
       } catch {
-        settled.push(p.entry); // vanished or unreadable: the pack step reports it
+        settled.push(i); // vanished or unreadable: the pack step reports it
         continue;
       }
       const size = st.kind === "file" ? st.size : 0;
-      const still = size === p.size && st.mtime === p.mtime;
-      if (still && (st.mtime < now - windowNs || p.watched)) {
-        const e = p.entry;
-        e.size = size;
-        e.mode = st.mode;
-        e.mtime = st.mtime;
-        e.ctime = st.ctime;
-        settled.push(e);
-      } else next.push({ entry: p.entry, size, mtime: st.mtime, watched: false });
+      const still = size === sizes[k] && st.mtime === mtimes[k];
+      if (still && (st.mtime < now - windowNs || watched[k])) {
+        files.setStat(i, { ...st, size });
+        settled.push(i);
+      } else {
+        // Kept for the next round, in place (n <= k).
+        pending[n] = i;
+        sizes[n] = size;
+        mtimes[n] = st.mtime;
+        watched[n] = 0;
+        n++;
+      }
     }
-    pending = next;
-    if (pending.length === 0) break;
+    pending = pending.subarray(0, n);
+    sizes = sizes.subarray(0, n);
+    mtimes = mtimes.subarray(0, n);
+    watched = watched.subarray(0, n);
+    if (n === 0) break;
     if (Date.now() - started >= maxWait) {
-      for (const p of pending) {
+      for (const i of pending) {
         unsettled.push({
-          entry: p.entry,
+          index: i,
+          path: files.path(i),
           reason: `still being written after ${((Date.now() - started) / 1000).toFixed(1)} s`,
         });
       }
       break;
     }
-    options.onWait?.(pending.length);
+    options.onWait?.(n);
     // One window of observation: a file unchanged across it is settled.
     await new Promise((r) => setTimeout(r, options.windowMs));
     if (options.signal?.aborted) throw options.signal.reason;
-    for (const p of pending) p.watched = true;
+    watched.fill(1);
   }
   return { settled, unsettled, waitedMs: Date.now() - started };
 }
