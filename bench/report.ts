@@ -331,6 +331,33 @@ export function evaluateTargets(report: BenchReport): TargetRow[] {
     );
   }
   {
+    // Every Keep step on the 1M-file project: its first backup (which builds the
+    // manifest), the GETs and the no-change backup against it.
+    const steps = report.steps.filter((s) => s.tool === "keep" && s.dataset === "million");
+    const label = "client and server peak RSS < 300 MB with a 1M-entry manifest";
+    // The GET steps' client is curl: only their server side counts.
+    const isGet = (s: StepResult) => s.id.startsWith("million/keep/manifest");
+    const peaks = (["client", "server"] as const).map((side) => {
+      let top: { s: StepResult; kib: number } | undefined;
+      for (const s of steps) {
+        if (side === "client" && isGet(s)) continue;
+        for (const r of s.runs) {
+          const kib = side === "client" ? r.clientRssKib : r.serverRssKib;
+          if (kib !== undefined && kib > (top?.kib ?? -1)) top = { s, kib };
+        }
+      }
+      return { side, top };
+    });
+    if (!peaks[0].top || !peaks[1].top) check(label, null, "– (run with --million)");
+    else {
+      check(
+        label,
+        peaks.every((p) => (p.top!.kib * 1024) / MB < 300),
+        peaks.map((p) => `${p.side} ${rssMb(p.top!.kib)} MB (${p.top!.s.label})`).join(", "),
+      );
+    }
+  }
+  {
     const h = byId.get("huge/keep/backup");
     const peak = h?.runs.length ? maxOf(h.runs.map((r) => r.serverRssKib)) : NaN;
     check(
