@@ -151,3 +151,51 @@ Deno.test("reads never wait for a long upload", async () => {
     await server.stop();
   }
 });
+
+Deno.test("when the head moves on before a backup asks for its suspects' hashes, they are sent whole and the backup diffs again", async () => {
+  const server = await startServer();
+  const client = new KeepClient({ server: server.url });
+  try {
+    const src = await tempDir();
+    const spec: Record<string, string> = {};
+    for (let i = 0; i < 20; i++) spec[`f${i}.txt`] = `file ${i}\n`;
+    writeTree(src, spec);
+    const remote = client.remote("moved");
+    await runBackup(src, remote, { settleMs: 0 });
+    // Another host's copy of the same files (times kept).
+    const other = join(await tempDir(), "copy");
+    const cp = await new Deno.Command("cp", { args: ["-a", src, other] }).output();
+    assert(cp.success);
+    // Mode and ctime change on every file: all suspects, whose hashes the backup asks for.
+    for (const p of Object.keys(spec)) Deno.chmodSync(join(src, p), 0o600);
+    let lookups = 0;
+    const moving = {
+      latest: remote.latest,
+      upload: remote.upload,
+      entries: async (commit: string, paths: string[]) => {
+        if (++lookups === 1) {
+          // Another host commits first; for a backup token the old head's entries are then
+          // out of reach (403): simulated here.
+          await runBackup(other, client.remote("moved"), { settleMs: 0 });
+          const { KeepError } = await import("../src/engine/errors.ts");
+          throw new KeepError("forbidden", "Cannot allow this: the head moved");
+        }
+        return await remote.entries!(commit, paths);
+      },
+    };
+    const r = await runBackup(src, moving, { settleMs: 0 });
+    // The first attempt sent the 20 files whole and met the other host's head (409); the
+    // second diffed against it, asked again, and recorded metadata only.
+    assertEquals(r.attempts, 2);
+    assertEquals(lookups, 2);
+    assertEquals(r.hashed, 20);
+    assertEquals(r.commit.counts.metadata, 20);
+    assertEquals(r.commit.stats.filesReceived, 0);
+    const dest = await tempDir();
+    await keepOk(["restore", "-s", server.url, "-p", "moved", dest]);
+    assertSameTree(snapshot(dest), snapshot(src));
+  } finally {
+    client.close();
+    await server.stop();
+  }
+});

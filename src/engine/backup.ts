@@ -322,7 +322,16 @@ export async function runBackup(
 async function fillHashes(remote: BackupRemote, commit: string, suspects: Suspect[]) {
   const files = suspects.filter((s) => s.prev.type === "f" && s.prev.hash === undefined);
   if (!files.length || !remote.entries) return;
-  const found = await remote.entries(commit, files.map((s) => s.prev.path));
+  let found: Entry[];
+  try {
+    found = await remote.entries(commit, files.map((s) => s.prev.path));
+  } catch (err) {
+    // The head moved on (a backup token may read only the head's entries) or
+    // the commit was pruned: the suspects are sent whole, and the upload
+    // then meets the new head (409) and diffs again.
+    if (err instanceof KeepError && (err.code === "forbidden" || err.code === "not_found")) return;
+    throw err;
+  }
   const byPath = new Map(found.map((e) => [e.path, e]));
   for (const s of files) {
     const e = byPath.get(s.prev.path);
