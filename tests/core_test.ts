@@ -220,7 +220,9 @@ Deno.test("the head manifest is gzip'd NDJSON sorted by path, cached per head", 
     assertEquals(lines[0].commit.seq, 1);
     assertEquals(lines.slice(1).map((e) => e.p), ["a", "a-b", "a/x.txt", "b.txt"]);
     assertEquals(lines[3].h, "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881");
-    // Two forms per head, both cached: whole, and "stat" (no hashes) for the backup's diff.
+    // Two forms per head, both cached: whole, and "stat" (no hashes) for the backup's diff
+    // (built second: a request for it waits for it).
+    await (await fetch(`${url}?fields=stat`)).arrayBuffer();
     const cached = Deno.readDirSync(join(server.dataDir, "cache")).toArray().map((e) => e.name)
       .sort();
     assertEquals(cached.length, 2);
@@ -241,6 +243,7 @@ Deno.test("the head manifest is gzip'd NDJSON sorted by path, cached per head", 
       .trim().split("\n");
     assertEquals(JSON.parse(lines2[0]).commit.seq, 2);
     assertEquals(lines2.length, 6);
+    await (await fetch(`${url}?fields=stat`)).arrayBuffer();
     const cached2 = Deno.readDirSync(join(server.dataDir, "cache")).toArray().map((e) => e.name)
       .sort();
     assertEquals(cached2.length, 2);

@@ -36,6 +36,7 @@ Deno.test("a head manifest cache cut short by a crash is not served after a rest
     // Wait for the cache of the head, then crash the server and leave the file
     // empty, as a power loss could (a clean stop removes the cache).
     await (await fetch(`${server.url}/v1/projects/c/manifest`)).arrayBuffer();
+    await (await fetch(`${server.url}/v1/projects/c/manifest?fields=stat`)).arrayBuffer();
     await server.stop("SIGKILL");
     const cached = [...Deno.readDirSync(join(dataDir, "cache"))].map((e) => e.name);
     assertEquals(cached.length, 2); // the whole manifest and its stat form

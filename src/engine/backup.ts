@@ -321,27 +321,37 @@ export async function runBackup(
  */
 async function fillHashes(remote: BackupRemote, commit: string, suspects: Suspect[]) {
   const files = suspects.filter((s) => s.prev.type === "f" && s.prev.hash === undefined);
-  if (!files.length || !remote.entries) return;
-  let found: Entry[];
-  try {
-    found = await remote.entries(commit, files.map((s) => s.prev.path));
-  } catch (err) {
-    // The head moved on (a backup token may read only the head's entries) or
-    // the commit was pruned: the suspects are sent whole, and the upload
-    // then meets the new head (409) and diffs again.
-    if (err instanceof KeepError && (err.code === "forbidden" || err.code === "not_found")) return;
-    throw err;
-  }
-  const byPath = new Map(found.map((e) => [e.path, e]));
-  for (const s of files) {
-    const e = byPath.get(s.prev.path);
-    // Only the hashes are taken: the rest of the line came with the manifest.
-    if (e && e.type === "f" && e.size === s.prev.size && e.mtime === s.prev.mtime) {
-      s.prev.hash = e.hash;
-      s.prev.xxh = e.xxh;
+  if (!remote.entries) return;
+  // A batch at a time: after a chmod -R every file is a suspect, and the
+  // answers are applied and dropped as they come.
+  for (let i = 0; i < files.length; i += HASH_BATCH) {
+    const batch = files.slice(i, i + HASH_BATCH);
+    let found: Entry[];
+    try {
+      found = await remote.entries(commit, batch.map((s) => s.prev.path));
+    } catch (err) {
+      // The head moved on (a backup token may read only the head's entries) or
+      // the commit was pruned: the suspects are sent whole, and the upload
+      // then meets the new head (409) and diffs again.
+      if (err instanceof KeepError && (err.code === "forbidden" || err.code === "not_found")) {
+        return;
+      }
+      throw err;
+    }
+    const byPath = new Map(found.map((e) => [e.path, e]));
+    for (const s of batch) {
+      const e = byPath.get(s.prev.path);
+      // Only the hashes are taken: the rest of the line came with the manifest.
+      if (e && e.type === "f" && e.size === s.prev.size && e.mtime === s.prev.mtime) {
+        s.prev.hash = e.hash;
+        s.prev.xxh = e.xxh;
+      }
     }
   }
 }
+
+/** Suspects whose previous hashes are asked for in one request. */
+const HASH_BATCH = 5_000;
 
 interface Prefetched {
   commit: CommitInfo | null;

@@ -179,8 +179,12 @@ function statLineSlow(line: string): string {
   return entryToJson(e);
 }
 
-/** The stat form of a whole manifest's cached file (open, closed when done). */
-function* strippedMembers(file: Deno.FsFile): Generator<Uint8Array> {
+/**
+ * The stat form of a whole manifest's cached file (opened on the first
+ * member, so a generator never started holds no file).
+ */
+function* strippedMembers(path: string): Generator<Uint8Array> {
+  const file = Deno.openSync(path, { read: true });
   try {
     const split = new MemberSplitter();
     const decoder = new TextDecoder();
@@ -296,9 +300,7 @@ export class ManifestCache {
       if (!exists(statPath)) {
         const file = changed?.length === 0 ? parentFile(true) : null;
         copy &&= file !== null;
-        const members = file !== null
-          ? copiedMembers(commit, file)
-          : strippedMembers(Deno.openSync(path, { read: true }));
+        const members = file !== null ? copiedMembers(commit, file) : strippedMembers(path);
         await this.#write(index, project, commit, statPath, members, file !== null);
       }
       this.#dropOthers(pid, this.#stem(pid, commit));
@@ -397,14 +399,10 @@ export class ManifestCache {
     try {
       out = Deno.openSync(tmp, { write: true, createNew: true });
     } catch { /* cache not writable: just stream */ }
-    let gen: Generator<Uint8Array> | null = null;
-    if (stat) {
-      try {
-        gen = strippedMembers(Deno.openSync(whole, { read: true }));
-      } catch { /* no whole form either: from the index */ }
-    }
-    gen ??= manifestMembers(index, project, commit, stat);
-    const members = gen;
+    // The stat form from the whole one when it is cached, else from the index.
+    const members = stat && exists(whole)
+      ? strippedMembers(whole)
+      : manifestMembers(index, project, commit, stat);
     const stem = this.#stem(pid, commit);
     // deno-lint-ignore no-this-alias
     const cache = this;
@@ -418,7 +416,9 @@ export class ManifestCache {
               out = null;
               try {
                 Deno.renameSync(tmp, path);
-                cache.#dropOthers(pid, stem);
+                // Only for the head still: a slow answer for an older head
+                // must not remove the newer one's files.
+                if (index.headCommit(project)?.id === commit.id) cache.#dropOthers(pid, stem);
               } catch { /* cache gone: the answer is complete anyway */ }
             }
             controller.close();

@@ -23,9 +23,12 @@ import { verifyStore } from "../engine/verify.ts";
 import { type Access, authorize, type Need, type TokenStore } from "../engine/tokens.ts";
 import { checkProjectName, VERSION } from "./wire.ts";
 
-/** Paths per `POST …/entries` request, and its body's limit (paths of up to 4 KiB). */
+/**
+ * Paths per `POST …/entries` request, and its body's limit (the client sends
+ * up to 5,000 paths in up to ~4 MiB; a longer list is split).
+ */
 export const MAX_LOOKUP_PATHS = 10_000;
-const MAX_LOOKUP_BODY = 48 << 20;
+const MAX_LOOKUP_BODY = 8 << 20;
 
 /** A JSON request body of at most `limit` bytes. */
 async function readJson(c: Context, limit: number, what: string): Promise<unknown> {
@@ -230,6 +233,20 @@ export function createApp(ctx: AppContext): Hono<Env> {
   app.post("/v1/projects/:project/entries", async (c) => {
     const p = project(c);
     need(c, "head", p);
+    // One lookup at a time: each holds its body and parsed list (up to ~8 MiB
+    // and its strings) until answered.
+    const turn = lookupQueue;
+    let done!: () => void;
+    lookupQueue = new Promise<void>((r) => done = r);
+    await turn;
+    try {
+      return await lookup(c, p);
+    } finally {
+      done();
+    }
+  });
+
+  const lookup = async (c: Context<Env>, p: string): Promise<Response> => {
     const body = await readJson(c, MAX_LOOKUP_BODY, "look up entries") as {
       commit?: unknown;
       paths?: unknown;
@@ -260,7 +277,8 @@ export function createApp(ctx: AppContext): Hono<Env> {
       if (e) text += entryToJson(e) + "\n";
     }
     return new Response(text, { headers: { "content-type": "application/x-ndjson" } });
-  });
+  };
+  let lookupQueue = Promise.resolve();
 
   app.get("/v1/projects/:project/commits", (c) => {
     const p = project(c);

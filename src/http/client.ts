@@ -16,8 +16,9 @@ import { API, errorFromBody } from "./wire.ts";
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
-/** Paths per entries request (the server takes up to 10,000). */
+/** Paths per entries request (the server takes up to 10,000 in up to 8 MiB). */
 const LOOKUP_BATCH = 5_000;
+const LOOKUP_BATCH_BYTES = 4 << 20;
 
 export interface ClientOptions {
   /** Base URL, e.g. http://127.0.0.1:8080 */
@@ -222,14 +223,24 @@ export class KeepClient {
   /** The whole entries (hashes included) of `paths` in a commit; paths it lacks are left out. */
   async entries(project: string, commit: string, paths: string[]): Promise<Entry[]> {
     const out: Entry[] = [];
-    for (let i = 0; i < paths.length; i += LOOKUP_BATCH) {
+    // Requests of at most LOOKUP_BATCH paths and ~LOOKUP_BATCH_BYTES of JSON.
+    for (let i = 0; i < paths.length;) {
+      let end = i;
+      let bytes = 0;
+      while (end < paths.length && end - i < LOOKUP_BATCH) {
+        const n = JSON.stringify(paths[end]).length * 3 + 1; // UTF-8 worst case
+        if (end > i && bytes + n > LOOKUP_BATCH_BYTES) break;
+        bytes += n;
+        end++;
+      }
       const res = await this.#fetch(`${this.#p(project)}/entries`, {
         method: "POST",
-        body: JSON.stringify({ commit, paths: paths.slice(i, i + LOOKUP_BATCH) }),
+        body: JSON.stringify({ commit, paths: paths.slice(i, end) }),
         headers: { "content-type": "application/json" },
       });
       const lines = (await res.text()).split("\n").filter((l) => l !== "");
       for (const e of entriesFromLines(lines)) out.push(e);
+      i = end;
     }
     return out;
   }
