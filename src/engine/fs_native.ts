@@ -394,3 +394,13 @@ export function syncFilesystem(path: string): boolean {
 export function trimNativeHeap(): void {
   loadLibc()?.malloc_trim(0n);
 }
+
+/** True when `path` exists (lstat of any kind succeeds). */
+export function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -20,6 +20,7 @@ import { setImmediate } from "node:timers";
 import { decodeMemberTransient, encodeMember, MemberSplitter } from "./gzip_member.ts";
 import type { IndexDb } from "./index_db.ts";
 import { type CommitInfo, entriesFromLines, entryToJson } from "./manifest.ts";
+import { exists } from "./fs_native.ts";
 import { churned, collectNow } from "./memory.ts";
 import { comparePaths } from "./paths.ts";
 
@@ -84,40 +85,20 @@ function* mergedMembers(
   };
   let text = "";
   let ci = 0;
-  const file = Deno.openSync(parentFile, { read: true });
-  try {
-    const split = new MemberSplitter();
-    const decoder = new TextDecoder();
-    const buf = new Uint8Array(256 * 1024);
-    let first = true;
-    for (;;) {
-      const n = file.readSync(buf);
-      if (n === null || n === 0) break;
-      split.push(buf.slice(0, n));
-      for (let m = split.next(); m; m = split.next()) {
-        if (first) {
-          first = false; // the parent's commit line
-          continue;
-        }
-        const lines = decoder.decode(decodeMemberTransient(m)).split("\n");
-        lines.pop(); // members end with a newline
-        for (const line of lines) {
-          const path = pathOfLine(line);
-          while (ci < changed.length && comparePaths(changed[ci], path) < 0) {
-            text += lineOf(changed[ci++]);
-          }
-          if (ci < changed.length && changed[ci] === path) text += lineOf(changed[ci++]);
-          else text += line + "\n";
-          if (text.length >= MEMBER_TARGET) {
-            yield encodeMember(encoder.encode(text), 1);
-            text = "";
-          }
-        }
+  for (const lines of cachedMembers(parentFile)) {
+    if (lines instanceof Uint8Array) continue; // the parent's commit line
+    for (const line of lines) {
+      const path = pathOfLine(line);
+      while (ci < changed.length && comparePaths(changed[ci], path) < 0) {
+        text += lineOf(changed[ci++]);
+      }
+      if (ci < changed.length && changed[ci] === path) text += lineOf(changed[ci++]);
+      else text += line + "\n";
+      if (text.length >= MEMBER_TARGET) {
+        yield encodeMember(encoder.encode(text), 1);
+        text = "";
       }
     }
-    split.end();
-  } finally {
-    file.close();
   }
   while (ci < changed.length) text += lineOf(changed[ci++]);
   if (text) yield encodeMember(encoder.encode(text), 1);
@@ -180,10 +161,11 @@ function statLineSlow(line: string): string {
 }
 
 /**
- * The stat form of a whole manifest's cached file (opened on the first
- * member, so a generator never started holds no file).
+ * A cached manifest file read back: its first member (the commit line) as it
+ * is, then each later member's entry lines. The file is opened on the first
+ * item, so a generator never started holds none.
  */
-function* strippedMembers(path: string): Generator<Uint8Array> {
+function* cachedMembers(path: string): Generator<Uint8Array | string[]> {
   const file = Deno.openSync(path, { read: true });
   try {
     const split = new MemberSplitter();
@@ -196,20 +178,31 @@ function* strippedMembers(path: string): Generator<Uint8Array> {
       split.push(buf.slice(0, n));
       for (let m = split.next(); m; m = split.next()) {
         if (first) {
-          first = false; // the commit line, as it is
+          first = false;
           yield m.slice();
           continue;
         }
         const lines = decoder.decode(decodeMemberTransient(m)).split("\n");
         lines.pop(); // members end with a newline
-        let text = "";
-        for (const line of lines) text += statLine(line) + "\n";
-        yield encodeMember(encoder.encode(text), 1);
+        yield lines;
       }
     }
     split.end();
   } finally {
     file.close();
+  }
+}
+
+/** The stat form of a whole manifest's cached file. */
+function* strippedMembers(path: string): Generator<Uint8Array> {
+  for (const lines of cachedMembers(path)) {
+    if (lines instanceof Uint8Array) {
+      yield lines; // the commit line, as it is
+      continue;
+    }
+    let text = "";
+    for (const line of lines) text += statLine(line) + "\n";
+    yield encodeMember(encoder.encode(text), 1);
   }
 }
 
@@ -444,15 +437,6 @@ export class ManifestCache {
         }
       },
     });
-  }
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
   }
 }
 

@@ -312,20 +312,25 @@ export class ScanTable implements Sink {
     for (let i = 0; i < this.#n; i++) {
       const path = this.#paths[i];
       for (; j < more.length && comparePaths(more[j].path, path) < 0; j++) t.#push(more[j]);
-      t.#add(
-        path,
-        this.#types[i],
-        this.#sizes[i],
-        this.#modes[i],
-        this.#mtimeSec[i],
-        this.#mtimeNs[i],
-        this.#ctimeSec[i],
-        this.#ctimeNs[i],
-        this.#targets.get(i),
-      );
+      t.#copyRow(this, i);
     }
     for (; j < more.length; j++) t.#push(more[j]);
     return t;
+  }
+
+  /** Appends row `i` of `from`. */
+  #copyRow(from: ScanTable, i: number): void {
+    this.#add(
+      from.#paths[i],
+      from.#types[i],
+      from.#sizes[i],
+      from.#modes[i],
+      from.#mtimeSec[i],
+      from.#mtimeNs[i],
+      from.#ctimeSec[i],
+      from.#ctimeNs[i],
+      from.#targets.get(i),
+    );
   }
 
   #push(e: ScanEntry): void {
@@ -335,20 +340,7 @@ export class ScanTable implements Sink {
   /** The entries at `indices`, in that order. */
   select(indices: ArrayLike<number>): ScanTable {
     const t = new ScanTable();
-    for (let k = 0; k < indices.length; k++) {
-      const i = indices[k];
-      t.#add(
-        this.#paths[i],
-        this.#types[i],
-        this.#sizes[i],
-        this.#modes[i],
-        this.#mtimeSec[i],
-        this.#mtimeNs[i],
-        this.#ctimeSec[i],
-        this.#ctimeNs[i],
-        this.#targets.get(i),
-      );
-    }
+    for (let k = 0; k < indices.length; k++) t.#copyRow(this, indices[k]);
     return t;
   }
 

@@ -12,6 +12,7 @@
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type { BlobStore } from "./blob_store.ts";
+import { exists } from "./fs_native.ts";
 import { bytesToHex, type IndexDb } from "./index_db.ts";
 
 export interface VerifyReport {
@@ -176,15 +177,6 @@ function packSize(
     }
   }
   return cache.get(pack)!;
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function safeDir(path: string): string[] {
