@@ -11,7 +11,7 @@
  * @module
  */
 
-import { setTimesNs } from "./fs_native.ts";
+import { createFile } from "./fs_native.ts";
 import { collectYoung } from "./memory.ts";
 
 /** One file to create. */
@@ -40,9 +40,7 @@ scope.onmessage = (ev: MessageEvent) => {
     for (const job of msg.files) {
       bytes += job.data.length;
       try {
-        Deno.writeFileSync(job.path, job.data, { createNew: true, mode: job.mode & 0o777 });
-        if ((job.mode & ~umask & 0o777) !== job.mode) Deno.chmodSync(job.path, job.mode);
-        setTimesNs(job.path, job.mtime);
+        createFile(job.path, job.data, job.mode, job.mtime, umask);
       } catch (err) {
         errors.push({ path: job.path, message: (err as Error).message.split("\n")[0] });
       }
