@@ -140,7 +140,7 @@ export async function runBackup(
   };
   options.onPhase?.("scan", root);
   // The parent manifest is requested before the walk: on a NAS, where the
-  // walk waits on the network, it downloads meanwhile (up to PREFETCH_LINES).
+  // walk waits on the network, it downloads meanwhile (up to PREFETCH_BYTES).
   // Without a content check, the diff needs no hashes: the stat form of the
   // manifest (a fifth of the bytes), then the hashes of the suspects alone.
   const stat = (options.check ?? "none") === "none" && remote.entries !== undefined;
