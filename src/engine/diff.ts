@@ -87,49 +87,6 @@ function decodeLine(bytes: Uint8Array): string {
   }
 }
 
-/** Characters JSON.stringify escapes in a (well-formed) string. */
-// deno-lint-ignore no-control-regex
-const NEEDS_ESCAPE = /["\\\u0000-\u001f]/;
-
-/** The position after `s` when `line` has it at `pos`, else -1 (and -1 stays -1). */
-function at(line: string, pos: number, s: string): number {
-  return pos >= 0 && line.startsWith(s, pos) ? pos + s.length : -1;
-}
-
-/** The position after the decimal digits of `n` when `line` has them at `pos`, else -1. */
-function digitsEqual(line: string, pos: number, n: number): number {
-  if (pos < 0) return -1;
-  const start = pos;
-  let v = 0;
-  for (let c = line.charCodeAt(pos); c >= 48 && c <= 57; c = line.charCodeAt(++pos)) {
-    v = v * 10 + (c - 48);
-  }
-  // No leading zeros, at most 15 digits (exact in a double): as JSON writes n.
-  const len = pos - start;
-  if (len === 0 || len > 15 || (len > 1 && line.charCodeAt(start) === 48)) return -1;
-  return v === n ? pos : -1;
-}
-
-/**
- * The position after the decimal digits of the time `sec` s + `ns` ns (sec >
- * 0) when `line` has them at `pos`, else -1: the seconds' digits, then
- * exactly nine for the ns, without building a BigInt or its string per file.
- */
-function timeEqual(line: string, pos: number, sec: number, ns: number): number {
-  if (pos < 0) return -1;
-  const s = String(sec);
-  if (!line.startsWith(s, pos)) return -1;
-  pos += s.length;
-  let v = 0;
-  for (const end = pos + 9; pos < end; pos++) {
-    const d = line.charCodeAt(pos) - 48;
-    if (!(d >= 0 && d <= 9)) return -1;
-    v = v * 10 + d;
-  }
-  const next = line.charCodeAt(pos);
-  return v === ns && !(next >= 48 && next <= 57) ? pos : -1;
-}
-
 const encoder = new TextEncoder();
 const P_OPEN = encoder.encode('{"p":"');
 const T_FILE = encoder.encode('","t":"f","s":');
@@ -280,38 +237,12 @@ export async function diffTree(
     }
   };
   const fast = check === "none" && options.fastPath !== false;
-  /** True when `line` is the unchanged record of scanned entry `k` (see above). */
-  const unchangedLine = (k: number, line: string): boolean => {
-    const type = scan.type(k);
-    if (type === "l" || (type === "f" && racy(k))) return false;
-    // Field by field, as entryToJson writes them; no string is built for the
-    // whole prefix (measured: half the cost).
-    const path = scan.path(k);
-    if (NEEDS_ESCAPE.test(path)) return false;
-    let pos = at(line, 0, '{"p":"');
-    pos = at(line, pos, path);
-    pos = at(line, pos, type === "f" ? '","t":"f","s":' : '","t":"d","s":');
-    pos = digitsEqual(line, pos, scan.size(k));
-    pos = at(line, pos, ',"m":');
-    pos = digitsEqual(line, pos, scan.mode(k));
-    pos = at(line, pos, ',"mt":"');
-    const mtSec = scan.mtimeSec(k);
-    pos = mtSec > 0
-      ? timeEqual(line, pos, mtSec, scan.mtimeNs(k))
-      : at(line, pos, scan.mtime(k).toString());
-    pos = at(line, pos, '","ct":"');
-    const ctSec = scan.ctimeSec(k);
-    pos = ctSec > 0
-      ? timeEqual(line, pos, ctSec, scan.ctimeNs(k))
-      : at(line, pos, scan.ctime(k).toString());
-    pos = at(line, pos, '"');
-    if (pos < 0) return false;
-    const next = line.charCodeAt(pos);
-    // A key can only follow a comma; "fl" cannot occur inside a hash or a
-    // JSON string (quotes are escaped there).
-    return (next === 44 || next === 125) && !line.includes('"fl":', pos);
-  };
-  /** unchangedLine on the line's UTF-8 bytes `buf[start, end)` (ASCII paths only). */
+  /**
+   * True when the line `buf[start, end)` is the unchanged record of scanned
+   * entry `k` (see above): compared field by field, as entryToJson writes
+   * them, for ASCII paths; a key can only follow a comma, and `"fl":` cannot
+   * occur inside a hash or a JSON string (quotes are escaped there).
+   */
   const unchangedBytes = (k: number, buf: Uint8Array, start: number, end: number): boolean => {
     const type = scan.type(k);
     if (type === "l" || (type === "f" && racy(k))) return false;
@@ -344,34 +275,20 @@ export async function diffTree(
     else if (belowUnreadable(prev.path)) plan.keptBelowUnreadable++;
     else plan.deleted.push(prev.path);
   };
-  for await (const lines of manifest) {
-    if (lines instanceof Uint8Array) {
-      // Whole lines as bytes: compared without building a string per line.
-      const n = lines.length;
-      for (let start = 0; start < n;) {
-        let end = lines.indexOf(10, start);
-        if (end < 0) end = n;
-        if (end > start) {
-          if (fast && i < scan.length && unchangedBytes(i, lines, start, end)) {
-            i++;
-            plan.unchanged++;
-            plan.undecoded++;
-          } else merge(entriesFromLines([decodeLine(lines.subarray(start, end))])[0]);
-        }
-        start = end + 1;
+  for await (const batch of manifest) {
+    // Whole lines as bytes: compared without building a string per line.
+    const lines = batch instanceof Uint8Array ? batch : encoder.encode(batch.join("\n"));
+    for (let start = 0; start < lines.length;) {
+      let end = lines.indexOf(10, start);
+      if (end < 0) end = lines.length;
+      if (end > start) {
+        if (fast && i < scan.length && unchangedBytes(i, lines, start, end)) {
+          i++;
+          plan.unchanged++;
+          plan.undecoded++;
+        } else merge(entriesFromLines([decodeLine(lines.subarray(start, end))])[0]);
       }
-      continue;
-    }
-    for (const line of lines) {
-      if (fast && i < scan.length && unchangedLine(i, line)) {
-        i++;
-        plan.unchanged++;
-        plan.undecoded++;
-        continue;
-      }
-      // One JSON.parse per line costs ~1 µs more than a batched one: noise
-      // next to sending the file that most such lines stand for.
-      merge(entriesFromLines([line])[0]);
+      start = end + 1;
     }
   }
   takeScanBefore(null);
