@@ -146,11 +146,20 @@ function bad(what: string): KeepError {
 
 /** Encodes an entry as one NDJSON line (without newline). Same bytes as JSON.stringify, built by hand (hot path). */
 export function entryToJson(e: Entry): string {
+  return entryLine(e, true);
+}
+
+/** The entry's line in the stat form of a manifest: without `h` and `x`. */
+export function entryToStatJson(e: Entry): string {
+  return entryLine(e, false);
+}
+
+function entryLine(e: Entry, hashes: boolean): string {
   let line = `{"p":${
     JSON.stringify(e.path)
   },"t":"${e.type}","s":${e.size},"m":${e.mode},"mt":"${e.mtime}","ct":"${e.ctime}"`;
-  if (e.hash !== undefined) line += `,"h":"${e.hash}"`;
-  if (e.xxh !== undefined) line += `,"x":"${e.xxh}"`;
+  if (hashes && e.hash !== undefined) line += `,"h":"${e.hash}"`;
+  if (hashes && e.xxh !== undefined) line += `,"x":"${e.xxh}"`;
   if (e.target !== undefined) line += `,"l":${JSON.stringify(e.target)}`;
   if (e.flag !== undefined) line += `,"fl":"${e.flag}"`;
   return line + "}";

@@ -19,7 +19,7 @@ import { join } from "node:path";
 import { setImmediate } from "node:timers";
 import { decodeMemberTransient, encodeMember, MemberSplitter } from "./gzip_member.ts";
 import type { IndexDb } from "./index_db.ts";
-import { type CommitInfo, entriesFromLines, entryToJson } from "./manifest.ts";
+import { type CommitInfo, entriesFromLines, entryToJson, entryToStatJson } from "./manifest.ts";
 import { exists } from "./fs_native.ts";
 import { churned, collectNow } from "./memory.ts";
 import { comparePaths } from "./paths.ts";
@@ -40,11 +40,7 @@ export function* manifestMembers(
   let text = "";
   if (commit) {
     for (const e of index.entries(project, commit)) {
-      if (stat) {
-        e.hash = undefined;
-        e.xxh = undefined;
-      }
-      text += entryToJson(e) + "\n";
+      text += (stat ? entryToStatJson(e) : entryToJson(e)) + "\n";
       if (text.length >= MEMBER_TARGET) {
         yield encodeMember(encoder.encode(text), 1);
         text = "";
@@ -154,10 +150,7 @@ export function statLine(line: string): string {
 }
 
 function statLineSlow(line: string): string {
-  const e = entriesFromLines([line])[0];
-  e.hash = undefined;
-  e.xxh = undefined;
-  return entryToJson(e);
+  return entryToStatJson(entriesFromLines([line])[0]);
 }
 
 /**
@@ -218,7 +211,7 @@ function* strippedMembers(path: string): Generator<Uint8Array> {
 export class ManifestCache {
   readonly dir: string;
   #seq = 0;
-  /** Builds in progress (both forms), by the whole form's cache path. */
+  /** Builds in progress, by cache path (a stat form's build includes its whole form's). */
   #building = new Map<string, Promise<void>>();
 
   /**
