@@ -71,27 +71,48 @@ let inflater: ZStream | null | undefined;
 
 /**
  * Runs `input` through a reset stream with Z_FINISH into `out`. Returns the
- * output length, or -1 when `out` filled up first; throws the zlib message
- * on bad data. The stream is dropped after an error (a reset does not clear
- * it). `left` receives the input bytes not consumed.
+ * output length and the input bytes not consumed; throws the zlib message
+ * on bad data. `ended` is true only when the run reached the end of the
+ * deflate stream with output room to spare.
+ *
+ * A stream is reused only after a run that ended: zlib-ng's level-1 deflate
+ * (deflate_quick) keeps whether a block is open across deflateReset, so a
+ * run given up mid-block makes the next stream after the reset start
+ * without its block header (a member no inflater reads: the corrupt uploads
+ * of real object files). Callers drop a stream whose run did not end.
  */
 function runStream(
   z: ZStream,
   input: Uint8Array,
   out: Uint8Array,
-): { produced: number; left: number } {
+): { produced: number; left: number; ended: boolean } {
   z.error = null;
   z.handle.reset();
   z.handle.writeSync(zlib.constants.Z_FINISH, input, 0, input.length, out, 0, out.length);
   if (z.error !== null) throw new Error(z.error);
-  return { produced: out.length - z.state[0], left: z.state[1] };
+  const produced = out.length - z.state[0];
+  const left = z.state[1];
+  // With Z_FINISH, output room left over means zlib reached the stream's end.
+  return { produced, left, ended: produced < out.length };
 }
 
 let deflateOut = new Uint8Array(0);
 
 /**
+ * Room for any deflate of `n` bytes: zlib-ng's level 1 codes literals with
+ * fixed Huffman codes (up to 9 bits for 8), so incompressible input grows
+ * by an eighth before its stored-block fallback; a quarter plus block
+ * overheads is ample for every level.
+ */
+function deflateRoom(n: number): number {
+  return n + (n >> 2) + 1024;
+}
+
+/**
  * Deflates `raw` at `level`; the result is a view of a scratch buffer (valid
  * until the next call), or null when it would not be shorter than `limit`.
+ * The stream always runs to its end (the output buffer has room for any
+ * deflate of `raw`), and is dropped if it did not.
  */
 function deflateTransient(raw: Uint8Array, level: number, limit: number): Uint8Array | null {
   if (!deflaters.has(level)) {
@@ -102,8 +123,9 @@ function deflateTransient(raw: Uint8Array, level: number, limit: number): Uint8A
     const d = zlib.deflateRawSync(raw, { level });
     return d.length < limit ? d : null;
   }
-  if (deflateOut.length < limit) deflateOut = new Uint8Array(Math.max(limit, 64 << 10));
-  const out = deflateOut.subarray(0, limit);
+  const room = deflateRoom(raw.length);
+  if (deflateOut.length < room) deflateOut = new Uint8Array(Math.max(room, 64 << 10));
+  const out = deflateOut.subarray(0, room);
   let r;
   try {
     r = runStream(z, raw, out);
@@ -111,14 +133,21 @@ function deflateTransient(raw: Uint8Array, level: number, limit: number): Uint8A
     deflaters.delete(level);
     throw err;
   }
-  // A full buffer: the stream did not end within the limit.
+  if (!r.ended || r.left !== 0) {
+    // Cannot happen with that room; if it does, never reuse the stream, and
+    // let a fresh one-shot stream do this member.
+    deflaters.delete(level);
+    const d = zlib.deflateRawSync(raw, { level });
+    return d.length < limit ? d : null;
+  }
   return r.produced < limit ? out.subarray(0, r.produced) : null;
 }
 
 /**
  * Inflates one deflate stream that must give exactly `rawLen` bytes into
  * `out` (at least rawLen + 1 long). Returns the bytes of `body` after the
- * stream's end. Throws on bad data, and RangeError past `rawLen`.
+ * stream's end. Throws on bad data, and RangeError past `rawLen`. The reused
+ * stream is kept only after a run that ended cleanly with `rawLen` bytes.
  */
 function inflateInto(body: Uint8Array, rawLen: number, out: Uint8Array): number {
   if (inflater === undefined) inflater = openStream(() => zlib.createInflateRaw());
@@ -142,6 +171,7 @@ function inflateInto(body: Uint8Array, rawLen: number, out: Uint8Array): number 
     inflater = undefined;
     throw err;
   }
+  if (!r.ended || r.produced !== rawLen) inflater = undefined;
   if (r.produced > rawLen) throw new RangeError("too long");
   if (r.produced !== rawLen) throw new Error(`length ${r.produced}, header says ${rawLen}`);
   return r.left;
@@ -204,6 +234,42 @@ export function encodeMember(raw: Uint8Array, level: Level | "auto"): Uint8Array
   const parts: Uint8Array[] = [];
   writeMember(raw, level, (b) => parts.push(b.slice()));
   return concatBytes(parts);
+}
+
+/** An encoder of one member (encodeMember's shape; tests pass broken ones). */
+export type MemberEncoder = (raw: Uint8Array, level: Level | "auto") => Uint8Array;
+
+/**
+ * Encodes `raw` as one member and checks the result before anyone keeps it:
+ * decoded back, it must give exactly `raw`. A member that does not is
+ * replaced by stored blocks (no zlib involved), checked the same way. For
+ * the server, which stores what it encodes itself: a wrong member would
+ * poison every project that shares the content.
+ */
+export function encodeChecked(
+  raw: Uint8Array,
+  level: Level | "auto",
+  encode: MemberEncoder = encodeMember,
+): Uint8Array {
+  const member = encode(raw, level);
+  if (decodesTo(member, raw)) return member;
+  const stored = encodeMember(raw, 0);
+  if (decodesTo(stored, raw)) return stored;
+  throw new KeepError("internal", "Cannot encode content: stored blocks do not decode back");
+}
+
+function decodesTo(member: Uint8Array, raw: Uint8Array): boolean {
+  let back: Uint8Array;
+  try {
+    // Not the transient decode: its scratch buffer may be what the caller
+    // is still reading (ingest re-encodes while its parser walks a member).
+    back = decodeMember(member);
+  } catch {
+    return false;
+  }
+  if (back.length !== raw.length) return false;
+  for (let i = 0; i < raw.length; i++) if (back[i] !== raw[i]) return false;
+  return true;
 }
 
 const headerScratch = new Uint8Array(HEADER);
