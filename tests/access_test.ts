@@ -1,29 +1,14 @@
-/**
 import { Buffer } from "node:buffer";
+/**
  * Issue 4, access: tokens scoped to projects and roles, TLS, project ids.
  */
 
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { keep, keepOk, startServer, tempDir, writeTree } from "./helpers.ts";
+import { keep, keepOk, startServer, tempDir, token, writeTree } from "./helpers.ts";
 
 /** SHA-256 of "hello\n". */
 const HELLO_HASH = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
-
-async function token(dataDir: string, role: string, ...projects: string[]): Promise<string> {
-  const r = await keepOk([
-    "token",
-    "create",
-    "--data",
-    dataDir,
-    "--role",
-    role,
-    ...projects.flatMap((p) => ["--project", p]),
-  ]);
-  const t = r.stdout.trim();
-  assertMatch(t, /^keep_[0-9a-f]{8}_[A-Za-z0-9_-]+$/);
-  return t;
-}
 
 Deno.test("serve needs a token on every route unless --no-auth, which is refused off loopback", async () => {
   const refused = await keep([

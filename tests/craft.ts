@@ -19,7 +19,7 @@
  */
 
 import zlib from "node:zlib";
-import { encodeMember, MAX_MEMBER_RAW } from "../src/engine/gzip_member.ts";
+import { MAX_MEMBER_RAW } from "../src/engine/gzip_member.ts";
 import { encodeHeader, END_OF_ARCHIVE, padded, type TarHeader } from "../src/engine/tar.ts";
 
 export const BLOCK = 512;
@@ -92,7 +92,7 @@ export class Upload {
 
   /** Appends `raw` archive bytes as one Keep member (the owed padding is not added). */
   member(raw: Uint8Array, label = "member", level = this.level): this {
-    return this.wire(encodeMember(raw, level), label);
+    return this.wire(frameMember(raw, level), label);
   }
 
   /**
@@ -346,6 +346,32 @@ export function handMember(opts: {
   return out;
 }
 
+/**
+ * `raw` as a Keep member, deflated by a fresh one-shot node:zlib stream (not
+ * Keep's own encoder, so crafted uploads do not depend on the code under test).
+ */
+export function frameMember(raw: Uint8Array, level = 1): Uint8Array {
+  const stored = storedBlocks(raw);
+  const body = level === 0 ? stored : deflateRaw(raw, level);
+  // As Keep's writers do: never longer than stored blocks (the server's bound).
+  const best = body.length < stored.length ? body : stored;
+  return handMember({ body: best, rawLen: raw.length, crc: crc32(raw) });
+}
+
+/** `raw` as deflate stored blocks of up to 65,535 bytes each. */
+export function storedBlocks(raw: Uint8Array): Uint8Array {
+  const parts: Uint8Array[] = [];
+  let i = 0;
+  do {
+    const n = Math.min(65535, raw.length - i);
+    const last = i + n >= raw.length ? 1 : 0;
+    parts.push(new Uint8Array([last, n & 0xff, n >> 8, ~n & 0xff, (~n >> 8) & 0xff]));
+    parts.push(raw.subarray(i, i + n));
+    i += n;
+  } while (i < raw.length);
+  return concat(parts);
+}
+
 /** Raw deflate of `raw`. */
 export function deflateRaw(raw: Uint8Array, level = 9): Uint8Array {
   return new Uint8Array(zlib.deflateRawSync(raw, { level }));
@@ -393,4 +419,18 @@ export function noiseText(n: number, seed = 1): string {
   let s = "";
   for (let i = 0; i < n; i++) s += String.fromCharCode(0x61 + (raw[i] % 26));
   return s;
+}
+
+/**
+ * The same archive cut into members at other places: every `size` raw bytes
+ * (the last may be shorter), so members straddle tar headers and
+ * file data and the server must re-encode the data it keeps.
+ */
+export function rechunk(body: Uint8Array, size: number, level = 1): Uint8Array {
+  const raw = gunzip(body);
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < raw.length; i += size) {
+    out.push(frameMember(raw.subarray(i, Math.min(raw.length, i + size)), level));
+  }
+  return concat(out);
 }

@@ -198,6 +198,22 @@ export async function tempDir(prefix = "keep-test-"): Promise<string> {
   return dir;
 }
 
+/** Creates a token with `keep token create` and returns its secret. */
+export async function token(dataDir: string, role: string, ...projects: string[]): Promise<string> {
+  const r = await keepOk([
+    "token",
+    "create",
+    "--data",
+    dataDir,
+    "--role",
+    role,
+    ...projects.flatMap((p) => ["--project", p]),
+  ]);
+  const t = r.stdout.trim();
+  if (!/^keep_[0-9a-f]{8}_[A-Za-z0-9_-]+$/.test(t)) throw new Error(`unexpected token ${t}`);
+  return t;
+}
+
 /** Parses the JSON printed by `--json`. */
 export function json<T = Record<string, unknown>>(r: Run): T {
   return JSON.parse(r.stdout) as T;

@@ -19,11 +19,17 @@ and reports orphans (blobs no commit uses, blob files the index does not
 know: leftovers of interrupted uploads, harmless). Run it on the server's data
 dir (safe while the server runs) or over HTTP with an admin token.
 
+A damaged blob is marked: uploads stop counting on it, so the next upload of
+that content replaces it, and the files of head commits that use it are
+flagged so their next backup sends them again (repair = run keep verify, then
+the usual backups). --read-only only reports.
+
 Options:
   -d, --data DIR   data directory (env KEEP_DATA)
   -s, --server URL verify through the server (admin token: --token or KEEP_TOKEN)
       --token T, --ca FILE
       --quick      skip re-hashing inline blobs (structure only)
+      --read-only  report damage without marking it (no repair by the next backup)
       --json       JSON output
 
 Exit codes: 0 clean, 4 damage found, 1/5/6 could not check.`,
@@ -34,6 +40,7 @@ Exit codes: 0 clean, 4 damage found, 1/5/6 could not check.`,
       token: { type: "string" },
       ca: { type: "string" },
       quick: { type: "boolean" },
+      "read-only": { type: "boolean" },
       json: { type: "boolean" },
     });
     positionals(p, "verify", []);
@@ -55,7 +62,10 @@ Exit codes: 0 clean, 4 damage found, 1/5/6 could not check.`,
       }
       const index = IndexDb.open(join(dir, "index.db"));
       try {
-        report = verifyStore(index, BlobStore.open(dir, index), { quick: !!p.values.quick });
+        report = verifyStore(index, BlobStore.open(dir, index), {
+          quick: !!p.values.quick,
+          readOnly: !!p.values["read-only"],
+        });
       } finally {
         index.close();
       }
@@ -79,6 +89,12 @@ Exit codes: 0 clean, 4 damage found, 1/5/6 could not check.`,
       );
       for (const d of report.damaged) out(`  damaged   ${d.hash}: ${d.problem}`);
       for (const m of report.missing) out(`  missing   ${m.project}:${m.path} (${m.hash})`);
+      if (report.damaged.length) {
+        out(
+          "  repair    damaged blobs are marked: the next upload of their content replaces them, and the next backup of these files sends them again:",
+        );
+        for (const a of report.affected) out(`  resend    ${a.project}:${a.path}`);
+      }
     }
     return report.ok ? 0 : 4;
   },

@@ -232,10 +232,11 @@ export class BlobStore {
     return f;
   }
 
+  /** True when the store holds sound content `hash` (a blob marked damaged does not count). */
   has(hash: Uint8Array): boolean {
     if (!this.#filter || this.#filter.full) this.#filter = this.#loadFilter();
     if (!this.#filter.mayHave(hash)) return false;
-    return !!this.index.stmt("SELECT 1 FROM blobs WHERE hash = ?").get(hash);
+    return !!this.index.stmt("SELECT 1 FROM blobs WHERE hash = ? AND damaged IS NULL").get(hash);
   }
 
   info(hashHex: string): BlobInfo | null {
@@ -251,15 +252,33 @@ export class BlobStore {
       : null;
   }
 
-  /** Inserts pending rows; call inside a transaction. Existing hashes are kept. */
-  insert(rows: PendingBlob[]): void {
+  /**
+   * Inserts pending rows; call inside a transaction. Existing sound blobs are
+   * kept; a row marked damaged takes the new bytes (a repair), and the head
+   * entries its marking flagged are cleared. Returns the number repaired.
+   */
+  insert(rows: PendingBlob[]): number {
     const ins = this.index.stmt(
-      "INSERT OR IGNORE INTO blobs(hash, size, stored, xxh, pack, offset) VALUES (?, ?, ?, ?, ?, ?)",
+      `INSERT INTO blobs(hash, size, stored, xxh, pack, offset) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT(hash) DO UPDATE SET size = excluded.size, stored = excluded.stored,
+         xxh = excluded.xxh, pack = excluded.pack, offset = excluded.offset, level = NULL,
+         damaged = NULL
+       WHERE blobs.damaged IS NOT NULL`,
     );
+    const damaged = this.index.stmt("SELECT 1 FROM blobs WHERE hash = ? AND damaged IS NOT NULL");
+    let repaired = 0;
     for (const r of rows) {
+      // Only a hash the filter may know can be a damaged row.
+      const repair = this.#filter?.mayHave(r.hash) !== false && !!damaged.get(r.hash);
       ins.run(r.hash, r.size, r.stored, r.xxh, r.pack, r.offset);
+      if (repair) {
+        this.index.clearDamaged(r.hash);
+        repaired++;
+      }
       this.#filter?.add(r.hash);
     }
+    if (repaired) this.index.blobEpoch++;
+    return repaired;
   }
 
   /** A temp file path in the store's tmp/ folder. */

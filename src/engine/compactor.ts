@@ -9,12 +9,23 @@
  * packs that became mostly dead. Blobs that do not shrink by 3% are marked
  * and never tried again. Large (file) blobs are left as they are.
  *
+ * Nothing unchecked moves: a blob whose stored bytes do not decode to its
+ * SHA-256 is marked damaged and left alone, and each new encoding is decoded
+ * back and SHA-256-checked before its row may point at it.
+ *
  * @module
  */
 
+import { createHash } from "node:crypto";
 import { type BlobStore, PackWriter } from "./blob_store.ts";
 import { concatBytes } from "./concat_bytes.ts";
-import { decodeMember, encodeMember, MemberSplitter } from "./gzip_member.ts";
+import {
+  decodeMember,
+  encodeChecked,
+  encodeMember,
+  type MemberEncoder,
+  MemberSplitter,
+} from "./gzip_member.ts";
 import { bytesToHex, type IndexDb } from "./index_db.ts";
 import { churned } from "./memory.ts";
 import { repack } from "./prune.ts";
@@ -47,12 +58,16 @@ export class Compactor {
   #store: BlobStore;
   #writer: PackWriter | null = null;
   #repacked = true;
+  #encode: MemberEncoder;
   /** Bytes saved so far (stored before minus after). */
   saved = 0;
+  /** Blobs found damaged (and marked) so far. */
+  damaged = 0;
 
-  constructor(index: IndexDb, store: BlobStore) {
+  constructor(index: IndexDb, store: BlobStore, options: { encode?: MemberEncoder } = {}) {
     this.#index = index;
     this.#store = store;
+    this.#encode = options.encode ?? encodeMember;
   }
 
   /**
@@ -78,6 +93,7 @@ export class Compactor {
     this.#writer ??= new PackWriter(this.#store);
     const moves: { row: Row; pack: number; offset: number; stored: number; level: number }[] = [];
     const skips: number[] = [];
+    const damaged: { hash: Uint8Array; problem: string }[] = [];
     for (const row of rows) {
       if (performance.now() > until && (moves.length || skips.length)) break;
       const hex = bytesToHex(row.hash);
@@ -86,16 +102,22 @@ export class Compactor {
       try {
         stored = concatBytes([...this.#store.read(hex)]);
         raw = this.#raw(stored);
-      } catch {
-        skips.push(row.id); // damaged: verify reports it; leave the bytes alone
+        if (raw.length !== Number(row.size) || sha256(raw) !== hex) {
+          throw new Error(`stored bytes decode to other content (${raw.length} bytes)`);
+        }
+      } catch (err) {
+        // Leave the bytes alone; the next upload of this content replaces them.
+        skips.push(row.id);
+        damaged.push({ hash: row.hash, problem: (err as Error).message });
         continue;
       }
       churned(stored.length + raw.length, true);
       let out = stored;
       let level = SKIP;
       if (stored.length < raw.length * 0.97) { // compressed already: try harder
-        const member = encodeMember(raw, REST_LEVEL);
-        if (member.length < stored.length * 0.97) {
+        const member = encodeChecked(raw, REST_LEVEL, this.#encode);
+        // encodeChecked compared the bytes; the SHA-256 is what the row promises.
+        if (member.length < stored.length * 0.97 && sha256(decodeMember(member)) === hex) {
           out = member;
           level = REST_LEVEL;
         }
@@ -115,6 +137,7 @@ export class Compactor {
       for (const id of skips) skip.run(SKIP, id);
     }, true);
     this.#index.blobEpoch++;
+    for (const d of damaged) if (this.#index.markDamaged(d.hash, d.problem)) this.damaged++;
     return true;
   }
 
@@ -132,4 +155,8 @@ export class Compactor {
     split.end();
     return parts.length === 1 ? parts[0] : concatBytes(parts);
   }
+}
+
+function sha256(b: Uint8Array): string {
+  return createHash("sha256").update(b).digest("hex");
 }

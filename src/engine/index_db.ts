@@ -30,7 +30,8 @@ import type {
 } from "./manifest.ts";
 import { parentOf } from "./paths.ts";
 
-const SCHEMA_VERSION = 1;
+/** 2: blobs.damaged and the store_meta table (damage epoch). */
+const SCHEMA_VERSION = 2;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS projects(
@@ -83,7 +84,12 @@ CREATE TABLE IF NOT EXISTS blobs(
   xxh BLOB,
   pack INTEGER,
   offset INTEGER,
-  level INTEGER
+  level INTEGER,
+  damaged TEXT
+);
+CREATE TABLE IF NOT EXISTS store_meta(
+  key TEXT PRIMARY KEY,
+  value INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS packs(
   id INTEGER PRIMARY KEY,
@@ -240,6 +246,10 @@ export class IndexDb {
         `Cannot open index: schema ${version} is newer than this keep (${SCHEMA_VERSION})`,
       );
     }
+    if (version === 1) {
+      // 1 → 2: a column to mark damaged blobs (existing rows: sound until checked).
+      db.exec("ALTER TABLE blobs ADD COLUMN damaged TEXT");
+    }
     db.exec(SCHEMA);
     db.exec(`PRAGMA user_version=${SCHEMA_VERSION}`);
     db.exec(STAGE);
@@ -286,6 +296,49 @@ export class IndexDb {
     } finally {
       if (durable) this.db.exec("PRAGMA synchronous=NORMAL");
     }
+  }
+
+  /**
+   * Marks blob `hash` damaged (it failed a check): uploads no longer count on
+   * it, so the next upload of that content replaces it, and every head entry
+   * that refers to it is flagged `damaged`, so the next backup of those files
+   * sends them whole. Bumps the damage epoch (head manifests are stale).
+   * Returns false when the blob was already marked or is unknown.
+   */
+  markDamaged(hash: Uint8Array, problem: string): boolean {
+    return this.transaction(() => {
+      const r = this.stmt("UPDATE blobs SET damaged = ? WHERE hash = ? AND damaged IS NULL").run(
+        problem.slice(0, 500),
+        hash,
+      );
+      if (Number(r.changes) === 0) return false;
+      this.stmt("UPDATE current SET flag = 'damaged' WHERE hash = ? AND flag IS NULL").run(hash);
+      this.#bumpDamageEpoch();
+      return true;
+    }, true);
+  }
+
+  /**
+   * After an upload stored new bytes for a damaged blob: the flags its
+   * marking set on head entries go (call inside the commit's transaction).
+   */
+  clearDamaged(hash: Uint8Array): void {
+    this.stmt("UPDATE current SET flag = NULL WHERE hash = ? AND flag = 'damaged'").run(hash);
+    this.#bumpDamageEpoch();
+  }
+
+  #bumpDamageEpoch(): void {
+    this.stmt(
+      "INSERT INTO store_meta(key, value) VALUES ('damage_epoch', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1",
+    ).run();
+  }
+
+  /** Changes whenever blobs are marked damaged or repaired (any process). */
+  damageEpoch(): number {
+    const r = this.stmt("SELECT value FROM store_meta WHERE key = 'damage_epoch'").get() as
+      | Row
+      | undefined;
+    return r ? Number(r.value) : 0;
   }
 
   /** The numeric id of a project, created when `create` is set. */

@@ -18,8 +18,9 @@ import { createHash, type Hash } from "node:crypto";
 import { KeepError } from "./errors.ts";
 import {
   decodeMemberTransient,
-  encodeMember,
+  encodeChecked,
   MAX_MEMBER_RAW,
+  type MemberEncoder,
   MemberSplitter,
 } from "./gzip_member.ts";
 import { hexToBytes, type IndexDb, type StageRow } from "./index_db.ts";
@@ -68,10 +69,12 @@ class BlobBuilder {
   #file: Deno.FsFile | null = null;
   #tempPath = "";
   #level: number;
+  #encode: MemberEncoder | undefined;
 
-  constructor(store: BlobStore, level: number, size: number) {
+  constructor(store: BlobStore, level: number, size: number, encode?: MemberEncoder) {
     this.#store = store;
     this.#level = level;
+    this.#encode = encode;
     if (size > PACK_MAX) {
       this.#tempPath = store.tempPath();
       this.#file = Deno.openSync(this.#tempPath, { write: true, createNew: true });
@@ -87,7 +90,11 @@ class BlobBuilder {
     this.#emit(transient && !this.#file ? member.slice() : member);
   }
 
-  /** Adds raw bytes that arrived split across members: re-encoded here. */
+  /**
+   * Adds raw bytes that arrived split across members (a member holding the
+   * end of one file and a tar header): re-encoded here, each new member
+   * decoded back and compared before it is kept (see encodeChecked).
+   */
   addRaw(raw: Uint8Array): void {
     this.#pendingRaw.push(raw.slice());
     this.#pendingRawLen += raw.length;
@@ -106,7 +113,7 @@ class BlobBuilder {
     this.#pendingRawLen = 0;
     for (let i = 0; i < all.length; i += MAX_MEMBER_RAW) {
       const raw = all.subarray(i, i + MAX_MEMBER_RAW);
-      this.#emit(encodeMember(raw, this.#level < 0 ? "auto" : this.#level));
+      this.#emit(encodeChecked(raw, this.#level < 0 ? "auto" : this.#level, this.#encode));
     }
   }
 
@@ -186,6 +193,8 @@ export interface IngestOptions {
   limits?: IngestLimits;
   /** Level for members the server must encode itself: -1 auto. */
   level?: number;
+  /** The encoder for those members (tests pass a broken one). */
+  encode?: MemberEncoder;
 }
 
 /**
@@ -207,6 +216,7 @@ export class Ingest {
   #store: BlobStore;
   #limits: IngestLimits;
   #level: number;
+  #encode: MemberEncoder | undefined;
   #upload: number;
   #splitter = new MemberSplitter();
   #parser: TarParser;
@@ -241,6 +251,8 @@ export class Ingest {
   bytesReceived = 0;
   newBlobs = 0;
   newBlobBytes = 0;
+  /** Blobs marked damaged that this upload's content replaced. */
+  repairedBlobs = 0;
 
   constructor(index: IndexDb, store: BlobStore, project: string, options: IngestOptions = {}) {
     this.#index = index;
@@ -248,6 +260,7 @@ export class Ingest {
     this.project = project;
     this.#limits = options.limits ?? DEFAULT_LIMITS;
     this.#level = options.level ?? -1;
+    this.#encode = options.encode;
     this.#upload = index.newUpload();
     this.#pack = new PackWriter(store);
     this.#parser = new TarParser({
@@ -408,7 +421,7 @@ export class Ingest {
       }
       this.#sha = createHash("sha256");
       this.#xxh.reset();
-      this.#blob = new BlobBuilder(this.#store, this.#level, h.size);
+      this.#blob = new BlobBuilder(this.#store, this.#level, h.size, this.#encode);
     }
   }
 
@@ -522,7 +535,7 @@ export class Ingest {
       this.#dirs.clear();
     }
     this.#index.transaction(() => {
-      this.#store.insert(blobs);
+      this.repairedBlobs += this.#store.insert(blobs);
       this.#index.stage(this.#upload, rows);
     });
     this.#pendingHashes.clear();

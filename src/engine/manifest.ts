@@ -16,8 +16,13 @@ import { pathProblem } from "./paths.ts";
 /** Entry type: regular file, directory, symlink. */
 export type EntryType = "f" | "d" | "l";
 
-/** Why an entry's last good version was kept instead of a new one. */
-export type EntryFlag = "unreadable" | "unsettled";
+/**
+ * Why an entry is marked: `unreadable` and `unsettled` (set by a backup) mean
+ * its last good version was kept instead of a new one; `damaged` (set by the
+ * server) means the stored content failed a check, so the next backup sends
+ * the file whole and its upload repairs the blob.
+ */
+export type EntryFlag = "unreadable" | "unsettled" | "damaged";
 
 /** One path of a commit. */
 export interface Entry {
@@ -196,7 +201,9 @@ export function entryFromJson(o: unknown): Entry {
     e.target = l;
   }
   if (fl !== undefined) {
-    if (fl !== "unreadable" && fl !== "unsettled") throw bad(`${p}: unknown flag`);
+    if (fl !== "unreadable" && fl !== "unsettled" && fl !== "damaged") {
+      throw bad(`${p}: unknown flag`);
+    }
     e.flag = fl;
   }
   if (t === "l" && e.target === undefined) throw bad(`${p}: symlink without target`);

@@ -231,6 +231,23 @@ export class ManifestCache {
     } catch { /* not there */ }
   }
 
+  #damageEpoch = -1;
+
+  /**
+   * Drops every cached manifest when blobs were marked damaged or repaired
+   * since the last call (by this process or another: the epoch is in the
+   * index), since that changes entries' flags without a commit.
+   */
+  revalidate(index: IndexDb): void {
+    const epoch = index.damageEpoch();
+    if (epoch === this.#damageEpoch) return;
+    if (this.#damageEpoch !== -1) {
+      this.clear();
+      Deno.mkdirSync(this.dir, { recursive: true });
+    }
+    this.#damageEpoch = epoch;
+  }
+
   #stem(projectId: number, commit: CommitInfo): string {
     return `${projectId}-${commit.seq}-${commit.id}.`;
   }

@@ -6,6 +6,10 @@
  * under blobs/ with no index row reported as orphans (harmless leftovers of
  * interrupted uploads; `prune` removes them).
  *
+ * A blob that fails is marked damaged (see IndexDb.markDamaged): the next
+ * upload of its content replaces it, and the head entries that use it are
+ * flagged so the next backup of those files sends them whole.
+ *
  * @module
  */
 
@@ -13,7 +17,7 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type { BlobStore } from "./blob_store.ts";
 import { exists } from "./fs_native.ts";
-import { bytesToHex, type IndexDb } from "./index_db.ts";
+import { bytesToHex, hexToBytes, type IndexDb } from "./index_db.ts";
 
 export interface VerifyReport {
   ok: boolean;
@@ -24,6 +28,10 @@ export interface VerifyReport {
   /** Stored bytes of all blobs. */
   storedBytes: number;
   damaged: { hash: string; problem: string }[];
+  /** Damaged blobs newly marked by this run (the next upload of their content repairs them). */
+  marked: number;
+  /** Head entries that use damaged content (up to 1000): re-sent by their next backup. */
+  affected: { project: string; path: string; hash: string }[];
   /** Content referenced by a commit but absent from the store. */
   missing: { hash: string; project: string; path: string }[];
   orphanBlobs: number;
@@ -38,6 +46,8 @@ export interface VerifyReport {
 export interface VerifyOptions {
   /** Skip re-hashing blob contents (structure checks only). */
   quick?: boolean;
+  /** Do not mark damaged blobs (a read-only look). */
+  readOnly?: boolean;
   onProgress?: (checked: number, total: number) => void;
 }
 
@@ -60,6 +70,8 @@ export function verifyStore(
     blobs: count("SELECT count(*) AS n FROM blobs"),
     storedBytes: count("SELECT coalesce(sum(stored), 0) AS n FROM blobs"),
     damaged: [],
+    marked: 0,
+    affected: [],
     missing: [],
     orphanBlobs: 0,
     orphanFiles: [],
@@ -101,7 +113,10 @@ export function verifyStore(
           ? `pack ${r.pack} is short`
           : null;
       }
-      if (problem) report.damaged.push({ hash: hex, problem });
+      if (problem) {
+        report.damaged.push({ hash: hex, problem });
+        if (!options.readOnly && index.markDamaged(r.hash, problem)) report.marked++;
+      }
       checked++;
     }
     after = rows[rows.length - 1].id;
@@ -120,6 +135,15 @@ export function verifyStore(
     ) {
       report.missing.push({ project: r.project, path: r.path, hash: bytesToHex(r.hash) });
     }
+  }
+  for (const d of report.damaged.slice(0, 1000)) {
+    if (report.affected.length >= 1000) break;
+    for (
+      const r of db.prepare(
+        `SELECT p.name AS project, c.path AS path FROM current c JOIN projects p ON p.id = c.project
+         WHERE c.hash = ? LIMIT 100`,
+      ).all(hexToBytes(d.hash)) as { project: string; path: string }[]
+    ) report.affected.push({ project: r.project, path: r.path, hash: d.hash });
   }
   report.orphanBlobs = count(
     `SELECT count(*) AS n FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = b.hash)

@@ -206,6 +206,7 @@ export function createApp(ctx: AppContext): Hono<Env> {
     }
     const stat = fields === "stat";
     const commit = ref === "latest" ? index.headCommit(p) : index.resolveCommit(p, ref);
+    if (ref === "latest") ctx.manifests.revalidate(index);
     const body = ref === "latest"
       ? await ctx.manifests.stream(index, p, commit, stat)
       : new ReadableStream<Uint8Array>({
