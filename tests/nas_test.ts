@@ -24,6 +24,7 @@ interface BackupJson {
   hashed: number;
   incomplete: number;
   problems: { path: string; reason: string; kind: string }[];
+  check: string;
 }
 
 /** Sets every file and dir below root to an mtime one minute ago (not racily clean). */
@@ -60,7 +61,7 @@ async function restoreLatest(server: TestServer, project: string): Promise<strin
   return dest;
 }
 
-Deno.test("a same-size rewrite with its mtime put back is caught by ctime, and with --ignore-ctime by --check", async () => {
+Deno.test("a same-size rewrite with its mtime put back is caught by ctime, and with --ignore-ctime by the partial hash", async () => {
   const server = await startServer();
   const src = await tempDir();
   try {
@@ -82,19 +83,20 @@ Deno.test("a same-size rewrite with its mtime put back is caught by ctime, and w
       "BBBBBBBB",
     );
 
-    // Without ctime the default rule cannot see it (documented in --help) ...
+    // Without ctime and without a content check nothing can see it ...
     rewrite("CCCCCCCC");
-    const blind = await backup(server, "rw", src, ["--settle", "0", "--ignore-ctime"]);
-    assertEquals(blind.commit.stats.filesReceived, 0);
-    // ... but --check partial and --check full can.
-    const partial = await backup(server, "rw", src, [
+    const blind = await backup(server, "rw", src, [
       "--settle",
       "0",
       "--ignore-ctime",
       "--check",
-      "partial",
+      "none",
     ]);
+    assertEquals(blind.commit.stats.filesReceived, 0);
+    // ... so without ctime the default compares the partial hash, as --check partial does.
+    const partial = await backup(server, "rw", src, ["--settle", "0", "--ignore-ctime"]);
     assertEquals(partial.commit.stats.filesReceived, 1);
+    assertEquals(partial.check, "partial");
     assertEquals(
       Deno.readTextFileSync(join(await restoreLatest(server, "rw"), "out/lib.a")),
       "CCCCCCCC",

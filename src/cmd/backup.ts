@@ -45,10 +45,12 @@ Change detection:
   tar -x). If only ctime or mode moved, the file is hashed and only its metadata
   is sent when the content is the same. Files modified within the mtime
   granularity (detected: 1 ns ... 2 s) or the settle window of the previous
-  backup's scan are hashed too. What the default cannot see: a rewrite that
-  keeps size, mtime and ctime (only possible by resetting the clock or with
-  --ignore-ctime); use --check for that.
-      --check MODE          none (default) | partial: xxHash64 of first+last 4 KiB
+  backup's scan are hashed too. Where ctime cannot be trusted (FUSE mounts such
+  as sshfs, SMB/CIFS, 9p; or every file's ctime equal to its mtime in whole
+  seconds; or --ignore-ctime), the default also compares the partial hash of
+  files whose size and mtime match, and the summary says so.
+      --check MODE          auto (default: none, or partial where ctime cannot be
+                            trusted) | none | partial: xxHash64 of first+last 4 KiB
                             and size (cheap; misses edits in the middle of files
                             over 8 KiB) | full: SHA-256 of every file (reads all)
       --ignore-ctime        do not compare ctime (filesystems with meaningless ctime)
@@ -90,9 +92,12 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
     });
     const [dir] = positionals(p, "backup", ["DIR"]);
     const project = checkProjectName(required(p, "backup", "project", "KEEP_PROJECT"));
-    const check = (p.values.check as string | undefined) ?? "none";
-    if (!["none", "partial", "full"].includes(check)) {
-      throw new KeepError("usage", `Cannot parse --check ${check}: use none, partial or full`);
+    const check = (p.values.check as string | undefined) ?? "auto";
+    if (!["auto", "none", "partial", "full"].includes(check)) {
+      throw new KeepError(
+        "usage",
+        `Cannot parse --check ${check}: use auto, none, partial or full`,
+      );
     }
     const compress = (p.values.compress as string | undefined) ?? "auto";
     if (!["auto", "fast", "none"].includes(compress)) {
@@ -146,7 +151,7 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
         include,
         excludeCaches: !p.values["no-exclude-caches"],
         jobs,
-        check: check as CheckMode,
+        check: check as CheckMode | "auto",
         ctime: !p.values["ignore-ctime"],
         settleMs,
         settleMaxMs: p.values["settle-timeout"]
@@ -186,6 +191,11 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
             formatBytes(result.wireBytes)
           }, new on server ${formatBytes(c.stats.newBlobBytes)} in ${c.stats.newBlobs} blobs`,
         );
+        if (result.checkReason) {
+          out(
+            `  check     ${result.check}: ${result.checkReason}, so files whose size and mtime match are compared by content hash (--check none to skip)`,
+          );
+        }
         if (result.hashed) out(`  hashed    ${result.hashed} suspect files locally`);
         if (result.settleMs >= 100) {
           out(

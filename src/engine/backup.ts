@@ -11,7 +11,7 @@
 import { createHash } from "node:crypto";
 import { type CheckMode, diffTree, type ManifestBatch, type Suspect } from "./diff.ts";
 import { KeepError } from "./errors.ts";
-import { lstatNs } from "./fs_native.ts";
+import { lstatNs, networkFilesystem } from "./fs_native.ts";
 import { collectNow } from "./memory.ts";
 import type { ChangeRecord, CommitInfo, Entry, UploadHeader } from "./manifest.ts";
 import { type CompressMode, type PackStats, packUpload } from "./pack.ts";
@@ -50,7 +50,12 @@ export interface BackupOptions {
   excludeCaches?: boolean;
   /** Scan parallelism (see scanTree). */
   jobs?: number;
-  check?: CheckMode;
+  /**
+   * Content check of files whose size and mtime match. `auto` (default):
+   * none where ctime can be trusted to catch a rewrite that put the mtime
+   * back, `partial` where it cannot (see ctimeDistrust).
+   */
+  check?: CheckMode | "auto";
   /** Compare ctime (default true). */
   ctime?: boolean;
   /** Settle window, ms (default 2000; 0 = off). */
@@ -88,6 +93,36 @@ export interface BackupResult {
   settleMs: number;
   attempts: number;
   seconds: number;
+  /** The content check used, and why `auto` chose it (null when ctime was trusted or a mode was asked for). */
+  check: CheckMode;
+  checkReason: string | null;
+}
+
+/** Filesystems whose ctime need not move when content does (FUSE: sshfs, …; SMB/CIFS; 9p). */
+const CTIME_UNTRUSTED_FS = new Set(["fuse", "smb", "smb2", "cifs", "9p"]);
+
+/**
+ * Why the tree's ctime cannot be trusted to catch a same-size rewrite whose
+ * mtime was put back (touch -d, cp -p, tar -x), or null when it can: the
+ * filesystem is one whose ctime may be synthesized (sshfs reports mtime as
+ * ctime), or every file's ctime equals its mtime while mtimes are whole
+ * seconds (a filesystem without a ctime of its own; on ext4 or XFS a build's
+ * files also have ctime = mtime, but to the ns).
+ */
+export function ctimeDistrust(
+  scan: { filesystem: string | null; files: number; ctimeIsMtime: number; granularity: bigint },
+  useCtime = true,
+): string | null {
+  if (!useCtime) return "--ignore-ctime";
+  if (scan.filesystem && CTIME_UNTRUSTED_FS.has(scan.filesystem)) {
+    return `ctime on a ${scan.filesystem} mount need not follow content changes`;
+  }
+  if (
+    scan.files > 0 && scan.ctimeIsMtime === scan.files && scan.granularity >= 1_000_000_000n
+  ) {
+    return "every file's ctime equals its mtime, in whole seconds";
+  }
+  return null;
 }
 
 function sha256File(path: string): { hash: string; moved: boolean } {
@@ -143,12 +178,22 @@ export async function runBackup(
   // walk waits on the network, it downloads meanwhile (up to PREFETCH_BYTES).
   // Without a content check, the diff needs no hashes: the stat form of the
   // manifest (a fifth of the bytes), then the hashes of the suspects alone.
-  const stat = (options.check ?? "none") === "none" && remote.entries !== undefined;
-  let early: Promise<Prefetched> | null = remote.latest(stat).then((l) => ({
-    commit: l.commit,
-    stat: l.stat ?? false,
-    lines: prefetch(l.lines, PREFETCH_BYTES),
-  }));
+  // `auto` on a filesystem known to fake ctime will check: the whole form.
+  const requested = options.check ?? "auto";
+  const fsDistrust = requested === "auto" &&
+    ctimeDistrust(
+        { filesystem: networkFilesystem(root), files: 0, ctimeIsMtime: 0, granularity: 1n },
+        options.ctime ?? true,
+      ) !== null;
+  const wantStat = (requested === "none" || (requested === "auto" && !fsDistrust)) &&
+    remote.entries !== undefined;
+  const ask = (stat: boolean): Promise<Prefetched> =>
+    remote.latest(stat).then((l) => ({
+      commit: l.commit,
+      stat: l.stat ?? false,
+      lines: prefetch(l.lines, PREFETCH_BYTES),
+    }));
+  let early: Promise<Prefetched> | null = ask(wantStat);
   early.catch(() => {}); // awaited below; a failure surfaces there
   let scan;
   try {
@@ -162,6 +207,16 @@ export async function runBackup(
   } catch (err) {
     early.then((l) => l.lines.cancel()).catch(() => {});
     throw err;
+  }
+  const checkReason = requested === "auto" ? ctimeDistrust(scan, options.ctime ?? true) : null;
+  const check: CheckMode = requested === "auto" ? (checkReason ? "partial" : "none") : requested;
+  const stat = check === "none" && remote.entries !== undefined;
+  if (!stat && wantStat) {
+    // The walk showed ctime cannot be trusted: the hashes are needed after all.
+    const old = early;
+    old.then((l) => l.lines.cancel()).catch(() => {});
+    early = ask(false);
+    early.catch(() => {});
   }
   const unreadable = scan.problems.filter((p) => p.kind === "unreadable").map((p) => p.path);
   const settleMs = options.settleMs ?? 2000;
@@ -182,7 +237,7 @@ export async function runBackup(
     options.onPhase?.("fetch", early ? "reading the latest manifest" : "latest manifest");
     // A request made before a long walk may have failed (a server restart):
     // asked again then.
-    const latest = early ? await early.catch(() => remote.latest(stat)) : await remote.latest(stat);
+    const latest = early ? await early.catch(() => ask(stat)) : await ask(stat);
     early = null;
     options.onPhase?.("diff", `${scan.entries.length} scanned entries against the parent`);
     const parent = latest.commit;
@@ -191,7 +246,7 @@ export async function runBackup(
       granularity,
       parentScanTime: parent ? BigInt(parent.scanTime) : undefined,
       racyMargin,
-      check: options.check ?? "none",
+      check,
       unreadable,
     });
     const changes: ChangeRecord[] = plan.deleted.map((p) => ({ op: "del" as const, p }));
@@ -311,6 +366,8 @@ export async function runBackup(
       settleMs: settleTook,
       attempts: attempt,
       seconds: Math.round(performance.now() - started) / 1000,
+      check,
+      checkReason,
     };
   }
 }

@@ -74,6 +74,11 @@ export interface ScanResult {
   startedNs: bigint;
   /** Detected mtime granularity, ns. */
   granularity: bigint;
+  /** Regular files seen, and how many had a ctime equal to their mtime. */
+  files: number;
+  ctimeIsMtime: number;
+  /** The network filesystem the tree is on ("nfs", "fuse", …), or null. */
+  filesystem: string | null;
 }
 
 const CACHEDIR_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55";
@@ -154,6 +159,8 @@ interface WalkSummary {
   unreadableDirs: string[];
   startedNs: bigint;
   granularity: bigint;
+  files: number;
+  ctimeIsMtime: number;
 }
 
 /**
@@ -166,7 +173,8 @@ interface WalkSummary {
  * filesystem (statfs type) and 1 elsewhere.
  */
 export async function scanTree(root: string, options: ScanOptions = {}): Promise<ScanResult> {
-  const jobs = Math.max(1, options.jobs ?? (networkFilesystem(root) ? 16 : 1));
+  const filesystem = networkFilesystem(root);
+  const jobs = Math.max(1, options.jobs ?? (filesystem ? 16 : 1));
   const table = new ScanTable();
   const summary = await walkTree(root, { ...options, jobs }, table);
   // Sequential walks emit in path order already; parallel ones interleave directories.
@@ -176,7 +184,7 @@ export async function scanTree(root: string, options: ScanOptions = {}): Promise
     order.sort((a, b) => comparePaths(table.path(a), table.path(b)));
     entries = table.select(order);
   }
-  return await finish(entries, summary, options);
+  return await finish(entries, summary, options, filesystem);
 }
 
 /** Drops what lies in unreadable directories and applies --include-from. */
@@ -184,13 +192,14 @@ async function finish(
   entries: ScanTable,
   summary: WalkSummary,
   options: ScanOptions,
+  filesystem: string | null,
 ): Promise<ScanResult> {
   // A directory that could not be listed is kept as it was (with its
   // contents) through the parent commit, not half-recorded here.
   const failed = new Set(summary.unreadableDirs);
   let result = failed.size ? entries.filter((i) => !failed.has(entries.path(i))) : entries;
   if (options.include?.length) result = applyInclude(result, options.include, await loadIgnore());
-  return { entries: result, ...summary };
+  return { entries: result, ...summary, filesystem };
 }
 
 /**
@@ -444,6 +453,8 @@ async function walkTree(
   };
   let minGranularity = 2_000_000_000;
   let sawFile = false;
+  let files = 0;
+  let ctimeIsMtime = 0;
   /** The coarsest granularity an mtime (seconds floored, ns) is consistent with. */
   const noteGranularity = (sec: number, ns: number) => {
     sawFile = true;
@@ -599,8 +610,11 @@ async function walkTree(
           continue;
         }
       }
-      if (st.kind === "file") noteGranularity(st.mtimeSec, st.mtimeNs);
-      else st.size = 0;
+      if (st.kind === "file") {
+        noteGranularity(st.mtimeSec, st.mtimeNs);
+        files++;
+        if (st.ctimeSec === st.mtimeSec && st.ctimeNs === st.mtimeNs) ctimeIsMtime++;
+      } else st.size = 0;
       names2.push(name);
       types.push(isDir ? "d" : st.kind === "symlink" ? "l" : "f");
       kept.push(st);
@@ -632,6 +646,8 @@ async function walkTree(
     unreadableDirs,
     startedNs,
     granularity: sawFile ? BigInt(minGranularity) : 1_000_000_000n,
+    files,
+    ctimeIsMtime,
   };
 }
 
