@@ -154,3 +154,72 @@ Deno.test("an archive being streamed when prune moves and deletes packs still ca
     index.close();
   }
 });
+
+/** Blobs not yet recompressed (level NULL), read while the server runs. */
+function pendingCompaction(dataDir: string): number {
+  const index = IndexDb.open(join(dataDir, "index.db"));
+  try {
+    return Number(
+      (index.db.prepare("SELECT count(*) AS n FROM blobs WHERE pack IS NOT NULL AND level IS NULL")
+        .get() as { n: number }).n,
+    );
+  } finally {
+    index.close();
+  }
+}
+
+/** ~3 MB of compressible text in 800 files, different for each `seed`. */
+function textTree(root: string, seed: number): void {
+  const words = ["static", "int", "return", "buffer", "struct", "const", "void", "size_t"];
+  let x = seed * 7919 + 1;
+  for (let i = 0; i < 800; i++) {
+    let s = `/* tree ${seed} file ${i} */\n`;
+    while (s.length < 3000 + (i % 7) * 500) {
+      x = (x * 1103515245 + 12345) >>> 0;
+      s += words[x % words.length] + (x % 5 ? " " : ";\n");
+    }
+    Deno.mkdirSync(join(root, `d${i % 40}`), { recursive: true });
+    Deno.writeTextFileSync(join(root, `d${i % 40}`, `f${i}.c`), s);
+  }
+}
+
+Deno.test("prune while the idle compactor has its pack open loses nothing", async () => {
+  const server = await startServer({ args: ["--compact-idle", "300ms"] });
+  try {
+    const a = await tempDir();
+    const b = await tempDir();
+    textTree(a, 1);
+    textTree(b, 2);
+    await keepOk(["backup", "-s", server.url, "-p", "pc", "--settle", "0", a]);
+    await keepOk(["backup", "-s", server.url, "-p", "pc", "--settle", "0", b]);
+    const expected = snapshot(b);
+    // Wait until the compactor has moved some of the first commit's blobs.
+    const total = pendingCompaction(server.dataDir);
+    const deadline = Date.now() + 30_000;
+    while (pendingCompaction(server.dataDir) > total - 50) {
+      assert(Date.now() < deadline, "the compactor did not start");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const res = await fetch(`${server.url}/v1/projects/pc/prune`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ keepLast: 1 }),
+    });
+    assertEquals(res.status, 200, await res.text());
+    // Let the compactor finish its work, then check everything it touched.
+    while (pendingCompaction(server.dataDir) > 0) {
+      assert(Date.now() < deadline + 30_000, "compaction did not finish");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await new Promise((r) => setTimeout(r, 1000)); // its final repack
+    const v = json<{ ok: boolean; damaged: unknown[] }>(
+      await keepOk(["verify", "--data", server.dataDir, "--json"], 0),
+    );
+    assertEquals([v.ok, v.damaged.length], [true, 0]);
+    const dest = await tempDir();
+    await keepOk(["restore", "-s", server.url, "-p", "pc", join(dest, "r")]);
+    assertSameTree(snapshot(join(dest, "r")), expected);
+  } finally {
+    await server.stop();
+  }
+});

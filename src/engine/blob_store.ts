@@ -89,6 +89,7 @@ export class PackWriter {
     }
   }
 
+  /** Syncs and closes the current pack, and seals it: no writer appends to it again. */
   close(): void {
     if (!this.#file) return;
     try {
@@ -96,6 +97,7 @@ export class PackWriter {
     } finally {
       this.#file.close();
       this.#file = null;
+      this.#store.seal(this.#pack);
     }
   }
 
@@ -194,6 +196,8 @@ export class BlobStore {
     Deno.mkdirSync(s.packDir, { recursive: true });
     Deno.mkdirSync(s.tmpDir, { recursive: true });
     if (!options.clean) return s;
+    // Packs a crashed process left open have no writer any more.
+    index.stmt("UPDATE packs SET sealed = ? WHERE sealed IS NULL").run(Date.now());
     for (const e of Deno.readDirSync(s.tmpDir)) {
       try {
         Deno.removeSync(join(s.tmpDir, e.name), { recursive: true });
@@ -211,10 +215,21 @@ export class BlobStore {
     return join(this.packDir, `${pack}.pack`);
   }
 
-  /** Registers a new pack file id. */
+  /**
+   * Registers a new pack file id, unsealed: its writer may still append to
+   * it, so repack leaves it alone (see `seal` and docs/DESIGN.md).
+   */
   newPack(): number {
     const r = this.index.stmt("INSERT INTO packs(created) VALUES (?)").run(Date.now());
     return Number(r.lastInsertRowid);
+  }
+
+  /** Marks a pack as closed for good: from now on only repack may rewrite or delete it. */
+  seal(pack: number): void {
+    this.index.stmt("UPDATE packs SET sealed = ? WHERE id = ? AND sealed IS NULL").run(
+      Date.now(),
+      pack,
+    );
   }
 
   #filter: HashFilter | null = null;
@@ -361,34 +376,56 @@ export class BlobStore {
 
   /**
    * The stored bytes of a blob in pieces that are views of one reused buffer,
-   * valid only until the next piece: for callers that copy at once.
+   * valid only until the next piece: for callers that copy at once. What can
+   * be checked before the first byte goes out is checked at once (this is not
+   * a lazy generator): the row exists, a pack blob is read whole, a file
+   * blob's file is there with its stored size. Throws integrity otherwise, so
+   * a restore archive can say which file is damaged instead of breaking off.
    */
-  *pieces(
+  pieces(
     hashHex: string,
     known?: { blob: BlobInfo | null; epoch: number },
-  ): Generator<Uint8Array> {
+  ): Iterable<Uint8Array> {
     // A place read with the manifest page holds unless blobs moved since.
     const info = known?.blob && known.epoch === this.index.blobEpoch
       ? known.blob
       : this.info(hashHex);
     if (!info) throw new KeepError("integrity", `Cannot read blob ${hashHex}: not in the store`);
-    if (info.pack === null) {
-      const f = this.#openFile(hashHex);
-      try {
-        if (this.#scratch.length < 1 << 20) this.#scratch = new Uint8Array(1 << 20);
-        for (;;) {
-          const n = f.readSync(this.#scratch);
-          if (n === null || n === 0) return;
-          yield this.#scratch.subarray(0, n);
-        }
-      } finally {
-        f.close();
-      }
+    if (info.pack !== null) {
+      if (this.#scratch.length < info.stored) this.#scratch = new Uint8Array(info.stored);
+      const buf = this.#scratch.subarray(0, info.stored);
+      this.#readPack(hashHex, info, buf);
+      return [buf];
     }
-    if (this.#scratch.length < info.stored) this.#scratch = new Uint8Array(info.stored);
-    const buf = this.#scratch.subarray(0, info.stored);
-    this.#readPack(hashHex, info, buf);
-    yield buf;
+    const f = this.#openFile(hashHex);
+    let size: number;
+    try {
+      size = f.statSync().size;
+    } catch (err) {
+      f.close();
+      throw err;
+    }
+    if (size !== info.stored) {
+      f.close();
+      throw new KeepError(
+        "integrity",
+        `Cannot read blob ${hashHex}: its file has ${size} bytes, the index says ${info.stored}`,
+      );
+    }
+    return this.#filePieces(f);
+  }
+
+  *#filePieces(f: Deno.FsFile): Generator<Uint8Array> {
+    try {
+      if (this.#scratch.length < 1 << 20) this.#scratch = new Uint8Array(1 << 20);
+      for (;;) {
+        const n = f.readSync(this.#scratch);
+        if (n === null || n === 0) return;
+        yield this.#scratch.subarray(0, n);
+      }
+    } finally {
+      f.close();
+    }
   }
 
   #openFile(hashHex: string): Deno.FsFile {

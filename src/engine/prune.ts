@@ -95,11 +95,15 @@ export function pruneProject(
 /**
  * Rewrites pack files that are mostly dead space: live blobs are copied to a
  * new pack (fsync'd before the rows move), then the old file is removed.
+ * Only sealed packs: one a writer (an upload, the compactor) still has open
+ * may hold bytes its rows do not point at yet, and would be written to after
+ * its deletion.
  */
 export function repack(index: IndexDb, store: BlobStore): void {
   const db = index.db;
   const packs = db.prepare(
-    `SELECT p.id AS id, coalesce((SELECT sum(stored) FROM blobs b WHERE b.pack = p.id), 0) AS live FROM packs p`,
+    `SELECT p.id AS id, coalesce((SELECT sum(stored) FROM blobs b WHERE b.pack = p.id), 0) AS live
+     FROM packs p WHERE p.sealed IS NOT NULL`,
   ).all() as { id: number; live: number }[];
   for (const p of packs) {
     const path = store.packPath(Number(p.id));
