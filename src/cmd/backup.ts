@@ -129,9 +129,12 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
       }
     }
     const settleMs = p.values.settle ? parseDuration(p.values.settle as string, "settle") : 2000;
-    const root = resolve(dir);
+    // The argument itself is followed (a symlink to the build directory, as
+    // restic, borg and tar do); nothing below it ever is.
+    let root = resolve(dir);
     try {
       if (!Deno.statSync(root).isDirectory) throw new Error("not a directory");
+      root = Deno.realPathSync(root);
     } catch (err) {
       throw new KeepError(
         "usage",
@@ -171,7 +174,7 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
         for (const q of result.problems) {
           note(
             `keep backup: ${q.kind}: ${q.path}: ${q.reason}${
-              q.kind === "skipped" ? "" : " (last good version kept)"
+              q.kind === "skipped" || q.kind === "adjusted" ? "" : " (last good version kept)"
             }`,
           );
         }

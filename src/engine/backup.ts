@@ -11,7 +11,7 @@
 import { createHash } from "node:crypto";
 import { type CheckMode, diffTree, type ManifestBatch, type Suspect } from "./diff.ts";
 import { KeepError } from "./errors.ts";
-import { lstatNs, networkFilesystem } from "./fs_native.ts";
+import { lstatNs, networkFilesystem, TreeFile } from "./fs_native.ts";
 import { collectNow } from "./memory.ts";
 import type { ChangeRecord, CommitInfo, Entry, UploadHeader } from "./manifest.ts";
 import { type CompressMode, type PackStats, packUpload } from "./pack.ts";
@@ -38,7 +38,8 @@ export interface BackupRemote {
 export interface BackupProblem {
   path: string;
   reason: string;
-  kind: "unreadable" | "unsettled" | "skipped";
+  /** skipped (special files) and adjusted (clamped mtime) do not make a backup incomplete. */
+  kind: "unreadable" | "unsettled" | "skipped" | "adjusted";
 }
 
 export interface BackupOptions {
@@ -127,7 +128,7 @@ export function ctimeDistrust(
 
 function sha256File(path: string): { hash: string; moved: boolean } {
   const before = lstatNs(path);
-  const f = Deno.openSync(path, { read: true });
+  const f = TreeFile.open(path);
   const h = createHash("sha256");
   try {
     const buf = new Uint8Array(1 << 20);
@@ -333,6 +334,7 @@ export async function runBackup(
       compress: options.compress,
       signal: options.signal,
       onProblem: (p) => note(p),
+      inParent: (path) => plan.changedPaths.has(path),
       onProgress: options.onProgress,
     });
     let commit: CommitInfo;
@@ -349,7 +351,8 @@ export async function runBackup(
       throw err;
     }
     for (const p of attemptProblems) report(p);
-    const incomplete = problems.filter((p) => p.kind !== "skipped").length;
+    const incomplete = problems.filter((p) => p.kind !== "skipped" && p.kind !== "adjusted")
+      .length;
     return {
       commit,
       scanned: scan.entries.length,
@@ -512,7 +515,7 @@ function resolveSuspect(root: string, s: Suspect): Decision {
     !s.prev.flag;
   try {
     if (s.reason === "partial" && s.prev.xxh) {
-      const f = Deno.openSync(abs, { read: true });
+      const f = TreeFile.open(abs);
       let x: string;
       try {
         x = partialHashOfFile(f, s.entry.size);

@@ -20,6 +20,27 @@ export interface NativeStat {
   mtime: bigint;
   ctime: bigint;
   nlink: number;
+  /** Set when the mtime on disk lay outside TIME_MIN_NS..TIME_MAX_NS and was clamped. */
+  clamped?: true;
+}
+
+/**
+ * The times Keep records: ns since the epoch in a signed 64-bit integer
+ * (1677-09-21 to 2262-04-11 UTC; SQLite's INTEGER, pax mtime as Keep checks
+ * it). A filesystem may hold more (ext4 to 2446, tmpfs any 64-bit seconds):
+ * such times are clamped to the nearest end wherever a stat is decoded, so
+ * every later stat of the file agrees with the scan's, and the walk reports
+ * the file.
+ */
+export const TIME_MIN_NS = -(1n << 63n);
+export const TIME_MAX_NS = (1n << 63n) - 1n;
+const MAX_SEC = 9223372036;
+const MAX_SEC_NS = 854775807;
+const MIN_SEC = -9223372037;
+const MIN_SEC_NS = 145224192;
+
+function clampNs(t: bigint): bigint {
+  return t > TIME_MAX_NS ? TIME_MAX_NS : t < TIME_MIN_NS ? TIME_MIN_NS : t;
 }
 
 const S_IFMT = 0o170000;
@@ -42,6 +63,10 @@ interface Libc {
   statfs(path: Uint8Array, buf: Uint8Array): number;
   utimensat(dirfd: number, path: Uint8Array, times: Uint8Array, flags: number): number;
   open(path: Uint8Array, flags: number, mode: number): number;
+  read(fd: number, buf: Uint8Array, len: bigint): number | bigint;
+  lseek(fd: number, offset: bigint, whence: number): number | bigint;
+  fsync(fd: number): number;
+  fstatx(fd: number, path: Uint8Array, flags: number, mask: number, buf: Uint8Array): number;
   write(fd: number, buf: Uint8Array, len: bigint): number | bigint;
   fchmod(fd: number, mode: number): number;
   futimens(fd: number, times: Uint8Array): number;
@@ -72,6 +97,14 @@ function loadLibc(): Libc | null {
       statfs: { parameters: ["buffer", "buffer"], result: "i32" },
       utimensat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
       open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+      read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+      lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
+      fsync: { parameters: ["i32"], result: "i32" },
+      fstatx: {
+        name: "statx",
+        parameters: ["i32", "buffer", "i32", "u32", "buffer"],
+        result: "i32",
+      },
       write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
       fchmod: { parameters: ["i32", "u32"], result: "i32" },
       futimens: { parameters: ["i32", "buffer"], result: "i32" },
@@ -125,14 +158,27 @@ function ns(d: Date | null): bigint {
 
 function decodeStatx(v: DataView): NativeStat {
   const mode = v.getUint16(28, true);
-  return {
+  const mtime = v.getBigInt64(112, true) * 1_000_000_000n + BigInt(v.getUint32(120, true));
+  const ctime = v.getBigInt64(96, true) * 1_000_000_000n + BigInt(v.getUint32(104, true));
+  return withTimes({
     kind: kindOf(mode & S_IFMT),
     size: Number(v.getBigUint64(40, true)),
     mode: mode & 0o7777,
-    mtime: v.getBigInt64(112, true) * 1_000_000_000n + BigInt(v.getUint32(120, true)),
-    ctime: v.getBigInt64(96, true) * 1_000_000_000n + BigInt(v.getUint32(104, true)),
+    mtime,
+    ctime,
     nlink: v.getUint32(16, true),
-  };
+  });
+}
+
+/** `st` with its times clamped to Keep's range (see TIME_MIN_NS), marked when mtime was. */
+function withTimes(st: NativeStat): NativeStat {
+  const mtime = clampNs(st.mtime);
+  st.ctime = clampNs(st.ctime);
+  if (mtime !== st.mtime) {
+    st.mtime = mtime;
+    st.clamped = true;
+  }
+  return st;
 }
 
 /**
@@ -200,6 +246,8 @@ export interface RawStat {
   mtimeNs: number;
   ctimeSec: number;
   ctimeNs: number;
+  /** As NativeStat.clamped. */
+  clamped?: true;
 }
 
 /** A NativeStat as a RawStat. */
@@ -210,7 +258,17 @@ export function rawOf(st: NativeStat): RawStat {
   };
   const [mtimeSec, mtimeNs] = split(st.mtime);
   const [ctimeSec, ctimeNs] = split(st.ctime);
-  return { kind: st.kind, size: st.size, mode: st.mode, mtimeSec, mtimeNs, ctimeSec, ctimeNs };
+  const raw: RawStat = {
+    kind: st.kind,
+    size: st.size,
+    mode: st.mode,
+    mtimeSec,
+    mtimeNs,
+    ctimeSec,
+    ctimeNs,
+  };
+  if (st.clamped) raw.clamped = true;
+  return raw;
 }
 
 /** getdents64(2) on the architectures Keep lists directories with directly. */
@@ -231,13 +289,164 @@ const ERRNO: Record<number, string> = {
   36: "file name too long",
   122: "disk quota exceeded",
   20: "not a directory",
+  40: "is a symlink (not followed)",
   116: "stale file handle",
 };
 
-function errnoMessage(c: Libc): string {
+function errnoOf(c: Libc): number {
   const p = c.__errno_location();
-  const errno = p ? new Deno.UnsafePointerView(p).getInt32() : 0;
+  return p ? new Deno.UnsafePointerView(p).getInt32() : 0;
+}
+
+function errnoMessage(c: Libc): string {
+  const errno = errnoOf(c);
   return ERRNO[errno] ?? `errno ${errno}`;
+}
+
+/** The Deno error class for an errno, so callers tell "gone" and "denied" apart. */
+function errnoError(errno: number, what: string): Error {
+  const msg = `${ERRNO[errno] ?? `errno ${errno}`}: ${what}`;
+  if (errno === 2) return new Deno.errors.NotFound(msg);
+  if (errno === 1 || errno === 13) return new Deno.errors.PermissionDenied(msg);
+  return new Error(msg);
+}
+
+/** What TreeFile refuses to open. */
+export class NotRegularFileError extends Error {}
+
+/** The calls the readers of tree files use (Deno.FsFile has them too). */
+export interface ReadableFile {
+  readSync(buf: Uint8Array): number | null;
+  seekSync(offset: number, whence: Deno.SeekMode): number;
+  close(): void;
+}
+
+const O_NOFOLLOW = 0o400000;
+const O_NONBLOCK = 0o4000;
+const AT_EMPTY_PATH = 0x1000;
+const EMPTY_PATH = new Uint8Array(1);
+
+/**
+ * A file of the tree being backed up, opened for reading the only safe way:
+ * never through a symlink (O_NOFOLLOW), never blocking (O_NONBLOCK: a FIFO
+ * swapped in for a file opens at once instead of waiting for a writer), and
+ * refused unless the descriptor is a regular file (fstat). Every read of a
+ * path from the tree goes through here. Without FFI: an lstat check before
+ * Deno's open and an fstat after (a FIFO swapped in between the two can
+ * still block that fallback).
+ *
+ * @example
+ * ```ts
+ * const f = TreeFile.open("/build/out/app.o");
+ * try { f.readSync(buf); } finally { f.close(); }
+ * ```
+ */
+export class TreeFile implements ReadableFile {
+  readonly #c: Libc | null;
+  readonly #fd: number;
+  readonly #file: Deno.FsFile | null;
+  /** The stat of the open descriptor. */
+  readonly stat: NativeStat;
+
+  private constructor(c: Libc | null, fd: number, file: Deno.FsFile | null, stat: NativeStat) {
+    this.#c = c;
+    this.#fd = fd;
+    this.#file = file;
+    this.stat = stat;
+  }
+
+  /** Opens `path`; throws NotRegularFileError, Deno.errors.NotFound, PermissionDenied, … */
+  static open(path: string): TreeFile {
+    const c = loadLibc();
+    if (!c) {
+      const st = fromFileInfo(Deno.lstatSync(path));
+      if (st.kind !== "file") throw new NotRegularFileError(notRegular(st.kind));
+      const file = Deno.openSync(path, { read: true });
+      const fst = fromFileInfo(file.statSync());
+      if (fst.kind !== "file") {
+        file.close();
+        throw new NotRegularFileError(notRegular(fst.kind));
+      }
+      return new TreeFile(null, -1, file, fst);
+    }
+    const fd = c.open(cPath(path), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
+    if (fd < 0) {
+      const errno = errnoOf(c);
+      if (errno === 40) throw new NotRegularFileError("is a symlink (not followed)");
+      throw errnoError(errno, path);
+    }
+    const buf = new Uint8Array(256);
+    if (c.fstatx(fd, EMPTY_PATH, AT_EMPTY_PATH, STATX_BASIC_STATS, buf) !== 0) {
+      const errno = errnoOf(c);
+      c.close(fd);
+      throw errnoError(errno, path);
+    }
+    const st = decodeStatx(new DataView(buf.buffer));
+    if (st.kind !== "file") {
+      c.close(fd);
+      throw new NotRegularFileError(notRegular(st.kind));
+    }
+    return new TreeFile(c, fd, null, st);
+  }
+
+  readSync(buf: Uint8Array): number | null {
+    if (this.#file) return this.#file.readSync(buf);
+    if (buf.length === 0) return 0;
+    const n = Number(this.#c!.read(this.#fd, buf, BigInt(buf.length)));
+    if (n < 0) throw errnoError(errnoOf(this.#c!), "read");
+    return n === 0 ? null : n;
+  }
+
+  seekSync(offset: number, whence: Deno.SeekMode): number {
+    if (this.#file) return this.#file.seekSync(offset, whence);
+    const r = Number(this.#c!.lseek(this.#fd, BigInt(offset), whence));
+    if (r < 0) throw errnoError(errnoOf(this.#c!), "seek");
+    return r;
+  }
+
+  /** fsync (best effort where the filesystem refuses). */
+  syncSync(): void {
+    if (this.#file) this.#file.syncSync();
+    else if (this.#c!.fsync(this.#fd) !== 0) throw errnoError(errnoOf(this.#c!), "fsync");
+  }
+
+  close(): void {
+    if (this.#file) this.#file.close();
+    else this.#c!.close(this.#fd);
+  }
+
+  /**
+   * Reads a small control file (`.backupignore`, `CACHEDIR.TAG`) of at most
+   * `limit` bytes: anything longer is refused (a symlink to /dev/zero or a
+   * huge file must not fill memory).
+   */
+  static readSmall(path: string, limit: number): Uint8Array {
+    const f = TreeFile.open(path);
+    try {
+      if (f.stat.size > limit) {
+        throw new Error(`is ${f.stat.size} bytes, over the ${limit}-byte limit for this file`);
+      }
+      const buf = new Uint8Array(limit + 1);
+      let got = 0;
+      for (;;) {
+        const n = f.readSync(buf.subarray(got));
+        if (n === null || n === 0) break;
+        got += n;
+        if (got > limit) throw new Error(`grew over the ${limit}-byte limit for this file`);
+      }
+      return buf.subarray(0, got);
+    } finally {
+      f.close();
+    }
+  }
+}
+
+function notRegular(kind: FileKind): string {
+  return kind === "dir"
+    ? "is a directory, not a regular file"
+    : kind === "symlink"
+    ? "is a symlink (not followed)"
+    : "is not a regular file (FIFO, socket or device)";
 }
 
 /**
@@ -251,7 +460,7 @@ export class DirReader {
   static #buf = new Uint8Array(64 * 1024);
   static #view = new DataView(DirReader.#buf.buffer);
   static #latin1 = new TextDecoder("latin1");
-  static #utf8 = new TextDecoder();
+  static #utf8 = new TextDecoder("utf-8", { fatal: true });
   readonly #c: Libc;
   readonly #fd: number;
   readonly #getdents: bigint;
@@ -277,8 +486,16 @@ export class DirReader {
     return new DirReader(c, fd, getdents);
   }
 
+  /**
+   * Names that are not valid UTF-8, seen by the last `names()`, with their
+   * invalid bytes written as \xNN: they cannot be stored as Keep paths, and
+   * a lossy decoding could equal another name of the directory.
+   */
+  invalid: string[] = [];
+
   /** The names in the directory (not "." and ".."), in the kernel's order. */
   names(): string[] {
+    this.invalid = [];
     const buf = DirReader.#buf;
     const view = DirReader.#view;
     const out: string[] = [];
@@ -297,10 +514,14 @@ export class DirReader {
         if (end - start <= 2 && buf[start] === 46 && (end - start === 1 || buf[start + 1] === 46)) {
           continue; // "." and ".."
         }
-        // A name that is not valid UTF-8 decodes with U+FFFD and then fails to stat.
-        out.push(
-          ascii ? text.slice(start, end) : DirReader.#utf8.decode(buf.subarray(start, end)),
-        );
+        if (ascii) out.push(text.slice(start, end));
+        else {
+          try {
+            out.push(DirReader.#utf8.decode(buf.subarray(start, end)));
+          } catch {
+            this.invalid.push(escapeInvalidUtf8(buf.subarray(start, end)));
+          }
+        }
       }
     }
   }
@@ -312,7 +533,7 @@ export class DirReader {
     }
     const v = statView;
     const mode = v.getUint16(28, true);
-    return {
+    const st: RawStat = {
       kind: kindOf(mode & S_IFMT),
       size: v.getUint32(40, true) + v.getUint32(44, true) * 2 ** 32,
       mode: mode & 0o7777,
@@ -321,6 +542,10 @@ export class DirReader {
       ctimeSec: v.getUint32(96, true) + v.getInt32(100, true) * 2 ** 32,
       ctimeNs: v.getUint32(104, true),
     };
+    // Outside Keep's range (TIME_MIN_NS..TIME_MAX_NS): clamped as lstatNs does.
+    if (st.mtimeSec > MAX_SEC - 1 || st.mtimeSec < MIN_SEC + 1) clampRaw(st, "mtime");
+    if (st.ctimeSec > MAX_SEC - 1 || st.ctimeSec < MIN_SEC + 1) clampRaw(st, "ctime");
+    return st;
   }
 
   close(): void {
@@ -328,16 +553,35 @@ export class DirReader {
   }
 }
 
+/** Clamps one time of a RawStat (seconds and ns) to Keep's range, as clampNs does. */
+function clampRaw(st: RawStat, which: "mtime" | "ctime"): void {
+  const sec = which === "mtime" ? st.mtimeSec : st.ctimeSec;
+  const ns = which === "mtime" ? st.mtimeNs : st.ctimeNs;
+  let s = sec;
+  let n = ns;
+  if (sec > MAX_SEC || (sec === MAX_SEC && ns > MAX_SEC_NS)) [s, n] = [MAX_SEC, MAX_SEC_NS];
+  else if (sec < MIN_SEC || (sec === MIN_SEC && ns < MIN_SEC_NS)) [s, n] = [MIN_SEC, MIN_SEC_NS];
+  else return;
+  if (which === "mtime") {
+    st.mtimeSec = s;
+    st.mtimeNs = n;
+    st.clamped = true;
+  } else {
+    st.ctimeSec = s;
+    st.ctimeNs = n;
+  }
+}
+
 /** Deno's own stat result (ms times) as a NativeStat. */
 function fromFileInfo(st: Deno.FileInfo): NativeStat {
-  return {
+  return withTimes({
     kind: st.isFile ? "file" : st.isDirectory ? "dir" : st.isSymlink ? "symlink" : "other",
     size: st.size,
     mode: (st.mode ?? 0o644) & 0o7777,
     mtime: ns(st.mtime),
     ctime: ns(st.ctime),
     nlink: st.nlink ?? 1,
-  };
+  });
 }
 
 const timesBuf = new Uint8Array(32);
@@ -363,10 +607,14 @@ const O_CREAT = 0o100;
 const O_WRONLY = 1;
 const O_EXCL = 0o200;
 
-/** Fills timesBuf with `mtime` as both atime and mtime (struct timespec[2]). */
+/**
+ * Fills timesBuf with `mtime` as both atime and mtime (struct timespec[2]).
+ * Seconds are floored, so tv_nsec is in 0..999999999 for times before 1970
+ * too (a truncated split gave a negative tv_nsec: EINVAL).
+ */
 function fillTimes(mtime: bigint): void {
-  const sec = mtime / 1_000_000_000n;
-  const nsec = mtime % 1_000_000_000n;
+  const nsec = ((mtime % 1_000_000_000n) + 1_000_000_000n) % 1_000_000_000n;
+  const sec = (mtime - nsec) / 1_000_000_000n;
   for (const off of [0, 16]) {
     timesView.setBigInt64(off, sec, true);
     timesView.setBigInt64(off + 8, nsec, true);
@@ -464,4 +712,36 @@ export function exists(path: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * `bytes` as text, each byte that is not part of a valid UTF-8 sequence
+ * written as `\xNN` (how a name that cannot be a Keep path is reported).
+ */
+export function escapeInvalidUtf8(bytes: Uint8Array): string {
+  const strict = new TextDecoder("utf-8", { fatal: true });
+  let out = "";
+  let i = 0;
+  while (i < bytes.length) {
+    const b = bytes[i];
+    const len = b < 0x80
+      ? 1
+      : b >= 0xc2 && b <= 0xdf
+      ? 2
+      : b >= 0xe0 && b <= 0xef
+      ? 3
+      : b >= 0xf0 && b <= 0xf4
+      ? 4
+      : 0;
+    if (len > 0 && i + len <= bytes.length) {
+      try {
+        out += strict.decode(bytes.subarray(i, i + len));
+        i += len;
+        continue;
+      } catch { /* not a valid sequence: escape its first byte */ }
+    }
+    out += `\\x${b.toString(16).padStart(2, "0")}`;
+    i++;
+  }
+  return out;
 }

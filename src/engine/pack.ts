@@ -20,7 +20,7 @@
 import { BlockWriter } from "./block_writer.ts";
 import { churned } from "./memory.ts";
 import { MAX_MEMBER_RAW, writeMember } from "./gzip_member.ts";
-import { lstatNs, type NativeStat } from "./fs_native.ts";
+import { lstatNs, type NativeStat, NotRegularFileError, TreeFile } from "./fs_native.ts";
 import { type ChangeRecord, changeRecordToJson, type UploadHeader } from "./manifest.ts";
 import { encodeHeader, END_OF_ARCHIVE, padded, type TarHeader } from "./tar.ts";
 import type { ScanEntry } from "./scan.ts";
@@ -57,6 +57,11 @@ export interface PackOptions {
   /** Files above this are streamed rather than read whole (default 8 MiB). */
   wholeFileMax?: number;
   onProblem?: (p: PackProblem) => void;
+  /**
+   * True when the parent commit has `path`: only then may a file that could
+   * not be sent keep its last version (a keep record); a new one is left out.
+   */
+  inParent?: (path: string) => boolean;
   /** Called after each entry with the bytes read so far. */
   onProgress?: (stats: PackStats) => void;
   signal?: AbortSignal;
@@ -159,13 +164,14 @@ async function* generate(options: PackOptions, stats: PackStats): AsyncGenerator
     if (body.length) dataMembers(body);
     pad = padded(body.length) - body.length;
   };
+  const inParent = options.inParent ?? (() => true);
   const problem = (p: PackProblem) => {
     options.onProblem?.(p);
-    changes.push(
-      p.kind === "unsettled" && p.reason.startsWith("withdrawn")
-        ? { op: "drop", p: p.path, reason: p.reason }
-        : { op: "keep", p: p.path, flag: p.kind, reason: p.reason },
-    );
+    if (p.kind === "unsettled" && p.reason.startsWith("withdrawn")) {
+      changes.push({ op: "drop", p: p.path, reason: p.reason });
+    } else if (inParent(p.path)) {
+      changes.push({ op: "keep", p: p.path, flag: p.kind, reason: p.reason });
+    }
   };
 
   control(".keep-commit.json", "commit", encoder.encode(JSON.stringify(options.header)));
@@ -207,6 +213,11 @@ async function* generate(options: PackOptions, stats: PackStats): AsyncGenerator
           data = reader.read(abs, st0.size);
           st1 = lstatNs(abs);
         } catch (err) {
+          if (err instanceof NotRegularFileError) {
+            // Swapped for a FIFO, a symlink or a directory since the scan.
+            lastReason = err.message;
+            continue;
+          }
           problem({ path: e.path, reason: reasonOf(err), kind: "unreadable" });
           lastReason = "";
           break;
@@ -241,18 +252,16 @@ async function* generate(options: PackOptions, stats: PackStats): AsyncGenerator
       options.onProgress?.(stats);
       continue;
     }
-    // Large file: stream it; the header's size is the stat before the read.
-    let file: Deno.FsFile;
+    // Large file: stream it; the header's size is the stat of the open file.
+    let file: TreeFile;
     let st0: NativeStat;
     try {
-      st0 = lstatNs(abs);
-      if (st0.kind !== "file") {
-        problem({ path: e.path, reason: "is no longer a regular file", kind: "unsettled" });
-        continue;
-      }
-      file = Deno.openSync(abs, { read: true });
+      file = TreeFile.open(abs);
+      st0 = file.stat;
     } catch (err) {
-      problem({ path: e.path, reason: reasonOf(err), kind: "unreadable" });
+      if (err instanceof NotRegularFileError) {
+        problem({ path: e.path, reason: err.message, kind: "unsettled" });
+      } else problem({ path: e.path, reason: reasonOf(err), kind: "unreadable" });
       continue;
     }
     let moved = false;
@@ -316,8 +325,9 @@ class WholeFileReader {
   #buf = new Uint8Array(1 << 16);
   constructor(readonly max: number) {}
 
+  /** Reads `path` (a regular file, not through a symlink: see TreeFile). */
   read(path: string, expected: number): Uint8Array {
-    const f = Deno.openSync(path, { read: true });
+    const f = TreeFile.open(path);
     try {
       if (this.#buf.length < expected + 1) {
         this.#buf = new Uint8Array(

@@ -9,6 +9,7 @@
  */
 
 import xxhash from "xxhash-wasm";
+import type { ReadableFile } from "./fs_native.ts";
 
 /** Bytes taken from each end of the file. */
 export const PARTIAL_SPAN = 4096;
@@ -32,7 +33,7 @@ export function partialHash(head: Uint8Array, tail: Uint8Array, size: number): s
 }
 
 /** The partial hash of a file on disk, reading only its two ends. */
-export function partialHashOfFile(file: Deno.FsFile, size: number): string {
+export function partialHashOfFile(file: ReadableFile, size: number): string {
   const head = new Uint8Array(Math.min(PARTIAL_SPAN, size));
   readFullySync(file, head, 0);
   const start = tailStart(size);
@@ -52,7 +53,7 @@ export function partialHashOfBytes(data: Uint8Array): string {
 }
 
 /** Reads exactly buf.length bytes at `offset`; throws if the file is shorter. */
-export function readFullySync(file: Deno.FsFile, buf: Uint8Array, offset: number): void {
+export function readFullySync(file: ReadableFile, buf: Uint8Array, offset: number): void {
   file.seekSync(offset, Deno.SeekMode.Start);
   let got = 0;
   while (got < buf.length) {

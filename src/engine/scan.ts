@@ -27,6 +27,7 @@ import {
   networkFilesystem,
   rawOf,
   type RawStat,
+  TreeFile,
 } from "./fs_native.ts";
 import { comparePaths, MAX_PATH_BYTES, pathProblem, sortPaths } from "./paths.ts";
 
@@ -45,8 +46,11 @@ export interface ScanEntry {
 export interface ScanProblem {
   path: string;
   reason: string;
-  /** unreadable: lost for this backup (kept from the last commit); skipped: by design (special file). */
-  kind: "unreadable" | "skipped";
+  /**
+   * unreadable: lost for this backup (kept from the last commit); skipped: by
+   * design (special file); adjusted: backed up, with its mtime clamped.
+   */
+  kind: "unreadable" | "skipped" | "adjusted";
 }
 
 /** What to take. */
@@ -89,9 +93,11 @@ function reasonOf(err: unknown): string {
   return err instanceof Error ? err.message.split("\n")[0] : String(err);
 }
 
+/** True when `dir` holds a regular file CACHEDIR.TAG that starts with the signature. */
 function isCacheDir(dir: string): boolean {
   try {
-    const f = Deno.openSync(`${dir}/CACHEDIR.TAG`, { read: true });
+    // Never a FIFO or a symlink (TreeFile): a read that blocks hangs the backup.
+    const f = TreeFile.open(`${dir}/CACHEDIR.TAG`);
     try {
       const buf = new Uint8Array(CACHEDIR_SIGNATURE.length);
       let got = 0;
@@ -108,6 +114,9 @@ function isCacheDir(dir: string): boolean {
     return false;
   }
 }
+
+/** Largest `.backupignore` read (a symlink to /dev/zero must not fill memory). */
+const MAX_IGNORE_FILE = 1 << 20;
 
 interface Level {
   /** Path of the directory holding the ignore file, "" for the root. */
@@ -523,6 +532,14 @@ async function walkTree(
       if (jobs === 1) dir = DirReader.open(dirAbs);
       names = dir ? dir.names() : await list(dirAbs);
       sortPaths(names);
+      for (const bad of dir?.invalid ?? []) {
+        problem({
+          path: dirRel === "" ? bad : `${dirRel}/${bad}`,
+          reason: "cannot back up this name: it is not valid UTF-8",
+          kind: "unreadable",
+        });
+      }
+      if (!dir) names = dropLossyDuplicates(names, dirRel, problem);
     } catch (err) {
       dir?.close();
       if (dirRel !== "") {
@@ -539,7 +556,9 @@ async function walkTree(
     let here = levels;
     if (names.includes(ignoreFile)) {
       try {
-        const text = Deno.readTextFileSync(`${dirAbs}/${ignoreFile}`);
+        const text = new TextDecoder("utf-8", { fatal: true }).decode(
+          TreeFile.readSmall(`${dirAbs}/${ignoreFile}`, MAX_IGNORE_FILE),
+        );
         const ignore = await loadIgnore();
         here = [...levels, { base: dirRel, rules: ignore().add(text) }];
       } catch (err) {
@@ -610,6 +629,14 @@ async function walkTree(
           continue;
         }
       }
+      if (st.clamped) {
+        problem({
+          path: rel,
+          reason:
+            "its mtime is outside 1677-09-21..2262-04-11 UTC, the range Keep records: recorded as the nearest end of it",
+          kind: "adjusted",
+        });
+      }
       if (st.kind === "file") {
         noteGranularity(st.mtimeSec, st.mtimeNs);
         files++;
@@ -649,6 +676,30 @@ async function walkTree(
     files,
     ctimeIsMtime,
   };
+}
+
+/**
+ * Names listed through Deno (no getdents) arrive decoded with U+FFFD for
+ * bytes that are not UTF-8, so an invalid name can equal a real one ("a\xff"
+ * and "a\uFFFD"). One of each equal run is kept (a stat by that name finds
+ * the file whose name really is that text); the others are reported.
+ */
+function dropLossyDuplicates(
+  sorted: string[],
+  dirRel: string,
+  problem: (p: ScanProblem) => void,
+): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < sorted.length; i++) {
+    if (i > 0 && sorted[i] === sorted[i - 1]) {
+      problem({
+        path: dirRel === "" ? sorted[i] : `${dirRel}/${sorted[i]}`,
+        reason: "cannot back up a name here: it is not valid UTF-8 and reads as another name",
+        kind: "unreadable",
+      });
+    } else out.push(sorted[i]);
+  }
+  return out;
 }
 
 /** Keeps entries matching the include patterns, everything below matching dirs, and their parents. */

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { lstatNs, syncFilesystem } from "./fs_native.ts";
+import { lstatNs, syncFilesystem, TreeFile } from "./fs_native.ts";
 import type { ScanTable } from "./scan.ts";
 
 export interface SettleOptions {
@@ -37,7 +37,7 @@ export interface SettleResult {
 
 function fsyncQuietly(path: string): void {
   try {
-    const f = Deno.openSync(path, { read: true });
+    const f = TreeFile.open(path); // never a FIFO swapped in: it would block
     try {
       f.syncSync();
     } finally {
