@@ -885,6 +885,17 @@ hostile("refuses a change list that deletes a path not in the parent", async (c)
   );
 });
 
+hostile("refuses a keep record for a path not in the parent, as for a deletion", async (c) => {
+  await refuse(
+    c,
+    "keep ghost.txt",
+    onHead(c).changes([{ op: "keep", p: "ghost.txt", flag: "unreadable", reason: "x" }]).end(),
+    400,
+    "invalid",
+    /keep record for "ghost\.txt" names a path the parent commit does not have/,
+  );
+});
+
 /** Backs up a second project holding `secret.txt`; returns that content's hash. */
 async function otherProject(c: Ctx): Promise<string> {
   const other = await tempDir();

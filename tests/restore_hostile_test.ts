@@ -58,20 +58,27 @@ const l = (path: string, target: string): Item => ({
   },
 });
 
-/** Serves `body` as the archive of any commit. */
-/** Serves `body` as the archive of any commit, and commit info with `items`' counts. */
-function fakeServer(body: Uint8Array, items: Item[] = []): { url: string; close(): Promise<void> } {
+/**
+ * Serves `body` as the archive of any commit, and commit info (id
+ * feedfacefeedface) with `items`' counts; `archiveCommit` is the commit the
+ * archive says it is (null: no keep-commit header).
+ */
+function fakeServer(
+  body: Uint8Array,
+  items: Item[] = [],
+  archiveCommit: string | null = "feedfacefeedface",
+): { url: string; close(): Promise<void> } {
   const count = (t: string) => items.filter((i) => i.h.type === t).length;
   const counts = { files: count("file"), dirs: count("dir"), symlinks: count("symlink") };
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
     const path = new URL(req.url).pathname;
     if (path.endsWith("/archive")) {
-      return new Response(body as Uint8Array<ArrayBuffer>, {
-        headers: { "content-type": "application/gzip", "keep-commit": "feedfacefeedface" },
-      });
+      const headers: Record<string, string> = { "content-type": "application/gzip" };
+      if (archiveCommit) headers["keep-commit"] = archiveCommit;
+      return new Response(body as Uint8Array<ArrayBuffer>, { headers });
     }
-    if (path.endsWith("/commits/feedfacefeedface")) {
-      return Response.json({ commit: { counts }, notes: [] });
+    if (/\/commits\/[^/]+$/.test(path)) {
+      return Response.json({ commit: { id: "feedfacefeedface", counts }, notes: [] });
     }
     return Response.json({ error: { code: "not_found", message: "Cannot find it" } }, {
       status: 404,
@@ -179,4 +186,34 @@ Deno.test("restore reports exit 4 when a whole-commit restore comes back short o
   } finally {
     await server.close();
   }
+});
+
+Deno.test("restore knows what it expects before it writes: an archive of no named commit is refused", async () => {
+  const items = [f("a.txt", "a")];
+  for (const named of [null, "0123456789abcdef"]) {
+    const server = fakeServer(archive(items), items, named);
+    try {
+      const dest = join(await tempDir(), "dest");
+      const r = await keep(["restore", "-s", server.url, "-p", "evil", dest]);
+      assertEquals(r.code, 4, r.stderr);
+      assertMatch(
+        r.stderr,
+        /^keep: Cannot restore commit feedfacefeedface: the server's archive is of (no named commit|0123456789abcdef)\n$/,
+      );
+      assertEquals(listAll(dest), []);
+    } finally {
+      await server.close();
+    }
+  }
+});
+
+Deno.test("restore refuses an entry below one of the archive's own files before creating anything in its place", async () => {
+  const r = await restoreFrom([f("a", "i am a file"), f("a/b", "child")]);
+  assertEquals(r.code, 1, r.stderr);
+  assertMatch(
+    r.stderr,
+    /^keep: Cannot restore below a: the archive has it as a file, not a directory\n$/,
+  );
+  // The file is there, as a file; no directory was made in its place.
+  assertEquals(Deno.readTextFileSync(join(r.dest, "a")), "i am a file");
 });

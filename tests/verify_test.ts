@@ -51,3 +51,33 @@ Deno.test("a head manifest cache cut short by a crash is not served after a rest
     await server.stop();
   }
 });
+
+Deno.test("restoring from a damaged store exits 4 and names the file (missing pack, flipped byte)", async () => {
+  let server = await startServer();
+  const src = await tempDir();
+  try {
+    writeTree(src, { "a.txt": "a".repeat(5000), "b.txt": "b".repeat(7000) });
+    await keepOk(["backup", "-s", server.url, "-p", "v", "--settle", "0", src]);
+    // A flipped byte inside the second blob's data: the client's decode fails.
+    const packs = [...Deno.readDirSync(join(server.dataDir, "packs"))].map((e) => e.name);
+    const pack = join(server.dataDir, "packs", packs[0]);
+    const bytes = Deno.readFileSync(pack);
+    bytes[bytes.length - 20] ^= 0xff;
+    Deno.writeFileSync(pack, bytes);
+    const flipped = await keep(["restore", "-s", server.url, "-p", "v", await tempDir()]);
+    assertEquals(flipped.code, 4, flipped.stderr);
+    assertMatch(flipped.stderr, /^keep: Cannot restore b\.txt: corrupt gzip member/m);
+    // The pack gone (while the server was down): it says which file it cannot read.
+    await server.stop();
+    Deno.removeSync(pack);
+    server = await startServer({ dataDir: server.dataDir });
+    const missing = await keep(["restore", "-s", server.url, "-p", "v", await tempDir()]);
+    assertEquals(missing.code, 4, missing.stderr);
+    assertMatch(
+      missing.stderr,
+      /^keep: Cannot restore a\.txt: the server cannot read its content \(cannot read blob [0-9a-f]{64}: pack \d+ is missing\)/,
+    );
+  } finally {
+    await server.stop();
+  }
+});

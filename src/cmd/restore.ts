@@ -1,4 +1,5 @@
 import { resolve } from "node:path";
+import { KeepError } from "../engine/errors.ts";
 import { normalisePrefix } from "../engine/paths.ts";
 import { prepareDestination, restoreArchive } from "../engine/restore.ts";
 import { KeepClient } from "../http/client.ts";
@@ -34,9 +35,11 @@ Options:
 A whole-commit restore is then checked against the commit's own counts of
 files, directories and symlinks.
 
-Exit codes: 0 ok, 1 failed, 2 usage (e.g. DEST not empty), 4 a file failed its
-hash check (not written; others restored) or the restore came back short of
-the commit, 5 server unreachable, 6 denied.`,
+Exit codes: 0 ok, 1 failed, 2 usage (e.g. DEST not empty), 4 integrity: a
+file failed its hash check (not written; others restored), the server could
+not read a file's content (named; the files before it restored), or the
+restore came back short of the commit, 5 server unreachable or the connection
+broke, 6 denied.`,
   async run(args) {
     const p = parseFlags("restore", args, {
       ...CLIENT_FLAGS,
@@ -51,13 +54,21 @@ the commit, 5 server unreachable, 6 denied.`,
     const dest = resolve(destArg);
     const client = new KeepClient(clientOptions(p));
     try {
+      // What is expected comes first, from the commit itself: an archive that
+      // names another commit (or none) is refused before anything is written.
+      const { commit } = await client.commit(project, (p.values.commit as string) ?? "latest");
       prepareDestination(dest, !!p.values.overwrite);
       const started = performance.now();
-      const { commitId, stream } = await client.archive(
-        project,
-        (p.values.commit as string) ?? "latest",
-        prefix,
-      );
+      const { commitId, stream } = await client.archive(project, commit.id, prefix);
+      if (commitId !== commit.id) {
+        await stream.cancel();
+        throw new KeepError(
+          "integrity",
+          `Cannot restore commit ${commit.id}: the server's archive is of ${
+            commitId || "no named commit"
+          }`,
+        );
+      }
       const r = await restoreArchive(stream, dest, {
         overwrite: !!p.values.overwrite,
         onProblem: (q) => note(`keep restore: ${q.path}: ${q.reason}`),
@@ -65,8 +76,7 @@ the commit, 5 server unreachable, 6 denied.`,
       const seconds = (performance.now() - started) / 1000;
       // A whole commit must come back whole: compare with what the commit records.
       let short = "";
-      if (!prefix && commitId) {
-        const { commit } = await client.commit(project, commitId);
+      if (!prefix) {
         const c = commit.counts;
         if (r.files + r.hashErrors !== c.files || r.dirs !== c.dirs || r.symlinks !== c.symlinks) {
           short =

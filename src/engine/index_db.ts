@@ -30,7 +30,7 @@ import type {
 } from "./manifest.ts";
 import { parentOf } from "./paths.ts";
 
-/** 2: blobs.damaged and the store_meta table (damage epoch). */
+/** 2: blobs.damaged, packs.sealed and the store_meta table (damage epoch). */
 const SCHEMA_VERSION = 2;
 
 const SCHEMA = `
@@ -93,7 +93,8 @@ CREATE TABLE IF NOT EXISTS store_meta(
 );
 CREATE TABLE IF NOT EXISTS packs(
   id INTEGER PRIMARY KEY,
-  created INTEGER NOT NULL
+  created INTEGER NOT NULL,
+  sealed INTEGER
 );
 CREATE TABLE IF NOT EXISTS tokens(
   id TEXT PRIMARY KEY,
@@ -204,9 +205,13 @@ export interface BlobPlace {
   offset: number | null;
 }
 
-/** Sorted key range of a path prefix: [lo, hi) plus the exact path itself. */
-function prefixEnd(prefix: string): string {
-  return prefix === "" ? "\u{10FFFF}\u{10FFFF}" : prefix + "0"; // "0" follows "/"
+/**
+ * The end of the sorted key range of the paths below `prefix`: "prefix0" ("0"
+ * follows "/" in byte order), or null for the whole commit (no string is an
+ * upper bound of every valid path).
+ */
+function prefixEnd(prefix: string): string | null {
+  return prefix === "" ? null : prefix + "0";
 }
 
 /**
@@ -247,8 +252,11 @@ export class IndexDb {
       );
     }
     if (version === 1) {
-      // 1 → 2: a column to mark damaged blobs (existing rows: sound until checked).
+      // 1 → 2: damaged blobs are marked (existing rows: sound until checked);
+      // packs are sealed once their writer closed (existing ones all are).
       db.exec("ALTER TABLE blobs ADD COLUMN damaged TEXT");
+      db.exec("ALTER TABLE packs ADD COLUMN sealed INTEGER");
+      db.exec("UPDATE packs SET sealed = created");
     }
     db.exec(SCHEMA);
     db.exec(`PRAGMA user_version=${SCHEMA_VERSION}`);
@@ -456,7 +464,8 @@ export class IndexDb {
   }
 
   /**
-   * Up to `limit` rows of commit `seq` with `after < path < before`, in path
+   * Up to `limit` rows of commit `seq` with `after < path < before` (no upper
+   * bound when `before` is null), in path
    * order (with the blob's place when asked). Call repeatedly with `after` =
    * the last path returned.
    */
@@ -465,16 +474,18 @@ export class IndexDb {
     seq: number,
     headSeq: number,
     after: string,
-    before: string,
+    before: string | null,
     limit: number,
     withBlobs: boolean,
   ): unknown[][] {
     const cols = withBlobs ? RAW_COLS : COLS;
-    const cur =
-      `SELECT ${cols} FROM current WHERE project = ?1 AND path > ?3 AND path < ?4 AND first <= ?2`;
+    // Two statements, with and without the upper bound: an "?4 IS NULL OR"
+    // would keep SQLite from using the bound as a range on the key.
+    const range = before === null ? "path > ?3" : "path > ?3 AND path < ?4";
+    const cur = `SELECT ${cols} FROM current WHERE project = ?1 AND ${range} AND first <= ?2`;
     let sql = seq === headSeq
       ? `${cur} ORDER BY path LIMIT ?5`
-      : `SELECT * FROM (${cur} UNION ALL SELECT ${cols} FROM history WHERE project = ?1 AND path > ?3 AND path < ?4 AND first <= ?2 AND last > ?2) ORDER BY path LIMIT ?5`;
+      : `SELECT * FROM (${cur} UNION ALL SELECT ${cols} FROM history WHERE project = ?1 AND ${range} AND first <= ?2 AND last > ?2) ORDER BY path LIMIT ?5`;
     if (withBlobs) {
       // The blob's place in the store, in the same query: one lookup per
       // file on restore cost more than encoding its tar header.
@@ -482,7 +493,7 @@ export class IndexDb {
         LEFT JOIN blobs b ON b.hash = e.hash ORDER BY e.path`;
     }
     const s = this.stmt(sql, true, true);
-    return s.all(projectId, seq, after, before, limit) as unknown as unknown[][];
+    return s.all(projectId, seq, after, before ?? "", limit) as unknown as unknown[][];
   }
 
   /**
@@ -617,11 +628,23 @@ export class IndexDb {
     }
   }
 
-  /** Turns a staged put back into a keep (the client withdrew it). */
-  unstagePut(upload: number, path: string, reason: string): void {
-    const r = this.stmt(
-      "UPDATE temp.stage SET op = 'keep', flag = 'unsettled', reason = ?3 WHERE upload = ?1 AND path = ?2 AND op = 'put'",
-    ).run(upload, path, reason);
+  /**
+   * Withdraws a staged put (the client saw the file move while sending it):
+   * a path the parent has keeps its last version (a keep, flagged); a new
+   * one is left out of the commit.
+   */
+  unstagePut(upload: number, project: string, path: string, reason: string): void {
+    const pid = this.projectId(project);
+    const inParent = pid !== null &&
+      !!this.stmt("SELECT 1 FROM current WHERE project = ? AND path = ?").get(pid, path);
+    const r = inParent
+      ? this.stmt(
+        "UPDATE temp.stage SET op = 'keep', flag = 'unsettled', reason = ?3 WHERE upload = ?1 AND path = ?2 AND op = 'put'",
+      ).run(upload, path, reason)
+      : this.stmt("DELETE FROM temp.stage WHERE upload = ?1 AND path = ?2 AND op = 'put'").run(
+        upload,
+        path,
+      );
     if (Number(r.changes) !== 1) {
       throw new KeepError(
         "invalid",
@@ -666,6 +689,10 @@ export class IndexDb {
       fail(
         "SELECT path FROM temp.stage s WHERE upload = $u AND op = 'del' AND NOT EXISTS (SELECT 1 FROM current c WHERE c.project = $p AND c.path = s.path) LIMIT 1",
         (p) => `deleted path ${JSON.stringify(p)} is not in the parent commit`,
+      );
+      fail(
+        "SELECT path FROM temp.stage s WHERE upload = $u AND op = 'keep' AND NOT EXISTS (SELECT 1 FROM current c WHERE c.project = $p AND c.path = s.path) LIMIT 1",
+        (p) => `keep record for ${JSON.stringify(p)} names a path the parent commit does not have`,
       );
       fail(
         "SELECT path FROM temp.stage s WHERE upload = $u AND op = 'put' AND type = 'f' AND size > 0 AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = s.hash) LIMIT 1",

@@ -511,7 +511,7 @@ export class Ingest {
         return this.#stageRow({ op: "keep", path: r.p, flag: r.flag, reason: r.reason });
       case "drop":
         this.#flush();
-        this.#index.unstagePut(this.#upload, r.p, r.reason);
+        this.#index.unstagePut(this.#upload, this.project, r.p, r.reason);
         return;
     }
   }

@@ -8,6 +8,11 @@
  * place); a mismatch is reported and the file is not written. Modes and
  * mtimes (ns where the platform allows) are applied, directories last.
  *
+ * Damage is reported as integrity (exit 4) with the path it hit: a member
+ * that does not decode, and the server's `.keep-error.json` control entry
+ * (a blob it could not read). A hostile archive that puts entries below one
+ * of its own files is refused before anything is created in that file's place.
+ *
  * @module
  */
 
@@ -98,6 +103,13 @@ export async function restoreArchive(
 
   const ensureDir = (rel: string): void => {
     if (realDirs.has(rel)) return;
+    // A file of this archive still queued for the writer is not on disk yet.
+    if (writer.isPending(abs(rel))) {
+      throw new KeepError(
+        "invalid",
+        `Cannot restore below ${rel}: the archive has it as a file, not a directory`,
+      );
+    }
     ensureDir(parentOf(rel));
     let st;
     try {
@@ -141,9 +153,15 @@ export async function restoreArchive(
   let tmp = "";
   let lastPath = "";
   let tmpSeq = 0;
+  /** The body of the server's error entry, while it is read. */
+  let errorBody: Uint8Array[] | null = null;
 
   const parser = new TarParser({
     entry(h) {
+      if (h.keep?.control === "error" && h.type === "file" && h.size <= 65536) {
+        errorBody = [];
+        return;
+      }
       const bad = pathProblem(h.path);
       if (bad) {
         throw new KeepError(
@@ -192,6 +210,10 @@ export async function restoreArchive(
       }
     },
     data(chunk) {
+      if (errorBody) {
+        errorBody.push(chunk.slice());
+        return;
+      }
       sha!.update(chunk);
       if (file) {
         if (isZero(chunk)) {
@@ -207,6 +229,7 @@ export async function restoreArchive(
       result.bytes += chunk.length;
     },
     entryEnd() {
+      if (errorBody) throw serverError(concatBytes(errorBody));
       const h = cur!;
       cur = null;
       if (h.type !== "file") return;
@@ -250,14 +273,40 @@ export async function restoreArchive(
 
   const split = new MemberSplitter();
   const writer = new FileWriter();
+  const reader = stream.getReader();
+  const next = async () => {
+    try {
+      return await reader.read();
+    } catch (err) {
+      if (err instanceof KeepError) throw err;
+      throw new KeepError(
+        "unavailable",
+        `Cannot restore: the connection to the server broke (${(err as Error).message})`,
+      );
+    }
+  };
   try {
-    for await (const chunk of stream) {
+    for (let r = await next(); !r.done; r = await next()) {
+      const chunk = r.value;
       if (options.signal?.aborted) throw options.signal.reason;
       split.push(chunk);
       // Views valid until the next member: the parser's sink hashes and
       // writes or copies every piece at once.
       for (let m = split.next(true); m; m = split.next(true)) {
-        parser.push(decodeMemberTransient(m));
+        let raw: Uint8Array;
+        try {
+          raw = decodeMemberTransient(m);
+        } catch (err) {
+          // Stored content that does not decode: damage, not a bad request.
+          const where = cur ? (cur as TarHeader).path : lastPath || "the archive";
+          throw new KeepError(
+            "integrity",
+            `Cannot restore ${where}: ${
+              (err as Error).message.replace(/^Cannot read archive: /, "")
+            }`,
+          );
+        }
+        parser.push(raw);
       }
       churned(chunk.length * 2);
       options.onProgress?.(result);
@@ -275,6 +324,7 @@ export async function restoreArchive(
     } catch { /* the original error matters more */ }
     throw err;
   } finally {
+    reader.releaseLock();
     writer.close();
     if (file) {
       (file as Deno.FsFile).close();
@@ -292,6 +342,22 @@ export async function restoreArchive(
   return result;
 }
 
+/** The server's error entry as an integrity error naming the path. */
+function serverError(body: Uint8Array): KeepError {
+  try {
+    const e = JSON.parse(new TextDecoder().decode(body)) as { path?: unknown; message?: unknown };
+    if (typeof e.path === "string" && typeof e.message === "string") {
+      return new KeepError(
+        "integrity",
+        `Cannot restore ${e.path}: the server cannot read its content (${
+          e.message.replace(/^Cannot /, "cannot ")
+        }); the files before it were restored`,
+      );
+    }
+  } catch { /* below */ }
+  return new KeepError("integrity", "Cannot restore: the server ended the archive with an error");
+}
+
 /**
  * Hands verified small files to the writer Worker in batches, with at most
  * MAX_INFLIGHT bytes not yet written (memory stays bounded).
@@ -302,6 +368,9 @@ class FileWriter {
   #worker = new Worker(new URL("./restore_writer.ts", import.meta.url).href, { type: "module" });
   #batch: WriteJob[] = [];
   #batchBytes = 0;
+  /** Paths of files handed over and not yet written, by batch (for isPending). */
+  #pending = new Set<string>();
+  #sent: string[][] = [];
   #inflight = 0;
   #wake: (() => void) | null = null;
   #flushed: ((errors: WriteError[]) => void) | null = null;
@@ -312,6 +381,7 @@ class FileWriter {
       const m = ev.data as { done?: number; flushed?: boolean; errors?: WriteError[] };
       if (m.done !== undefined) {
         this.#inflight -= m.done;
+        for (const path of this.#sent.shift() ?? []) this.#pending.delete(path);
         this.#wake?.();
       }
       if (m.flushed) this.#flushed?.(m.errors ?? []);
@@ -326,6 +396,7 @@ class FileWriter {
 
   add(job: WriteJob): void {
     this.#batch.push(job);
+    this.#pending.add(job.path);
     this.#batchBytes += job.data.length;
     if (this.#batch.length >= FileWriter.BATCH || this.#batchBytes >= 4 << 20) this.#send();
   }
@@ -336,9 +407,15 @@ class FileWriter {
     const transfer = this.#batch.map((j) => j.data.buffer).filter((b, i, all) =>
       all.indexOf(b) === i && b instanceof ArrayBuffer
     ) as ArrayBuffer[];
+    this.#sent.push(this.#batch.map((j) => j.path));
     this.#worker.postMessage({ files: this.#batch }, transfer);
     this.#batch = [];
     this.#batchBytes = 0;
+  }
+
+  /** True while the file at `path` is handed over but not written yet. */
+  isPending(path: string): boolean {
+    return this.#pending.has(path);
   }
 
   /** Waits while too much is waiting to be written. */
