@@ -290,3 +290,134 @@ Deno.test("TLS: serve --cert/--key, clients trust it with --ca and refuse it wit
     await server.stop();
   }
 });
+
+Deno.test("a store-wide verify needs an admin token for every project", async () => {
+  const server = await startServer({ noAuth: false });
+  try {
+    const scoped = await token(server.dataDir, "admin", "A");
+    const all = await token(server.dataDir, "admin", "*");
+    const src = await tempDir();
+    writeTree(src, { "a.txt": "a\n" });
+    await keepOk(["backup", "-s", server.url, "-p", "A", "--settle", "0", "--token", scoped, src]);
+    const res = await fetch(`${server.url}/v1/verify`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${scoped}` },
+    });
+    assertEquals(res.status, 403);
+    const body = await res.json();
+    assertMatch(
+      body.error.message,
+      /^Cannot allow this: it concerns every project, and token \S+ is scoped to A/,
+    );
+    const cli = await keep(["verify", "-s", server.url, "--token", scoped]);
+    assertEquals(cli.code, 6, cli.stderr);
+    const ok = await keepOk(["verify", "-s", server.url, "--token", all]);
+    assertMatch(ok.stdout, /keep verify: OK/);
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("TLS auto: serve makes its own CA on first start; clients pin it by --ca or --fingerprint", async () => {
+  const dataDir = await tempDir("keep-data-");
+  const first = await startServer({ dataDir, args: ["--tls", "auto", "--tls-name", "nas"] });
+  const src = await tempDir();
+  writeTree(src, { "x.txt": "tls auto\n" });
+  let fingerprint = "";
+  try {
+    assertMatch(first.url, /^https:\/\/127\.0\.0\.1:\d+$/);
+    // The fingerprint is printed once the server is up.
+    for (let i = 0; i < 50 && !/fingerprint sha256:/.test(first.stderr()); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const m = /TLS with a new CA, fingerprint sha256:([0-9a-f]{64})/.exec(first.stderr());
+    assert(m, first.stderr());
+    fingerprint = m[1];
+    const env = { KEEP_SERVER: first.url, KEEP_PROJECT: "tls" };
+    const untrusted = await keep(["backup", "--settle", "0", src], { env });
+    assertEquals(untrusted.code, 5);
+    assertMatch(untrusted.stderr, /not signed by a CA this client trusts: give --ca FILE/);
+    await keepOk(["backup", "--settle", "0", "--fingerprint", `sha256:${fingerprint}`, src], 0, {
+      env,
+    });
+    await keepOk(["backup", "--settle", "0", "--ca", join(dataDir, "tls/ca.pem"), src], 0, { env });
+    const wrong = await keep(["backup", "--settle", "0", "--fingerprint", "ab".repeat(32), src], {
+      env,
+    });
+    assertEquals(wrong.code, 5);
+    assertMatch(wrong.stderr, /no certificate it sends has the fingerprint sha256:abab/);
+    const bad = await keep(["backup", "--settle", "0", "--fingerprint", "xyz", src], { env });
+    assertEquals(bad.code, 2);
+  } finally {
+    await first.stop();
+  }
+  // A restart keeps the CA: the same fingerprint still works.
+  const again = await startServer({ dataDir, args: ["--tls", "auto", "--tls-name", "nas"] });
+  try {
+    for (let i = 0; i < 50 && !/fingerprint sha256:/.test(again.stderr()); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assertMatch(again.stderr(), new RegExp(`TLS with its CA, fingerprint sha256:${fingerprint}`));
+    const dest = await tempDir();
+    await keepOk(["restore", "-s", again.url, "-p", "tls", "--fingerprint", fingerprint, dest]);
+    assertEquals(Deno.readTextFileSync(join(dest, "x.txt")), "tls auto\n");
+  } finally {
+    await again.stop();
+  }
+});
+
+Deno.test("TLS with the certificate a new user makes first (openssl req -x509): serve warns and clients say what to do", async () => {
+  const dir = await tempDir();
+  const gen = await new Deno.Command("openssl", {
+    args: [
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-days",
+      "2",
+      "-subj",
+      "/CN=nas",
+      "-addext",
+      "subjectAltName=IP:127.0.0.1",
+      "-keyout",
+      join(dir, "key.pem"),
+      "-out",
+      join(dir, "cert.pem"),
+    ],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assertEquals(gen.code, 0, new TextDecoder().decode(gen.stderr));
+  const server = await startServer({
+    args: ["--cert", join(dir, "cert.pem"), "--key", join(dir, "key.pem")],
+  });
+  try {
+    assertMatch(
+      server.stderr(),
+      /warning: .*cert\.pem: it is a CA certificate \(basicConstraints CA:TRUE/,
+    );
+    const src = await tempDir();
+    writeTree(src, { "x.txt": "x\n" });
+    const r = await keep([
+      "backup",
+      "-s",
+      server.url,
+      "-p",
+      "p",
+      "--settle",
+      "0",
+      "--ca",
+      join(dir, "cert.pem"),
+      src,
+    ]);
+    assertEquals(r.code, 5);
+    assertMatch(
+      r.stderr,
+      /its certificate is a CA certificate .*run keep serve --tls auto, or make the certificate with -addext basicConstraints=critical,CA:FALSE/,
+    );
+  } finally {
+    await server.stop();
+  }
+});

@@ -149,19 +149,25 @@ export const CLIENT_FLAGS: FlagSpec = {
   project: { type: "string", short: "p" },
   token: { type: "string" },
   ca: { type: "string" },
+  fingerprint: { type: "string" },
 };
 
 export const CLIENT_HELP = `Connection (flags, or environment variables):
   -s, --server URL     server base URL            KEEP_SERVER   (default http://127.0.0.1:8080)
   -p, --project ID     project id [A-Za-z0-9._-]  KEEP_PROJECT
       --token TOKEN    bearer token               KEEP_TOKEN
-      --ca FILE        PEM CA to trust (TLS)      KEEP_CA`;
+      --ca FILE        PEM CA to trust (TLS)      KEEP_CA
+      --fingerprint FP trust the CA certificate with this SHA-256 (keep serve --tls auto
+                       prints it)                 KEEP_FINGERPRINT`;
 
 /** Server, token and CA from flags or the environment. */
-export function clientOptions(p: Parsed): { server: string; token?: string; caFile?: string } {
+export function clientOptions(
+  p: Parsed,
+): { server: string; token?: string; caFile?: string; fingerprint?: string } {
   return {
     server: flagOrEnv(p, "server", "KEEP_SERVER") ?? "http://127.0.0.1:8080",
     token: flagOrEnv(p, "token", "KEEP_TOKEN"),
     caFile: flagOrEnv(p, "ca", "KEEP_CA"),
+    fingerprint: flagOrEnv(p, "fingerprint", "KEEP_FINGERPRINT"),
   };
 }

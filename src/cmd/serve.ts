@@ -1,5 +1,7 @@
 import { resolve } from "node:path";
+import { KeepError } from "../engine/errors.ts";
 import { DEFAULT_LIMITS } from "../engine/ingest.ts";
+import { certProblem, ensureAutoTls, namesFor } from "../engine/tls_auto.ts";
 import { startServer } from "../http/server.ts";
 import { type Command, note } from "./command.ts";
 import {
@@ -28,7 +30,11 @@ Options:
   -d, --data DIR          data directory (default ./keep-data; env KEEP_DATA)
   -l, --listen HOST:PORT  address (default 127.0.0.1:8080; port 0 picks a free one)
       --no-auth           no tokens (only allowed on a loopback address)
-      --cert FILE --key FILE  serve HTTPS with this PEM certificate and key
+      --tls auto          serve HTTPS with Keep's own CA and certificate, made in DIR/tls/
+                          on first start; prints the CA's fingerprint for clients
+                          (--fingerprint) and its file (--ca DIR/tls/ca.pem)
+      --tls-name NAME     a host name clients use, added to that certificate (repeatable)
+      --cert FILE --key FILE  serve HTTPS with this PEM certificate (chain) and key
       --max-upload SIZE   largest upload, raw file bytes (default 1T)
       --idle-timeout DUR  cut uploads silent for this long (default 60s)
       --compact-idle DUR  recompress stored blobs (deflate 6; uploads arrive at level 1)
@@ -42,6 +48,8 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       "no-auth": { type: "boolean" },
       cert: { type: "string" },
       key: { type: "string" },
+      tls: { type: "string" },
+      "tls-name": { type: "string", multiple: true },
       "max-upload": { type: "string" },
       "idle-timeout": { type: "string" },
       "compact-idle": { type: "string" },
@@ -57,14 +65,53 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       : 60_000;
     const compactRaw = (p.values["compact-idle"] as string | undefined) ?? "10s";
     const compactIdleMs = compactRaw === "off" ? 0 : parseDuration(compactRaw, "compact-idle");
+    let cert = p.values.cert as string | undefined;
+    let key = p.values.key as string | undefined;
+    const tlsMode = p.values.tls as string | undefined;
+    if (tlsMode !== undefined && tlsMode !== "auto") {
+      throw new KeepError("usage", `Cannot parse --tls ${tlsMode}: the only mode is auto`);
+    }
+    if (tlsMode && (cert || key)) {
+      throw new KeepError("usage", "Cannot serve TLS: give --tls auto or --cert/--key, not both");
+    }
+    if (p.values["tls-name"] && !tlsMode) {
+      throw new KeepError("usage", "Cannot use --tls-name without --tls auto");
+    }
+    if (tlsMode) {
+      Deno.mkdirSync(dataDir, { recursive: true });
+      const auto = ensureAutoTls(
+        dataDir,
+        namesFor(hostname, (p.values["tls-name"] as string[] | undefined) ?? []),
+      );
+      cert = auto.certFile;
+      key = auto.keyFile;
+      note(
+        `keep serve: TLS with ${
+          auto.createdCa ? "a new" : "its"
+        } CA, fingerprint sha256:${auto.fingerprint}`,
+      );
+      note(
+        `keep serve: clients: --fingerprint sha256:${auto.fingerprint}, or --ca ${auto.caFile} (certificate for ${
+          auto.names.join(", ")
+        })`,
+      );
+    } else if (cert) {
+      let problem: string | null = null;
+      try {
+        problem = certProblem(Deno.readTextFileSync(cert));
+      } catch (err) {
+        throw new KeepError("usage", `Cannot read --cert ${cert}: ${(err as Error).message}`);
+      }
+      if (problem) note(`keep serve: warning: ${cert}: ${problem}`);
+    }
     const controller = new AbortController();
     const server = startServer({
       dataDir,
       hostname,
       port,
       noAuth: !!p.values["no-auth"],
-      cert: p.values.cert as string | undefined,
-      key: p.values.key as string | undefined,
+      cert,
+      key,
       limits: { ...DEFAULT_LIMITS, ...(maxUpload ? { maxUploadBytes: maxUpload } : {}) },
       idleTimeoutSec: Math.max(idle / 1000, 0.5),
       compactIdleMs,

@@ -27,7 +27,7 @@ the usual backups). --read-only only reports.
 Options:
   -d, --data DIR   data directory (env KEEP_DATA)
   -s, --server URL verify through the server (admin token: --token or KEEP_TOKEN)
-      --token T, --ca FILE
+      --token T, --ca FILE, --fingerprint FP
       --quick      skip re-hashing inline blobs (structure only)
       --read-only  report damage without marking it (no repair by the next backup)
       --json       JSON output
@@ -39,6 +39,7 @@ Exit codes: 0 clean, 4 damage found, 1/5/6 could not check.`,
       server: { type: "string", short: "s" },
       token: { type: "string" },
       ca: { type: "string" },
+      fingerprint: { type: "string" },
       quick: { type: "boolean" },
       "read-only": { type: "boolean" },
       json: { type: "boolean" },

@@ -46,8 +46,10 @@ const ALLOWED: Record<Need, Role[]> = {
 };
 
 /**
- * Throws unless `access` may do `need` on `project`. A null access means
- * authentication is off (loopback --no-auth).
+ * Throws unless `access` may do `need` on `project`; without a project the
+ * request concerns the whole store (verify) and needs a token for every
+ * project (`*`). A null access means authentication is off (loopback
+ * --no-auth).
  */
 export function authorize(access: Access | null, need: Need, project?: string): void {
   if (access === null) return;
@@ -55,6 +57,14 @@ export function authorize(access: Access | null, need: Need, project?: string): 
     throw new KeepError(
       "forbidden",
       `Cannot allow this: token ${access.id} has role ${access.role}`,
+    );
+  }
+  if (project === undefined && !access.projects.includes("*")) {
+    throw new KeepError(
+      "forbidden",
+      `Cannot allow this: it concerns every project, and token ${access.id} is scoped to ${
+        access.projects.join(", ")
+      } (use a token for --project '*')`,
     );
   }
   if (

@@ -12,6 +12,9 @@ import { type CommitInfo, entriesFromLines, type Entry, LineChunker } from "../e
 import type { PruneResult } from "../engine/prune.ts";
 import type { VerifyReport } from "../engine/verify.ts";
 import type { CommitNote, ProjectInfo } from "../engine/index_db.ts";
+import tls from "node:tls";
+import { isIP } from "node:net";
+import { parseFingerprint } from "../engine/x509.ts";
 import { API, errorFromBody } from "./wire.ts";
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -26,6 +29,11 @@ export interface ClientOptions {
   token?: string;
   /** PEM file of a CA to trust (self-signed servers). */
   caFile?: string;
+  /**
+   * SHA-256 fingerprint of a CA certificate the server sends (keep serve
+   * --tls auto prints its CA's): that certificate is then trusted.
+   */
+  fingerprint?: string;
 }
 
 /**
@@ -41,6 +49,8 @@ export class KeepClient {
   readonly base: string;
   #token?: string;
   #http?: Deno.HttpClient;
+  #fingerprint?: string;
+  #pinning: Promise<void> | null = null;
 
   constructor(options: ClientOptions) {
     let url: URL;
@@ -57,9 +67,57 @@ export class KeepClient {
     }
     this.base = url.origin;
     this.#token = options.token;
-    if (options.caFile) {
-      this.#http = Deno.createHttpClient({ caCerts: [Deno.readTextFileSync(options.caFile)] });
+    if (options.caFile && options.fingerprint) {
+      throw new KeepError("usage", "Cannot trust the server two ways: give --ca or --fingerprint");
     }
+    if (options.caFile) {
+      let pem: string;
+      try {
+        pem = Deno.readTextFileSync(options.caFile);
+      } catch (err) {
+        throw new KeepError(
+          "usage",
+          `Cannot read --ca ${options.caFile}: ${(err as Error).message}`,
+        );
+      }
+      this.#http = Deno.createHttpClient({ caCerts: [pem] });
+    }
+    if (options.fingerprint !== undefined) {
+      const fp = parseFingerprint(options.fingerprint);
+      if (!fp) {
+        throw new KeepError(
+          "usage",
+          `Cannot parse --fingerprint ${options.fingerprint}: give the SHA-256 keep serve printed (64 hex digits)`,
+        );
+      }
+      if (url.protocol !== "https:") {
+        throw new KeepError("usage", `Cannot pin a certificate of ${url.origin}: use https://`);
+      }
+      this.#fingerprint = fp;
+    }
+  }
+
+  /**
+   * Trusts the CA certificate the server sends whose SHA-256 is the pinned
+   * fingerprint. The chain is read once without verification; every request
+   * after is verified by Deno's TLS against that certificate alone.
+   */
+  async #pin(): Promise<void> {
+    const url = new URL(this.base);
+    const host = url.hostname.replace(/^\[|\]$/g, "");
+    const chain = await peerChain(host, Number(url.port || 443)).catch((err) => {
+      throw new KeepError("unavailable", `Cannot reach ${this.base}: ${(err as Error).message}`);
+    });
+    const match = chain.find((c) => c.fingerprint === this.#fingerprint);
+    if (!match) {
+      throw new KeepError(
+        "unavailable",
+        `Cannot trust ${this.base}: no certificate it sends has the fingerprint sha256:${this.#fingerprint} (it sends ${
+          chain.map((c) => c.fingerprint.slice(0, 16) + "…").join(", ")
+        }); check the one keep serve printed`,
+      );
+    }
+    this.#http = Deno.createHttpClient({ caCerts: [match.pem] });
   }
 
   close(): void {
@@ -67,6 +125,10 @@ export class KeepClient {
   }
 
   async #fetch(path: string, init: RequestInit = {}): Promise<Response> {
+    if (this.#fingerprint && !this.#http) {
+      this.#pinning ??= this.#pin().finally(() => this.#pinning = null);
+      await this.#pinning;
+    }
     const headers = new Headers(init.headers);
     if (this.#token) headers.set("authorization", `Bearer ${this.#token}`);
     let res: Response;
@@ -83,7 +145,7 @@ export class KeepClient {
       // Deno puts the useful part (refused, TLS, DNS) in the cause.
       const detail = cause instanceof Error ? cause.message : (err as Error).message;
       const short = detail.split("\n")[0].replace(/^error sending request for url \([^)]*\): /, "");
-      throw new KeepError("unavailable", `Cannot reach ${this.base}: ${short}`);
+      throw new KeepError("unavailable", `Cannot reach ${this.base}: ${tlsAdvice(short)}`);
     }
     if (!res.ok) {
       let body: unknown = null;
@@ -300,4 +362,59 @@ export class KeepClient {
       upload: (body) => this.upload(project, body),
     };
   }
+}
+
+/** A TLS failure's message with what to do about it. */
+function tlsAdvice(detail: string): string {
+  if (/CaUsedAsEndEntity/.test(detail)) {
+    return "its certificate is a CA certificate (basicConstraints CA:TRUE, what openssl req -x509 makes by default), which TLS refuses as a server's own: run keep serve --tls auto, or make the certificate with -addext basicConstraints=critical,CA:FALSE";
+  }
+  if (/UnknownIssuer/.test(detail)) {
+    return "its certificate is not signed by a CA this client trusts: give --ca FILE (keep serve --tls auto writes DATA/tls/ca.pem) or --fingerprint (keep serve --tls auto prints it)";
+  }
+  const name = /not valid for name "?([^";]+)"?/.exec(detail);
+  if (name) {
+    return `its certificate is not for ${
+      name[1]
+    }: connect by a name it holds, or add this one (keep serve --tls auto --tls-name ${name[1]})`;
+  }
+  return detail;
+}
+
+/** The certificates a TLS server sends (leaf first), read without verifying them. */
+function peerChain(host: string, port: number): Promise<{ fingerprint: string; pem: string }[]> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({
+      host,
+      port,
+      servername: isIP(host) ? undefined : host,
+      rejectUnauthorized: false,
+    });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error("TLS handshake timed out"));
+    }, 10_000);
+    socket.once("secureConnect", () => {
+      clearTimeout(timer);
+      const out: { fingerprint: string; pem: string }[] = [];
+      // deno-lint-ignore no-explicit-any
+      let c: any = socket.getPeerCertificate(true);
+      const seen = new Set<string>();
+      while (c && c.raw && !seen.has(c.fingerprint256)) {
+        seen.add(c.fingerprint256);
+        const b64 = c.raw.toString("base64").replace(/(.{64})/g, "$1\n");
+        out.push({
+          fingerprint: c.fingerprint256.replaceAll(":", "").toLowerCase(),
+          pem: `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`,
+        });
+        c = c.issuerCertificate;
+      }
+      socket.end();
+      resolve(out);
+    });
+    socket.once("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
 }

@@ -71,8 +71,12 @@ export function errorFromBody(status: number, body: unknown): KeepError {
   if (e && typeof e.message === "string" && codes.includes(e.code)) {
     return new KeepError(e.code as KeepError["code"], e.message);
   }
+  // Deno's HTTP layer answers some requests itself, with no body: request
+  // headers over 64 KiB get an empty 400 before Keep sees them.
   return new KeepError(
     status >= 500 ? "unavailable" : "invalid",
-    `Cannot use server answer: HTTP ${status}`,
+    status === 400 && body === null
+      ? "Cannot use server answer: HTTP 400 with no error body (refused before Keep saw the request; headers over 64 KiB are)"
+      : `Cannot use server answer: HTTP ${status}`,
   );
 }
