@@ -6,7 +6,7 @@
  */
 
 import { join } from "node:path";
-import { lstatNs } from "../src/engine/fs_native.ts";
+import { lstatNs } from "../src/platform/fs_native.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const keepBin = join(root, "scripts/keep");

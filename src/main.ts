@@ -5,9 +5,9 @@
  * @module
  */
 
-import { EXIT_CODES, exitCodeFor, KeepError, toKeepError } from "./engine/errors.ts";
+import { EXIT_CODES, exitCodeFor, KeepError, toKeepError } from "./errors.ts";
 import type { Command } from "./cmd/command.ts";
-import { VERSION } from "./http/wire.ts";
+import { VERSION } from "./format/api.ts";
 
 /**
  * Subcommands, loaded on use: a backup does not load the server, SQLite or

@@ -4,7 +4,7 @@
  */
 
 import { join } from "node:path";
-import { runBackup } from "../src/engine/backup.ts";
+import { runBackup } from "../src/client/backup.ts";
 import { KeepClient } from "../src/http/client.ts";
 import { assert, assertEquals } from "./assert.ts";
 import {
@@ -177,7 +177,7 @@ Deno.test("when the head moves on before a backup asks for its suspects' hashes,
           // Another host commits first; for a backup token the old head's entries are then
           // out of reach (403): simulated here.
           await runBackup(other, client.remote("moved"), { settleMs: 0 });
-          const { KeepError } = await import("../src/engine/errors.ts");
+          const { KeepError } = await import("../src/errors.ts");
           throw new KeepError("forbidden", "Cannot allow this: the head moved");
         }
         return await remote.entries!(commit, paths);

@@ -19,8 +19,8 @@
  */
 
 import zlib from "node:zlib";
-import { MAX_MEMBER_RAW } from "../src/engine/gzip_member.ts";
-import { encodeHeader, END_OF_ARCHIVE, padded, type TarHeader } from "../src/engine/tar.ts";
+import { MAX_MEMBER_RAW } from "../src/format/gzip_member.ts";
+import { encodeHeader, END_OF_ARCHIVE, padded, type TarHeader } from "../src/format/tar.ts";
 
 export const BLOCK = 512;
 /** A fixed time (ns) for crafted entries. */
@@ -34,7 +34,7 @@ export function bytesOf(v: string | Uint8Array): Uint8Array {
 }
 
 /** Concatenates byte arrays. */
-import { concatBytes as concat } from "../src/engine/concat_bytes.ts";
+import { concatBytes as concat } from "../src/platform/concat_bytes.ts";
 export { concat };
 
 /** The commit header fields of an upload (see UploadHeader); `over` replaces or adds any. */

@@ -6,7 +6,7 @@
 import { assertEquals } from "./assert.ts";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { lstatNs } from "../src/engine/fs_native.ts";
+import { lstatNs } from "../src/platform/fs_native.ts";
 
 export const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 export const KEEP = join(ROOT, "scripts/keep");

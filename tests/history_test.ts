@@ -6,7 +6,7 @@ import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { assertEquals } from "./assert.ts";
 import { startServer, tempDir } from "./helpers.ts";
-import { runBackup } from "../src/engine/backup.ts";
+import { runBackup } from "../src/client/backup.ts";
 import { KeepClient } from "../src/http/client.ts";
 
 function rows(dataDir: string): { current: number; history: number; commits: number } {

@@ -4,7 +4,7 @@
  */
 
 import { join } from "node:path";
-import { lstatNs, setTimesNs } from "../src/engine/fs_native.ts";
+import { lstatNs, setTimesNs } from "../src/platform/fs_native.ts";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import {
   assertSameTree,

@@ -4,14 +4,14 @@
 
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { BlobStore } from "../src/engine/blob_store.ts";
-import { concatBytes } from "../src/engine/concat_bytes.ts";
-import { exportArchive } from "../src/engine/export.ts";
-import { decodeMember, MemberSplitter } from "../src/engine/gzip_member.ts";
-import { IndexDb } from "../src/engine/index_db.ts";
-import { pruneProject } from "../src/engine/prune.ts";
-import { TarParser } from "../src/engine/tar.ts";
-import { verifyStore } from "../src/engine/verify.ts";
+import { BlobStore } from "../src/server/storage/local_blobs.ts";
+import { concatBytes } from "../src/platform/concat_bytes.ts";
+import { exportArchive } from "../src/server/archive.ts";
+import { decodeMember, MemberSplitter } from "../src/format/gzip_member.ts";
+import { IndexDb } from "../src/server/storage/sqlite_index.ts";
+import { pruneProject } from "../src/server/prune.ts";
+import { TarParser } from "../src/format/tar.ts";
+import { verifyStore } from "../src/server/verify.ts";
 import {
   assertSameTree,
   json,

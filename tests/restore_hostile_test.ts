@@ -6,8 +6,8 @@
 
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { encodeMember } from "../src/engine/gzip_member.ts";
-import { encodeHeader, END_OF_ARCHIVE, padded, type TarHeader } from "../src/engine/tar.ts";
+import { encodeMember } from "../src/format/gzip_member.ts";
+import { encodeHeader, END_OF_ARCHIVE, padded, type TarHeader } from "../src/format/tar.ts";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { keep, tempDir } from "./helpers.ts";
 

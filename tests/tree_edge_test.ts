@@ -19,7 +19,7 @@ import {
   type TestServer,
   writeTree,
 } from "./helpers.ts";
-import { lstatNs } from "../src/engine/fs_native.ts";
+import { lstatNs } from "../src/platform/fs_native.ts";
 
 interface BackupJson {
   commit: { seq: number; counts: Record<string, number>; stats: Record<string, number> };

@@ -1,10 +1,10 @@
 import { resolve } from "node:path";
-import { runBackup } from "../engine/backup.ts";
-import type { CheckMode } from "../engine/diff.ts";
-import { KeepError } from "../engine/errors.ts";
-import type { CompressMode } from "../engine/pack.ts";
+import { runBackup } from "../client/backup.ts";
+import type { CheckMode } from "../client/diff.ts";
+import { KeepError } from "../errors.ts";
+import type { CompressMode } from "../client/upload.ts";
 import { KeepClient } from "../http/client.ts";
-import { checkProjectName } from "../http/wire.ts";
+import { checkProjectName } from "../format/api.ts";
 import { type Command, note, out } from "./command.ts";
 import {
   CLIENT_FLAGS,

@@ -7,7 +7,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { KeepError } from "../engine/errors.ts";
+import { KeepError } from "../errors.ts";
 
 export type FlagSpec = Record<
   string,

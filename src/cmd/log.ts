@@ -1,5 +1,5 @@
 import { KeepClient } from "../http/client.ts";
-import { checkProjectName } from "../http/wire.ts";
+import { checkProjectName } from "../format/api.ts";
 import { type Command, out } from "./command.ts";
 import {
   CLIENT_FLAGS,
@@ -10,7 +10,7 @@ import {
   positionals,
   required,
 } from "./flags.ts";
-import { KeepError } from "../engine/errors.ts";
+import { KeepError } from "../errors.ts";
 
 export const logCommand: Command = {
   name: "log",

@@ -1,6 +1,6 @@
-import { normalisePrefix, underPrefix } from "../engine/paths.ts";
+import { normalisePrefix, underPrefix } from "../format/paths.ts";
 import { KeepClient } from "../http/client.ts";
-import { checkProjectName } from "../http/wire.ts";
+import { checkProjectName } from "../format/api.ts";
 import { type Command, out } from "./command.ts";
 import {
   CLIENT_FLAGS,

@@ -1,11 +1,12 @@
 import { join, resolve } from "node:path";
-import { BlobStore } from "../engine/blob_store.ts";
-import { KeepError } from "../engine/errors.ts";
-import { lockForLife } from "../engine/fs_native.ts";
-import { IndexDb } from "../engine/index_db.ts";
-import { pruneProject, type PruneResult } from "../engine/prune.ts";
+import { BlobStore } from "../server/storage/local_blobs.ts";
+import { KeepError } from "../errors.ts";
+import { lockForLife } from "../platform/fs_native.ts";
+import { IndexDb } from "../server/storage/sqlite_index.ts";
+import type { PruneResult } from "../format/api.ts";
+import { pruneProject } from "../server/prune.ts";
 import { KeepClient } from "../http/client.ts";
-import { checkProjectName } from "../http/wire.ts";
+import { checkProjectName } from "../format/api.ts";
 import { type Command, out } from "./command.ts";
 import {
   CLIENT_FLAGS,

@@ -1,9 +1,9 @@
 import { resolve } from "node:path";
-import { KeepError } from "../engine/errors.ts";
-import { normalisePrefix } from "../engine/paths.ts";
-import { prepareDestination, restoreArchive } from "../engine/restore.ts";
+import { KeepError } from "../errors.ts";
+import { normalisePrefix } from "../format/paths.ts";
+import { prepareDestination, restoreArchive } from "../client/restore.ts";
 import { KeepClient } from "../http/client.ts";
-import { checkProjectName } from "../http/wire.ts";
+import { checkProjectName } from "../format/api.ts";
 import { type Command, note, out } from "./command.ts";
 import {
   CLIENT_FLAGS,

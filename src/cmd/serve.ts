@@ -1,7 +1,7 @@
 import { resolve } from "node:path";
-import { KeepError } from "../engine/errors.ts";
-import { DEFAULT_LIMITS } from "../engine/ingest.ts";
-import { certProblem, ensureAutoTls, namesFor } from "../engine/tls_auto.ts";
+import { KeepError } from "../errors.ts";
+import { DEFAULT_LIMITS } from "../server/ingest.ts";
+import { certProblem, ensureAutoTls, namesFor } from "../server/tls_auto.ts";
 import { startServer } from "../http/server.ts";
 import { type Command, note } from "./command.ts";
 import {

@@ -1,8 +1,8 @@
 import { join, resolve } from "node:path";
-import { KeepError } from "../engine/errors.ts";
-import { IndexDb } from "../engine/index_db.ts";
-import { type Role, ROLES, TokenStore } from "../engine/tokens.ts";
-import { checkProjectName } from "../http/wire.ts";
+import { KeepError } from "../errors.ts";
+import { IndexDb } from "../server/storage/sqlite_index.ts";
+import { type Role, ROLES, TokenStore } from "../server/tokens.ts";
+import { checkProjectName } from "../format/api.ts";
 import { type Command, out } from "./command.ts";
 import { flagOrEnv, parseFlags, positionals } from "./flags.ts";
 

@@ -1,8 +1,9 @@
 import { join, resolve } from "node:path";
-import { BlobStore } from "../engine/blob_store.ts";
-import { KeepError } from "../engine/errors.ts";
-import { IndexDb } from "../engine/index_db.ts";
-import { type VerifyReport, verifyStore } from "../engine/verify.ts";
+import { BlobStore } from "../server/storage/local_blobs.ts";
+import { KeepError } from "../errors.ts";
+import { IndexDb } from "../server/storage/sqlite_index.ts";
+import type { VerifyReport } from "../format/api.ts";
+import { verifyStore } from "../server/verify.ts";
 import { KeepClient } from "../http/client.ts";
 import { type Command, out } from "./command.ts";
 import { clientOptions, flagOrEnv, formatBytes, parseFlags, positionals } from "./flags.ts";

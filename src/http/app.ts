@@ -8,20 +8,21 @@
 
 import { Hono } from "hono";
 import type { Context } from "hono";
-import { type BlobStore } from "../engine/blob_store.ts";
-import { HTTP_STATUS, KeepError, toKeepError } from "../engine/errors.ts";
-import { concatBytes } from "../engine/concat_bytes.ts";
-import { exportArchive } from "../engine/export.ts";
-import { Ingest, type IngestLimits } from "../engine/ingest.ts";
-import { hexToBytes, type IndexDb } from "../engine/index_db.ts";
-import { type ManifestCache, manifestMembers } from "../engine/manifest_stream.ts";
-import { churned, collectNow } from "../engine/memory.ts";
-import { entryToJson } from "../engine/manifest.ts";
-import { normalisePrefix, pathProblem } from "../engine/paths.ts";
-import { pruneProject } from "../engine/prune.ts";
-import { verifyStore } from "../engine/verify.ts";
-import { type Access, authorize, type Need, type TokenStore } from "../engine/tokens.ts";
-import { checkProjectName, VERSION } from "./wire.ts";
+import { type BlobStore } from "../server/storage/local_blobs.ts";
+import { KeepError, toKeepError } from "../errors.ts";
+import { concatBytes } from "../platform/concat_bytes.ts";
+import { exportArchive } from "../server/archive.ts";
+import { Ingest, type IngestLimits } from "../server/ingest.ts";
+import { hexToBytes, type IndexDb } from "../server/storage/sqlite_index.ts";
+import { type ManifestCache, manifestMembers } from "../server/manifest_cache.ts";
+import { churned, collectNow } from "../platform/memory.ts";
+import { entryToJson } from "../format/manifest.ts";
+import { normalisePrefix, pathProblem } from "../format/paths.ts";
+import { pruneProject } from "../server/prune.ts";
+import { verifyStore } from "../server/verify.ts";
+import { type Access, authorize, type Need, type TokenStore } from "../server/tokens.ts";
+import { checkProjectName, VERSION } from "../format/api.ts";
+import { HTTP_STATUS } from "./errors.ts";
 
 /**
  * Paths per `POST …/entries` request, and its body's limit (the client sends

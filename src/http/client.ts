@@ -5,17 +5,16 @@
  * @module
  */
 
-import type { BackupRemote } from "../engine/backup.ts";
-import { KeepError } from "../engine/errors.ts";
-import { decodeMemberTransient, MemberSplitter } from "../engine/gzip_member.ts";
-import { type CommitInfo, entriesFromLines, type Entry, LineChunker } from "../engine/manifest.ts";
-import type { PruneResult } from "../engine/prune.ts";
-import type { VerifyReport } from "../engine/verify.ts";
-import type { CommitNote, ProjectInfo } from "../engine/index_db.ts";
+import type { BackupRemote } from "../client/backup.ts";
+import { KeepError } from "../errors.ts";
+import { decodeMemberTransient, MemberSplitter } from "../format/gzip_member.ts";
+import { type CommitInfo, entriesFromLines, type Entry, LineChunker } from "../format/manifest.ts";
+import type { CommitNote, ProjectInfo, PruneResult, VerifyReport } from "../format/api.ts";
 import tls from "node:tls";
 import { isIP } from "node:net";
-import { parseFingerprint } from "../engine/x509.ts";
-import { API, errorFromBody } from "./wire.ts";
+import { parseFingerprint } from "../format/x509.ts";
+import { API } from "../format/api.ts";
+import { errorFromBody } from "./errors.ts";
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 

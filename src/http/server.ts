@@ -7,14 +7,14 @@
  */
 
 import { join } from "node:path";
-import { BlobStore } from "../engine/blob_store.ts";
-import { KeepError } from "../engine/errors.ts";
-import { lockForLife } from "../engine/fs_native.ts";
-import { Compactor } from "../engine/compactor.ts";
-import { IndexDb } from "../engine/index_db.ts";
-import { ManifestCache } from "../engine/manifest_stream.ts";
-import { DEFAULT_LIMITS, type IngestLimits } from "../engine/ingest.ts";
-import { TokenStore } from "../engine/tokens.ts";
+import { BlobStore } from "../server/storage/local_blobs.ts";
+import { KeepError } from "../errors.ts";
+import { lockForLife } from "../platform/fs_native.ts";
+import { Compactor } from "../server/compactor.ts";
+import { IndexDb } from "../server/storage/sqlite_index.ts";
+import { ManifestCache } from "../server/manifest_cache.ts";
+import { DEFAULT_LIMITS, type IngestLimits } from "../server/ingest.ts";
+import { TokenStore } from "../server/tokens.ts";
 import { createApp } from "./app.ts";
 
 export interface ServeOptions {

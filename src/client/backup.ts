@@ -1,0 +1,534 @@
+/**
+ * One backup, end to end on the client: scan → fetch the parent manifest →
+ * diff → hash suspects → settle → pack and upload. A 409 (another backup
+ * landed first) re-runs fetch, diff and upload against the new head, reusing
+ * the scan. Nothing unreadable or unsettled ever becomes a deletion: paths
+ * the parent had are kept (flagged) and reported.
+ *
+ * @module
+ */
+
+import { createHash } from "node:crypto";
+import { type CheckMode, diffTree, type ManifestBatch, type Suspect } from "./diff.ts";
+import { KeepError } from "../errors.ts";
+import { lstatNs, networkFilesystem, TreeFile } from "../platform/fs_native.ts";
+import { collectNow } from "../platform/memory.ts";
+import type { ChangeRecord, CommitInfo, Entry, UploadHeader } from "../format/manifest.ts";
+import { type CompressMode, type PackStats, packUpload } from "./upload.ts";
+import { partialHashOfFile } from "../format/partial_hash.ts";
+import { scanTree } from "./scan.ts";
+import { settleFiles } from "./settle.ts";
+
+/** What the backup needs from the server. */
+export interface BackupRemote {
+  /**
+   * The head commit and its manifest: batches of NDJSON lines, in path order.
+   * With `stat`, the server may leave out the files' hashes (and says so).
+   */
+  latest(
+    stat?: boolean,
+  ): Promise<{ commit: CommitInfo | null; stat?: boolean; lines: AsyncIterable<ManifestBatch> }>;
+  /** The whole entries of `paths` in commit `commit` (paths it lacks are left out). */
+  entries?(commit: string, paths: string[]): Promise<Entry[]>;
+  /** Sends an upload; resolves to the new commit, rejects with KeepError (conflict on 409). */
+  upload(body: ReadableStream<Uint8Array>): Promise<CommitInfo>;
+}
+
+/** A path that was not backed up as it is on disk. */
+export interface BackupProblem {
+  path: string;
+  reason: string;
+  /** skipped (special files) and adjusted (clamped mtime) do not make a backup incomplete. */
+  kind: "unreadable" | "unsettled" | "skipped" | "adjusted";
+}
+
+export interface BackupOptions {
+  message?: string;
+  tags?: Record<string, string>;
+  host?: string;
+  exclude?: string[];
+  include?: string[];
+  excludeCaches?: boolean;
+  /** Scan parallelism (see scanTree). */
+  jobs?: number;
+  /**
+   * Content check of files whose size and mtime match. `auto` (default):
+   * none where ctime can be trusted to catch a rewrite that put the mtime
+   * back, `partial` where it cannot (see ctimeDistrust).
+   */
+  check?: CheckMode | "auto";
+  /** Compare ctime (default true). */
+  ctime?: boolean;
+  /** Settle window, ms (default 2000; 0 = off). */
+  settleMs?: number;
+  /** Longest wait for files to settle, ms (default 5 windows). */
+  settleMaxMs?: number;
+  sync?: boolean;
+  compress?: CompressMode;
+  /** Attempts when another backup lands first (default 5). */
+  attempts?: number;
+  signal?: AbortSignal;
+  onProblem?: (p: BackupProblem) => void;
+  /** Progress: phase name and a short detail. */
+  onPhase?: (phase: string, detail: string) => void;
+  onProgress?: (stats: PackStats) => void;
+}
+
+export interface BackupResult {
+  commit: CommitInfo;
+  /** Entries the scan found (after rules). */
+  scanned: number;
+  added: number;
+  changed: number;
+  deleted: number;
+  unchanged: number;
+  /** Files whose metadata alone was recorded (content identical). */
+  metadata: number;
+  /** Suspect files hashed locally. */
+  hashed: number;
+  problems: BackupProblem[];
+  /** Problems that make the backup incomplete. */
+  incomplete: number;
+  bytesRead: number;
+  wireBytes: number;
+  settleMs: number;
+  attempts: number;
+  seconds: number;
+  /** The content check used, and why `auto` chose it (null when ctime was trusted or a mode was asked for). */
+  check: CheckMode;
+  checkReason: string | null;
+}
+
+/** Filesystems whose ctime need not move when content does (FUSE: sshfs, …; SMB/CIFS; 9p). */
+const CTIME_UNTRUSTED_FS = new Set(["fuse", "smb", "smb2", "cifs", "9p"]);
+
+/**
+ * Why the tree's ctime cannot be trusted to catch a same-size rewrite whose
+ * mtime was put back (touch -d, cp -p, tar -x), or null when it can: the
+ * filesystem is one whose ctime may be synthesized (sshfs reports mtime as
+ * ctime), or every file's ctime equals its mtime while mtimes are whole
+ * seconds (a filesystem without a ctime of its own; on ext4 or XFS a build's
+ * files also have ctime = mtime, but to the ns).
+ */
+export function ctimeDistrust(
+  scan: { filesystem: string | null; files: number; ctimeIsMtime: number; granularity: bigint },
+  useCtime = true,
+): string | null {
+  if (!useCtime) return "--ignore-ctime";
+  if (scan.filesystem && CTIME_UNTRUSTED_FS.has(scan.filesystem)) {
+    return `ctime on a ${scan.filesystem} mount need not follow content changes`;
+  }
+  if (
+    scan.files > 0 && scan.ctimeIsMtime === scan.files && scan.granularity >= 1_000_000_000n
+  ) {
+    return "every file's ctime equals its mtime, in whole seconds";
+  }
+  return null;
+}
+
+function sha256File(path: string): { hash: string; moved: boolean } {
+  const before = lstatNs(path);
+  const f = TreeFile.open(path);
+  const h = createHash("sha256");
+  try {
+    const buf = new Uint8Array(1 << 20);
+    for (;;) {
+      const n = f.readSync(buf);
+      if (n === null || n === 0) break;
+      h.update(buf.subarray(0, n));
+    }
+  } finally {
+    f.close();
+  }
+  const after = lstatNs(path);
+  return {
+    hash: h.digest("hex"),
+    moved: before.size !== after.size || before.mtime !== after.mtime ||
+      before.ctime !== after.ctime,
+  };
+}
+
+function reasonOf(err: unknown): string {
+  if (err instanceof Deno.errors.PermissionDenied) return "permission denied";
+  if (err instanceof Deno.errors.NotFound) return "vanished during the backup";
+  return err instanceof Error ? err.message.split("\n")[0] : String(err);
+}
+
+/**
+ * Backs up `root` through `remote`.
+ *
+ * @example
+ * ```ts
+ * const result = await runBackup("/nas/build/app", remote, { message: "nightly" });
+ * console.log(result.commit.id);
+ * ```
+ */
+export async function runBackup(
+  root: string,
+  remote: BackupRemote,
+  options: BackupOptions = {},
+): Promise<BackupResult> {
+  const started = performance.now();
+  const problems: BackupProblem[] = [];
+  const report = (p: BackupProblem) => {
+    problems.push(p);
+    options.onProblem?.(p);
+  };
+  options.onPhase?.("scan", root);
+  // The parent manifest is requested before the walk: on a NAS, where the
+  // walk waits on the network, it downloads meanwhile (up to PREFETCH_BYTES).
+  // Without a content check, the diff needs no hashes: the stat form of the
+  // manifest (a fifth of the bytes), then the hashes of the suspects alone.
+  // `auto` on a filesystem known to fake ctime will check: the whole form.
+  const requested = options.check ?? "auto";
+  const fsDistrust = requested === "auto" &&
+    ctimeDistrust(
+        { filesystem: networkFilesystem(root), files: 0, ctimeIsMtime: 0, granularity: 1n },
+        options.ctime ?? true,
+      ) !== null;
+  const wantStat = (requested === "none" || (requested === "auto" && !fsDistrust)) &&
+    remote.entries !== undefined;
+  const ask = (stat: boolean): Promise<Prefetched> =>
+    remote.latest(stat).then((l) => ({
+      commit: l.commit,
+      stat: l.stat ?? false,
+      lines: prefetch(l.lines, PREFETCH_BYTES),
+    }));
+  let early: Promise<Prefetched> | null = ask(wantStat);
+  early.catch(() => {}); // awaited below; a failure surfaces there
+  let scan;
+  try {
+    scan = await scanTree(root, {
+      jobs: options.jobs,
+      exclude: options.exclude,
+      include: options.include,
+      excludeCaches: options.excludeCaches,
+      onProblem: (p) => report(p),
+    });
+  } catch (err) {
+    early.then((l) => l.lines.cancel()).catch(() => {});
+    throw err;
+  }
+  const checkReason = requested === "auto" ? ctimeDistrust(scan, options.ctime ?? true) : null;
+  const check: CheckMode = requested === "auto" ? (checkReason ? "partial" : "none") : requested;
+  const stat = check === "none" && remote.entries !== undefined;
+  if (!stat && wantStat) {
+    // The walk showed ctime cannot be trusted: the hashes are needed after all.
+    const old = early;
+    old.then((l) => l.lines.cancel()).catch(() => {});
+    early = ask(false);
+    early.catch(() => {});
+  }
+  const unreadable = scan.problems.filter((p) => p.kind === "unreadable").map((p) => p.path);
+  const settleMs = options.settleMs ?? 2000;
+  const granularity = scan.granularity;
+  const settleNs = BigInt(Math.round(settleMs * 1e6));
+  const racyMargin = granularity > settleNs ? granularity : settleNs;
+  const maxAttempts = options.attempts ?? 5;
+  let settleTook = 0;
+  // Paths seen settled by earlier attempts; a set is built only when a retry
+  // needs it (100k paths in a Map cost ~3 MB on every first backup).
+  let settledBefore: string[][] = [];
+
+  for (let attempt = 1;; attempt++) {
+    const attemptProblems: BackupProblem[] = [];
+    const note = (p: BackupProblem) => {
+      attemptProblems.push(p);
+    };
+    options.onPhase?.("fetch", early ? "reading the latest manifest" : "latest manifest");
+    // A request made before a long walk may have failed (a server restart):
+    // asked again then.
+    const latest = early ? await early.catch(() => ask(stat)) : await ask(stat);
+    early = null;
+    options.onPhase?.("diff", `${scan.entries.length} scanned entries against the parent`);
+    const parent = latest.commit;
+    const plan = await diffTree(scan.entries, latest.lines, {
+      ctime: options.ctime ?? true,
+      granularity,
+      parentScanTime: parent ? BigInt(parent.scanTime) : undefined,
+      racyMargin,
+      check,
+      unreadable,
+    });
+    const changes: ChangeRecord[] = plan.deleted.map((p) => ({ op: "del" as const, p }));
+    for (const p of plan.unreadableKnown) {
+      const why = scan.problems.find((q) => q.path === p)?.reason ?? "unreadable";
+      changes.push({ op: "keep", p, flag: "unreadable", reason: why });
+    }
+
+    // Suspects: hash locally, send content only when it differs.
+    options.onPhase?.("hash", `${plan.suspects.length} suspect files`);
+    if (latest.stat && parent && plan.suspects.length) {
+      await fillHashes(remote, parent.id, plan.suspects);
+    }
+    let metadata = 0;
+    const extraSend = [];
+    for (const s of plan.suspects) {
+      const decision = resolveSuspect(root, s);
+      if (decision.kind === "unchanged") plan.unchanged++;
+      else if (decision.kind === "meta") {
+        metadata++;
+        changes.push({
+          op: "meta",
+          e: { ...s.entry, hash: s.prev.hash, xxh: s.prev.xxh },
+        });
+      } else if (decision.kind === "send") {
+        extraSend.push(s.entry);
+        plan.changed++;
+      } else {
+        note({ path: s.entry.path, reason: decision.reason, kind: "unreadable" });
+        changes.push({ op: "keep", p: s.entry.path, flag: "unreadable", reason: decision.reason });
+      }
+    }
+    // Suspects whose content differs join the sent entries, in path order.
+    for (const e of extraSend) plan.changedPaths.add(e.path);
+    const send = extraSend.length ? plan.send.mergedWith(extraSend) : plan.send;
+
+    // Settle: only files not already seen settled in an earlier attempt.
+    const done = settledBefore.length ? new Set(settledBefore.flat()) : null;
+    const candidates: number[] = [];
+    if (settleMs > 0) {
+      for (let k = 0; k < send.length; k++) {
+        if (send.type(k) === "f" && !done?.has(send.path(k))) candidates.push(k);
+      }
+    }
+    if (candidates.length) options.onPhase?.("settle", `${candidates.length} files`);
+    const settled = await settleFiles(root, send, candidates, {
+      windowMs: settleMs,
+      maxWaitMs: options.settleMaxMs,
+      sync: options.sync,
+      signal: options.signal,
+      onWait: (n) => options.onPhase?.("settle", `waiting for ${n} files still being written`),
+    });
+    settleTook += settled.waitedMs;
+    if (attempt < maxAttempts) {
+      settledBefore = [...settledBefore, settled.settled.map((k) => send.path(k))];
+    }
+    const unsettledRows = new Set(settled.unsettled.map((u) => u.index));
+    for (const u of settled.unsettled) {
+      note({ path: u.path, reason: u.reason, kind: "unsettled" });
+      if (plan.changedPaths.has(u.path)) {
+        changes.push({ op: "keep", p: u.path, flag: "unsettled", reason: u.reason });
+      }
+    }
+    const finalSend = unsettledRows.size ? send.filter((k) => !unsettledRows.has(k)) : send;
+
+    const header: UploadHeader = {
+      format: 1,
+      parent: parent?.id ?? null,
+      message: options.message ?? "",
+      tags: options.tags ?? {},
+      host: options.host ?? Deno.hostname(),
+      source: root,
+      scanTime: scan.startedNs.toString(),
+      granularity: granularity.toString(),
+    };
+    options.onPhase?.("upload", `${finalSend.length} entries`);
+    // The walk's and the diff's garbage goes before the upload's buffers come.
+    if (finalSend.length > 10_000) collectNow();
+    const { stream, stats } = packUpload({
+      root,
+      header,
+      send: finalSend,
+      changes,
+      compress: options.compress,
+      signal: options.signal,
+      onProblem: (p) => note(p),
+      inParent: (path) => plan.changedPaths.has(path),
+      onProgress: options.onProgress,
+    });
+    let commit: CommitInfo;
+    try {
+      commit = await remote.upload(stream);
+    } catch (err) {
+      if (err instanceof KeepError && err.code === "conflict" && attempt < maxAttempts) {
+        options.onPhase?.(
+          "retry",
+          `another backup landed first; diffing again (attempt ${attempt + 1})`,
+        );
+        continue;
+      }
+      throw err;
+    }
+    for (const p of attemptProblems) report(p);
+    const incomplete = problems.filter((p) => p.kind !== "skipped" && p.kind !== "adjusted")
+      .length;
+    return {
+      commit,
+      scanned: scan.entries.length,
+      added: commit.counts.added,
+      changed: commit.counts.changed,
+      deleted: commit.counts.deleted,
+      unchanged: commit.counts.unchanged,
+      metadata: commit.counts.metadata,
+      hashed: plan.suspects.length,
+      problems,
+      incomplete,
+      bytesRead: stats.bytesRead,
+      wireBytes: stats.wireBytes,
+      settleMs: settleTook,
+      attempts: attempt,
+      seconds: Math.round(performance.now() - started) / 1000,
+      check,
+      checkReason,
+    };
+  }
+}
+
+/**
+ * Gives suspects from a stat-form manifest their previous hashes, asked of
+ * the server. A suspect the answer lacks keeps none, and is sent whole.
+ */
+async function fillHashes(remote: BackupRemote, commit: string, suspects: Suspect[]) {
+  const files = suspects.filter((s) => s.prev.type === "f" && s.prev.hash === undefined);
+  if (!remote.entries) return;
+  // A batch at a time: after a chmod -R every file is a suspect, and the
+  // answers are applied and dropped as they come.
+  for (let i = 0; i < files.length; i += HASH_BATCH) {
+    const batch = files.slice(i, i + HASH_BATCH);
+    let found: Entry[];
+    try {
+      found = await remote.entries(commit, batch.map((s) => s.prev.path));
+    } catch (err) {
+      // The head moved on (a backup token may read only the head's entries) or
+      // the commit was pruned: the suspects are sent whole, and the upload
+      // then meets the new head (409) and diffs again.
+      if (err instanceof KeepError && (err.code === "forbidden" || err.code === "not_found")) {
+        return;
+      }
+      throw err;
+    }
+    const byPath = new Map(found.map((e) => [e.path, e]));
+    for (const s of batch) {
+      const e = byPath.get(s.prev.path);
+      // Only the hashes are taken: the rest of the line came with the manifest.
+      if (e && e.type === "f" && e.size === s.prev.size && e.mtime === s.prev.mtime) {
+        s.prev.hash = e.hash;
+        s.prev.xxh = e.xxh;
+      }
+    }
+  }
+}
+
+/** Suspects whose previous hashes are asked for in one request. */
+const HASH_BATCH = 5_000;
+
+interface Prefetched {
+  commit: CommitInfo | null;
+  stat: boolean;
+  lines: AsyncIterable<ManifestBatch> & { cancel(): Promise<void> };
+}
+
+/**
+ * Manifest text read ahead while the scan runs (~4 MB, ~20,000 lines): on a
+ * NAS, where the walk waits on the network, the start of the download
+ * overlaps it; more would hold memory for little (the rest of a 100k-line
+ * manifest takes tens of ms on a LAN).
+ */
+const PREFETCH_BYTES = 4 << 20;
+
+/** A batch's size in bytes (decoded lines: ~200 bytes each). */
+function weight(batch: ManifestBatch): number {
+  return batch instanceof Uint8Array ? batch.length : batch.length * 200;
+}
+
+/**
+ * Reads batches of `src` ahead of the consumer, in the background, until
+ * `max` bytes wait. `cancel()` stops reading and releases the source.
+ */
+function prefetch(
+  src: AsyncIterable<ManifestBatch>,
+  max: number,
+): AsyncIterable<ManifestBatch> & { cancel(): Promise<void> } {
+  type T = ManifestBatch;
+  const it = src[Symbol.asyncIterator]();
+  const queue: T[] = [];
+  let waiting = 0;
+  let done = false;
+  let failed: { error: unknown } | null = null;
+  let cancelled = false;
+  let wakeConsumer = null as (() => void) | null;
+  let wakePump = null as (() => void) | null;
+  const pump = (async () => {
+    try {
+      while (!cancelled) {
+        if (waiting >= max) {
+          await new Promise<void>((r) => wakePump = r);
+          continue;
+        }
+        const r = await it.next();
+        if (r.done) break;
+        queue.push(r.value);
+        waiting += weight(r.value);
+        wakeConsumer?.();
+      }
+    } catch (error) {
+      failed = { error };
+    } finally {
+      done = true;
+      wakeConsumer?.();
+    }
+  })();
+  const cancel = async () => {
+    cancelled = true;
+    wakePump?.();
+    await pump;
+    await it.return?.();
+  };
+  return {
+    cancel,
+    async *[Symbol.asyncIterator](): AsyncGenerator<T> {
+      try {
+        for (;;) {
+          const batch = queue.shift();
+          if (batch) {
+            waiting -= weight(batch);
+            wakePump?.();
+            wakePump = null;
+            yield batch;
+            continue;
+          }
+          if (done) {
+            if (failed) throw (failed as { error: unknown }).error;
+            return;
+          }
+          await new Promise<void>((r) => wakeConsumer = r);
+          wakeConsumer = null;
+        }
+      } finally {
+        if (!done) await cancel();
+      }
+    },
+  };
+}
+
+type Decision =
+  | { kind: "unchanged" }
+  | { kind: "meta" }
+  | { kind: "send" }
+  | { kind: "unreadable"; reason: string };
+
+function resolveSuspect(root: string, s: Suspect): Decision {
+  const abs = `${root}/${s.entry.path}`;
+  const metaSame = s.entry.mode === s.prev.mode && s.entry.ctime === s.prev.ctime &&
+    s.entry.mtime === s.prev.mtime &&
+    !s.prev.flag;
+  try {
+    if (s.reason === "partial" && s.prev.xxh) {
+      const f = TreeFile.open(abs);
+      let x: string;
+      try {
+        x = partialHashOfFile(f, s.entry.size);
+      } finally {
+        f.close();
+      }
+      return x === s.prev.xxh ? { kind: "unchanged" } : { kind: "send" };
+    }
+    if (!s.prev.hash) return { kind: "send" };
+    const { hash, moved } = sha256File(abs);
+    if (moved || hash !== s.prev.hash) return { kind: "send" };
+    return metaSame ? { kind: "unchanged" } : { kind: "meta" };
+  } catch (err) {
+    return { kind: "unreadable", reason: reasonOf(err) };
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * Where blob bytes live: the interface the server uses, and nothing else of
+ * a backend. A blob is one file content, kept as the Keep-framed gzip members
+ * it arrived in (see format/gzip_member.ts). Two shapes:
+ *
+ * - small blobs (up to PACK_MAX raw bytes) are appended back to back to a
+ *   **pack**, named by a number the index hands out (IndexStore.newPack),
+ *   and read back by (pack, offset, length);
+ * - large blobs are an object of their own, named by their SHA-256.
+ *
+ * Nothing is rewritten in place: a pack is written once by one writer, then
+ * sealed (the index records that) and only ever deleted whole, by repack,
+ * after its live blobs were copied elsewhere. The bytes a row names are made
+ * durable before the row is written (`PackSink.flush`, `LargeSink.finish`).
+ *
+ * Writes are synchronous where they can be (a sink buffers and says through
+ * `pending` how much it holds), so an upload handler can go on reading its
+ * body; everything that waits on the backend is a Promise.
+ *
+ * @module
+ */
+
+/** Largest raw blob kept in a pack. */
+export const PACK_MAX = 1 << 20;
+
+/** Where a blob's bytes are, as the index records it. */
+export interface BlobPlace {
+  /** Raw size of the content. */
+  size: number;
+  /** Bytes stored (the members). */
+  stored: number;
+  /** Pack number and offset; null for a large blob. */
+  pack: number | null;
+  offset: number | null;
+}
+
+/** Appends small blobs to one pack. */
+export interface PackSink {
+  /** The pack's number. */
+  readonly pack: number;
+  /** Bytes appended so far (the offset of the next blob). */
+  readonly size: number;
+  /** Appends a blob's stored bytes (copied); returns its offset. */
+  add(data: Uint8Array): number;
+  /** Makes everything added so far durable: rows may then point at it. */
+  flush(): Promise<void>;
+  /** Flushes and ends the pack (it is sealed by the caller through the index). */
+  close(): Promise<void>;
+  /** Drops what was not flushed (an upload that failed). */
+  abort(): Promise<void>;
+}
+
+/** Writes one large blob as its bytes arrive. */
+export interface LargeSink {
+  /** Appends bytes (copied, or written at once). */
+  write(data: Uint8Array): void;
+  /** Bytes buffered and not yet written: callers wait for `drain` above a bound. */
+  readonly pending: number;
+  /** Waits until what was buffered is written. */
+  drain(): Promise<void>;
+  /** Makes the blob durable under `hashHex`. */
+  finish(hashHex: string): Promise<void>;
+  /** Drops it (the content turned out to be known, or the upload failed). */
+  abort(): Promise<void>;
+}
+
+/** The byte half of a data directory (or bucket). */
+export interface BlobStore {
+  /** A description for logs and errors ("DIR", "s3://bucket/prefix"). */
+  readonly where: string;
+  openPack(pack: number): PackSink;
+  openLarge(): LargeSink;
+  /**
+   * The stored bytes of a blob in pieces (views valid until the next piece).
+   * What can be checked before the first byte goes out is checked when this
+   * is called (the object exists and has `place.stored` bytes; a pack range
+   * is read whole): it throws integrity then, so an archive can name the file.
+   */
+  pieces(hashHex: string, place: BlobPlace): Promise<AsyncIterable<Uint8Array>>;
+  /** Size in bytes of a pack, or null when it is missing. */
+  packSize(pack: number): Promise<number | null>;
+  /** Size in bytes of a large blob, or null when it is missing. */
+  largeSize(hashHex: string): Promise<number | null>;
+  /** Every pack present, with its size (for verify and GC). */
+  listPacks(): AsyncIterable<{ pack: number; size: number } | { name: string }>;
+  /** Every large blob present, by hash (for verify). */
+  listLarge(): AsyncIterable<string>;
+  deletePack(pack: number): Promise<void>;
+  deleteLarge(hashHex: string): Promise<void>;
+  /** Leftovers of writes cut short (temp files, unfinished uploads): removed at start. */
+  cleanTemp(): Promise<void>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,131 @@
+/**
+ * `keep serve --tls auto`: the server's own private CA and certificate, made
+ * on first start in `DATA/tls/` and reused after. The CA (`ca.pem`) is what
+ * clients trust (`--ca`) or pin (`--fingerprint`); the server presents a
+ * CA:FALSE certificate signed by it (`cert.pem`, the chain: server
+ * certificate then CA) for every name it should answer to. When those names
+ * change (another `--listen` or `--tls-name`), only the server certificate is
+ * issued again: clients keep trusting the same CA.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { X509Certificate } from "node:crypto";
+import { KeepError } from "../errors.ts";
+import { makeCa, makeServerCert, pemFingerprint } from "../format/x509.ts";
+
+/** Where the files of an automatic TLS set-up are, and the CA's fingerprint. */
+export interface AutoTls {
+  caFile: string;
+  certFile: string;
+  keyFile: string;
+  /** SHA-256 of the CA certificate's DER, lowercase hex. */
+  fingerprint: string;
+  /** The names the server certificate holds. */
+  names: string[];
+  /** True when this call made the CA (first start). */
+  createdCa: boolean;
+}
+
+/**
+ * The names a server listening on `hostname` should have in its
+ * certificate: that address, or, for a wildcard (0.0.0.0, ::), this host's
+ * name, localhost and every address of its interfaces; plus `extra`.
+ */
+export function namesFor(hostname: string, extra: string[] = []): string[] {
+  const names = new Set<string>();
+  if (hostname === "0.0.0.0" || hostname === "::" || hostname === "[::]") {
+    names.add("localhost");
+    names.add("127.0.0.1");
+    names.add("::1");
+    try {
+      names.add(Deno.hostname());
+    } catch { /* no permission: the others suffice */ }
+    try {
+      for (const i of Deno.networkInterfaces()) names.add(i.address.replace(/%.*$/, ""));
+    } catch { /* as above */ }
+  } else {
+    names.add(hostname.replace(/^\[|\]$/g, ""));
+    if (hostname === "127.0.0.1" || hostname === "localhost") names.add("localhost");
+  }
+  for (const n of extra) names.add(n);
+  // Link-local IPv6 addresses need a zone, which certificates cannot hold.
+  return [...names].filter((n) => !/^fe80:/i.test(n)).sort();
+}
+
+function writeSecret(path: string, text: string): void {
+  Deno.writeTextFileSync(path, text, { mode: 0o600 });
+  Deno.chmodSync(path, 0o600);
+}
+
+/**
+ * Makes or reuses the CA and server certificate under `dataDir/tls/` for
+ * `names`.
+ *
+ * @example
+ * ```ts
+ * const tls = ensureAutoTls("/srv/keep", namesFor("0.0.0.0", ["nas"]));
+ * console.log(tls.fingerprint);
+ * ```
+ */
+export function ensureAutoTls(dataDir: string, names: string[]): AutoTls {
+  const dir = join(dataDir, "tls");
+  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const caFile = join(dir, "ca.pem");
+  const caKeyFile = join(dir, "ca-key.pem");
+  const certFile = join(dir, "cert.pem");
+  const keyFile = join(dir, "key.pem");
+  const namesFile = join(dir, "names.json");
+  let createdCa = false;
+  let ca: { cert: string; key: string };
+  try {
+    ca = { cert: Deno.readTextFileSync(caFile), key: Deno.readTextFileSync(caKeyFile) };
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) {
+      throw new KeepError("unavailable", `Cannot read ${dir}: ${(err as Error).message}`);
+    }
+    const made = makeCa({ commonName: `Keep CA ${Deno.hostname()}` });
+    ca = { cert: made.cert, key: made.key };
+    writeSecret(caKeyFile, made.key);
+    Deno.writeTextFileSync(caFile, made.cert);
+    createdCa = true;
+  }
+  let issued: string[] = [];
+  try {
+    issued = JSON.parse(Deno.readTextFileSync(namesFile));
+  } catch { /* none yet */ }
+  let current = false;
+  try {
+    Deno.statSync(certFile);
+    Deno.statSync(keyFile);
+    const leaf = new X509Certificate(Deno.readTextFileSync(certFile));
+    current = !createdCa && JSON.stringify(issued) === JSON.stringify(names) &&
+      new Date(leaf.validTo).getTime() > Date.now() + 30 * 86400_000;
+  } catch { /* missing or unreadable: issue again */ }
+  if (!current) {
+    const leaf = makeServerCert(ca, { names, commonName: names[0] });
+    writeSecret(keyFile, leaf.key);
+    Deno.writeTextFileSync(certFile, leaf.cert + ca.cert);
+    Deno.writeTextFileSync(namesFile, JSON.stringify(names));
+  }
+  return { caFile, certFile, keyFile, fingerprint: pemFingerprint(ca.cert), names, createdCa };
+}
+
+/**
+ * Why a certificate given with `--cert` will be refused by Keep's clients,
+ * or null: rustls refuses a CA certificate (basicConstraints CA:TRUE, what
+ * `openssl req -x509` makes by default) as a server's own certificate.
+ */
+export function certProblem(pem: string): string | null {
+  let x: X509Certificate;
+  try {
+    x = new X509Certificate(pem);
+  } catch (err) {
+    return `it is not a PEM certificate (${(err as Error).message})`;
+  }
+  if (x.ca) {
+    return "it is a CA certificate (basicConstraints CA:TRUE, what openssl req -x509 makes by default), which TLS clients refuse as a server's own certificate (CaUsedAsEndEntity): use --tls auto, or make it with -addext basicConstraints=critical,CA:FALSE";
+  }
+  return null;
+}
