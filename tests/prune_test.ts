@@ -3,12 +3,12 @@
  */
 
 import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { BlobStore } from "../src/server/storage/local_blobs.ts";
 import { concatBytes } from "../src/platform/concat_bytes.ts";
 import { exportArchive } from "../src/server/archive.ts";
 import { decodeMember, MemberSplitter } from "../src/format/gzip_member.ts";
-import { IndexDb } from "../src/server/storage/sqlite_index.ts";
+import { openLocalStorage } from "../src/server/storage/open.ts";
 import { pruneProject } from "../src/server/prune.ts";
 import { TarParser } from "../src/format/tar.ts";
 import { verifyStore } from "../src/server/verify.ts";
@@ -111,19 +111,18 @@ Deno.test("an archive being streamed when prune moves and deletes packs still ca
     await server.stop();
   }
   // The server is stopped: drive its engine in-process, as its handlers do.
-  const index = IndexDb.open(join(server.dataDir, "index.db"));
+  const storage = await openLocalStorage(server.dataDir);
   try {
-    const store = BlobStore.open(server.dataDir, index);
-    const head = index.headCommit("mv")!;
+    const head = (await storage.index.headCommit("mv"))!;
     const packsBefore = [...Deno.readDirSync(join(server.dataDir, "packs"))].map((e) => e.name);
     const chunks: Uint8Array[] = [];
-    const stream = exportArchive(index, store, head);
-    chunks.push(stream.next().value!); // the first page's blob places are read now
-    const pruned = pruneProject(index, store, "mv", 1);
+    const stream = exportArchive(storage, head);
+    chunks.push((await stream.next()).value!); // the first page's blob places are read now
+    const pruned = await pruneProject(storage, "mv", 1);
     assertEquals(pruned.commitsRemoved, 1);
     const packsAfter = [...Deno.readDirSync(join(server.dataDir, "packs"))].map((e) => e.name);
     assert(packsBefore.some((p) => !packsAfter.includes(p)), "no pack was rewritten");
-    for (const c of stream) chunks.push(c);
+    for await (const c of stream) chunks.push(c);
     // Every file arrives with the content its pax hash names.
     const seen = new Map<string, Uint8Array>();
     let name = "";
@@ -149,22 +148,22 @@ Deno.test("an archive being streamed when prune moves and deletes packs still ca
     parser.finish();
     assertEquals([...seen.keys()].sort(), Object.keys(keepSpec).sort());
     for (const [path, data] of Object.entries(keepSpec)) assertEquals(seen.get(path), data, path);
-    assert(verifyStore(index, store).ok);
+    assert((await verifyStore(storage)).ok);
   } finally {
-    index.close();
+    await storage.close();
   }
 });
 
 /** Blobs not yet recompressed (level NULL), read while the server runs. */
 function pendingCompaction(dataDir: string): number {
-  const index = IndexDb.open(join(dataDir, "index.db"));
+  const db = new DatabaseSync(join(dataDir, "index.db"), { readOnly: true });
   try {
     return Number(
-      (index.db.prepare("SELECT count(*) AS n FROM blobs WHERE pack IS NOT NULL AND level IS NULL")
+      (db.prepare("SELECT count(*) AS n FROM blobs WHERE pack IS NOT NULL AND level IS NULL")
         .get() as { n: number }).n,
     );
   } finally {
-    index.close();
+    db.close();
   }
 }
 

@@ -21,7 +21,12 @@ import { BlockWriter } from "../platform/block_writer.ts";
 import { churned } from "../platform/memory.ts";
 import { MAX_MEMBER_RAW, writeMember } from "../format/gzip_member.ts";
 import { lstatNs, type NativeStat, NotRegularFileError, TreeFile } from "../platform/fs_native.ts";
-import { type ChangeRecord, changeRecordToJson, type UploadHeader } from "../format/manifest.ts";
+import {
+  type ChangeRecord,
+  changeRecordToJson,
+  tarTypeOf,
+  type UploadHeader,
+} from "../format/manifest.ts";
 import { encodeHeader, END_OF_ARCHIVE, padded, type TarHeader } from "../format/tar.ts";
 import type { ScanEntry } from "./scan.ts";
 
@@ -181,7 +186,7 @@ async function* generate(options: PackOptions, stats: PackStats): AsyncGenerator
     if (e.type !== "f") {
       headerMember({
         path: e.path,
-        type: e.type === "d" ? "dir" : "symlink",
+        type: tarTypeOf(e.type),
         size: 0,
         mode: e.mode,
         mtime: e.mtime,

@@ -1,8 +1,7 @@
 import { join, resolve } from "node:path";
-import { BlobStore } from "../server/storage/local_blobs.ts";
 import { KeepError } from "../errors.ts";
 import { lockForLife } from "../platform/fs_native.ts";
-import { IndexDb } from "../server/storage/sqlite_index.ts";
+import { openLocalStorage } from "../server/storage/open.ts";
 import type { PruneResult } from "../format/api.ts";
 import { pruneProject } from "../server/prune.ts";
 import { KeepClient } from "../http/client.ts";
@@ -69,11 +68,11 @@ Options:
           `Cannot prune ${dir}: keep serve is running on it; use --server`,
         );
       }
-      const index = IndexDb.open(join(dir, "index.db"));
+      const storage = await openLocalStorage(dir, { owner: true });
       try {
-        result = pruneProject(index, BlobStore.open(dir, index), project, keepLast, { dryRun });
+        result = await pruneProject(storage, project, keepLast, { dryRun });
       } finally {
-        index.close();
+        await storage.close();
       }
     } else {
       if (!flagOrEnv(p, "server", "KEEP_SERVER")) {

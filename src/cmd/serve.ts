@@ -105,7 +105,7 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       if (problem) note(`keep serve: warning: ${cert}: ${problem}`);
     }
     const controller = new AbortController();
-    const server = startServer({
+    const server = await startServer({
       dataDir,
       hostname,
       port,
@@ -154,7 +154,7 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
         break;
       }
     }
-    server.closeIndex();
+    await server.closeIndex();
     Deno.removeSignalListener("SIGINT", stop);
     Deno.removeSignalListener("SIGTERM", stop);
     return 0;

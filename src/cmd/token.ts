@@ -1,6 +1,6 @@
-import { join, resolve } from "node:path";
+import { resolve } from "node:path";
 import { KeepError } from "../errors.ts";
-import { IndexDb } from "../server/storage/sqlite_index.ts";
+import { openLocalStorage, type Storage } from "../server/storage/open.ts";
 import { type Role, ROLES, TokenStore } from "../server/tokens.ts";
 import { checkProjectName } from "../format/api.ts";
 import { type Command, out } from "./command.ts";
@@ -23,11 +23,11 @@ Clients pass it with --token or KEEP_TOKEN.
 Options:
   -d, --data DIR     data directory (env KEEP_DATA; default ./keep-data)`,
   run(args) {
-    return Promise.resolve().then(() => runToken(args));
+    return runToken(args);
   },
 };
 
-function runToken(args: string[]): number {
+async function runToken(args: string[]): Promise<number> {
   {
     const p = parseFlags("token", args, {
       data: { type: "string", short: "d" },
@@ -38,17 +38,17 @@ function runToken(args: string[]): number {
     });
     const [action, ...rest] = p.positionals;
     const dir = resolve(flagOrEnv(p, "data", "KEEP_DATA") ?? "keep-data");
+    let storage: Storage;
     try {
-      Deno.statSync(join(dir, "index.db"));
-    } catch {
-      if (action !== "create") {
+      storage = await openLocalStorage(dir, { create: action === "create" });
+    } catch (err) {
+      if (err instanceof KeepError && err.code === "usage") {
         throw new KeepError("usage", `Cannot open ${dir}: no index.db there (run keep serve once)`);
       }
-      Deno.mkdirSync(dir, { recursive: true });
+      throw err;
     }
-    const index = IndexDb.open(join(dir, "index.db"));
     try {
-      const tokens = new TokenStore(index);
+      const tokens = new TokenStore(storage.index);
       switch (action) {
         case "create": {
           if (rest.length) {
@@ -65,7 +65,7 @@ function runToken(args: string[]): number {
             x === "*" ? x : checkProjectName(x)
           );
           if (role === "admin" && projects.length === 0) projects.push("*");
-          const { token, info } = tokens.create(
+          const { token, info } = await tokens.create(
             (p.values.name as string) ?? role,
             role as Role,
             projects,
@@ -83,7 +83,7 @@ function runToken(args: string[]): number {
         }
         case "list": {
           positionals({ values: {}, positionals: rest }, "token list", []);
-          const list = tokens.list();
+          const list = await tokens.list();
           if (p.values.json) out(JSON.stringify(list, null, 2));
           else {
             for (const t of list) {
@@ -98,7 +98,7 @@ function runToken(args: string[]): number {
         }
         case "revoke": {
           const [id] = positionals({ values: {}, positionals: rest }, "token revoke", ["TOKEN_ID"]);
-          tokens.revoke(id);
+          await tokens.revoke(id);
           out(`keep token: revoked ${id}`);
           return 0;
         }
@@ -109,7 +109,7 @@ function runToken(args: string[]): number {
           );
       }
     } finally {
-      index.close();
+      await storage.close();
     }
   }
 }

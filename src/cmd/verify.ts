@@ -1,7 +1,6 @@
-import { join, resolve } from "node:path";
-import { BlobStore } from "../server/storage/local_blobs.ts";
+import { resolve } from "node:path";
 import { KeepError } from "../errors.ts";
-import { IndexDb } from "../server/storage/sqlite_index.ts";
+import { openLocalStorage, type Storage } from "../server/storage/open.ts";
 import type { VerifyReport } from "../format/api.ts";
 import { verifyStore } from "../server/verify.ts";
 import { KeepClient } from "../http/client.ts";
@@ -57,19 +56,22 @@ Exit codes: 0 clean, 4 damage found, 1/5/6 could not check.`,
       }
     } else if (data) {
       const dir = resolve(data);
+      let storage: Storage;
       try {
-        Deno.statSync(join(dir, "index.db"));
-      } catch {
-        throw new KeepError("usage", `Cannot verify ${dir}: no index.db there`);
+        storage = await openLocalStorage(dir);
+      } catch (err) {
+        if (err instanceof KeepError && err.code === "usage") {
+          throw new KeepError("usage", `Cannot verify ${dir}: no index.db there`);
+        }
+        throw err;
       }
-      const index = IndexDb.open(join(dir, "index.db"));
       try {
-        report = verifyStore(index, BlobStore.open(dir, index), {
+        report = await verifyStore(storage, {
           quick: !!p.values.quick,
           readOnly: !!p.values["read-only"],
         });
       } finally {
-        index.close();
+        await storage.close();
       }
     } else {
       throw new KeepError("usage", "Cannot run keep verify: give --data DIR or --server URL");

@@ -16,6 +16,16 @@ import { pathProblem } from "./paths.ts";
 /** Entry type: regular file, directory, symlink. */
 export type EntryType = "f" | "d" | "l";
 
+/** A tar entry's or a file's kind, as an entry type (`file` → `f`, `dir` → `d`, `symlink` → `l`). */
+export function entryTypeOf(kind: "file" | "dir" | "symlink"): EntryType {
+  return kind === "file" ? "f" : kind === "dir" ? "d" : "l";
+}
+
+/** An entry type as the tar entry kind it is written as (the reverse of entryTypeOf). */
+export function tarTypeOf(type: EntryType): "file" | "dir" | "symlink" {
+  return type === "f" ? "file" : type === "d" ? "dir" : "symlink";
+}
+
 /**
  * Why an entry is marked: `unreadable` and `unsettled` (set by a backup) mean
  * its last good version was kept instead of a new one; `damaged` (set by the

@@ -7,13 +7,12 @@
  */
 
 import { join } from "node:path";
-import { BlobStore } from "../server/storage/local_blobs.ts";
 import { KeepError } from "../errors.ts";
 import { lockForLife } from "../platform/fs_native.ts";
 import { Compactor } from "../server/compactor.ts";
-import { IndexDb } from "../server/storage/sqlite_index.ts";
-import { ManifestCache } from "../server/manifest_cache.ts";
 import { DEFAULT_LIMITS, type IngestLimits } from "../server/ingest.ts";
+import { ManifestCache } from "../server/manifest_cache.ts";
+import { openLocalStorage } from "../server/storage/open.ts";
 import { TokenStore } from "../server/tokens.ts";
 import { createApp } from "./app.ts";
 
@@ -38,8 +37,8 @@ export interface RunningServer {
   port: number;
   finished: Promise<void>;
   close(): Promise<void>;
-  /** Closes the index at once (before a forced exit). */
-  closeIndex(): void;
+  /** Closes the store at once (before a forced exit). */
+  closeIndex(): Promise<void>;
   /** Requests whose handler or response body is still running. */
   inflight(): number;
 }
@@ -51,7 +50,7 @@ export function isLoopback(host: string): boolean {
 }
 
 /** Opens `dataDir` (creating it) and starts serving. */
-export function startServer(options: ServeOptions): RunningServer {
+export async function startServer(options: ServeOptions): Promise<RunningServer> {
   if (options.noAuth && !isLoopback(options.hostname)) {
     throw new KeepError(
       "usage",
@@ -68,11 +67,10 @@ export function startServer(options: ServeOptions): RunningServer {
       `Cannot serve ${options.dataDir}: another keep serve is using it`,
     );
   }
-  const index = IndexDb.open(join(options.dataDir, "index.db"));
-  const store = BlobStore.open(options.dataDir, index, { clean: true });
-  const tokens = options.noAuth ? null : new TokenStore(index);
+  const storage = await openLocalStorage(options.dataDir, { create: true, owner: true });
+  const tokens = options.noAuth ? null : new TokenStore(storage.index);
   const log = options.log ?? (() => {});
-  if (tokens && tokens.active() === 0) {
+  if (tokens && await tokens.active() === 0) {
     log(
       `no tokens yet: create one with  keep token create --data ${options.dataDir} --role admin --project '*' --name admin`,
     );
@@ -82,8 +80,8 @@ export function startServer(options: ServeOptions): RunningServer {
   const app = createApp({
     manifests,
     inflight,
-    index,
-    store,
+    storage,
+    uploads: { active: 0 },
     tokens,
     limits: options.limits ?? DEFAULT_LIMITS,
     idleTimeoutSec: options.idleTimeoutSec ?? 60,
@@ -112,7 +110,7 @@ export function startServer(options: ServeOptions): RunningServer {
       },
     }, app.fetch);
   } catch (err) {
-    index.close();
+    await storage.close();
     if (err instanceof Deno.errors.AddrInUse) {
       throw new KeepError(
         "unavailable",
@@ -125,29 +123,34 @@ export function startServer(options: ServeOptions): RunningServer {
   const scheme = options.cert ? "https" : "http";
   const host = options.hostname.includes(":") ? `[${options.hostname}]` : options.hostname;
   // Recompression at rest, only once no request has been seen for a while.
-  const compactor = options.compactIdleMs ? new Compactor(index, store) : null;
+  const compactor = options.compactIdleMs ? new Compactor(storage) : null;
   let compactTimer: ReturnType<typeof setTimeout> | undefined;
-  const tick = () => {
-    if (!compactor) return;
+  let stopped = false;
+  const tick = async () => {
+    if (!compactor || stopped) return;
     const idle = inflight.n === 0 && Date.now() - inflight.last >= options.compactIdleMs!;
     let more = true;
     if (idle) {
       try {
-        more = compactor.step(50);
+        more = await compactor.step(50);
       } catch (err) {
         log(`compaction stopped: ${(err as Error).message}`);
-        compactor.close();
+        await compactor.close().catch(() => {});
         return;
       }
     }
-    compactTimer = setTimeout(tick, !idle ? 1000 : more ? 0 : 30_000);
+    if (!stopped) compactTimer = setTimeout(tick, !idle ? 1000 : more ? 0 : 30_000);
   };
   if (compactor) compactTimer = setTimeout(tick, 1000);
-  const finished = server.finished.then(() => {
+  const stopWork = async () => {
+    stopped = true;
     clearTimeout(compactTimer);
-    compactor?.close();
+    await compactor?.close().catch(() => {});
+  };
+  const finished = server.finished.then(async () => {
+    await stopWork();
     manifests.clear();
-    index.close();
+    await storage.close();
   });
   return {
     url: `${scheme}://${host}:${port}`,
@@ -158,11 +161,10 @@ export function startServer(options: ServeOptions): RunningServer {
       await finished;
     },
     inflight: () => inflight.n,
-    closeIndex: () => {
-      clearTimeout(compactTimer);
-      compactor?.close();
+    closeIndex: async () => {
+      await stopWork();
       try {
-        index.close();
+        await storage.close();
       } catch { /* already closed */ }
     },
   };

@@ -17,8 +17,6 @@
  */
 
 import { createHash } from "node:crypto";
-import { type BlobStore, PackWriter } from "./storage/local_blobs.ts";
-import { concatBytes } from "../platform/concat_bytes.ts";
 import {
   decodeMember,
   encodeChecked,
@@ -26,37 +24,31 @@ import {
   type MemberEncoder,
   MemberSplitter,
 } from "../format/gzip_member.ts";
-import { bytesToHex, type IndexDb } from "./storage/sqlite_index.ts";
+import { bytesToHex } from "../format/hex.ts";
+import { concatBytes } from "../platform/concat_bytes.ts";
 import { churned } from "../platform/memory.ts";
 import { repack } from "./prune.ts";
+import type { PackSink } from "./storage/blob_store.ts";
+import type { BlobRow } from "./storage/index_store.ts";
+import type { Storage } from "./storage/open.ts";
 
 /** The level blobs are recompressed to. */
 export const REST_LEVEL = 6;
 /** Blob rows marked as not worth recompressing. */
 const SKIP = -1;
 
-interface Row {
-  id: number;
-  hash: Uint8Array;
-  size: number;
-  stored: number;
-  pack: number;
-  offset: number;
-}
-
 /**
  * Recompresses pack blobs a bounded batch at a time.
  *
  * @example
  * ```ts
- * const c = new Compactor(index, store);
- * while (c.step(50)) await idle();
+ * const c = new Compactor(storage);
+ * while (await c.step(50)) await idle();
  * ```
  */
 export class Compactor {
-  #index: IndexDb;
-  #store: BlobStore;
-  #writer: PackWriter | null = null;
+  #storage: Storage;
+  #sink: PackSink | null = null;
   #repacked = true;
   #encode: MemberEncoder;
   /** Bytes saved so far (stored before minus after). */
@@ -64,34 +56,31 @@ export class Compactor {
   /** Blobs found damaged (and marked) so far. */
   damaged = 0;
 
-  constructor(index: IndexDb, store: BlobStore, options: { encode?: MemberEncoder } = {}) {
-    this.#index = index;
-    this.#store = store;
+  constructor(storage: Storage, options: { encode?: MemberEncoder } = {}) {
+    this.#storage = storage;
     this.#encode = options.encode ?? encodeMember;
   }
 
   /**
-   * Works for about `budgetMs`; returns true while there is more to do. Must
-   * not run while an upload is in flight (an upload's pack may hold bytes its
-   * rows do not point at yet, which the final repack would treat as dead).
+   * Works for about `budgetMs`; resolves to true while there is more to do.
+   * Its pack stays open (unsealed) between steps, so repack leaves it alone.
    */
-  step(budgetMs: number): boolean {
+  async step(budgetMs: number): Promise<boolean> {
+    const { index, blobs } = this.#storage;
     const until = performance.now() + budgetMs;
-    const rows = this.#index.stmt(
-      "SELECT id, hash, size, stored, pack, offset FROM blobs WHERE pack IS NOT NULL AND level IS NULL ORDER BY id LIMIT 200",
-    ).all() as unknown as Row[];
+    const rows = await index.compactCandidates(200);
     if (rows.length === 0) {
-      this.#writer?.close();
-      this.#writer = null;
+      await this.close();
       if (!this.#repacked) {
-        repack(this.#index, this.#store);
+        await repack(this.#storage);
         this.#repacked = true;
       }
       return false;
     }
     this.#repacked = false;
-    this.#writer ??= new PackWriter(this.#store);
-    const moves: { row: Row; pack: number; offset: number; stored: number; level: number }[] = [];
+    this.#sink ??= blobs.openPack(await index.newPack());
+    const moves: { row: BlobRow; pack: number; offset: number; stored: number; level: number }[] =
+      [];
     const skips: number[] = [];
     const damaged: { hash: Uint8Array; problem: string }[] = [];
     for (const row of rows) {
@@ -100,9 +89,11 @@ export class Compactor {
       let stored: Uint8Array;
       let raw: Uint8Array;
       try {
-        stored = concatBytes([...this.#store.read(hex)]);
+        const parts: Uint8Array[] = [];
+        for await (const piece of await blobs.pieces(hex, row)) parts.push(piece.slice());
+        stored = concatBytes(parts);
         raw = this.#raw(stored);
-        if (raw.length !== Number(row.size) || sha256(raw) !== hex) {
+        if (raw.length !== row.size || sha256(raw) !== hex) {
           throw new Error(`stored bytes decode to other content (${raw.length} bytes)`);
         }
       } catch (err) {
@@ -122,29 +113,25 @@ export class Compactor {
           level = REST_LEVEL;
         }
       }
-      moves.push({ row, ...this.#writer.add(out), stored: out.length, level });
+      const offset = this.#sink.add(out);
+      moves.push({ row, pack: this.#sink.pack, offset, stored: out.length, level });
     }
-    this.#writer.sync();
-    this.#index.transaction(() => {
-      const move = this.#index.stmt(
-        "UPDATE blobs SET pack = ?, offset = ?, stored = ?, level = ? WHERE id = ? AND pack = ? AND offset = ?",
-      );
-      for (const m of moves) {
-        const r = move.run(m.pack, m.offset, m.stored, m.level, m.row.id, m.row.pack, m.row.offset);
-        if (Number(r.changes) === 1) this.saved += Number(m.row.stored) - m.stored;
-      }
-      const skip = this.#index.stmt("UPDATE blobs SET level = ? WHERE id = ? AND level IS NULL");
-      for (const id of skips) skip.run(SKIP, id);
-    }, true);
-    this.#index.blobEpoch++;
-    for (const d of damaged) if (this.#index.markDamaged(d.hash, d.problem)) this.damaged++;
+    await this.#sink.flush();
+    this.saved += await index.moveBlobs(moves, skips);
+    for (const d of damaged) if (await index.markDamaged(d.hash, d.problem)) this.damaged++;
     return true;
   }
 
   /** Stops, leaving everything consistent (what is written but not moved is dead space). */
-  close(): void {
-    this.#writer?.close();
-    this.#writer = null;
+  async close(): Promise<void> {
+    const sink = this.#sink;
+    this.#sink = null;
+    if (!sink) return;
+    try {
+      await sink.close();
+    } finally {
+      await this.#storage.index.sealPack(sink.pack);
+    }
   }
 
   #raw(stored: Uint8Array): Uint8Array {

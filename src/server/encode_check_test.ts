@@ -5,10 +5,8 @@
  * stays clean.
  */
 
-import { join } from "node:path";
 import { assert, assertEquals } from "../../tests/assert.ts";
 import { commitHeader, rechunk, Upload } from "../../tests/craft.ts";
-import { BlobStore } from "./storage/local_blobs.ts";
 import { Compactor } from "./compactor.ts";
 import { concatBytes } from "../platform/concat_bytes.ts";
 import {
@@ -17,7 +15,9 @@ import {
   type MemberEncoder,
   MemberSplitter,
 } from "../format/gzip_member.ts";
-import { IndexDb } from "./storage/sqlite_index.ts";
+import type { LocalBlobStore } from "./storage/local_blobs.ts";
+import { openLocalStorage, type Storage } from "./storage/open.ts";
+import type { SqliteIndex } from "./storage/sqlite_index.ts";
 import { Ingest } from "./ingest.ts";
 import { verifyStore } from "./verify.ts";
 
@@ -39,109 +39,118 @@ function text(n: number, seed: number): Uint8Array {
   return new TextEncoder().encode(s.slice(0, n));
 }
 
-function open(dir: string): { index: IndexDb; store: BlobStore } {
-  const index = IndexDb.open(join(dir, "index.db"));
-  return { index, store: BlobStore.open(dir, index, { clean: true }) };
+/** A store in a temp dir, with its SQLite database for the assertions. */
+async function open(dir: string): Promise<{ storage: Storage; db: SqliteIndex["db"] }> {
+  const storage = await openLocalStorage(dir, { create: true, owner: true });
+  return { storage, db: (storage.index as SqliteIndex).db };
+}
+
+/** Runs a whole upload through an Ingest. */
+async function upload(storage: Storage, body: Uint8Array, encode?: MemberEncoder) {
+  const ingest = await Ingest.start(storage, "app", { encode });
+  ingest.push(body);
+  const { commit } = await ingest.finish();
+  return { commit, repaired: ingest.repairedBlobs };
 }
 
 /** The raw bytes of a stored blob, decoded member by member. */
-function contentOf(store: BlobStore, hex: string): Uint8Array {
+async function contentOf(storage: Storage, hex: string): Promise<Uint8Array> {
+  const place = (await storage.index.blobPlace(hex))!;
   const s = new MemberSplitter();
   const out: Uint8Array[] = [];
-  for (const chunk of store.read(hex)) {
-    s.push(chunk);
+  for await (const chunk of await storage.blobs.pieces(hex, place)) {
+    s.push(chunk.slice());
     for (let m = s.next(); m; m = s.next()) out.push(decodeMember(m));
   }
   s.end();
   return concatBytes(out);
 }
 
-function hashes(index: IndexDb): { path: string; hash: string }[] {
-  return index.db.prepare("SELECT path, lower(hex(hash)) AS hash FROM current WHERE type = 'f'")
+function hashes(db: SqliteIndex["db"]): { path: string; hash: string }[] {
+  return db.prepare("SELECT path, lower(hex(hash)) AS hash FROM current WHERE type = 'f'")
     .all() as { path: string; hash: string }[];
 }
 
-Deno.test("ingest re-encodes straddling members with a broken encoder and still stores the right bytes", () => {
+Deno.test("ingest re-encodes straddling members with a broken encoder and still stores the right bytes", async () => {
   // Members cut anywhere: inside headers, data and padding.
   for (const cut of [511, 1000, 4096, 7000, 65536]) {
     const dir = Deno.makeTempDirSync({ prefix: "keep-enc-" });
-    const { index, store } = open(dir);
+    const { storage, db } = await open(dir);
     try {
       const files = [0, 1, 2, 3].map((i) => text(3000 + i * 5000, i + 1));
       const up = new Upload().commit(commitHeader(null));
       files.forEach((d, i) => up.file(`f${i}.c`, d));
-      const ingest = new Ingest(index, store, "app", { encode: broken });
-      ingest.push(rechunk(up.changes([]).end().bytes(), cut));
-      ingest.finish();
-      const rows = hashes(index);
+      await upload(storage, rechunk(up.changes([]).end().bytes(), cut), broken);
+      const rows = hashes(db);
       assertEquals(rows.length, 4);
       for (const r of rows) {
         const i = Number(r.path.slice(1, 2));
-        assertEquals(contentOf(store, r.hash), files[i], `${r.path}, members of ${cut} bytes`);
+        assertEquals(
+          await contentOf(storage, r.hash),
+          files[i],
+          `${r.path}, members of ${cut} bytes`,
+        );
       }
-      const report = verifyStore(index, store);
+      const report = await verifyStore(storage);
       assert(report.ok, JSON.stringify(report.damaged));
     } finally {
-      index.close();
+      await storage.close();
       Deno.removeSync(dir, { recursive: true });
     }
   }
 });
 
-Deno.test("the compactor with a broken encoder moves no row to a wrong encoding", () => {
+Deno.test("the compactor with a broken encoder moves no row to a wrong encoding", async () => {
   const dir = Deno.makeTempDirSync({ prefix: "keep-enc-" });
-  const { index, store } = open(dir);
+  const { storage, db } = await open(dir);
   try {
     const files = Array.from({ length: 20 }, (_, i) => text(2000 + i * 700, i + 10));
     const up = new Upload().commit(commitHeader(null));
     files.forEach((d, i) => up.file(`f${String(i).padStart(2, "0")}.c`, d));
-    const ingest = new Ingest(index, store, "app");
-    ingest.push(up.changes([]).end().bytes());
-    ingest.finish();
-    const before = index.db.prepare("SELECT id, pack, offset, stored FROM blobs ORDER BY id").all();
-    const c = new Compactor(index, store, { encode: broken });
-    while (c.step(1000)) { /* until done */ }
-    c.close();
+    await upload(storage, up.changes([]).end().bytes());
+    const before = db.prepare("SELECT id, pack, offset, stored FROM blobs ORDER BY id").all();
+    const c = new Compactor(storage, { encode: broken });
+    while (await c.step(1000)) { /* until done */ }
+    await c.close();
     // Nothing shrank (every new encoding was refused), nothing was lost.
     assertEquals(c.saved, 0);
-    const after = index.db.prepare("SELECT id, stored FROM blobs ORDER BY id").all();
+    const after = db.prepare("SELECT id, stored FROM blobs ORDER BY id").all();
     assertEquals(
       after.map((r) => r.stored),
       before.map((r) => r.stored),
       "stored sizes unchanged: the originals stayed in use",
     );
-    for (const r of hashes(index)) {
-      assertEquals(contentOf(store, r.hash), files[Number(r.path.slice(1, 3))], r.path);
+    for (const r of hashes(db)) {
+      assertEquals(await contentOf(storage, r.hash), files[Number(r.path.slice(1, 3))], r.path);
     }
-    assert(verifyStore(index, store).ok, "verify is clean");
+    assert((await verifyStore(storage)).ok, "verify is clean");
     // The same store with a sound encoder does recompress.
-    index.db.exec("UPDATE blobs SET level = NULL");
-    const good = new Compactor(index, store);
-    while (good.step(1000)) { /* until done */ }
-    good.close();
+    db.exec("UPDATE blobs SET level = NULL");
+    const good = new Compactor(storage);
+    while (await good.step(1000)) { /* until done */ }
+    await good.close();
     assert(good.saved > 0, "a sound encoder saves bytes");
-    assert(verifyStore(index, store).ok, "verify is clean after recompression");
+    assert((await verifyStore(storage)).ok, "verify is clean after recompression");
   } finally {
-    index.close();
+    await storage.close();
     Deno.removeSync(dir, { recursive: true });
   }
 });
 
-Deno.test("the compactor marks a blob whose stored bytes decode to other content, and an upload repairs it", () => {
+Deno.test("the compactor marks a blob whose stored bytes decode to other content, and an upload repairs it", async () => {
   const dir = Deno.makeTempDirSync({ prefix: "keep-enc-" });
-  const { index, store } = open(dir);
+  const { storage, db } = await open(dir);
   try {
     const data = text(5000, 3);
-    const upload = (parent: string | null) => {
-      const up = new Upload().commit(commitHeader(parent)).file("a.c", data);
-      const ingest = new Ingest(index, store, "app");
-      ingest.push(up.changes([]).end().bytes());
-      return ingest;
-    };
-    const first = upload(null).finish();
+    const send = (parent: string | null) =>
+      upload(
+        storage,
+        new Upload().commit(commitHeader(parent)).file("a.c", data).changes([]).end().bytes(),
+      );
+    const first = (await send(null)).commit;
     // Rewrite the blob's bytes in its pack as a valid member of other content
     // (what an unchecked encoder could once have stored).
-    const row = index.db.prepare("SELECT pack, offset, stored FROM blobs").get() as {
+    const row = db.prepare("SELECT pack, offset, stored FROM blobs").get() as {
       pack: number;
       offset: number;
       stored: number;
@@ -149,29 +158,28 @@ Deno.test("the compactor marks a blob whose stored bytes decode to other content
     const wrong = data.slice();
     wrong[10] ^= 1;
     const member = encodeMember(wrong, 0);
-    const f = Deno.openSync(store.packPath(Number(row.pack)), { write: true });
+    const packPath = (storage.blobs as LocalBlobStore).packPath(Number(row.pack));
+    const f = Deno.openSync(packPath, { write: true });
     f.seekSync(Number(row.offset), Deno.SeekMode.Start);
     f.writeSync(member);
     f.close();
-    index.db.prepare("UPDATE blobs SET stored = ?").run(member.length);
-    const c = new Compactor(index, store);
-    while (c.step(1000)) { /* until done */ }
-    c.close();
+    db.prepare("UPDATE blobs SET stored = ?").run(member.length);
+    const c = new Compactor(storage);
+    while (await c.step(1000)) { /* until done */ }
+    await c.close();
     assertEquals(c.damaged, 1);
     assertEquals(
-      (index.db.prepare("SELECT flag FROM current WHERE path = 'a.c'").get() as { flag: string })
-        .flag,
+      (db.prepare("SELECT flag FROM current WHERE path = 'a.c'").get() as { flag: string }).flag,
       "damaged",
     );
     // The next upload of that content replaces the bytes and clears the flag.
-    const again = upload(first.id);
-    again.finish();
-    assertEquals(again.repairedBlobs, 1);
-    const [r] = hashes(index);
-    assertEquals(contentOf(store, r.hash), data);
-    assert(verifyStore(index, store).ok, "verify is clean after the repair");
+    const again = await send(first.id);
+    assertEquals(again.repaired, 1);
+    const [r] = hashes(db);
+    assertEquals(await contentOf(storage, r.hash), data);
+    assert((await verifyStore(storage)).ok, "verify is clean after the repair");
   } finally {
-    index.close();
+    await storage.close();
     Deno.removeSync(dir, { recursive: true });
   }
 });

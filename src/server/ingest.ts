@@ -4,12 +4,15 @@
  * for every file entry compute SHA-256 and the partial hash over the data as
  * it passes (the client's hashes are never trusted) and keep its members as
  * the blob unless the store already has that content. Entries and change
- * records are staged in SQLite in small batches; `finish` checks the archive
- * ended properly and applies the commit in one durable transaction.
+ * records are staged in batches; `finish` checks the archive ended properly
+ * and applies the commit in one durable step of the index.
  *
- * Everything here is synchronous per chunk: the HTTP handler awaits only the
- * next body read (see TECH.md: awaiting other I/O between body reads makes
- * Deno's HTTP/1.1 server crawl).
+ * `push` is synchronous per body chunk (TECH.md: awaiting other I/O between
+ * body reads makes Deno's HTTP/1.1 server crawl). What waits on the storage
+ * happens in `flush`, once per batch (`wantsFlush`): which of the batch's
+ * contents the store lacks (one question for the batch), their bytes made
+ * durable, then their rows inserted and the paths staged. The HTTP handler
+ * keeps a body read pending while it awaits a flush.
  *
  * @module
  */
@@ -23,21 +26,24 @@ import {
   type MemberEncoder,
   MemberSplitter,
 } from "../format/gzip_member.ts";
-import { hexToBytes, type IndexDb, type StageRow } from "./storage/sqlite_index.ts";
-import { concatBytes } from "../platform/concat_bytes.ts";
-import { type BlobStore, PACK_MAX, PackWriter, type PendingBlob } from "./storage/local_blobs.ts";
+import { hexToBytes } from "../format/hex.ts";
 import {
   type CommitInfo,
   type Entry,
+  entryTypeOf,
   LineSplitter,
   parseChangeRecord,
   parseUploadHeader,
   type UploadHeader,
 } from "../format/manifest.ts";
 import { comparePaths, pathProblem } from "../format/paths.ts";
-import { churned } from "../platform/memory.ts";
 import { PartialHasher } from "../format/partial_hash.ts";
 import { type TarHeader, TarParser } from "../format/tar.ts";
+import { concatBytes } from "../platform/concat_bytes.ts";
+import { churned } from "../platform/memory.ts";
+import { type LargeSink, PACK_MAX, type PackSink } from "./storage/blob_store.ts";
+import type { NewBlob, StageRow, UploadStage } from "./storage/index_store.ts";
+import type { Storage } from "./storage/open.ts";
 
 /** Limits on one upload. */
 export interface IngestLimits {
@@ -52,33 +58,29 @@ export const DEFAULT_LIMITS: IngestLimits = {
   maxEntries: 50_000_000,
 };
 
+/** A batch is flushed after this many bytes of small blobs, rows, or large blobs. */
 const BATCH_BYTES = 16 << 20;
 const BATCH_ROWS = 4096;
+const BATCH_LARGE = 8;
+/** A pack is closed once it is this big; the next blob starts a new one. */
+const PACK_ROTATE = 1 << 30;
 const MAX_CONTROL = 1 << 20;
 
-/**
- * Collects one blob's members: in memory for blobs bound for a pack (up to
- * PACK_MAX raw bytes), else in a temp file that becomes the blob file.
- */
+/** One file's content as it arrives: members in memory (small) or a sink (large). */
 class BlobBuilder {
-  #store: BlobStore;
   #parts: Uint8Array[] = [];
-  #bytes = 0;
   #pendingRaw: Uint8Array[] = [];
   #pendingRawLen = 0;
-  #file: Deno.FsFile | null = null;
-  #tempPath = "";
+  #sink: LargeSink | null;
   #level: number;
   #encode: MemberEncoder | undefined;
+  /** Stored bytes so far. */
+  bytes = 0;
 
-  constructor(store: BlobStore, level: number, size: number, encode?: MemberEncoder) {
-    this.#store = store;
+  constructor(sink: LargeSink | null, level: number, encode?: MemberEncoder) {
+    this.#sink = sink;
     this.#level = level;
     this.#encode = encode;
-    if (size > PACK_MAX) {
-      this.#tempPath = store.tempPath();
-      this.#file = Deno.openSync(this.#tempPath, { write: true, createNew: true });
-    }
   }
 
   /**
@@ -87,7 +89,7 @@ class BlobBuilder {
    */
   addMember(member: Uint8Array, transient = false): void {
     this.#flushRaw();
-    this.#emit(transient && !this.#file ? member.slice() : member);
+    this.#emit(transient && !this.#sink ? member.slice() : member);
   }
 
   /**
@@ -103,12 +105,7 @@ class BlobBuilder {
 
   #flushRaw(): void {
     if (this.#pendingRawLen === 0) return;
-    const all = new Uint8Array(this.#pendingRawLen);
-    let o = 0;
-    for (const p of this.#pendingRaw) {
-      all.set(p, o);
-      o += p.length;
-    }
+    const all = concatBytes(this.#pendingRaw);
     this.#pendingRaw = [];
     this.#pendingRawLen = 0;
     for (let i = 0; i < all.length; i += MAX_MEMBER_RAW) {
@@ -118,70 +115,39 @@ class BlobBuilder {
   }
 
   #emit(member: Uint8Array): void {
-    if (this.#file) writeAll(this.#file, member);
+    if (this.#sink) this.#sink.write(member);
     else {
       this.#parts.push(member);
-      // Parts live until their file ends and get promoted: a full GC per
-      // 64 MB of them frees those (100k small files: server peak ~108 MB,
-      // was 131-140 MB with minor GCs alone). Big files go straight to disk
-      // and need none (per 64 MB of them: +5 s of CPU on a 4 GiB file).
+      // Parts live until their batch is flushed and get promoted: counted for
+      // a full GC now and then (see DESIGN.md, "Server memory").
       churned(member.length / 2, true);
     }
-    this.#bytes += member.length;
+    this.bytes += member.length;
   }
 
-  /**
-   * Completes the blob: a file blob is fsync'd and renamed into place (its
-   * directory returned for an fsync); a pack blob's bytes are appended to
-   * `pack`. Returns null when the store already has the content.
-   */
-  finish(
-    hash: Uint8Array,
-    hex: string,
-    size: number,
-    xxh: Uint8Array,
-    known: boolean,
-    pack: PackWriter,
-  ): { row: PendingBlob; dirs?: string[] } | null {
+  /** Ends the content: the small blob's bytes, or its sink (large). */
+  end(): { data: Uint8Array | null; sink: LargeSink | null } {
     this.#flushRaw();
-    if (known) {
-      this.abort();
-      return null;
-    }
-    if (this.#file) {
-      this.#file.syncSync();
-      this.#file.close();
-      this.#file = null;
-      const dirs = this.#store.adopt(this.#tempPath, hex);
-      this.#tempPath = "";
-      return { row: { hash, size, stored: this.#bytes, xxh, pack: null, offset: null }, dirs };
-    }
-    const data = this.#parts.length === 1 ? this.#parts[0] : concatBytes(this.#parts);
+    const data = this.#sink ? null : concatBytes(this.#parts);
     this.#parts = [];
-    const at = pack.add(data);
-    return { row: { hash, size, stored: this.#bytes, xxh, pack: at.pack, offset: at.offset } };
+    return { data, sink: this.#sink };
   }
 
-  abort(): void {
-    if (this.#file) {
-      try {
-        this.#file.close();
-      } catch { /* already closed */ }
-      this.#file = null;
-    }
-    if (this.#tempPath) {
-      try {
-        Deno.removeSync(this.#tempPath);
-      } catch { /* gone already */ }
-      this.#tempPath = "";
-    }
+  abort(): Promise<void> {
     this.#parts = [];
+    return this.#sink?.abort() ?? Promise.resolve();
   }
 }
 
-function writeAll(f: Deno.FsFile, b: Uint8Array): void {
-  let o = 0;
-  while (o < b.length) o += f.writeSync(b.subarray(o));
+/** A file's content waiting for its batch: stored unless the store has it. */
+interface PendingBlob {
+  hash: Uint8Array;
+  hex: string;
+  size: number;
+  xxh: Uint8Array;
+  stored: number;
+  data: Uint8Array | null;
+  sink: LargeSink | null;
 }
 
 const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -197,33 +163,43 @@ export interface IngestOptions {
   encode?: MemberEncoder;
 }
 
+/** What a finished upload recorded. */
+export interface IngestResult {
+  commit: CommitInfo;
+  /** The paths the commit touched, sorted (null when many). */
+  changedPaths: string[] | null;
+}
+
 /**
- * Receives one upload for `project`. Push body chunks, then `finish` for the
- * new commit. On any error call `abort`: nothing is committed and temp files
- * are removed; blobs already stored stay (content-addressed, reused later,
- * reported as orphans by verify until referenced).
+ * Receives one upload for `project`. Push body chunks (and await `flush`
+ * whenever `wantsFlush`), then `finish` for the new commit. On any error
+ * call `abort`: nothing is committed and temp files are removed; blobs
+ * already stored stay (content-addressed, reused later, reported as orphans
+ * by verify until referenced).
  *
  * @example
  * ```ts
- * const ingest = new Ingest(index, blobs, "app");
- * for await (const chunk of body) ingest.push(chunk);
- * const commit = ingest.finish();
+ * const ingest = await Ingest.start(storage, "app");
+ * for await (const chunk of body) {
+ *   ingest.push(chunk);
+ *   if (ingest.wantsFlush) await ingest.flush();
+ * }
+ * const { commit } = await ingest.finish();
  * ```
  */
 export class Ingest {
   readonly project: string;
-  #index: IndexDb;
-  #store: BlobStore;
+  #storage: Storage;
+  #stage: UploadStage;
   #limits: IngestLimits;
   #level: number;
   #encode: MemberEncoder | undefined;
-  #upload: number;
   #splitter = new MemberSplitter();
   #parser: TarParser;
   #phase: Phase = "header";
   #header: UploadHeader | null = null;
+  #headerChecked = false;
   #control: Uint8Array[] = [];
-  #controlLen = 0;
   #lines: LineSplitter | null = null;
   #lastPath = "";
   #entry: Entry | null = null;
@@ -236,17 +212,19 @@ export class Ingest {
   #pendingRows: StageRow[] = [];
   #pendingBlobs: PendingBlob[] = [];
   #pendingBytes = 0;
-  #pendingHashes = new Set<string>();
-  #pack: PackWriter;
-  #dirs = new Set<string>();
+  #pendingLarge = 0;
+  /** Contents this upload already stored or found known (dedup within the upload). */
+  #seen = new Set<string>();
+  #withdrawals: { path: string; reason: string }[] = [];
+  #pack: PackSink | null = null;
+  /** The sink of the large file being received, if any. */
+  #currentSink: LargeSink | null = null;
   #entries = 0;
   #declared = 0;
   #started = performance.now();
   #closed = false;
   /** Bytes of body received. */
   wireBytes = 0;
-  /** After finish: the paths the commit touched, sorted (null when many). */
-  changedPaths: string[] | null = null;
   filesReceived = 0;
   bytesReceived = 0;
   newBlobs = 0;
@@ -254,15 +232,18 @@ export class Ingest {
   /** Blobs marked damaged that this upload's content replaced. */
   repairedBlobs = 0;
 
-  constructor(index: IndexDb, store: BlobStore, project: string, options: IngestOptions = {}) {
-    this.#index = index;
-    this.#store = store;
+  private constructor(
+    storage: Storage,
+    stage: UploadStage,
+    project: string,
+    options: IngestOptions,
+  ) {
+    this.#storage = storage;
+    this.#stage = stage;
     this.project = project;
     this.#limits = options.limits ?? DEFAULT_LIMITS;
     this.#level = options.level ?? -1;
     this.#encode = options.encode;
-    this.#upload = index.newUpload();
-    this.#pack = new PackWriter(store);
     this.#parser = new TarParser({
       entry: (h) => this.#onEntry(h),
       data: (c) => this.#onData(c),
@@ -270,9 +251,25 @@ export class Ingest {
     });
   }
 
+  /** Starts an upload for `project`. */
+  static async start(
+    storage: Storage,
+    project: string,
+    options: IngestOptions = {},
+  ): Promise<Ingest> {
+    return new Ingest(storage, await storage.index.beginUpload(project), project, options);
+  }
+
   /** The upload's commit header, once read. */
   get header(): UploadHeader | null {
     return this.#header;
+  }
+
+  /** True when a batch (or the header's check) waits for `flush`. */
+  get wantsFlush(): boolean {
+    return (this.#header !== null && !this.#headerChecked) ||
+      this.#pendingRows.length >= BATCH_ROWS || this.#pendingBytes >= BATCH_BYTES ||
+      this.#pendingLarge >= BATCH_LARGE || (this.#currentSink?.pending ?? 0) >= BATCH_BYTES;
   }
 
   /** Processes a body chunk. Throws KeepError on bad input. */
@@ -299,8 +296,80 @@ export class Ingest {
     }
   }
 
+  /** Writes the waiting batch: durable bytes first, then their rows. */
+  async flush(): Promise<void> {
+    if (this.#header && !this.#headerChecked) {
+      const head = await this.#storage.index.headCommit(this.project);
+      if ((head?.id ?? null) !== this.#header.parent) {
+        throw new KeepError(
+          "conflict",
+          `Cannot commit: parent ${
+            this.#header.parent ?? "(none)"
+          } is not the head of ${this.project} (${head?.id ?? "none"})`,
+        );
+      }
+      this.#headerChecked = true;
+    }
+    // The current large file's sink may hold too much unwritten: let it catch up.
+    if (this.#currentSink?.pending) await this.#currentSink.drain();
+    const rows = this.#pendingRows;
+    const blobs = this.#pendingBlobs;
+    if (rows.length === 0 && blobs.length === 0) return;
+    this.#pendingRows = [];
+    this.#pendingBlobs = [];
+    this.#pendingBytes = 0;
+    this.#pendingLarge = 0;
+    const fresh: PendingBlob[] = [];
+    for (const b of blobs) {
+      if (this.#seen.has(b.hex)) await b.sink?.abort();
+      else {
+        this.#seen.add(b.hex);
+        fresh.push(b);
+      }
+    }
+    const known = fresh.length
+      ? await this.#storage.index.knownBlobs(fresh.map((b) => b.hash))
+      : new Set<string>();
+    const added: NewBlob[] = [];
+    let packed = false;
+    for (const b of fresh) {
+      if (known.has(b.hex)) {
+        await b.sink?.abort();
+        continue;
+      }
+      let pack: number | null = null;
+      let offset: number | null = null;
+      if (b.data) {
+        if (!this.#pack) {
+          this.#pack = this.#storage.blobs.openPack(await this.#storage.index.newPack());
+        }
+        pack = this.#pack.pack;
+        offset = this.#pack.add(b.data);
+        packed = true;
+      } else await b.sink!.finish(b.hex);
+      added.push({ hash: b.hash, size: b.size, stored: b.stored, xxh: b.xxh, pack, offset });
+      this.newBlobs++;
+      this.newBlobBytes += b.stored;
+    }
+    // Rows may only point at bytes, and names, that are durable.
+    if (packed) await this.#pack!.flush();
+    this.repairedBlobs += await this.#stage.stage(rows, added);
+    if (this.#pack && this.#pack.size >= PACK_ROTATE) await this.#closePack();
+  }
+
+  async #closePack(): Promise<void> {
+    const pack = this.#pack;
+    this.#pack = null;
+    if (!pack) return;
+    try {
+      await pack.close();
+    } finally {
+      await this.#storage.index.sealPack(pack.pack);
+    }
+  }
+
   /** Ends the upload and records the commit. */
-  finish(): CommitInfo {
+  async finish(): Promise<IngestResult> {
     this.#splitter.end();
     this.#parser.finish();
     if (this.#phase !== "end") {
@@ -309,10 +378,10 @@ export class Ingest {
         "Cannot accept upload: the archive has no change list (.keep-changes.ndjson)",
       );
     }
-    this.#flush();
-    this.#pack.close();
-    this.#store.syncDirs(this.#dirs);
-    const commit = this.#index.commitUpload(this.#upload, this.project, this.#header!, {
+    await this.flush();
+    await this.#closePack();
+    for (const w of this.#withdrawals) await this.#stage.withdraw(w.path, w.reason);
+    const { commit, changed } = await this.#stage.commit(this.#header!, {
       filesReceived: this.filesReceived,
       bytesReceived: this.bytesReceived,
       wireBytes: this.wireBytes,
@@ -320,27 +389,26 @@ export class Ingest {
       newBlobBytes: this.newBlobBytes,
       seconds: Math.round(performance.now() - this.#started) / 1000,
     });
-    this.changedPaths = this.#index.lastChanged;
     this.#closed = true;
-    return commit;
+    return { commit, changedPaths: changed };
   }
 
   /** Drops everything staged and removes temp files. Safe to call twice. */
-  abort(): void {
+  async abort(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#blob?.abort();
+    const quietly = async (f: () => Promise<void> | undefined) => {
+      try {
+        await f();
+      } catch { /* the disk may be full, the index closing: nothing more to save */ }
+    };
+    await quietly(() => this.#blob?.abort());
     this.#blob = null;
-    try {
-      // Blobs already in the pack stay: content-addressed, reused by the next upload.
-      this.#flush();
-    } catch { /* the disk may be full: the rows are not needed */ }
-    try {
-      this.#pack.close();
-    } catch { /* same */ }
-    try {
-      this.#index.dropUpload(this.#upload);
-    } catch { /* index closing */ }
+    for (const b of this.#pendingBlobs) await quietly(() => b.sink?.abort());
+    this.#pendingBlobs = [];
+    // Bytes of earlier batches stay in the pack: their rows were inserted.
+    await quietly(() => this.#closePack());
+    await quietly(() => this.#stage.abort());
   }
 
   #count(): void {
@@ -362,7 +430,6 @@ export class Ingest {
         );
       }
       this.#control = [];
-      this.#controlLen = 0;
       return;
     }
     if (this.#phase === "changes" || this.#phase === "end") {
@@ -395,7 +462,7 @@ export class Ingest {
     this.#lastPath = h.path;
     const entry: Entry = {
       path: h.path,
-      type: h.type === "file" ? "f" : h.type === "dir" ? "d" : "l",
+      type: entryTypeOf(h.type),
       size: h.size,
       mode: h.mode & 0o7777,
       mtime: h.mtime,
@@ -421,7 +488,8 @@ export class Ingest {
       }
       this.#sha = createHash("sha256");
       this.#xxh.reset();
-      this.#blob = new BlobBuilder(this.#store, this.#level, h.size, this.#encode);
+      this.#currentSink = h.size > PACK_MAX ? this.#storage.blobs.openLarge() : null;
+      this.#blob = new BlobBuilder(this.#currentSink, this.#level, this.#encode);
     }
   }
 
@@ -431,7 +499,6 @@ export class Ingest {
         for (const line of this.#lines!.push(chunk)) this.#onChange(line);
         return;
       }
-      this.#controlLen += chunk.length;
       this.#control.push(chunk.slice());
       return;
     }
@@ -444,19 +511,8 @@ export class Ingest {
 
   #onEntryEnd(): void {
     if (this.#phase === "header") {
-      this.#header = parseUploadHeader(
-        new TextDecoder().decode(concatBytes(this.#control)),
-      );
+      this.#header = parseUploadHeader(new TextDecoder().decode(concatBytes(this.#control)));
       this.#control = [];
-      const head = this.#index.headCommit(this.project);
-      if ((head?.id ?? null) !== this.#header.parent) {
-        throw new KeepError(
-          "conflict",
-          `Cannot commit: parent ${
-            this.#header.parent ?? "(none)"
-          } is not the head of ${this.project} (${head?.id ?? "none"})`,
-        );
-      }
       this.#phase = "entries";
       return;
     }
@@ -479,24 +535,28 @@ export class Ingest {
       this.#sha = null;
       const blob = this.#blob!;
       this.#blob = null;
+      this.#currentSink = null;
       this.filesReceived++;
       if (entry.size > 0) {
-        const known = this.#pendingHashes.has(hex) || this.#store.has(digest);
-        const done = blob.finish(digest, hex, entry.size, xxhBytes, known, this.#pack);
-        if (done) {
-          this.#pendingHashes.add(hex);
-          this.#pendingBlobs.push(done.row);
-          if (done.row.pack !== null) this.#pendingBytes += done.row.stored;
-          for (const d of done.dirs ?? []) this.#dirs.add(d);
-          this.newBlobs++;
-          this.newBlobBytes += done.row.stored;
-        }
+        const { data, sink } = blob.end(); // encodes what is left first
+        const stored = blob.bytes;
+        this.#pendingBlobs.push({
+          hash: digest,
+          hex,
+          size: entry.size,
+          xxh: xxhBytes,
+          stored,
+          data,
+          sink,
+        });
+        if (data) this.#pendingBytes += data.length;
+        else this.#pendingLarge++;
       } else {
         blob.abort();
         if (hex !== EMPTY_SHA256) throw new KeepError("internal", "Cannot hash empty file");
       }
     }
-    this.#stageRow({ op: "put", path: entry.path, entry, hashBytes, xxhBytes });
+    this.#pendingRows.push({ op: "put", path: entry.path, entry, hashBytes, xxhBytes });
   }
 
   #onChange(line: string): void {
@@ -504,42 +564,18 @@ export class Ingest {
     const r = parseChangeRecord(line);
     switch (r.op) {
       case "del":
-        return this.#stageRow({ op: "del", path: r.p });
+        this.#pendingRows.push({ op: "del", path: r.p });
+        return;
       case "meta":
-        return this.#stageRow({ op: "meta", path: r.e.path, entry: r.e });
+        this.#pendingRows.push({ op: "meta", path: r.e.path, entry: r.e });
+        return;
       case "keep":
-        return this.#stageRow({ op: "keep", path: r.p, flag: r.flag, reason: r.reason });
+        this.#pendingRows.push({ op: "keep", path: r.p, flag: r.flag, reason: r.reason });
+        return;
       case "drop":
-        this.#flush();
-        this.#index.unstagePut(this.#upload, this.project, r.p, r.reason);
+        // Applied once every sent file is staged (at finish).
+        this.#withdrawals.push({ path: r.p, reason: r.reason });
         return;
     }
   }
-
-  #stageRow(row: StageRow): void {
-    this.#pendingRows.push(row);
-    if (this.#pendingRows.length >= BATCH_ROWS || this.#pendingBytes >= BATCH_BYTES) this.#flush();
-  }
-
-  #flush(): void {
-    if (this.#pendingRows.length === 0 && this.#pendingBlobs.length === 0) return;
-    const rows = this.#pendingRows;
-    const blobs = this.#pendingBlobs;
-    this.#pendingRows = [];
-    this.#pendingBlobs = [];
-    this.#pendingBytes = 0;
-    // Rows may only point at bytes, and names, that are on disk.
-    if (blobs.some((b) => b.pack !== null)) this.#pack.sync();
-    if (this.#dirs.size) {
-      this.#store.syncDirs(this.#dirs);
-      this.#dirs.clear();
-    }
-    this.#index.transaction(() => {
-      this.repairedBlobs += this.#store.insert(blobs);
-      this.#index.stage(this.#upload, rows);
-    });
-    this.#pendingHashes.clear();
-  }
 }
-
-export { hexToBytes };

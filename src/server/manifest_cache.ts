@@ -18,7 +18,7 @@
 import { join } from "node:path";
 import { setImmediate } from "node:timers";
 import { decodeMemberTransient, encodeMember, MemberSplitter } from "../format/gzip_member.ts";
-import type { IndexDb } from "./storage/sqlite_index.ts";
+import type { IndexStore } from "./storage/index_store.ts";
 import {
   type CommitInfo,
   entriesFromLines,
@@ -27,28 +27,31 @@ import {
 } from "../format/manifest.ts";
 import { exists } from "../platform/fs_native.ts";
 import { churned, collectNow } from "../platform/memory.ts";
+import { streamFrom } from "../platform/streams.ts";
 import { comparePaths } from "../format/paths.ts";
 
 const MEMBER_TARGET = 256 * 1024;
 const encoder = new TextEncoder();
 
 /** Yields the manifest of `commit` (null: a project with no commits) as gzip members. */
-export function* manifestMembers(
-  index: IndexDb,
+export async function* manifestMembers(
+  index: IndexStore,
   project: string,
   commit: CommitInfo | null,
   stat = false,
-): Generator<Uint8Array> {
+): AsyncGenerator<Uint8Array> {
   // The commit line has a member of its own: the entries that follow can be
   // reused as they are by the next head's manifest (see mergedMembers).
   yield encodeMember(encoder.encode(JSON.stringify({ commit }) + "\n"), 1);
   let text = "";
   if (commit) {
-    for (const e of index.entries(project, commit)) {
-      text += (stat ? entryToStatJson(e) : entryToJson(e)) + "\n";
-      if (text.length >= MEMBER_TARGET) {
-        yield encodeMember(encoder.encode(text), 1);
-        text = "";
+    for await (const page of index.entryPages(project, commit)) {
+      for (const e of page) {
+        text += (stat ? entryToStatJson(e) : entryToJson(e)) + "\n";
+        if (text.length >= MEMBER_TARGET) {
+          yield encodeMember(encoder.encode(text), 1);
+          text = "";
+        }
       }
     }
   }
@@ -71,19 +74,22 @@ function pathOfLine(line: string): string {
  * where a changed path replaces, adds or removes one. Much cheaper than
  * reading every row back from SQLite when few paths changed.
  */
-function* mergedMembers(
-  index: IndexDb,
+async function* mergedMembers(
+  index: IndexStore,
   project: string,
   commit: CommitInfo,
   parentFile: string,
   changed: string[],
-): Generator<Uint8Array> {
+): AsyncGenerator<Uint8Array> {
   yield encodeMember(encoder.encode(JSON.stringify({ commit }) + "\n"), 1);
-  const pid = index.projectId(project)!;
-  const lineOf = (path: string) => {
-    const e = index.entryAt(pid, commit.seq, path);
-    return e ? entryToJson(e) + "\n" : "";
-  };
+  // The changed paths' lines, asked for in batches (at most 50,000 paths).
+  const lines = new Map<string, string>();
+  for (let i = 0; i < changed.length; i += 1000) {
+    for (const e of await index.entriesAt(project, commit.seq, changed.slice(i, i + 1000))) {
+      lines.set(e.path, entryToJson(e) + "\n");
+    }
+  }
+  const lineOf = (path: string) => lines.get(path) ?? "";
   let text = "";
   let ci = 0;
   for (const lines of cachedMembers(parentFile)) {
@@ -109,7 +115,10 @@ function* mergedMembers(
  * The manifest of a commit that changed nothing: a new commit line, then the
  * parent's entry members copied byte for byte.
  */
-function* copiedMembers(commit: CommitInfo, parentFile: string): Generator<Uint8Array> {
+async function* copiedMembers(
+  commit: CommitInfo,
+  parentFile: string,
+): AsyncGenerator<Uint8Array> {
   yield encodeMember(encoder.encode(JSON.stringify({ commit }) + "\n"), 1);
   const file = Deno.openSync(parentFile, { read: true });
   try {
@@ -192,7 +201,7 @@ function* cachedMembers(path: string): Generator<Uint8Array | string[]> {
 }
 
 /** The stat form of a whole manifest's cached file. */
-function* strippedMembers(path: string): Generator<Uint8Array> {
+async function* strippedMembers(path: string): AsyncGenerator<Uint8Array> {
   for (const lines of cachedMembers(path)) {
     if (lines instanceof Uint8Array) {
       yield lines; // the commit line, as it is
@@ -243,8 +252,8 @@ export class ManifestCache {
    * since the last call (by this process or another: the epoch is in the
    * index), since that changes entries' flags without a commit.
    */
-  revalidate(index: IndexDb): void {
-    const epoch = index.damageEpoch();
+  async revalidate(index: IndexStore): Promise<void> {
+    const epoch = await index.damageEpoch();
     if (epoch === this.#damageEpoch) return;
     if (this.#damageEpoch !== -1) {
       this.clear();
@@ -253,12 +262,13 @@ export class ManifestCache {
     this.#damageEpoch = epoch;
   }
 
-  #stem(projectId: number, commit: CommitInfo): string {
-    return `${projectId}-${commit.seq}-${commit.id}.`;
+  /** Files of a commit's manifest start with `project~id.` ("~" is in no project id). */
+  #stem(project: string, commitId: string): string {
+    return `${project}~${commitId}.`;
   }
 
-  #path(projectId: number, commit: CommitInfo, stat = false): string {
-    return join(this.dir, `${this.#stem(projectId, commit)}${stat ? "stat." : ""}ndjson.gz`);
+  #path(project: string, commitId: string, stat = false): string {
+    return join(this.dir, `${this.#stem(project, commitId)}${stat ? "stat." : ""}ndjson.gz`);
   }
 
   /**
@@ -268,15 +278,13 @@ export class ManifestCache {
    * takes seconds to build).
    */
   prepare(
-    index: IndexDb,
+    index: IndexStore,
     project: string,
     commit: CommitInfo,
     changed: string[] | null = null,
   ): Promise<void> {
-    const pid = index.projectId(project);
-    if (pid === null) return Promise.resolve();
-    const path = this.#path(pid, commit);
-    const statPath = this.#path(pid, commit, true);
+    const path = this.#path(project, commit.id);
+    const statPath = this.#path(project, commit.id, true);
     const running = this.#building.get(statPath);
     if (running) return running;
     // Copies of the parent's files (no path changed) leave little garbage.
@@ -284,7 +292,7 @@ export class ManifestCache {
     // From the parent's cache when there is one and the change list is known.
     const parentFile = (stat: boolean) => {
       if (!changed || !commit.parent) return null;
-      const file = this.#path(pid, index.resolveCommit(project, commit.parent), stat);
+      const file = this.#path(project, commit.parent, stat);
       return exists(file) ? file : null;
     };
     const whole = (async () => {
@@ -311,7 +319,7 @@ export class ManifestCache {
         const members = file !== null ? copiedMembers(commit, file) : strippedMembers(path);
         await this.#write(index, project, commit, statPath, members, file !== null);
       }
-      this.#dropOthers(pid, this.#stem(pid, commit));
+      this.#dropOthers(project, this.#stem(project, commit.id));
     })();
     const settle = (job: Promise<void>, key: string) =>
       job.catch(() => {
@@ -328,11 +336,11 @@ export class ManifestCache {
 
   /** Writes `members` to a temporary file, renamed to `path` when complete. */
   async #write(
-    index: IndexDb,
+    index: IndexStore,
     project: string,
     commit: CommitInfo,
     path: string,
-    members: Generator<Uint8Array>,
+    members: AsyncGenerator<Uint8Array>,
     copy: boolean,
   ): Promise<void> {
     const tmp = `${path}.${Deno.pid}.${++this.#seq}.part`;
@@ -340,7 +348,7 @@ export class ManifestCache {
     try {
       out = Deno.openSync(tmp, { write: true, createNew: true });
       let n = 0;
-      for (const m of members) {
+      for await (const m of members) {
         let o = 0;
         while (o < m.length) o += out.writeSync(m.subarray(o));
         // A copy goes by in fresh 256 KiB buffers; a build leaves ~4 bytes
@@ -351,7 +359,7 @@ export class ManifestCache {
         // after another is held back ~2 ms (a copy of a 100k-file manifest
         // took ~25 ms of such waits, which a backup right after waited for).
         if (++n % 4 === 0) await new Promise((r) => setImmediate(r));
-        if (index.headCommit(project)?.id !== commit.id) throw new Error("superseded");
+        if ((await index.headCommit(project))?.id !== commit.id) throw new Error("superseded");
       }
       out.close();
       out = null;
@@ -365,14 +373,16 @@ export class ManifestCache {
       } catch { /* gone */ }
       throw err;
     } finally {
-      members.return(undefined);
+      await members.return(undefined);
     }
   }
 
   /** Removes the project's cache files other than those starting with `keep`. */
-  #dropOthers(pid: number, keep: string): void {
+  #dropOthers(project: string, keep: string): void {
     for (const e of Deno.readDirSync(this.dir)) {
-      if (e.name.startsWith(`${pid}-`) && !e.name.startsWith(keep) && !e.name.endsWith(".part")) {
+      if (
+        e.name.startsWith(`${project}~`) && !e.name.startsWith(keep) && !e.name.endsWith(".part")
+      ) {
         try {
           Deno.removeSync(join(this.dir, e.name));
         } catch { /* gone */ }
@@ -385,17 +395,14 @@ export class ManifestCache {
    * (no hashes); from the cache when it is there.
    */
   async stream(
-    index: IndexDb,
+    index: IndexStore,
     project: string,
     commit: CommitInfo | null,
     stat = false,
   ): Promise<ReadableStream<Uint8Array>> {
-    const pid = index.projectId(project);
-    if (!commit || pid === null) {
-      return fromGenerator(manifestMembers(index, project, commit, stat));
-    }
-    const whole = this.#path(pid, commit);
-    const path = stat ? this.#path(pid, commit, true) : whole;
+    if (!commit) return streamFrom(manifestMembers(index, project, commit, stat));
+    const whole = this.#path(project, commit.id);
+    const path = stat ? this.#path(project, commit.id, true) : whole;
     await this.#building.get(path);
     try {
       const file = Deno.openSync(path, { read: true });
@@ -411,58 +418,37 @@ export class ManifestCache {
     const members = stat && exists(whole)
       ? strippedMembers(whole)
       : manifestMembers(index, project, commit, stat);
-    const stem = this.#stem(pid, commit);
-    // deno-lint-ignore no-this-alias
-    const cache = this;
-    return new ReadableStream<Uint8Array>({
-      pull(controller) {
+    const stem = this.#stem(project, commit.id);
+    const dropTemp = () => {
+      if (!out) return;
+      out.close();
+      out = null;
+      try {
+        Deno.removeSync(tmp);
+      } catch { /* gone */ }
+    };
+    return streamFrom(members, {
+      onChunk: (chunk) => {
+        let o = 0;
+        while (out && o < chunk.length) o += out.writeSync(chunk.subarray(o));
+      },
+      onEnd: () => {
+        if (!out) return;
+        out.close();
+        out = null;
         try {
-          const r = members.next();
-          if (r.done) {
-            if (out) {
-              out.close();
-              out = null;
-              try {
-                Deno.renameSync(tmp, path);
-                // Only for the head still: a slow answer for an older head
-                // must not remove the newer one's files.
-                if (index.headCommit(project)?.id === commit.id) cache.#dropOthers(pid, stem);
-              } catch { /* cache gone: the answer is complete anyway */ }
-            }
-            controller.close();
-            return;
-          }
-          if (out) {
-            let o = 0;
-            while (o < r.value.length) o += out.writeSync(r.value.subarray(o));
-          }
-          controller.enqueue(r.value);
-        } catch (err) {
-          controller.error(err);
-        }
+          Deno.renameSync(tmp, path);
+          // Only for the head still: a slow answer for an older head must
+          // not remove the newer one's files.
+          index.headCommit(project).then((head) => {
+            if (head?.id === commit.id) this.#dropOthers(project, stem);
+          }).catch(() => {});
+        } catch { /* cache gone: the answer is complete anyway */ }
       },
-      cancel() {
-        members.return(undefined);
-        if (out) {
-          out.close();
-          out = null;
-          try {
-            Deno.removeSync(tmp);
-          } catch { /* gone */ }
-        }
-      },
+      onError: dropTemp,
+      onCancel: dropTemp,
     });
   }
-}
-
-function fromGenerator(gen: Generator<Uint8Array>): ReadableStream<Uint8Array> {
-  return new ReadableStream<Uint8Array>({
-    pull(controller) {
-      const r = gen.next();
-      if (r.done) controller.close();
-      else controller.enqueue(r.value);
-    },
-  });
 }
 
 function fileStream(file: Deno.FsFile): ReadableStream<Uint8Array> {

@@ -12,7 +12,7 @@
 
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { KeepError } from "../errors.ts";
-import type { IndexDb } from "./storage/sqlite_index.ts";
+import type { IndexStore, TokenRow } from "./storage/index_store.ts";
 
 export type Role = "backup" | "restore" | "admin";
 export const ROLES: Role[] = ["backup", "restore", "admin"];
@@ -86,17 +86,21 @@ function sha(token: string): Uint8Array {
  *
  * @example
  * ```ts
- * const { token } = new TokenStore(index).create("ci", "backup", ["app"]);
+ * const { token } = await new TokenStore(index).create("ci", "backup", ["app"]);
  * ```
  */
 export class TokenStore {
-  #index: IndexDb;
-  constructor(index: IndexDb) {
+  #index: IndexStore;
+  constructor(index: IndexStore) {
     this.#index = index;
   }
 
   /** Creates a token; the secret is returned once and never stored. */
-  create(name: string, role: Role, projects: string[]): { token: string; info: TokenInfo } {
+  async create(
+    name: string,
+    role: Role,
+    projects: string[],
+  ): Promise<{ token: string; info: TokenInfo }> {
     if (!ROLES.includes(role)) {
       throw new KeepError("usage", `Cannot create token: unknown role ${role}`);
     }
@@ -106,65 +110,58 @@ export class TokenStore {
     const id = randomBytes(4).toString("hex");
     const token = `keep_${id}_${randomBytes(24).toString("base64url")}`;
     const now = Date.now();
-    this.#index.stmt(
-      "INSERT INTO tokens(id, hash, name, role, projects, created) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-      .run(id, sha(token), name, role, JSON.stringify(projects), now);
+    await this.#index.insertToken({
+      id,
+      hash: sha(token),
+      name,
+      role,
+      projects,
+      created: now,
+      revoked: null,
+    });
     return {
       token,
       info: { id, name, role, projects, created: new Date(now).toISOString(), revoked: null },
     };
   }
 
-  list(): TokenInfo[] {
-    return (this.#index.stmt("SELECT * FROM tokens ORDER BY created").all() as Record<
-      string,
-      unknown
-    >[]).map((r) => ({
-      id: r.id as string,
-      name: r.name as string,
-      role: r.role as Role,
-      projects: JSON.parse(r.projects as string),
-      created: new Date(Number(r.created)).toISOString(),
-      revoked: r.revoked === null ? null : new Date(Number(r.revoked)).toISOString(),
-    }));
+  async list(): Promise<TokenInfo[]> {
+    return (await this.#index.listTokens()).map(infoOf);
   }
 
   /** Number of usable tokens. */
-  active(): number {
-    return Number(
-      (this.#index.stmt("SELECT count(*) AS n FROM tokens WHERE revoked IS NULL").get() as {
-        n: number;
-      }).n,
-    );
+  async active(): Promise<number> {
+    return (await this.#index.listTokens()).filter((t) => t.revoked === null).length;
   }
 
-  revoke(id: string): void {
-    const r = this.#index.stmt("UPDATE tokens SET revoked = ? WHERE id = ? AND revoked IS NULL")
-      .run(Date.now(), id);
-    if (Number(r.changes) !== 1) {
+  async revoke(id: string): Promise<void> {
+    if (!(await this.#index.revokeToken(id, Date.now()))) {
       throw new KeepError("not_found", `Cannot revoke token ${id}: no such active token`);
     }
   }
 
   /** The access a presented token grants; throws unauthorized. */
-  check(token: string): Access {
+  async check(token: string): Promise<Access> {
     const m = /^keep_([0-9a-f]{8})_[A-Za-z0-9_-]{16,64}$/.exec(token);
     const deny = new KeepError("unauthorized", "Cannot authenticate: unknown or revoked token");
     if (!m) throw deny;
-    const r = this.#index.stmt("SELECT * FROM tokens WHERE id = ?").get(m[1]) as
-      | Record<string, unknown>
-      | undefined;
+    const r = await this.#index.tokenById(m[1]);
     const presented = sha(token);
     // Compare even when the id is unknown, so timing does not tell ids apart.
-    const stored = r ? (r.hash as Uint8Array) : new Uint8Array(32);
+    const stored = r ? r.hash : new Uint8Array(32);
     const same = timingSafeEqual(presented, stored);
     if (!r || !same || r.revoked !== null) throw deny;
-    return {
-      id: r.id as string,
-      name: r.name as string,
-      role: r.role as Role,
-      projects: JSON.parse(r.projects as string),
-    };
+    return { id: r.id, name: r.name, role: r.role as Role, projects: r.projects };
   }
+}
+
+function infoOf(r: TokenRow): TokenInfo {
+  return {
+    id: r.id,
+    name: r.name,
+    role: r.role as Role,
+    projects: r.projects,
+    created: new Date(r.created).toISOString(),
+    revoked: r.revoked === null ? null : new Date(r.revoked).toISOString(),
+  };
 }

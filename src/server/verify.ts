@@ -1,12 +1,12 @@
 /**
- * `keep verify`: checks a data directory end to end. Algorithm: SQLite
- * `quick_check`; every blob re-read, its members inflated and CRC-checked,
+ * `keep verify`: checks a store end to end. Algorithm: the index's own
+ * integrity check; every blob re-read, its members inflated and CRC-checked,
  * its size and SHA-256 compared with its key; every content hash that any
- * commit refers to present in the store; blobs no commit refers to and files
- * under blobs/ with no index row reported as orphans (harmless leftovers of
- * interrupted uploads; `prune` removes them).
+ * commit refers to present in the store; blobs no commit refers to, large
+ * blobs with no index row and packs the index does not know reported as
+ * orphans (harmless leftovers of interrupted uploads; GC removes them).
  *
- * A blob that fails is marked damaged (see IndexDb.markDamaged): the next
+ * A blob that fails is marked damaged (IndexStore.markDamaged): the next
  * upload of its content replaces it, and the head entries that use it are
  * flagged so the next backup of those files sends them whole.
  *
@@ -14,11 +14,11 @@
  */
 
 import { createHash } from "node:crypto";
-import { join } from "node:path";
-import type { BlobStore } from "./storage/local_blobs.ts";
-import { exists } from "../platform/fs_native.ts";
 import type { VerifyReport } from "../format/api.ts";
-import { bytesToHex, hexToBytes, type IndexDb } from "./storage/sqlite_index.ts";
+import { decodeMemberTransient, MemberSplitter } from "../format/gzip_member.ts";
+import { bytesToHex, hexToBytes } from "../format/hex.ts";
+import type { BlobPlace } from "./storage/blob_store.ts";
+import type { Storage } from "./storage/open.ts";
 
 export interface VerifyOptions {
   /** Skip re-hashing blob contents (structure checks only). */
@@ -28,24 +28,47 @@ export interface VerifyOptions {
   onProgress?: (checked: number, total: number) => void;
 }
 
+/**
+ * Re-reads a blob: cuts and inflates every member, checks CRCs, size and
+ * SHA-256. Returns a problem description or null when it is sound.
+ */
+export async function checkBlob(
+  storage: Storage,
+  hashHex: string,
+  place: BlobPlace,
+): Promise<string | null> {
+  try {
+    const h = createHash("sha256");
+    const split = new MemberSplitter();
+    let total = 0;
+    for await (const chunk of await storage.blobs.pieces(hashHex, place)) {
+      split.push(chunk.slice());
+      for (let m = split.next(); m; m = split.next()) {
+        const raw = decodeMemberTransient(m);
+        total += raw.length;
+        h.update(raw);
+      }
+    }
+    split.end();
+    if (total !== place.size) return `size ${total}, expected ${place.size}`;
+    const got = h.digest("hex");
+    return got === hashHex ? null : `content hash is ${got}`;
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  }
+}
+
 /** Verifies the whole store. */
-export function verifyStore(
-  index: IndexDb,
-  store: BlobStore,
+export async function verifyStore(
+  storage: Storage,
   options: VerifyOptions = {},
-): VerifyReport {
+): Promise<VerifyReport> {
   const started = performance.now();
-  const db = index.db;
-  const integrity = (db.prepare("PRAGMA quick_check").all() as { quick_check: string }[])
-    .map((r) => r.quick_check).join("; ");
-  const count = (sql: string) => Number((db.prepare(sql).get() as { n: number }).n);
+  const { index, blobs } = storage;
+  const counts = await index.counts();
   const report: VerifyReport = {
     ok: false,
-    integrity,
-    projects: count("SELECT count(*) AS n FROM projects"),
-    commits: count("SELECT count(*) AS n FROM commits"),
-    blobs: count("SELECT count(*) AS n FROM blobs"),
-    storedBytes: count("SELECT coalesce(sum(stored), 0) AS n FROM blobs"),
+    ...counts,
     damaged: [],
     marked: 0,
     affected: [],
@@ -57,133 +80,71 @@ export function verifyStore(
     orphanPacks: [],
     seconds: 0,
   };
-  const hasher = () => createHash("sha256");
+  const largeBlobs = new Set<string>();
+  const packSizes = new Map<number, number | null>();
+  const packSize = async (pack: number) => {
+    if (!packSizes.has(pack)) packSizes.set(pack, await blobs.packSize(pack));
+    return packSizes.get(pack)!;
+  };
+  const used = new Map<number, number>();
   let after = 0;
   let checked = 0;
-  const page = db.prepare(
-    "SELECT id, hash, size, stored, pack, offset FROM blobs WHERE id > ? ORDER BY id LIMIT 1000",
-  );
-  const fileBlobs = new Set<string>();
-  const packSizes = new Map<number, number | null>();
   for (;;) {
-    const rows = page.all(after) as {
-      id: number;
-      hash: Uint8Array;
-      size: number;
-      stored: number;
-      pack: number | null;
-      offset: number | null;
-    }[];
+    const rows = await index.blobsPage(after, 1000);
     if (rows.length === 0) break;
     for (const r of rows) {
       const hex = bytesToHex(r.hash);
-      if (r.pack === null) fileBlobs.add(hex);
+      if (r.pack === null) largeBlobs.add(hex);
+      else used.set(r.pack, (used.get(r.pack) ?? 0) + r.stored);
       let problem: string | null;
-      if (!options.quick) problem = store.check(hex, Number(r.size), hasher);
-      else if (r.pack === null) problem = exists(store.pathOf(hex)) ? null : "blob file is missing";
-      else {
+      if (!options.quick) problem = await checkBlob(storage, hex, r);
+      else if (r.pack === null) {
+        const size = await blobs.largeSize(hex);
+        problem = size === null ? "blob file is missing" : null;
+      } else {
         // Quick: the pack must be there and long enough to hold the blob.
-        const size = packSize(store, Number(r.pack), packSizes);
+        const size = await packSize(r.pack);
         problem = size === null
           ? `pack ${r.pack} is missing`
-          : Number(r.offset) + Number(r.stored) > size
+          : r.offset! + r.stored > size
           ? `pack ${r.pack} is short`
           : null;
       }
       if (problem) {
         report.damaged.push({ hash: hex, problem });
-        if (!options.readOnly && index.markDamaged(r.hash, problem)) report.marked++;
+        if (!options.readOnly && await index.markDamaged(r.hash, problem)) report.marked++;
       }
       checked++;
     }
     after = rows[rows.length - 1].id;
     options.onProgress?.(checked, report.blobs);
   }
-  const missingSql = (table: string) =>
-    `SELECT p.name AS project, t.path AS path, t.hash AS hash FROM ${table} t JOIN projects p ON p.id = t.project
-     WHERE t.hash IS NOT NULL AND t.size > 0 AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = t.hash) LIMIT 1000`;
-  for (const table of ["current", "history"]) {
-    for (
-      const r of db.prepare(missingSql(table)).all() as {
-        project: string;
-        path: string;
-        hash: Uint8Array;
-      }[]
-    ) {
-      report.missing.push({ project: r.project, path: r.path, hash: bytesToHex(r.hash) });
-    }
-  }
+  report.missing = await index.missingContent(1000);
   for (const d of report.damaged.slice(0, 1000)) {
     if (report.affected.length >= 1000) break;
-    for (
-      const r of db.prepare(
-        `SELECT p.name AS project, c.path AS path FROM current c JOIN projects p ON p.id = c.project
-         WHERE c.hash = ? LIMIT 100`,
-      ).all(hexToBytes(d.hash)) as { project: string; path: string }[]
-    ) report.affected.push({ project: r.project, path: r.path, hash: d.hash });
-  }
-  report.orphanBlobs = count(
-    `SELECT count(*) AS n FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = b.hash)
-     AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = b.hash)`,
-  );
-  // Files under blobs/ that the index does not know (a crash between rename and insert).
-  for (const a of safeDir(store.dir)) {
-    for (const b of safeDir(join(store.dir, a))) {
-      for (const f of safeDir(join(store.dir, a, b))) {
-        if (!fileBlobs.has(f)) report.orphanFiles.push(join(a, b, f));
-      }
+    for (const a of await index.headEntriesUsing(hexToBytes(d.hash), 100)) {
+      report.affected.push({ ...a, hash: d.hash });
     }
   }
-  // Pack files: each referenced one present; bytes beyond what rows use are slack.
-  const used = new Map<number, number>();
-  for (
-    const r of db.prepare(
-      "SELECT pack, sum(stored) AS n FROM blobs WHERE pack IS NOT NULL GROUP BY pack",
-    ).all() as {
-      pack: number;
-      n: number;
-    }[]
-  ) used.set(Number(r.pack), Number(r.n));
-  const known = new Set(
-    (db.prepare("SELECT id FROM packs").all() as { id: number }[]).map((r) => Number(r.id)),
-  );
-  for (const name of safeDir(store.packDir)) {
-    const m = /^(\d+)\.pack$/.exec(name);
-    if (!m || !known.has(Number(m[1]))) {
-      report.orphanPacks.push(name);
+  report.orphanBlobs = await index.orphanBlobCount();
+  // Large blobs the index does not know (a crash between rename and insert).
+  for await (const hex of blobs.listLarge()) {
+    if (!largeBlobs.has(hex)) {
+      report.orphanFiles.push(`${hex.slice(0, 2)}/${hex.slice(2, 4)}/${hex}`);
+    }
+  }
+  // Packs: each one the index knows present; bytes beyond what rows use are slack.
+  const known = await index.knownPacks();
+  for await (const p of blobs.listPacks()) {
+    if (!("pack" in p) || !known.has(p.pack)) {
+      report.orphanPacks.push("pack" in p ? `${p.pack}.pack` : p.name);
       continue;
     }
     report.packs++;
-    let size = 0;
-    try {
-      size = Deno.statSync(join(store.packDir, name)).size;
-    } catch { /* vanished: blobs in it are reported as damaged */ }
-    report.packSlack += Math.max(0, size - (used.get(Number(m[1])) ?? 0));
+    report.packSlack += Math.max(0, p.size - (used.get(p.pack) ?? 0));
   }
-  report.ok = integrity === "ok" && report.damaged.length === 0 && report.missing.length === 0;
+  report.ok = report.integrity === "ok" && report.damaged.length === 0 &&
+    report.missing.length === 0;
   report.seconds = Math.round(performance.now() - started) / 1000;
   return report;
-}
-
-function packSize(
-  store: BlobStore,
-  pack: number,
-  cache: Map<number, number | null>,
-): number | null {
-  if (!cache.has(pack)) {
-    try {
-      cache.set(pack, Deno.statSync(store.packPath(pack)).size);
-    } catch {
-      cache.set(pack, null);
-    }
-  }
-  return cache.get(pack)!;
-}
-
-function safeDir(path: string): string[] {
-  try {
-    return [...Deno.readDirSync(path)].map((e) => e.name);
-  } catch {
-    return [];
-  }
 }

@@ -1,25 +1,31 @@
 /**
- * The server's index: projects, commits and file versions in SQLite (WAL)
- * through `node:sqlite`.
+ * The embedded index: projects, commits, file versions, blobs, packs and
+ * tokens in SQLite (WAL) through `node:sqlite`, behind IndexStore.
  *
- * History grows with changes, not with files × commits. `current` holds the
- * latest version of every path of a project (the head manifest is one
- * sequential scan); when a commit replaces or deletes a path, the old row
- * moves to `history` with the half-open range [first, last) of commit
- * sequence numbers it was valid for. The manifest of commit `s` is
- * `current` rows with first <= s plus `history` rows with first <= s < last.
- * An unchanged file costs nothing per commit.
+ * `current` holds the latest version of every path of a project (the head
+ * manifest is one sequential scan); when a commit replaces or deletes a
+ * path, the old row moves to `history` with the half-open range [first,
+ * last) of commit sequence numbers it was valid for. The manifest of commit
+ * `s` is `current` rows with first <= s plus `history` rows with first <= s <
+ * last. An unchanged file costs nothing per commit.
  *
  * Uploads are staged in a TEMP table and applied by set-based SQL in one
  * IMMEDIATE transaction, checked (parent still head, every parent path a
  * directory, content known) before it commits: a commit exists whole or not
- * at all.
+ * at all. node:sqlite is synchronous: every method does its work before its
+ * promise resolves, so two calls never interleave inside a transaction.
  *
  * @module
  */
 
+// The methods of IndexStore are async for backends that wait on a network;
+// here they do their work synchronously, and `async` makes a throw a rejection.
+// deno-lint-ignore-file require-await
+
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { KeepError } from "../../errors.ts";
+import type { CommitNote, ProjectInfo, PruneResult } from "../../format/api.ts";
+import { bytesToHex, hexToBytes } from "../../format/hex.ts";
 import type {
   CommitCounts,
   CommitInfo,
@@ -29,7 +35,17 @@ import type {
   UploadHeader,
 } from "../../format/manifest.ts";
 import { parentOf } from "../../format/paths.ts";
-import type { CommitNote, ProjectInfo } from "../../format/api.ts";
+import type { BlobPlace } from "./blob_store.ts";
+import type {
+  BlobRow,
+  IndexStore,
+  NewBlob,
+  PlacedEntry,
+  StageRow,
+  StoreCounts,
+  TokenRow,
+  UploadStage,
+} from "./index_store.ts";
 
 /** 2: blobs.damaged, packs.sealed and the store_meta table (damage epoch). */
 const SCHEMA_VERSION = 2;
@@ -117,45 +133,8 @@ CREATE TEMP TABLE IF NOT EXISTS stage(
 ) WITHOUT ROWID;
 `;
 
-/** What an upload stages for one path. */
-export type StageOp = "put" | "meta" | "del" | "keep";
-
-/** One staged change. `entry` for put/meta; `flag`/`reason` for keep. */
-export interface StageRow {
-  op: StageOp;
-  path: string;
-  entry?: Entry;
-  /** The entry's hash and partial hash as bytes, when the caller has them (saves a hex round trip). */
-  hashBytes?: Uint8Array;
-  xxhBytes?: Uint8Array;
-  flag?: EntryFlag;
-  reason?: string;
-}
-
-const HEX_VALUE = new Int8Array(128).fill(-1);
-for (let i = 0; i < 16; i++) {
-  HEX_VALUE["0123456789abcdef".charCodeAt(i)] = i;
-  HEX_VALUE["0123456789ABCDEF".charCodeAt(i)] = i;
-}
-
-/** Lower- or upper-case hex to bytes (callers validate the text first). */
-export function hexToBytes(hex: string): Uint8Array {
-  const out = new Uint8Array(hex.length >> 1);
-  for (let i = 0, j = 0; i < out.length; i++, j += 2) {
-    out[i] = (HEX_VALUE[hex.charCodeAt(j) & 127] << 4) | HEX_VALUE[hex.charCodeAt(j + 1) & 127];
-  }
-  return out;
-}
-
 /** SHA-256 of no bytes: the content of every empty file (never stored as a blob). */
 const EMPTY_HASH = hexToBytes("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-
-const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
-export function bytesToHex(b: Uint8Array): string {
-  let s = "";
-  for (let i = 0; i < b.length; i++) s += HEX[b[i]];
-  return s;
-}
 
 type Row = Record<string, unknown>;
 
@@ -184,14 +163,6 @@ const RAW_COLS = "path, type, size, mode, mtime, ctime, hash, target, xxh, flag"
 const COLS_OF_E =
   "e.path, e.type, e.size, e.mode, e.mtime, e.ctime, lower(hex(e.hash)), e.target, lower(hex(e.xxh)), e.flag";
 
-/** Where a blob's bytes are (see BlobStore). */
-export interface BlobPlace {
-  size: number;
-  stored: number;
-  pack: number | null;
-  offset: number | null;
-}
-
 /**
  * The end of the sorted key range of the paths below `prefix`: "prefix0" ("0"
  * follows "/" in byte order), or null for the whole commit (no string is an
@@ -201,35 +172,90 @@ function prefixEnd(prefix: string): string | null {
   return prefix === "" ? null : prefix + "0";
 }
 
+/** Rows per page of a commit's entries (no statement stays open between pages). */
+const PAGE = 2000;
+
+/**
+ * A Bloom filter over blob hashes, so that looking up content the store has
+ * never seen (every file of a first backup) costs no SQLite query. The
+ * SHA-256 bits are already uniform: the k probes are 32-bit words of the
+ * hash. False positives fall through to SQLite; a false negative cannot
+ * happen for hashes added here.
+ */
+class HashFilter {
+  #bits: Uint32Array;
+  #mask: number;
+  #count = 0;
+  constructor(expected: number) {
+    let m = 1 << 23; // 8 Mbit = 1 MiB
+    while (m < expected * 16) m *= 2;
+    this.#bits = new Uint32Array(m / 32);
+    this.#mask = m - 1;
+  }
+  /** True when the filter should be rebuilt larger. */
+  get full(): boolean {
+    return this.#count * 12 > this.#mask;
+  }
+  add(h: Uint8Array): void {
+    for (let i = 0; i < 24; i += 4) {
+      const bit = ((h[i] | (h[i + 1] << 8) | (h[i + 2] << 16) | (h[i + 3] << 24)) >>> 0) &
+        this.#mask;
+      this.#bits[bit >>> 5] |= 1 << (bit & 31);
+    }
+    this.#count++;
+  }
+  mayHave(h: Uint8Array): boolean {
+    for (let i = 0; i < 24; i += 4) {
+      const bit = ((h[i] | (h[i + 1] << 8) | (h[i + 2] << 16) | (h[i + 3] << 24)) >>> 0) &
+        this.#mask;
+      if ((this.#bits[bit >>> 5] & (1 << (bit & 31))) === 0) return false;
+    }
+    return true;
+  }
+}
+
+function placeOf(r: Row): BlobPlace {
+  return {
+    size: Number(r.size),
+    stored: Number(r.stored),
+    pack: r.pack === null ? null : Number(r.pack),
+    offset: r.offset === null ? null : Number(r.offset),
+  };
+}
+
+function blobRowOf(r: Row): BlobRow {
+  return { id: Number(r.id), hash: r.hash as Uint8Array, ...placeOf(r) };
+}
+
 /**
  * The SQLite index of one data directory.
  *
  * @example
  * ```ts
- * const index = IndexDb.open("/srv/keep/index.db");
- * const head = index.headCommit("app");
+ * const index = SqliteIndex.open("/srv/keep/index.db");
+ * const head = await index.headCommit("app");
  * ```
  */
-export class IndexDb {
+export class SqliteIndex implements IndexStore {
   readonly db: DatabaseSync;
   #stmts = new Map<string, StatementSync>();
   #nextUpload = 1;
-  /** Paths the last commitUpload touched, sorted (null when there were many). */
-  lastChanged: string[] | null = null;
+  #filter: HashFilter | null = null;
+  #blobEpoch = 0;
 
   private constructor(db: DatabaseSync) {
     this.db = db;
   }
 
   /** Opens (creating when needed) the index at `path`. */
-  static open(path: string): IndexDb {
+  static open(path: string): SqliteIndex {
     const db = new DatabaseSync(path);
     db.exec("PRAGMA journal_mode=WAL");
     db.exec("PRAGMA synchronous=NORMAL");
     db.exec("PRAGMA busy_timeout=30000");
     db.exec("PRAGMA foreign_keys=OFF");
     db.exec("PRAGMA temp_store=FILE");
-    db.exec("PRAGMA cache_size=-4096"); // 4 MiB: the hot set is the B-tree tops (16 MiB: +12 MB RSS, no faster)
+    db.exec("PRAGMA cache_size=-4096"); // 4 MiB: the hot set is the B-tree tops (see DESIGN.md)
     const version = Number((db.prepare("PRAGMA user_version").get() as Row).user_version);
     if (version > SCHEMA_VERSION) {
       db.close();
@@ -248,16 +274,22 @@ export class IndexDb {
     db.exec(SCHEMA);
     db.exec(`PRAGMA user_version=${SCHEMA_VERSION}`);
     db.exec(STAGE);
-    return new IndexDb(db);
+    return new SqliteIndex(db);
   }
 
-  close(): void {
+  async close(): Promise<void> {
+    this.closeSync();
+    return Promise.resolve();
+  }
+
+  /** Closes at once (a forced exit). */
+  closeSync(): void {
     this.#stmts.clear();
     if (this.db.isOpen) this.db.close();
   }
 
   /** A cached prepared statement. */
-  stmt(sql: string, bigints = false, arrays = false): StatementSync {
+  #stmt(sql: string, bigints = false, arrays = false): StatementSync {
     const key = (bigints ? "B" : "N") + (arrays ? "A" : "O") + sql;
     let s = this.#stmts.get(key);
     if (!s) {
@@ -271,11 +303,15 @@ export class IndexDb {
     return s;
   }
 
+  #count(sql: string, ...args: (number | string | Uint8Array)[]): number {
+    return Number((this.#stmt(sql).get(...args) as Row).n);
+  }
+
   /**
    * Runs `fn` in a BEGIN IMMEDIATE transaction; `durable` makes the COMMIT
    * fsync the WAL (synchronous=FULL) before returning.
    */
-  transaction<T>(fn: () => T, durable = false): T {
+  #transaction<T>(fn: () => T, durable = false): T {
     if (durable) this.db.exec("PRAGMA synchronous=FULL");
     try {
       this.db.exec("BEGIN IMMEDIATE");
@@ -293,71 +329,26 @@ export class IndexDb {
     }
   }
 
-  /**
-   * Marks blob `hash` damaged (it failed a check): uploads no longer count on
-   * it, so the next upload of that content replaces it, and every head entry
-   * that refers to it is flagged `damaged`, so the next backup of those files
-   * sends them whole. Bumps the damage epoch (head manifests are stale).
-   * Returns false when the blob was already marked or is unknown.
-   */
-  markDamaged(hash: Uint8Array, problem: string): boolean {
-    return this.transaction(() => {
-      const r = this.stmt("UPDATE blobs SET damaged = ? WHERE hash = ? AND damaged IS NULL").run(
-        problem.slice(0, 500),
-        hash,
-      );
-      if (Number(r.changes) === 0) return false;
-      this.stmt("UPDATE current SET flag = 'damaged' WHERE hash = ? AND flag IS NULL").run(hash);
-      this.#bumpDamageEpoch();
-      return true;
-    }, true);
-  }
-
-  /**
-   * After an upload stored new bytes for a damaged blob: the flags its
-   * marking set on head entries go (call inside the commit's transaction).
-   */
-  clearDamaged(hash: Uint8Array): void {
-    this.stmt("UPDATE current SET flag = NULL WHERE hash = ? AND flag = 'damaged'").run(hash);
-    this.#bumpDamageEpoch();
-  }
-
-  #bumpDamageEpoch(): void {
-    this.stmt(
-      "INSERT INTO store_meta(key, value) VALUES ('damage_epoch', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1",
-    ).run();
-  }
-
-  /** Changes whenever blobs are marked damaged or repaired (any process). */
-  damageEpoch(): number {
-    const r = this.stmt("SELECT value FROM store_meta WHERE key = 'damage_epoch'").get() as
-      | Row
-      | undefined;
-    return r ? Number(r.value) : 0;
-  }
+  // ---------------------------------------------------------------- projects and commits
 
   /** The numeric id of a project, created when `create` is set. */
-  projectId(name: string, create = false): number | null {
-    const row = this.stmt("SELECT id FROM projects WHERE name = ?").get(name) as Row | undefined;
+  #projectId(name: string, create = false): number | null {
+    const row = this.#stmt("SELECT id FROM projects WHERE name = ?").get(name) as Row | undefined;
     if (row) return Number(row.id);
     if (!create) return null;
-    const r = this.stmt("INSERT INTO projects(name, created) VALUES (?, ?)").run(name, Date.now());
+    const r = this.#stmt("INSERT INTO projects(name, created) VALUES (?, ?)").run(name, Date.now());
     return Number(r.lastInsertRowid);
   }
 
-  listProjects(): ProjectInfo[] {
-    const rows = this.stmt("SELECT id, name, head FROM projects ORDER BY name").all() as Row[];
-    return rows.map((r) => ({
+  async listProjects(): Promise<ProjectInfo[]> {
+    const rows = this.#stmt("SELECT id, name, head FROM projects ORDER BY name").all() as Row[];
+    return Promise.resolve(rows.map((r) => ({
       name: r.name as string,
-      commits: Number(
-        (this.stmt("SELECT count(*) AS n FROM commits WHERE project = ?").get(
-          r.id as number,
-        ) as Row).n,
-      ),
+      commits: this.#count("SELECT count(*) AS n FROM commits WHERE project = ?", Number(r.id)),
       head: Number(r.head)
         ? this.#commitBySeq(Number(r.id), r.name as string, Number(r.head))
         : null,
-    }));
+    })));
   }
 
   #commitFromRow(r: Row, project: string): CommitInfo {
@@ -379,40 +370,37 @@ export class IndexDb {
   }
 
   #commitBySeq(projectId: number, project: string, seq: number): CommitInfo | null {
-    const r = this.stmt("SELECT * FROM commits WHERE project = ? AND seq = ?", true).get(
+    const r = this.#stmt("SELECT * FROM commits WHERE project = ? AND seq = ?", true).get(
       projectId,
       seq,
-    ) as
-      | Row
-      | undefined;
+    ) as Row | undefined;
     return r ? this.#commitFromRow(r, project) : null;
   }
 
-  /** The latest commit of a project, or null (also for unknown projects). */
-  headCommit(project: string): CommitInfo | null {
-    const r = this.stmt("SELECT id, head FROM projects WHERE name = ?").get(project) as
+  #head(project: string): CommitInfo | null {
+    const r = this.#stmt("SELECT id, head FROM projects WHERE name = ?").get(project) as
       | Row
       | undefined;
     if (!r || !Number(r.head)) return null;
     return this.#commitBySeq(Number(r.id), project, Number(r.head));
   }
 
-  /**
-   * Finds a commit by id, unique id prefix (4+ chars), sequence number (`#N`
-   * or `N`), or `latest`. Throws not_found.
-   */
-  resolveCommit(project: string, ref: string): CommitInfo {
-    const pid = this.projectId(project);
+  async headCommit(project: string): Promise<CommitInfo | null> {
+    return Promise.resolve(this.#head(project));
+  }
+
+  #resolve(project: string, ref: string): CommitInfo {
+    const pid = this.#projectId(project);
     if (pid === null) {
       throw new KeepError("not_found", `Cannot find project ${project}: it has no commits`);
     }
     let found: CommitInfo | null = null;
     if (ref === "latest" || ref === "") {
-      found = this.headCommit(project);
+      found = this.#head(project);
     } else if (/^#?\d{1,9}$/.test(ref) && ref.length < 12) {
       found = this.#commitBySeq(pid, project, Number(ref.replace("#", "")));
     } else if (/^[0-9a-f]{4,32}$/.test(ref)) {
-      const rows = this.stmt(
+      const rows = this.#stmt(
         "SELECT * FROM commits WHERE project = ? AND id >= ? AND id < ? ORDER BY id LIMIT 2",
         true,
       ).all(pid, ref, ref + "g") as Row[];
@@ -425,36 +413,42 @@ export class IndexDb {
     return found;
   }
 
-  /** Commits of a project, newest first. */
-  listCommits(project: string, limit = 1000, beforeSeq = Number.MAX_SAFE_INTEGER): CommitInfo[] {
-    const pid = this.projectId(project);
-    if (pid === null) return [];
-    const rows = this.stmt(
+  async resolveCommit(project: string, ref: string): Promise<CommitInfo> {
+    return new Promise((resolve) => resolve(this.#resolve(project, ref)));
+  }
+
+  async listCommits(
+    project: string,
+    limit = 1000,
+    beforeSeq = Number.MAX_SAFE_INTEGER,
+  ): Promise<CommitInfo[]> {
+    const pid = this.#projectId(project);
+    if (pid === null) return Promise.resolve([]);
+    const rows = this.#stmt(
       "SELECT * FROM commits WHERE project = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
       true,
     ).all(pid, beforeSeq, limit) as Row[];
-    return rows.map((r) => this.#commitFromRow(r, project));
+    return Promise.resolve(rows.map((r) => this.#commitFromRow(r, project)));
   }
 
-  /** Paths of a commit that were kept flagged, with reasons. */
-  commitNotes(project: string, seq: number): CommitNote[] {
-    const pid = this.projectId(project);
-    if (pid === null) return [];
-    return (this.stmt(
+  async commitNotes(project: string, seq: number): Promise<CommitNote[]> {
+    const pid = this.#projectId(project);
+    if (pid === null) return Promise.resolve([]);
+    return Promise.resolve((this.#stmt(
       "SELECT path, flag, reason FROM notes WHERE project = ? AND seq = ? ORDER BY path",
-    )
-      .all(pid, seq) as Row[]).map((r) => ({
-        path: r.path as string,
-        flag: r.flag as EntryFlag,
-        reason: r.reason as string,
-      }));
+    ).all(pid, seq) as Row[]).map((r) => ({
+      path: r.path as string,
+      flag: r.flag as EntryFlag,
+      reason: r.reason as string,
+    })));
   }
+
+  // ---------------------------------------------------------------- file versions
 
   /**
    * Up to `limit` rows of commit `seq` with `after < path < before` (no upper
-   * bound when `before` is null), in path
-   * order (with the blob's place when asked). Call repeatedly with `after` =
-   * the last path returned.
+   * bound when `before` is null), in path order (with the blob's place when
+   * asked).
    */
   #page(
     projectId: number,
@@ -474,50 +468,17 @@ export class IndexDb {
       ? `${cur} ORDER BY path LIMIT ?5`
       : `SELECT * FROM (${cur} UNION ALL SELECT ${cols} FROM history WHERE project = ?1 AND ${range} AND first <= ?2 AND last > ?2) ORDER BY path LIMIT ?5`;
     if (withBlobs) {
-      // The blob's place in the store, in the same query: one lookup per
-      // file on restore cost more than encoding its tar header.
+      // The blob's place in the same query: one lookup per file on restore
+      // cost more than encoding its tar header.
       sql = `SELECT ${COLS_OF_E}, b.size, b.stored, b.pack, b.offset FROM (${sql}) e
         LEFT JOIN blobs b ON b.hash = e.hash ORDER BY e.path`;
     }
-    const s = this.stmt(sql, true, true);
+    const s = this.#stmt(sql, true, true);
     return s.all(projectId, seq, after, before ?? "", limit) as unknown as unknown[][];
   }
 
-  /**
-   * Bumped whenever blob rows move or go (prune, recompression): a place
-   * read before a change of this number may be stale.
-   */
-  blobEpoch = 0;
-
-  /**
-   * Like `entries`, with each file's blob place (null for other entries, or
-   * when the blob row is missing) and the `blobEpoch` it was read at.
-   */
-  *entriesWithBlobs(
-    project: string,
-    commit: CommitInfo,
-    prefix = "",
-    pageSize = 2000,
-  ): Generator<{ entry: Entry; blob: BlobPlace | null; epoch: number }> {
-    for (const { row: r, epoch } of this.#rows(project, commit, prefix, pageSize, true)) {
-      const blob = r[10] === null || r[10] === undefined ? null : {
-        size: Number(r[10]),
-        stored: Number(r[11]),
-        pack: r[12] === null ? null : Number(r[12]),
-        offset: r[13] === null ? null : Number(r[13]),
-      };
-      yield { entry: rowToEntry(r), blob, epoch };
-    }
-  }
-
-  /** One entry of commit `seq`, or null. */
-  entryAt(projectId: number, seq: number, path: string): Entry | null {
-    const r = this.#exactRow(projectId, seq, path);
-    return r ? rowToEntry(r) : null;
-  }
-
   #exactRow(projectId: number, seq: number, path: string): unknown[] | null {
-    const s = this.stmt(
+    const s = this.#stmt(
       `SELECT ${COLS} FROM current WHERE project = ?1 AND path = ?3 AND first <= ?2
        UNION ALL SELECT ${COLS} FROM history WHERE project = ?1 AND path = ?3 AND first <= ?2 AND last > ?2`,
       true,
@@ -527,28 +488,38 @@ export class IndexDb {
   }
 
   /**
-   * Streams the entries of a commit under `prefix` ("" for all) in path
-   * order, a page at a time (no statement stays open between pages).
+   * The rows of a commit under `prefix`, a page at a time (no statement stays
+   * open between pages), with the blobEpoch of their page.
    */
-  *entries(project: string, commit: CommitInfo, prefix = "", pageSize = 2000): Generator<Entry> {
-    for (const { row } of this.#rows(project, commit, prefix, pageSize, false)) {
-      yield rowToEntry(row);
-    }
-  }
-
-  /** The rows behind `entries` (with blob places when asked), and the blobEpoch of their page. */
   *#rows(
     project: string,
     commit: CommitInfo,
     prefix: string,
     pageSize: number,
     withBlobs: boolean,
-  ): Generator<{ row: unknown[]; epoch: number }> {
-    const pid = this.projectId(project);
+  ): Generator<{ rows: unknown[][]; epoch: number }> {
+    const pid = this.#projectId(project);
     if (pid === null) return;
     if (prefix !== "") {
       const exact = this.#exactRow(pid, commit.seq, prefix);
-      if (exact) yield { row: exact, epoch: -1 };
+      if (exact) {
+        // The exact row has no blob columns: look its place up.
+        if (withBlobs) {
+          const place = exact[1] === "f" && exact[6]
+            ? this.#stmt("SELECT size, stored, pack, offset FROM blobs WHERE hash = ?").get(
+              hexToBytes(exact[6] as string),
+            ) as Row | undefined
+            : undefined;
+          const e = [...exact.slice(0, 10)];
+          e.push(
+            place ? place.size : null,
+            place ? place.stored : null,
+            place ? place.pack : null,
+            place ? place.offset : null,
+          );
+          yield { rows: [e], epoch: this.#blobEpoch };
+        } else yield { rows: [exact], epoch: this.#blobEpoch };
+      }
     }
     // Paths under prefix are > prefix + "/" only after "prefix/" itself.
     let after = prefix === "" ? "" : prefix + "/";
@@ -557,30 +528,90 @@ export class IndexDb {
       // The head is read again for every page: a commit landing between two
       // pages moves replaced rows from `current` to `history`, and a page that
       // still read only `current` would miss them.
-      const headSeq = this.headCommit(project)?.seq ?? 0;
-      const epoch = this.blobEpoch;
+      const headSeq = this.#head(project)?.seq ?? 0;
+      const epoch = this.#blobEpoch;
       const rows = this.#page(pid, commit.seq, headSeq, after, before, pageSize, withBlobs);
-      for (const row of rows) yield { row, epoch };
+      if (rows.length) yield { rows, epoch };
       if (rows.length < pageSize) return;
       after = rows[rows.length - 1][0] as string;
     }
   }
 
-  /** True when the project refers to content `hash` in any commit. */
-  projectHasHash(projectId: number, hash: Uint8Array): boolean {
-    return !!this.stmt(
-      "SELECT 1 FROM current WHERE hash = ?2 AND project = ?1 UNION ALL SELECT 1 FROM history WHERE hash = ?2 AND project = ?1 LIMIT 1",
-    ).get(projectId, hash);
+  async *entryPages(project: string, commit: CommitInfo, prefix = ""): AsyncGenerator<Entry[]> {
+    for (const { rows } of this.#rows(project, commit, prefix, PAGE, false)) {
+      yield rows.map(rowToEntry);
+    }
   }
 
-  /** A fresh id for staging one upload. */
-  newUpload(): number {
-    return this.#nextUpload++;
+  /** entryPages without the promises, for this process's own callers (see manifest building). */
+  *entryPagesSync(project: string, commit: CommitInfo, prefix = ""): Generator<Entry[]> {
+    for (const { rows } of this.#rows(project, commit, prefix, PAGE, false)) {
+      yield rows.map(rowToEntry);
+    }
   }
 
-  /** Stages rows of an upload. Call inside a transaction for speed. */
-  stage(upload: number, rows: StageRow[]): void {
-    const ins = this.stmt(
+  async *placedPages(
+    project: string,
+    commit: CommitInfo,
+    prefix = "",
+  ): AsyncGenerator<PlacedEntry[]> {
+    for (const { rows, epoch } of this.#rows(project, commit, prefix, PAGE, true)) {
+      yield rows.map((r) => ({
+        entry: rowToEntry(r),
+        blob: r[10] === null || r[10] === undefined ? null : {
+          size: Number(r[10]),
+          stored: Number(r[11]),
+          pack: r[12] === null ? null : Number(r[12]),
+          offset: r[13] === null ? null : Number(r[13]),
+        },
+        epoch,
+      }));
+    }
+  }
+
+  async entriesAt(project: string, seq: number, paths: string[]): Promise<Entry[]> {
+    const pid = this.#projectId(project);
+    const out: Entry[] = [];
+    if (pid !== null) {
+      for (const p of paths) {
+        const r = this.#exactRow(pid, seq, p);
+        if (r) out.push(rowToEntry(r));
+      }
+    }
+    return Promise.resolve(out);
+  }
+
+  async projectHasHash(project: string, hash: Uint8Array): Promise<boolean> {
+    const pid = this.#projectId(project);
+    if (pid === null) return Promise.resolve(false);
+    return Promise.resolve(
+      !!this.#stmt(
+        "SELECT 1 FROM current WHERE hash = ?2 AND project = ?1 UNION ALL SELECT 1 FROM history WHERE hash = ?2 AND project = ?1 LIMIT 1",
+      ).get(pid, hash),
+    );
+  }
+
+  // ---------------------------------------------------------------- uploads
+
+  async beginUpload(project: string): Promise<UploadStage> {
+    const upload = this.#nextUpload++;
+    return Promise.resolve({
+      stage: async (rows, blobs) =>
+        await Promise.resolve(this.#transaction(() => {
+          const repaired = this.#insertBlobs(blobs);
+          this.#stageRows(upload, rows);
+          return repaired;
+        })),
+      withdraw: async (path, reason) => this.#withdraw(upload, project, path, reason),
+      commit: async (header, stats) => this.#commitUpload(upload, project, header, stats),
+      abort: async () => {
+        this.#stmt("DELETE FROM temp.stage WHERE upload = ?").run(upload);
+      },
+    });
+  }
+
+  #stageRows(upload: number, rows: StageRow[]): void {
+    const ins = this.#stmt(
       `INSERT INTO temp.stage(upload, path, parent, op, type, size, mode, mtime, ctime, hash, target, xxh, flag, reason)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
@@ -620,15 +651,15 @@ export class IndexDb {
    * a path the parent has keeps its last version (a keep, flagged); a new
    * one is left out of the commit.
    */
-  unstagePut(upload: number, project: string, path: string, reason: string): void {
-    const pid = this.projectId(project);
+  #withdraw(upload: number, project: string, path: string, reason: string): void {
+    const pid = this.#projectId(project);
     const inParent = pid !== null &&
-      !!this.stmt("SELECT 1 FROM current WHERE project = ? AND path = ?").get(pid, path);
+      !!this.#stmt("SELECT 1 FROM current WHERE project = ? AND path = ?").get(pid, path);
     const r = inParent
-      ? this.stmt(
+      ? this.#stmt(
         "UPDATE temp.stage SET op = 'keep', flag = 'unsettled', reason = ?3 WHERE upload = ?1 AND path = ?2 AND op = 'put'",
       ).run(upload, path, reason)
-      : this.stmt("DELETE FROM temp.stage WHERE upload = ?1 AND path = ?2 AND op = 'put'").run(
+      : this.#stmt("DELETE FROM temp.stage WHERE upload = ?1 AND path = ?2 AND op = 'put'").run(
         upload,
         path,
       );
@@ -640,25 +671,21 @@ export class IndexDb {
     }
   }
 
-  /** Forgets an upload's staged rows. */
-  dropUpload(upload: number): void {
-    this.stmt("DELETE FROM temp.stage WHERE upload = ?").run(upload);
-  }
-
   /**
    * Applies a staged upload as the next commit of `project`, durably, in one
    * transaction. Throws conflict when `header.parent` is not the head and
    * invalid when the result would not be a tree.
    */
-  commitUpload(
+  #commitUpload(
     upload: number,
     project: string,
     header: UploadHeader,
     stats: CommitStats,
-  ): CommitInfo {
-    return this.transaction(() => {
-      const pid = this.projectId(project, true)!;
-      const head = this.headCommit(project);
+  ): { commit: CommitInfo; changed: string[] | null } {
+    let changed: string[] | null = null;
+    const commit = this.#transaction(() => {
+      const pid = this.#projectId(project, true)!;
+      const head = this.#head(project);
       if ((head?.id ?? null) !== header.parent) {
         throw new KeepError(
           "conflict",
@@ -668,7 +695,7 @@ export class IndexDb {
         );
       }
       const seq = (head?.seq ?? 0) + 1;
-      const q = (sql: string) => this.stmt(sql);
+      const q = (sql: string) => this.#stmt(sql);
       const fail = (sql: string, msg: (p: string) => string) => {
         const r = q(sql).get({ u: upload, p: pid, s: seq, empty: EMPTY_HASH }) as Row | undefined;
         if (r) throw new KeepError("invalid", `Cannot commit: ${msg(r.path as string)}`);
@@ -809,12 +836,340 @@ export class IndexDb {
       q("UPDATE projects SET head = ? WHERE id = ?").run(seq, pid);
       // The paths this commit touched, for an incremental head manifest (when few).
       const touched = staged + metadata + deleted + flagged;
-      this.lastChanged = touched <= 50_000
+      changed = touched <= 50_000
         ? (q("SELECT path FROM temp.stage WHERE upload = ? ORDER BY path").all(upload) as Row[])
           .map((r) => r.path as string)
         : null;
       q("DELETE FROM temp.stage WHERE upload = ?").run(upload);
       return this.#commitBySeq(pid, project, seq)!;
     }, true);
+    return { commit, changed };
+  }
+
+  // ---------------------------------------------------------------- blobs and packs
+
+  #loadFilter(): HashFilter {
+    const f = new HashFilter(this.#count("SELECT count(*) AS n FROM blobs") * 2);
+    for (
+      const r of this.db.prepare("SELECT hash FROM blobs").iterate() as Iterable<
+        { hash: Uint8Array }
+      >
+    ) f.add(r.hash);
+    return f;
+  }
+
+  #mayHave(hash: Uint8Array): boolean {
+    if (!this.#filter || this.#filter.full) this.#filter = this.#loadFilter();
+    return this.#filter.mayHave(hash);
+  }
+
+  async knownBlobs(hashes: Uint8Array[]): Promise<Set<string>> {
+    const known = new Set<string>();
+    const q = this.#stmt("SELECT 1 FROM blobs WHERE hash = ? AND damaged IS NULL");
+    for (const h of hashes) if (this.#mayHave(h) && q.get(h)) known.add(bytesToHex(h));
+    return Promise.resolve(known);
+  }
+
+  /**
+   * Inserts blob rows (inside a transaction). Existing sound blobs are kept;
+   * a row marked damaged takes the new bytes (a repair), and the head entries
+   * its marking flagged are cleared. Returns the number repaired.
+   */
+  #insertBlobs(rows: NewBlob[]): number {
+    const ins = this.#stmt(
+      `INSERT INTO blobs(hash, size, stored, xxh, pack, offset) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT(hash) DO UPDATE SET size = excluded.size, stored = excluded.stored,
+         xxh = excluded.xxh, pack = excluded.pack, offset = excluded.offset, level = NULL,
+         damaged = NULL
+       WHERE blobs.damaged IS NOT NULL`,
+    );
+    const damaged = this.#stmt("SELECT 1 FROM blobs WHERE hash = ? AND damaged IS NOT NULL");
+    let repaired = 0;
+    for (const r of rows) {
+      const repair = this.#mayHave(r.hash) && !!damaged.get(r.hash);
+      ins.run(r.hash, r.size, r.stored, r.xxh, r.pack, r.offset);
+      if (repair) {
+        this.#stmt("UPDATE current SET flag = NULL WHERE hash = ? AND flag = 'damaged'").run(
+          r.hash,
+        );
+        this.#bumpDamageEpoch();
+        repaired++;
+      }
+      this.#filter?.add(r.hash);
+    }
+    if (repaired) this.#blobEpoch++;
+    return repaired;
+  }
+
+  async blobPlace(hashHex: string): Promise<BlobPlace | null> {
+    const r = this.#stmt("SELECT size, stored, pack, offset FROM blobs WHERE hash = ?").get(
+      hexToBytes(hashHex),
+    ) as Row | undefined;
+    return Promise.resolve(r ? placeOf(r) : null);
+  }
+
+  async newPack(): Promise<number> {
+    const r = this.#stmt("INSERT INTO packs(created) VALUES (?)").run(Date.now());
+    return Promise.resolve(Number(r.lastInsertRowid));
+  }
+
+  async sealPack(pack: number): Promise<void> {
+    this.#stmt("UPDATE packs SET sealed = ? WHERE id = ? AND sealed IS NULL").run(Date.now(), pack);
+    return Promise.resolve();
+  }
+
+  async sealAllPacks(): Promise<void> {
+    this.#stmt("UPDATE packs SET sealed = ? WHERE sealed IS NULL").run(Date.now());
+    return Promise.resolve();
+  }
+
+  get blobEpoch(): number {
+    return this.#blobEpoch;
+  }
+
+  async markDamaged(hash: Uint8Array, problem: string): Promise<boolean> {
+    return Promise.resolve(this.#transaction(() => {
+      const r = this.#stmt("UPDATE blobs SET damaged = ? WHERE hash = ? AND damaged IS NULL").run(
+        problem.slice(0, 500),
+        hash,
+      );
+      if (Number(r.changes) === 0) return false;
+      this.#stmt("UPDATE current SET flag = 'damaged' WHERE hash = ? AND flag IS NULL").run(hash);
+      this.#bumpDamageEpoch();
+      return true;
+    }, true));
+  }
+
+  #bumpDamageEpoch(): void {
+    this.#stmt(
+      "INSERT INTO store_meta(key, value) VALUES ('damage_epoch', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1",
+    ).run();
+  }
+
+  async damageEpoch(): Promise<number> {
+    const r = this.#stmt("SELECT value FROM store_meta WHERE key = 'damage_epoch'").get() as
+      | Row
+      | undefined;
+    return Promise.resolve(r ? Number(r.value) : 0);
+  }
+
+  // ---------------------------------------------------------------- maintenance
+
+  async blobsPage(afterId: number, limit: number): Promise<BlobRow[]> {
+    const rows = this.#stmt(
+      "SELECT id, hash, size, stored, pack, offset FROM blobs WHERE id > ? ORDER BY id LIMIT ?",
+    ).all(afterId, limit) as Row[];
+    return Promise.resolve(rows.map(blobRowOf));
+  }
+
+  async compactCandidates(limit: number): Promise<BlobRow[]> {
+    const rows = this.#stmt(
+      "SELECT id, hash, size, stored, pack, offset FROM blobs WHERE pack IS NOT NULL AND level IS NULL ORDER BY id LIMIT ?",
+    ).all(limit) as Row[];
+    return Promise.resolve(rows.map(blobRowOf));
+  }
+
+  async moveBlobs(
+    moves: { row: BlobRow; pack: number; offset: number; stored: number; level: number }[],
+    skips: number[],
+  ): Promise<number> {
+    let saved = 0;
+    this.#transaction(() => {
+      const move = this.#stmt(
+        "UPDATE blobs SET pack = ?, offset = ?, stored = ?, level = ? WHERE id = ? AND pack = ? AND offset = ?",
+      );
+      for (const m of moves) {
+        const r = move.run(m.pack, m.offset, m.stored, m.level, m.row.id, m.row.pack, m.row.offset);
+        if (Number(r.changes) === 1) saved += m.row.stored - m.stored;
+      }
+      const skip = this.#stmt("UPDATE blobs SET level = -1 WHERE id = ? AND level IS NULL");
+      for (const id of skips) skip.run(id);
+    }, true);
+    this.#blobEpoch++;
+    return Promise.resolve(saved);
+  }
+
+  async packUsage(): Promise<{ pack: number; live: number }[]> {
+    const rows = this.#stmt(
+      `SELECT p.id AS id, coalesce((SELECT sum(stored) FROM blobs b WHERE b.pack = p.id), 0) AS live
+       FROM packs p WHERE p.sealed IS NOT NULL`,
+    ).all() as Row[];
+    return Promise.resolve(rows.map((r) => ({ pack: Number(r.id), live: Number(r.live) })));
+  }
+
+  async knownPacks(): Promise<Set<number>> {
+    return Promise.resolve(
+      new Set((this.#stmt("SELECT id FROM packs").all() as Row[]).map((r) => Number(r.id))),
+    );
+  }
+
+  async blobsInPack(pack: number): Promise<BlobRow[]> {
+    const rows = this.#stmt(
+      "SELECT id, hash, size, stored, pack, offset FROM blobs WHERE pack = ? ORDER BY offset",
+    ).all(pack) as Row[];
+    return Promise.resolve(rows.map(blobRowOf));
+  }
+
+  async replacePack(
+    pack: number,
+    moves: { id: number; pack: number; offset: number }[],
+  ): Promise<void> {
+    this.#transaction(() => {
+      const upd = this.#stmt("UPDATE blobs SET pack = ?, offset = ? WHERE id = ?");
+      for (const m of moves) upd.run(m.pack, m.offset, m.id);
+      this.#stmt("DELETE FROM packs WHERE id = ?").run(pack);
+    }, true);
+    this.#blobEpoch++;
+    return Promise.resolve();
+  }
+
+  async prune(project: string, keepLast: number, dryRun: boolean): Promise<{
+    result: PruneResult;
+    deadLarge: string[];
+  }> {
+    const pid = this.#projectId(project);
+    const head = this.#head(project);
+    if (pid === null || !head) {
+      throw new KeepError("not_found", `Cannot prune ${project}: it has no commits`);
+    }
+    const cutoff = head.seq - keepLast;
+    const result: PruneResult = {
+      project,
+      commitsRemoved: Math.max(
+        0,
+        this.#count(
+          "SELECT count(*) AS n FROM commits WHERE project = ? AND seq <= ?",
+          pid,
+          cutoff,
+        ),
+      ),
+      commitsKept: this.#count(
+        "SELECT count(*) AS n FROM commits WHERE project = ? AND seq > ?",
+        pid,
+        cutoff,
+      ),
+      versionsRemoved: this.#count(
+        "SELECT count(*) AS n FROM history WHERE project = ? AND last <= ?",
+        pid,
+        cutoff + 1,
+      ),
+      blobsRemoved: 0,
+      bytesFreed: 0,
+      dryRun,
+    };
+    const deadLarge: string[] = [];
+    if (dryRun || cutoff < 1) return Promise.resolve({ result, deadLarge });
+    const db = this.db;
+    this.#transaction(() => {
+      db.prepare("DELETE FROM commits WHERE project = ? AND seq <= ?").run(pid, cutoff);
+      db.prepare("DELETE FROM notes WHERE project = ? AND seq <= ?").run(pid, cutoff);
+      db.prepare("DELETE FROM history WHERE project = ? AND last <= ?").run(pid, cutoff + 1);
+      const dead = `FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = b.hash)
+        AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = b.hash)`;
+      const stats = db.prepare(`SELECT count(*) AS n, coalesce(sum(stored), 0) AS bytes ${dead}`)
+        .get() as Row;
+      result.blobsRemoved = Number(stats.n);
+      result.bytesFreed = Number(stats.bytes);
+      for (const r of db.prepare(`SELECT hash ${dead} AND pack IS NULL`).all() as Row[]) {
+        deadLarge.push(bytesToHex(r.hash as Uint8Array));
+      }
+      db.prepare(`DELETE FROM blobs WHERE id IN (SELECT id ${dead})`).run();
+    }, true);
+    this.#blobEpoch++; // places read before (a restore in progress) are stale
+    this.#filter = null; // deleted hashes must not look known
+    return Promise.resolve({ result, deadLarge });
+  }
+
+  async counts(): Promise<StoreCounts> {
+    const integrity = (this.db.prepare("PRAGMA quick_check").all() as { quick_check: string }[])
+      .map((r) => r.quick_check).join("; ");
+    return Promise.resolve({
+      integrity,
+      projects: this.#count("SELECT count(*) AS n FROM projects"),
+      commits: this.#count("SELECT count(*) AS n FROM commits"),
+      blobs: this.#count("SELECT count(*) AS n FROM blobs"),
+      storedBytes: this.#count("SELECT coalesce(sum(stored), 0) AS n FROM blobs"),
+    });
+  }
+
+  async missingContent(limit: number): Promise<{ project: string; path: string; hash: string }[]> {
+    const out: { project: string; path: string; hash: string }[] = [];
+    for (const table of ["current", "history"]) {
+      const rows = this.db.prepare(
+        `SELECT p.name AS project, t.path AS path, t.hash AS hash FROM ${table} t JOIN projects p ON p.id = t.project
+         WHERE t.hash IS NOT NULL AND t.size > 0 AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = t.hash) LIMIT ?`,
+      ).all(limit - out.length) as Row[];
+      for (const r of rows) {
+        out.push({
+          project: r.project as string,
+          path: r.path as string,
+          hash: bytesToHex(r.hash as Uint8Array),
+        });
+      }
+      if (out.length >= limit) break;
+    }
+    return Promise.resolve(out);
+  }
+
+  async orphanBlobCount(): Promise<number> {
+    return Promise.resolve(this.#count(
+      `SELECT count(*) AS n FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = b.hash)
+       AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = b.hash)`,
+    ));
+  }
+
+  async headEntriesUsing(
+    hash: Uint8Array,
+    limit: number,
+  ): Promise<{ project: string; path: string }[]> {
+    return Promise.resolve((this.#stmt(
+      `SELECT p.name AS project, c.path AS path FROM current c JOIN projects p ON p.id = c.project
+       WHERE c.hash = ? LIMIT ?`,
+    ).all(hash, limit) as Row[]).map((r) => ({
+      project: r.project as string,
+      path: r.path as string,
+    })));
+  }
+
+  // ---------------------------------------------------------------- tokens
+
+  async insertToken(t: TokenRow): Promise<void> {
+    this.#stmt(
+      "INSERT INTO tokens(id, hash, name, role, projects, created) VALUES (?, ?, ?, ?, ?, ?)",
+    ).run(t.id, t.hash, t.name, t.role, JSON.stringify(t.projects), t.created);
+    return Promise.resolve();
+  }
+
+  #tokenOf(r: Row): TokenRow {
+    return {
+      id: r.id as string,
+      hash: r.hash as Uint8Array,
+      name: r.name as string,
+      role: r.role as string,
+      projects: JSON.parse(r.projects as string),
+      created: Number(r.created),
+      revoked: r.revoked === null ? null : Number(r.revoked),
+    };
+  }
+
+  async listTokens(): Promise<TokenRow[]> {
+    return Promise.resolve(
+      (this.#stmt("SELECT * FROM tokens ORDER BY created").all() as Row[]).map((r) =>
+        this.#tokenOf(r)
+      ),
+    );
+  }
+
+  async tokenById(id: string): Promise<TokenRow | null> {
+    const r = this.#stmt("SELECT * FROM tokens WHERE id = ?").get(id) as Row | undefined;
+    return Promise.resolve(r ? this.#tokenOf(r) : null);
+  }
+
+  async revokeToken(id: string, at: number): Promise<boolean> {
+    const r = this.#stmt("UPDATE tokens SET revoked = ? WHERE id = ? AND revoked IS NULL").run(
+      at,
+      id,
+    );
+    return Promise.resolve(Number(r.changes) === 1);
   }
 }

@@ -1,0 +1,62 @@
+/**
+ * A project's commits: the upload that adds one, the list, and one commit
+ * with the paths it kept flagged.
+ *
+ * @module
+ */
+
+import { Hono } from "hono";
+import { KeepError } from "../../errors.ts";
+import { collectNow } from "../../platform/memory.ts";
+import { type AppContext, type Env, need, projectParam } from "../context.ts";
+import { receiveUpload } from "../upload.ts";
+
+/** The route group. */
+export function commitRoutes(ctx: AppContext): Hono<Env> {
+  const routes = new Hono<Env>();
+  const { index } = ctx.storage;
+
+  routes.post("/projects/:project/commits", async (c) => {
+    const p = projectParam(c);
+    need(c, "append", p);
+    const body = c.req.raw.body;
+    if (!body) throw new KeepError("invalid", "Cannot accept upload: empty body");
+    const declared = Number(c.req.header("content-length") ?? "0");
+    if (declared > ctx.limits.maxUploadBytes + (1 << 20)) {
+      throw new KeepError(
+        "too_large",
+        `Cannot accept upload: body of ${declared} bytes is over the limit`,
+      );
+    }
+    ctx.uploads.active++;
+    try {
+      const { commit, changedPaths } = await receiveUpload(ctx.storage, p, body, ctx);
+      // A big upload's garbage goes before the manifest build adds its own;
+      // a small one's is not worth a full GC before the answer (~20 ms).
+      if (commit.stats.wireBytes > 16 << 20) collectNow();
+      ctx.manifests.prepare(index, p, commit, changedPaths).catch(() => {});
+      ctx.log?.(
+        `commit ${p} ${commit.id} #${commit.seq}: +${commit.counts.added} ~${commit.counts.changed} -${commit.counts.deleted} ${commit.stats.wireBytes} B in ${commit.stats.seconds} s`,
+      );
+      return c.json({ commit }, 201);
+    } finally {
+      ctx.uploads.active--;
+    }
+  });
+
+  routes.get("/projects/:project/commits", async (c) => {
+    const p = projectParam(c);
+    need(c, "read", p);
+    const limit = Math.min(Math.max(Number(c.req.query("limit") ?? 1000) || 1000, 1), 100000);
+    return c.json({ commits: await index.listCommits(p, limit) });
+  });
+
+  routes.get("/projects/:project/commits/:ref", async (c) => {
+    const p = projectParam(c);
+    need(c, "read", p);
+    const commit = await index.resolveCommit(p, c.req.param("ref"));
+    return c.json({ commit, notes: await index.commitNotes(p, commit.seq) });
+  });
+
+  return routes;
+}

@@ -1,0 +1,92 @@
+/**
+ * Receiving one upload (`POST /v1/projects/:p/commits`): the body is read
+ * chunk by chunk into an Ingest; a read is always pending while the ingest
+ * waits on the storage (TECH.md: awaiting other I/O between body reads makes
+ * Deno's HTTP/1.1 server crawl while unread body piles up). A client silent
+ * for the idle timeout is cut. After a failure the rest of the body is still
+ * read (bounded), so the client gets the JSON error instead of a reset.
+ *
+ * @module
+ */
+
+import { KeepError, toKeepError } from "../errors.ts";
+import { Ingest, type IngestLimits, type IngestResult } from "../server/ingest.ts";
+import type { Storage } from "../server/storage/open.ts";
+
+/** Reads on after a failure, up to this many bytes, so the client sees the answer. */
+const DRAIN_AFTER_FAILURE = 64 << 20;
+
+/**
+ * Receives `body` as the next commit of `project`.
+ *
+ * @example
+ * ```ts
+ * const { commit } = await receiveUpload(storage, "app", req.body!, { limits, idleTimeoutSec: 60 });
+ * ```
+ */
+export async function receiveUpload(
+  storage: Storage,
+  project: string,
+  body: ReadableStream<Uint8Array>,
+  options: { limits: IngestLimits; idleTimeoutSec: number },
+): Promise<IngestResult & { wireBytes: number }> {
+  const ingest = await Ingest.start(storage, project, { limits: options.limits });
+  const reader = body.getReader();
+  let last = Date.now();
+  let timedOut = false;
+  const idleMs = options.idleTimeoutSec * 1000;
+  const timer = setInterval(() => {
+    if (Date.now() - last > idleMs) {
+      timedOut = true;
+      reader.cancel(new KeepError("timeout", "Cannot accept upload: client idle too long"))
+        .catch(() => {});
+    }
+  }, Math.min(1000, idleMs / 4));
+  const timeout = () =>
+    new KeepError("timeout", `Cannot accept upload: no data for ${options.idleTimeoutSec} s`);
+  const read = () =>
+    reader.read().catch((err) => {
+      if (timedOut) throw timeout();
+      throw new KeepError(
+        "invalid",
+        `Cannot accept upload: connection failed (${(err as Error).message})`,
+      );
+    });
+  try {
+    let failure: KeepError | null = null;
+    let drained = 0;
+    let pending = read();
+    for (;;) {
+      const r = await pending;
+      last = Date.now();
+      if (r.done) break;
+      pending = read(); // in flight while this chunk is worked on
+      pending.catch(() => {}); // surfaces when awaited
+      if (failure) {
+        // Keep reading to the end so the client sees the answer, but no further work.
+        drained += r.value.length;
+        if (failure.code !== "conflict" && drained > DRAIN_AFTER_FAILURE) break;
+        continue;
+      }
+      try {
+        ingest.push(r.value);
+        if (ingest.wantsFlush) await ingest.flush();
+      } catch (err) {
+        failure = toKeepError(err, "Cannot accept upload");
+        await ingest.abort();
+      }
+    }
+    if (timedOut) throw timeout();
+    if (failure) throw failure;
+    const result = await ingest.finish();
+    return { ...result, wireBytes: ingest.wireBytes };
+  } catch (err) {
+    await ingest.abort();
+    try {
+      await reader.cancel();
+    } catch { /* already closed */ }
+    throw err;
+  } finally {
+    clearInterval(timer);
+  }
+}
