@@ -9,14 +9,21 @@
  */
 
 import { createHash } from "node:crypto";
-import { type CheckMode, diffTree, type ManifestBatch, type Suspect } from "./diff.ts";
+import {
+  type CheckMode,
+  type DiffPlan,
+  diffTree,
+  type ManifestBatch,
+  type Suspect,
+} from "./diff.ts";
 import { KeepError } from "../errors.ts";
 import { lstatNs, networkFilesystem, TreeFile } from "../platform/fs_native.ts";
 import { collectNow } from "../platform/memory.ts";
 import type { ChangeRecord, CommitInfo, Entry, UploadHeader } from "../format/manifest.ts";
 import { type CompressMode, type PackStats, packUpload } from "./upload.ts";
 import { partialHashOfFile } from "../format/partial_hash.ts";
-import { scanTree } from "./scan.ts";
+import { isIncomplete, type Problem, reasonOf } from "./problem.ts";
+import { type ScanEntry, type ScanResult, type ScanTable, scanTree } from "./scan.ts";
 import { settleFiles } from "./settle.ts";
 
 /** What the backup needs from the server. */
@@ -32,14 +39,6 @@ export interface BackupRemote {
   entries?(commit: string, paths: string[]): Promise<Entry[]>;
   /** Sends an upload; resolves to the new commit, rejects with KeepError (conflict on 409). */
   upload(body: ReadableStream<Uint8Array>): Promise<CommitInfo>;
-}
-
-/** A path that was not backed up as it is on disk. */
-export interface BackupProblem {
-  path: string;
-  reason: string;
-  /** skipped (special files) and adjusted (clamped mtime) do not make a backup incomplete. */
-  kind: "unreadable" | "unsettled" | "skipped" | "adjusted";
 }
 
 export interface BackupOptions {
@@ -68,7 +67,7 @@ export interface BackupOptions {
   /** Attempts when another backup lands first (default 5). */
   attempts?: number;
   signal?: AbortSignal;
-  onProblem?: (p: BackupProblem) => void;
+  onProblem?: (p: Problem) => void;
   /** Progress: phase name and a short detail. */
   onPhase?: (phase: string, detail: string) => void;
   onProgress?: (stats: PackStats) => void;
@@ -86,7 +85,7 @@ export interface BackupResult {
   metadata: number;
   /** Suspect files hashed locally. */
   hashed: number;
-  problems: BackupProblem[];
+  problems: Problem[];
   /** Problems that make the backup incomplete. */
   incomplete: number;
   bytesRead: number;
@@ -148,12 +147,6 @@ function sha256File(path: string): { hash: string; moved: boolean } {
   };
 }
 
-function reasonOf(err: unknown): string {
-  if (err instanceof Deno.errors.PermissionDenied) return "permission denied";
-  if (err instanceof Deno.errors.NotFound) return "vanished during the backup";
-  return err instanceof Error ? err.message.split("\n")[0] : String(err);
-}
-
 /**
  * Backs up `root` through `remote`.
  *
@@ -163,115 +156,237 @@ function reasonOf(err: unknown): string {
  * console.log(result.commit.id);
  * ```
  */
-export async function runBackup(
+export function runBackup(
   root: string,
   remote: BackupRemote,
   options: BackupOptions = {},
 ): Promise<BackupResult> {
-  const started = performance.now();
-  const problems: BackupProblem[] = [];
-  const report = (p: BackupProblem) => {
-    problems.push(p);
-    options.onProblem?.(p);
-  };
-  options.onPhase?.("scan", root);
-  // The parent manifest is requested before the walk: on a NAS, where the
-  // walk waits on the network, it downloads meanwhile (up to PREFETCH_BYTES).
-  // Without a content check, the diff needs no hashes: the stat form of the
-  // manifest (a fifth of the bytes), then the hashes of the suspects alone.
-  // `auto` on a filesystem known to fake ctime will check: the whole form.
-  const requested = options.check ?? "auto";
-  const fsDistrust = requested === "auto" &&
-    ctimeDistrust(
-        { filesystem: networkFilesystem(root), files: 0, ctimeIsMtime: 0, granularity: 1n },
-        options.ctime ?? true,
-      ) !== null;
-  const wantStat = (requested === "none" || (requested === "auto" && !fsDistrust)) &&
-    remote.entries !== undefined;
-  const ask = (stat: boolean): Promise<Prefetched> =>
-    remote.latest(stat).then((l) => ({
+  return new Backup(root, remote, options).run();
+}
+
+/** What one attempt (diff, settle, upload against one head) produced. */
+interface Attempt {
+  commit: CommitInfo;
+  hashed: number;
+  stats: PackStats;
+}
+
+/**
+ * One backup: the scan is made once; each attempt diffs it against the
+ * current head, settles what it sends and uploads. A 409 (another backup
+ * landed first) starts another attempt.
+ */
+class Backup {
+  readonly #root: string;
+  readonly #remote: BackupRemote;
+  readonly #options: BackupOptions;
+  readonly #started = performance.now();
+  readonly #problems: Problem[] = [];
+  /** The content check asked for (`auto` decides after the scan). */
+  readonly #requested: CheckMode | "auto";
+  #early: Promise<Prefetched> | null = null;
+  #settleTook = 0;
+  /**
+   * Paths seen settled by earlier attempts; a set is built only when a retry
+   * needs it (100k paths in a Map cost ~3 MB on every first backup).
+   */
+  #settledBefore: string[][] = [];
+
+  constructor(root: string, remote: BackupRemote, options: BackupOptions) {
+    this.#root = root;
+    this.#remote = remote;
+    this.#options = options;
+    this.#requested = options.check ?? "auto";
+  }
+
+  #report(p: Problem): void {
+    this.#problems.push(p);
+    this.#options.onProblem?.(p);
+  }
+
+  #phase(phase: string, detail: string): void {
+    this.#options.onPhase?.(phase, detail);
+  }
+
+  /** The head's manifest, read ahead (see PREFETCH_BYTES). */
+  #ask(stat: boolean): Promise<Prefetched> {
+    const p = this.#remote.latest(stat).then((l) => ({
       commit: l.commit,
       stat: l.stat ?? false,
       lines: prefetch(l.lines, PREFETCH_BYTES),
     }));
-  let early: Promise<Prefetched> | null = ask(wantStat);
-  early.catch(() => {}); // awaited below; a failure surfaces there
-  let scan;
-  try {
-    scan = await scanTree(root, {
-      jobs: options.jobs,
-      exclude: options.exclude,
-      include: options.include,
-      excludeCaches: options.excludeCaches,
-      onProblem: (p) => report(p),
-    });
-  } catch (err) {
-    early.then((l) => l.lines.cancel()).catch(() => {});
-    throw err;
+    p.catch(() => {}); // awaited later; a failure surfaces there
+    return p;
   }
-  const checkReason = requested === "auto" ? ctimeDistrust(scan, options.ctime ?? true) : null;
-  const check: CheckMode = requested === "auto" ? (checkReason ? "partial" : "none") : requested;
-  const stat = check === "none" && remote.entries !== undefined;
-  if (!stat && wantStat) {
-    // The walk showed ctime cannot be trusted: the hashes are needed after all.
-    const old = early;
-    old.then((l) => l.lines.cancel()).catch(() => {});
-    early = ask(false);
-    early.catch(() => {});
-  }
-  const unreadable = scan.problems.filter((p) => p.kind === "unreadable").map((p) => p.path);
-  const settleMs = options.settleMs ?? 2000;
-  const granularity = scan.granularity;
-  const settleNs = BigInt(Math.round(settleMs * 1e6));
-  const racyMargin = granularity > settleNs ? granularity : settleNs;
-  const maxAttempts = options.attempts ?? 5;
-  let settleTook = 0;
-  // Paths seen settled by earlier attempts; a set is built only when a retry
-  // needs it (100k paths in a Map cost ~3 MB on every first backup).
-  let settledBefore: string[][] = [];
 
-  for (let attempt = 1;; attempt++) {
-    const attemptProblems: BackupProblem[] = [];
-    const note = (p: BackupProblem) => {
-      attemptProblems.push(p);
-    };
-    options.onPhase?.("fetch", early ? "reading the latest manifest" : "latest manifest");
-    // A request made before a long walk may have failed (a server restart):
-    // asked again then.
-    const latest = early ? await early.catch(() => ask(stat)) : await ask(stat);
-    early = null;
-    options.onPhase?.("diff", `${scan.entries.length} scanned entries against the parent`);
+  #dropEarly(): void {
+    this.#early?.then((l) => l.lines.cancel()).catch(() => {});
+    this.#early = null;
+  }
+
+  async run(): Promise<BackupResult> {
+    const o = this.#options;
+    this.#phase("scan", this.#root);
+    // The parent manifest is requested before the walk: on a NAS, where the
+    // walk waits on the network, it downloads meanwhile (up to PREFETCH_BYTES).
+    // Without a content check, the diff needs no hashes: the stat form of the
+    // manifest (a fifth of the bytes), then the hashes of the suspects alone.
+    // `auto` on a filesystem known to fake ctime will check: the whole form.
+    const fsDistrust = this.#requested === "auto" &&
+      ctimeDistrust(
+          { filesystem: networkFilesystem(this.#root), files: 0, ctimeIsMtime: 0, granularity: 1n },
+          o.ctime ?? true,
+        ) !== null;
+    const wantStat = (this.#requested === "none" || (this.#requested === "auto" && !fsDistrust)) &&
+      this.#remote.entries !== undefined;
+    this.#early = this.#ask(wantStat);
+    let scan: ScanResult;
+    try {
+      scan = await scanTree(this.#root, {
+        jobs: o.jobs,
+        exclude: o.exclude,
+        include: o.include,
+        excludeCaches: o.excludeCaches,
+        onProblem: (p) => this.#report(p),
+      });
+    } catch (err) {
+      this.#dropEarly();
+      throw err;
+    }
+    const checkReason = this.#requested === "auto" ? ctimeDistrust(scan, o.ctime ?? true) : null;
+    const check: CheckMode = this.#requested === "auto"
+      ? (checkReason ? "partial" : "none")
+      : this.#requested;
+    const stat = check === "none" && this.#remote.entries !== undefined;
+    if (!stat && wantStat) {
+      // The walk showed ctime cannot be trusted: the hashes are needed after all.
+      this.#dropEarly();
+      this.#early = this.#ask(false);
+    }
+    const maxAttempts = o.attempts ?? 5;
+    for (let attempt = 1;; attempt++) {
+      let done: Attempt;
+      try {
+        done = await this.#attempt(scan, check, stat, attempt < maxAttempts);
+      } catch (err) {
+        if (err instanceof KeepError && err.code === "conflict" && attempt < maxAttempts) {
+          this.#phase(
+            "retry",
+            `another backup landed first; diffing again (attempt ${attempt + 1})`,
+          );
+          continue;
+        }
+        throw err;
+      }
+      const commit = done.commit;
+      return {
+        commit,
+        scanned: scan.entries.length,
+        added: commit.counts.added,
+        changed: commit.counts.changed,
+        deleted: commit.counts.deleted,
+        unchanged: commit.counts.unchanged,
+        metadata: commit.counts.metadata,
+        hashed: done.hashed,
+        problems: this.#problems,
+        incomplete: this.#problems.filter(isIncomplete).length,
+        bytesRead: done.stats.bytesRead,
+        wireBytes: done.stats.wireBytes,
+        settleMs: this.#settleTook,
+        attempts: attempt,
+        seconds: Math.round(performance.now() - this.#started) / 1000,
+        check,
+        checkReason,
+      };
+    }
+  }
+
+  /**
+   * Diffs the scan against the head, settles and uploads. The problems of an
+   * attempt are reported only when its commit landed (a retry finds its own).
+   */
+  async #attempt(
+    scan: ScanResult,
+    check: CheckMode,
+    stat: boolean,
+    mayRetry: boolean,
+  ): Promise<Attempt> {
+    const o = this.#options;
+    const problems: Problem[] = [];
+    const note = (p: Problem) => problems.push(p);
+    this.#phase("fetch", this.#early ? "reading the latest manifest" : "latest manifest");
+    // A request made before a long walk may have failed (a server restart): asked again then.
+    const latest = this.#early
+      ? await this.#early.catch(() => this.#ask(stat))
+      : await this.#ask(stat);
+    this.#early = null;
+    this.#phase("diff", `${scan.entries.length} scanned entries against the parent`);
     const parent = latest.commit;
+    const granularity = scan.granularity;
+    const settleNs = BigInt(Math.round((o.settleMs ?? 2000) * 1e6));
     const plan = await diffTree(scan.entries, latest.lines, {
-      ctime: options.ctime ?? true,
+      ctime: o.ctime ?? true,
       granularity,
       parentScanTime: parent ? BigInt(parent.scanTime) : undefined,
-      racyMargin,
+      racyMargin: granularity > settleNs ? granularity : settleNs,
       check,
-      unreadable,
+      unreadable: scan.problems.filter((p) => p.kind === "unreadable").map((p) => p.path),
     });
     const changes: ChangeRecord[] = plan.deleted.map((p) => ({ op: "del" as const, p }));
     for (const p of plan.unreadableKnown) {
       const why = scan.problems.find((q) => q.path === p)?.reason ?? "unreadable";
       changes.push({ op: "keep", p, flag: "unreadable", reason: why });
     }
-
-    // Suspects: hash locally, send content only when it differs.
-    options.onPhase?.("hash", `${plan.suspects.length} suspect files`);
+    this.#phase("hash", `${plan.suspects.length} suspect files`);
     if (latest.stat && parent && plan.suspects.length) {
-      await fillHashes(remote, parent.id, plan.suspects);
+      await fillHashes(this.#remote, parent.id, plan.suspects);
     }
-    let metadata = 0;
-    const extraSend = [];
+    const send = this.#resolveSuspects(plan, changes, note);
+    const finalSend = await this.#settle(send, plan, changes, note, mayRetry);
+    const header: UploadHeader = {
+      format: 1,
+      parent: parent?.id ?? null,
+      message: o.message ?? "",
+      tags: o.tags ?? {},
+      host: o.host ?? Deno.hostname(),
+      source: this.#root,
+      scanTime: scan.startedNs.toString(),
+      granularity: granularity.toString(),
+    };
+    this.#phase("upload", `${finalSend.length} entries`);
+    // The walk's and the diff's garbage goes before the upload's buffers come.
+    if (finalSend.length > 10_000) collectNow();
+    const { stream, stats } = packUpload({
+      root: this.#root,
+      header,
+      send: finalSend,
+      changes,
+      compress: o.compress,
+      signal: o.signal,
+      onProblem: note,
+      inParent: (path) => plan.changedPaths.has(path),
+      onProgress: o.onProgress,
+    });
+    const commit = await this.#remote.upload(stream);
+    for (const p of problems) this.#report(p);
+    return { commit, hashed: plan.suspects.length, stats };
+  }
+
+  /**
+   * Suspects are hashed locally: unchanged, metadata only, or sent whole.
+   * Returns what to send, in path order.
+   */
+  #resolveSuspects(
+    plan: DiffPlan,
+    changes: ChangeRecord[],
+    note: (p: Problem) => void,
+  ): ScanTable {
+    const extraSend: ScanEntry[] = [];
     for (const s of plan.suspects) {
-      const decision = resolveSuspect(root, s);
+      const decision = resolveSuspect(this.#root, s);
       if (decision.kind === "unchanged") plan.unchanged++;
       else if (decision.kind === "meta") {
-        metadata++;
-        changes.push({
-          op: "meta",
-          e: { ...s.entry, hash: s.prev.hash, xxh: s.prev.xxh },
-        });
+        changes.push({ op: "meta", e: { ...s.entry, hash: s.prev.hash, xxh: s.prev.xxh } });
       } else if (decision.kind === "send") {
         extraSend.push(s.entry);
         plan.changed++;
@@ -282,27 +397,40 @@ export async function runBackup(
     }
     // Suspects whose content differs join the sent entries, in path order.
     for (const e of extraSend) plan.changedPaths.add(e.path);
-    const send = extraSend.length ? plan.send.mergedWith(extraSend) : plan.send;
+    return extraSend.length ? plan.send.mergedWith(extraSend) : plan.send;
+  }
 
-    // Settle: only files not already seen settled in an earlier attempt.
-    const done = settledBefore.length ? new Set(settledBefore.flat()) : null;
+  /**
+   * Waits for the files to send to settle (only those an earlier attempt did
+   * not see settled); those that never do keep their last version.
+   */
+  async #settle(
+    send: ScanTable,
+    plan: DiffPlan,
+    changes: ChangeRecord[],
+    note: (p: Problem) => void,
+    mayRetry: boolean,
+  ): Promise<ScanTable> {
+    const o = this.#options;
+    const settleMs = o.settleMs ?? 2000;
+    const done = this.#settledBefore.length ? new Set(this.#settledBefore.flat()) : null;
     const candidates: number[] = [];
     if (settleMs > 0) {
       for (let k = 0; k < send.length; k++) {
         if (send.type(k) === "f" && !done?.has(send.path(k))) candidates.push(k);
       }
     }
-    if (candidates.length) options.onPhase?.("settle", `${candidates.length} files`);
-    const settled = await settleFiles(root, send, candidates, {
+    if (candidates.length) this.#phase("settle", `${candidates.length} files`);
+    const settled = await settleFiles(this.#root, send, candidates, {
       windowMs: settleMs,
-      maxWaitMs: options.settleMaxMs,
-      sync: options.sync,
-      signal: options.signal,
-      onWait: (n) => options.onPhase?.("settle", `waiting for ${n} files still being written`),
+      maxWaitMs: o.settleMaxMs,
+      sync: o.sync,
+      signal: o.signal,
+      onWait: (n) => this.#phase("settle", `waiting for ${n} files still being written`),
     });
-    settleTook += settled.waitedMs;
-    if (attempt < maxAttempts) {
-      settledBefore = [...settledBefore, settled.settled.map((k) => send.path(k))];
+    this.#settleTook += settled.waitedMs;
+    if (mayRetry) {
+      this.#settledBefore = [...this.#settledBefore, settled.settled.map((k) => send.path(k))];
     }
     const unsettledRows = new Set(settled.unsettled.map((u) => u.index));
     for (const u of settled.unsettled) {
@@ -311,67 +439,7 @@ export async function runBackup(
         changes.push({ op: "keep", p: u.path, flag: "unsettled", reason: u.reason });
       }
     }
-    const finalSend = unsettledRows.size ? send.filter((k) => !unsettledRows.has(k)) : send;
-
-    const header: UploadHeader = {
-      format: 1,
-      parent: parent?.id ?? null,
-      message: options.message ?? "",
-      tags: options.tags ?? {},
-      host: options.host ?? Deno.hostname(),
-      source: root,
-      scanTime: scan.startedNs.toString(),
-      granularity: granularity.toString(),
-    };
-    options.onPhase?.("upload", `${finalSend.length} entries`);
-    // The walk's and the diff's garbage goes before the upload's buffers come.
-    if (finalSend.length > 10_000) collectNow();
-    const { stream, stats } = packUpload({
-      root,
-      header,
-      send: finalSend,
-      changes,
-      compress: options.compress,
-      signal: options.signal,
-      onProblem: (p) => note(p),
-      inParent: (path) => plan.changedPaths.has(path),
-      onProgress: options.onProgress,
-    });
-    let commit: CommitInfo;
-    try {
-      commit = await remote.upload(stream);
-    } catch (err) {
-      if (err instanceof KeepError && err.code === "conflict" && attempt < maxAttempts) {
-        options.onPhase?.(
-          "retry",
-          `another backup landed first; diffing again (attempt ${attempt + 1})`,
-        );
-        continue;
-      }
-      throw err;
-    }
-    for (const p of attemptProblems) report(p);
-    const incomplete = problems.filter((p) => p.kind !== "skipped" && p.kind !== "adjusted")
-      .length;
-    return {
-      commit,
-      scanned: scan.entries.length,
-      added: commit.counts.added,
-      changed: commit.counts.changed,
-      deleted: commit.counts.deleted,
-      unchanged: commit.counts.unchanged,
-      metadata: commit.counts.metadata,
-      hashed: plan.suspects.length,
-      problems,
-      incomplete,
-      bytesRead: stats.bytesRead,
-      wireBytes: stats.wireBytes,
-      settleMs: settleTook,
-      attempts: attempt,
-      seconds: Math.round(performance.now() - started) / 1000,
-      check,
-      checkReason,
-    };
+    return unsettledRows.size ? send.filter((k) => !unsettledRows.has(k)) : send;
   }
 }
 

@@ -171,81 +171,139 @@ function floorTo(t: bigint, g: bigint): bigint {
  * would be written as (path, type, size, mode, mtime, ctime), so when that
  * prefix matches, the line carries no flag, the file is not racily clean and
  * no `check` is asked for, it is unchanged without decoding the line. Every
- * other line is decoded, validated and compared field by field. (Measured on
- * 100,000 unchanged files: decoding every line cost about as much CPU as the
- * walk that found them.)
+ * other line is decoded, validated and compared field by field (see
+ * docs/DESIGN.md, "The diff reads the manifest as bytes").
+ *
+ * @example
+ * ```ts
+ * const plan = await diffTree(scan.entries, manifestBatches, { granularity: 1n });
+ * ```
  */
-export async function diffTree(
+export function diffTree(
   scanned: ScanTable | ScanEntry[],
   manifest: AsyncIterable<ManifestBatch> | Iterable<ManifestBatch>,
   options: DiffOptions = {},
 ): Promise<DiffPlan> {
   const scan = Array.isArray(scanned) ? ScanTable.of(scanned) : scanned;
-  const useCtime = options.ctime ?? true;
-  const g = options.granularity ?? 1n;
-  const check = options.check ?? "none";
-  const racyFrom = options.parentScanTime !== undefined && options.parentScanTime > 0n
-    ? options.parentScanTime - (options.racyMargin ?? g)
-    : null;
+  return new Differ(scan, options).run(manifest);
+}
+
+/** One diff: walks the scan (index `#i`) and the manifest together, in path order. */
+class Differ {
+  readonly #scan: ScanTable;
+  readonly #useCtime: boolean;
+  readonly #g: bigint;
+  readonly #check: CheckMode;
+  readonly #fast: boolean;
+  /** Files with an mtime at or after this (ns) are racily clean; null: none are. */
+  readonly #racyFrom: bigint | null;
   // The same bound as seconds and ns, for the fast path.
-  const racySec = racyFrom === null ? 0 : Number(racyFrom / 1_000_000_000n);
-  const racyNs = racyFrom === null ? 0 : Number(racyFrom % 1_000_000_000n);
-  const racy = (k: number): boolean => {
+  readonly #racySec: number;
+  readonly #racyNs: number;
+  readonly #unreadable: Set<string>;
+  readonly #plan: DiffPlan;
+  /**
+   * Entries to send, as indices into the scan: no object per entry (a first
+   * backup of 1M files would hold ~120 MB of them).
+   */
+  readonly #sendIdx: number[] = [];
+  /** The next scan entry not yet matched with the manifest. */
+  #i = 0;
+
+  constructor(scan: ScanTable, options: DiffOptions) {
+    this.#scan = scan;
+    this.#useCtime = options.ctime ?? true;
+    this.#g = options.granularity ?? 1n;
+    this.#check = options.check ?? "none";
+    this.#fast = this.#check === "none" && options.fastPath !== false;
+    this.#racyFrom = options.parentScanTime !== undefined && options.parentScanTime > 0n
+      ? options.parentScanTime - (options.racyMargin ?? this.#g)
+      : null;
+    this.#racySec = this.#racyFrom === null ? 0 : Number(this.#racyFrom / 1_000_000_000n);
+    this.#racyNs = this.#racyFrom === null ? 0 : Number(this.#racyFrom % 1_000_000_000n);
+    this.#unreadable = new Set(options.unreadable ?? []);
+    this.#plan = {
+      send: scan,
+      changedPaths: new Set(),
+      suspects: [],
+      deleted: [],
+      keptBelowUnreadable: 0,
+      unreadableKnown: [],
+      unchanged: 0,
+      undecoded: 0,
+      added: 0,
+      changed: 0,
+    };
+  }
+
+  async run(manifest: AsyncIterable<ManifestBatch> | Iterable<ManifestBatch>): Promise<DiffPlan> {
+    const scan = this.#scan;
+    const plan = this.#plan;
+    for await (const batch of manifest) {
+      // Whole lines as bytes: compared without building a string per line.
+      const lines = batch instanceof Uint8Array ? batch : encoder.encode(batch.join("\n"));
+      for (let start = 0; start < lines.length;) {
+        let end = lines.indexOf(10, start);
+        if (end < 0) end = lines.length;
+        if (end > start) {
+          if (this.#fast && this.#i < scan.length && this.#unchangedBytes(lines, start, end)) {
+            this.#i++;
+            plan.unchanged++;
+            plan.undecoded++;
+          } else this.#merge(entriesFromLines([decodeLine(lines.subarray(start, end))])[0]);
+        }
+        start = end + 1;
+      }
+    }
+    this.#takeScanBefore(null);
+    plan.send = this.#sendIdx.length === scan.length ? scan : scan.select(this.#sendIdx);
+    return plan;
+  }
+
+  #racy(k: number): boolean {
+    const racyFrom = this.#racyFrom;
     if (racyFrom === null) return false;
-    const sec = scan.mtimeSec(k);
-    if (racyFrom < 0n || sec <= 0) return scan.mtime(k) >= racyFrom;
-    return sec > racySec || (sec === racySec && scan.mtimeNs(k) >= racyNs);
-  };
-  const unreadableSet = new Set(options.unreadable ?? []);
-  const plan: DiffPlan = {
-    send: scan,
-    changedPaths: new Set(),
-    suspects: [],
-    deleted: [],
-    keptBelowUnreadable: 0,
-    unreadableKnown: [],
-    unchanged: 0,
-    undecoded: 0,
-    added: 0,
-    changed: 0,
-  };
-  const belowUnreadable = (path: string): boolean => {
+    const sec = this.#scan.mtimeSec(k);
+    if (racyFrom < 0n || sec <= 0) return this.#scan.mtime(k) >= racyFrom;
+    return sec > this.#racySec || (sec === this.#racySec && this.#scan.mtimeNs(k) >= this.#racyNs);
+  }
+
+  #belowUnreadable(path: string): boolean {
     for (let i = path.lastIndexOf("/"); i > 0; i = path.lastIndexOf("/", i - 1)) {
-      if (unreadableSet.has(path.slice(0, i))) return true;
+      if (this.#unreadable.has(path.slice(0, i))) return true;
     }
     return false;
-  };
-  // Entries to send, as indices into the scan: no object per entry (a first
-  // backup of 1M files would hold ~120 MB of them).
-  const sendIdx: number[] = [];
-  let k = -1; // the scan index of the entry being compared
-  const send = (e: ScanEntry, kind: "added" | "changed") => {
-    sendIdx.push(k);
-    if (kind === "added") plan.added++;
-    else {
-      plan.changed++;
-      plan.changedPaths.add(e.path);
-    }
-  };
+  }
 
-  let i = 0;
-  const takeScanBefore = (path: string | null) => {
-    while (i < scan.length && (path === null || comparePaths(scan.path(i), path) < 0)) {
-      k = i++;
-      sendIdx.push(k);
-      plan.added++;
+  /** Scan entry `k` is to be sent, as added or changed (the parent has it). */
+  #send(k: number, kind: "added" | "changed"): void {
+    this.#sendIdx.push(k);
+    if (kind === "added") this.#plan.added++;
+    else {
+      this.#plan.changed++;
+      this.#plan.changedPaths.add(this.#scan.path(k));
     }
-  };
-  const fast = check === "none" && options.fastPath !== false;
+  }
+
+  /** Scan entries before `path` (all, for null) are not in the manifest: added. */
+  #takeScanBefore(path: string | null): void {
+    const scan = this.#scan;
+    while (this.#i < scan.length && (path === null || comparePaths(scan.path(this.#i), path) < 0)) {
+      this.#send(this.#i++, "added");
+    }
+  }
+
   /**
-   * True when the line `buf[start, end)` is the unchanged record of scanned
-   * entry `k` (see above): compared field by field, as entryToJson writes
-   * them, for ASCII paths; a key can only follow a comma, and `"fl":` cannot
-   * occur inside a hash or a JSON string (quotes are escaped there).
+   * True when the line `buf[start, end)` is the unchanged record of the next
+   * scanned entry (see diffTree): compared field by field, as entryToJson
+   * writes them, for ASCII paths; a key can only follow a comma, and `"fl":`
+   * cannot occur inside a hash or a JSON string (quotes are escaped there).
    */
-  const unchangedBytes = (k: number, buf: Uint8Array, start: number, end: number): boolean => {
+  #unchangedBytes(buf: Uint8Array, start: number, end: number): boolean {
+    const scan = this.#scan;
+    const k = this.#i;
     const type = scan.type(k);
-    if (type === "l" || (type === "f" && racy(k))) return false;
+    if (type === "l" || (type === "f" && this.#racy(k))) return false;
     const mtSec = scan.mtimeSec(k);
     const ctSec = scan.ctimeSec(k);
     if (mtSec <= 0 || ctSec <= 0) return false; // times before 1970 + 1 s: decoded
@@ -262,68 +320,58 @@ export async function diffTree(
     if (pos < 0 || pos >= end || buf[pos] !== 34) return false;
     const next = pos + 1 < end ? buf[pos + 1] : -1;
     return (next === 44 || next === 125) && !hasFlagKey(buf, pos + 1, end);
-  };
-  const merge = (prev: Entry) => {
-    takeScanBefore(prev.path);
-    if (i < scan.length && scan.path(i) === prev.path) {
-      k = i++;
-      compare(scan.get(k), prev);
+  }
+
+  /** A decoded manifest entry, matched with the scan. */
+  #merge(prev: Entry): void {
+    this.#takeScanBefore(prev.path);
+    const scan = this.#scan;
+    if (this.#i < scan.length && scan.path(this.#i) === prev.path) {
+      const k = this.#i++;
+      this.#compare(k, scan.get(k), prev);
       return;
     }
     // In the manifest, not in the scan.
-    if (unreadableSet.has(prev.path)) plan.unreadableKnown.push(prev.path);
-    else if (belowUnreadable(prev.path)) plan.keptBelowUnreadable++;
+    const plan = this.#plan;
+    if (this.#unreadable.has(prev.path)) plan.unreadableKnown.push(prev.path);
+    else if (this.#belowUnreadable(prev.path)) plan.keptBelowUnreadable++;
     else plan.deleted.push(prev.path);
-  };
-  for await (const batch of manifest) {
-    // Whole lines as bytes: compared without building a string per line.
-    const lines = batch instanceof Uint8Array ? batch : encoder.encode(batch.join("\n"));
-    for (let start = 0; start < lines.length;) {
-      let end = lines.indexOf(10, start);
-      if (end < 0) end = lines.length;
-      if (end > start) {
-        if (fast && i < scan.length && unchangedBytes(i, lines, start, end)) {
-          i++;
-          plan.unchanged++;
-          plan.undecoded++;
-        } else merge(entriesFromLines([decodeLine(lines.subarray(start, end))])[0]);
-      }
-      start = end + 1;
-    }
   }
-  takeScanBefore(null);
-  plan.send = sendIdx.length === scan.length ? scan : scan.select(sendIdx);
-  return plan;
 
-  function compare(e: ScanEntry, prev: Entry): void {
-    if (e.type !== prev.type) return send(e, "changed");
+  /** Scan entry `k` (`e`) against its previous version. */
+  #compare(k: number, e: ScanEntry, prev: Entry): void {
+    const plan = this.#plan;
+    if (e.type !== prev.type) return this.#send(k, "changed");
     if (e.type === "d") {
-      if (e.mode !== prev.mode || e.mtime !== prev.mtime || prev.flag) return send(e, "changed");
+      if (e.mode !== prev.mode || e.mtime !== prev.mtime || prev.flag) {
+        return this.#send(k, "changed");
+      }
       plan.unchanged++;
       return;
     }
     if (e.type === "l") {
       if (e.target !== prev.target || e.mode !== prev.mode || e.mtime !== prev.mtime) {
-        return send(e, "changed");
+        return this.#send(k, "changed");
       }
       plan.unchanged++;
       return;
     }
+    const g = this.#g;
     if (e.size !== prev.size || floorTo(e.mtime, g) !== floorTo(prev.mtime, g)) {
-      return send(e, "changed");
+      return this.#send(k, "changed");
     }
     // The server lost this content: sending it again repairs the blob.
-    if (prev.flag === "damaged") return send(e, "changed");
+    if (prev.flag === "damaged") return this.#send(k, "changed");
     let reason: SuspectReason | null = null;
     if (prev.flag) reason = "flagged";
     else if (e.mode !== prev.mode) reason = "mode";
     // ctime exactly: nobody can set it, and a rebuild that restores the mtime
     // (reproducible builds, cp -p) leaves it as the only sign of new content.
-    else if (useCtime && e.ctime !== prev.ctime) reason = "ctime";
+    else if (this.#useCtime && e.ctime !== prev.ctime) reason = "ctime";
     else if (e.mtime !== prev.mtime) reason = "racy"; // equal only after flooring: finer than we trust
-    else if (racyFrom !== null && e.mtime >= racyFrom) reason = "racy";
-    else if (check === "full") reason = "full";
-    else if (check === "partial") reason = "partial";
+    else if (this.#racyFrom !== null && e.mtime >= this.#racyFrom) reason = "racy";
+    else if (this.#check === "full") reason = "full";
+    else if (this.#check === "partial") reason = "partial";
     if (
       reason === null ||
       e.size === 0 && reason !== "mode" && reason !== "ctime" && reason !== "flagged"

@@ -18,20 +18,21 @@
 
 import { Buffer } from "node:buffer";
 import { createHash, type Hash } from "node:crypto";
-import { concatBytes } from "../platform/concat_bytes.ts";
 import { KeepError } from "../errors.ts";
-import { lstatNs, setTimesNs } from "../platform/fs_native.ts";
-import { decodeMemberTransient, MemberSplitter } from "../format/gzip_member.ts";
-import { churned } from "../platform/memory.ts";
+import { ArchiveReader } from "../format/archive_reader.ts";
 import { comparePaths, parentOf, pathProblem } from "../format/paths.ts";
-import type { WriteError, WriteJob } from "./restore_writer.ts";
-import { type TarHeader, TarParser } from "../format/tar.ts";
+import type { TarHeader } from "../format/tar.ts";
+import { concatBytes } from "../platform/concat_bytes.ts";
+import { lstatNs, setTimesNs } from "../platform/fs_native.ts";
+import { churned } from "../platform/memory.ts";
+import { FileWriter } from "./file_writer.ts";
+import type { Problem } from "./problem.ts";
 
 export interface RestoreOptions {
   /** Allow a non-empty destination: existing files are replaced. */
   overwrite?: boolean;
   signal?: AbortSignal;
-  onProblem?: (p: { path: string; reason: string }) => void;
+  onProblem?: (p: Problem) => void;
   onProgress?: (r: RestoreResult) => void;
 }
 
@@ -42,7 +43,7 @@ export interface RestoreResult {
   bytes: number;
   /** Files whose content did not match their hash (not written). */
   hashErrors: number;
-  problems: { path: string; reason: string }[];
+  problems: Problem[];
 }
 
 const SMALL = 1 << 20;
@@ -79,12 +80,33 @@ export function prepareDestination(dest: string, overwrite: boolean): void {
  * const r = await restoreArchive(response.body!, "/tmp/out");
  * ```
  */
-export async function restoreArchive(
+export function restoreArchive(
   stream: ReadableStream<Uint8Array>,
   dest: string,
   options: RestoreOptions = {},
 ): Promise<RestoreResult> {
-  const result: RestoreResult = {
+  return new Restorer(dest, options).run(stream);
+}
+
+/** The file being received: its header, expected hash, and bytes (memory or a temp file). */
+interface Receiving {
+  h: TarHeader;
+  expect: string;
+  sha: Hash;
+  parts: Uint8Array[];
+  file: Deno.FsFile | null;
+  tmp: string;
+}
+
+/**
+ * One restore: a tar sink (entries, data, ends) that checks every path
+ * before anything is created, then writes what it verified.
+ */
+class Restorer {
+  readonly #dest: string;
+  readonly #options: RestoreOptions;
+  readonly #overwrite: boolean;
+  readonly #result: RestoreResult = {
     files: 0,
     dirs: 0,
     symlinks: 0,
@@ -92,31 +114,101 @@ export async function restoreArchive(
     hashErrors: 0,
     problems: [],
   };
-  const overwrite = options.overwrite ?? false;
-  const realDirs = new Set<string>([""]);
-  const dirMeta: { path: string; mode: number; mtime: bigint }[] = [];
-  const abs = (rel: string) => `${dest}/${rel}`;
-  const problem = (path: string, reason: string) => {
-    result.problems.push({ path, reason });
-    options.onProblem?.({ path, reason });
-  };
+  /** Directories this restore made or found real (never a symlink). */
+  readonly #realDirs = new Set<string>([""]);
+  readonly #dirMeta: { path: string; mode: number; mtime: bigint }[] = [];
+  readonly #writer = new FileWriter();
+  #lastPath = "";
+  #tmpSeq = 0;
+  #cur: TarHeader | null = null;
+  #file: Receiving | null = null;
+  /** The body of the server's error entry, while it is read. */
+  #errorBody: Uint8Array[] | null = null;
 
-  const ensureDir = (rel: string): void => {
-    if (realDirs.has(rel)) return;
+  constructor(dest: string, options: RestoreOptions) {
+    this.#dest = dest;
+    this.#options = options;
+    this.#overwrite = options.overwrite ?? false;
+  }
+
+  async run(stream: ReadableStream<Uint8Array>): Promise<RestoreResult> {
+    const reader = new ArchiveReader({
+      entry: (h) => this.#onEntry(h),
+      data: (c) => this.#onData(c),
+      entryEnd: () => this.#onEntryEnd(),
+    }, {
+      // Stored content that does not decode: damage, not a bad request.
+      onBadMember: (err) =>
+        new KeepError(
+          "integrity",
+          `Cannot restore ${this.#cur?.path ?? (this.#lastPath || "the archive")}: ${
+            (err as Error).message.replace(/^Cannot read archive: /, "")
+          }`,
+        ),
+    });
+    const body = stream.getReader();
+    try {
+      for (let r = await readBody(body); !r.done; r = await readBody(body)) {
+        if (this.#options.signal?.aborted) throw this.#options.signal.reason;
+        reader.push(r.value);
+        churned(r.value.length * 2);
+        this.#options.onProgress?.(this.#result);
+        await this.#writer.ready();
+      }
+      reader.end();
+      for (const e of await this.#writer.finish()) {
+        throw new KeepError(
+          "io",
+          `Cannot restore ${e.path.slice(this.#dest.length + 1)}: ${e.message}`,
+        );
+      }
+    } catch (err) {
+      // What was verified before the failure is still written, then the failure is reported.
+      try {
+        await this.#writer.finish();
+      } catch { /* the original error matters more */ }
+      throw err;
+    } finally {
+      body.releaseLock();
+      this.#writer.close();
+      this.#dropTemp();
+    }
+    // Directories last, deepest first, so their mtimes stay put.
+    for (let i = this.#dirMeta.length - 1; i >= 0; i--) {
+      const d = this.#dirMeta[i];
+      Deno.chmodSync(this.#abs(d.path), d.mode);
+      setTimesNs(this.#abs(d.path), d.mtime);
+    }
+    return this.#result;
+  }
+
+  #abs(rel: string): string {
+    return `${this.#dest}/${rel}`;
+  }
+
+  #problem(path: string, reason: string): void {
+    const p: Problem = { path, reason, kind: "damaged" };
+    this.#result.problems.push(p);
+    this.#options.onProblem?.(p);
+  }
+
+  /** Makes sure `rel` is a real directory of this restore (creating it and its parents). */
+  #ensureDir(rel: string): void {
+    if (this.#realDirs.has(rel)) return;
     // A file of this archive still queued for the writer is not on disk yet.
-    if (writer.isPending(abs(rel))) {
+    if (this.#writer.isPending(this.#abs(rel))) {
       throw new KeepError(
         "invalid",
         `Cannot restore below ${rel}: the archive has it as a file, not a directory`,
       );
     }
-    ensureDir(parentOf(rel));
+    this.#ensureDir(parentOf(rel));
     let st;
     try {
-      st = lstatNs(abs(rel));
+      st = lstatNs(this.#abs(rel));
     } catch {
-      Deno.mkdirSync(abs(rel), { mode: 0o755 });
-      realDirs.add(rel);
+      Deno.mkdirSync(this.#abs(rel), { mode: 0o755 });
+      this.#realDirs.add(rel);
       return;
     }
     if (st.kind !== "dir") {
@@ -125,221 +217,158 @@ export async function restoreArchive(
         `Cannot restore below ${rel}: it is a ${st.kind}, not a directory`,
       );
     }
-    realDirs.add(rel);
-  };
+    this.#realDirs.add(rel);
+  }
 
-  /** Removes whatever non-directory is at rel (overwrite mode). */
-  const clear = (rel: string): "none" | "dir" => {
+  /** Removes whatever non-directory is at rel (overwrite mode); says whether a directory is there. */
+  #clear(rel: string): "none" | "dir" {
     // DEST was empty and entries come strictly ordered: nothing can be in the
     // way (and creating with createNew/mkdir would fail loudly if it were).
-    if (!overwrite) return "none";
+    if (!this.#overwrite) return "none";
     let st;
     try {
-      st = lstatNs(abs(rel));
+      st = lstatNs(this.#abs(rel));
     } catch {
       return "none";
     }
     if (st.kind === "dir") return "dir";
-    if (!overwrite) throw new KeepError("invalid", `Cannot restore ${rel}: it already exists`);
-    Deno.removeSync(abs(rel));
+    Deno.removeSync(this.#abs(rel));
     return "none";
-  };
+  }
 
-  let cur: TarHeader | null = null;
-  let expect = "";
-  let sha: Hash | null = null;
-  let parts: Uint8Array[] = [];
-  let file: Deno.FsFile | null = null;
-  let tmp = "";
-  let lastPath = "";
-  let tmpSeq = 0;
-  /** The body of the server's error entry, while it is read. */
-  let errorBody: Uint8Array[] | null = null;
-
-  const parser = new TarParser({
-    entry(h) {
-      if (h.keep?.control === "error" && h.type === "file" && h.size <= 65536) {
-        errorBody = [];
-        return;
-      }
-      const bad = pathProblem(h.path);
-      if (bad) {
-        throw new KeepError(
-          "invalid",
-          `Cannot restore ${JSON.stringify(h.path)}: unsafe path (${bad})`,
-        );
-      }
-      if (comparePaths(lastPath, h.path) >= 0) {
-        throw new KeepError(
-          "invalid",
-          `Cannot restore ${JSON.stringify(h.path)}: entries out of order or repeated`,
-        );
-      }
-      lastPath = h.path;
-      ensureDir(parentOf(h.path));
-      cur = h;
-      if (h.type === "dir") {
-        if (clear(h.path) === "none") Deno.mkdirSync(abs(h.path), { mode: 0o700 });
-        realDirs.add(h.path);
-        dirMeta.push({ path: h.path, mode: h.mode, mtime: h.mtime });
-        result.dirs++;
-        return;
-      }
-      if (clear(h.path) === "dir") {
-        throw new KeepError("invalid", `Cannot restore ${h.path}: a directory is in the way`);
-      }
-      if (h.type === "symlink") {
-        Deno.symlinkSync(h.linkname!, abs(h.path));
-        setTimesNs(abs(h.path), h.mtime, true);
-        result.symlinks++;
-        return;
-      }
-      expect = h.keep?.sha256 ?? "";
-      if (!/^[0-9a-f]{64}$/.test(expect)) {
-        throw new KeepError("invalid", `Cannot restore ${h.path}: no content hash`);
-      }
-      sha = createHash("sha256");
-      parts = [];
-      if (h.size > SMALL) {
-        tmp = abs(
-          `${
-            parentOf(h.path) ? parentOf(h.path) + "/" : ""
-          }.keep-restore-${Deno.pid}-${++tmpSeq}.part`,
-        );
-        file = Deno.openSync(tmp, { write: true, createNew: true, mode: 0o600 });
-      }
-    },
-    data(chunk) {
-      if (errorBody) {
-        errorBody.push(chunk.slice());
-        return;
-      }
-      sha!.update(chunk);
-      if (file) {
-        if (isZero(chunk)) {
-          // Leave a hole: sparse files come back sparse (truncate sets the size at the end).
-          file.seekSync(chunk.length, Deno.SeekMode.Current);
-        } else {
-          let o = 0;
-          while (o < chunk.length) o += file.writeSync(chunk.subarray(o));
-        }
-      } else {
-        parts.push(chunk.slice());
-      }
-      result.bytes += chunk.length;
-    },
-    entryEnd() {
-      if (errorBody) throw serverError(concatBytes(errorBody));
-      const h = cur!;
-      cur = null;
-      if (h.type !== "file") return;
-      const got = sha!.digest("hex");
-      sha = null;
-      const target = abs(h.path);
-      if (got !== expect) {
-        if (file) {
-          file.close();
-          file = null;
-          Deno.removeSync(tmp);
-        }
-        result.hashErrors++;
-        problem(
-          h.path,
-          `content hash mismatch (got ${got.slice(0, 12)}…, expected ${
-            expect.slice(0, 12)
-          }…): not written`,
-        );
-        return;
-      }
-      if (file) {
-        file.truncateSync(h.size);
-        file.close();
-        file = null;
-        Deno.renameSync(tmp, target);
-      } else {
-        // Verified: the writer creates it (with its mode and mtime) off this thread.
-        const data = parts.length === 1 ? parts[0] : concatBytes(parts);
-        parts = [];
-        writer.add({ path: target, data, mode: h.mode, mtime: h.mtime });
-        result.files++;
-        return;
-      }
-      parts = [];
-      Deno.chmodSync(target, h.mode);
-      setTimesNs(target, h.mtime);
-      result.files++;
-    },
-  });
-
-  const split = new MemberSplitter();
-  const writer = new FileWriter();
-  const reader = stream.getReader();
-  const next = async () => {
-    try {
-      return await reader.read();
-    } catch (err) {
-      if (err instanceof KeepError) throw err;
+  #onEntry(h: TarHeader): void {
+    if (h.keep?.control === "error" && h.type === "file" && h.size <= 65536) {
+      this.#errorBody = [];
+      return;
+    }
+    const bad = pathProblem(h.path);
+    if (bad) {
       throw new KeepError(
-        "unavailable",
-        `Cannot restore: the connection to the server broke (${(err as Error).message})`,
+        "invalid",
+        `Cannot restore ${JSON.stringify(h.path)}: unsafe path (${bad})`,
       );
     }
-  };
-  try {
-    for (let r = await next(); !r.done; r = await next()) {
-      const chunk = r.value;
-      if (options.signal?.aborted) throw options.signal.reason;
-      split.push(chunk);
-      // Views valid until the next member: the parser's sink hashes and
-      // writes or copies every piece at once.
-      for (let m = split.next(true); m; m = split.next(true)) {
-        let raw: Uint8Array;
-        try {
-          raw = decodeMemberTransient(m);
-        } catch (err) {
-          // Stored content that does not decode: damage, not a bad request.
-          const where = cur ? (cur as TarHeader).path : lastPath || "the archive";
-          throw new KeepError(
-            "integrity",
-            `Cannot restore ${where}: ${
-              (err as Error).message.replace(/^Cannot read archive: /, "")
-            }`,
-          );
-        }
-        parser.push(raw);
+    if (comparePaths(this.#lastPath, h.path) >= 0) {
+      throw new KeepError(
+        "invalid",
+        `Cannot restore ${JSON.stringify(h.path)}: entries out of order or repeated`,
+      );
+    }
+    this.#lastPath = h.path;
+    this.#ensureDir(parentOf(h.path));
+    this.#cur = h;
+    if (h.type === "dir") {
+      if (this.#clear(h.path) === "none") Deno.mkdirSync(this.#abs(h.path), { mode: 0o700 });
+      this.#realDirs.add(h.path);
+      this.#dirMeta.push({ path: h.path, mode: h.mode, mtime: h.mtime });
+      this.#result.dirs++;
+      return;
+    }
+    if (this.#clear(h.path) === "dir") {
+      throw new KeepError("invalid", `Cannot restore ${h.path}: a directory is in the way`);
+    }
+    if (h.type === "symlink") {
+      Deno.symlinkSync(h.linkname!, this.#abs(h.path));
+      setTimesNs(this.#abs(h.path), h.mtime, true);
+      this.#result.symlinks++;
+      return;
+    }
+    const expect = h.keep?.sha256 ?? "";
+    if (!/^[0-9a-f]{64}$/.test(expect)) {
+      throw new KeepError("invalid", `Cannot restore ${h.path}: no content hash`);
+    }
+    let file: Deno.FsFile | null = null;
+    let tmp = "";
+    if (h.size > SMALL) {
+      // Large files go through a temp file beside their target, renamed once verified.
+      const dir = parentOf(h.path);
+      tmp = this.#abs(`${dir ? dir + "/" : ""}.keep-restore-${Deno.pid}-${++this.#tmpSeq}.part`);
+      file = Deno.openSync(tmp, { write: true, createNew: true, mode: 0o600 });
+    }
+    this.#file = { h, expect, sha: createHash("sha256"), parts: [], file, tmp };
+  }
+
+  #onData(chunk: Uint8Array): void {
+    if (this.#errorBody) {
+      this.#errorBody.push(chunk.slice());
+      return;
+    }
+    const f = this.#file!;
+    f.sha.update(chunk);
+    if (f.file) {
+      if (isZero(chunk)) {
+        // Leave a hole: sparse files come back sparse (truncate sets the size at the end).
+        f.file.seekSync(chunk.length, Deno.SeekMode.Current);
+      } else {
+        let o = 0;
+        while (o < chunk.length) o += f.file.writeSync(chunk.subarray(o));
       }
-      churned(chunk.length * 2);
-      options.onProgress?.(result);
-      await writer.ready();
+    } else f.parts.push(chunk.slice());
+    this.#result.bytes += chunk.length;
+  }
+
+  #onEntryEnd(): void {
+    if (this.#errorBody) throw serverError(concatBytes(this.#errorBody));
+    const h = this.#cur!;
+    this.#cur = null;
+    if (h.type !== "file") return;
+    const f = this.#file!;
+    this.#file = null;
+    const got = f.sha.digest("hex");
+    const target = this.#abs(h.path);
+    if (got !== f.expect) {
+      if (f.file) {
+        f.file.close();
+        Deno.removeSync(f.tmp);
+      }
+      this.#result.hashErrors++;
+      this.#problem(
+        h.path,
+        `content hash mismatch (got ${got.slice(0, 12)}…, expected ${
+          f.expect.slice(0, 12)
+        }…): not written`,
+      );
+      return;
     }
-    split.end();
-    parser.finish();
-    for (const e of await writer.finish()) {
-      throw new KeepError("io", `Cannot restore ${e.path.slice(dest.length + 1)}: ${e.message}`);
+    this.#result.files++;
+    if (!f.file) {
+      // Verified: the writer creates it (with its mode and mtime) off this thread.
+      const data = f.parts.length === 1 ? f.parts[0] : concatBytes(f.parts);
+      this.#writer.add({ path: target, data, mode: h.mode, mtime: h.mtime });
+      return;
     }
-  } catch (err) {
-    // What was verified before the failure is still written, then the failure is reported.
+    f.file.truncateSync(h.size);
+    f.file.close();
+    Deno.renameSync(f.tmp, target);
+    Deno.chmodSync(target, h.mode);
+    setTimesNs(target, h.mtime);
+  }
+
+  /** A large file cut short by a failure: its temp file goes. */
+  #dropTemp(): void {
+    const f = this.#file;
+    if (!f?.file) return;
+    this.#file = null;
+    f.file.close();
     try {
-      await writer.finish();
-    } catch { /* the original error matters more */ }
-    throw err;
-  } finally {
-    reader.releaseLock();
-    writer.close();
-    if (file) {
-      (file as Deno.FsFile).close();
-      try {
-        Deno.removeSync(tmp);
-      } catch { /* already gone */ }
-    }
+      Deno.removeSync(f.tmp);
+    } catch { /* already gone */ }
   }
-  // Directories last, deepest first, so their mtimes stay put.
-  for (let i = dirMeta.length - 1; i >= 0; i--) {
-    const d = dirMeta[i];
-    Deno.chmodSync(abs(d.path), d.mode);
-    setTimesNs(abs(d.path), d.mtime);
+}
+
+/** One read of the archive body; a broken connection is `unavailable`, not bad data. */
+async function readBody(
+  body: ReadableStreamDefaultReader<Uint8Array>,
+): Promise<ReadableStreamReadResult<Uint8Array>> {
+  try {
+    return await body.read();
+  } catch (err) {
+    if (err instanceof KeepError) throw err;
+    throw new KeepError(
+      "unavailable",
+      `Cannot restore: the connection to the server broke (${(err as Error).message})`,
+    );
   }
-  return result;
 }
 
 /** The server's error entry as an integrity error naming the path. */
@@ -356,90 +385,6 @@ function serverError(body: Uint8Array): KeepError {
     }
   } catch { /* below */ }
   return new KeepError("integrity", "Cannot restore: the server ended the archive with an error");
-}
-
-/**
- * Hands verified small files to the writer Worker in batches, with at most
- * MAX_INFLIGHT bytes not yet written (memory stays bounded).
- */
-class FileWriter {
-  static MAX_INFLIGHT = 8 << 20;
-  static BATCH = 256;
-  #worker = new Worker(new URL("./restore_writer.ts", import.meta.url).href, { type: "module" });
-  #batch: WriteJob[] = [];
-  #batchBytes = 0;
-  /** Paths of files handed over and not yet written, by batch (for isPending). */
-  #pending = new Set<string>();
-  #sent: string[][] = [];
-  #inflight = 0;
-  #wake: (() => void) | null = null;
-  #flushed: ((errors: WriteError[]) => void) | null = null;
-  #failure: Error | null = null;
-
-  constructor() {
-    this.#worker.onmessage = (ev: MessageEvent) => {
-      const m = ev.data as { done?: number; flushed?: boolean; errors?: WriteError[] };
-      if (m.done !== undefined) {
-        this.#inflight -= m.done;
-        for (const path of this.#sent.shift() ?? []) this.#pending.delete(path);
-        this.#wake?.();
-      }
-      if (m.flushed) this.#flushed?.(m.errors ?? []);
-    };
-    this.#worker.onerror = (ev: ErrorEvent) => {
-      ev.preventDefault();
-      this.#failure = new KeepError("internal", `Cannot write files: ${ev.message}`);
-      this.#wake?.();
-      this.#flushed?.([]);
-    };
-  }
-
-  add(job: WriteJob): void {
-    this.#batch.push(job);
-    this.#pending.add(job.path);
-    this.#batchBytes += job.data.length;
-    if (this.#batch.length >= FileWriter.BATCH || this.#batchBytes >= 4 << 20) this.#send();
-  }
-
-  #send(): void {
-    if (!this.#batch.length) return;
-    this.#inflight += this.#batchBytes;
-    const transfer = this.#batch.map((j) => j.data.buffer).filter((b, i, all) =>
-      all.indexOf(b) === i && b instanceof ArrayBuffer
-    ) as ArrayBuffer[];
-    this.#sent.push(this.#batch.map((j) => j.path));
-    this.#worker.postMessage({ files: this.#batch }, transfer);
-    this.#batch = [];
-    this.#batchBytes = 0;
-  }
-
-  /** True while the file at `path` is handed over but not written yet. */
-  isPending(path: string): boolean {
-    return this.#pending.has(path);
-  }
-
-  /** Waits while too much is waiting to be written. */
-  async ready(): Promise<void> {
-    while (this.#inflight > FileWriter.MAX_INFLIGHT && !this.#failure) {
-      await new Promise<void>((r) => this.#wake = r);
-      this.#wake = null;
-    }
-    if (this.#failure) throw this.#failure;
-  }
-
-  /** Sends what is left and waits until every file is written; returns the failures. */
-  async finish(): Promise<WriteError[]> {
-    this.#send();
-    const done = new Promise<WriteError[]>((r) => this.#flushed = r);
-    this.#worker.postMessage({ flush: true });
-    const errors = await done;
-    if (this.#failure) throw this.#failure;
-    return errors;
-  }
-
-  close(): void {
-    this.#worker.terminate();
-  }
 }
 
 const ZEROS = Buffer.alloc(1 << 20);

@@ -30,6 +30,7 @@ import {
   TreeFile,
 } from "../platform/fs_native.ts";
 import { comparePaths, MAX_PATH_BYTES, pathProblem, sortPaths } from "../format/paths.ts";
+import { type Problem, reasonOf } from "./problem.ts";
 
 /** One path found by the scan. */
 export interface ScanEntry {
@@ -40,17 +41,6 @@ export interface ScanEntry {
   mtime: bigint;
   ctime: bigint;
   target?: string;
-}
-
-/** Something the scan could not take. `fatal` problems make a backup incomplete. */
-export interface ScanProblem {
-  path: string;
-  reason: string;
-  /**
-   * unreadable: lost for this backup (kept from the last commit); skipped: by
-   * design (special file); adjusted: backed up, with its mtime clamped.
-   */
-  kind: "unreadable" | "skipped" | "adjusted";
 }
 
 /** What to take. */
@@ -65,13 +55,13 @@ export interface ScanOptions {
   ignoreFile?: string;
   /** Directory listings and lstats in flight at once (default: 16 on NFS/SMB/FUSE, else 1). */
   jobs?: number;
-  onProblem?: (p: ScanProblem) => void;
+  onProblem?: (p: Problem) => void;
 }
 
 /** The scan of one tree. */
 export interface ScanResult {
   entries: ScanTable;
-  problems: ScanProblem[];
+  problems: Problem[];
   /** Directories that could not be listed: their previous contents are kept. */
   unreadableDirs: string[];
   /** When the scan started, ns since the epoch (client clock). */
@@ -86,12 +76,6 @@ export interface ScanResult {
 }
 
 const CACHEDIR_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55";
-
-function reasonOf(err: unknown): string {
-  if (err instanceof Deno.errors.PermissionDenied) return "permission denied";
-  if (err instanceof Deno.errors.NotFound) return "vanished during the scan";
-  return err instanceof Error ? err.message.split("\n")[0] : String(err);
-}
 
 /** True when `dir` holds a regular file CACHEDIR.TAG that starts with the signature. */
 function isCacheDir(dir: string): boolean {
@@ -164,7 +148,7 @@ interface Sink {
 
 /** What a walk found besides its entries. */
 interface WalkSummary {
-  problems: ScanProblem[];
+  problems: Problem[];
   unreadableDirs: string[];
   startedNs: bigint;
   granularity: bigint;
@@ -448,40 +432,88 @@ async function walkTree(
   options: ScanOptions & { jobs: number },
   sink: Sink,
 ): Promise<WalkSummary> {
-  const startedNs = BigInt(Date.now()) * 1_000_000n;
-  const ignoreFile = options.ignoreFile ?? ".backupignore";
-  const excludeCaches = options.excludeCaches ?? true;
+  const rootStat = lstatNs(root);
+  if (rootStat.kind !== "dir") throw new Deno.errors.NotADirectory(`${root} is not a directory`);
   const exclude = options.exclude?.length ? (await loadIgnore())().add(options.exclude) : null;
-  const jobs = options.jobs;
-  const limiter = new Limiter(jobs);
-  const problems: ScanProblem[] = [];
-  const unreadableDirs: string[] = [];
-  const problem = (p: ScanProblem) => {
-    problems.push(p);
-    options.onProblem?.(p);
-  };
-  let minGranularity = 2_000_000_000;
-  let sawFile = false;
-  let files = 0;
-  let ctimeIsMtime = 0;
+  const walker = new TreeWalker(root, options, sink, exclude);
+  await walker.walk("", []);
+  return walker.summary();
+}
+
+/** One directory's entries that are taken, in name order (see TreeWalker.#take). */
+interface Taken {
+  names: string[];
+  types: ("f" | "d" | "l")[];
+  stats: RawStat[];
+  targets: (string | undefined)[];
+  subdirs: string[];
+}
+
+/** The state of one walk: its rules, what it found besides entries, and its counters. */
+class TreeWalker {
+  readonly #root: string;
+  readonly #sink: Sink;
+  readonly #jobs: number;
+  readonly #limiter: Limiter;
+  readonly #ignoreFile: string;
+  readonly #excludeCaches: boolean;
+  readonly #exclude: Ignore | null;
+  readonly #onProblem?: (p: Problem) => void;
+  readonly #startedNs = BigInt(Date.now()) * 1_000_000n;
+  readonly #problems: Problem[] = [];
+  readonly #unreadableDirs: string[] = [];
+  #minGranularity = 2_000_000_000;
+  #sawFile = false;
+  #files = 0;
+  #ctimeIsMtime = 0;
+
+  constructor(
+    root: string,
+    options: ScanOptions & { jobs: number },
+    sink: Sink,
+    exclude: Ignore | null,
+  ) {
+    this.#root = root;
+    this.#sink = sink;
+    this.#jobs = options.jobs;
+    this.#limiter = new Limiter(options.jobs);
+    this.#ignoreFile = options.ignoreFile ?? ".backupignore";
+    this.#excludeCaches = options.excludeCaches ?? true;
+    this.#exclude = exclude;
+    this.#onProblem = options.onProblem;
+  }
+
+  summary(): WalkSummary {
+    return {
+      problems: this.#problems,
+      unreadableDirs: this.#unreadableDirs,
+      startedNs: this.#startedNs,
+      granularity: this.#sawFile ? BigInt(this.#minGranularity) : 1_000_000_000n,
+      files: this.#files,
+      ctimeIsMtime: this.#ctimeIsMtime,
+    };
+  }
+
+  #problem(p: Problem): void {
+    this.#problems.push(p);
+    this.#onProblem?.(p);
+  }
+
   /** The coarsest granularity an mtime (seconds floored, ns) is consistent with. */
-  const noteGranularity = (sec: number, ns: number) => {
-    sawFile = true;
-    if (minGranularity === 1) return;
+  #noteGranularity(sec: number, ns: number): void {
+    this.#sawFile = true;
+    if (this.#minGranularity === 1) return;
     let g = 2_000_000_000;
     if (sec % 2 !== 0) g = 1_000_000_000;
     if (ns !== 0) g = 1_000_000;
     if (ns % 1_000_000 !== 0) g = 1_000;
     if (ns % 1_000 !== 0) g = 1;
-    if (g < minGranularity) minGranularity = g;
-  };
+    if (g < this.#minGranularity) this.#minGranularity = g;
+  }
 
-  const rootStat = lstatNs(root);
-  if (rootStat.kind !== "dir") throw new Deno.errors.NotADirectory(`${root} is not a directory`);
-
-  const ignored = (levels: Level[], rel: string, isDir: boolean): boolean => {
+  #ignored(levels: Level[], rel: string, isDir: boolean): boolean {
     const test = isDir ? rel + "/" : rel;
-    if (exclude && exclude.ignores(test)) return true;
+    if (this.#exclude && this.#exclude.ignores(test)) return true;
     let out = false;
     for (const l of levels) {
       const sub = l.base === "" ? test : test.slice(l.base.length + 1);
@@ -490,123 +522,128 @@ async function walkTree(
       else if (r.unignored) out = false;
     }
     return out;
-  };
+  }
 
-  const list = async (dirAbs: string): Promise<string[]> => {
+  async #list(dirAbs: string): Promise<string[]> {
     const names: string[] = [];
-    if (jobs === 1) { for (const d of Deno.readDirSync(dirAbs)) names.push(d.name); }
-    else {await limiter.run(async () => {
+    if (this.#jobs === 1) {
+      for (const d of Deno.readDirSync(dirAbs)) names.push(d.name);
+    } else {
+      await this.#limiter.run(async () => {
         for await (const d of Deno.readDir(dirAbs)) names.push(d.name);
-      });}
-    return names;
-  };
-  const lstatSync = (path: string): RawStat | Error => {
-    try {
-      return rawOf(lstatNs(path));
-    } catch (err) {
-      return err as Error;
+      });
     }
-  };
-  const statAll = async (
+    return names;
+  }
+
+  async #statAll(
     dirAbs: string,
     dir: DirReader | null,
     names: string[],
-  ): Promise<(RawStat | Error)[]> => {
+  ): Promise<(RawStat | Error)[]> {
     // A failed call is made again through Deno for its error class and message.
-    if (dir) return names.map((n) => dir.stat(n) ?? lstatSync(`${dirAbs}/${n}`));
-    if (jobs === 1) return names.map((n) => lstatSync(`${dirAbs}/${n}`));
+    if (dir) return names.map((n) => dir.stat(n) ?? lstatOrError(`${dirAbs}/${n}`));
+    if (this.#jobs === 1) return names.map((n) => lstatOrError(`${dirAbs}/${n}`));
     return await Promise.all(
       names.map((n) =>
-        limiter.run(() => lstatNsAsync(`${dirAbs}/${n}`)).then(rawOf, (err) => err as Error)
+        this.#limiter.run(() => lstatNsAsync(`${dirAbs}/${n}`)).then(rawOf, (err) => err as Error)
       ),
     );
-  };
+  }
 
-  /** Walks a directory and, concurrently when jobs > 1, those below it. */
-  const walk = async (dirRel: string, levels: Level[]): Promise<void> => {
-    const dirAbs = dirRel === "" ? root : `${root}/${dirRel}`;
-    let names: string[];
+  /** The sorted names of a directory (and its reader, on a local disk), or null if unreadable. */
+  async #names(
+    dirRel: string,
+    dirAbs: string,
+  ): Promise<{ names: string[]; dir: DirReader | null } | null> {
     // On a local disk: getdents64 and statx relative to the directory.
     let dir: DirReader | null = null;
     try {
-      if (jobs === 1) dir = DirReader.open(dirAbs);
-      names = dir ? dir.names() : await list(dirAbs);
+      if (this.#jobs === 1) dir = DirReader.open(dirAbs);
+      let names = dir ? dir.names() : await this.#list(dirAbs);
       sortPaths(names);
       for (const bad of dir?.invalid ?? []) {
-        problem({
+        this.#problem({
           path: dirRel === "" ? bad : `${dirRel}/${bad}`,
           reason: "cannot back up this name: it is not valid UTF-8",
           kind: "unreadable",
         });
       }
-      if (!dir) names = dropLossyDuplicates(names, dirRel, problem);
+      if (!dir) names = dropLossyDuplicates(names, dirRel, (p) => this.#problem(p));
+      return { names, dir };
     } catch (err) {
       dir?.close();
-      if (dirRel !== "") {
-        unreadableDirs.push(dirRel);
-        problem({
-          path: dirRel,
-          reason: `cannot list directory: ${reasonOf(err)}`,
-          kind: "unreadable",
-        });
-        return;
-      }
-      throw err;
+      if (dirRel === "") throw err;
+      this.#unreadableDirs.push(dirRel);
+      this.#problem({
+        path: dirRel,
+        reason: `cannot list directory: ${reasonOf(err)}`,
+        kind: "unreadable",
+      });
+      return null;
     }
-    let here = levels;
-    if (names.includes(ignoreFile)) {
-      try {
-        const text = new TextDecoder("utf-8", { fatal: true }).decode(
-          TreeFile.readSmall(`${dirAbs}/${ignoreFile}`, MAX_IGNORE_FILE),
-        );
-        const ignore = await loadIgnore();
-        here = [...levels, { base: dirRel, rules: ignore().add(text) }];
-      } catch (err) {
-        problem({
-          path: dirRel ? `${dirRel}/${ignoreFile}` : ignoreFile,
-          reason: `cannot read: ${reasonOf(err)}`,
-          kind: "unreadable",
-        });
-      }
+  }
+
+  /** The rules below `dirRel`: those above it, and its own ignore file if it has one. */
+  async #rules(dirRel: string, dirAbs: string, names: string[], levels: Level[]): Promise<Level[]> {
+    if (!names.includes(this.#ignoreFile)) return levels;
+    try {
+      const text = new TextDecoder("utf-8", { fatal: true }).decode(
+        TreeFile.readSmall(`${dirAbs}/${this.#ignoreFile}`, MAX_IGNORE_FILE),
+      );
+      const ignore = await loadIgnore();
+      return [...levels, { base: dirRel, rules: ignore().add(text) }];
+    } catch (err) {
+      this.#problem({
+        path: dirRel ? `${dirRel}/${this.#ignoreFile}` : this.#ignoreFile,
+        reason: `cannot read: ${reasonOf(err)}`,
+        kind: "unreadable",
+      });
+      return levels;
     }
-    if (excludeCaches && names.includes("CACHEDIR.TAG") && isCacheDir(dirAbs)) {
-      names = ["CACHEDIR.TAG"];
-    }
+  }
+
+  /** Stats a directory's names and keeps those the rules take, reporting the others. */
+  async #take(
+    dirRel: string,
+    dirAbs: string,
+    dir: DirReader | null,
+    names: string[],
+    here: Level[],
+  ): Promise<Taken> {
     // The OS guarantees a name has no "/" or NUL, is not "." or "..", and fits
-    // NAME_MAX; what is left to check is the path's length (and a lossy UTF-8
-    // decoding, which shows up as a failing lstat).
+    // NAME_MAX; what is left to check is the path's length.
     const wanted: string[] = [];
     for (const name of names) {
       const rel = dirRel === "" ? name : `${dirRel}/${name}`;
       const bad = rel.length * 3 > MAX_PATH_BYTES ? pathProblem(rel) : null;
       if (bad) {
-        problem({ path: rel, reason: `cannot back up this name: ${bad}`, kind: "unreadable" });
+        this.#problem({
+          path: rel,
+          reason: `cannot back up this name: ${bad}`,
+          kind: "unreadable",
+        });
       } else wanted.push(name);
     }
     let stats;
     try {
-      stats = await statAll(dirAbs, dir, wanted);
+      stats = await this.#statAll(dirAbs, dir, wanted);
     } finally {
       dir?.close();
     }
-    // This directory's entries, in name order.
-    const names2: string[] = [];
-    const types: ("f" | "d" | "l")[] = [];
-    const kept: RawStat[] = [];
-    const targets: (string | undefined)[] = [];
-    const subdirs: string[] = [];
+    const taken: Taken = { names: [], types: [], stats: [], targets: [], subdirs: [] };
     for (let i = 0; i < wanted.length; i++) {
       const name = wanted[i];
       const rel = dirRel === "" ? name : `${dirRel}/${name}`;
       const st = stats[i];
       if (st instanceof Error) {
         const reason = name.includes("\uFFFD") ? "file name is not valid UTF-8" : reasonOf(st);
-        problem({ path: rel, reason: `cannot stat: ${reason}`, kind: "unreadable" });
+        this.#problem({ path: rel, reason: `cannot stat: ${reason}`, kind: "unreadable" });
         continue;
       }
       if (st.kind === "other") {
-        if (!ignored(here, rel, false)) {
-          problem({
+        if (!this.#ignored(here, rel, false)) {
+          this.#problem({
             path: rel,
             reason: "special file (FIFO, socket or device) skipped",
             kind: "skipped",
@@ -615,22 +652,30 @@ async function walkTree(
         continue;
       }
       const isDir = st.kind === "dir";
-      if (ignored(here, rel, isDir)) continue;
+      if (this.#ignored(here, rel, isDir)) continue;
       let target: string | undefined;
       if (st.kind === "symlink") {
         try {
           target = Deno.readLinkSync(`${dirAbs}/${name}`);
         } catch (err) {
-          problem({ path: rel, reason: `cannot read link: ${reasonOf(err)}`, kind: "unreadable" });
+          this.#problem({
+            path: rel,
+            reason: `cannot read link: ${reasonOf(err)}`,
+            kind: "unreadable",
+          });
           continue;
         }
         if (target === "") {
-          problem({ path: rel, reason: "symlink with an empty target skipped", kind: "skipped" });
+          this.#problem({
+            path: rel,
+            reason: "symlink with an empty target skipped",
+            kind: "skipped",
+          });
           continue;
         }
       }
       if (st.clamped) {
-        problem({
+        this.#problem({
           path: rel,
           reason:
             "its mtime is outside 1677-09-21..2262-04-11 UTC, the range Keep records: recorded as the nearest end of it",
@@ -638,44 +683,63 @@ async function walkTree(
         });
       }
       if (st.kind === "file") {
-        noteGranularity(st.mtimeSec, st.mtimeNs);
-        files++;
-        if (st.ctimeSec === st.mtimeSec && st.ctimeNs === st.mtimeNs) ctimeIsMtime++;
+        this.#noteGranularity(st.mtimeSec, st.mtimeNs);
+        this.#files++;
+        if (st.ctimeSec === st.mtimeSec && st.ctimeNs === st.mtimeNs) this.#ctimeIsMtime++;
       } else st.size = 0;
-      names2.push(name);
-      types.push(isDir ? "d" : st.kind === "symlink" ? "l" : "f");
-      kept.push(st);
-      targets.push(target);
-      if (isDir) subdirs.push(name);
+      taken.names.push(name);
+      taken.types.push(isDir ? "d" : st.kind === "symlink" ? "l" : "f");
+      taken.stats.push(st);
+      taken.targets.push(target);
+      if (isDir) taken.subdirs.push(name);
     }
+    return taken;
+  }
+
+  /** Walks a directory and, concurrently when jobs > 1, those below it. */
+  async walk(dirRel: string, levels: Level[]): Promise<void> {
+    const dirAbs = dirRel === "" ? this.#root : `${this.#root}/${dirRel}`;
+    const listed = await this.#names(dirRel, dirAbs);
+    if (!listed) return;
+    let names = listed.names;
+    const here = await this.#rules(dirRel, dirAbs, names, levels);
+    if (this.#excludeCaches && names.includes("CACHEDIR.TAG") && isCacheDir(dirAbs)) {
+      names = ["CACHEDIR.TAG"];
+    }
+    const t = await this.#take(dirRel, dirAbs, listed.dir, names, here);
     const emit = (j: number) => {
-      const name = names2[j];
-      sink.entry(dirRel === "" ? name : joinPath(dirRel, name), types[j], kept[j], targets[j]);
+      const name = t.names[j];
+      this.#sink.entry(
+        dirRel === "" ? name : joinPath(dirRel, name),
+        t.types[j],
+        t.stats[j],
+        t.targets[j],
+      );
     };
     const below = (name: string) => dirRel === "" ? name : `${dirRel}/${name}`;
-    if (jobs > 1) {
-      for (let j = 0; j < names2.length; j++) emit(j);
-      await Promise.all(subdirs.map((d) => walk(below(d), here)));
+    if (this.#jobs > 1) {
+      for (let j = 0; j < t.names.length; j++) emit(j);
+      await Promise.all(t.subdirs.map((d) => this.walk(below(d), here)));
       return;
     }
     // In path order: the contents of subdirectory `x` sort as "x/".
-    const keys = sortPaths(subdirs.map((d) => d + "/"));
+    const keys = sortPaths(t.subdirs.map((d) => d + "/"));
     let j = 0;
     for (const key of keys) {
-      while (j < names2.length && comparePaths(names2[j], key) < 0) emit(j++);
-      await walk(below(key.slice(0, -1)), here);
+      while (j < t.names.length && comparePaths(t.names[j], key) < 0) emit(j++);
+      await this.walk(below(key.slice(0, -1)), here);
     }
-    while (j < names2.length) emit(j++);
-  };
-  await walk("", []);
-  return {
-    problems,
-    unreadableDirs,
-    startedNs,
-    granularity: sawFile ? BigInt(minGranularity) : 1_000_000_000n,
-    files,
-    ctimeIsMtime,
-  };
+    while (j < t.names.length) emit(j++);
+  }
+}
+
+/** lstat, or the error it threw (a walk reports it beside the path). */
+function lstatOrError(path: string): RawStat | Error {
+  try {
+    return rawOf(lstatNs(path));
+  } catch (err) {
+    return err as Error;
+  }
 }
 
 /**
@@ -687,7 +751,7 @@ async function walkTree(
 function dropLossyDuplicates(
   sorted: string[],
   dirRel: string,
-  problem: (p: ScanProblem) => void,
+  problem: (p: Problem) => void,
 ): string[] {
   const out: string[] = [];
   for (let i = 0; i < sorted.length; i++) {

@@ -1,5 +1,6 @@
 import { resolve } from "node:path";
 import { runBackup } from "../client/backup.ts";
+import { isIncomplete } from "../client/problem.ts";
 import type { CheckMode } from "../client/diff.ts";
 import { KeepError } from "../errors.ts";
 import type { CompressMode } from "../client/upload.ts";
@@ -174,7 +175,7 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
         for (const q of result.problems) {
           note(
             `keep backup: ${q.kind}: ${q.path}: ${q.reason}${
-              q.kind === "skipped" || q.kind === "adjusted" ? "" : " (last good version kept)"
+              isIncomplete(q) ? " (last good version kept)" : ""
             }`,
           );
         }

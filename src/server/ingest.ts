@@ -19,13 +19,8 @@
 
 import { createHash, type Hash } from "node:crypto";
 import { KeepError } from "../errors.ts";
-import {
-  decodeMemberTransient,
-  encodeChecked,
-  MAX_MEMBER_RAW,
-  type MemberEncoder,
-  MemberSplitter,
-} from "../format/gzip_member.ts";
+import { ArchiveReader } from "../format/archive_reader.ts";
+import { encodeChecked, MAX_MEMBER_RAW, type MemberEncoder } from "../format/gzip_member.ts";
 import { hexToBytes } from "../format/hex.ts";
 import {
   type CommitInfo,
@@ -38,7 +33,7 @@ import {
 } from "../format/manifest.ts";
 import { comparePaths, pathProblem } from "../format/paths.ts";
 import { PartialHasher } from "../format/partial_hash.ts";
-import { type TarHeader, TarParser } from "../format/tar.ts";
+import type { TarHeader } from "../format/tar.ts";
 import { concatBytes } from "../platform/concat_bytes.ts";
 import { churned } from "../platform/memory.ts";
 import { type LargeSink, PACK_MAX, type PackSink } from "./storage/blob_store.ts";
@@ -194,8 +189,7 @@ export class Ingest {
   #limits: IngestLimits;
   #level: number;
   #encode: MemberEncoder | undefined;
-  #splitter = new MemberSplitter();
-  #parser: TarParser;
+  #reader: ArchiveReader;
   #phase: Phase = "header";
   #header: UploadHeader | null = null;
   #headerChecked = false;
@@ -206,9 +200,6 @@ export class Ingest {
   #sha: Hash | null = null;
   #xxh = new PartialHasher();
   #blob: BlobBuilder | null = null;
-  #member: Uint8Array | null = null;
-  /** #member is a view of the splitter's carry buffer (copy it to keep it). */
-  #memberCarried = false;
   #pendingRows: StageRow[] = [];
   #pendingBlobs: PendingBlob[] = [];
   #pendingBytes = 0;
@@ -244,7 +235,7 @@ export class Ingest {
     this.#limits = options.limits ?? DEFAULT_LIMITS;
     this.#level = options.level ?? -1;
     this.#encode = options.encode;
-    this.#parser = new TarParser({
+    this.#reader = new ArchiveReader({
       entry: (h) => this.#onEntry(h),
       data: (c) => this.#onData(c),
       entryEnd: () => this.#onEntryEnd(),
@@ -282,18 +273,7 @@ export class Ingest {
         `Cannot accept upload: body over the limit of ${this.#limits.maxUploadBytes} bytes`,
       );
     }
-    this.#splitter.push(chunk);
-    // Members, decoded bytes and carried members are views valid until the
-    // next member: consumed (hashed, written or copied) before it.
-    for (let m = this.#splitter.next(true); m; m = this.#splitter.next(true)) {
-      const raw = decodeMemberTransient(m);
-      this.#member = this.#blob && raw.length > 0 && this.#parser.dataRemaining >= raw.length
-        ? m
-        : null;
-      this.#memberCarried = this.#splitter.lastWasCarried;
-      this.#parser.push(raw);
-      this.#member = null;
-    }
+    this.#reader.push(chunk);
   }
 
   /** Writes the waiting batch: durable bytes first, then their rows. */
@@ -370,8 +350,7 @@ export class Ingest {
 
   /** Ends the upload and records the commit. */
   async finish(): Promise<IngestResult> {
-    this.#splitter.end();
-    this.#parser.finish();
+    this.#reader.end();
     if (this.#phase !== "end") {
       throw new KeepError(
         "invalid",
@@ -504,7 +483,9 @@ export class Ingest {
     }
     this.#sha!.update(chunk);
     this.#xxh.update(chunk);
-    if (this.#member) this.#blob!.addMember(this.#member, this.#memberCarried);
+    // A member holding only this file's bytes is kept as it came.
+    const whole = this.#reader.wholeMember(chunk);
+    if (whole) this.#blob!.addMember(whole.member, whole.carried);
     else this.#blob!.addRaw(chunk);
     this.bytesReceived += chunk.length;
   }
