@@ -46,9 +46,8 @@ scope.onmessage = (ev: MessageEvent) => {
       }
     }
     // The batch's buffers are garbage now, but this thread allocates too
-    // little on the V8 heap for a scavenge to free them (their bytes were
-    // seen at 16-21 MB here); one per batch (<= 4 MB) does (client peak RSS
-    // of a 100k-file restore: 127-146 MB before, 115-127 MB after).
+    // little on the V8 heap for a scavenge to free them: one per batch does
+    // (docs/DESIGN.md, "Restore's client side").
     collectYoung();
     scope.postMessage({ done: bytes });
   }

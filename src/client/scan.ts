@@ -2,11 +2,9 @@
  * The client's walk of a backup source. Algorithm: depth-first over
  * directories, one thread of synchronous calls: on Linux getdents64 and a
  * statx relative to the directory per entry, through FFI (ns times; see
- * fs_native.ts DirReader), elsewhere `readDirSync` and lstat. Measured
- * fastest on this class of machine: async stat pools were 5–6× slower; a
- * walk on a Worker, overlapped with the manifest download, gained nothing on
- * 2 cores and cost 30 MB; two threads walking half the tree each took ~200
- * ms against ~250 ms for one.
+ * platform/fs_native.ts DirReader), elsewhere `readDirSync` and lstat: the
+ * fastest measured on 2 cores (async stat pools, a walk on a Worker and two
+ * walker threads were slower or no faster: docs/DESIGN.md).
  * Rules are applied while walking so excluded trees are never entered:
  * `.backupignore` files (gitignore syntax, any directory, deeper files win),
  * `--exclude` patterns (always exclude), CACHEDIR.TAG directories (kept with

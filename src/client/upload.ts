@@ -94,9 +94,8 @@ export function packUpload(
   const stats: PackStats = { filesSent: 0, bytesRead: 0, wireBytes: 0, entriesSent: 0 };
   const gen = generate(options, stats);
   // The generator yields blocks of exactly WIRE_CHUNK bytes (the last may be
-  // shorter): measured on Deno 2.9.6, a server reading a chunked upload spends
-  // 0.4 s of CPU per 800 MB with 65,000-byte chunks, 3 s with 128 KiB and
-  // 8.7 s with 16 KB chunks (see docs/DESIGN.md).
+  // shorter): the size Deno's server reads cheapest (docs/DESIGN.md, "Upload
+  // chunks of 65,000 bytes").
   const stream = new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {

@@ -20,9 +20,9 @@ import { KeepError } from "../errors.ts";
 /**
  * One zlib stream object, reset and reused for every member. node:zlib's
  * one-shot `deflateRawSync`/`inflateRawSync` build a new stream object and
- * output buffers per call, freed only when V8 collects them: measured over
- * 100,000 calls of 8 KiB, RSS grew from 42 MB to 147 MB and the calls took
- * 7× longer (inflate 870 ms against 121 ms; deflate 1.25 s against 0.42 s).
+ * output buffers per call, freed only when V8 collects them: RSS grows and
+ * the calls are several times slower (docs/DESIGN.md, "One reused zlib
+ * stream per direction").
  * The reused object is driven through the binding that node:zlib's own sync
  * path uses (`_handle.writeSync` and `_writeState`); when a Deno release
  * lacks it, the one-shot functions are used instead (see `fastZlib`).

@@ -1,7 +1,7 @@
 /**
  * Collects bytes into fixed-size blocks: one allocation per block instead
  * of one per small piece, and blocks of the size the transport likes (see
- * pack.ts and export.ts for the sizes and why).
+ * client/upload.ts and server/archive.ts for the sizes and why).
  *
  * @module
  */

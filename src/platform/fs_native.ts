@@ -122,11 +122,6 @@ function loadLibc(): Libc | null {
   return libc;
 }
 
-/** True when nanosecond stat and utimens are in use. */
-export function hasNativeTimes(): boolean {
-  return loadLibc() !== null;
-}
-
 const encoder = new TextEncoder();
 const statBuf = new Uint8Array(256);
 const statView = new DataView(statBuf.buffer);
@@ -626,8 +621,8 @@ function fillTimes(mtime: bigint): void {
  * bits `mode` and mtime `mtime` (ns). Through FFI: open, write, fchmod only
  * when the umask took bits away, futimens and close on the descriptor. Deno's
  * own calls add an fchmod per file and utimensat resolves the path again (4
- * syscalls instead of 5; the time saved was within this VM's noise, see
- * docs/DESIGN.md). Throws like Deno's calls.
+ * syscalls instead of 5: docs/DESIGN.md, "Restore's client side"). Throws
+ * like Deno's calls.
  */
 export function createFile(
   path: string,

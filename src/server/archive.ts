@@ -29,7 +29,7 @@ import type { Storage } from "./storage/open.ts";
 export const ERROR_ENTRY = ".keep-error.json";
 
 /** The tar header Keep writes for a manifest entry. */
-export function headerFor(e: Entry): TarHeader {
+function headerFor(e: Entry): TarHeader {
   const h: TarHeader = {
     path: e.path,
     type: tarTypeOf(e.type),

@@ -7,7 +7,7 @@
  * records are staged in batches; `finish` checks the archive ended properly
  * and applies the commit in one durable step of the index.
  *
- * `push` is synchronous per body chunk (TECH.md: awaiting other I/O between
+ * `push` is synchronous per body chunk (docs/DESIGN.md, "The HTTP server": awaiting other I/O between
  * body reads makes Deno's HTTP/1.1 server crawl). What waits on the storage
  * happens in `flush`, once per batch (`wantsFlush`): which of the batch's
  * contents the store lacks (one question for the batch), their bytes made

@@ -149,7 +149,7 @@ async function* copiedMembers(
  * escaped), so the first such text is the field; anything unexpected is
  * decoded and written again.
  */
-export function statLine(line: string): string {
+function statLine(line: string): string {
   let i = line.indexOf(',"h":"');
   if (i >= 0) {
     if (line.charCodeAt(i + 70) !== 34) return statLineSlow(line);

@@ -21,7 +21,7 @@ import { readJson } from "../json_body.ts";
  * Paths per `POST …/entries` request, and its body's limit (the client sends
  * up to 5,000 paths in up to ~4 MiB; a longer list is split).
  */
-export const MAX_LOOKUP_PATHS = 10_000;
+const MAX_LOOKUP_PATHS = 10_000;
 const MAX_LOOKUP_BODY = 8 << 20;
 
 /** The route group. */

@@ -8,7 +8,7 @@
  * - Large blobs: `blobs/<2 hex>/<2 hex>/<sha256>`, written to `tmp/`,
  *   fsync'd, renamed into place, their directories fsync'd.
  *
- * Writes are synchronous (TECH.md: an upload handler that awaits real I/O
+ * Writes are synchronous (docs/DESIGN.md, "The HTTP server": an upload handler that awaits real I/O
  * between body reads makes Deno's HTTP server crawl), so a sink's `pending`
  * is always 0 and `drain` resolves at once.
  *
