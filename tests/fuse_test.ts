@@ -125,7 +125,7 @@ backup: prog
 Deno.test("on an sshfs mount the default backup sees a same-size rewrite whose mtime was put back", async () => {
   need("make", ["--version"], "make");
   need("cc", ["--version"], "gcc");
-  const server = await startServer();
+  await using server = await startServer();
   const mount = await sshfsMount();
   try {
     const d = mount.dir;
@@ -162,6 +162,43 @@ Deno.test("on an sshfs mount the default backup sees a same-size rewrite whose m
     assert(Deno.statSync(join(dest, "r", "prog")).isFile, "the built program is in the commit");
   } finally {
     await mount.close();
-    await server.stop();
+  }
+});
+
+Deno.test("an sshfs mount inside a local tree: its files get the content check, the local ones do not", async () => {
+  await using server = await startServer();
+  const mount = await sshfsMount();
+  const tree = await tempDir();
+  const inside = join(tree, "remote");
+  Deno.mkdirSync(inside);
+  Deno.writeTextFileSync(join(tree, "local.txt"), "local 1\n");
+  try {
+    // Bind the sshfs mount into the local tree.
+    await sh("mount", ["--bind", mount.dir, inside]);
+    try {
+      const old = new Date(Date.now() - 3600_000);
+      Deno.writeTextFileSync(join(inside, "s.txt"), "version 1\n");
+      Deno.utimeSync(join(inside, "s.txt"), old, old);
+      const first = json<{ check: string; checkReason: string }>(
+        await keepOk(["backup", "-s", server.url, "-p", "mix", "--settle", "0", "--json", tree]),
+      );
+      assertEquals(first.check, "partial");
+      assertMatch(first.checkReason, /mounts at remote/);
+      // Same size, mtime put back, on the mount: only the content differs.
+      const st = Deno.statSync(join(inside, "s.txt"));
+      Deno.writeTextFileSync(join(inside, "s.txt"), "version 2\n");
+      Deno.utimeSync(join(inside, "s.txt"), st.atime!, st.mtime!);
+      const second = json<{ changed: number; hashed: number }>(
+        await keepOk(["backup", "-s", server.url, "-p", "mix", "--settle", "0", "--json", tree]),
+      );
+      assertEquals(second.changed, 1);
+      const dest = await tempDir();
+      await keepOk(["restore", "-s", server.url, "-p", "mix", join(dest, "r")]);
+      assertEquals(Deno.readTextFileSync(join(dest, "r", "remote", "s.txt")), "version 2\n");
+    } finally {
+      await sh("umount", [inside]).catch(() => sh("umount", ["-l", inside]));
+    }
+  } finally {
+    await mount.close();
   }
 });

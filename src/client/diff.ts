@@ -37,6 +37,11 @@ export interface DiffOptions {
   /** The racily-clean margin, ns (max of granularity and settle window). */
   racyMargin?: bigint;
   check?: CheckMode;
+  /**
+   * Directories (mount points of filesystems whose ctime cannot be trusted)
+   * below which a `none` check is `partial`.
+   */
+  partialBelow?: string[];
   /** Paths the scan could not read (directories: nor their contents). */
   unreadable?: string[];
   /** Take unchanged lines without decoding them (default true; false for tests). */
@@ -94,7 +99,7 @@ const T_DIR = encoder.encode('","t":"d","s":');
 const M_KEY = encoder.encode(',"m":');
 const MT_KEY = encoder.encode(',"mt":"');
 const CT_KEY = encoder.encode('","ct":"');
-const lineDecoder = new TextDecoder("utf-8", { fatal: true });
+const lineDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** The position after `lit` when `buf` has it at `pos` (before `end`), else -1. */
 function atBytes(buf: Uint8Array, pos: number, end: number, lit: Uint8Array): number {
@@ -194,6 +199,7 @@ class Differ {
   readonly #useCtime: boolean;
   readonly #g: bigint;
   readonly #check: CheckMode;
+  readonly #partialBelow: string[];
   readonly #fast: boolean;
   /** Files with an mtime at or after this (ns) are racily clean; null: none are. */
   readonly #racyFrom: bigint | null;
@@ -215,7 +221,11 @@ class Differ {
     this.#useCtime = options.ctime ?? true;
     this.#g = options.granularity ?? 1n;
     this.#check = options.check ?? "none";
-    this.#fast = this.#check === "none" && options.fastPath !== false;
+    this.#partialBelow = this.#check === "none"
+      ? (options.partialBelow ?? []).map((d) => d + "/")
+      : [];
+    this.#fast = this.#check === "none" && this.#partialBelow.length === 0 &&
+      options.fastPath !== false;
     this.#racyFrom = options.parentScanTime !== undefined && options.parentScanTime > 0n
       ? options.parentScanTime - (options.racyMargin ?? this.#g)
       : null;
@@ -372,6 +382,7 @@ class Differ {
     else if (this.#racyFrom !== null && e.mtime >= this.#racyFrom) reason = "racy";
     else if (this.#check === "full") reason = "full";
     else if (this.#check === "partial") reason = "partial";
+    else if (this.#partialBelow.some((d) => e.path.startsWith(d))) reason = "partial";
     if (
       reason === null ||
       e.size === 0 && reason !== "mode" && reason !== "ctime" && reason !== "flagged"

@@ -14,6 +14,9 @@
  * - `withdrawn`: a large file that changed while it was sent: the server
  *   drops what it received, the last good version is kept;
  * - `skipped`: left out by design (FIFOs, sockets, devices);
+ * - `rules`: an ignore file that cannot be used (not a regular file, over
+ *   1 MiB, unreadable, not UTF-8): its rules are not applied (the file
+ *   itself is backed up like any other);
  * - `adjusted`: backed up with a metadata change (an mtime Keep cannot hold);
  * - `damaged`: (restore) content that failed its hash check, not written.
  */
@@ -22,6 +25,7 @@ export type ProblemKind =
   | "unsettled"
   | "withdrawn"
   | "skipped"
+  | "rules"
   | "adjusted"
   | "damaged";
 

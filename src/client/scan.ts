@@ -71,6 +71,8 @@ export interface ScanResult {
   ctimeIsMtime: number;
   /** The network filesystem the tree is on ("nfs", "fuse", …), or null. */
   filesystem: string | null;
+  /** Directories inside the tree where another filesystem is mounted, with its network type. */
+  mounts: { path: string; filesystem: string | null }[];
 }
 
 const CACHEDIR_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55";
@@ -152,6 +154,8 @@ interface WalkSummary {
   granularity: bigint;
   files: number;
   ctimeIsMtime: number;
+  /** Directories inside the tree where another filesystem is mounted, with its network type. */
+  mounts: { path: string; filesystem: string | null }[];
 }
 
 /**
@@ -375,7 +379,7 @@ export class ScanTable implements Sink {
     ctime: bigint,
     target?: string,
   ): void {
-    const st = rawOf({ kind: "file", size, mode, mtime, ctime, nlink: 1 });
+    const st = rawOf({ kind: "file", size, mode, mtime, ctime, nlink: 1, dev: 0 });
     this.entry(path, type, st, target);
   }
 
@@ -464,6 +468,7 @@ class TreeWalker {
   #sawFile = false;
   #files = 0;
   #ctimeIsMtime = 0;
+  #mounts: { path: string; filesystem: string | null }[] = [];
 
   constructor(
     root: string,
@@ -489,6 +494,7 @@ class TreeWalker {
       granularity: this.#sawFile ? BigInt(this.#minGranularity) : 1_000_000_000n,
       files: this.#files,
       ctimeIsMtime: this.#ctimeIsMtime,
+      mounts: this.#mounts,
     };
   }
 
@@ -594,8 +600,8 @@ class TreeWalker {
     } catch (err) {
       this.#problem({
         path: dirRel ? `${dirRel}/${this.#ignoreFile}` : this.#ignoreFile,
-        reason: `cannot read: ${reasonOf(err)}`,
-        kind: "unreadable",
+        reason: `its rules are not applied: cannot read it: ${reasonOf(err)}`,
+        kind: "rules",
       });
       return levels;
     }
@@ -694,9 +700,17 @@ class TreeWalker {
     return taken;
   }
 
-  /** Walks a directory and, concurrently when jobs > 1, those below it. */
-  async walk(dirRel: string, levels: Level[]): Promise<void> {
+  /**
+   * Walks a directory (on device `dev`; -1: look it up) and, concurrently
+   * when jobs > 1, those below it.
+   */
+  async walk(dirRel: string, levels: Level[], dev = -1): Promise<void> {
     const dirAbs = dirRel === "" ? this.#root : `${this.#root}/${dirRel}`;
+    if (dev === -1) {
+      try {
+        dev = lstatNs(dirAbs).dev;
+      } catch { /* reported when listed */ }
+    }
     const listed = await this.#names(dirRel, dirAbs);
     if (!listed) return;
     let names = listed.names;
@@ -715,9 +729,23 @@ class TreeWalker {
       );
     };
     const below = (name: string) => dirRel === "" ? name : `${dirRel}/${name}`;
+    // A subdirectory on another device is a mount point: its filesystem may
+    // need a content check the tree's root does not (see ctimeDistrust).
+    const devs = new Map<string, number>();
+    for (let j = 0; j < t.names.length; j++) {
+      if (t.types[j] !== "d") continue;
+      const d = t.stats[j].dev;
+      devs.set(t.names[j], d);
+      if (d !== dev && dev !== -1) {
+        this.#mounts.push({
+          path: below(t.names[j]),
+          filesystem: networkFilesystem(`${dirAbs}/${t.names[j]}`),
+        });
+      }
+    }
     if (this.#jobs > 1) {
       for (let j = 0; j < t.names.length; j++) emit(j);
-      await Promise.all(t.subdirs.map((d) => this.walk(below(d), here)));
+      await Promise.all(t.subdirs.map((d) => this.walk(below(d), here, devs.get(d) ?? -1)));
       return;
     }
     // In path order: the contents of subdirectory `x` sort as "x/".
@@ -725,7 +753,8 @@ class TreeWalker {
     let j = 0;
     for (const key of keys) {
       while (j < t.names.length && comparePaths(t.names[j], key) < 0) emit(j++);
-      await this.walk(below(key.slice(0, -1)), here);
+      const name = key.slice(0, -1);
+      await this.walk(below(name), here, devs.get(name) ?? -1);
     }
     while (j < t.names.length) emit(j++);
   }

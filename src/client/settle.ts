@@ -27,9 +27,12 @@ export interface SettleOptions {
 }
 
 export interface SettleResult {
-  /** Candidates that held still (their rows updated with their latest stat). */
+  /**
+   * Candidates that held still (their rows updated with their latest stat),
+   * and those that vanished or cannot be stat'ed (the upload reports them).
+   */
   settled: number[];
-  /** Candidates that kept moving (or vanished). */
+  /** Candidates that kept moving. */
   unsettled: { index: number; path: string; reason: string }[];
   /** How long the check took, ms. */
   waitedMs: number;

@@ -16,7 +16,8 @@ export const tokenCommand: Command = {
 
 Roles: backup  (append-only: read the head manifest, add commits; no old content, no prune)
        restore (read: commits, manifests, archives, blobs)
-       admin   (everything, plus verify)
+       admin   (everything on its projects: prune, policy; with --project '*'
+               also what concerns the whole store: verify, store stats)
 A token is printed once at creation; the server keeps only its SHA-256.
 Clients pass it with --token or KEEP_TOKEN.
 

@@ -117,6 +117,8 @@ export interface UploadHeader {
   source: string;
   scanTime: string;
   granularity: string;
+  /** Raw bytes of the files the upload sends, for the quota check (optional). */
+  bytes?: number;
 }
 
 /**
@@ -278,9 +280,13 @@ export function parseUploadHeader(text: string): UploadHeader {
       "Cannot read upload: scanTime and granularity must be ns integers",
     );
   }
+  if (r.bytes !== undefined && !(Number.isSafeInteger(r.bytes) && (r.bytes as number) >= 0)) {
+    throw new KeepError("invalid", "Cannot read upload: bytes must be a whole number of bytes");
+  }
   return {
     format: 1,
     parent,
+    ...(r.bytes !== undefined ? { bytes: r.bytes as number } : {}),
     message: str("message", 65536),
     tags: tagOut,
     host: str("host", 1024),
@@ -381,7 +387,7 @@ export class LineChunker {
 /** Splits a stream of text chunks into lines, with a bound on line length. */
 export class LineSplitter {
   #rest = "";
-  #decoder = new TextDecoder("utf-8", { fatal: true });
+  #decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
   constructor(readonly maxLine = 1 << 20) {}
 
   /** Lines completed by this chunk. */

@@ -29,7 +29,7 @@ export interface TarHeader {
 
 const BLOCK = 512;
 const encoder = new TextEncoder();
-const decoder = new TextDecoder("utf-8", { fatal: true });
+const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 /** Largest pax/GNU long-name payload accepted. */
 export const MAX_EXT_HEADER = 64 * 1024;
 const MAX_OCTAL_SIZE = 0o77777777777; // 11 octal digits

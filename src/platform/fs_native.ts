@@ -20,6 +20,8 @@ export interface NativeStat {
   mtime: bigint;
   ctime: bigint;
   nlink: number;
+  /** The device (filesystem) it is on: a directory whose dev differs from its parent's is a mount point. */
+  dev: number;
   /** Set when the mtime on disk lay outside TIME_MIN_NS..TIME_MAX_NS and was clamped. */
   clamped?: true;
 }
@@ -162,7 +164,13 @@ function decodeStatx(v: DataView): NativeStat {
     mtime,
     ctime,
     nlink: v.getUint32(16, true),
+    dev: devOf(v),
   });
+}
+
+/** stx_dev_major and stx_dev_minor as one number. */
+function devOf(v: DataView): number {
+  return v.getUint32(136, true) * 2 ** 20 + v.getUint32(140, true);
 }
 
 /** `st` with its times clamped to Keep's range (see TIME_MIN_NS), marked when mtime was. */
@@ -241,6 +249,7 @@ export interface RawStat {
   mtimeNs: number;
   ctimeSec: number;
   ctimeNs: number;
+  dev: number;
   /** As NativeStat.clamped. */
   clamped?: true;
 }
@@ -261,6 +270,7 @@ export function rawOf(st: NativeStat): RawStat {
     mtimeNs,
     ctimeSec,
     ctimeNs,
+    dev: st.dev,
   };
   if (st.clamped) raw.clamped = true;
   return raw;
@@ -455,7 +465,7 @@ export class DirReader {
   static #buf = new Uint8Array(64 * 1024);
   static #view = new DataView(DirReader.#buf.buffer);
   static #latin1 = new TextDecoder("latin1");
-  static #utf8 = new TextDecoder("utf-8", { fatal: true });
+  static #utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
   readonly #c: Libc;
   readonly #fd: number;
   readonly #getdents: bigint;
@@ -536,6 +546,7 @@ export class DirReader {
       mtimeNs: v.getUint32(120, true),
       ctimeSec: v.getUint32(96, true) + v.getInt32(100, true) * 2 ** 32,
       ctimeNs: v.getUint32(104, true),
+      dev: devOf(v),
     };
     // Outside Keep's range (TIME_MIN_NS..TIME_MAX_NS): clamped as lstatNs does.
     if (st.mtimeSec > MAX_SEC - 1 || st.mtimeSec < MIN_SEC + 1) clampRaw(st, "mtime");
@@ -576,6 +587,7 @@ function fromFileInfo(st: Deno.FileInfo): NativeStat {
     mtime: ns(st.mtime),
     ctime: ns(st.ctime),
     nlink: st.nlink ?? 1,
+    dev: st.dev ?? 0,
   });
 }
 
@@ -714,7 +726,7 @@ export function exists(path: string): boolean {
  * written as `\xNN` (how a name that cannot be a Keep path is reported).
  */
 export function escapeInvalidUtf8(bytes: Uint8Array): string {
-  const strict = new TextDecoder("utf-8", { fatal: true });
+  const strict = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
   let out = "";
   let i = 0;
   while (i < bytes.length) {

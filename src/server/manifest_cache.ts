@@ -176,7 +176,7 @@ function* cachedMembers(path: string): Generator<Uint8Array | string[]> {
   const file = Deno.openSync(path, { read: true });
   try {
     const split = new MemberSplitter();
-    const decoder = new TextDecoder();
+    const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
     const buf = new Uint8Array(256 * 1024);
     let first = true;
     for (;;) {

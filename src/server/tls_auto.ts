@@ -78,13 +78,20 @@ export function ensureAutoTls(dataDir: string, names: string[]): AutoTls {
   const keyFile = join(dir, "key.pem");
   const namesFile = join(dir, "names.json");
   let createdCa = false;
-  let ca: { cert: string; key: string };
-  try {
-    ca = { cert: Deno.readTextFileSync(caFile), key: Deno.readTextFileSync(caKeyFile) };
-  } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) {
-      throw new KeepError("unavailable", `Cannot read ${dir}: ${(err as Error).message}`);
+  let ca: { cert: string; key: string | null };
+  const read = (file: string): string | null => {
+    try {
+      return Deno.readTextFileSync(file);
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return null;
+      throw new KeepError("unavailable", `Cannot read ${file}: ${(err as Error).message}`);
     }
+  };
+  const caCert = read(caFile);
+  if (caCert !== null) {
+    // The key may be kept offline: the CA's certificate stays what clients trust.
+    ca = { cert: caCert, key: read(caKeyFile) };
+  } else {
     const made = makeCa({ commonName: `Keep CA ${Deno.hostname()}` });
     ca = { cert: made.cert, key: made.key };
     writeSecret(caKeyFile, made.key);
@@ -104,7 +111,15 @@ export function ensureAutoTls(dataDir: string, names: string[]): AutoTls {
       new Date(leaf.validTo).getTime() > Date.now() + 30 * 86400_000;
   } catch { /* missing or unreadable: issue again */ }
   if (!current) {
-    const leaf = makeServerCert(ca, { names, commonName: names[0] });
+    if (ca.key === null) {
+      throw new KeepError(
+        "unavailable",
+        `Cannot issue a server certificate for ${
+          names.join(", ")
+        }: ${caKeyFile} is missing; put the CA key back (clients trust that CA), or remove ${caFile} too to make a new CA that every client must then trust`,
+      );
+    }
+    const leaf = makeServerCert({ cert: ca.cert, key: ca.key }, { names, commonName: names[0] });
     writeSecret(keyFile, leaf.key);
     Deno.writeTextFileSync(certFile, leaf.cert + ca.cert);
     Deno.writeTextFileSync(namesFile, JSON.stringify(names));
