@@ -19,6 +19,7 @@ export const ERROR_CODES = [
   "integrity", // hash mismatch, corrupt blob, failed verify
   "unavailable", // server unreachable, disk full, shutting down
   "incomplete", // finished, but some files could not be backed up
+  "quota", // the project would pass its storage quota
   "io", // a local file system error (permission, read-only, I/O)
   "internal", // a bug
 ] as const;
@@ -76,6 +77,11 @@ export const EXIT_CODES: { code: number; meaning: string; errors: ErrorCode[] }[
     code: 6,
     meaning: "denied: missing, unknown or insufficient token",
     errors: ["unauthorized", "forbidden"],
+  },
+  {
+    code: 7,
+    meaning: "quota: the backup would take the project past its quota; nothing was stored",
+    errors: ["quota"],
   },
 ];
 

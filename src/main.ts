@@ -21,6 +21,8 @@ const COMMANDS: { name: string; load: () => Promise<Command> }[] = [
   { name: "ls", load: async () => (await import("./cmd/ls.ts")).lsCommand },
   { name: "verify", load: async () => (await import("./cmd/verify.ts")).verifyCommand },
   { name: "prune", load: async () => (await import("./cmd/prune.ts")).pruneCommand },
+  { name: "policy", load: async () => (await import("./cmd/policy.ts")).policyCommand },
+  { name: "stats", load: async () => (await import("./cmd/stats.ts")).statsCommand },
   { name: "token", load: async () => (await import("./cmd/token.ts")).tokenCommand },
 ];
 

@@ -1,6 +1,7 @@
 /**
- * Issue 4, concurrency: backups of one project from two hosts at once, ten
- * projects at once, and reads while a long upload is in progress.
+ * Concurrency: backups of one project from two hosts at once, ten projects
+ * at once, reads while a long upload is in progress, and a head that moves
+ * on between a backup's manifest and its hash lookups.
  */
 
 import { join } from "node:path";
@@ -19,8 +20,8 @@ import {
   writeTree,
 } from "./helpers.ts";
 
-Deno.test("two hosts backing up one project at once: both succeed, one after the other, the history holds both", async () => {
-  const server = await startServer();
+Deno.test("two hosts backing up one project at once: both land on the first attempt, in a chain, each its own tree", async () => {
+  await using server = await startServer();
   const client = new KeepClient({ server: server.url });
   try {
     const hostA = await tempDir();
@@ -28,13 +29,13 @@ Deno.test("two hosts backing up one project at once: both succeed, one after the
     writeTree(hostA, { "shared.txt": "A\n", "a-only.bin": randomData(3 << 20) });
     writeTree(hostB, { "shared.txt": "B\n", "b-only.bin": randomData(3 << 20) });
     const remote = client.remote("same");
-    // Both read the same (empty) head, then race to commit: one must get 409 and redo its diff.
+    // Both read the same (empty) head; the server places the second on the first.
     const [a, b] = await Promise.all([
       runBackup(hostA, remote, { settleMs: 0, host: "host-a" }),
       runBackup(hostB, remote, { settleMs: 0, host: "host-b" }),
     ]);
-    assertEquals([a.attempts, b.attempts].sort(), [1, 2]);
-    const [firstDone, secondDone] = a.attempts === 1 ? [a, b] : [b, a];
+    assertEquals([a.attempts, b.attempts], [1, 1]);
+    const [firstDone, secondDone] = a.commit.seq === 1 ? [a, b] : [b, a];
     assertEquals(secondDone.commit.parent, firstDone.commit.id);
     assertEquals(secondDone.commit.seq, 2);
     for (const [r, dir] of [[a, hostA], [b, hostB]] as const) {
@@ -59,39 +60,34 @@ Deno.test("two hosts backing up one project at once: both succeed, one after the
     for (let i = 0; i < 3; i++) assertEquals(log[i].parent, log[i + 1].id);
   } finally {
     client.close();
-    await server.stop();
   }
 });
 
 Deno.test("ten projects backing up at once: no lock errors, every commit correct", async () => {
-  const server = await startServer();
-  try {
-    const dirs: string[] = [];
-    for (let i = 0; i < 10; i++) {
-      const d = await tempDir();
-      const spec: Record<string, Uint8Array | string> = { "common.txt": "shared by all\n" };
-      for (let f = 0; f < 30; f++) spec[`p${i}/f${f}.bin`] = randomData(20_000 + f * 1000);
-      writeTree(d, spec);
-      dirs.push(d);
-    }
-    const runs = await Promise.all(
-      dirs.map((d, i) => keep(["backup", "-s", server.url, "-p", `proj${i}`, "--settle", "0", d])),
-    );
-    for (const r of runs) assertEquals(r.code, 0, r.stderr);
-    for (let i = 0; i < 10; i++) {
-      const dest = await tempDir();
-      await keepOk(["restore", "-s", server.url, "-p", `proj${i}`, dest]);
-      assertSameTree(snapshot(dest), snapshot(dirs[i]), `proj${i}`);
-    }
-    const v = await keepOk(["verify", "--data", server.dataDir]);
-    assert(v.stdout.includes("keep verify: OK"));
-  } finally {
-    await server.stop();
+  await using server = await startServer();
+  const dirs: string[] = [];
+  for (let i = 0; i < 10; i++) {
+    const d = await tempDir();
+    const spec: Record<string, Uint8Array | string> = { "common.txt": "shared by all\n" };
+    for (let f = 0; f < 30; f++) spec[`p${i}/f${f}.bin`] = randomData(20_000 + f * 1000);
+    writeTree(d, spec);
+    dirs.push(d);
   }
+  const runs = await Promise.all(
+    dirs.map((d, i) => keep(["backup", "-s", server.url, "-p", `proj${i}`, "--settle", "0", d])),
+  );
+  for (const r of runs) assertEquals(r.code, 0, r.stderr);
+  for (let i = 0; i < 10; i++) {
+    const dest = await tempDir();
+    await keepOk(["restore", "-s", server.url, "-p", `proj${i}`, dest]);
+    assertSameTree(snapshot(dest), snapshot(dirs[i]), `proj${i}`);
+  }
+  const v = await keepOk(["verify", "--data", server.dataDir]);
+  assert(v.stdout.includes("keep verify: OK"));
 });
 
 Deno.test("reads never wait for a long upload", async () => {
-  const server = await startServer();
+  await using server = await startServer();
   const client = new KeepClient({ server: server.url });
   try {
     const other = await tempDir();
@@ -148,12 +144,11 @@ Deno.test("reads never wait for a long upload", async () => {
     assertEquals(Deno.readTextFileSync(join(dest, "x.txt")), "x\n");
   } finally {
     client.close();
-    await server.stop();
   }
 });
 
-Deno.test("when the head moves on before a backup asks for its suspects' hashes, they are sent whole and the backup diffs again", async () => {
-  const server = await startServer();
+Deno.test("when the head moves on before a backup asks for its suspects' hashes, they are sent whole and the commit lands", async () => {
+  await using server = await startServer();
   const client = new KeepClient({ server: server.url });
   try {
     const src = await tempDir();
@@ -184,18 +179,16 @@ Deno.test("when the head moves on before a backup asks for its suspects' hashes,
       },
     };
     const r = await runBackup(src, moving, { settleMs: 0 });
-    // The first attempt sent the 20 files whole and met the other host's head (409); the
-    // second diffed against it, asked again, and recorded metadata only.
-    assertEquals(r.attempts, 2);
-    assertEquals(lookups, 2);
-    assertEquals(r.hashed, 20);
-    assertEquals(r.commit.counts.metadata, 20);
-    assertEquals(r.commit.stats.filesReceived, 0);
+    // Without the hashes the 20 files went whole; the server placed the commit on the
+    // other host's head, as the tree this host scanned.
+    assertEquals(r.attempts, 1);
+    assertEquals(lookups, 1);
+    assertEquals(r.commit.stats.filesReceived, 20);
+    assertEquals(r.commit.seq, 3);
     const dest = await tempDir();
     await keepOk(["restore", "-s", server.url, "-p", "moved", dest]);
     assertSameTree(snapshot(dest), snapshot(src));
   } finally {
     client.close();
-    await server.stop();
   }
 });

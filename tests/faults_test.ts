@@ -1,6 +1,6 @@
 /**
- * Issue 4, faults: a client killed mid-upload, a connection cut, a full
- * disk, and kill -9 of the server during uploads. Nothing committed is lost,
+ * Faults: a client killed mid-upload, a connection cut, a full disk, and
+ * kill -9 of the server during uploads. Nothing committed is lost,
  * no half commit appears, temp files go away, the next backup succeeds.
  */
 
@@ -54,32 +54,28 @@ async function verifyClean(dataDir: string): Promise<void> {
 }
 
 Deno.test("a client killed mid-upload leaves no commit and no temp files; the next backup succeeds", async () => {
-  const server = await startServer();
+  await using server = await startServer();
   const src = await tempDir();
-  try {
-    writeTree(src, { "a.txt": "first\n" });
-    await keepOk(["backup", "-s", server.url, "-p", "k", "--settle", "0", src]);
-    const before = await head(server, "k");
-    bigTree(src, 60, 4 << 20);
-    const client = new Deno.Command(KEEP, {
-      args: ["backup", "-s", server.url, "-p", "k", "--settle", "0", "--compress", "fast", src],
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    // Kill it once the server is writing a large blob to tmp/.
-    await waitFor(() => tmpFiles(server.dataDir).length > 0, 20_000, "an upload in progress");
-    client.kill("SIGKILL");
-    assertEquals((await client.status).code, 137);
-    await waitFor(() => tmpFiles(server.dataDir).length === 0, 5_000, "temp files to be removed");
-    assertEquals(await head(server, "k"), before);
-    await verifyClean(server.dataDir);
-    const r = json<{ commit: { parent: string } }>(
-      await keepOk(["backup", "-s", server.url, "-p", "k", "--settle", "0", "--json", src]),
-    );
-    assertEquals(r.commit.parent, before);
-  } finally {
-    await server.stop();
-  }
+  writeTree(src, { "a.txt": "first\n" });
+  await keepOk(["backup", "-s", server.url, "-p", "k", "--settle", "0", src]);
+  const before = await head(server, "k");
+  bigTree(src, 60, 4 << 20);
+  const client = new Deno.Command(KEEP, {
+    args: ["backup", "-s", server.url, "-p", "k", "--settle", "0", "--compress", "fast", src],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  // Kill it once the server is writing a large blob to tmp/.
+  await waitFor(() => tmpFiles(server.dataDir).length > 0, 20_000, "an upload in progress");
+  client.kill("SIGKILL");
+  assertEquals((await client.status).code, 137);
+  await waitFor(() => tmpFiles(server.dataDir).length === 0, 5_000, "temp files to be removed");
+  assertEquals(await head(server, "k"), before);
+  await verifyClean(server.dataDir);
+  const r = json<{ commit: { parent: string } }>(
+    await keepOk(["backup", "-s", server.url, "-p", "k", "--settle", "0", "--json", src]),
+  );
+  assertEquals(r.commit.parent, before);
 });
 
 /** A TCP proxy that cuts both sides once `limit` bytes went upstream. */
@@ -117,7 +113,7 @@ function cuttingProxy(targetPort: number, limit: number): { port: number; close(
 }
 
 Deno.test("a connection cut mid-upload fails the backup cleanly and changes nothing", async () => {
-  const server = await startServer();
+  await using server = await startServer();
   const src = await tempDir();
   const port = Number(new URL(server.url).port);
   const proxy = cuttingProxy(port, 3 << 20);
@@ -144,7 +140,6 @@ Deno.test("a connection cut mid-upload fails the backup cleanly and changes noth
     await keepOk(["backup", "-s", server.url, "-p", "cut", "--settle", "0", src]);
   } finally {
     proxy.close();
-    await server.stop();
   }
 });
 
@@ -154,7 +149,8 @@ Deno.test("a full disk fails the upload with 'unavailable', keeps the head, and 
     args: ["-t", "tmpfs", "-o", "size=24m", "tmpfs", mnt],
   }).output();
   assertEquals(mount.code, 0, `mount tmpfs: ${new TextDecoder().decode(mount.stderr)}`);
-  const server = await startServer({ dataDir: join(mnt, "data") });
+  // No free-space reserve: this is about the disk filling up under an upload.
+  const server = await startServer({ dataDir: join(mnt, "data"), args: ["--min-free", "0"] });
   const src = await tempDir();
   try {
     writeTree(src, { "small.txt": "small\n" });

@@ -125,6 +125,14 @@ export function ctimeDistrust(
   return null;
 }
 
+/** Mount points inside the tree on filesystems whose ctime cannot be trusted. */
+export function distrustedMounts(
+  scan: { mounts: { path: string; filesystem: string | null }[] },
+): string[] {
+  return scan.mounts.filter((m) => m.filesystem !== null && CTIME_UNTRUSTED_FS.has(m.filesystem))
+    .map((m) => m.path);
+}
+
 function sha256File(path: string): { hash: string; moved: boolean } {
   const before = lstatNs(path);
   const f = TreeFile.open(path);
@@ -191,6 +199,8 @@ class Backup {
    * needs it (100k paths in a Map cost ~3 MB on every first backup).
    */
   #settledBefore: string[][] = [];
+  /** Mount points below which files get the partial check (see distrustedMounts). */
+  #partialBelow: string[] = [];
 
   constructor(root: string, remote: BackupRemote, options: BackupOptions) {
     this.#root = root;
@@ -257,6 +267,11 @@ class Backup {
     const check: CheckMode = this.#requested === "auto"
       ? (checkReason ? "partial" : "none")
       : this.#requested;
+    // Mounts inside the tree whose ctime cannot be trusted (an sshfs mount in
+    // a local tree): their files get the partial check, the rest does not.
+    this.#partialBelow = this.#requested === "auto" && check === "none"
+      ? distrustedMounts(scan)
+      : [];
     const stat = check === "none" && this.#remote.entries !== undefined;
     if (!stat && wantStat) {
       // The walk showed ctime cannot be trusted: the hashes are needed after all.
@@ -295,8 +310,13 @@ class Backup {
         settleMs: this.#settleTook,
         attempts: attempt,
         seconds: Math.round(performance.now() - this.#started) / 1000,
-        check,
-        checkReason,
+        check: this.#partialBelow.length ? "partial" : check,
+        checkReason: checkReason ??
+          (this.#partialBelow.length
+            ? `ctime on the mounts at ${
+              this.#partialBelow.join(", ")
+            } need not follow content changes (files below them)`
+            : null),
       };
     }
   }
@@ -330,6 +350,7 @@ class Backup {
       parentScanTime: parent ? BigInt(parent.scanTime) : undefined,
       racyMargin: granularity > settleNs ? granularity : settleNs,
       check,
+      partialBelow: this.#partialBelow,
       unreadable: scan.problems.filter((p) => p.kind === "unreadable").map((p) => p.path),
     });
     const changes: ChangeRecord[] = plan.deleted.map((p) => ({ op: "del" as const, p }));
@@ -352,6 +373,7 @@ class Backup {
       source: this.#root,
       scanTime: scan.startedNs.toString(),
       granularity: granularity.toString(),
+      bytes: sentBytes(finalSend),
     };
     this.#phase("upload", `${finalSend.length} entries`);
     // The walk's and the diff's garbage goes before the upload's buffers come.
@@ -459,8 +481,8 @@ async function fillHashes(remote: BackupRemote, commit: string, suspects: Suspec
       found = await remote.entries(commit, batch.map((s) => s.prev.path));
     } catch (err) {
       // The head moved on (a backup token may read only the head's entries) or
-      // the commit was pruned: the suspects are sent whole, and the upload
-      // then meets the new head (409) and diffs again.
+      // the commit was pruned: the suspects are sent whole (the server still
+      // lands the upload on the new head as the tree scanned here).
       if (err instanceof KeepError && (err.code === "forbidden" || err.code === "not_found")) {
         return;
       }
@@ -599,4 +621,11 @@ function resolveSuspect(root: string, s: Suspect): Decision {
   } catch (err) {
     return { kind: "unreadable", reason: reasonOf(err) };
   }
+}
+
+/** Raw bytes of the files in `t` (what the server checks a quota against). */
+function sentBytes(t: ScanTable): number {
+  let n = 0;
+  for (let i = 0; i < t.length; i++) if (t.type(i) === "f") n += t.size(i);
+  return n;
 }

@@ -8,6 +8,7 @@
 
 import { parseArgs } from "node:util";
 import { KeepError } from "../errors.ts";
+export { formatBytes } from "../format/units.ts";
 
 export type FlagSpec = Record<
   string,
@@ -74,21 +75,57 @@ export function positionals(p: Parsed, command: string, names: string[], optiona
   return p.positionals;
 }
 
-/** "2s", "500ms", "1.5s", "2m", "0" → milliseconds. */
-export function parseDuration(text: string, flag: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
-  if (!m) {
+/**
+ * "2s", "500ms", "1m", "36h", "7d", "2w", "1y", "1d12h" → ms. Units: ms, s,
+ * m or min (minutes), h, d, w, mo (30 d), y (365 d). `noBareM` refuses "m"
+ * (restic's --keep-within reads it as months).
+ */
+export function parseDuration(text: string, flag: string, noBareM = false): number {
+  const t = text.trim();
+  const part = /(\d+(?:\.\d+)?)(ms|min|mo|s|m|h|d|w|y)?/y;
+  const UNIT: Record<string, number> = {
+    ms: 1,
+    s: 1000,
+    m: 60_000,
+    min: 60_000,
+    h: 3_600_000,
+    d: 86_400_000,
+    w: 7 * 86_400_000,
+    mo: 30 * 86_400_000,
+    y: 365 * 86_400_000,
+  };
+  let total = 0;
+  let at = 0;
+  let parts = 0;
+  while (at < t.length) {
+    part.lastIndex = at;
+    const m = part.exec(t);
+    if (!m) break;
+    const n = Number(m[1]);
+    const unit = m[2] ?? (n === 0 && parts === 0 && m[0].length === t.length ? "s" : undefined);
+    if (!unit) {
+      throw new KeepError(
+        "usage",
+        `Cannot parse --${flag} ${text}: give a unit (ms, s, min, h, d, w, mo, y)`,
+      );
+    }
+    if (unit === "m" && noBareM) {
+      throw new KeepError(
+        "usage",
+        `Cannot parse --${flag} ${text}: "m" is ambiguous here; write min (minutes) or mo (months)`,
+      );
+    }
+    total += n * UNIT[unit];
+    at = part.lastIndex;
+    parts++;
+  }
+  if (parts === 0 || at !== t.length) {
     throw new KeepError(
       "usage",
-      `Cannot parse --${flag} ${JSON.stringify(text)}: use e.g. 2s, 500ms, 1m`,
+      `Cannot parse --${flag} ${JSON.stringify(text)}: use e.g. 2s, 500ms, 1m, 7d, 1d12h`,
     );
   }
-  const n = Number(m[1]);
-  const unit = m[2] ?? (n === 0 ? "s" : undefined);
-  if (!unit) {
-    throw new KeepError("usage", `Cannot parse --${flag} ${text}: give a unit (ms, s, m, h)`);
-  }
-  return n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[unit]!;
+  return total;
 }
 
 /** "64G", "10MiB", "1500" → bytes. */
@@ -128,19 +165,6 @@ export function parseTags(list: string[] | undefined): Record<string, string> {
     out[t.slice(0, i)] = t.slice(i + 1);
   }
   return out;
-}
-
-/** Human-readable bytes. */
-export function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  const units = ["KiB", "MiB", "GiB", "TiB"];
-  let v = n / 1024;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
 }
 
 /** Common client flags. */

@@ -39,6 +39,15 @@ Options:
       --idle-timeout DUR  cut uploads silent for this long (default 60s)
       --compact-idle DUR  recompress stored blobs (deflate 6; uploads arrive at level 1)
                           once no request came for this long (default 10s; off = never)
+      --retention-every DUR  apply each project's retention policy (keep policy set) and
+                          collect garbage this often (default 1h; off = only keep prune)
+      --gc-grace DUR      unreferenced blobs and emptied packs wait this long before they
+                          are deleted: longer than any restore or request (default 1h)
+      --min-free SIZE     refuse uploads that would leave less free space in DIR
+                          (default 1G; 0 = no reserve)
+
+Retention and GC run while backups upload and restores stream: nothing is
+refused or waits for them (README, "Retention").
 
 Every route needs a bearer token (keep token create) unless --no-auth.`,
   async run(args) {
@@ -53,6 +62,9 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       "max-upload": { type: "string" },
       "idle-timeout": { type: "string" },
       "compact-idle": { type: "string" },
+      "retention-every": { type: "string" },
+      "gc-grace": { type: "string" },
+      "min-free": { type: "string" },
     });
     positionals(p, "serve", []);
     const dataDir = resolve(flagOrEnv(p, "data", "KEEP_DATA") ?? "keep-data");
@@ -65,6 +77,22 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       : 60_000;
     const compactRaw = (p.values["compact-idle"] as string | undefined) ?? "10s";
     const compactIdleMs = compactRaw === "off" ? 0 : parseDuration(compactRaw, "compact-idle");
+    const everyRaw = (p.values["retention-every"] as string | undefined) ?? "1h";
+    const gcEveryMs = everyRaw === "off" ? 0 : parseDuration(everyRaw, "retention-every");
+    if (everyRaw !== "off" && gcEveryMs < 1000) {
+      throw new KeepError(
+        "usage",
+        `Cannot use --retention-every ${everyRaw}: at least 1s (or off)`,
+      );
+    }
+    const gcGraceMs = parseDuration(
+      (p.values["gc-grace"] as string | undefined) ?? "1h",
+      "gc-grace",
+    );
+    const minFreeBytes = parseSize(
+      (p.values["min-free"] as string | undefined) ?? "1G",
+      "min-free",
+    );
     let cert = p.values.cert as string | undefined;
     let key = p.values.key as string | undefined;
     const tlsMode = p.values.tls as string | undefined;
@@ -112,9 +140,15 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       noAuth: !!p.values["no-auth"],
       cert,
       key,
-      limits: { ...DEFAULT_LIMITS, ...(maxUpload ? { maxUploadBytes: maxUpload } : {}) },
+      limits: {
+        ...DEFAULT_LIMITS,
+        ...(maxUpload ? { maxUploadBytes: maxUpload } : {}),
+        minFreeBytes,
+      },
       idleTimeoutSec: Math.max(idle / 1000, 0.5),
       compactIdleMs,
+      gcEveryMs,
+      gcGraceMs,
       log: (line) => note(`keep serve: ${line}`),
       signal: controller.signal,
     });

@@ -9,14 +9,22 @@ import type { BackupRemote } from "../client/backup.ts";
 import { KeepError } from "../errors.ts";
 import { decodeMemberTransient, MemberSplitter } from "../format/gzip_member.ts";
 import { type CommitInfo, entriesFromLines, type Entry, LineChunker } from "../format/manifest.ts";
-import type { CommitNote, ProjectInfo, PruneResult, VerifyReport } from "../format/api.ts";
+import type {
+  CommitNote,
+  Policy,
+  ProjectInfo,
+  PruneResult,
+  Stats,
+  VerifyReport,
+} from "../format/api.ts";
+import { Buffer } from "node:buffer";
 import tls from "node:tls";
 import { isIP } from "node:net";
 import { parseFingerprint } from "../format/x509.ts";
 import { API } from "../format/api.ts";
 import { errorFromBody } from "./errors.ts";
 
-const utf8 = new TextDecoder("utf-8", { fatal: true });
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** Paths per entries request (the server takes up to 10,000 in up to 8 MiB). */
 const LOOKUP_BATCH = 5_000;
@@ -114,6 +122,15 @@ export class KeepClient {
         `Cannot trust ${this.base}: no certificate it sends has the fingerprint sha256:${this.#fingerprint} (it sends ${
           chain.map((c) => c.fingerprint.slice(0, 16) + "…").join(", ")
         }); check the one keep serve printed`,
+      );
+    }
+    if (match === chain[0] && chain.length > 1) {
+      // rustls takes only a CA as a trust anchor, not the server's own certificate.
+      throw new KeepError(
+        "usage",
+        `Cannot pin sha256:${this.#fingerprint}: it is ${this.base}'s own certificate; pin the CA that signed it: --fingerprint sha256:${
+          chain[chain.length - 1].fingerprint
+        }`,
       );
     }
     this.#http = Deno.createHttpClient({ caCerts: [match.pem] });
@@ -338,12 +355,40 @@ export class KeepClient {
     return { commitId: res.headers.get("keep-commit") ?? "", stream: res.body! };
   }
 
-  async prune(project: string, keepLast: number, dryRun: boolean): Promise<PruneResult> {
+  /** Applies `policy` (null: the project's stored one) now; `wait` for the GC round. */
+  async prune(
+    project: string,
+    policy: Policy | null,
+    options: { dryRun?: boolean; wait?: boolean } = {},
+  ): Promise<PruneResult> {
     return (await this.#json<{ result: PruneResult }>(`${this.#p(project)}/prune`, {
       method: "POST",
-      body: JSON.stringify({ keepLast, dryRun }),
+      body: JSON.stringify({
+        ...(policy ? { policy } : {}),
+        dryRun: !!options.dryRun,
+        wait: !!options.wait,
+      }),
       headers: { "content-type": "application/json" },
     })).result;
+  }
+
+  async policy(project: string): Promise<Policy | null> {
+    return (await this.#json<{ policy: Policy | null }>(`${this.#p(project)}/policy`)).policy;
+  }
+
+  /** Stores (null: removes) the project's policy. */
+  async setPolicy(project: string, policy: Policy | null): Promise<Policy | null> {
+    return (await this.#json<{ policy: Policy | null }>(`${this.#p(project)}/policy`, {
+      method: policy ? "PUT" : "DELETE",
+      ...(policy
+        ? { body: JSON.stringify({ policy }), headers: { "content-type": "application/json" } }
+        : {}),
+    })).policy;
+  }
+
+  async stats(project?: string): Promise<Stats> {
+    const q = project === undefined ? "" : `?project=${encodeURIComponent(project)}`;
+    return (await this.#json<{ stats: Stats }>(`/stats${q}`)).stats;
   }
 
   async verify(): Promise<VerifyReport> {
@@ -401,7 +446,8 @@ function peerChain(host: string, port: number): Promise<{ fingerprint: string; p
       const seen = new Set<string>();
       while (c && c.raw && !seen.has(c.fingerprint256)) {
         seen.add(c.fingerprint256);
-        const b64 = c.raw.toString("base64").replace(/(.{64})/g, "$1\n");
+        // The leaf's raw comes as a plain Uint8Array, the issuers' as Buffers.
+        const b64 = Buffer.from(c.raw).toString("base64").replace(/(.{64})/g, "$1\n");
         out.push({
           fingerprint: c.fingerprint256.replaceAll(":", "").toLowerCase(),
           pem: `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`,

@@ -8,6 +8,7 @@
 
 import type { Context } from "hono";
 import { checkProjectName } from "../format/api.ts";
+import type { Rounds } from "../server/gc.ts";
 import type { IngestLimits } from "../server/ingest.ts";
 import type { ManifestCache } from "../server/manifest_cache.ts";
 import type { Storage } from "../server/storage/open.ts";
@@ -18,6 +19,12 @@ export interface Inflight {
   n: number;
   /** When the last request started or ended (ms since the epoch). */
   last: number;
+  /**
+   * Shared with GC's thread, for the requests that do work (not health
+   * checks): [0] when one last started or ended (ms), [1] how many are in
+   * flight. GC slows down while there are (see server/gc.ts, busy).
+   */
+  work?: Float64Array;
 }
 
 /** What the routes need. */
@@ -32,8 +39,10 @@ export interface AppContext {
   idleTimeoutSec: number;
   log?: (line: string) => void;
   inflight?: Inflight;
-  /** Uploads being received (prune waits for none). */
+  /** Uploads being received. */
   uploads: { active: number };
+  /** Retention and GC rounds (null: none in this process, e.g. tests of routes). */
+  collector: Rounds | null;
 }
 
 /** Hono's per-request variables: the checked token (null without auth). */

@@ -26,6 +26,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   integrity: 422,
   unavailable: 503,
   incomplete: 200,
+  quota: 507,
   io: 500,
   internal: 500,
 };

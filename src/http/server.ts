@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { KeepError } from "../errors.ts";
 import { lockForLife } from "../platform/fs_native.ts";
 import { Compactor } from "../server/compactor.ts";
+import { CollectorThread } from "../server/gc_thread.ts";
 import { DEFAULT_LIMITS, type IngestLimits } from "../server/ingest.ts";
 import { ManifestCache } from "../server/manifest_cache.ts";
 import { openLocalStorage } from "../server/storage/open.ts";
@@ -28,6 +29,10 @@ export interface ServeOptions {
   idleTimeoutSec?: number;
   /** Recompress blobs at rest after this long without requests (0: never). */
   compactIdleMs?: number;
+  /** Start a retention and GC round this often (ms; 0: only when asked). Default 1 h. */
+  gcEveryMs?: number;
+  /** How long unreferenced blobs and emptied packs wait before they go (ms). Default 1 h. */
+  gcGraceMs?: number;
   log?: (line: string) => void;
   signal?: AbortSignal;
 }
@@ -67,7 +72,14 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       `Cannot serve ${options.dataDir}: another keep serve is using it`,
     );
   }
-  const storage = await openLocalStorage(options.dataDir, { create: true, owner: true });
+  // Writers of this connection and of GC's (a worker) meet in this counter:
+  // GC gives way whenever one of ours waits for the write lock.
+  const writers = new SharedArrayBuffer(8);
+  const storage = await openLocalStorage(options.dataDir, {
+    create: true,
+    owner: true,
+    writers: { buffer: writers, yielding: false },
+  });
   const tokens = options.noAuth ? null : new TokenStore(storage.index);
   const log = options.log ?? (() => {});
   if (tokens && await tokens.active() === 0) {
@@ -75,9 +87,25 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       `no tokens yet: create one with  keep token create --data ${options.dataDir} --role admin --project '*' --name admin`,
     );
   }
-  const inflight = { n: 0, last: Date.now() };
+  // What requests do, shared with GC's thread (it slows down while they work).
+  const work = new Float64Array(new SharedArrayBuffer(16));
+  const inflight = { n: 0, last: Date.now(), work };
   const manifests = new ManifestCache(join(options.dataDir, "cache"));
+  // Retention and GC on their own thread: their transactions never hold this one.
+  let collector: CollectorThread;
+  try {
+    collector = await CollectorThread.open(options.dataDir, storage.index, {
+      graceMs: options.gcGraceMs ?? 3600_000,
+      writers,
+      work: work.buffer as SharedArrayBuffer,
+      log,
+    });
+  } catch (err) {
+    await storage.close();
+    throw err;
+  }
   const app = createApp({
+    collector,
     manifests,
     inflight,
     storage,
@@ -110,6 +138,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       },
     }, app.fetch);
   } catch (err) {
+    await collector.close();
     await storage.close();
     if (err instanceof Deno.errors.AddrInUse) {
       throw new KeepError(
@@ -123,7 +152,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const scheme = options.cert ? "https" : "http";
   const host = options.hostname.includes(":") ? `[${options.hostname}]` : options.hostname;
   // Recompression at rest, only once no request has been seen for a while.
-  const compactor = options.compactIdleMs ? new Compactor(storage) : null;
+  const compactor = options.compactIdleMs ? new Compactor(storage, { log }) : null;
   let compactTimer: ReturnType<typeof setTimeout> | undefined;
   let stopped = false;
   const tick = async () => {
@@ -142,10 +171,23 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     if (!stopped) compactTimer = setTimeout(tick, !idle ? 1000 : more ? 0 : 30_000);
   };
   if (compactor) compactTimer = setTimeout(tick, 1000);
+  // Retention and GC: a round soon after start, then every gcEveryMs; the
+  // collector works in short slices with pauses, requests or not.
+  const every = options.gcEveryMs ?? 3600_000;
+  let gcTimer: ReturnType<typeof setTimeout> | undefined;
+  const round = () => {
+    if (stopped) return;
+    collector.start().catch(() => {}).finally(() => {
+      if (!stopped) gcTimer = setTimeout(round, every);
+    });
+  };
+  if (every > 0) gcTimer = setTimeout(round, Math.min(every, 10_000));
   const stopWork = async () => {
     stopped = true;
     clearTimeout(compactTimer);
+    clearTimeout(gcTimer);
     await compactor?.close().catch(() => {});
+    await collector.close().catch(() => {});
   };
   const finished = server.finished.then(async () => {
     await stopWork();

@@ -35,13 +35,21 @@ export async function receiveUpload(
   let last = Date.now();
   let timedOut = false;
   const idleMs = options.idleTimeoutSec * 1000;
+  const tick = Math.min(1000, idleMs / 4);
+  let lastTick = Date.now();
   const timer = setInterval(() => {
-    if (Date.now() - last > idleMs) {
+    const now = Date.now();
+    // Time this process could not run (a long synchronous step) is not the
+    // client's silence: its data may be waiting in the socket.
+    const stalled = now - lastTick - tick;
+    lastTick = now;
+    if (stalled > 100) last += stalled;
+    if (now - last > idleMs) {
       timedOut = true;
       reader.cancel(new KeepError("timeout", "Cannot accept upload: client idle too long"))
         .catch(() => {});
     }
-  }, Math.min(1000, idleMs / 4));
+  }, tick);
   const timeout = () =>
     new KeepError("timeout", `Cannot accept upload: no data for ${options.idleTimeoutSec} s`);
   const read = () =>

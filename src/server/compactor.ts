@@ -5,9 +5,10 @@
  * bench's 1–16 KiB text files). When the server is idle, the compactor
  * re-encodes pack blobs at level 6, appends the smaller members to a new
  * pack (fsync'd before any row moves), moves the rows in one transaction
- * (guarded: a row that moved meanwhile is left alone), and finally rewrites
- * packs that became mostly dead. Blobs that do not shrink by 3% are marked
- * and never tried again. Large (file) blobs are left as they are.
+ * (guarded: a row that moved meanwhile is left alone). The dead space left
+ * behind is the collector's (gc.ts: it empties packs at most half live).
+ * Blobs that do not shrink by 3% are marked and never tried again. Large
+ * (file) blobs are left as they are.
  *
  * Nothing unchecked moves: a blob whose stored bytes do not decode to its
  * SHA-256 is marked damaged and left alone, and each new encoding is decoded
@@ -27,7 +28,6 @@ import {
 import { bytesToHex } from "../format/hex.ts";
 import { concatBytes } from "../platform/concat_bytes.ts";
 import { churned } from "../platform/memory.ts";
-import { repack } from "./prune.ts";
 import type { PackSink } from "./storage/blob_store.ts";
 import type { BlobRow } from "./storage/index_store.ts";
 import type { Storage } from "./storage/open.ts";
@@ -49,21 +49,26 @@ const SKIP = -1;
 export class Compactor {
   #storage: Storage;
   #sink: PackSink | null = null;
-  #repacked = true;
   #encode: MemberEncoder;
   /** Bytes saved so far (stored before minus after). */
   saved = 0;
   /** Blobs found damaged (and marked) so far. */
   damaged = 0;
 
-  constructor(storage: Storage, options: { encode?: MemberEncoder } = {}) {
+  #log: (line: string) => void;
+
+  constructor(
+    storage: Storage,
+    options: { encode?: MemberEncoder; log?: (line: string) => void } = {},
+  ) {
     this.#storage = storage;
     this.#encode = options.encode ?? encodeMember;
+    this.#log = options.log ?? (() => {});
   }
 
   /**
    * Works for about `budgetMs`; resolves to true while there is more to do.
-   * Its pack stays open (unsealed) between steps, so repack leaves it alone.
+   * Its pack stays open (unsealed) between steps, so GC leaves it alone.
    */
   async step(budgetMs: number): Promise<boolean> {
     const { index, blobs } = this.#storage;
@@ -71,13 +76,8 @@ export class Compactor {
     const rows = await index.compactCandidates(200);
     if (rows.length === 0) {
       await this.close();
-      if (!this.#repacked) {
-        await repack(this.#storage);
-        this.#repacked = true;
-      }
       return false;
     }
-    this.#repacked = false;
     this.#sink ??= blobs.openPack(await index.newPack());
     const moves: { row: BlobRow; pack: number; offset: number; stored: number; level: number }[] =
       [];
@@ -118,7 +118,15 @@ export class Compactor {
     }
     await this.#sink.flush();
     this.saved += await index.moveBlobs(moves, skips);
-    for (const d of damaged) if (await index.markDamaged(d.hash, d.problem)) this.damaged++;
+    for (const d of damaged) {
+      if (!await index.markDamaged(d.hash, d.problem)) continue;
+      this.damaged++;
+      this.#log(
+        `compaction: blob ${
+          bytesToHex(d.hash)
+        } is damaged (${d.problem}): marked; the next backup of that content repairs it`,
+      );
+    }
     return true;
   }
 

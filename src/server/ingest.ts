@@ -33,6 +33,7 @@ import {
 } from "../format/manifest.ts";
 import { comparePaths, pathProblem } from "../format/paths.ts";
 import { PartialHasher } from "../format/partial_hash.ts";
+import { formatBytes } from "../format/units.ts";
 import type { TarHeader } from "../format/tar.ts";
 import { concatBytes } from "../platform/concat_bytes.ts";
 import { churned } from "../platform/memory.ts";
@@ -46,11 +47,17 @@ export interface IngestLimits {
   maxUploadBytes: number;
   /** Most entries (files, dirs, links, change records) in one upload. */
   maxEntries: number;
+  /**
+   * Free space the store keeps (bytes): an upload that would leave less is
+   * refused before anything is stored (`serve --min-free`); 0: no reserve.
+   */
+  minFreeBytes?: number;
 }
 
 export const DEFAULT_LIMITS: IngestLimits = {
   maxUploadBytes: 1024 ** 4,
   maxEntries: 50_000_000,
+  minFreeBytes: 0,
 };
 
 /** A batch is flushed after this many bytes of small blobs, rows, or large blobs. */
@@ -202,6 +209,8 @@ export class Ingest {
   #blob: BlobBuilder | null = null;
   #pendingRows: StageRow[] = [];
   #pendingBlobs: PendingBlob[] = [];
+  /** The batch flush() is working on: abort() drops the sinks it has not finished. */
+  #flushing: PendingBlob[] = [];
   #pendingBytes = 0;
   #pendingLarge = 0;
   /** Contents this upload already stored or found known (dedup within the upload). */
@@ -279,16 +288,42 @@ export class Ingest {
   /** Writes the waiting batch: durable bytes first, then their rows. */
   async flush(): Promise<void> {
     if (this.#header && !this.#headerChecked) {
+      // The parent need not be the head (hosts committing at once land in a
+      // chain: see IndexStore's UploadStage.commit), but it must be a commit.
+      const parent = this.#header.parent;
+      await this.#stage.pin(parent);
       const head = await this.#storage.index.headCommit(this.project);
-      if ((head?.id ?? null) !== this.#header.parent) {
+      if (parent !== null && parent !== head?.id) {
+        const found = await this.#storage.index.resolveCommit(this.project, parent).catch(
+          (err) => {
+            if (err instanceof KeepError && err.code === "not_found") return null;
+            throw err;
+          },
+        );
+        if (found?.id !== parent) {
+          throw new KeepError(
+            "conflict",
+            `Cannot commit: parent ${parent} is not a commit of ${this.project}; the head is ${
+              head?.id ?? "none"
+            }`,
+          );
+        }
+      }
+      await this.#admit(this.#header);
+      this.#headerChecked = true;
+    } else if (this.#limits.minFreeBytes) {
+      // Other uploads may be eating the reserve: stop before the disk is full.
+      const free = await this.#storage.blobs.freeBytes();
+      if (free !== null && free < this.#limits.minFreeBytes / 2) {
         throw new KeepError(
-          "conflict",
-          `Cannot commit: parent ${
-            this.#header.parent ?? "(none)"
-          } is not the head of ${this.project} (${head?.id ?? "none"})`,
+          "unavailable",
+          `Cannot accept upload: the store is down to ${
+            formatBytes(free)
+          } free, under half its reserve of ${
+            formatBytes(this.#limits.minFreeBytes)
+          } (serve --min-free); nothing was committed`,
         );
       }
-      this.#headerChecked = true;
     }
     // The current large file's sink may hold too much unwritten: let it catch up.
     if (this.#currentSink?.pending) await this.#currentSink.drain();
@@ -297,11 +332,17 @@ export class Ingest {
     if (rows.length === 0 && blobs.length === 0) return;
     this.#pendingRows = [];
     this.#pendingBlobs = [];
+    this.#flushing = blobs;
     this.#pendingBytes = 0;
     this.#pendingLarge = 0;
+    const drop = async (b: PendingBlob) => {
+      const sink = b.sink;
+      b.sink = null;
+      await sink?.abort();
+    };
     const fresh: PendingBlob[] = [];
     for (const b of blobs) {
-      if (this.#seen.has(b.hex)) await b.sink?.abort();
+      if (this.#seen.has(b.hex)) await drop(b);
       else {
         this.#seen.add(b.hex);
         fresh.push(b);
@@ -314,7 +355,7 @@ export class Ingest {
     let packed = false;
     for (const b of fresh) {
       if (known.has(b.hex)) {
-        await b.sink?.abort();
+        await drop(b);
         continue;
       }
       let pack: number | null = null;
@@ -326,7 +367,11 @@ export class Ingest {
         pack = this.#pack.pack;
         offset = this.#pack.add(b.data);
         packed = true;
-      } else await b.sink!.finish(b.hex);
+      } else {
+        const sink = b.sink!;
+        b.sink = null;
+        offset = await sink.finish(b.hex); // a large blob's generation
+      }
       added.push({ hash: b.hash, size: b.size, stored: b.stored, xxh: b.xxh, pack, offset });
       this.newBlobs++;
       this.newBlobBytes += b.stored;
@@ -334,6 +379,7 @@ export class Ingest {
     // Rows may only point at bytes, and names, that are durable.
     if (packed) await this.#pack!.flush();
     this.repairedBlobs += await this.#stage.stage(rows, added);
+    this.#flushing = [];
     if (this.#pack && this.#pack.size >= PACK_ROTATE) await this.#closePack();
   }
 
@@ -345,6 +391,43 @@ export class Ingest {
       await pack.close();
     } finally {
       await this.#storage.index.sealPack(pack.pack);
+    }
+  }
+
+  /**
+   * Refuses, before anything is stored, an upload that would take the
+   * project past its quota (raw bytes sent count in full: dedup and
+   * compression are not known yet) or the store under its free-space reserve.
+   */
+  async #admit(header: UploadHeader): Promise<void> {
+    const bytes = header.bytes ?? 0;
+    const quota = (await this.#storage.index.getPolicy(this.project))?.quotaBytes;
+    if (quota !== undefined) {
+      const used = (await this.#storage.index.projectUsage(this.project)).storedBytes;
+      if (used + bytes > quota) {
+        throw new KeepError(
+          "quota",
+          `Cannot back up ${this.project}: it holds ${
+            formatBytes(used)
+          } and this backup sends up to ${formatBytes(bytes)}, past its quota of ${
+            formatBytes(quota)
+          }; prune it or raise the quota (keep policy set --quota)`,
+        );
+      }
+    }
+    const reserve = this.#limits.minFreeBytes ?? 0;
+    if (reserve > 0) {
+      const free = await this.#storage.blobs.freeBytes();
+      if (free !== null && free - bytes < reserve) {
+        throw new KeepError(
+          "unavailable",
+          `Cannot accept upload: the store has ${
+            formatBytes(free)
+          } free and this backup sends up to ${formatBytes(bytes)}; the server keeps ${
+            formatBytes(reserve)
+          } in reserve (serve --min-free)`,
+        );
+      }
     }
   }
 
@@ -383,8 +466,11 @@ export class Ingest {
     };
     await quietly(() => this.#blob?.abort());
     this.#blob = null;
-    for (const b of this.#pendingBlobs) await quietly(() => b.sink?.abort());
+    for (const b of [...this.#pendingBlobs, ...this.#flushing]) {
+      await quietly(() => b.sink?.abort());
+    }
     this.#pendingBlobs = [];
+    this.#flushing = [];
     // Bytes of earlier batches stay in the pack: their rows were inserted.
     await quietly(() => this.#closePack());
     await quietly(() => this.#stage.abort());

@@ -68,6 +68,7 @@ export async function verifyStore(
   const counts = await index.counts();
   const report: VerifyReport = {
     ok: false,
+    integrity: await index.checkIntegrity(),
     ...counts,
     damaged: [],
     marked: 0,
@@ -89,17 +90,25 @@ export async function verifyStore(
   const used = new Map<number, number>();
   let after = 0;
   let checked = 0;
+  // A running server goes on answering (and receiving uploads) meanwhile.
+  let ran = performance.now();
+  const pause = async () => {
+    if (performance.now() - ran < 20) return;
+    await new Promise((r) => setTimeout(r, 1));
+    ran = performance.now();
+  };
   for (;;) {
     const rows = await index.blobsPage(after, 1000);
     if (rows.length === 0) break;
     for (const r of rows) {
+      await pause();
       const hex = bytesToHex(r.hash);
-      if (r.pack === null) largeBlobs.add(hex);
+      if (r.pack === null) largeBlobs.add(`${hex}.${r.offset}`);
       else used.set(r.pack, (used.get(r.pack) ?? 0) + r.stored);
       let problem: string | null;
       if (!options.quick) problem = await checkBlob(storage, hex, r);
       else if (r.pack === null) {
-        const size = await blobs.largeSize(hex);
+        const size = await blobs.largeSize(hex, r.offset);
         problem = size === null ? "blob file is missing" : null;
       } else {
         // Quick: the pack must be there and long enough to hold the blob.
@@ -128,10 +137,8 @@ export async function verifyStore(
   }
   report.orphanBlobs = await index.orphanBlobCount();
   // Large blobs the index does not know (a crash between rename and insert).
-  for await (const hex of blobs.listLarge()) {
-    if (!largeBlobs.has(hex)) {
-      report.orphanFiles.push(`${hex.slice(0, 2)}/${hex.slice(2, 4)}/${hex}`);
-    }
+  for await (const o of blobs.listLarge()) {
+    if (!largeBlobs.has(`${o.hash}.${o.gen}`)) report.orphanFiles.push(o.name);
   }
   // Packs: each one the index knows present; bytes beyond what rows use are slack.
   const known = await index.knownPacks();

@@ -52,12 +52,21 @@ export function inflight(counter: Inflight): MiddlewareHandler<Env> {
   return async (c, next) => {
     counter.n++;
     counter.last = Date.now();
+    const work = c.req.path === "/v1/health" ? undefined : counter.work;
+    if (work) {
+      work[1]++;
+      work[0] = counter.last;
+    }
     let ended = false;
     const end = () => {
       if (!ended) {
         ended = true;
         counter.n--;
         counter.last = Date.now();
+        if (work) {
+          work[1]--;
+          work[0] = counter.last;
+        }
       }
     };
     try {

@@ -1,39 +1,77 @@
 /**
- * Store upkeep by an admin token: prune a project's old commits, verify the
- * whole store.
+ * Store upkeep: retention policies and prune (admin token of the project),
+ * stats, and verify of the whole store.
  *
  * @module
  */
 
 import { Hono } from "hono";
 import { KeepError } from "../../errors.ts";
-import { pruneProject } from "../../server/prune.ts";
+import { checkProjectName, type Policy } from "../../format/api.ts";
+import { pruneProject } from "../../server/gc.ts";
+import { parsePolicy } from "../../server/retention.ts";
+import { readStats } from "../../server/stats.ts";
 import { verifyStore } from "../../server/verify.ts";
 import { type AppContext, type Env, need, projectParam } from "../context.ts";
+import { readJson } from "../json_body.ts";
+
+const BODY_LIMIT = 64 << 10;
 
 /** The route group. */
 export function adminRoutes(ctx: AppContext): Hono<Env> {
   const routes = new Hono<Env>();
 
+  // Body: {policy, dryRun, wait} (or {keepLast} for a plain keep-last).
   routes.post("/projects/:project/prune", async (c) => {
     const p = projectParam(c);
     need(c, "admin", p);
-    let body: { keepLast?: unknown; dryRun?: unknown };
-    try {
-      body = await c.req.json();
-    } catch {
-      throw new KeepError("invalid", "Cannot prune: body must be JSON {keepLast, dryRun}");
+    const body = await readJson(c, BODY_LIMIT, "prune") as Record<string, unknown> | null;
+    if (typeof body !== "object" || body === null) {
+      throw new KeepError("invalid", "Cannot prune: body must be JSON {policy, dryRun, wait}");
     }
-    if (ctx.uploads.active > 0 && !body.dryRun) {
-      throw new KeepError(
-        "unavailable",
-        `Cannot prune now: ${ctx.uploads.active} uploads in progress; try again`,
-      );
-    }
-    const result = await pruneProject(ctx.storage, p, Number(body.keepLast), {
-      dryRun: !!body.dryRun,
+    let policy: Policy;
+    if (body.policy !== undefined) policy = parsePolicy(body.policy);
+    else if (body.keepLast !== undefined) policy = parsePolicy({ last: body.keepLast });
+    else policy = await ctx.storage.index.getPolicy(p) ?? {};
+    const result = await pruneProject(ctx.storage, ctx.collector, p, policy, {
+      dryRun: body.dryRun === true,
+      wait: body.wait === true,
     });
     return c.json({ result });
+  });
+
+  routes.get("/projects/:project/policy", async (c) => {
+    const p = projectParam(c);
+    need(c, "head", p);
+    return c.json({ policy: await ctx.storage.index.getPolicy(p) });
+  });
+
+  routes.put("/projects/:project/policy", async (c) => {
+    const p = projectParam(c);
+    need(c, "admin", p);
+    const body = await readJson(c, BODY_LIMIT, "set policy") as Record<string, unknown> | null;
+    const policy = parsePolicy(body?.policy);
+    await ctx.storage.index.setPolicy(p, policy);
+    return c.json({ policy });
+  });
+
+  routes.delete("/projects/:project/policy", async (c) => {
+    const p = projectParam(c);
+    need(c, "admin", p);
+    await ctx.storage.index.setPolicy(p, null);
+    return c.json({ policy: null });
+  });
+
+  // Any token of a project sees its stats; the store's need a token for '*'.
+  routes.get("/stats", async (c) => {
+    const project = c.req.query("project");
+    if (project !== undefined) {
+      const p = checkProjectName(project);
+      need(c, "head", p);
+      return c.json({ stats: await readStats(ctx.storage, ctx.collector, p) });
+    }
+    need(c, "head");
+    return c.json({ stats: await readStats(ctx.storage, ctx.collector) });
   });
 
   routes.post("/verify", async (c) => {

@@ -6,11 +6,15 @@
  * - small blobs (up to PACK_MAX raw bytes) are appended back to back to a
  *   **pack**, named by a number the index hands out (IndexStore.newPack),
  *   and read back by (pack, offset, length);
- * - large blobs are an object of their own, named by their SHA-256.
+ * - large blobs are an object of their own, named by their SHA-256 and a
+ *   generation the store picks when it writes one.
  *
- * Nothing is rewritten in place: a pack is written once by one writer, then
- * sealed (the index records that) and only ever deleted whole, by repack,
- * after its live blobs were copied elsewhere. The bytes a row names are made
+ * Nothing is rewritten in place, and no name is written twice: a pack is
+ * written once by one writer, then sealed (the index records that) and only
+ * ever deleted whole by garbage collection, after its live blobs were copied
+ * elsewhere; a large blob sent again (a repair, content collected meanwhile)
+ * gets a new generation. So deleting an old object can never race a new
+ * write of the same name, on one server or many (see server/gc.ts). The bytes a row names are made
  * durable before the row is written (`PackSink.flush`, `LargeSink.finish`).
  *
  * Writes are synchronous where they can be (a sink buffers and says through
@@ -29,9 +33,21 @@ export interface BlobPlace {
   size: number;
   /** Bytes stored (the members). */
   stored: number;
-  /** Pack number and offset; null for a large blob. */
+  /** Pack number; null for a large blob. */
   pack: number | null;
+  /**
+   * Offset in the pack; for a large blob, its generation (null: a blob
+   * written before generations, named by its hash alone).
+   */
   offset: number | null;
+}
+
+/** A large blob's object, as listed. */
+export interface LargeObject {
+  hash: string;
+  gen: number | null;
+  name: string;
+  modified: number;
 }
 
 /** Appends small blobs to one pack. */
@@ -58,8 +74,8 @@ export interface LargeSink {
   readonly pending: number;
   /** Waits until what was buffered is written. */
   drain(): Promise<void>;
-  /** Makes the blob durable under `hashHex`. */
-  finish(hashHex: string): Promise<void>;
+  /** Makes the blob durable under `hashHex` and a new generation, which it returns. */
+  finish(hashHex: string): Promise<number>;
   /** Drops it (the content turned out to be known, or the upload failed). */
   abort(): Promise<void>;
 }
@@ -79,14 +95,20 @@ export interface BlobStore {
   pieces(hashHex: string, place: BlobPlace): Promise<AsyncIterable<Uint8Array>>;
   /** Size in bytes of a pack, or null when it is missing. */
   packSize(pack: number): Promise<number | null>;
-  /** Size in bytes of a large blob, or null when it is missing. */
-  largeSize(hashHex: string): Promise<number | null>;
+  /** Size in bytes of a large blob (of generation `gen`), or null when it is missing. */
+  largeSize(hashHex: string, gen: number | null): Promise<number | null>;
   /** Every pack present, with its size (for verify and GC). */
   listPacks(): AsyncIterable<{ pack: number; size: number } | { name: string }>;
-  /** Every large blob present, by hash (for verify). */
-  listLarge(): AsyncIterable<string>;
+  /**
+   * Every large blob present (for verify and GC); `name` is what the object
+   * is called (`hash` is "" for an object whose name is no blob's),
+   * `modified` when it was written (ms since the epoch).
+   */
+  listLarge(): AsyncIterable<LargeObject>;
   deletePack(pack: number): Promise<void>;
-  deleteLarge(hashHex: string): Promise<void>;
+  deleteLarge(hashHex: string, gen: number | null): Promise<void>;
+  /** Free space where the bytes go, or null when the backend cannot say (object stores). */
+  freeBytes(): Promise<number | null>;
   /** Leftovers of writes cut short (temp files, unfinished uploads): removed at start. */
   cleanTemp(): Promise<void>;
   close(): Promise<void>;

@@ -12,7 +12,7 @@
  * @module
  */
 
-import type { CommitNote, ProjectInfo, PruneResult } from "../../format/api.ts";
+import type { CommitNote, Policy, ProjectInfo } from "../../format/api.ts";
 import type {
   CommitInfo,
   CommitStats,
@@ -53,6 +53,8 @@ export interface BlobRow extends BlobPlace {
 
 /** One upload being staged: batches go in as they come, the commit at the end. */
 export interface UploadStage {
+  /** The upload names its parent: retention keeps that commit until the upload ends. */
+  pin(parent: string | null): Promise<void>;
   /**
    * Inserts blob rows (their bytes must be durable) and stages path rows.
    * A row for content marked damaged takes the new bytes (a repair); the
@@ -63,8 +65,12 @@ export interface UploadStage {
   withdraw(path: string, reason: string): Promise<void>;
   /**
    * Applies the staged upload as the project's next commit, durably and at
-   * once: conflict when `header.parent` is not the head, invalid when the
-   * result is not a tree or names content that is not there.
+   * once. When other commits landed since `header.parent`, the new commit
+   * still holds exactly the tree the client scanned (the parent's tree with
+   * the upload's changes), placed on the head: many hosts backing up one
+   * project at once land in a chain. Conflict when the parent is no commit
+   * of the project any more; invalid when the result is not a tree or names
+   * content that is not there.
    */
   commit(header: UploadHeader, stats: CommitStats): Promise<{
     commit: CommitInfo;
@@ -94,9 +100,16 @@ export interface TokenRow {
   revoked: number | null;
 }
 
-/** The counts verify reports, read in one go. */
+/** What a project's content costs the store. */
+export interface ProjectUsage {
+  /** Stored bytes of every content its commits refer to. */
+  storedBytes: number;
+  /** Of those, the bytes of content no other project refers to. */
+  exclusiveBytes: number;
+}
+
+/** The counts verify and stats report, read in one go. */
 export interface StoreCounts {
-  integrity: string;
   projects: number;
   commits: number;
   blobs: number;
@@ -131,7 +144,11 @@ export interface IndexStore {
   beginUpload(project: string): Promise<UploadStage>;
 
   // ---- blobs and packs
-  /** Which of `hashes` the store has sound (a blob marked damaged does not count); hex. */
+  /**
+   * Which of `hashes` the store has sound (a blob marked damaged does not
+   * count); hex. The caller counts on them: rows GC marked unreferenced are
+   * unmarked (gcMark).
+   */
   knownBlobs(hashes: Uint8Array[]): Promise<Set<string>>;
   blobPlace(hashHex: string): Promise<BlobPlace | null>;
   /** A new pack number, unsealed: its writer may still append to it. */
@@ -140,6 +157,10 @@ export interface IndexStore {
   sealPack(pack: number): Promise<void>;
   /** Seals every open pack (at start: their writers are gone). */
   sealAllPacks(): Promise<void>;
+  /** Forgets the uploads registered as in flight (at start: a crash left them). */
+  forgetUploads(): Promise<void>;
+  /** Another connection moved or removed blob rows: places read before may be stale. */
+  noteBlobsMoved(): void;
   /**
    * Bumped whenever blob rows move or go (prune, repack, recompression, a
    * repair): a place read before a change of this number may be stale.
@@ -168,30 +189,94 @@ export interface IndexStore {
     moves: { row: BlobRow; pack: number; offset: number; stored: number; level: number }[],
     skips: number[],
   ): Promise<number>;
-  /** Sealed packs with the stored bytes their rows still use. */
+  /** Sealed packs, not dead, with the stored bytes their rows still use. */
   packUsage(): Promise<{ pack: number; live: number }[]>;
   /** Pack numbers the index knows. */
   knownPacks(): Promise<Set<number>>;
-  /** The rows of one pack, in offset order. */
-  blobsInPack(pack: number): Promise<BlobRow[]>;
-  /** Points rows at their copies in another pack and forgets `pack`, at once. */
-  replacePack(pack: number, moves: { id: number; pack: number; offset: number }[]): Promise<void>;
-  /**
-   * Forgets commits of `project` with seq <= head - keepLast, their notes and
-   * the versions only they used, and the blob rows no commit refers to any
-   * more; returns what it removed and the large blobs to delete.
-   */
-  prune(project: string, keepLast: number, dryRun: boolean): Promise<{
-    result: PruneResult;
-    deadLarge: string[];
-  }>;
+  /** Up to `limit` rows of one pack, in offset order. */
+  blobsInPack(pack: number, limit: number): Promise<BlobRow[]>;
+  /** Points rows at copies of their bytes (durable), each only if it is still where it was. */
+  relocateBlobs(moves: { row: BlobRow; pack: number; offset: number }[]): Promise<number>;
   counts(): Promise<StoreCounts>;
+  /** The database's own consistency check: "ok", or what it found. */
+  checkIntegrity(): Promise<string>;
   /** Versions whose content is not in the store (up to `limit`). */
   missingContent(limit: number): Promise<{ project: string; path: string; hash: string }[]>;
   /** Blob rows no version refers to. */
   orphanBlobCount(): Promise<number>;
   /** Head entries that use content `hash` (up to `limit`). */
   headEntriesUsing(hash: Uint8Array, limit: number): Promise<{ project: string; path: string }[]>;
+
+  // ---- retention and garbage collection (see server/gc.ts for the order of the steps)
+  getPolicy(project: string): Promise<Policy | null>;
+  /** Stores (null: removes) a project's policy. */
+  setPolicy(project: string, policy: Policy | null): Promise<void>;
+  listPolicies(): Promise<{ project: string; policy: Policy }[]>;
+  /**
+   * Forgets commits (never the head, nor the parent of an upload in flight)
+   * at `at`: from then on no listing or lookup finds them, but their rows
+   * stay until purgeForgotten (a restore that already began may read them
+   * through the grace). Returns how many were forgotten.
+   */
+  forgetCommits(project: string, seqs: number[], at: number): Promise<number>;
+  /**
+   * Removes up to `limit` history rows of `project` after `after` (in path,
+   * first order) that no remaining commit uses (commits forgotten before
+   * `before` do not count), and marks (at `now`, see gcMark) the blobs only
+   * they referred to; `next` is where to go on.
+   */
+  cleanHistory(
+    project: string,
+    after: { path: string; first: number } | null,
+    limit: number,
+    before: number,
+    now: number,
+  ): Promise<{ next: { path: string; first: number } | null; removed: number; marked: number }>;
+  /**
+   * Deletes the rows (and notes) of commits forgotten before `before`;
+   * `waiting` counts the forgotten ones left (a later round's).
+   */
+  purgeForgotten(project: string, before: number): Promise<{ purged: number; waiting: number }>;
+  /**
+   * Marks (at `now`) blob rows after `afterId` that no version refers to, and
+   * unmarks marked ones referred to again; `lastId` null at the end. Blobs
+   * whose versions went are marked by cleanHistory already: this full pass
+   * (daily) finds the others, e.g. the blobs of uploads that failed.
+   */
+  gcMark(
+    afterId: number,
+    limit: number,
+    now: number,
+  ): Promise<{ lastId: number | null; marked: number }>;
+  /**
+   * Deletes up to `limit` rows after `afterId` (id order) marked before
+   * `before` that are still unreferenced (referenced ones are unmarked).
+   * Returns how many went and their stored bytes, the large ones as rows
+   * (their files are the caller's to delete), and where to go on (null: done).
+   */
+  gcSweep(
+    afterId: number,
+    before: number,
+    limit: number,
+  ): Promise<{ swept: number; sweptBytes: number; large: BlobRow[]; lastId: number | null }>;
+  /** Rows marked and not yet swept. */
+  pendingOrphans(): Promise<number>;
+  /** A pack whose rows all moved: its file is deleted after a grace (deadPacks). */
+  markPackDead(pack: number, at: number): Promise<void>;
+  deadPacks(before: number): Promise<number[]>;
+  /** Forgets a dead pack once its file is deleted. */
+  forgetPack(pack: number): Promise<void>;
+  /**
+   * When the oldest upload in flight started (ms), or null: GC spares rows
+   * marked after it (that upload may have counted on them).
+   */
+  oldestUploadStart(): Promise<number | null>;
+  /** Small numbers about the store (GC figures, last retention run). */
+  meta(key: string): Promise<number | null>;
+  setMeta(key: string, value: number): Promise<void>;
+  projectUsage(project: string): Promise<ProjectUsage>;
+  /** Bytes of every file version the index records (what dedup is measured against). */
+  logicalBytes(): Promise<number>;
 
   // ---- tokens
   insertToken(row: TokenRow): Promise<void>;

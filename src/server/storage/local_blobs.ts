@@ -5,8 +5,9 @@
  *   writer each. As SQLite BLOBs they cost ~25% in page slack and were
  *   written twice (WAL, then checkpoint); as one file each, per-file creates
  *   dominate (1.4–2.4k/s): see docs/DESIGN.md.
- * - Large blobs: `blobs/<2 hex>/<2 hex>/<sha256>`, written to `tmp/`,
- *   fsync'd, renamed into place, their directories fsync'd.
+ * - Large blobs: `blobs/<2 hex>/<2 hex>/<sha256>.<generation>` (stores from
+ *   before generations: `<sha256>` alone), written to `tmp/`, fsync'd,
+ *   renamed into place, their directories fsync'd.
  *
  * Writes are synchronous (docs/DESIGN.md, "The HTTP server": an upload handler that awaits real I/O
  * between body reads makes Deno's HTTP server crawl), so a sink's `pending`
@@ -15,9 +16,10 @@
  * @module
  */
 
+import { statfsSync } from "node:fs";
 import { join } from "node:path";
 import { KeepError } from "../../errors.ts";
-import type { BlobPlace, BlobStore, LargeSink, PackSink } from "./blob_store.ts";
+import type { BlobPlace, BlobStore, LargeObject, LargeSink, PackSink } from "./blob_store.ts";
 
 const WRITE_BUFFER = 1 << 20;
 
@@ -134,13 +136,14 @@ class LocalLargeSink implements LargeSink {
     return Promise.resolve();
   }
 
-  finish(hashHex: string): Promise<void> {
+  finish(hashHex: string): Promise<number> {
     const f = this.#file!;
     this.#file = null;
     f.syncSync();
     f.close();
-    syncDirs(this.#store.adopt(this.#path, hashHex));
-    return Promise.resolve();
+    const { gen, dirs } = this.#store.adopt(this.#path, hashHex);
+    syncDirs(dirs);
+    return Promise.resolve(gen);
   }
 
   abort(): Promise<void> {
@@ -173,7 +176,6 @@ export class LocalBlobStore implements BlobStore {
   #tmpSeq = 0;
   /** Open pack files for reading, most recently used last. */
   #readers = new Map<number, Deno.FsFile>();
-  #scratch = new Uint8Array(1 << 16);
 
   private constructor(dataDir: string) {
     this.where = dataDir;
@@ -202,8 +204,8 @@ export class LocalBlobStore implements BlobStore {
   }
 
   /** Where a large blob lives. */
-  pathOf(hashHex: string): string {
-    return join(this.dir, hashHex.slice(0, 2), hashHex.slice(2, 4), hashHex);
+  pathOf(hashHex: string, gen: number | null): string {
+    return join(this.dir, hashHex.slice(0, 2), hashHex.slice(2, 4), largeName(hashHex, gen));
   }
 
   packPath(pack: number): string {
@@ -224,11 +226,11 @@ export class LocalBlobStore implements BlobStore {
   }
 
   /**
-   * Moves a finished, fsync'd temp file into place as blob `hashHex`. Returns
-   * the directories to fsync: its own, and the parents of any directory this
-   * call created.
+   * Moves a finished, fsync'd temp file into place as blob `hashHex` under a
+   * new generation. Returns it and the directories to fsync: its own, and the
+   * parents of any directory this call created.
    */
-  adopt(tempPath: string, hashHex: string): string[] {
+  adopt(tempPath: string, hashHex: string): { gen: number; dirs: string[] } {
     const top = join(this.dir, hashHex.slice(0, 2));
     const dir = join(top, hashHex.slice(2, 4));
     const dirs = [dir];
@@ -240,8 +242,10 @@ export class LocalBlobStore implements BlobStore {
       if (!topExisted) dirs.push(this.dir);
       this.#madeDirs.add(dir);
     }
-    Deno.renameSync(tempPath, this.pathOf(hashHex));
-    return dirs;
+    let gen = newGeneration();
+    while (sizeOf(this.pathOf(hashHex, gen)) !== null) gen = newGeneration();
+    Deno.renameSync(tempPath, this.pathOf(hashHex, gen));
+    return { gen, dirs };
   }
 
   #packReader(pack: number): Deno.FsFile {
@@ -290,20 +294,20 @@ export class LocalBlobStore implements BlobStore {
   }
 
   /**
-   * pieces() without the promises, for the archive's and the compactor's
-   * loops (one call per file: no microtask per piece). Checked at once: a
-   * pack range is read whole, a large blob's file must have `stored` bytes.
+   * pieces() without the promises. Checked at once: a pack range is read
+   * whole, a large blob's file must have `stored` bytes. Each call reads
+   * into buffers of its own: readers of different blobs may interleave (two
+   * requests), and a shared buffer would hand one the other's bytes.
    */
   piecesSync(hashHex: string, place: BlobPlace): Iterable<Uint8Array> & AsyncIterable<Uint8Array> {
     if (place.pack !== null) {
-      if (this.#scratch.length < place.stored) this.#scratch = new Uint8Array(place.stored);
-      const buf = this.#scratch.subarray(0, place.stored);
+      const buf = new Uint8Array(place.stored);
       this.#readPack(hashHex, place, buf);
       return both([buf]);
     }
     let f: Deno.FsFile;
     try {
-      f = Deno.openSync(this.pathOf(hashHex), { read: true });
+      f = Deno.openSync(this.pathOf(hashHex, place.offset), { read: true });
     } catch {
       throw new KeepError("integrity", `Cannot read blob ${hashHex}: its file is missing`);
     }
@@ -320,11 +324,11 @@ export class LocalBlobStore implements BlobStore {
 
   *#filePieces(f: Deno.FsFile): Generator<Uint8Array> {
     try {
-      if (this.#scratch.length < 1 << 20) this.#scratch = new Uint8Array(1 << 20);
+      const buf = new Uint8Array(1 << 20);
       for (;;) {
-        const n = f.readSync(this.#scratch);
+        const n = f.readSync(buf);
         if (n === null || n === 0) return;
-        yield this.#scratch.subarray(0, n);
+        yield buf.subarray(0, n);
       }
     } finally {
       f.close();
@@ -335,8 +339,8 @@ export class LocalBlobStore implements BlobStore {
     return Promise.resolve(sizeOf(this.packPath(pack)));
   }
 
-  largeSize(hashHex: string): Promise<number | null> {
-    return Promise.resolve(sizeOf(this.pathOf(hashHex)));
+  largeSize(hashHex: string, gen: number | null): Promise<number | null> {
+    return Promise.resolve(sizeOf(this.pathOf(hashHex, gen)));
   }
 
   async *listPacks(): AsyncGenerator<{ pack: number; size: number } | { name: string }> {
@@ -350,11 +354,34 @@ export class LocalBlobStore implements BlobStore {
     }
   }
 
-  async *listLarge(): AsyncGenerator<string> {
+  async *listLarge(): AsyncGenerator<LargeObject> {
     for (const a of safeDir(this.dir)) {
       for (const b of safeDir(join(this.dir, a))) {
-        for (const f of safeDir(join(this.dir, a, b))) yield f;
+        for (const f of safeDir(join(this.dir, a, b))) {
+          const m = /^([0-9a-f]{64})(?:\.(\d+))?$/.exec(f);
+          let modified: number;
+          try {
+            modified = Deno.statSync(join(this.dir, a, b, f)).mtime?.getTime() ?? 0;
+          } catch {
+            continue; // deleted meanwhile
+          }
+          yield {
+            hash: m ? m[1] : "",
+            gen: m?.[2] ? Number(m[2]) : null,
+            name: `${a}/${b}/${f}`,
+            modified,
+          };
+        }
       }
+    }
+  }
+
+  freeBytes(): Promise<number | null> {
+    try {
+      const s = statfsSync(this.packDir);
+      return Promise.resolve(Number(s.bavail) * Number(s.bsize));
+    } catch {
+      return Promise.resolve(null);
     }
   }
 
@@ -370,9 +397,9 @@ export class LocalBlobStore implements BlobStore {
     return Promise.resolve();
   }
 
-  deleteLarge(hashHex: string): Promise<void> {
+  deleteLarge(hashHex: string, gen: number | null): Promise<void> {
     try {
-      Deno.removeSync(this.pathOf(hashHex));
+      Deno.removeSync(this.pathOf(hashHex, gen));
     } catch { /* already gone: verify would have reported it */ }
     return Promise.resolve();
   }
@@ -382,6 +409,17 @@ export class LocalBlobStore implements BlobStore {
     this.#readers.clear();
     return Promise.resolve();
   }
+}
+
+/** A large blob's file name. */
+function largeName(hashHex: string, gen: number | null): string {
+  return gen === null ? hashHex : `${hashHex}.${gen}`;
+}
+
+/** A random 48-bit generation: unique per content without coordination (many servers). */
+function newGeneration(): number {
+  const [hi, lo] = crypto.getRandomValues(new Uint32Array(2));
+  return (hi & 0xffff) * 2 ** 32 + lo;
 }
 
 /** A sync iterable that can also be iterated with `for await`. */

@@ -35,7 +35,13 @@ export interface Storage {
  */
 export async function openLocalStorage(
   dataDir: string,
-  options: { create?: boolean; owner?: boolean } = {},
+  options: {
+    create?: boolean;
+    owner?: boolean;
+    cacheMiB?: number;
+    /** Share a writers counter with another thread's connection (SqliteIndex.shareWriters). */
+    writers?: { buffer: SharedArrayBuffer; yielding: boolean };
+  } = {},
 ): Promise<Storage> {
   const path = join(dataDir, "index.db");
   if (!options.create) {
@@ -45,11 +51,13 @@ export async function openLocalStorage(
       throw new KeepError("usage", `Cannot open ${dataDir}: no index.db there`);
     }
   } else Deno.mkdirSync(dataDir, { recursive: true });
-  const index = SqliteIndex.open(path);
+  const index = SqliteIndex.open(path, { cacheMiB: options.cacheMiB });
+  if (options.writers) index.shareWriters(options.writers.buffer, options.writers.yielding);
   const blobs = LocalBlobStore.open(dataDir);
   if (options.owner) {
     await blobs.cleanTemp();
     await index.sealAllPacks();
+    await index.forgetUploads();
   }
   return {
     index,

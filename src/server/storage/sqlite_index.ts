@@ -24,7 +24,7 @@
 
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { KeepError } from "../../errors.ts";
-import type { CommitNote, ProjectInfo, PruneResult } from "../../format/api.ts";
+import type { CommitNote, Policy, ProjectInfo } from "../../format/api.ts";
 import { bytesToHex, hexToBytes } from "../../format/hex.ts";
 import type {
   CommitCounts,
@@ -41,14 +41,18 @@ import type {
   IndexStore,
   NewBlob,
   PlacedEntry,
+  ProjectUsage,
   StageRow,
   StoreCounts,
   TokenRow,
   UploadStage,
 } from "./index_store.ts";
 
-/** 2: blobs.damaged, packs.sealed and the store_meta table (damage epoch). */
-const SCHEMA_VERSION = 2;
+/**
+ * 2: blobs.damaged and blobs.orphan (GC marks), packs.sealed and packs.dead,
+ * the store_meta table (damage epoch, GC figures) and retention policies.
+ */
+const SCHEMA_VERSION = 3;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS projects(
@@ -71,6 +75,7 @@ CREATE TABLE IF NOT EXISTS commits(
   granularity INTEGER NOT NULL,
   counts TEXT NOT NULL,
   stats TEXT NOT NULL,
+  forgotten INTEGER,
   PRIMARY KEY(project, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS current(
@@ -102,7 +107,21 @@ CREATE TABLE IF NOT EXISTS blobs(
   pack INTEGER,
   offset INTEGER,
   level INTEGER,
-  damaged TEXT
+  damaged TEXT,
+  orphan INTEGER
+);
+CREATE INDEX IF NOT EXISTS blobs_orphan ON blobs(orphan) WHERE orphan IS NOT NULL;
+CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack, offset) WHERE pack IS NOT NULL;
+CREATE TABLE IF NOT EXISTS uploads(
+  id INTEGER PRIMARY KEY,
+  project TEXT NOT NULL,
+  parent TEXT,
+  started INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS policies(
+  project TEXT PRIMARY KEY,
+  policy TEXT NOT NULL,
+  updated INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS store_meta(
   key TEXT PRIMARY KEY,
@@ -111,7 +130,8 @@ CREATE TABLE IF NOT EXISTS store_meta(
 CREATE TABLE IF NOT EXISTS packs(
   id INTEGER PRIMARY KEY,
   created INTEGER NOT NULL,
-  sealed INTEGER
+  sealed INTEGER,
+  dead INTEGER
 );
 CREATE TABLE IF NOT EXISTS tokens(
   id TEXT PRIMARY KEY,
@@ -125,6 +145,8 @@ CREATE TABLE IF NOT EXISTS tokens(
 `;
 
 const STAGE = `
+CREATE TEMP TABLE IF NOT EXISTS gc_live(seq INTEGER PRIMARY KEY);
+CREATE TEMP TABLE IF NOT EXISTS gc_gone(hash BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TEMP TABLE IF NOT EXISTS stage(
   upload INTEGER NOT NULL, path TEXT NOT NULL, parent TEXT NOT NULL, op TEXT NOT NULL,
   type TEXT, size INTEGER, mode INTEGER, mtime INTEGER, ctime INTEGER,
@@ -132,6 +154,15 @@ CREATE TEMP TABLE IF NOT EXISTS stage(
   PRIMARY KEY(upload, path)
 ) WITHOUT ROWID;
 `;
+
+/** Rows per statement inside GC's transactions: the longest a waiting writer waits. */
+const SUB_BATCH = 4000;
+
+/** SQL conditions on a `blobs` row: no version of any project refers to it (or one does). */
+const UNREFERENCED = `AND NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = blobs.hash)
+  AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash)`;
+const REFERENCED = `AND (EXISTS (SELECT 1 FROM current c WHERE c.hash = blobs.hash)
+  OR EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash))`;
 
 /** SHA-256 of no bytes: the content of every empty file (never stored as a blob). */
 const EMPTY_HASH = hexToBytes("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
@@ -240,22 +271,49 @@ export class SqliteIndex implements IndexStore {
   readonly db: DatabaseSync;
   #stmts = new Map<string, StatementSync>();
   #nextUpload = 1;
+  /** Uploads being staged, with their start (ms): GC spares what they may count on. */
   #filter: HashFilter | null = null;
   #blobEpoch = 0;
+
+  /**
+   * Writers waiting for or holding the write lock, shared between the
+   * server's connection (which counts itself in around each transaction)
+   * and GC's (which waits until none, and ends its long transactions early
+   * when one comes): see shareWriters.
+   */
+  #writers: Int32Array | null = null;
+  #yielding = false;
+  #inTransaction = false;
 
   private constructor(db: DatabaseSync) {
     this.db = db;
   }
 
+  /**
+   * Shares a writers counter with another connection (another thread).
+   * `yielding`: this connection is the background one (GC) that gives way.
+   */
+  shareWriters(buffer: SharedArrayBuffer, yielding: boolean): void {
+    this.#writers = new Int32Array(buffer);
+    this.#yielding = yielding;
+  }
+
+  /** True when this is the yielding connection and another writer waits. */
+  #othersWait(): boolean {
+    return this.#yielding && this.#writers !== null && Atomics.load(this.#writers, 0) > 0;
+  }
+
   /** Opens (creating when needed) the index at `path`. */
-  static open(path: string): SqliteIndex {
+  /** `cacheMiB`: SQLite's page cache (default 4; GC's connection takes more: big batches). */
+  static open(path: string, options: { cacheMiB?: number } = {}): SqliteIndex {
     const db = new DatabaseSync(path);
     db.exec("PRAGMA journal_mode=WAL");
     db.exec("PRAGMA synchronous=NORMAL");
     db.exec("PRAGMA busy_timeout=30000");
     db.exec("PRAGMA foreign_keys=OFF");
     db.exec("PRAGMA temp_store=FILE");
-    db.exec("PRAGMA cache_size=-4096"); // 4 MiB: the hot set is the B-tree tops (see DESIGN.md)
+    // 4 MiB: the hot set is the B-tree tops (see DESIGN.md).
+    db.exec(`PRAGMA cache_size=-${Math.round((options.cacheMiB ?? 4) * 1024)}`);
     const version = Number((db.prepare("PRAGMA user_version").get() as Row).user_version);
     if (version > SCHEMA_VERSION) {
       db.close();
@@ -271,7 +329,20 @@ export class SqliteIndex implements IndexStore {
       db.exec("ALTER TABLE packs ADD COLUMN sealed INTEGER");
       db.exec("UPDATE packs SET sealed = created");
     }
+    if (version === 1 || version === 2) {
+      // 2 → 3 (retention and GC): unreferenced blobs are marked, emptied packs
+      // wait as dead, forgotten commits keep their rows through the grace.
+      db.exec("ALTER TABLE blobs ADD COLUMN orphan INTEGER");
+      db.exec("ALTER TABLE packs ADD COLUMN dead INTEGER");
+      db.exec("ALTER TABLE commits ADD COLUMN forgotten INTEGER");
+    }
     db.exec(SCHEMA);
+    if (version === 0) {
+      // A new store has no blobs of failed uploads yet: its first full GC mark pass is a day away.
+      db.prepare("INSERT OR IGNORE INTO store_meta(key, value) VALUES ('gc_full_mark', ?)").run(
+        Date.now(),
+      );
+    }
     db.exec(`PRAGMA user_version=${SCHEMA_VERSION}`);
     db.exec(STAGE);
     return new SqliteIndex(db);
@@ -298,6 +369,21 @@ export class SqliteIndex implements IndexStore {
       if (bigints) s.setReadBigInts(true);
       // Rows as arrays: less allocation on big scans (present at runtime, missing from the types).
       if (arrays) (s as unknown as { setReturnArrays(on: boolean): void }).setReturnArrays(true);
+      if (/^\s*(INSERT|UPDATE|DELETE)/i.test(sql)) {
+        // A write outside a transaction takes the write lock too: counted
+        // in like a transaction (see #writers).
+        const run = s.run.bind(s);
+        s.run = ((...args: Parameters<typeof run>) => {
+          const w = this.#writers;
+          if (!w || this.#yielding || this.#inTransaction) return run(...args);
+          Atomics.add(w, 0, 1);
+          try {
+            return run(...args);
+          } finally {
+            Atomics.sub(w, 0, 1);
+          }
+        }) as typeof s.run;
+      }
       this.#stmts.set(key, s);
     }
     return s;
@@ -312,7 +398,14 @@ export class SqliteIndex implements IndexStore {
    * fsync the WAL (synchronous=FULL) before returning.
    */
   #transaction<T>(fn: () => T, durable = false): T {
+    const w = this.#writers;
+    if (w && this.#yielding) {
+      // Give way: start only once no foreground writer waits (they wait at
+      // most for one sub-batch of a transaction already running).
+      while (Atomics.load(w, 0) > 0) Atomics.wait(w, 1, 0, 2);
+    } else if (w) Atomics.add(w, 0, 1);
     if (durable) this.db.exec("PRAGMA synchronous=FULL");
+    this.#inTransaction = true;
     try {
       this.db.exec("BEGIN IMMEDIATE");
       let result: T;
@@ -325,7 +418,9 @@ export class SqliteIndex implements IndexStore {
       this.db.exec("COMMIT");
       return result;
     } finally {
+      this.#inTransaction = false;
       if (durable) this.db.exec("PRAGMA synchronous=NORMAL");
+      if (w && !this.#yielding) Atomics.sub(w, 0, 1);
     }
   }
 
@@ -344,7 +439,10 @@ export class SqliteIndex implements IndexStore {
     const rows = this.#stmt("SELECT id, name, head FROM projects ORDER BY name").all() as Row[];
     return Promise.resolve(rows.map((r) => ({
       name: r.name as string,
-      commits: this.#count("SELECT count(*) AS n FROM commits WHERE project = ?", Number(r.id)),
+      commits: this.#count(
+        "SELECT count(*) AS n FROM commits WHERE project = ? AND forgotten IS NULL",
+        Number(r.id),
+      ),
       head: Number(r.head)
         ? this.#commitBySeq(Number(r.id), r.name as string, Number(r.head))
         : null,
@@ -370,10 +468,10 @@ export class SqliteIndex implements IndexStore {
   }
 
   #commitBySeq(projectId: number, project: string, seq: number): CommitInfo | null {
-    const r = this.#stmt("SELECT * FROM commits WHERE project = ? AND seq = ?", true).get(
-      projectId,
-      seq,
-    ) as Row | undefined;
+    const r = this.#stmt(
+      "SELECT * FROM commits WHERE project = ? AND seq = ? AND forgotten IS NULL",
+      true,
+    ).get(projectId, seq) as Row | undefined;
     return r ? this.#commitFromRow(r, project) : null;
   }
 
@@ -401,7 +499,7 @@ export class SqliteIndex implements IndexStore {
       found = this.#commitBySeq(pid, project, Number(ref.replace("#", "")));
     } else if (/^[0-9a-f]{4,32}$/.test(ref)) {
       const rows = this.#stmt(
-        "SELECT * FROM commits WHERE project = ? AND id >= ? AND id < ? ORDER BY id LIMIT 2",
+        "SELECT * FROM commits WHERE project = ? AND id >= ? AND id < ? AND forgotten IS NULL ORDER BY id LIMIT 2",
         true,
       ).all(pid, ref, ref + "g") as Row[];
       if (rows.length > 1) {
@@ -425,7 +523,7 @@ export class SqliteIndex implements IndexStore {
     const pid = this.#projectId(project);
     if (pid === null) return Promise.resolve([]);
     const rows = this.#stmt(
-      "SELECT * FROM commits WHERE project = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+      "SELECT * FROM commits WHERE project = ? AND seq < ? AND forgotten IS NULL ORDER BY seq DESC LIMIT ?",
       true,
     ).all(pid, beforeSeq, limit) as Row[];
     return Promise.resolve(rows.map((r) => this.#commitFromRow(r, project)));
@@ -595,7 +693,17 @@ export class SqliteIndex implements IndexStore {
 
   async beginUpload(project: string): Promise<UploadStage> {
     const upload = this.#nextUpload++;
+    // Registered in the database: GC (another thread, process or server)
+    // spares what an upload in flight may count on (see oldestUploadStart).
+    const reg = Number(
+      this.#stmt("INSERT INTO uploads(project, started) VALUES (?, ?)").run(project, Date.now())
+        .lastInsertRowid,
+    );
+    const unregister = () => this.#stmt("DELETE FROM uploads WHERE id = ?").run(reg);
     return Promise.resolve({
+      pin: async (parent) => {
+        this.#stmt("UPDATE uploads SET parent = ? WHERE id = ?").run(parent, reg);
+      },
       stage: async (rows, blobs) =>
         await Promise.resolve(this.#transaction(() => {
           const repaired = this.#insertBlobs(blobs);
@@ -603,8 +711,15 @@ export class SqliteIndex implements IndexStore {
           return repaired;
         })),
       withdraw: async (path, reason) => this.#withdraw(upload, project, path, reason),
-      commit: async (header, stats) => this.#commitUpload(upload, project, header, stats),
+      commit: async (header, stats) => {
+        try {
+          return this.#commitUpload(upload, project, header, stats);
+        } finally {
+          unregister();
+        }
+      },
       abort: async () => {
+        unregister();
         this.#stmt("DELETE FROM temp.stage WHERE upload = ?").run(upload);
       },
     });
@@ -672,9 +787,92 @@ export class SqliteIndex implements IndexStore {
   }
 
   /**
+   * An upload whose parent is not the head any more (hosts of a build farm
+   * backing up one project at once) becomes the next commit all the same, as
+   * exactly the tree its host scanned: its parent's tree with its changes.
+   * The paths other commits changed since that parent, and this upload does
+   * not name, are staged back to their version in the parent (or deleted when
+   * the parent lacked them); its own deletions and keeps of paths the head
+   * no longer has are dropped or restored from the parent. The upload's
+   * parent must still be a commit of the project (else conflict: the client
+   * diffs again).
+   */
+  #rebase(
+    upload: number,
+    pid: number,
+    project: string,
+    header: UploadHeader,
+    head: CommitInfo,
+  ): void {
+    let base = 0;
+    if (header.parent !== null) {
+      const p = this.#stmt(
+        "SELECT seq FROM commits WHERE project = ? AND id = ? AND forgotten IS NULL",
+      ).get(
+        pid,
+        header.parent,
+      ) as Row | undefined;
+      if (!p) {
+        throw new KeepError(
+          "conflict",
+          `Cannot commit: parent ${header.parent} is not a commit of ${project} (any more); the head is ${head.id}`,
+        );
+      }
+      base = Number(p.seq);
+    }
+    const q = (sql: string) => this.#stmt(sql);
+    // Records that name paths of the parent: checked against the parent, not the head.
+    const inBase = (path: string) => base > 0 && this.#exactRow(pid, base, path) !== null;
+    const inHead = (path: string) =>
+      !!q("SELECT 1 FROM current WHERE project = ? AND path = ?").get(pid, path);
+    // Deletions another commit already made: done, and not to be undone below.
+    const deleted = new Set<string>();
+    for (
+      const r of q(
+        "SELECT path, op, flag, reason FROM temp.stage WHERE upload = ? AND op IN ('del', 'keep')",
+      ).all(upload) as Row[]
+    ) {
+      const path = r.path as string;
+      if (!inBase(path)) {
+        const what = r.op === "del" ? "deleted path" : "keep record for";
+        throw new KeepError(
+          "invalid",
+          `Cannot commit: ${what} ${JSON.stringify(path)} is not in the parent commit`,
+        );
+      }
+      if (inHead(path)) continue;
+      // Another commit deleted it: a deletion has nothing left to do; a kept
+      // path keeps its version in the parent.
+      q("DELETE FROM temp.stage WHERE upload = ? AND path = ?").run(upload, path);
+      if (r.op === "del") deleted.add(path);
+      if (r.op === "keep") {
+        const e = rowToEntry(this.#exactRow(pid, base, path)!);
+        e.flag = r.flag as EntryFlag;
+        this.#stageRows(upload, [{ op: "put", path, entry: e }]);
+      }
+    }
+    // Paths changed since the parent that this upload leaves as the parent had them.
+    const changedSince = q(
+      `SELECT path FROM current WHERE project = ?1 AND first > ?2
+       UNION SELECT path FROM history WHERE project = ?1 AND last > ?2`,
+    ).all(pid, base) as Row[];
+    const rows: StageRow[] = [];
+    const staged = q("SELECT 1 FROM temp.stage WHERE upload = ? AND path = ?");
+    for (const r of changedSince) {
+      const path = r.path as string;
+      if (deleted.has(path) || staged.get(upload, path)) continue;
+      const then = base > 0 ? this.#exactRow(pid, base, path) : null;
+      if (then) rows.push({ op: "put", path, entry: rowToEntry(then) });
+      else if (inHead(path)) rows.push({ op: "del", path });
+    }
+    this.#stageRows(upload, rows);
+  }
+
+  /**
    * Applies a staged upload as the next commit of `project`, durably, in one
-   * transaction. Throws conflict when `header.parent` is not the head and
-   * invalid when the result would not be a tree.
+   * transaction (on the head, see #rebase). Throws conflict when the upload's
+   * parent is no commit of the project any more, and invalid when the
+   * result would not be a tree.
    */
   #commitUpload(
     upload: number,
@@ -686,14 +884,9 @@ export class SqliteIndex implements IndexStore {
     const commit = this.#transaction(() => {
       const pid = this.#projectId(project, true)!;
       const head = this.#head(project);
-      if ((head?.id ?? null) !== header.parent) {
-        throw new KeepError(
-          "conflict",
-          `Cannot commit: parent ${header.parent ?? "(none)"} is not the head of ${project} (${
-            head?.id ?? "none"
-          })`,
-        );
-      }
+      // Another host's commit landed since this upload's parent: the commit is
+      // still exactly the tree this host scanned (see #rebase).
+      if ((head?.id ?? null) !== header.parent) this.#rebase(upload, pid, project, header, head!);
       const seq = (head?.seq ?? 0) + 1;
       const q = (sql: string) => this.#stmt(sql);
       const fail = (sql: string, msg: (p: string) => string) => {
@@ -708,10 +901,19 @@ export class SqliteIndex implements IndexStore {
         "SELECT path FROM temp.stage s WHERE upload = $u AND op = 'keep' AND NOT EXISTS (SELECT 1 FROM current c WHERE c.project = $p AND c.path = s.path) LIMIT 1",
         (p) => `keep record for ${JSON.stringify(p)} names a path the parent commit does not have`,
       );
-      fail(
+      // Content the upload counted on may have been collected meanwhile (it was
+      // unreferenced): the client then backs up again, sending it.
+      const gone = q(
         "SELECT path FROM temp.stage s WHERE upload = $u AND op = 'put' AND type = 'f' AND size > 0 AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = s.hash) LIMIT 1",
-        (p) => `content of ${JSON.stringify(p)} was not stored`,
-      );
+      ).get({ u: upload }) as Row | undefined;
+      if (gone) {
+        throw new KeepError(
+          "conflict",
+          `Cannot commit: the content of ${
+            JSON.stringify(gone.path)
+          } is not in the store (collected during the upload); back up again`,
+        );
+      }
       // A metadata record re-records content: it must be content of this very
       // project, of exactly that size; non-files carry no hash.
       fail(
@@ -767,12 +969,16 @@ export class SqliteIndex implements IndexStore {
       q(
         `INSERT INTO current(project, path, first, type, size, mode, mtime, ctime, hash, target, xxh, flag)
          SELECT $p, path, $s, type, size, mode, mtime, ctime, hash, target,
-           CASE WHEN op = 'put' THEN xxh ELSE (SELECT b.xxh FROM blobs b WHERE b.hash = s.hash) END, NULL
+           CASE WHEN op = 'put' THEN xxh ELSE (SELECT b.xxh FROM blobs b WHERE b.hash = s.hash) END,
+           CASE WHEN op = 'meta' AND EXISTS (SELECT 1 FROM blobs b WHERE b.hash = s.hash AND b.damaged IS NOT NULL)
+             THEN 'damaged' ELSE flag END
          FROM temp.stage s WHERE upload = $u AND op IN ('put', 'meta')`,
       ).run({ u: upload, p: pid, s: seq });
       q(
         `INSERT INTO current(project, path, first, type, size, mode, mtime, ctime, hash, target, xxh, flag)
-         SELECT h.project, h.path, $s, h.type, h.size, h.mode, h.mtime, h.ctime, h.hash, h.target, h.xxh, s.flag
+         SELECT h.project, h.path, $s, h.type, h.size, h.mode, h.mtime, h.ctime, h.hash, h.target, h.xxh,
+           CASE WHEN EXISTS (SELECT 1 FROM blobs b WHERE b.hash = h.hash AND b.damaged IS NOT NULL)
+             THEN 'damaged' ELSE s.flag END
          FROM history h JOIN temp.stage s ON s.upload = $u AND s.path = h.path AND s.op = 'keep'
          WHERE h.project = $p AND h.last = $s`,
       ).run({ u: upload, p: pid, s: seq });
@@ -822,7 +1028,7 @@ export class SqliteIndex implements IndexStore {
         pid,
         seq,
         id,
-        header.parent,
+        head?.id ?? null,
         now,
         header.message,
         JSON.stringify(header.tags),
@@ -865,8 +1071,20 @@ export class SqliteIndex implements IndexStore {
 
   async knownBlobs(hashes: Uint8Array[]): Promise<Set<string>> {
     const known = new Set<string>();
-    const q = this.#stmt("SELECT 1 FROM blobs WHERE hash = ? AND damaged IS NULL");
-    for (const h of hashes) if (this.#mayHave(h) && q.get(h)) known.add(bytesToHex(h));
+    const q = this.#stmt("SELECT orphan FROM blobs WHERE hash = ? AND damaged IS NULL");
+    // A row GC marked unreferenced is unmarked before the upload counts on
+    // it: marked again later, it is swept only after this upload ended
+    // (gc.ts: the sweep spares rows marked after the oldest upload began).
+    const revive = this.#stmt(
+      "UPDATE blobs SET orphan = NULL WHERE hash = ? AND orphan IS NOT NULL",
+    );
+    for (const h of hashes) {
+      if (!this.#mayHave(h)) continue;
+      const r = q.get(h) as Row | undefined;
+      if (!r) continue;
+      if (r.orphan !== null) revive.run(h);
+      known.add(bytesToHex(h));
+    }
     return Promise.resolve(known);
   }
 
@@ -880,24 +1098,27 @@ export class SqliteIndex implements IndexStore {
       `INSERT INTO blobs(hash, size, stored, xxh, pack, offset) VALUES (?, ?, ?, ?, ?, ?)
        ON CONFLICT(hash) DO UPDATE SET size = excluded.size, stored = excluded.stored,
          xxh = excluded.xxh, pack = excluded.pack, offset = excluded.offset, level = NULL,
-         damaged = NULL
-       WHERE blobs.damaged IS NOT NULL`,
+         damaged = NULL, orphan = NULL
+       WHERE blobs.damaged IS NOT NULL OR blobs.orphan IS NOT NULL`,
     );
-    const damaged = this.#stmt("SELECT 1 FROM blobs WHERE hash = ? AND damaged IS NOT NULL");
+    const prior = this.#stmt("SELECT damaged, orphan FROM blobs WHERE hash = ?");
     let repaired = 0;
+    let moved = false;
     for (const r of rows) {
-      const repair = this.#mayHave(r.hash) && !!damaged.get(r.hash);
+      // Only a hash the filter may know can be a row to repair or revive.
+      const was = this.#mayHave(r.hash) ? prior.get(r.hash) as Row | undefined : undefined;
       ins.run(r.hash, r.size, r.stored, r.xxh, r.pack, r.offset);
-      if (repair) {
+      if (was && was.damaged !== null) {
         this.#stmt("UPDATE current SET flag = NULL WHERE hash = ? AND flag = 'damaged'").run(
           r.hash,
         );
         this.#bumpDamageEpoch();
         repaired++;
       }
+      if (was && (was.damaged !== null || was.orphan !== null)) moved = true;
       this.#filter?.add(r.hash);
     }
-    if (repaired) this.#blobEpoch++;
+    if (moved) this.#blobEpoch++;
     return repaired;
   }
 
@@ -918,6 +1139,14 @@ export class SqliteIndex implements IndexStore {
     return Promise.resolve();
   }
 
+  async forgetUploads(): Promise<void> {
+    this.#stmt("DELETE FROM uploads").run();
+  }
+
+  noteBlobsMoved(): void {
+    this.#blobEpoch++;
+  }
+
   async sealAllPacks(): Promise<void> {
     this.#stmt("UPDATE packs SET sealed = ? WHERE sealed IS NULL").run(Date.now());
     return Promise.resolve();
@@ -934,7 +1163,11 @@ export class SqliteIndex implements IndexStore {
         hash,
       );
       if (Number(r.changes) === 0) return false;
-      this.#stmt("UPDATE current SET flag = 'damaged' WHERE hash = ? AND flag IS NULL").run(hash);
+      // Whatever flag a head entry had (unreadable last time), its content
+      // must be sent again: damaged wins.
+      this.#stmt(
+        "UPDATE current SET flag = 'damaged' WHERE hash = ? AND (flag IS NULL OR flag != 'damaged')",
+      ).run(hash);
       this.#bumpDamageEpoch();
       return true;
     }, true));
@@ -991,8 +1224,10 @@ export class SqliteIndex implements IndexStore {
 
   async packUsage(): Promise<{ pack: number; live: number }[]> {
     const rows = this.#stmt(
-      `SELECT p.id AS id, coalesce((SELECT sum(stored) FROM blobs b WHERE b.pack = p.id), 0) AS live
-       FROM packs p WHERE p.sealed IS NOT NULL`,
+      `SELECT p.id AS id, coalesce(u.live, 0) AS live FROM packs p
+       LEFT JOIN (SELECT pack, sum(stored) AS live FROM blobs WHERE pack IS NOT NULL GROUP BY pack) u
+         ON u.pack = p.id
+       WHERE p.sealed IS NOT NULL AND p.dead IS NULL`,
     ).all() as Row[];
     return Promise.resolve(rows.map((r) => ({ pack: Number(r.id), live: Number(r.live) })));
   }
@@ -1003,90 +1238,36 @@ export class SqliteIndex implements IndexStore {
     );
   }
 
-  async blobsInPack(pack: number): Promise<BlobRow[]> {
+  async blobsInPack(pack: number, limit: number): Promise<BlobRow[]> {
     const rows = this.#stmt(
-      "SELECT id, hash, size, stored, pack, offset FROM blobs WHERE pack = ? ORDER BY offset",
-    ).all(pack) as Row[];
-    return Promise.resolve(rows.map(blobRowOf));
+      "SELECT id, hash, size, stored, pack, offset FROM blobs WHERE pack = ? ORDER BY offset LIMIT ?",
+    ).all(pack, limit) as Row[];
+    return rows.map(blobRowOf);
   }
 
-  async replacePack(
-    pack: number,
-    moves: { id: number; pack: number; offset: number }[],
-  ): Promise<void> {
+  async relocateBlobs(moves: { row: BlobRow; pack: number; offset: number }[]): Promise<number> {
+    let moved = 0;
     this.#transaction(() => {
-      const upd = this.#stmt("UPDATE blobs SET pack = ?, offset = ? WHERE id = ?");
-      for (const m of moves) upd.run(m.pack, m.offset, m.id);
-      this.#stmt("DELETE FROM packs WHERE id = ?").run(pack);
+      const upd = this.#stmt(
+        "UPDATE blobs SET pack = ?, offset = ? WHERE id = ? AND pack = ? AND offset = ?",
+      );
+      for (const m of moves) {
+        moved += Number(upd.run(m.pack, m.offset, m.row.id, m.row.pack, m.row.offset).changes);
+      }
     }, true);
     this.#blobEpoch++;
-    return Promise.resolve();
+    return moved;
   }
 
-  async prune(project: string, keepLast: number, dryRun: boolean): Promise<{
-    result: PruneResult;
-    deadLarge: string[];
-  }> {
-    const pid = this.#projectId(project);
-    const head = this.#head(project);
-    if (pid === null || !head) {
-      throw new KeepError("not_found", `Cannot prune ${project}: it has no commits`);
-    }
-    const cutoff = head.seq - keepLast;
-    const result: PruneResult = {
-      project,
-      commitsRemoved: Math.max(
-        0,
-        this.#count(
-          "SELECT count(*) AS n FROM commits WHERE project = ? AND seq <= ?",
-          pid,
-          cutoff,
-        ),
-      ),
-      commitsKept: this.#count(
-        "SELECT count(*) AS n FROM commits WHERE project = ? AND seq > ?",
-        pid,
-        cutoff,
-      ),
-      versionsRemoved: this.#count(
-        "SELECT count(*) AS n FROM history WHERE project = ? AND last <= ?",
-        pid,
-        cutoff + 1,
-      ),
-      blobsRemoved: 0,
-      bytesFreed: 0,
-      dryRun,
-    };
-    const deadLarge: string[] = [];
-    if (dryRun || cutoff < 1) return Promise.resolve({ result, deadLarge });
-    const db = this.db;
-    this.#transaction(() => {
-      db.prepare("DELETE FROM commits WHERE project = ? AND seq <= ?").run(pid, cutoff);
-      db.prepare("DELETE FROM notes WHERE project = ? AND seq <= ?").run(pid, cutoff);
-      db.prepare("DELETE FROM history WHERE project = ? AND last <= ?").run(pid, cutoff + 1);
-      const dead = `FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = b.hash)
-        AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = b.hash)`;
-      const stats = db.prepare(`SELECT count(*) AS n, coalesce(sum(stored), 0) AS bytes ${dead}`)
-        .get() as Row;
-      result.blobsRemoved = Number(stats.n);
-      result.bytesFreed = Number(stats.bytes);
-      for (const r of db.prepare(`SELECT hash ${dead} AND pack IS NULL`).all() as Row[]) {
-        deadLarge.push(bytesToHex(r.hash as Uint8Array));
-      }
-      db.prepare(`DELETE FROM blobs WHERE id IN (SELECT id ${dead})`).run();
-    }, true);
-    this.#blobEpoch++; // places read before (a restore in progress) are stale
-    this.#filter = null; // deleted hashes must not look known
-    return Promise.resolve({ result, deadLarge });
+  async checkIntegrity(): Promise<string> {
+    return (this.db.prepare("PRAGMA quick_check").all() as { quick_check: string }[])
+      .map((r) => r.quick_check).join("; ");
   }
 
   async counts(): Promise<StoreCounts> {
-    const integrity = (this.db.prepare("PRAGMA quick_check").all() as { quick_check: string }[])
-      .map((r) => r.quick_check).join("; ");
     return Promise.resolve({
-      integrity,
       projects: this.#count("SELECT count(*) AS n FROM projects"),
-      commits: this.#count("SELECT count(*) AS n FROM commits"),
+      commits: this.#count("SELECT count(*) AS n FROM commits WHERE forgotten IS NULL"),
       blobs: this.#count("SELECT count(*) AS n FROM blobs"),
       storedBytes: this.#count("SELECT coalesce(sum(stored), 0) AS n FROM blobs"),
     });
@@ -1129,6 +1310,292 @@ export class SqliteIndex implements IndexStore {
       project: r.project as string,
       path: r.path as string,
     })));
+  }
+
+  // ---------------------------------------------------------------- retention and GC
+
+  async getPolicy(project: string): Promise<Policy | null> {
+    const r = this.#stmt("SELECT policy FROM policies WHERE project = ?").get(project) as
+      | Row
+      | undefined;
+    return r ? JSON.parse(r.policy as string) as Policy : null;
+  }
+
+  async setPolicy(project: string, policy: Policy | null): Promise<void> {
+    if (policy === null) this.#stmt("DELETE FROM policies WHERE project = ?").run(project);
+    else {
+      this.#stmt(
+        `INSERT INTO policies(project, policy, updated) VALUES (?, ?, ?)
+         ON CONFLICT(project) DO UPDATE SET policy = excluded.policy, updated = excluded.updated`,
+      ).run(project, JSON.stringify(policy), Date.now());
+    }
+  }
+
+  async listPolicies(): Promise<{ project: string; policy: Policy }[]> {
+    return (this.#stmt("SELECT project, policy FROM policies ORDER BY project").all() as Row[])
+      .map((r) => ({ project: r.project as string, policy: JSON.parse(r.policy as string) }));
+  }
+
+  async forgetCommits(project: string, seqs: number[], at: number): Promise<number> {
+    const pid = this.#projectId(project);
+    const head = this.#head(project);
+    if (pid === null || !head) return 0;
+    // Parents of uploads in flight stay: those uploads land on them (see #rebase).
+    const pinned = new Set(
+      (this.#stmt("SELECT parent FROM uploads WHERE project = ? AND parent IS NOT NULL").all(
+        project,
+      ) as Row[])
+        .map((r) => r.parent as string),
+    );
+    let removed = 0;
+    this.#transaction(() => {
+      const idOf = this.#stmt(
+        "SELECT id FROM commits WHERE project = ? AND seq = ? AND forgotten IS NULL",
+      );
+      const forget = this.#stmt("UPDATE commits SET forgotten = ? WHERE project = ? AND seq = ?");
+      for (const seq of seqs) {
+        if (seq === head.seq) continue; // the newest commit always stays
+        const id = (idOf.get(pid, seq) as Row | undefined)?.id as string | undefined;
+        if (id === undefined || pinned.has(id)) continue;
+        removed += Number(forget.run(at, pid, seq).changes);
+      }
+    }, true);
+    return removed;
+  }
+
+  async cleanHistory(
+    project: string,
+    after: { path: string; first: number } | null,
+    limit: number,
+    before: number,
+    now: number,
+  ): Promise<{ next: { path: string; first: number } | null; removed: number; marked: number }> {
+    const pid = this.#projectId(project);
+    if (pid === null) return { next: null, removed: 0, marked: 0 };
+    // A version stays while a commit of its range is still there (one
+    // forgotten less than the grace ago still counts: a restore may read it).
+    const unused =
+      `NOT EXISTS (SELECT 1 FROM temp.gc_live l WHERE l.seq >= history.first AND l.seq < history.last)`;
+    let removed = 0;
+    let marked = 0;
+    let from: [string, number] = [after?.path ?? "", after?.first ?? -1];
+    let done = false;
+    // All in SQL, statements per sub-batch (a key range), no row crossing into
+    // JavaScript; one transaction for up to `limit` rows (fewer index pages
+    // rewritten per row), ended early when another writer waits (#yielding).
+    this.#transaction(() => {
+      this.db.exec("DELETE FROM temp.gc_live");
+      this.#stmt(
+        `INSERT INTO temp.gc_live(seq) SELECT seq FROM commits WHERE project = ?
+         AND (forgotten IS NULL OR forgotten >= ?)`,
+      ).run(pid, before);
+      for (let taken = 0; taken < limit && !done;) {
+        const sub = Math.min(SUB_BATCH, limit - taken);
+        const end = this.#stmt(
+          `SELECT path, first FROM history WHERE project = ?1 AND (path, first) > (?2, ?3)
+           ORDER BY path, first LIMIT 1 OFFSET ?4`,
+        ).get(pid, from[0], from[1], sub - 1) as Row | undefined;
+        const to: [string, number] | null = end ? [end.path as string, Number(end.first)] : null;
+        const range = to
+          ? "project = $p AND (path, first) > ($fp, $ff) AND (path, first) <= ($tp, $tf)"
+          : "project = $p AND (path, first) > ($fp, $ff)";
+        const args = { p: pid, fp: from[0], ff: from[1], ...(to ? { tp: to[0], tf: to[1] } : {}) };
+        this.#stmt(
+          `INSERT OR IGNORE INTO temp.gc_gone(hash) SELECT hash FROM history
+           WHERE ${range} AND hash IS NOT NULL AND ${unused}`,
+        ).run(args);
+        removed += Number(
+          this.#stmt(`DELETE FROM history WHERE ${range} AND ${unused}`).run(args).changes,
+        );
+        // What the removed versions referred to may be unreferenced now:
+        // marked here, at once (the only blobs a round must look at; see gcMark).
+        marked += Number(
+          this.#stmt(
+            `UPDATE blobs SET orphan = ?1 WHERE orphan IS NULL
+               AND hash IN (SELECT hash FROM temp.gc_gone) ${UNREFERENCED}`,
+          ).run(now).changes,
+        );
+        this.db.exec("DELETE FROM temp.gc_gone");
+        taken += sub;
+        if (to) from = to;
+        else done = true;
+        if (this.#othersWait()) break;
+      }
+    });
+    return { next: done ? null : { path: from[0], first: from[1] }, removed, marked };
+  }
+
+  async purgeForgotten(
+    project: string,
+    before: number,
+  ): Promise<{ purged: number; waiting: number }> {
+    const pid = this.#projectId(project);
+    if (pid === null) return { purged: 0, waiting: 0 };
+    let purged = 0;
+    this.#transaction(() => {
+      const gone = this.#stmt(
+        "SELECT seq FROM commits WHERE project = ? AND forgotten IS NOT NULL AND forgotten < ?",
+      ).all(pid, before) as Row[];
+      const delNotes = this.#stmt("DELETE FROM notes WHERE project = ? AND seq = ?");
+      const del = this.#stmt("DELETE FROM commits WHERE project = ? AND seq = ?");
+      for (const r of gone) {
+        delNotes.run(pid, Number(r.seq));
+        purged += Number(del.run(pid, Number(r.seq)).changes);
+      }
+    }, true);
+    const waiting = this.#count(
+      "SELECT count(*) AS n FROM commits WHERE project = ? AND forgotten IS NOT NULL",
+      pid,
+    );
+    return { purged, waiting };
+  }
+
+  async gcMark(afterId: number, limit: number, now: number): Promise<{
+    lastId: number | null;
+    marked: number;
+  }> {
+    const hi = this.#batchEnd("SELECT id FROM blobs WHERE id > ?1", afterId, limit);
+    let marked = 0;
+    if (hi.n) {
+      this.#transaction(() => {
+        marked = Number(
+          this.#stmt(
+            `UPDATE blobs SET orphan = ?3 WHERE id > ?1 AND id <= ?2 AND orphan IS NULL ${UNREFERENCED}`,
+          ).run(afterId, hi.last, now).changes,
+        );
+        this.#stmt(
+          `UPDATE blobs SET orphan = NULL WHERE id > ?1 AND id <= ?2 AND orphan IS NOT NULL ${REFERENCED}`,
+        ).run(afterId, hi.last);
+      });
+    }
+    return { lastId: hi.n < limit ? null : hi.last, marked };
+  }
+
+  /** The last id and count of the first `limit` rows of `select` (ids in order, after `after`). */
+  #batchEnd(
+    select: string,
+    after: number,
+    limit: number,
+    ...more: unknown[]
+  ): { last: number; n: number } {
+    const r = this.#stmt(
+      `SELECT max(id) AS last, count(*) AS n FROM (${select} ORDER BY id LIMIT ?${
+        2 + more.length
+      })`,
+    ).get(after, ...(more as number[]), limit) as Row;
+    return { last: Number(r.last ?? after), n: Number(r.n) };
+  }
+
+  async gcSweep(
+    afterId: number,
+    before: number,
+    limit: number,
+  ): Promise<{ swept: number; sweptBytes: number; large: BlobRow[]; lastId: number | null }> {
+    // In id order from a cursor: the rows (and their packs) sit together on
+    // disk, so a batch rewrites few pages; statements per sub-batch, and only
+    // the large blobs (whose files the caller deletes) come back as rows.
+    let swept = 0;
+    let sweptBytes = 0;
+    const large: BlobRow[] = [];
+    let cursor = afterId;
+    let done = false;
+    this.#transaction(() => {
+      for (let taken = 0; taken < limit && !done;) {
+        const sub = Math.min(SUB_BATCH, limit - taken);
+        const hi = this.#batchEnd(
+          "SELECT id FROM blobs WHERE id > ?1 AND orphan IS NOT NULL AND orphan < ?2",
+          cursor,
+          sub,
+          before,
+        );
+        if (hi.n < sub) done = true;
+        if (hi.n === 0) break;
+        // Referenced again since it was marked (a commit landed): it stays.
+        this.#stmt(
+          `UPDATE blobs SET orphan = NULL WHERE id > ?1 AND id <= ?2 AND orphan IS NOT NULL ${REFERENCED}`,
+        ).run(cursor, hi.last);
+        const due = "id > ?1 AND id <= ?2 AND orphan IS NOT NULL AND orphan < ?3";
+        for (
+          const r of this.#stmt(
+            `SELECT id, hash, size, stored, pack, offset FROM blobs WHERE ${due} AND pack IS NULL`,
+          ).all(cursor, hi.last, before) as Row[]
+        ) large.push(blobRowOf(r));
+        sweptBytes += Number(
+          (this.#stmt(`SELECT coalesce(sum(stored), 0) AS n FROM blobs WHERE ${due}`).get(
+            cursor,
+            hi.last,
+            before,
+          ) as Row).n,
+        );
+        swept += Number(
+          this.#stmt(`DELETE FROM blobs WHERE ${due}`).run(cursor, hi.last, before).changes,
+        );
+        taken += sub;
+        cursor = hi.last;
+        if (this.#othersWait()) break;
+      }
+    }, true);
+    // The hash filter keeps the swept hashes: a "maybe" is always asked of
+    // the table, so it costs a lookup, never a wrong answer (and no reload).
+    if (swept) this.#blobEpoch++;
+    return { swept, sweptBytes, large, lastId: done ? null : cursor };
+  }
+
+  async pendingOrphans(): Promise<number> {
+    return this.#count("SELECT count(*) AS n FROM blobs WHERE orphan IS NOT NULL");
+  }
+
+  async markPackDead(pack: number, at: number): Promise<void> {
+    this.#stmt("UPDATE packs SET dead = ? WHERE id = ? AND dead IS NULL").run(at, pack);
+  }
+
+  async deadPacks(before: number): Promise<number[]> {
+    return (this.#stmt("SELECT id FROM packs WHERE dead IS NOT NULL AND dead < ? ORDER BY id")
+      .all(before) as Row[]).map((r) => Number(r.id));
+  }
+
+  async forgetPack(pack: number): Promise<void> {
+    this.#stmt("DELETE FROM packs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM blobs WHERE pack = ?)")
+      .run(pack, pack);
+  }
+
+  async oldestUploadStart(): Promise<number | null> {
+    const r = this.#stmt("SELECT min(started) AS t FROM uploads").get() as Row;
+    return r.t === null ? null : Number(r.t);
+  }
+
+  async meta(key: string): Promise<number | null> {
+    const r = this.#stmt("SELECT value FROM store_meta WHERE key = ?").get(key) as Row | undefined;
+    return r ? Number(r.value) : null;
+  }
+
+  async setMeta(key: string, value: number): Promise<void> {
+    this.#stmt(
+      "INSERT INTO store_meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    ).run(key, value);
+  }
+
+  async projectUsage(project: string): Promise<ProjectUsage> {
+    const pid = this.#projectId(project);
+    if (pid === null) return { storedBytes: 0, exclusiveBytes: 0 };
+    const used =
+      `SELECT DISTINCT hash FROM (SELECT hash FROM current WHERE project = ?1 AND hash IS NOT NULL
+      UNION SELECT hash FROM history WHERE project = ?1 AND hash IS NOT NULL)`;
+    const r = this.#stmt(
+      `SELECT coalesce(sum(b.stored), 0) AS stored,
+         coalesce(sum(CASE WHEN NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = b.hash AND c.project != ?1)
+           AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = b.hash AND h.project != ?1)
+           THEN b.stored ELSE 0 END), 0) AS exclusive
+       FROM blobs b WHERE b.hash IN (${used})`,
+    ).get(pid) as Row;
+    return { storedBytes: Number(r.stored), exclusiveBytes: Number(r.exclusive) };
+  }
+
+  async logicalBytes(): Promise<number> {
+    return this.#count(
+      `SELECT coalesce((SELECT sum(size) FROM current WHERE type = 'f'), 0)
+        + coalesce((SELECT sum(size) FROM history WHERE type = 'f'), 0) AS n`,
+    );
   }
 
   // ---------------------------------------------------------------- tokens

@@ -1,0 +1,178 @@
+import { assert, assertEquals, assertRejects } from "../../tests/assert.ts";
+import { commitHeader, noise, Upload } from "../../tests/craft.ts";
+import { scopedTempDir } from "../../tests/helpers.ts";
+import { KeepError } from "../errors.ts";
+import type { CommitInfo, Entry } from "../format/manifest.ts";
+import { Ingest } from "./ingest.ts";
+import { openLocalStorage, type Storage } from "./storage/open.ts";
+
+/** A store in a temp dir, closed and removed when the scope ends. */
+async function store(): Promise<{ storage: Storage; dir: string } & AsyncDisposable> {
+  const tmp = scopedTempDir("keep-ingest-");
+  const storage = await openLocalStorage(tmp.path, { create: true, owner: true });
+  return {
+    storage,
+    dir: tmp.path,
+    async [Symbol.asyncDispose]() {
+      await storage.close();
+      tmp[Symbol.dispose]();
+    },
+  };
+}
+
+/** Pushes `body` in HTTP-sized chunks, flushing when asked (or only at the end). */
+async function ingest(
+  storage: Storage,
+  body: Uint8Array,
+  opts: { flush?: boolean } = {},
+): Promise<CommitInfo> {
+  const ing = await Ingest.start(storage, "app");
+  try {
+    for (let i = 0; i < body.length; i += 65000) {
+      ing.push(body.subarray(i, i + 65000));
+      if (ing.wantsFlush && (opts.flush ?? true)) await ing.flush();
+    }
+    return (await ing.finish()).commit;
+  } catch (err) {
+    await ing.abort();
+    throw err;
+  }
+}
+
+async function headEntries(storage: Storage): Promise<Entry[]> {
+  const out: Entry[] = [];
+  const head = (await storage.index.headCommit("app"))!;
+  for await (const page of storage.index.entryPages("app", head)) out.push(...page);
+  return out;
+}
+
+function tmpFiles(dir: string): string[] {
+  return [...Deno.readDirSync(`${dir}/tmp`)].map((e) => e.name);
+}
+
+Deno.test("Ingest records a commit with its counts and the server's own hashes", async () => {
+  await using s = await store();
+  const body = new Upload().commit(commitHeader(null, { message: "first" }))
+    .dir("d").file("d/a.txt", "hello\n").file("d/empty", "").symlink("l", "d").changes().end();
+  const commit = await ingest(s.storage, body.bytes());
+  assertEquals([commit.seq, commit.parent, commit.message], [1, null, "first"]);
+  assertEquals(commit.counts, {
+    files: 2,
+    dirs: 1,
+    symlinks: 1,
+    bytes: 6,
+    added: 4,
+    changed: 0,
+    deleted: 0,
+    metadata: 0,
+    unchanged: 0,
+    flagged: 0,
+  });
+  assertEquals([commit.stats.filesReceived, commit.stats.bytesReceived], [2, 6]);
+  assertEquals(commit.stats.wireBytes, body.bytes().length);
+  assertEquals((await s.storage.index.headCommit("app"))?.id, commit.id);
+  const entries = await headEntries(s.storage);
+  assertEquals(entries.map((e) => [e.path, e.type]), [
+    ["d", "d"],
+    ["d/a.txt", "f"],
+    ["d/empty", "f"],
+    ["l", "l"],
+  ]);
+  // SHA-256 of "hello\n", computed by the server.
+  assertEquals(
+    entries[1].hash,
+    "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03",
+  );
+  assertEquals(entries[3].target, "d");
+});
+
+Deno.test("Ingest stores identical content in two files once (newBlobs)", async () => {
+  await using s = await store();
+  const big = noise(1536 * 1024, 3); // over PACK_MAX: a large blob of its own
+  const first = await ingest(
+    s.storage,
+    new Upload().commit(commitHeader(null)).file("a", "same").file("b", "same").file("c", "other")
+      .file("x.bin", big).file("y.bin", big).changes().end().bytes(),
+  );
+  assertEquals(first.stats.newBlobs, 3);
+  assertEquals(first.counts.files, 5);
+  assertEquals(tmpFiles(s.dir), [], "the duplicate large blob's temp file is gone");
+  // The same content in the next commit, under other names: nothing new is stored.
+  const second = await ingest(
+    s.storage,
+    new Upload().commit(commitHeader(first.id)).file("d", "same").file("z.bin", big).changes()
+      .end().bytes(),
+  );
+  assertEquals([second.stats.newBlobs, second.stats.newBlobBytes], [0, 0]);
+  assertEquals(second.stats.filesReceived, 2);
+});
+
+Deno.test("Ingest.flush throws KeepError conflict when the upload's parent is no commit of the project", async () => {
+  await using s = await store();
+  const first = await ingest(
+    s.storage,
+    new Upload().commit(commitHeader(null)).file("a", "1").changes().end().bytes(),
+  );
+  const ingOther = await Ingest.start(s.storage, "other");
+  ingOther.push(new Upload().commit(commitHeader(null)).file("o", "o").changes().end().bytes());
+  const other = (await ingOther.finish()).commit;
+  // An id no commit has, a prefix of the head, and the head of another project.
+  for (const parent of ["0123456789abcdef", first.id.slice(0, 8), other.id]) {
+    const ing = await Ingest.start(s.storage, "app");
+    ing.push(new Upload().commit(commitHeader(parent)).file("a", "2").changes().end().bytes());
+    assert(ing.wantsFlush, "the header waits for its check");
+    const err = await assertRejects(() => ing.flush(), KeepError, /^Cannot commit: parent /);
+    assertEquals(err.code, "conflict", parent);
+    await ing.abort();
+  }
+  assertEquals((await s.storage.index.headCommit("app"))?.id, first.id);
+});
+
+Deno.test("Ingest: a body cut in the middle throws, and abort() leaves no temp file in DIR/tmp", async () => {
+  await using s = await store();
+  const body = new Upload().commit(commitHeader(null)).file("big.bin", noise(3 << 20, 4)).changes()
+    .end().bytes();
+  const ing = await Ingest.start(s.storage, "app");
+  ing.push(body.subarray(0, body.length >> 1));
+  assertEquals(tmpFiles(s.dir).length, 1, "the large file is spooled to tmp/");
+  await assertRejects(() => ing.finish(), KeepError, /truncated/);
+  await ing.abort();
+  await ing.abort(); // safe twice
+  assertEquals(tmpFiles(s.dir), []);
+  assertEquals(await s.storage.index.headCommit("app"), null);
+});
+
+Deno.test("Ingest.wantsFlush turns true after 4096 rows, and flushing then gives the same commit as not", async () => {
+  const upload = new Upload().commit(commitHeader(null));
+  // 5,000 files, 3,000 contents: duplicates fall on both sides of a batch.
+  for (let i = 0; i < 5000; i++) upload.file(`f${String(i).padStart(4, "0")}`, `c${i % 3000}`);
+  upload.changes().end();
+
+  await using a = await store();
+  const ing = await Ingest.start(a.storage, "app");
+  let files = 0;
+  let asked = -1;
+  for (const part of upload.parts) {
+    ing.push(part.bytes);
+    if (part.label === "commit:data0") {
+      assert(ing.wantsFlush, "the header waits for its check");
+      await ing.flush();
+    } else if (/^entry:.*:data0$/.test(part.label)) files++;
+    if (ing.wantsFlush && asked < 0) {
+      asked = files;
+      await ing.flush();
+    }
+  }
+  const flushed = (await ing.finish()).commit;
+  assertEquals(asked, 4096);
+
+  await using b = await store();
+  const whole = await ingest(b.storage, upload.bytes(), { flush: false });
+  assertEquals(flushed.counts, whole.counts);
+  assertEquals(
+    [flushed.stats.newBlobs, flushed.stats.newBlobBytes],
+    [whole.stats.newBlobs, whole.stats.newBlobBytes],
+  );
+  assertEquals(whole.stats.newBlobs, 3000);
+  assertEquals(await headEntries(a.storage), await headEntries(b.storage));
+});
