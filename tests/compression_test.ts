@@ -146,23 +146,19 @@ async function buildTree(root: string): Promise<{ objects: number; big: number }
 }
 
 Deno.test("a real build tree (gcc objects, libc.a members, shared libraries) backs up with default flags and restores byte for byte", async () => {
-  const server = await startServer();
-  try {
-    const tree = await tempDir();
-    await buildTree(tree);
-    const expected = snapshot(tree);
-    const b = await keepOk(["backup", "-s", server.url, "-p", "build", "--settle", "0", tree]);
-    assertMatch(b.stdout, /commit [0-9a-f]{16} \(#1\)/);
-    const dest = await tempDir();
-    await keepOk(["restore", "-s", server.url, "-p", "build", join(dest, "r")]);
-    assertSameTree(snapshot(join(dest, "r")), expected);
-    const v = json<{ ok: boolean; damaged: unknown[] }>(
-      await keepOk(["verify", "--data", server.dataDir, "--json"]),
-    );
-    assertEquals([v.ok, v.damaged.length], [true, 0]);
-  } finally {
-    await server.stop();
-  }
+  await using server = await startServer();
+  const tree = await tempDir();
+  await buildTree(tree);
+  const expected = snapshot(tree);
+  const b = await keepOk(["backup", "-s", server.url, "-p", "build", "--settle", "0", tree]);
+  assertMatch(b.stdout, /commit [0-9a-f]{16} \(#1\)/);
+  const dest = await tempDir();
+  await keepOk(["restore", "-s", server.url, "-p", "build", join(dest, "r")]);
+  assertSameTree(snapshot(join(dest, "r")), expected);
+  const v = json<{ ok: boolean; damaged: unknown[] }>(
+    await keepOk(["verify", "--data", server.dataDir, "--json"]),
+  );
+  assertEquals([v.ok, v.damaged.length], [true, 0]);
 });
 
 /** Text with a region after it that deflates badly: the kind of file the 10% rule gives up on. */
@@ -186,82 +182,75 @@ const LICENSE = new TextEncoder().encode(
 );
 
 Deno.test("content the server re-encodes is checked first: a crafted upload cannot poison another project through dedup", async () => {
-  const server = await startServer({ noAuth: false });
-  try {
-    const admin = await token(server.dataDir, "admin", "*");
-    const evil = await token(server.dataDir, "backup", "EVIL");
-    // EVIL's upload: files whose members straddle the tar headers, so the server
-    // encodes their data itself; first a file the 10% rule gives up on, then a
-    // guessable text (a license) that other projects hold too.
-    const files: [string, Uint8Array][] = [];
-    for (let i = 0; i < 12; i++) {
-      files.push([`a${String(i).padStart(2, "0")}.bin`, nearThreshold(40_000 + i * 9000, i + 1)]);
-    }
-    files.push(["zz-LICENSE", LICENSE]);
-    const up = new Upload().commit(commitHeader(null));
-    for (const [p, d] of files) up.file(p, d);
-    const body = rechunk(up.changes([]).end().bytes(), 256 << 10);
-    const res = await fetch(`${server.url}/v1/projects/EVIL/commits`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${evil}` },
-      body: new Uint8Array(body),
-    });
-    assertEquals(res.status, 201, await res.text());
-    // VIC backs up the same text with the real client: stored content is reused.
-    const vic = await tempDir();
-    writeTree(vic, { "LICENSE": LICENSE, "src/main.c": "int main(void) { return 0; }\n" });
-    const expected = snapshot(vic);
-    const env = { KEEP_TOKEN: admin };
-    await keepOk(["backup", "-s", server.url, "-p", "VIC", "--settle", "0", vic], 0, { env });
-    const dest = await tempDir();
-    await keepOk(["restore", "-s", server.url, "-p", "VIC", join(dest, "r")], 0, { env });
-    assertSameTree(snapshot(join(dest, "r")), expected);
-    // EVIL's own files came through whole too.
-    await keepOk(["restore", "-s", server.url, "-p", "EVIL", join(dest, "e")], 0, { env });
-    for (const [p, d] of files) assertEquals(Deno.readFileSync(join(dest, "e", p)), d, p);
-    const v = json<{ ok: boolean }>(await keepOk(["verify", "--data", server.dataDir, "--json"]));
-    assert(v.ok, "verify is clean");
-  } finally {
-    await server.stop();
+  await using server = await startServer({ noAuth: false });
+  const admin = await token(server.dataDir, "admin", "*");
+  const evil = await token(server.dataDir, "backup", "EVIL");
+  // EVIL's upload: files whose members straddle the tar headers, so the server
+  // encodes their data itself; first a file the 10% rule gives up on, then a
+  // guessable text (a license) that other projects hold too.
+  const files: [string, Uint8Array][] = [];
+  for (let i = 0; i < 12; i++) {
+    files.push([`a${String(i).padStart(2, "0")}.bin`, nearThreshold(40_000 + i * 9000, i + 1)]);
   }
+  files.push(["zz-LICENSE", LICENSE]);
+  const up = new Upload().commit(commitHeader(null));
+  for (const [p, d] of files) up.file(p, d);
+  const body = rechunk(up.changes([]).end().bytes(), 256 << 10);
+  const res = await fetch(`${server.url}/v1/projects/EVIL/commits`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${evil}` },
+    body: new Uint8Array(body),
+  });
+  assertEquals(res.status, 201, await res.text());
+  // VIC backs up the same text with the real client: stored content is reused.
+  const vic = await tempDir();
+  writeTree(vic, { "LICENSE": LICENSE, "src/main.c": "int main(void) { return 0; }\n" });
+  const expected = snapshot(vic);
+  const env = { KEEP_TOKEN: admin };
+  await keepOk(["backup", "-s", server.url, "-p", "VIC", "--settle", "0", vic], 0, { env });
+  const dest = await tempDir();
+  await keepOk(["restore", "-s", server.url, "-p", "VIC", join(dest, "r")], 0, { env });
+  assertSameTree(snapshot(join(dest, "r")), expected);
+  // EVIL's own files came through whole too.
+  await keepOk(["restore", "-s", server.url, "-p", "EVIL", join(dest, "e")], 0, { env });
+  for (const [p, d] of files) assertEquals(Deno.readFileSync(join(dest, "e", p)), d, p);
+  const v = json<{ ok: boolean }>(await keepOk(["verify", "--data", server.dataDir, "--json"]));
+  assert(v.ok, "verify is clean");
 });
 
 Deno.test("a damaged blob is marked by verify and repaired by the next backup of its content", async () => {
-  const server = await startServer();
-  try {
-    const src = await tempDir();
-    const big = noise(3 << 20, 5); // a file blob of its own (over 1 MiB)
-    writeTree(src, { "big.bin": big, "small.txt": "small and sound\n" });
-    await keepOk(["backup", "-s", server.url, "-p", "app", "--settle", "0", src]);
-    // Damage the stored file blob on disk (bit rot, a bad disk).
-    const blobs: string[] = [];
-    const walk = (d: string) => {
-      for (const e of Deno.readDirSync(d)) {
-        if (e.isDirectory) walk(join(d, e.name));
-        else blobs.push(join(d, e.name));
-      }
-    };
-    walk(join(server.dataDir, "blobs"));
-    assertEquals(blobs.length, 1);
-    const f = Deno.openSync(blobs[0], { read: true, write: true });
+  await using server = await startServer();
+  const src = await tempDir();
+  const big = noise(3 << 20, 5); // a file blob of its own (over 1 MiB)
+  writeTree(src, { "big.bin": big, "small.txt": "small and sound\n" });
+  await keepOk(["backup", "-s", server.url, "-p", "app", "--settle", "0", src]);
+  // Damage the stored file blob on disk (bit rot, a bad disk).
+  const blobs: string[] = [];
+  const walk = (d: string) => {
+    for (const e of Deno.readDirSync(d)) {
+      if (e.isDirectory) walk(join(d, e.name));
+      else blobs.push(join(d, e.name));
+    }
+  };
+  walk(join(server.dataDir, "blobs"));
+  assertEquals(blobs.length, 1);
+  {
+    using f = Deno.openSync(blobs[0], { read: true, write: true });
     f.seekSync(1 << 20, Deno.SeekMode.Start);
     f.writeSync(new Uint8Array(64).fill(0xaa));
-    f.close();
-    const bad = await keep(["verify", "--data", server.dataDir]);
-    assertEquals(bad.code, 4, bad.stdout + bad.stderr);
-    assertMatch(bad.stdout, /damaged/);
-    assertMatch(bad.stdout, /app:big\.bin/);
-    // The next backup of the unchanged tree sends that file again, and the store is whole.
-    const b = json<{ changed: number; commit: { stats: { newBlobs: number } } }>(
-      await keepOk(["backup", "-s", server.url, "-p", "app", "--settle", "0", "--json", src]),
-    );
-    assertEquals(b.commit.stats.newBlobs, 1, JSON.stringify(b));
-    const v = json<{ ok: boolean }>(await keepOk(["verify", "--data", server.dataDir, "--json"]));
-    assert(v.ok, "verify is clean after the repair");
-    const dest = await tempDir();
-    await keepOk(["restore", "-s", server.url, "-p", "app", "--commit", "#1", join(dest, "r")]);
-    assertEquals(Deno.readFileSync(join(dest, "r", "big.bin")), big);
-  } finally {
-    await server.stop();
   }
+  const bad = await keep(["verify", "--data", server.dataDir]);
+  assertEquals(bad.code, 4, bad.stdout + bad.stderr);
+  assertMatch(bad.stdout, /damaged/);
+  assertMatch(bad.stdout, /app:big\.bin/);
+  // The next backup of the unchanged tree sends that file again, and the store is whole.
+  const b = json<{ changed: number; commit: { stats: { newBlobs: number } } }>(
+    await keepOk(["backup", "-s", server.url, "-p", "app", "--settle", "0", "--json", src]),
+  );
+  assertEquals(b.commit.stats.newBlobs, 1, JSON.stringify(b));
+  const v = json<{ ok: boolean }>(await keepOk(["verify", "--data", server.dataDir, "--json"]));
+  assert(v.ok, "verify is clean after the repair");
+  const dest = await tempDir();
+  await keepOk(["restore", "-s", server.url, "-p", "app", "--commit", "#1", join(dest, "r")]);
+  assertEquals(Deno.readFileSync(join(dest, "r", "big.bin")), big);
 });

@@ -1,6 +1,6 @@
 /**
  * Builds upload bodies (the tar.gz stream of `POST /v1/projects/:p/commits`)
- * from parts, following the layout src/engine/pack.ts writes:
+ * from parts, following the layout src/client/upload.ts writes:
  *
  * - `.keep-commit.json`, a file entry with the pax comment `keep:1 control=commit`;
  * - the entries, in path order;
@@ -161,7 +161,7 @@ export class Upload {
     return this;
   }
 
-  /** A control entry as pack.ts writes it. */
+  /** A control entry as src/client/upload.ts writes it. */
   control(name: string, kind: string, body: Uint8Array, label = kind): this {
     this.headerBlocks(
       encodeHeader({

@@ -53,7 +53,12 @@ export async function keepOk(
   return r;
 }
 
-export interface TestServer {
+/**
+ * A running `keep serve`. `stop` ends it (once; later calls return the same
+ * exit code); `await using server = await startServer()` stops it with
+ * SIGTERM when the scope ends.
+ */
+export interface TestServer extends AsyncDisposable {
   url: string;
   dataDir: string;
   proc: Deno.ChildProcess;
@@ -69,6 +74,8 @@ export async function startServer(
   const args = ["serve", "--data", dataDir, "--listen", "127.0.0.1:0", ...(opts.args ?? [])];
   // Background recompression changes packs on its own schedule: off unless a test asks.
   if (!args.includes("--compact-idle")) args.push("--compact-idle", "off");
+  // Likewise retention and GC rounds.
+  if (!args.includes("--retention-every")) args.push("--retention-every", "off");
   if (opts.noAuth ?? true) args.push("--no-auth");
   const proc = new Deno.Command(KEEP, { args, stdout: "piped", stderr: "piped", env: opts.env })
     .spawn();
@@ -93,19 +100,23 @@ export async function startServer(
   const m = /listening on (\S+)/.exec(text);
   if (!m) throw new Error(`unexpected serve output: ${text}`);
   let stopped: Promise<number> | null = null;
+  const stop = (signal: Deno.Signal = "SIGTERM") => {
+    if (!stopped) {
+      try {
+        proc.kill(signal);
+      } catch { /* already gone */ }
+      stopped = proc.status.then((s) => s.code);
+    }
+    return stopped;
+  };
   return {
     url: m[1],
     dataDir,
     proc,
     stderr: () => errText,
-    stop(signal: Deno.Signal = "SIGTERM") {
-      if (!stopped) {
-        try {
-          proc.kill(signal);
-        } catch { /* already gone */ }
-        stopped = proc.status.then((s) => s.code);
-      }
-      return stopped;
+    stop,
+    async [Symbol.asyncDispose]() {
+      await stop();
     },
   };
 }
@@ -196,6 +207,19 @@ export async function tempDir(prefix = "keep-test-"): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix });
   made.push(dir);
   return dir;
+}
+
+/** A temp dir removed when its scope ends: `using dir = scopedTempDir(); dir.path`. */
+export function scopedTempDir(prefix = "keep-test-"): { path: string } & Disposable {
+  const path = Deno.makeTempDirSync({ prefix });
+  return {
+    path,
+    [Symbol.dispose]() {
+      try {
+        Deno.removeSync(path, { recursive: true });
+      } catch { /* already gone */ }
+    },
+  };
 }
 
 /** Creates a token with `keep token create` and returns its secret. */

@@ -24,7 +24,7 @@ function rows(dataDir: string): { current: number; history: number; commits: num
 }
 
 Deno.test("100 backups of an unchanged 10,000-file tree add no per-file rows", async () => {
-  const server = await startServer();
+  await using server = await startServer();
   const src = await tempDir();
   const client = new KeepClient({ server: server.url });
   try {
@@ -63,6 +63,5 @@ Deno.test("100 backups of an unchanged 10,000-file tree add no per-file rows", a
     assertEquals(rows(server.dataDir), { current: 10_100, history: 1, commits: 101 });
   } finally {
     client.close();
-    await server.stop();
   }
 });

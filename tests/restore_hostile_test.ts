@@ -1,7 +1,7 @@
 /**
- * Issue 4: restore never trusts the server. A fake server answers with
- * crafted archives; the real CLI must refuse to write outside DEST or
- * through a symlink, and must check every hash.
+ * Restore never trusts the server. A fake server answers with crafted
+ * archives; the real CLI must refuse to write outside DEST or through a
+ * symlink, and must check every hash.
  */
 
 import { createHash } from "node:crypto";
@@ -61,13 +61,13 @@ const l = (path: string, target: string): Item => ({
 /**
  * Serves `body` as the archive of any commit, and commit info (id
  * feedfacefeedface) with `items`' counts; `archiveCommit` is the commit the
- * archive says it is (null: no keep-commit header).
+ * archive says it is (null: no keep-commit header). `await using` closes it.
  */
 function fakeServer(
   body: Uint8Array,
   items: Item[] = [],
   archiveCommit: string | null = "feedfacefeedface",
-): { url: string; close(): Promise<void> } {
+): { url: string; close(): Promise<void> } & AsyncDisposable {
   const count = (t: string) => items.filter((i) => i.h.type === t).length;
   const counts = { files: count("file"), dirs: count("dir"), symlinks: count("symlink") };
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
@@ -84,19 +84,16 @@ function fakeServer(
       status: 404,
     });
   });
-  return { url: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+  const close = () => server.shutdown();
+  return { url: `http://127.0.0.1:${server.addr.port}`, close, [Symbol.asyncDispose]: close };
 }
 
 async function restoreFrom(items: Item[]) {
-  const server = fakeServer(archive(items), items);
+  await using server = fakeServer(archive(items), items);
   const root = await tempDir();
   const dest = join(root, "dest");
-  try {
-    const r = await keep(["restore", "-s", server.url, "-p", "evil", dest]);
-    return { ...r, root, dest };
-  } finally {
-    await server.close();
-  }
+  const r = await keep(["restore", "-s", server.url, "-p", "evil", dest]);
+  return { ...r, root, dest };
 }
 
 function listAll(dir: string): string[] {
@@ -151,15 +148,11 @@ Deno.test("restore refuses duplicate or unordered entries and a truncated stream
   assertMatch(dup.stderr, /entries out of order or repeated/);
   assertEquals(Deno.readTextFileSync(join(dup.dest, "a.txt")), "1");
   const body = archive([f("a.txt", "1"), f("b.txt", "2")]);
-  const server = fakeServer(body.subarray(0, body.length - 20));
-  try {
-    const dest = join(await tempDir(), "dest");
-    const r = await keep(["restore", "-s", server.url, "-p", "evil", dest]);
-    assertEquals(r.code, 1);
-    assertMatch(r.stderr, /^keep: Cannot read archive: truncated/);
-  } finally {
-    await server.close();
-  }
+  await using server = fakeServer(body.subarray(0, body.length - 20));
+  const dest = join(await tempDir(), "dest");
+  const r = await keep(["restore", "-s", server.url, "-p", "evil", dest]);
+  assertEquals(r.code, 1);
+  assertMatch(r.stderr, /^keep: Cannot read archive: truncated/);
 });
 
 async function exists(p: string): Promise<boolean> {
@@ -174,36 +167,28 @@ async function exists(p: string): Promise<boolean> {
 Deno.test("restore reports exit 4 when a whole-commit restore comes back short of the commit's counts", async () => {
   const items = [f("a.txt", "a"), f("b.txt", "b")];
   // The archive leaves b.txt out; the commit says it has two files.
-  const server = fakeServer(archive(items.slice(0, 1)), items);
-  try {
-    const dest = join(await tempDir(), "dest");
-    const r = await keep(["restore", "-s", server.url, "-p", "evil", dest]);
-    assertEquals(r.code, 4, r.stderr);
-    assertMatch(
-      r.stderr,
-      /Cannot confirm the restore is complete: restored 1 files, 0 dirs, 0 symlinks; the commit has 2, 0, 0/,
-    );
-  } finally {
-    await server.close();
-  }
+  await using server = fakeServer(archive(items.slice(0, 1)), items);
+  const dest = join(await tempDir(), "dest");
+  const r = await keep(["restore", "-s", server.url, "-p", "evil", dest]);
+  assertEquals(r.code, 4, r.stderr);
+  assertMatch(
+    r.stderr,
+    /Cannot confirm the restore is complete: restored 1 files, 0 dirs, 0 symlinks; the commit has 2, 0, 0/,
+  );
 });
 
 Deno.test("restore knows what it expects before it writes: an archive of no named commit is refused", async () => {
   const items = [f("a.txt", "a")];
   for (const named of [null, "0123456789abcdef"]) {
-    const server = fakeServer(archive(items), items, named);
-    try {
-      const dest = join(await tempDir(), "dest");
-      const r = await keep(["restore", "-s", server.url, "-p", "evil", dest]);
-      assertEquals(r.code, 4, r.stderr);
-      assertMatch(
-        r.stderr,
-        /^keep: Cannot restore commit feedfacefeedface: the server's archive is of (no named commit|0123456789abcdef)\n$/,
-      );
-      assertEquals(listAll(dest), []);
-    } finally {
-      await server.close();
-    }
+    await using server = fakeServer(archive(items), items, named);
+    const dest = join(await tempDir(), "dest");
+    const r = await keep(["restore", "-s", server.url, "-p", "evil", dest]);
+    assertEquals(r.code, 4, r.stderr);
+    assertMatch(
+      r.stderr,
+      /^keep: Cannot restore commit feedfacefeedface: the server's archive is of (no named commit|0123456789abcdef)\n$/,
+    );
+    assertEquals(listAll(dest), []);
   }
 });
 
