@@ -35,9 +35,10 @@ import {
   textTable,
 } from "./report.ts";
 import { Restic } from "./restic.ts";
+import { benchRetention } from "./retention.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const DATASETS = ["small", "large", "million", "huge"] as const;
+const DATASETS = ["small", "large", "retention", "million", "huge"] as const;
 type DatasetName = (typeof DATASETS)[number];
 
 const HELP = `Usage: deno task bench [options]
@@ -48,8 +49,9 @@ restore against a real keep serve on 127.0.0.1) and restic, prints a table
 and writes it with the machine and the spec's targets to bench/results.md.
 
 Options:
-  --only LIST        datasets to run, comma-separated: small, large, million,
-                     huge (default small,large; --million/--huge add theirs)
+  --only LIST        datasets to run, comma-separated: small, large, retention,
+                     million, huge (default small,large,retention; --million/--huge
+                     add theirs)
   --files N          files in the small dataset (default 100000; e.g. 5000 for
                      a quick run; dirs scale with it, ~100 files per dir)
   --reps N           repetitions of fast steps, median reported (default 5)
@@ -63,6 +65,11 @@ Options:
   --million-files N  files in that project (default 1000000)
   --huge             also measure server RSS during a 4 GiB upload (~1 min)
   --huge-gib G       size of that upload in GiB (default 4; fractions allowed)
+  --retention-files N    files in the retention step's project (default 100000)
+  --retention-commits N  its commits, ~1% of the files changed in each (default 1000);
+                     pruned to --keep-last 10 while health is polled and a backup runs
+  --retention-from DIR   copy this data dir instead of generating the history (a store
+                     made by bench/retention.ts's makeHistory, e.g. kept with --keep-data)
   --no-restic        skip restic (it is skipped with a note when not installed)
   --seed N           dataset seed (default 1)
   --dir DIR          parent of the temp dir (default /tmp)
@@ -80,6 +87,9 @@ interface Options {
   largeMib: [number, number];
   millionFiles: number;
   hugeBytes: number;
+  retentionFiles: number;
+  retentionCommits: number;
+  retentionFrom?: string;
   restic: boolean;
   seed: number;
   dir: string;
@@ -117,6 +127,9 @@ function parseOptions(args: string[]): Options {
         "million-files": { type: "string" },
         huge: { type: "boolean" },
         "huge-gib": { type: "string" },
+        "retention-files": { type: "string" },
+        "retention-commits": { type: "string" },
+        "retention-from": { type: "string" },
         "no-restic": { type: "boolean" },
         seed: { type: "string" },
         dir: { type: "string" },
@@ -134,7 +147,11 @@ function parseOptions(args: string[]): Options {
     Deno.exit(0);
   }
   const only = new Set<DatasetName>();
-  for (const name of (v.only ?? "small,large").split(",").map((s) => s.trim()).filter(Boolean)) {
+  for (
+    const name of (v.only ?? "small,large,retention").split(",").map((s) => s.trim()).filter(
+      Boolean,
+    )
+  ) {
     if (!(DATASETS as readonly string[]).includes(name)) {
       usage(`unknown dataset in --only: ${name}`);
     }
@@ -157,6 +174,9 @@ function parseOptions(args: string[]): Options {
     largeMib: [Number(mib[1]), Number(mib[2])],
     millionFiles: positiveInt(v["million-files"], "million-files", 1_000_000),
     hugeBytes: Math.round(gib * 2 ** 30),
+    retentionFiles: positiveInt(v["retention-files"], "retention-files", 100_000),
+    retentionCommits: positiveInt(v["retention-commits"], "retention-commits", 1000),
+    retentionFrom: v["retention-from"] ? resolve(v["retention-from"]) : undefined,
     restic: !v["no-restic"],
     seed: positiveInt(v.seed, "seed", 1),
     dir: resolve(v.dir ?? "/tmp"),
@@ -878,6 +898,63 @@ async function benchHuge(tree: Tree): Promise<void> {
   await discard(base);
 }
 
+async function benchRetentionStep(): Promise<void> {
+  const dir = join(work, "retention");
+  Deno.mkdirSync(dir, { recursive: true });
+  const r = await benchRetention({
+    work: dir,
+    keepBin: KEEP,
+    builder,
+    files: opts.retentionFiles,
+    commits: opts.retentionCommits,
+    probeFiles: 20_000,
+    progress,
+    from: opts.retentionFrom,
+  });
+  report.retention = r;
+  const g = r.gc;
+  const rows: [string, string][] = [
+    ["prune + GC wall time", `${fmt(r.gcSeconds)} s`],
+    ["server peak RSS", `${r.serverPeakMb.toFixed(0)} MB`],
+    [
+      `GET /v1/health every 50 ms (${r.healthSamples} samples): p50 / p99 / max`,
+      `${r.healthP50Ms.toFixed(1)} / ${r.healthP99Ms.toFixed(1)} / ${r.healthMaxMs.toFixed(1)} ms`,
+    ],
+    [
+      "backup of a 20,000-file tree (1% changed), alone / during GC",
+      `${fmt(r.backupAloneSeconds)} / ${fmt(r.backupDuringSeconds)} s`,
+    ],
+    ["store before / after", `${fmtBytes(r.storeBefore)} / ${fmtBytes(r.storeAfter)}`],
+    ["versions removed / blobs swept", `${g.versionsRemoved} / ${g.blobsSwept}`],
+    ["packs emptied / deleted", `${g.packsEvacuated} / ${g.packsDeleted}`],
+    [
+      "bytes copied out of packs / deleted",
+      `${fmtBytes(g.bytesCopied ?? 0)} / ${fmtBytes(g.bytesDeleted ?? 0)}`,
+    ],
+  ];
+  report.extras.push({
+    title: "Retention: prune a long history while the server works",
+    body: [
+      `A project of ${r.files.toLocaleString("en-US")} files with ${
+        r.commits.toLocaleString("en-US")
+      } commits of ${
+        r.changedPerCommit.toLocaleString("en-US")
+      } changed files each, made through the ingest engine in ${
+        fmt(r.genSeconds)
+      } s. \`keep prune --keep-last 10 --wait\` against a real server (\`--gc-grace 0s\`: the whole round at once):`,
+      "| figure | value |\n| --- | ---: |\n" + rows.map(([a, b]) => `| ${a} | ${b} |`).join("\n"),
+    ].join("\n\n"),
+  });
+  progress(
+    `[retention] prune + GC ${fmt(r.gcSeconds)} s, server peak ${
+      r.serverPeakMb.toFixed(0)
+    } MB, health p99 ${r.healthP99Ms.toFixed(1)} ms, backup ${
+      fmt(r.backupAloneSeconds)
+    } s alone / ${fmt(r.backupDuringSeconds)} s during`,
+  );
+  await discard(dir);
+}
+
 // ---- main -----------------------------------------------------------------------------------
 
 const genSeconds: Partial<Record<DatasetName, number>> = {};
@@ -973,6 +1050,11 @@ try {
   for (const name of DATASETS) {
     if (!opts.only.has(name)) continue;
     try {
+      if (name === "retention") {
+        report.ran.add(name);
+        await benchRetentionStep();
+        continue;
+      }
       const tree = await generate(name);
       report.ran.add(name);
       if (name === "small" || name === "large") await benchTree(name, tree);

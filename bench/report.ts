@@ -89,6 +89,16 @@ export interface BenchReport {
   notes: string[];
   /** Extra sections (markdown) for the million and huge runs. */
   extras: { title: string; body: string }[];
+  /** The retention step's figures, when it ran. */
+  retention?: {
+    gcSeconds: number;
+    serverPeakMb: number;
+    healthP99Ms: number;
+    backupAloneSeconds: number;
+    backupDuringSeconds: number;
+    files: number;
+    commits: number;
+  };
   totalSeconds: number;
   /** The small dataset was scaled down with --files. */
   scaled: boolean;
@@ -312,6 +322,37 @@ export function evaluateTargets(report: BenchReport): TargetRow[] {
         }`,
       );
     }
+  }
+  {
+    const r = report.retention;
+    const what = r
+      ? ` (${fmtNum(r.files)} files, ${fmtNum(r.commits)} commits → keep-last 10)`
+      : "";
+    check(
+      "retention: prune + GC < 60 s" + what,
+      r ? r.gcSeconds < 60 : null,
+      r ? `${fmtSec(r.gcSeconds)} s` : "–",
+    );
+    check(
+      "retention: server peak RSS < 200 MB during GC",
+      r ? r.serverPeakMb < 200 : null,
+      r ? `${r.serverPeakMb.toFixed(0)} MB` : "–",
+    );
+    check(
+      "retention: GET /v1/health p99 < 100 ms during GC",
+      r ? r.healthP99Ms < 100 : null,
+      r ? `${r.healthP99Ms.toFixed(1)} ms` : "–",
+    );
+    const slow = r ? r.backupDuringSeconds / r.backupAloneSeconds - 1 : NaN;
+    check(
+      "retention: a backup during GC slower by < 25%",
+      r ? slow < 0.25 : null,
+      r
+        ? `${fmtSec(r.backupDuringSeconds)} s vs ${fmtSec(r.backupAloneSeconds)} s alone (${
+          (slow * 100).toFixed(0)
+        }%)`
+        : "–",
+    );
   }
   {
     // Judged on the steady state (Keep caches the manifest per head), with the cold
