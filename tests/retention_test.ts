@@ -353,6 +353,17 @@ Deno.test("keep stats: per project and for the store, dedup across projects", as
   );
   assertEquals([one.store, one.projects.length], [null, 1]);
   assertMatch((await keepOk(["stats", "-s", server.url])).stdout, /store: 2 projects, 3 blobs/);
+  // Three more commits of pa, one file touched: each commit's tree counts in
+  // full, the unchanged content is stored once.
+  for (let i = 0; i < 3; i++) {
+    Deno.utimeSync(join(a, "a.txt"), 1_700_000_000 + i, 1_700_000_000 + i);
+    await backup(server.url, "pa", a);
+  }
+  const s2 = json<{ store: { logicalBytes: number; dedupRatio: number; blobs: number } }>(
+    await keepOk(["stats", "-s", server.url, "--json"]),
+  );
+  assertEquals([s2.store.logicalBytes, s2.store.blobs], [1_300_000 + 3 * 600_000, 3]);
+  assert(s2.store.dedupRatio > 2, JSON.stringify(s2.store));
 });
 
 Deno.test("a quota refuses a backup before anything is stored (exit 7); the free-space reserve refuses uploads", async () => {
@@ -375,7 +386,30 @@ Deno.test("a quota refuses a backup before anything is stored (exit 7); the free
   assertEquals((await commits(server.url, "app")).length, 1);
   // Raised: it lands.
   await keepOk(["policy", "set", "-s", server.url, "-p", "app", "--quota", "2M"]);
+  const head = await backup(server.url, "app", src);
+  // An upload that does not say what it sends is held to the quota by what
+  // its entries declare.
+  const blobs = json<{ store: { blobs: number } }>(
+    await keepOk(["stats", "-s", server.url, "--json"]),
+  ).store.blobs;
+  const crafted = new Upload().commit(commitHeader(head)).file("big.bin", randomBytes(2 << 20, 9))
+    .changes().end().bytes();
+  const res = await fetch(`${server.url}/v1/projects/app/commits`, {
+    method: "POST",
+    body: new Uint8Array(crafted),
+  });
+  assertEquals(res.status, 507, await res.text());
+  assertEquals(
+    json<{ store: { blobs: number } }>(await keepOk(["stats", "-s", server.url, "--json"])).store
+      .blobs,
+    blobs,
+    "nothing stored",
+  );
+  // Over its quota (lowered), a backup that sends nothing still lands.
+  await keepOk(["policy", "set", "-s", server.url, "-p", "app", "--quota", "100K"]);
+  Deno.removeSync(join(src, "b.bin"));
   await backup(server.url, "app", src);
+  assertEquals((await commits(server.url, "app")).length, 3);
 
   await using full = await startServer({ args: ["--min-free", "1000000T"] });
   const f = await keep(["backup", "-s", full.url, "-p", "app", "--settle", "0", src]);
@@ -383,4 +417,81 @@ Deno.test("a quota refuses a backup before anything is stored (exit 7); the free
   assertMatch(f.stderr, /keeps 976\.6 PiB in reserve \(serve --min-free\)/);
   const v = await keep(["verify", "--data", full.dataDir]);
   assertMatch(v.stdout, /blobs {5}0 \(0 B stored\)/);
+});
+
+Deno.test("a pack GC deleted never comes back under its number; the server lets go of its handle", async () => {
+  // A read handle the server cached on a pack GC then deleted must not serve
+  // a new pack under the same number (that restore failed with "pack 2 is
+  // short" and marked good content damaged), nor hold the freed space.
+  await using server = await startServer({
+    args: ["--gc-grace", "0s", "--retention-every", "off"],
+  });
+  const src = await tempDir();
+  const a = randomBytes(300_000, 1);
+  const c = randomBytes(300_000, 2);
+  writeTree(src, { "a.bin": a });
+  await backup(server.url, "app", src);
+  writeTree(src, { "a.bin": c });
+  await backup(server.url, "app", src);
+  const out1 = join(await tempDir(), "out");
+  await keepOk(["restore", "-s", server.url, "-p", "app", out1]); // the server opens C's pack
+  writeTree(src, { "a.bin": a }); // known content: no new pack
+  await backup(server.url, "app", src);
+  await keepOk(["prune", "-s", server.url, "-p", "app", "-k", "1", "--wait"]);
+  const packs = () => [...Deno.readDirSync(join(server.dataDir, "packs"))].map((e) => e.name);
+  const held = () =>
+    [...Deno.readDirSync(`/proc/${server.proc.pid}/fd`)]
+      .map((e) => {
+        try {
+          return Deno.readLinkSync(`/proc/${server.proc.pid}/fd/${e.name}`);
+        } catch {
+          return "";
+        }
+      })
+      .filter((l) => l.includes("/packs/") && l.endsWith("(deleted)"));
+  assertEquals(held(), [], "no handle on a deleted pack");
+  const before = packs();
+  writeTree(src, { "f.bin": randomBytes(200_000, 3) });
+  await backup(server.url, "app", src);
+  const added = packs().filter((n) => !before.includes(n));
+  assertEquals(added.length, 1, `one new pack: ${packs()}`);
+  const out2 = join(await tempDir(), "out");
+  await keepOk(["restore", "-s", server.url, "-p", "app", out2]);
+  assertSameTree(snapshot(out2), snapshot(src), "the head restores");
+  const verify = await keep(["verify", "--data", server.dataDir]);
+  assertEquals(verify.code, 0, verify.stdout);
+});
+
+Deno.test("prune and policy refuse what would remove more than asked: mistyped dryRun, rules of 0", async () => {
+  await using server = await startServer();
+  const src = await tempDir();
+  for (let i = 0; i < 3; i++) {
+    writeTree(src, { "f.txt": `v${i}\n` });
+    await backup(server.url, "app", src);
+  }
+  const post = (body: unknown, path = "prune", method = "POST") =>
+    fetch(`${server.url}/v1/projects/app/${path}`, { method, body: JSON.stringify(body) });
+  for (
+    const body of [
+      { policy: { last: 1 }, dryRun: "true" },
+      { policy: { last: 1 }, dry_run: true },
+      { policy: { last: 0 } },
+      { policy: { daily: 0 } },
+      { policy: { withinMs: 0 } },
+    ]
+  ) {
+    const r = await post(body);
+    const text = await r.text();
+    assertEquals(r.status, 400, `${JSON.stringify(body)}: ${text}`);
+  }
+  const put = await post({ policy: { hourly: 0 } }, "policy", "PUT");
+  assertEquals(put.status, 400, await put.text());
+  for (const flags of [["--keep-daily", "0"], ["--keep-within", "0d"], ["--keep-within", "-1d"]]) {
+    const r = await keep(["prune", "-s", server.url, "-p", "app", ...flags]);
+    assertEquals(r.code, 2, r.stderr);
+    assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+    const s = await keep(["policy", "set", "-s", server.url, "-p", "app", ...flags]);
+    assertEquals(s.code, 2, s.stderr);
+  }
+  assertEquals((await commits(server.url, "app")).length, 3, "nothing removed");
 });

@@ -32,6 +32,19 @@ export function parseFlags(command: string, args: string[], spec: FlagSpec): Par
     return { values: values as Parsed["values"], positionals };
   } catch (err) {
     const msg = (err as Error).message.split("\n")[0].replace(/\. To specify.*$/, "");
+    // parseArgs calls a value that starts with "-" ambiguous: say what it is.
+    const ambiguous = msg.match(/^Option '(?:-\w, )?(-{1,2}[\w-]+)[^']*' argument is ambiguous/);
+    if (ambiguous) {
+      const flag = ambiguous[1];
+      const i = args.indexOf(flag);
+      const value = i >= 0 ? args[i + 1] ?? "" : "";
+      throw new KeepError(
+        "usage",
+        /^-\d/.test(value)
+          ? `Cannot use ${flag} ${value}: negative values are not allowed`
+          : `Cannot parse flags of keep ${command}: ${flag} needs a value (see keep ${command} --help)`,
+      );
+    }
     throw new KeepError(
       "usage",
       `Cannot parse flags of keep ${command}: ${msg} (see keep ${command} --help)`,

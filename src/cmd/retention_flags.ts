@@ -62,10 +62,22 @@ export function policyFromFlags(p: Parsed): Policy {
   }
   for (const b of BUCKET_FLAGS) {
     const n = count(p, `keep-${b}`);
+    if (n === 0) {
+      // 0 would keep only the newest commit: never what someone means.
+      throw new KeepError(
+        "usage",
+        `Cannot use --keep-${b} 0: keep at least 1 (leave the flag out to not use it)`,
+      );
+    }
     if (n !== undefined) policy[b] = n;
   }
   const within = p.values["keep-within"];
-  if (typeof within === "string") policy.withinMs = parseDuration(within, "keep-within", true);
+  if (typeof within === "string") {
+    policy.withinMs = parseDuration(within, "keep-within", true);
+    if (policy.withinMs === 0) {
+      throw new KeepError("usage", `Cannot use --keep-within ${within}: give a duration over 0`);
+    }
+  }
   const tags = p.values["keep-tag"] as string[] | undefined;
   if (tags?.length) {
     for (const t of tags) {

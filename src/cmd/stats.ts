@@ -22,8 +22,8 @@ export const statsCommand: Command = {
 Per project: commits, files and bytes of the latest commit, the stored bytes
 its commits refer to, and of those the bytes only it holds (what deleting it
 would free), and its policy. For the whole store (no --project; a token for
-project '*'): blobs, stored bytes, logical bytes (every recorded file version
-at full size) and the dedup ratio, free space, blobs waiting out the GC
+project '*'): blobs, stored bytes, logical bytes (the files of every kept
+commit at full size, summed) and the dedup ratio, free space, blobs waiting out the GC
 grace, and when the last retention and GC round ended and what it freed.
 
 Options:

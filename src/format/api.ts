@@ -154,7 +154,7 @@ export interface StoreStats {
   blobs: number;
   /** Bytes the blobs take in the store. */
   storedBytes: number;
-  /** Raw bytes of every file version recorded: what the store would hold without dedup. */
+  /** Every kept commit's file bytes, summed: what the store would hold without dedup. */
   logicalBytes: number;
   /** logicalBytes / storedBytes (dedup and compression together); null when empty. */
   dedupRatio: number | null;

@@ -94,7 +94,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   // Retention and GC on their own thread: their transactions never hold this one.
   let collector: CollectorThread;
   try {
-    collector = await CollectorThread.open(options.dataDir, storage.index, {
+    collector = await CollectorThread.open(options.dataDir, storage, {
       graceMs: options.gcGraceMs ?? 3600_000,
       writers,
       work: work.buffer as SharedArrayBuffer,

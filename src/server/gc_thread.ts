@@ -8,20 +8,20 @@
 import { KeepError } from "../errors.ts";
 import type { GcFigures } from "../format/api.ts";
 import type { Phase, Rounds } from "./gc.ts";
-import type { IndexStore } from "./storage/index_store.ts";
+import type { Storage } from "./storage/open.ts";
 
 /**
  * A collector on its own thread.
  *
  * @example
  * ```ts
- * const gc = await CollectorThread.open("/srv/keep", storage.index, { graceMs: 3600_000 });
+ * const gc = await CollectorThread.open("/srv/keep", storage, { graceMs: 3600_000 });
  * await gc.start();
  * ```
  */
 export class CollectorThread implements Rounds {
   #worker: Worker;
-  #index: IndexStore;
+  #storage: Storage;
   #phase: Phase = "idle";
   #figures: GcFigures | null = null;
   /** Callers of start() waiting for the round that is running or asked for. */
@@ -31,22 +31,25 @@ export class CollectorThread implements Rounds {
   #closed = false;
   #closedSignal: (() => void) | null = null;
 
-  private constructor(worker: Worker, index: IndexStore, log: (line: string) => void) {
+  private constructor(worker: Worker, storage: Storage, log: (line: string) => void) {
     this.#worker = worker;
-    this.#index = index;
+    this.#storage = storage;
     worker.onmessage = (ev: MessageEvent) => {
       const m = ev.data as Record<string, unknown>;
       if (m.log) log(m.log as string);
       else if (m.moved) {
-        // Places this thread read before may be stale: archives look again.
-        index.noteBlobsMoved();
+        // Places this thread read before may be stale: archives look again;
+        // open handles of packs about to be deleted are let go.
+        storage.index.noteBlobsMoved();
+        storage.blobs.dropCached();
         worker.postMessage({ ack: true });
       } else if (m.phase) {
         this.#phase = m.phase as Phase;
         if (m.figures) this.#figures = m.figures as GcFigures;
       } else if (m.ended) {
         const done = this.#waiting.splice(0);
-        this.#index.noteBlobsMoved();
+        this.#storage.index.noteBlobsMoved();
+        this.#storage.blobs.dropCached();
         for (const w of done) {
           if (m.error) {
             w.reject(new KeepError("internal", `Cannot finish the GC round: ${m.error}`));
@@ -63,7 +66,7 @@ export class CollectorThread implements Rounds {
   /** Starts the worker on `dataDir` (the store the server has open as `index`). */
   static async open(
     dataDir: string,
-    index: IndexStore,
+    storage: Storage,
     options: {
       graceMs: number;
       /** The counter the server's connection was opened with (openLocalStorage `writers`). */
@@ -101,7 +104,7 @@ export class CollectorThread implements Rounds {
       },
     });
     await ready;
-    return new CollectorThread(worker, index, options.log ?? (() => {}));
+    return new CollectorThread(worker, storage, options.log ?? (() => {}));
   }
 
   get running(): boolean {

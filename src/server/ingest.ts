@@ -221,6 +221,11 @@ export class Ingest {
   #currentSink: LargeSink | null = null;
   #entries = 0;
   #declared = 0;
+  /** The quota and free-space room measured when the upload was admitted. */
+  #room: {
+    quota?: { used: number; quota: number };
+    free?: { free: number; reserve: number };
+  } = {};
   #started = performance.now();
   #closed = false;
   /** Bytes of body received. */
@@ -400,34 +405,50 @@ export class Ingest {
    * compression are not known yet) or the store under its free-space reserve.
    */
   async #admit(header: UploadHeader): Promise<void> {
-    const bytes = header.bytes ?? 0;
     const quota = (await this.#storage.index.getPolicy(this.project))?.quotaBytes;
     if (quota !== undefined) {
       const used = (await this.#storage.index.projectUsage(this.project)).storedBytes;
-      if (used + bytes > quota) {
-        throw new KeepError(
-          "quota",
-          `Cannot back up ${this.project}: it holds ${
-            formatBytes(used)
-          } and this backup sends up to ${formatBytes(bytes)}, past its quota of ${
-            formatBytes(quota)
-          }; prune it or raise the quota (keep policy set --quota)`,
-        );
-      }
+      this.#room.quota = { used, quota };
     }
     const reserve = this.#limits.minFreeBytes ?? 0;
     if (reserve > 0) {
       const free = await this.#storage.blobs.freeBytes();
-      if (free !== null && free - bytes < reserve) {
-        throw new KeepError(
-          "unavailable",
-          `Cannot accept upload: the store has ${
-            formatBytes(free)
-          } free and this backup sends up to ${formatBytes(bytes)}; the server keeps ${
-            formatBytes(reserve)
-          } in reserve (serve --min-free)`,
-        );
-      }
+      if (free !== null) this.#room.free = { free, reserve };
+    }
+    // What the client says it sends refuses early; what its entries declare
+    // (so far, and as more arrive) is held to the same room: the header's
+    // figure is optional. Nothing is stored before this first flush.
+    this.#checkRoom(Math.max(header.bytes ?? 0, this.#declared));
+  }
+
+  /**
+   * Throws when `bytes` more raw bytes would take the project past its quota
+   * or the store under its reserve. Sending nothing is always allowed (a
+   * backup that only deletes, or changes metadata, of a project over its quota).
+   */
+  #checkRoom(bytes: number): void {
+    if (bytes <= 0) return;
+    const q = this.#room.quota;
+    if (q && q.used + bytes > q.quota) {
+      throw new KeepError(
+        "quota",
+        `Cannot back up ${this.project}: it holds ${
+          formatBytes(q.used)
+        } and this backup sends at least ${formatBytes(bytes)}, past its quota of ${
+          formatBytes(q.quota)
+        }; prune it or raise the quota (keep policy set --quota)`,
+      );
+    }
+    const f = this.#room.free;
+    if (f && f.free - bytes < f.reserve) {
+      throw new KeepError(
+        "unavailable",
+        `Cannot accept upload: the store has ${
+          formatBytes(f.free)
+        } free and this backup sends at least ${formatBytes(bytes)}; the server keeps ${
+          formatBytes(f.reserve)
+        } in reserve (serve --min-free)`,
+      );
     }
   }
 
@@ -545,6 +566,7 @@ export class Ingest {
     this.#entry = entry;
     if (h.type === "file") {
       this.#declared += h.size;
+      if (h.size > 0) this.#checkRoom(this.#declared);
       if (this.#declared > this.#limits.maxUploadBytes) {
         throw new KeepError(
           "too_large",

@@ -47,14 +47,18 @@ export function hasRules(p: Policy): boolean {
 /** Throws usage unless `p` is a policy this server can apply. */
 export function checkPolicy(p: Policy): Policy {
   const count = (name: string, v: number | undefined) => {
-    if (v !== undefined && (!Number.isInteger(v) || v < 0 || v > 1_000_000)) {
-      throw new KeepError("usage", `Cannot use policy: ${name} must be a whole number 0..1000000`);
+    // 0 would plan every commit but the newest away: leave the rule out instead.
+    if (v !== undefined && (!Number.isInteger(v) || v < 1 || v > 1_000_000)) {
+      throw new KeepError(
+        "usage",
+        `Cannot use policy: ${name} must be a whole number 1..1000000 (leave the rule out to not use it)`,
+      );
     }
   };
   count("last", p.last);
   for (const b of BUCKETS) count(b, p[b]);
-  if (p.withinMs !== undefined && (!Number.isFinite(p.withinMs) || p.withinMs < 0)) {
-    throw new KeepError("usage", "Cannot use policy: within must be a duration of 0 or more");
+  if (p.withinMs !== undefined && (!Number.isFinite(p.withinMs) || p.withinMs <= 0)) {
+    throw new KeepError("usage", "Cannot use policy: within must be a duration over 0");
   }
   for (const t of p.tags ?? []) {
     if (!/^[^=\s]+=.*$/.test(t)) {

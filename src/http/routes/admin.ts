@@ -17,6 +17,8 @@ import { readJson } from "../json_body.ts";
 
 const BODY_LIMIT = 64 << 10;
 
+const PRUNE_FIELDS = new Set(["policy", "keepLast", "dryRun", "wait"]);
+
 /** The route group. */
 export function adminRoutes(ctx: AppContext): Hono<Env> {
   const routes = new Hono<Env>();
@@ -26,8 +28,17 @@ export function adminRoutes(ctx: AppContext): Hono<Env> {
     const p = projectParam(c);
     need(c, "admin", p);
     const body = await readJson(c, BODY_LIMIT, "prune") as Record<string, unknown> | null;
-    if (typeof body !== "object" || body === null) {
+    if (typeof body !== "object" || body === null || Array.isArray(body)) {
       throw new KeepError("invalid", "Cannot prune: body must be JSON {policy, dryRun, wait}");
+    }
+    // A misspelt or mistyped dryRun must not prune for real.
+    for (const [k, v] of Object.entries(body)) {
+      if (!PRUNE_FIELDS.has(k)) {
+        throw new KeepError("invalid", `Cannot prune: unknown field ${JSON.stringify(k)}`);
+      }
+      if ((k === "dryRun" || k === "wait") && typeof v !== "boolean") {
+        throw new KeepError("invalid", `Cannot prune: ${k} must be true or false`);
+      }
     }
     let policy: Policy;
     if (body.policy !== undefined) policy = parsePolicy(body.policy);

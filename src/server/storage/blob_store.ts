@@ -106,6 +106,12 @@ export interface BlobStore {
    */
   listLarge(): AsyncIterable<LargeObject>;
   deletePack(pack: number): Promise<void>;
+  /**
+   * Closes what is kept open for reading (pack handles): another thread or
+   * process may have deleted those objects, whose space is freed only once
+   * no handle names them.
+   */
+  dropCached(): void;
   deleteLarge(hashHex: string, gen: number | null): Promise<void>;
   /** Free space where the bytes go, or null when the backend cannot say (object stores). */
   freeBytes(): Promise<number | null>;

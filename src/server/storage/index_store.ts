@@ -275,7 +275,7 @@ export interface IndexStore {
   meta(key: string): Promise<number | null>;
   setMeta(key: string, value: number): Promise<void>;
   projectUsage(project: string): Promise<ProjectUsage>;
-  /** Bytes of every file version the index records (what dedup is measured against). */
+  /** The file bytes of every kept commit's tree, summed (what dedup is measured against). */
   logicalBytes(): Promise<number>;
 
   // ---- tokens

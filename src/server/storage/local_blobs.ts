@@ -385,6 +385,12 @@ export class LocalBlobStore implements BlobStore {
     }
   }
 
+  dropCached(): void {
+    // Handles are used only synchronously (#readPack): none is in use now.
+    for (const f of this.#readers.values()) f.close();
+    this.#readers.clear();
+  }
+
   deletePack(pack: number): Promise<void> {
     const f = this.#readers.get(pack);
     if (f) {

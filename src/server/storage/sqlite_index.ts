@@ -1082,7 +1082,9 @@ export class SqliteIndex implements IndexStore {
       if (!this.#mayHave(h)) continue;
       const r = q.get(h) as Row | undefined;
       if (!r) continue;
-      if (r.orphan !== null) revive.run(h);
+      // Unmarked in one statement, or swept just now by GC's connection:
+      // then it is not known (the upload sends it).
+      if (r.orphan !== null && Number(revive.run(h).changes) === 0 && !q.get(h)) continue;
       known.add(bytesToHex(h));
     }
     return Promise.resolve(known);
@@ -1130,8 +1132,17 @@ export class SqliteIndex implements IndexStore {
   }
 
   async newPack(): Promise<number> {
-    const r = this.#stmt("INSERT INTO packs(created) VALUES (?)").run(Date.now());
-    return Promise.resolve(Number(r.lastInsertRowid));
+    // Never a number a deleted pack had (GC deletes the highest too): another
+    // process may still hold the old file open under that number. The
+    // counter moves in one statement, so two connections never get the same.
+    const r = this.#stmt(
+      `INSERT INTO store_meta(key, value) VALUES ('pack_seq', (SELECT coalesce(max(id), 0) + 1 FROM packs))
+       ON CONFLICT(key) DO UPDATE SET value = max(value, (SELECT coalesce(max(id), 0) FROM packs)) + 1
+       RETURNING value`,
+    ).get() as Row;
+    const id = Number(r.value);
+    this.#stmt("INSERT INTO packs(id, created) VALUES (?, ?)").run(id, Date.now());
+    return Promise.resolve(id);
   }
 
   async sealPack(pack: number): Promise<void> {
@@ -1340,15 +1351,16 @@ export class SqliteIndex implements IndexStore {
     const pid = this.#projectId(project);
     const head = this.#head(project);
     if (pid === null || !head) return 0;
-    // Parents of uploads in flight stay: those uploads land on them (see #rebase).
-    const pinned = new Set(
-      (this.#stmt("SELECT parent FROM uploads WHERE project = ? AND parent IS NOT NULL").all(
-        project,
-      ) as Row[])
-        .map((r) => r.parent as string),
-    );
     let removed = 0;
     this.#transaction(() => {
+      // Parents of uploads in flight stay: those uploads land on them (see
+      // #rebase). Read in the write transaction, so no pin slips in between.
+      const pinned = new Set(
+        (this.#stmt("SELECT parent FROM uploads WHERE project = ? AND parent IS NOT NULL").all(
+          project,
+        ) as Row[])
+          .map((r) => r.parent as string),
+      );
       const idOf = this.#stmt(
         "SELECT id FROM commits WHERE project = ? AND seq = ? AND forgotten IS NULL",
       );
@@ -1592,9 +1604,11 @@ export class SqliteIndex implements IndexStore {
   }
 
   async logicalBytes(): Promise<number> {
+    // Each kept commit's tree at full size: what restoring all of them
+    // would write, so that ratio shows dedup across commits too.
     return this.#count(
-      `SELECT coalesce((SELECT sum(size) FROM current WHERE type = 'f'), 0)
-        + coalesce((SELECT sum(size) FROM history WHERE type = 'f'), 0) AS n`,
+      `SELECT coalesce(sum(json_extract(counts, '$.bytes')), 0) AS n
+       FROM commits WHERE forgotten IS NULL`,
     );
   }
 
