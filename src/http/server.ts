@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { KeepError } from "../errors.ts";
 import { lockForLife } from "../platform/fs_native.ts";
 import { Compactor } from "../server/compactor.ts";
+import { roundWanted } from "../server/gc.ts";
 import { CollectorThread } from "../server/gc_thread.ts";
 import { DEFAULT_LIMITS, type IngestLimits } from "../server/ingest.ts";
 import { ManifestCache } from "../server/manifest_cache.ts";
@@ -92,18 +93,12 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const inflight = { n: 0, last: Date.now(), work };
   const manifests = new ManifestCache(join(options.dataDir, "cache"));
   // Retention and GC on their own thread: their transactions never hold this one.
-  let collector: CollectorThread;
-  try {
-    collector = await CollectorThread.open(options.dataDir, storage, {
-      graceMs: options.gcGraceMs ?? 3600_000,
-      writers,
-      work: work.buffer as SharedArrayBuffer,
-      log,
-    });
-  } catch (err) {
-    await storage.close();
-    throw err;
-  }
+  const collector = CollectorThread.open(options.dataDir, storage, {
+    graceMs: options.gcGraceMs ?? 3600_000,
+    writers,
+    work: work.buffer as SharedArrayBuffer,
+    log,
+  });
   const app = createApp({
     collector,
     manifests,
@@ -177,9 +172,11 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   let gcTimer: ReturnType<typeof setTimeout> | undefined;
   const round = () => {
     if (stopped) return;
-    collector.start().catch(() => {}).finally(() => {
-      if (!stopped) gcTimer = setTimeout(round, every);
-    });
+    // Only when there is something to do: otherwise no worker is started.
+    roundWanted(storage.index).then((wanted) => wanted ? collector.start() : undefined)
+      .catch(() => {}).finally(() => {
+        if (!stopped) gcTimer = setTimeout(round, every);
+      });
   };
   if (every > 0) gcTimer = setTimeout(round, Math.min(every, 10_000));
   const stopWork = async () => {

@@ -51,7 +51,7 @@ import type { CommitInfo } from "../format/manifest.ts";
 import { concatBytes } from "../platform/concat_bytes.ts";
 import { checkPolicy, type Decision, hasRules, planRetention } from "./retention.ts";
 import type { LargeObject, PackSink } from "./storage/blob_store.ts";
-import type { BlobRow } from "./storage/index_store.ts";
+import type { BlobRow, IndexStore } from "./storage/index_store.ts";
 import type { Storage } from "./storage/open.ts";
 
 /** Rows per index call by default: each call is one short transaction. */
@@ -115,6 +115,18 @@ async function allCommits(storage: Storage, project: string): Promise<CommitInfo
     if (page.length < 1000) return out;
     before = page[page.length - 1].seq;
   }
+}
+
+/**
+ * True when a scheduled round has something to do: a policy to apply, work
+ * the index records as left (gcBacklog), or the daily full mark is due. A
+ * store without policies or pruning never starts the collector's thread.
+ */
+export async function roundWanted(index: IndexStore, now = Date.now()): Promise<boolean> {
+  if ((await index.listPolicies()).some((p) => hasRules(p.policy))) return true;
+  const b = await index.gcBacklog();
+  if (b.projects.length > 0 || b.deadPacks > 0 || b.marked > 0) return true;
+  return now - (await index.meta("gc_full_mark") ?? 0) > FULL_MARK_EVERY_MS;
 }
 
 /**
@@ -348,7 +360,9 @@ export class Collector implements Rounds {
         if (!this.#loaded) {
           this.#queue = (await index.listPolicies()).map((p) => p.project);
           if (this.#dirty === null) {
-            this.#dirty = new Set((await index.listProjects()).map((p) => p.name));
+            // A new collector (a restart, a worker per round): the projects
+            // whose forgotten commits still wait for their history's cleaning.
+            this.#dirty = new Set((await index.gcBacklog()).projects);
           }
           this.#loaded = true;
         }

@@ -4,7 +4,7 @@ import { scopedTempDir } from "../../tests/helpers.ts";
 import { createHash } from "node:crypto";
 import type { CommitInfo } from "../format/manifest.ts";
 import { decodeMember, MemberSplitter } from "../format/gzip_member.ts";
-import { applyPolicy, Collector } from "./gc.ts";
+import { applyPolicy, Collector, roundWanted } from "./gc.ts";
 import { Ingest } from "./ingest.ts";
 import { openLocalStorage, type Storage } from "./storage/open.ts";
 
@@ -205,4 +205,24 @@ Deno.test("forgotten commits keep their versions through the grace, then go", as
   await gc.start();
   assertEquals(gc.figures!.blobsSwept, 1);
   await gc.close();
+});
+
+Deno.test("roundWanted: a store without policies or backlog starts no round; forgotten commits, policies, a due full mark do", async () => {
+  await using s = await store();
+  const data = noise(5000, 2);
+  await contentOnlyInHistory(s.storage, data);
+  const now = Date.now();
+  assertEquals(await roundWanted(s.storage.index, now), false, "new store: its full mark is fresh");
+  assertEquals(await roundWanted(s.storage.index, now + 25 * 3600_000), true, "a day later");
+  await s.storage.index.setPolicy("old", { last: 5 });
+  assertEquals(await roundWanted(s.storage.index, now), true, "a policy to apply");
+  await s.storage.index.setPolicy("old", null);
+  assertEquals((await applyPolicy(s.storage, "old", { last: 1 })).forgotten, 1);
+  assertEquals(await roundWanted(s.storage.index, now), true, "a forgotten commit to clean");
+  // A new collector finds that project by itself (no markDirty) and cleans it.
+  const gc = new Collector(s.storage, { graceMs: 0 });
+  await gc.start();
+  assertEquals(gc.figures!.blobsSwept, 1);
+  await gc.close();
+  assertEquals(await roundWanted(s.storage.index, now), false, "nothing left");
 });

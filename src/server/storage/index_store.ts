@@ -213,6 +213,12 @@ export interface IndexStore {
   setPolicy(project: string, policy: Policy | null): Promise<void>;
   listPolicies(): Promise<{ project: string; policy: Policy }[]>;
   /**
+   * What GC has left to do, as the index records it: projects with
+   * forgotten commits (their history to clean), dead packs (to delete after
+   * the grace) and marked blob rows (to sweep).
+   */
+  gcBacklog(): Promise<{ projects: string[]; deadPacks: number; marked: number }>;
+  /**
    * Forgets commits (never the head, nor the parent of an upload in flight)
    * at `at`: from then on no listing or lookup finds them, but their rows
    * stay until purgeForgotten (a restore that already began may read them

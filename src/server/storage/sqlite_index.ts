@@ -1303,6 +1303,18 @@ export class SqliteIndex implements IndexStore {
     return Promise.resolve(out);
   }
 
+  async gcBacklog(): Promise<{ projects: string[]; deadPacks: number; marked: number }> {
+    const projects = (this.#stmt(
+      `SELECT name FROM projects p
+       WHERE EXISTS (SELECT 1 FROM commits c WHERE c.project = p.id AND c.forgotten IS NOT NULL)`,
+    ).all() as Row[]).map((r) => r.name as string);
+    return Promise.resolve({
+      projects,
+      deadPacks: this.#count("SELECT count(*) AS n FROM packs WHERE dead IS NOT NULL"),
+      marked: this.#count("SELECT count(*) AS n FROM blobs WHERE orphan IS NOT NULL"),
+    });
+  }
+
   async orphanBlobCount(): Promise<number> {
     return Promise.resolve(this.#count(
       `SELECT count(*) AS n FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = b.hash)
