@@ -40,6 +40,8 @@ function trackBody(body: ReadableStream<Uint8Array>, done: () => void): Readable
   });
 }
 
+const WAITING = /^\/v1\/(health|stats)$|^\/v1\/projects\/[^/]+\/prune$/;
+
 /**
  * The middleware.
  *
@@ -52,7 +54,9 @@ export function inflight(counter: Inflight): MiddlewareHandler<Env> {
   return async (c, next) => {
     counter.n++;
     counter.last = Date.now();
-    const work = c.req.path === "/v1/health" ? undefined : counter.work;
+    // Requests that wait rather than work (health, stats, a prune waiting
+    // for its GC round) do not make GC give way.
+    const work = WAITING.test(c.req.path) ? undefined : counter.work;
     if (work) {
       work[1]++;
       work[0] = counter.last;
