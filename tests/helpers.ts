@@ -238,9 +238,18 @@ export async function token(dataDir: string, role: string, ...projects: string[]
   return t;
 }
 
-/** Parses the JSON printed by `--json`. */
+/** Parses the JSON printed by `--json`: one object, `{"keep": 1, …}`. */
 export function json<T = Record<string, unknown>>(r: Run): T {
-  return JSON.parse(r.stdout) as T;
+  const o = JSON.parse(r.stdout);
+  if (o === null || typeof o !== "object" || o.keep !== 1) {
+    throw new Error(`--json printed no {"keep": 1, …} object: ${r.stdout.slice(0, 200)}`);
+  }
+  return o as T;
+}
+
+/** The commits of `keep log --json` (`{"keep": 1, "commits": […]}`), newest first. */
+export function logJson<T = { id: string; seq: number }>(r: Run): T[] {
+  return json<{ commits: T[] }>(r).commits;
 }
 
 /**

@@ -6,7 +6,7 @@ import { KeepError } from "../errors.ts";
 import type { CompressMode } from "../client/upload.ts";
 import { KeepClient } from "../http/client.ts";
 import { checkProjectName } from "../format/api.ts";
-import { type Command, note, out } from "./command.ts";
+import { type Command, note, out, outJson } from "./command.ts";
 import {
   CLIENT_FLAGS,
   CLIENT_HELP,
@@ -181,7 +181,7 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
         }
       }
       if (p.values.json) {
-        out(JSON.stringify(result, null, 2));
+        outJson(result);
       } else {
         out(`keep backup: ${project} commit ${c.id} (#${c.seq}) from ${root}`);
         out(

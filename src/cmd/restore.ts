@@ -4,7 +4,7 @@ import { normalisePrefix } from "../format/paths.ts";
 import { prepareDestination, restoreArchive } from "../client/restore.ts";
 import { KeepClient } from "../http/client.ts";
 import { checkProjectName } from "../format/api.ts";
-import { type Command, note, out } from "./command.ts";
+import { type Command, note, out, outJson } from "./command.ts";
 import {
   CLIENT_FLAGS,
   CLIENT_HELP,
@@ -85,7 +85,7 @@ broke, 6 denied.`,
           note(`keep: Cannot confirm the restore is complete: ${short}`);
         }
       }
-      if (p.values.json) out(JSON.stringify({ commit: commitId, dest, ...r, seconds }, null, 2));
+      if (p.values.json) outJson({ commit: commitId, dest, ...r, seconds });
       else {
         out(
           `keep restore: ${project} commit ${commitId}${

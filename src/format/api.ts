@@ -267,3 +267,26 @@ export interface FindResult {
 
 /** What every `--json` output carries: `{"keep": JSON_VERSION, …}`. */
 export const JSON_VERSION = 1;
+
+/** Counts of a whole diff, by kind, and the size delta. */
+export interface DiffTotals {
+  added: number;
+  changed: number;
+  deleted: number;
+  meta: number;
+  delta: number;
+}
+
+/** Adds a page's items to running totals. */
+export function addTotals(t: DiffTotals, page: { items: DiffItem[] }): DiffTotals {
+  for (const i of page.items) {
+    t[i.kind]++;
+    t.delta += i.delta;
+  }
+  return t;
+}
+
+/** An empty DiffTotals. */
+export function noTotals(): DiffTotals {
+  return { added: 0, changed: 0, deleted: 0, meta: 0, delta: 0 };
+}

@@ -16,6 +16,7 @@ import { errorResponse } from "./errors.ts";
 import { auth } from "./middleware/auth.ts";
 import { inflight } from "./middleware/inflight.ts";
 import { adminRoutes } from "./routes/admin.ts";
+import { browseRoutes } from "./routes/browse.ts";
 import { commitRoutes } from "./routes/commits.ts";
 import { contentRoutes } from "./routes/content.ts";
 import { projectRoutes } from "./routes/projects.ts";
@@ -52,5 +53,6 @@ export function createApp(ctx: AppContext): Hono<Env> {
   v1.route("/", commitRoutes(ctx));
   v1.route("/", contentRoutes(ctx));
   v1.route("/", adminRoutes(ctx));
+  v1.route("/", browseRoutes(ctx));
   return app;
 }

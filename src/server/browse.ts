@@ -88,29 +88,6 @@ export async function diffPage(
   return { from, to, path, items: r.items, next: r.next };
 }
 
-/** Counts of a whole diff, by kind, and the size delta. */
-export interface DiffTotals {
-  added: number;
-  changed: number;
-  deleted: number;
-  meta: number;
-  delta: number;
-}
-
-/** Adds a page's items to running totals. */
-export function addTotals(t: DiffTotals, page: Pick<DiffPage, "items">): DiffTotals {
-  for (const i of page.items) {
-    t[i.kind]++;
-    t.delta += i.delta;
-  }
-  return t;
-}
-
-/** An empty DiffTotals. */
-export function noTotals(): DiffTotals {
-  return { added: 0, changed: 0, deleted: 0, meta: 0, delta: 0 };
-}
-
 /** Every version of `path`, newest first (not_found when no live commit ever held it). */
 export async function pathHistory(
   index: IndexStore,
