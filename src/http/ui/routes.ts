@@ -68,7 +68,8 @@ const HEADERS: Record<string, string> = {
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
   "x-frame-options": "DENY",
   "x-content-type-options": "nosniff",
-  "referrer-policy": "no-referrer",
+  // Not no-referrer: with it Chromium sends "Origin: null" on the page's own form posts.
+  "referrer-policy": "same-origin",
   "cache-control": "no-store",
 };
 
@@ -82,7 +83,7 @@ export interface UiOptions {
 /** True when a POST comes from a page of this very origin. */
 function sameOrigin(c: Context): boolean {
   const site = c.req.header("sec-fetch-site");
-  if (site !== undefined && site !== "same-origin") return false;
+  if (site !== undefined) return site === "same-origin";
   const origin = c.req.header("origin");
   if (!origin) return false;
   try {
