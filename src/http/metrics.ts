@@ -81,11 +81,10 @@ export class Metrics {
     metric("keep_commits_received_total", "counter", "Commits this process recorded.", [
       `keep_commits_received_total ${this.commits}`,
     ]);
-    let cumulative = 0;
-    const buckets = UPLOAD_BUCKETS.map((b, i) => {
-      cumulative = this.#uploadBuckets[i];
-      return `keep_upload_duration_seconds_bucket{le="${b}"} ${cumulative}`;
-    });
+    // #uploadBuckets are cumulative already (an upload counts in every bucket it fits).
+    const buckets = UPLOAD_BUCKETS.map((b, i) =>
+      `keep_upload_duration_seconds_bucket{le="${b}"} ${this.#uploadBuckets[i]}`
+    );
     metric("keep_upload_duration_seconds", "histogram", "Time from upload start to commit.", [
       ...buckets,
       `keep_upload_duration_seconds_bucket{le="+Inf"} ${this.#uploadCount}`,
