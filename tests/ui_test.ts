@@ -198,11 +198,38 @@ Deno.test("UI: backup tokens, forged sign-ins and sign-outs, revoked tokens are 
   const cookies = await b.context.cookies();
   const session = cookies.find((c) => c.name === "keep_session")!;
   assertEquals([session.httpOnly, session.sameSite], [true, "Strict"]);
+  const many = await tempDir();
+  for (let i = 0; i < 450; i++) {
+    Deno.writeTextFileSync(join(many, `f${String(i).padStart(3, "0")}`), `${i}`);
+  }
+  await keepOk([
+    "backup",
+    "-s",
+    server.url,
+    "--token",
+    t.admin,
+    "-p",
+    "many",
+    "--settle",
+    "0",
+    many,
+  ]);
+  await page.goto(`${server.url}/`);
   const projects = await page.$$eval(
     "tr.project",
     (rows) => rows.map((r) => r.getAttribute("data-project")),
   );
-  assertEquals(projects, ["app", "other"]);
+  assertEquals(projects, ["app", "many", "other"]);
+  // A large directory comes in pages of 200.
+  await page.goto(`${server.url}/p/many/tree`);
+  const pages: string[][] = [];
+  for (;;) {
+    pages.push(await page.$$eval("tr.item", (r) => r.map((x) => x.getAttribute("data-path")!)));
+    if (!(await page.$("#next"))) break;
+    await page.click("#next");
+  }
+  assertEquals(pages.map((p) => p.length), [200, 200, 50]);
+  assertEquals([pages[1][0], pages[2][49]], ["f200", "f449"]);
   // Sign-out without the session's CSRF value is refused; the session lives on.
   const noCsrf = await page.request.post(`${server.url}/ui/signout`, {
     headers: { origin: server.url },

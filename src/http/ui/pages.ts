@@ -437,12 +437,24 @@ const VERSION_HEAD = html`
   </tr>
 `;
 
-export function historyPage(project: string, h: HistoryResult): Html {
+/** Versions per history page. */
+export const HISTORY_PAGE = 200;
+
+export function historyPage(project: string, h: HistoryResult, skip: number): Html {
+  const shown = h.versions.slice(skip, skip + HISTORY_PAGE);
+  const more = skip + HISTORY_PAGE < h.versions.length;
   return html`
     <h1>${h.path}</h1>
     <p class="crumbs"><a href="${projectLink(project)}">${project}</a></p>
-    <p>${h.versions.length} version${h.versions.length === 1 ? "" : "s"}, newest first.</p>
-    <table id="history">${VERSION_HEAD}${versionRows(project, h.path, h.versions)}</table>
+    <p>${h.versions.length} version${h.versions.length === 1 ? "" : "s"}, newest first${skip || more
+      ? ` (${skip + 1}–${skip + shown.length} here)`
+      : ""}.</p>
+    <table id="history">${VERSION_HEAD}${versionRows(project, h.path, shown)}</table>
+    ${more
+      ? html`<p class="pager"><a id="next" href="${
+        projectLink(project, "history", { path: h.path, skip: skip + HISTORY_PAGE })
+      }">Older versions →</a></p>`
+      : ""}
   `;
 }
 

@@ -292,10 +292,14 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
 
   ui.get("/p/:project/history", async (c) => {
     const p = project(c);
+    const skip = Number(c.req.query("skip") ?? 0);
+    if (!Number.isInteger(skip) || skip < 0) {
+      throw new KeepError("usage", `Cannot page: skip=${c.req.query("skip")} is no count`);
+    }
     return page(
       c,
       `${p} history`,
-      historyPage(p, await pathHistory(index, p, c.req.query("path") ?? "")),
+      historyPage(p, await pathHistory(index, p, c.req.query("path") ?? ""), skip),
     );
   });
 
