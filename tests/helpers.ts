@@ -7,6 +7,7 @@ import { assertEquals } from "./assert.ts";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { lstatNs } from "../src/platform/fs_native.ts";
+import { openLocalStorage, type Storage } from "../src/server/storage/open.ts";
 
 export const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 export const KEEP = join(ROOT, "scripts/keep");
@@ -292,4 +293,20 @@ export function randomData(n: number): Uint8Array {
     crypto.getRandomValues(out.subarray(i, Math.min(n, i + 65536)));
   }
   return out;
+}
+
+/** A store opened in a temp dir (as serve opens it), closed and removed when the scope ends. */
+export async function scopedStore(
+  prefix = "keep-store-",
+): Promise<{ storage: Storage; dir: string } & AsyncDisposable> {
+  const tmp = scopedTempDir(prefix);
+  const storage = await openLocalStorage(tmp.path, { create: true, owner: true });
+  return {
+    storage,
+    dir: tmp.path,
+    async [Symbol.asyncDispose]() {
+      await storage.close();
+      tmp[Symbol.dispose]();
+    },
+  };
 }

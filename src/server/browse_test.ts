@@ -1,6 +1,6 @@
 import { assert, assertEquals, assertRejects } from "../../tests/assert.ts";
 import { commitHeader, metaRecord, T0, Upload } from "../../tests/craft.ts";
-import { scopedTempDir } from "../../tests/helpers.ts";
+import { scopedStore } from "../../tests/helpers.ts";
 import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { createHash } from "node:crypto";
@@ -51,18 +51,7 @@ async function threeCommits(s: Storage): Promise<CommitInfo[]> {
   return [c1, c2, c3];
 }
 
-async function store(): Promise<{ storage: Storage; dir: string } & AsyncDisposable> {
-  const tmp = scopedTempDir("keep-browse-");
-  const storage = await openLocalStorage(tmp.path, { create: true, owner: true });
-  return {
-    storage,
-    dir: tmp.path,
-    async [Symbol.asyncDispose]() {
-      await storage.close();
-      tmp[Symbol.dispose]();
-    },
-  };
-}
+const store = () => scopedStore("keep-browse-");
 
 Deno.test("treePage lists a directory's children of any commit, with sizes below, in pages", async () => {
   await using s = await store();

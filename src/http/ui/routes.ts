@@ -27,7 +27,7 @@ import { checkProjectName } from "../../format/api.ts";
 import { decodeMember, MemberSplitter } from "../../format/gzip_member.ts";
 import { normalisePrefix } from "../../format/paths.ts";
 import { streamFrom } from "../../platform/streams.ts";
-import { exportArchive } from "../../server/archive.ts";
+import { checkArchivePath, exportArchive } from "../../server/archive.ts";
 import {
   diffPage,
   findPaths,
@@ -341,12 +341,7 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
     const p = project(c);
     const commit = await index.resolveCommit(p, c.req.query("commit") ?? "latest");
     const prefix = normalisePrefix(c.req.query("path") ?? "");
-    if (prefix !== "") {
-      const first = await index.entryPages(p, commit, prefix)[Symbol.asyncIterator]().next();
-      if (first.done || first.value.length === 0) {
-        throw new KeepError("not_found", `Cannot download ${prefix}: not in commit ${commit.id}`);
-      }
-    }
+    await checkArchivePath(ctx.storage, commit, prefix, "download");
     const base = `${p}-${commit.seq}${prefix ? "-" + prefix.replaceAll("/", "_") : ""}.tar.gz`;
     return new Response(
       streamFrom(exportArchive(ctx.storage, commit, prefix), {
