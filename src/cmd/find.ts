@@ -61,10 +61,9 @@ Options:
       }
       if (p.values.json) outJson({ project, pattern, paths, truncated });
       else {
-        for (const { path, versions } of paths) {
-          out(path);
-          for (const v of versions) out(versionLine(v));
-        }
+        const lines: string[] = [];
+        for (const { path, versions } of paths) lines.push(path, ...versions.map(versionLine));
+        if (lines.length) out(lines.join("\n"));
         if (paths.length === 0) note(`keep find: no path of ${project} matches ${pattern}`);
         if (truncated) note(`keep find: more than ${limit} paths match (see --limit)`);
       }

@@ -45,8 +45,12 @@ Options:
       const h = await client.history(project, path);
       if (p.values.json) outJson(h);
       else {
-        out(`${h.path}: ${h.versions.length} version${h.versions.length === 1 ? "" : "s"}`);
-        for (const v of h.versions) out(versionLine(v));
+        out(
+          [
+            `${h.path}: ${h.versions.length} version${h.versions.length === 1 ? "" : "s"}`,
+            ...h.versions.map(versionLine),
+          ].join("\n"),
+        );
       }
       return 0;
     } finally {
