@@ -161,9 +161,10 @@ export function countRequests(metrics: Metrics): MiddlewareHandler<Env> {
       const route = c.req.routePath === "*" || !c.req.routePath ? "unmatched" : c.req.routePath;
       metrics.request(c.req.method, route, c.res.status);
       const type = c.res.headers.get("content-type") ?? "";
-      if (
-        c.res.body && (type === "application/gzip" || type === "application/octet-stream")
-      ) {
+      // The type first: touching .body turns a fixed-length answer into a
+      // chunked stream in Deno, and a stream is not sent while the request's
+      // body is unread (a cut upload's 408 never arrived).
+      if ((type === "application/gzip" || type === "application/octet-stream") && c.res.body) {
         c.res = new Response(
           c.res.body.pipeThrough(
             new TransformStream<Uint8Array, Uint8Array>({

@@ -112,10 +112,13 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
     status = 200,
   ) => document(layout(title, body, who(c))).then((d) => c.html(d, status as 200));
 
-  ui.use("*", async (c, next) => {
+  // Only the UI's own paths: a "*" here would wrap every /v1 route too
+  // (mounted at /), and its errors would go through this group's onError.
+  const secure: MiddlewareHandler<UiEnv> = async (c, next) => {
     await next();
     for (const [k, v] of Object.entries(HEADERS)) c.res.headers.set(k, v);
-  });
+  };
+  for (const path of ["/", "/ui/*", "/p/*"]) ui.use(path, secure);
   ui.onError((err, c) => {
     const k = toKeepError(err, "Cannot show page");
     if (k.code === "internal") {
