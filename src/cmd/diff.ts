@@ -74,6 +74,7 @@ Options:
         const page = await client.diff(project, from, to, {
           path: p.values.path as string | undefined,
           after,
+          limit: 10_000, // the largest page: each costs a pass over its range
         });
         first ??= page;
         addTotals(totals, page);

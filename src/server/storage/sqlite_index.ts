@@ -894,9 +894,15 @@ export class SqliteIndex implements IndexStore {
     ];
     const args: (number | string)[] = [pid, lo, hi, options.after ?? "", options.limit];
     if (prefix !== "") args.push(prefix, prefixEnd(prefix)!);
-    const pages = arms.map((arm) =>
-      this.#stmt(`SELECT ${VERSION_COLS} ${arm} ORDER BY path LIMIT ?5`, false, true)
-        .all(...args) as unknown as unknown[][]
+    // A history row ended at a commit that exists: none outlives the head,
+    // so when hi is the head the second scan (which would find nothing, after
+    // reading all of history on every page) is skipped.
+    const headSeq = this.#head(project)?.seq ?? 0;
+    const pages = arms.map((arm, i) =>
+      i === 1 && hi >= headSeq
+        ? []
+        : this.#stmt(`SELECT ${VERSION_COLS} ${arm} ORDER BY path LIMIT ?5`, false, true)
+          .all(...args) as unknown as unknown[][]
     );
     // Rows up to the first path an arm that filled its page stopped at are
     // complete; the next page starts after it.
