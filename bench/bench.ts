@@ -939,6 +939,35 @@ async function benchRetentionStep(): Promise<void> {
       `${fmtBytes(g.bytesCopied ?? 0)} / ${fmtBytes(g.bytesDeleted ?? 0)}`,
     ],
   ];
+  const b = r.browse;
+  report.extras.push({
+    title: "Browsing: find, history, diff and listings of a long history",
+    body: [
+      `The same project (${r.files.toLocaleString("en-US")} files, ${
+        r.commits.toLocaleString("en-US")
+      } commits), before the prune. HTTP on loopback, median of 5 (3 for the whole diff); the CLI once, start-up included:`,
+      "| figure | value |\n| --- | ---: |\n" + ([
+        ["find one name (`f4242.o`) across all commits", `${b.findOneMs.toFixed(1)} ms`],
+        ["find a directory's paths (`d0042/*`)", `${b.findDirMs.toFixed(1)} ms`],
+        [`history of one path (${b.historyVersions} versions)`, `${b.historyMs.toFixed(1)} ms`],
+        [
+          `diff of #1 and #${r.commits}, every page (${b.diffItems.toLocaleString("en-US")} paths)`,
+          `${b.diffWholeMs.toFixed(0)} ms`,
+        ],
+        ["diff of two neighbouring commits", `${b.diffAdjacentMs.toFixed(1)} ms`],
+        [
+          "root listing, newest commit (page of 200, folder sizes)",
+          `${b.rootHeadMs.toFixed(1)} ms`,
+        ],
+        ["root listing, commit #1", `${b.rootFirstMs.toFixed(1)} ms`],
+        ["a directory of 100 files", `${b.dirMs.toFixed(1)} ms`],
+        [
+          "CLI: keep find / history / diff (wall, start-up included)",
+          `${fmt(b.cli.find)} / ${fmt(b.cli.history)} / ${fmt(b.cli.diff)} s`,
+        ],
+      ] as [string, string][]).map(([a, v]) => `| ${a} | ${v} |`).join("\n"),
+    ].join("\n\n"),
+  });
   report.extras.push({
     title: "Retention: prune a long history while the server works",
     body: [

@@ -98,6 +98,13 @@ export interface BenchReport {
     backupDuringSeconds: number;
     files: number;
     commits: number;
+    browse?: {
+      findOneMs: number;
+      findDirMs: number;
+      historyMs: number;
+      diffWholeMs: number;
+      rootHeadMs: number;
+    };
   };
   totalSeconds: number;
   /** The small dataset was scaled down with --files. */
@@ -342,6 +349,25 @@ export function evaluateTargets(report: BenchReport): TargetRow[] {
       "retention: GET /v1/health p99 < 100 ms during GC",
       r ? r.healthP99Ms < 100 : null,
       r ? `${r.healthP99Ms.toFixed(1)} ms` : "–",
+    );
+    const b = r?.browse;
+    const ms = (v: number | undefined) => v === undefined ? "–" : `${v.toFixed(1)} ms`;
+    check(
+      "browse: find < 200 ms over 1,000 commits of 100,000 files" +
+        what.replace(" → keep-last 10", ""),
+      b ? Math.max(b.findOneMs, b.findDirMs) < 200 : null,
+      b ? `${ms(b.findOneMs)} (one name), ${ms(b.findDirMs)} (a directory)` : "–",
+    );
+    check("browse: history < 200 ms", b ? b.historyMs < 200 : null, ms(b?.historyMs));
+    check(
+      "browse: diff of the first and last commit < 1 s",
+      b ? b.diffWholeMs < 1000 : null,
+      ms(b?.diffWholeMs),
+    );
+    check(
+      "browse: root listing of a 100k-file commit < 300 ms",
+      b ? b.rootHeadMs < 300 : null,
+      ms(b?.rootHeadMs),
     );
     const slow = r ? r.backupDuringSeconds / r.backupAloneSeconds - 1 : NaN;
     check(

@@ -26,6 +26,7 @@ import { openLocalStorage, type Storage } from "../src/server/storage/open.ts";
 import type { DatasetBuilder } from "./datasets.ts";
 import { KeepServer } from "./keep_server.ts";
 import { runTimed } from "./measure.ts";
+import { benchBrowse, type BrowseFigures } from "./browse.ts";
 
 export interface RetentionFigures {
   files: number;
@@ -46,6 +47,8 @@ export interface RetentionFigures {
   backupDuringSeconds: number;
   /** What the round reported. */
   gc: Record<string, number | null>;
+  /** find, history, diff and listings on the store before the prune. */
+  browse: BrowseFigures;
 }
 
 async function ingest(storage: Storage, body: Uint8Array): Promise<string> {
@@ -161,6 +164,8 @@ export async function benchRetention(o: {
       ], { capture: true });
       return t.seconds;
     };
+    o.progress(`[retention] find, history, diff and listings of ${o.commits} commits`);
+    const browse = await benchBrowse(server.url, o.keepBin, "big", o.commits, o.files);
     await backup(); // the probe's first backup
     o.builder.mutate(probe, 1);
     const backupAloneSeconds = await backup();
@@ -219,6 +224,7 @@ export async function benchRetention(o: {
       backupAloneSeconds,
       backupDuringSeconds,
       gc: result.gc,
+      browse,
     };
   } finally {
     await server.stop();

@@ -7,7 +7,7 @@
 
 import { EXIT_CODES, exitCodeFor, KeepError, toKeepError } from "./errors.ts";
 import type { Command } from "./cmd/command.ts";
-import { VERSION } from "./format/api.ts";
+import { JSON_VERSION, VERSION } from "./format/api.ts";
 
 /**
  * Subcommands, loaded on use: a backup does not load the server, SQLite or
@@ -19,6 +19,9 @@ const COMMANDS: { name: string; load: () => Promise<Command> }[] = [
   { name: "serve", load: async () => (await import("./cmd/serve.ts")).serveCommand },
   { name: "log", load: async () => (await import("./cmd/log.ts")).logCommand },
   { name: "ls", load: async () => (await import("./cmd/ls.ts")).lsCommand },
+  { name: "diff", load: async () => (await import("./cmd/diff.ts")).diffCommand },
+  { name: "find", load: async () => (await import("./cmd/find.ts")).findCommand },
+  { name: "history", load: async () => (await import("./cmd/history.ts")).historyCommand },
   { name: "verify", load: async () => (await import("./cmd/verify.ts")).verifyCommand },
   { name: "prune", load: async () => (await import("./cmd/prune.ts")).pruneCommand },
   { name: "policy", load: async () => (await import("./cmd/policy.ts")).policyCommand },
@@ -77,9 +80,16 @@ if (import.meta.main) {
     code = await main(Deno.args);
   } catch (err) {
     const k = toKeepError(err, "Cannot complete");
+    code = exitCodeFor(k.code);
+    // With --json, stdout carries only JSON: the error too (and stderr its line).
+    if (Deno.args.includes("--json")) {
+      console.log(JSON.stringify({
+        keep: JSON_VERSION,
+        error: { code: k.code, message: k.message, exit: code },
+      }));
+    }
     console.error(`keep: ${k.message}`);
     if (k.code === "internal" && Deno.env.get("KEEP_DEBUG")) console.error((err as Error)?.stack);
-    code = exitCodeFor(k.code);
   }
   Deno.exit(code);
 }

@@ -10,9 +10,9 @@ import { KeepClient } from "../src/http/client.ts";
 import { assert, assertEquals } from "./assert.ts";
 import {
   assertSameTree,
-  json,
   keep,
   keepOk,
+  logJson,
   randomData,
   snapshot,
   startServer,
@@ -53,7 +53,7 @@ Deno.test("two hosts backing up one project at once: both land on the first atte
       ),
     );
     for (const r of runs) assertEquals(r.code, 0, r.stderr);
-    const log = json<{ seq: number; parent: string | null; id: string }[]>(
+    const log = logJson<{ seq: number; parent: string | null; id: string }>(
       await keepOk(["log", "-s", server.url, "-p", "same", "--json"]),
     );
     assertEquals(log.map((c) => c.seq), [4, 3, 2, 1]);

@@ -11,6 +11,7 @@ import {
   json,
   keep,
   keepOk,
+  logJson,
   snapshot,
   startServer,
   tempDir,
@@ -49,7 +50,7 @@ Deno.test("twenty hosts back up one project at once: all land, in a chain, each 
   const attempts = runs.map((r) => json<{ attempts: number }>(r).attempts);
   assert(attempts.every((a) => a === 1), `every host landed on its first attempt: ${attempts}`);
 
-  const log = json<LogJson>(
+  const log = logJson<LogJson[number]>(
     await keepOk(["log", "-s", server.url, "-p", "farm", "-n", "100", "--json"]),
   );
   const commits = [...log].sort((a, b) => a.seq - b.seq);

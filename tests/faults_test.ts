@@ -12,6 +12,7 @@ import {
   KEEP,
   keep,
   keepOk,
+  logJson,
   randomData,
   type Snapshot,
   snapshot,
@@ -241,7 +242,7 @@ Deno.test("kill -9 of the server during uploads, 20 times: the index opens, veri
     }
     assert(killedDuring >= 10, `only ${killedDuring} of 20 kills hit an upload`);
     // Every commit that exists restores byte-identical to the tree it was made from.
-    const log = json<{ id: string }[]>(
+    const log = logJson(
       await keepOk(["log", "-s", server.url, "-p", "crash", "--json", "-n", "100"]),
     );
     assertEquals(log.map((c) => c.id).sort(), [...expected.keys()].sort());

@@ -7,6 +7,7 @@ import { assertEquals } from "./assert.ts";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { lstatNs } from "../src/platform/fs_native.ts";
+import { openLocalStorage, type Storage } from "../src/server/storage/open.ts";
 
 export const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 export const KEEP = join(ROOT, "scripts/keep");
@@ -238,9 +239,18 @@ export async function token(dataDir: string, role: string, ...projects: string[]
   return t;
 }
 
-/** Parses the JSON printed by `--json`. */
+/** Parses the JSON printed by `--json`: one object, `{"keep": 1, …}`. */
 export function json<T = Record<string, unknown>>(r: Run): T {
-  return JSON.parse(r.stdout) as T;
+  const o = JSON.parse(r.stdout);
+  if (o === null || typeof o !== "object" || o.keep !== 1) {
+    throw new Error(`--json printed no {"keep": 1, …} object: ${r.stdout.slice(0, 200)}`);
+  }
+  return o as T;
+}
+
+/** The commits of `keep log --json` (`{"keep": 1, "commits": […]}`), newest first. */
+export function logJson<T = { id: string; seq: number }>(r: Run): T[] {
+  return json<{ commits: T[] }>(r).commits;
 }
 
 /**
@@ -283,4 +293,20 @@ export function randomData(n: number): Uint8Array {
     crypto.getRandomValues(out.subarray(i, Math.min(n, i + 65536)));
   }
   return out;
+}
+
+/** A store opened in a temp dir (as serve opens it), closed and removed when the scope ends. */
+export async function scopedStore(
+  prefix = "keep-store-",
+): Promise<{ storage: Storage; dir: string } & AsyncDisposable> {
+  const tmp = scopedTempDir(prefix);
+  const storage = await openLocalStorage(tmp.path, { create: true, owner: true });
+  return {
+    storage,
+    dir: tmp.path,
+    async [Symbol.asyncDispose]() {
+      await storage.close();
+      tmp[Symbol.dispose]();
+    },
+  };
 }

@@ -18,6 +18,7 @@ import {
   json,
   keep,
   keepOk,
+  logJson,
   type Spec,
   startServer,
   tempDir,
@@ -181,7 +182,7 @@ export async function refuse(
 /** The checks every case ends with: nothing of the hostile uploads remains, the server works. */
 export async function assertUnharmed(c: Ctx): Promise<void> {
   await assertHeadUnchanged(c, "after the case");
-  const log = json<CommitJson[]>(await keepOk(["log", "--json"], 0, { env: c.env }));
+  const log = logJson<CommitJson>(await keepOk(["log", "--json"], 0, { env: c.env }));
   assertEquals(log.map((x) => x.id), [c.head.id], "keep log shows a new commit");
   await assertTmpEmpty(c, "after the case");
   // verify opens the store, which clears tmp/: it runs after the tmp/ check.

@@ -18,6 +18,7 @@ import {
   json,
   keep,
   keepOk,
+  logJson,
   randomData,
   type Snapshot,
   snapshot,
@@ -68,7 +69,7 @@ Deno.test("prune keeps the newest N commits, frees blobs only they used, and nee
     await keepOk(["prune", "--keep-last", "2", "--wait", "--json"], 0, { env }),
   );
   assertEquals([r.commitsRemoved, r.gc.versionsRemoved, r.gc.blobsSwept], [3, 3, 3]);
-  const log = json<{ id: string }[]>(await keepOk(["log", "--json"], 0, { env }));
+  const log = logJson(await keepOk(["log", "--json"], 0, { env }));
   assertEquals(log.map((c) => c.id), [snaps[4][0], snaps[3][0]]);
   for (const [id, snap] of snaps.slice(3)) {
     const dest = await tempDir();

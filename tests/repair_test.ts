@@ -6,7 +6,16 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { commitHeader, noise, Upload } from "./craft.ts";
-import { json, keep, keepOk, startServer, tempDir, type TestServer, writeTree } from "./helpers.ts";
+import {
+  json,
+  keep,
+  keepOk,
+  logJson,
+  startServer,
+  tempDir,
+  type TestServer,
+  writeTree,
+} from "./helpers.ts";
 
 /** Damages the one large blob file of the store. */
 function damageLargeBlob(dataDir: string): void {
@@ -30,7 +39,7 @@ async function backupWithUnreadable(
   project: string,
   path: string,
 ): Promise<void> {
-  const head = (json<{ id: string }[]>(
+  const head = (logJson(
     await keepOk(["log", "-s", server.url, "-p", project, "--json"]),
   ))[0].id;
   const body = new Upload().commit(commitHeader(head)).changes([

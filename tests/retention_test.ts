@@ -12,6 +12,7 @@ import {
   json,
   keep,
   keepOk,
+  logJson,
   snapshot,
   startServer,
   tempDir,
@@ -27,7 +28,9 @@ interface LogEntry {
 }
 
 async function commits(url: string, project: string): Promise<LogEntry[]> {
-  return json<LogEntry[]>(await keepOk(["log", "-s", url, "-p", project, "-n", "1000", "--json"]));
+  return logJson<LogEntry>(
+    await keepOk(["log", "-s", url, "-p", project, "-n", "1000", "--json"]),
+  );
 }
 
 /** Backs up `dir` as `project` and returns the commit id. */

@@ -14,6 +14,7 @@ import {
   assertSameTree,
   keep,
   keepOk,
+  logJson,
   type Snapshot,
   snapshot,
   startServer,
@@ -182,9 +183,9 @@ async function soak(name: string, seed: number, killing: boolean): Promise<void>
   let unknown = 0;
   const needed = new Map<string, number>(); // content → size, over every kept commit
   for (const project of ["alpha", "beta", "farm"]) {
-    const log = JSON.parse(
-      (await keepOk(["log", "-s", url, "-p", project, "-n", "1000", "--json"])).stdout,
-    ) as { id: string; tags: Record<string, string> }[];
+    const log = logJson<{ id: string; tags: Record<string, string> }>(
+      await keepOk(["log", "-s", url, "-p", project, "-n", "1000", "--json"]),
+    );
     const limit = project === "beta" ? 2 : project === "farm" ? 4 : 3;
     assert(log.length >= 1, `${project} has commits`);
     assert(

@@ -68,8 +68,8 @@ export interface BackupOptions {
   attempts?: number;
   signal?: AbortSignal;
   onProblem?: (p: Problem) => void;
-  /** Progress: phase name and a short detail. */
-  onPhase?: (phase: string, detail: string) => void;
+  /** Progress: phase name, a short detail, and what the phase has to do when known. */
+  onPhase?: (phase: string, detail: string, total?: { entries: number; bytes: number }) => void;
   onProgress?: (stats: PackStats) => void;
 }
 
@@ -214,8 +214,8 @@ class Backup {
     this.#options.onProblem?.(p);
   }
 
-  #phase(phase: string, detail: string): void {
-    this.#options.onPhase?.(phase, detail);
+  #phase(phase: string, detail: string, total?: { entries: number; bytes: number }): void {
+    this.#options.onPhase?.(phase, detail, total);
   }
 
   /** The head's manifest, read ahead (see PREFETCH_BYTES). */
@@ -375,7 +375,10 @@ class Backup {
       granularity: granularity.toString(),
       bytes: sentBytes(finalSend),
     };
-    this.#phase("upload", `${finalSend.length} entries`);
+    this.#phase("upload", `${finalSend.length} entries`, {
+      entries: finalSend.length,
+      bytes: header.bytes ?? 0,
+    });
     // The walk's and the diff's garbage goes before the upload's buffers come.
     if (finalSend.length > 10_000) collectNow();
     const { stream, stats } = packUpload({

@@ -6,7 +6,8 @@ import { KeepError } from "../errors.ts";
 import type { CompressMode } from "../client/upload.ts";
 import { KeepClient } from "../http/client.ts";
 import { checkProjectName } from "../format/api.ts";
-import { type Command, note, out } from "./command.ts";
+import { Progress, progressFlag } from "./progress.ts";
+import { type Command, note, out, outJson } from "./command.ts";
 import {
   CLIENT_FLAGS,
   CLIENT_HELP,
@@ -69,6 +70,8 @@ Commit:
       --compress MODE       auto (default: store incompressible data) | fast | none
       --json                print the result as JSON
   -v, --verbose             print phases and every problem as it happens
+      --progress, --no-progress  the progress line on stderr (phase, files and bytes
+                            of the total, rate, ETA): default on when stderr is a terminal
 
 Exit codes: 0 ok, 1 failed (nothing recorded), 2 usage, 3 incomplete (commit
 recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
@@ -90,6 +93,8 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
       compress: { type: "string" },
       json: { type: "boolean" },
       verbose: { type: "boolean", short: "v" },
+      progress: { type: "boolean" },
+      "no-progress": { type: "boolean" },
     });
     const [dir] = positionals(p, "backup", ["DIR"]);
     const project = checkProjectName(required(p, "backup", "project", "KEEP_PROJECT"));
@@ -143,6 +148,7 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
       );
     }
     const verbose = !!p.values.verbose;
+    const progress = new Progress("keep backup", { force: progressFlag(p.values) });
     const client = new KeepClient(clientOptions(p));
     try {
       const t0 = performance.now();
@@ -163,13 +169,15 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
           : undefined,
         sync: !p.values["no-sync"],
         compress: compress as CompressMode,
-        onPhase: verbose
-          ? (phase, detail) => note(`keep backup: ${elapsed()} ${phase}: ${detail}`)
-          : undefined,
+        onPhase: (phase, detail, total) => {
+          if (verbose) progress.note(`keep backup: ${elapsed()} ${phase}: ${detail}`);
+          progress.phase(phase, total);
+        },
+        onProgress: (s) => progress.update(s.entriesSent, s.bytesRead),
         onProblem: verbose
-          ? (q) => note(`keep backup: ${q.kind}: ${q.path}: ${q.reason}`)
+          ? (q) => progress.note(`keep backup: ${q.kind}: ${q.path}: ${q.reason}`)
           : undefined,
-      });
+      }).finally(() => progress.end());
       const c = result.commit;
       if (!verbose) {
         for (const q of result.problems) {
@@ -181,7 +189,7 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
         }
       }
       if (p.values.json) {
-        out(JSON.stringify(result, null, 2));
+        outJson(result);
       } else {
         out(`keep backup: ${project} commit ${c.id} (#${c.seq}) from ${root}`);
         out(

@@ -9,6 +9,16 @@ export interface Command {
   run(args: string[]): Promise<number>;
 }
 
+import { JSON_VERSION } from "../format/api.ts";
+
 /** Where commands write: stdout for results, stderr for notes and problems. */
 export const out = (line: string) => console.log(line);
 export const note = (line: string) => console.error(line);
+
+/**
+ * The one `--json` answer of a command: `{"keep": 1, …fields}` on stdout
+ * (README "JSON output" has the shapes; errors are main.ts's, same envelope).
+ */
+export function outJson(fields: object): void {
+  out(JSON.stringify({ keep: JSON_VERSION, ...fields }, null, 2));
+}

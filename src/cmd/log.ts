@@ -1,6 +1,6 @@
 import { KeepClient } from "../http/client.ts";
 import { checkProjectName } from "../format/api.ts";
-import { type Command, out } from "./command.ts";
+import { type Command, out, outJson } from "./command.ts";
 import {
   CLIENT_FLAGS,
   CLIENT_HELP,
@@ -45,7 +45,7 @@ Options:
     try {
       if (p.values.commit) {
         const { commit, notes } = await client.commit(project, p.values.commit as string);
-        if (p.values.json) out(JSON.stringify({ commit, notes }, null, 2));
+        if (p.values.json) outJson({ commit, notes });
         else {
           out(`commit ${commit.id} (#${commit.seq}) of ${commit.project}`);
           out(`  parent    ${commit.parent ?? "(none)"}`);
@@ -78,7 +78,7 @@ Options:
       }
       const commits = await client.commits(project, limit);
       if (p.values.json) {
-        out(JSON.stringify(commits, null, 2));
+        outJson({ project, commits });
         return 0;
       }
       if (commits.length === 0) out(`keep log: project ${project} has no commits`);

@@ -5,7 +5,7 @@ import { KeepClient } from "../http/client.ts";
 import { lockForLife } from "../platform/fs_native.ts";
 import { checkPolicy } from "../server/retention.ts";
 import { openLocalStorage } from "../server/storage/open.ts";
-import { type Command, out } from "./command.ts";
+import { type Command, out, outJson } from "./command.ts";
 import { CLIENT_FLAGS, clientOptions, flagOrEnv, parseFlags, required } from "./flags.ts";
 import {
   describePolicy,
@@ -111,7 +111,7 @@ Options:
         client.close();
       }
     }
-    if (p.values.json) out(JSON.stringify({ project, policy }, null, 2));
+    if (p.values.json) outJson({ project, policy });
     else out(`keep policy: ${project}: ${describePolicy(policy)}`);
     return 0;
   },

@@ -6,7 +6,7 @@ import { lockForLife } from "../platform/fs_native.ts";
 import { Collector, pruneProject } from "../server/gc.ts";
 import { hasRules } from "../server/retention.ts";
 import { openLocalStorage } from "../server/storage/open.ts";
-import { type Command, out } from "./command.ts";
+import { type Command, out, outJson } from "./command.ts";
 import {
   CLIENT_FLAGS,
   clientOptions,
@@ -97,7 +97,7 @@ Options:
       }
     }
     if (p.values.json) {
-      out(JSON.stringify(result, null, 2));
+      outJson(result);
       return 0;
     }
     if (dryRun) { for (const line of planLines(result)) out(line); }

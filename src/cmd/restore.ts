@@ -4,7 +4,8 @@ import { normalisePrefix } from "../format/paths.ts";
 import { prepareDestination, restoreArchive } from "../client/restore.ts";
 import { KeepClient } from "../http/client.ts";
 import { checkProjectName } from "../format/api.ts";
-import { type Command, note, out } from "./command.ts";
+import { Progress, progressFlag } from "./progress.ts";
+import { type Command, note, out, outJson } from "./command.ts";
 import {
   CLIENT_FLAGS,
   CLIENT_HELP,
@@ -31,6 +32,8 @@ Options:
       --path PREFIX   only this path and what is below it
       --overwrite     allow a non-empty DEST (replaces files in the way)
       --json          print the result as JSON
+      --progress, --no-progress  the progress line on stderr (files and bytes of the
+                      commit's total, rate, ETA): default on when stderr is a terminal
 
 A whole-commit restore is then checked against the commit's own counts of
 files, directories and symlinks.
@@ -47,7 +50,10 @@ broke, 6 denied.`,
       path: { type: "string" },
       overwrite: { type: "boolean" },
       json: { type: "boolean" },
+      progress: { type: "boolean" },
+      "no-progress": { type: "boolean" },
     });
+    const progress = new Progress("keep restore", { force: progressFlag(p.values) });
     const [destArg] = positionals(p, "restore", ["DEST"]);
     const project = checkProjectName(required(p, "restore", "project", "KEEP_PROJECT"));
     const prefix = normalisePrefix((p.values.path as string | undefined) ?? "");
@@ -69,10 +75,16 @@ broke, 6 denied.`,
           }`,
         );
       }
+      // A whole commit's totals are known; a subtree's are not.
+      progress.phase(
+        "restore",
+        prefix ? undefined : { entries: commit.counts.files, bytes: commit.counts.bytes },
+      );
       const r = await restoreArchive(stream, dest, {
         overwrite: !!p.values.overwrite,
-        onProblem: (q) => note(`keep restore: ${q.path}: ${q.reason}`),
-      });
+        onProblem: (q) => progress.note(`keep restore: ${q.path}: ${q.reason}`),
+        onProgress: (r) => progress.update(r.files, r.bytes),
+      }).finally(() => progress.end());
       const seconds = (performance.now() - started) / 1000;
       // A whole commit must come back whole: compare with what the commit records.
       let short = "";
@@ -85,7 +97,7 @@ broke, 6 denied.`,
           note(`keep: Cannot confirm the restore is complete: ${short}`);
         }
       }
-      if (p.values.json) out(JSON.stringify({ commit: commitId, dest, ...r, seconds }, null, 2));
+      if (p.values.json) outJson({ commit: commitId, dest, ...r, seconds });
       else {
         out(
           `keep restore: ${project} commit ${commitId}${

@@ -3,7 +3,8 @@ import { KeepError } from "../errors.ts";
 import { DEFAULT_LIMITS } from "../server/ingest.ts";
 import { certProblem, ensureAutoTls, namesFor } from "../server/tls_auto.ts";
 import { startServer } from "../http/server.ts";
-import { type Command, note } from "./command.ts";
+import { type Command, note, out } from "./command.ts";
+import { JSON_VERSION } from "../format/api.ts";
 import {
   flagOrEnv,
   parseDuration,
@@ -45,11 +46,18 @@ Options:
                           are deleted: longer than any restore or request (default 1h)
       --min-free SIZE     refuse uploads that would leave less free space in DIR
                           (default 1G; 0 = no reserve)
+      --stale-after DUR   the web UI marks a project stale when its newest complete
+                          commit is older than this (default 2d)
+      --no-ui             no web UI at / (the API and /metrics stay)
+      --metrics-listen HOST:PORT  also serve /metrics without tokens on this address
+                          (on the main address /metrics needs an admin token for '*')
+      --json              the first stdout line is {"keep":1, "listening", "metrics", "data"}
 
 Retention and GC run while backups upload and restores stream: nothing is
 refused or waits for them (README, "Retention").
 
-Every route needs a bearer token (keep token create) unless --no-auth.`,
+Every route needs a bearer token (keep token create) unless --no-auth. The web
+UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
   async run(args) {
     const p = parseFlags("serve", args, {
       data: { type: "string", short: "d" },
@@ -65,6 +73,10 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       "retention-every": { type: "string" },
       "gc-grace": { type: "string" },
       "min-free": { type: "string" },
+      "stale-after": { type: "string" },
+      "metrics-listen": { type: "string" },
+      "no-ui": { type: "boolean" },
+      json: { type: "boolean" },
     });
     positionals(p, "serve", []);
     const dataDir = resolve(flagOrEnv(p, "data", "KEEP_DATA") ?? "keep-data");
@@ -89,6 +101,13 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       (p.values["gc-grace"] as string | undefined) ?? "1h",
       "gc-grace",
     );
+    const staleAfterMs = parseDuration(
+      (p.values["stale-after"] as string | undefined) ?? "2d",
+      "stale-after",
+    );
+    const metricsListen = p.values["metrics-listen"]
+      ? parseListen(p.values["metrics-listen"] as string)
+      : undefined;
     const minFreeBytes = parseSize(
       (p.values["min-free"] as string | undefined) ?? "1G",
       "min-free",
@@ -151,9 +170,22 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       gcGraceMs,
       log: (line) => note(`keep serve: ${line}`),
       signal: controller.signal,
+      ui: !p.values["no-ui"],
+      staleAfterMs,
+      metricsListen,
     });
     // The first stdout line is machine-read by tests and scripts.
-    console.log(`keep serve: listening on ${server.url} (data ${dataDir})`);
+    if (p.values.json) {
+      out(JSON.stringify({
+        keep: JSON_VERSION,
+        listening: server.url,
+        metrics: server.metricsUrl,
+        data: dataDir,
+      }));
+    } else {
+      out(`keep serve: listening on ${server.url} (data ${dataDir})`);
+      if (server.metricsUrl) note(`keep serve: metrics on ${server.metricsUrl}/metrics`);
+    }
     // Graceful: stop accepting, let requests in flight finish (their response
     // bodies included) for up to GRACE_MS. A connection whose request already
     // got its answer (e.g. a stalled upload cut by --idle-timeout) cannot be

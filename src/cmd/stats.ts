@@ -3,7 +3,7 @@ import { checkProjectName, type Stats } from "../format/api.ts";
 import { KeepClient } from "../http/client.ts";
 import { readStats } from "../server/stats.ts";
 import { openLocalStorage } from "../server/storage/open.ts";
-import { type Command, out } from "./command.ts";
+import { type Command, out, outJson } from "./command.ts";
 import {
   CLIENT_FLAGS,
   clientOptions,
@@ -59,7 +59,7 @@ Options:
       }
     }
     if (p.values.json) {
-      out(JSON.stringify(stats, null, 2));
+      outJson(stats);
       return 0;
     }
     const s = stats.store;

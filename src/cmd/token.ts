@@ -3,7 +3,7 @@ import { KeepError } from "../errors.ts";
 import { openLocalStorage, type Storage } from "../server/storage/open.ts";
 import { type Role, ROLES, TokenStore } from "../server/tokens.ts";
 import { checkProjectName } from "../format/api.ts";
-import { type Command, out } from "./command.ts";
+import { type Command, out, outJson } from "./command.ts";
 import { flagOrEnv, parseFlags, positionals } from "./flags.ts";
 
 export const tokenCommand: Command = {
@@ -11,7 +11,7 @@ export const tokenCommand: Command = {
   summary: "create, list or revoke access tokens (on the server's data dir)",
   help:
     `Usage: keep token create --data DIR --role ROLE --project ID|'*' [--project ID ...] [--name NAME]
-       keep token list   --data DIR [--json]
+       keep token list   --data DIR
        keep token revoke --data DIR TOKEN_ID
 
 Roles: backup  (append-only: read the head manifest, add commits; no old content, no prune)
@@ -22,7 +22,8 @@ A token is printed once at creation; the server keeps only its SHA-256.
 Clients pass it with --token or KEEP_TOKEN.
 
 Options:
-  -d, --data DIR     data directory (env KEEP_DATA; default ./keep-data)`,
+  -d, --data DIR     data directory (env KEEP_DATA; default ./keep-data)
+      --json         the result as JSON (create: the token and its info)`,
   run(args) {
     return runToken(args);
   },
@@ -71,7 +72,7 @@ async function runToken(args: string[]): Promise<number> {
             role as Role,
             projects,
           );
-          if (p.values.json) out(JSON.stringify({ token, ...info }, null, 2));
+          if (p.values.json) outJson({ token, ...info });
           else {
             out(token);
             console.error(
@@ -85,7 +86,7 @@ async function runToken(args: string[]): Promise<number> {
         case "list": {
           positionals({ values: {}, positionals: rest }, "token list", []);
           const list = await tokens.list();
-          if (p.values.json) out(JSON.stringify(list, null, 2));
+          if (p.values.json) outJson({ tokens: list });
           else {
             for (const t of list) {
               out(
@@ -100,7 +101,8 @@ async function runToken(args: string[]): Promise<number> {
         case "revoke": {
           const [id] = positionals({ values: {}, positionals: rest }, "token revoke", ["TOKEN_ID"]);
           await tokens.revoke(id);
-          out(`keep token: revoked ${id}`);
+          if (p.values.json) outJson({ revoked: id });
+          else out(`keep token: revoked ${id}`);
           return 0;
         }
         default:

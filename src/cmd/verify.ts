@@ -4,7 +4,7 @@ import { openLocalStorage, type Storage } from "../server/storage/open.ts";
 import type { VerifyReport } from "../format/api.ts";
 import { verifyStore } from "../server/verify.ts";
 import { KeepClient } from "../http/client.ts";
-import { type Command, out } from "./command.ts";
+import { type Command, out, outJson } from "./command.ts";
 import { clientOptions, flagOrEnv, formatBytes, parseFlags, positionals } from "./flags.ts";
 
 export const verifyCommand: Command = {
@@ -76,7 +76,7 @@ Exit codes: 0 clean, 4 damage found, 1/5/6 could not check.`,
     } else {
       throw new KeepError("usage", "Cannot run keep verify: give --data DIR or --server URL");
     }
-    if (p.values.json) out(JSON.stringify(report, null, 2));
+    if (p.values.json) outJson(report);
     else {
       out(`keep verify: ${report.ok ? "OK" : "DAMAGED"}  (${report.seconds.toFixed(2)} s)`);
       out(

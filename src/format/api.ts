@@ -38,8 +38,11 @@ export interface CommitNote {
 /** Summary of a project for listings. */
 export interface ProjectInfo {
   name: string;
+  /** Live commits (forgotten ones do not count). */
   commits: number;
   head: CommitInfo | null;
+  /** When its newest complete commit (no flagged paths) was made (ISO 8601), null: none. */
+  lastComplete: string | null;
 }
 
 /** What `keep verify` found (`POST /v1/verify` answers `{report}`). */
@@ -175,4 +178,115 @@ export interface Stats {
   /** Null when asked about one project only. */
   store: StoreStats | null;
   projects: ProjectStats[];
+}
+
+// ---------------------------------------------------------------- browsing (tree, diff, find, history)
+
+/**
+ * One version of a path as browsing shows it (an Entry in wire form: times
+ * are ns as decimal strings).
+ */
+export interface VersionInfo {
+  type: "f" | "d" | "l";
+  size: number;
+  mode: number;
+  /** Modification time, ns since the epoch (decimal string). */
+  mtime: string;
+  /** SHA-256, hex (files). */
+  hash?: string;
+  target?: string;
+  flag?: string;
+}
+
+/** A child in a directory listing; directories carry what lies below them. */
+export interface TreeItem extends VersionInfo {
+  name: string;
+  path: string;
+  /** Directories: files below (any depth) and their bytes, when asked for. */
+  files?: number;
+  bytes?: number;
+}
+
+/** `GET /v1/projects/:p/tree`: a page of one directory of a commit. */
+export interface TreePage {
+  commit: CommitInfo;
+  /** The directory ("" for the root). */
+  path: string;
+  /** The entry at `path` (null for the root); a file's page has no items. */
+  entry: VersionInfo | null;
+  items: TreeItem[];
+  /** Cursor for the next page (the last item's path), null at the end. */
+  next: string | null;
+}
+
+/** How a path differs between two commits. */
+export type DiffKind = "added" | "deleted" | "changed" | "meta";
+
+export interface DiffItem {
+  path: string;
+  kind: DiffKind;
+  before: VersionInfo | null;
+  after: VersionInfo | null;
+  /** after.size - before.size (a missing side counts 0). */
+  delta: number;
+}
+
+/** `GET /v1/projects/:p/diff`: a page of the differences from one commit to another. */
+export interface DiffPage {
+  from: CommitInfo;
+  to: CommitInfo;
+  path: string;
+  items: DiffItem[];
+  next: string | null;
+}
+
+/** A version of one path and the commits it lives in (live ones only). */
+export interface PathVersion extends VersionInfo {
+  /** The oldest and newest live commit holding this version. */
+  first: { id: string; seq: number; time: string };
+  last: { id: string; seq: number; time: string };
+  /** How many live commits hold it. */
+  commits: number;
+}
+
+/** `GET /v1/projects/:p/history`: every version of one path, newest first. */
+export interface HistoryResult {
+  project: string;
+  path: string;
+  versions: PathVersion[];
+}
+
+/** `GET /v1/projects/:p/find`: paths matching a pattern across all commits. */
+export interface FindResult {
+  project: string;
+  pattern: string;
+  paths: { path: string; versions: PathVersion[] }[];
+  /** Cursor for the next page, null at the end. */
+  next: string | null;
+}
+
+/** What every `--json` output carries: `{"keep": JSON_VERSION, …}`. */
+export const JSON_VERSION = 1;
+
+/** Counts of a whole diff, by kind, and the size delta. */
+export interface DiffTotals {
+  added: number;
+  changed: number;
+  deleted: number;
+  meta: number;
+  delta: number;
+}
+
+/** Adds a page's items to running totals. */
+export function addTotals(t: DiffTotals, page: { items: DiffItem[] }): DiffTotals {
+  for (const i of page.items) {
+    t[i.kind]++;
+    t.delta += i.delta;
+  }
+  return t;
+}
+
+/** An empty DiffTotals. */
+export function noTotals(): DiffTotals {
+  return { added: 0, changed: 0, deleted: 0, meta: 0, delta: 0 };
 }

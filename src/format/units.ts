@@ -17,3 +17,20 @@ export function formatBytes(n: number): string {
   }
   return `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
 }
+
+/** `ls -l`'s mode column: "drwxr-xr-x", "-rw-r--r--", "lrwxrwxrwx". */
+export function modeString(type: string, mode: number): string {
+  const t = type === "d" ? "d" : type === "l" ? "l" : "-";
+  const rwx = (m: number) => `${m & 4 ? "r" : "-"}${m & 2 ? "w" : "-"}${m & 1 ? "x" : "-"}`;
+  return t + rwx(mode >> 6) + rwx(mode >> 3) + rwx(mode);
+}
+
+/** A time in ns since the epoch (bigint or decimal string) as "2026-01-31 12:00:00" (UTC). */
+export function nsToIso(ns: bigint | string): string {
+  return new Date(Number(BigInt(ns) / 1_000_000n)).toISOString().slice(0, 19).replace("T", " ");
+}
+
+/** A signed byte delta: "+1.50 KiB", "-3 B", "0 B". */
+export function formatDelta(n: number): string {
+  return n > 0 ? `+${formatBytes(n)}` : n < 0 ? `-${formatBytes(-n)}` : "0 B";
+}

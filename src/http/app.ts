@@ -16,6 +16,10 @@ import { errorResponse } from "./errors.ts";
 import { auth } from "./middleware/auth.ts";
 import { inflight } from "./middleware/inflight.ts";
 import { adminRoutes } from "./routes/admin.ts";
+import { browseRoutes } from "./routes/browse.ts";
+import { countRequests, type Metrics } from "./metrics.ts";
+import { uiRoutes } from "./ui/routes.ts";
+import { authorize } from "../server/tokens.ts";
 import { commitRoutes } from "./routes/commits.ts";
 import { contentRoutes } from "./routes/content.ts";
 import { projectRoutes } from "./routes/projects.ts";
@@ -33,6 +37,19 @@ export type { AppContext } from "./context.ts";
 export function createApp(ctx: AppContext): Hono<Env> {
   const app = new Hono<Env>();
   if (ctx.inflight) app.use("*", inflight(ctx.inflight));
+  const metrics = ctx.metrics;
+  if (metrics) {
+    app.use("*", countRequests(metrics));
+    // An admin token for every project (or a separate --metrics-listen without tokens).
+    app.get("/metrics", async (c) => {
+      if (ctx.tokens) {
+        const m = /^Bearer\s+(\S+)$/i.exec(c.req.header("authorization") ?? "");
+        if (!m) throw new KeepError("unauthorized", "Cannot show metrics: send an admin token");
+        authorize(await ctx.tokens.check(m[1]), "admin");
+      }
+      return metricsResponse(metrics, ctx);
+    });
+  }
   app.onError((err, c) => {
     const k = toKeepError(err, "Cannot serve request");
     if (k.code === "internal") {
@@ -52,5 +69,14 @@ export function createApp(ctx: AppContext): Hono<Env> {
   v1.route("/", commitRoutes(ctx));
   v1.route("/", contentRoutes(ctx));
   v1.route("/", adminRoutes(ctx));
+  v1.route("/", browseRoutes(ctx));
+  if (ctx.ui) app.route("/", uiRoutes(ctx, ctx.ui));
   return app;
+}
+
+/** The text exposition of `metrics`. */
+export async function metricsResponse(metrics: Metrics, ctx: AppContext): Promise<Response> {
+  return new Response(await metrics.render(ctx.storage.index), {
+    headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+  });
 }

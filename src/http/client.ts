@@ -11,10 +11,14 @@ import { decodeMemberTransient, MemberSplitter } from "../format/gzip_member.ts"
 import { type CommitInfo, entriesFromLines, type Entry, LineChunker } from "../format/manifest.ts";
 import type {
   CommitNote,
+  DiffPage,
+  FindResult,
+  HistoryResult,
   Policy,
   ProjectInfo,
   PruneResult,
   Stats,
+  TreePage,
   VerifyReport,
 } from "../format/api.ts";
 import { Buffer } from "node:buffer";
@@ -188,6 +192,40 @@ export class KeepClient {
 
   async health(): Promise<{ ok: boolean; version: string }> {
     return await this.#json("/health");
+  }
+
+  /** A page of directory `path` of commit `ref` (see TreePage). */
+  async tree(
+    project: string,
+    ref: string,
+    path: string,
+    options: { after?: string; limit?: number } = {},
+  ): Promise<TreePage> {
+    return await this.#json(`${this.#p(project)}/tree?${query({ commit: ref, path, ...options })}`);
+  }
+
+  /** A page of the differences from commit `from` to commit `to`. */
+  async diff(
+    project: string,
+    from: string,
+    to: string,
+    options: { path?: string; after?: string; limit?: number } = {},
+  ): Promise<DiffPage> {
+    return await this.#json(`${this.#p(project)}/diff?${query({ from, to, ...options })}`);
+  }
+
+  /** Every version of `path`, newest first. */
+  async history(project: string, path: string): Promise<HistoryResult> {
+    return await this.#json(`${this.#p(project)}/history?${query({ path })}`);
+  }
+
+  /** A page of the paths matching `pattern` in any commit, with their versions. */
+  async find(
+    project: string,
+    pattern: string,
+    options: { after?: string; limit?: number } = {},
+  ): Promise<FindResult> {
+    return await this.#json(`${this.#p(project)}/find?${query({ pattern, ...options })}`);
   }
 
   async projects(): Promise<ProjectInfo[]> {
@@ -462,4 +500,11 @@ function peerChain(host: string, port: number): Promise<{ fingerprint: string; p
       reject(err);
     });
   });
+}
+
+/** A query string of the defined values. */
+function query(values: Record<string, string | number | undefined>): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(values)) if (v !== undefined) q.set(k, String(v));
+  return q.toString();
 }

@@ -9,6 +9,8 @@
 import type { Context } from "hono";
 import { checkProjectName } from "../format/api.ts";
 import type { Rounds } from "../server/gc.ts";
+import type { Metrics } from "./metrics.ts";
+import type { UiOptions } from "./ui/routes.ts";
 import type { IngestLimits } from "../server/ingest.ts";
 import type { ManifestCache } from "../server/manifest_cache.ts";
 import type { Storage } from "../server/storage/open.ts";
@@ -43,6 +45,10 @@ export interface AppContext {
   uploads: { active: number };
   /** Retention and GC rounds (null: none in this process, e.g. tests of routes). */
   collector: Rounds | null;
+  /** This process's counters for /metrics (none: no /metrics, no counting). */
+  metrics?: Metrics;
+  /** The web UI at / (none: no UI). */
+  ui?: UiOptions;
 }
 
 /** Hono's per-request variables: the checked token (null without auth). */

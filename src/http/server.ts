@@ -16,7 +16,8 @@ import { DEFAULT_LIMITS, type IngestLimits } from "../server/ingest.ts";
 import { ManifestCache } from "../server/manifest_cache.ts";
 import { openLocalStorage } from "../server/storage/open.ts";
 import { TokenStore } from "../server/tokens.ts";
-import { createApp } from "./app.ts";
+import { createApp, metricsResponse } from "./app.ts";
+import { Metrics } from "./metrics.ts";
 
 export interface ServeOptions {
   dataDir: string;
@@ -36,10 +37,17 @@ export interface ServeOptions {
   gcGraceMs?: number;
   log?: (line: string) => void;
   signal?: AbortSignal;
+  /** The web UI at / (default on); a project without a complete commit for staleAfterMs is stale. */
+  ui?: boolean;
+  staleAfterMs?: number;
+  /** Also serve /metrics, without tokens, on this address (e.g. 127.0.0.1:9108). */
+  metricsListen?: { hostname: string; port: number };
 }
 
 export interface RunningServer {
   url: string;
+  /** The --metrics-listen address's URL, when there is one. */
+  metricsUrl: string | null;
   port: number;
   finished: Promise<void>;
   close(): Promise<void>;
@@ -99,7 +107,12 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     work: work.buffer as SharedArrayBuffer,
     log,
   });
+  const metrics = new Metrics();
   const app = createApp({
+    metrics,
+    ...(options.ui === false
+      ? {}
+      : { ui: { staleAfterMs: options.staleAfterMs ?? 2 * 86400_000 } }),
     collector,
     manifests,
     inflight,
@@ -144,6 +157,34 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     throw err;
   }
   const port = server.addr.port;
+  // /metrics alone, without tokens, for a scraper on another address.
+  let metricsServer: Deno.HttpServer<Deno.NetAddr> | null = null;
+  if (options.metricsListen) {
+    const ctx = { storage } as Parameters<typeof metricsResponse>[1];
+    try {
+      metricsServer = Deno.serve(
+        {
+          ...options.metricsListen,
+          signal: options.signal,
+          onListen: () => {},
+        },
+        (req) =>
+          new URL(req.url).pathname === "/metrics"
+            ? metricsResponse(metrics, ctx)
+            : new Response("only /metrics here\n", { status: 404 }),
+      );
+    } catch (err) {
+      await server.shutdown();
+      await collector.close();
+      await storage.close();
+      throw new KeepError(
+        "unavailable",
+        `Cannot listen on ${options.metricsListen.hostname}:${options.metricsListen.port} (--metrics-listen): ${
+          (err as Error).message
+        }`,
+      );
+    }
+  }
   const scheme = options.cert ? "https" : "http";
   const host = options.hostname.includes(":") ? `[${options.hostname}]` : options.hostname;
   // Recompression at rest, only once no request has been seen for a while.
@@ -187,12 +228,20 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     await collector.close().catch(() => {});
   };
   const finished = server.finished.then(async () => {
+    await metricsServer?.shutdown();
     await stopWork();
     manifests.clear();
     await storage.close();
   });
   return {
     url: `${scheme}://${host}:${port}`,
+    metricsUrl: metricsServer
+      ? `http://${
+        options.metricsListen!.hostname.includes(":")
+          ? `[${options.metricsListen!.hostname}]`
+          : options.metricsListen!.hostname
+      }:${metricsServer.addr.port}`
+      : null,
     port,
     finished,
     close: async () => {

@@ -53,6 +53,25 @@ function headerFor(e: Entry): TarHeader {
  * for await (const chunk of exportArchive(storage, commit, "src")) write(chunk);
  * ```
  */
+/**
+ * Throws not_found unless `commit` has `prefix` ("" is always there): asked
+ * before an archive's response starts, so a wrong path is a 404, not an
+ * empty archive.
+ */
+export async function checkArchivePath(
+  storage: Storage,
+  commit: CommitInfo,
+  prefix: string,
+  verb = "restore",
+): Promise<void> {
+  if (prefix === "") return;
+  const first = await storage.index.entryPages(commit.project, commit, prefix)
+    [Symbol.asyncIterator]().next();
+  if (first.done || first.value.length === 0) {
+    throw new KeepError("not_found", `Cannot ${verb} ${prefix}: not in commit ${commit.id}`);
+  }
+}
+
 export async function* exportArchive(
   storage: Storage,
   commit: CommitInfo,

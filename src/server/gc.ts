@@ -146,6 +146,14 @@ export async function applyPolicy(
   const forgotten = remove.length
     ? await storage.index.forgetCommits(project, remove, Date.now())
     : 0;
+  if (forgotten) {
+    // A store-wide counter (any process: serve's rounds, keep prune --data): /metrics shows it.
+    const index = storage.index;
+    await index.setMeta(
+      "commits_forgotten",
+      (await index.meta("commits_forgotten") ?? 0) + forgotten,
+    );
+  }
   return { decisions, forgotten };
 }
 
@@ -597,6 +605,7 @@ export class Collector implements Rounds {
     const index = this.#storage.index;
     if (!this.#error) {
       await index.setMeta("gc_last_run", r.finished);
+      await index.setMeta("gc_runs", (await index.meta("gc_runs") ?? 0) + 1);
       await index.setMeta("gc_last_freed", r.bytesDeleted - r.bytesCopied);
       await index.setMeta(
         "gc_bytes_freed",

@@ -1,25 +1,14 @@
 import { assert, assertEquals } from "../../tests/assert.ts";
 import { commitHeader, noise, Upload } from "../../tests/craft.ts";
-import { scopedTempDir } from "../../tests/helpers.ts";
+import { scopedStore } from "../../tests/helpers.ts";
 import { createHash } from "node:crypto";
 import type { CommitInfo } from "../format/manifest.ts";
 import { decodeMember, MemberSplitter } from "../format/gzip_member.ts";
 import { applyPolicy, Collector, roundWanted } from "./gc.ts";
 import { Ingest } from "./ingest.ts";
-import { openLocalStorage, type Storage } from "./storage/open.ts";
+import type { Storage } from "./storage/open.ts";
 
-async function store(): Promise<{ storage: Storage; dir: string } & AsyncDisposable> {
-  const tmp = scopedTempDir("keep-gc-");
-  const storage = await openLocalStorage(tmp.path, { create: true, owner: true });
-  return {
-    storage,
-    dir: tmp.path,
-    async [Symbol.asyncDispose]() {
-      await storage.close();
-      tmp[Symbol.dispose]();
-    },
-  };
-}
+const store = () => scopedStore("keep-gc-");
 
 /** Pushes all of `body` but the last `hold` bytes (then flushes, unless `flush` is false). */
 async function pushed(

@@ -1,24 +1,12 @@
 import { assert, assertEquals, assertRejects } from "../../tests/assert.ts";
 import { commitHeader, noise, Upload } from "../../tests/craft.ts";
-import { scopedTempDir } from "../../tests/helpers.ts";
+import { scopedStore } from "../../tests/helpers.ts";
 import { KeepError } from "../errors.ts";
 import type { CommitInfo, Entry } from "../format/manifest.ts";
 import { Ingest } from "./ingest.ts";
-import { openLocalStorage, type Storage } from "./storage/open.ts";
+import type { Storage } from "./storage/open.ts";
 
-/** A store in a temp dir, closed and removed when the scope ends. */
-async function store(): Promise<{ storage: Storage; dir: string } & AsyncDisposable> {
-  const tmp = scopedTempDir("keep-ingest-");
-  const storage = await openLocalStorage(tmp.path, { create: true, owner: true });
-  return {
-    storage,
-    dir: tmp.path,
-    async [Symbol.asyncDispose]() {
-      await storage.close();
-      tmp[Symbol.dispose]();
-    },
-  };
-}
+const store = () => scopedStore("keep-ingest-");
 
 /** Pushes `body` in HTTP-sized chunks, flushing when asked (or only at the end). */
 async function ingest(

@@ -155,6 +155,13 @@ export class TokenStore {
   }
 }
 
+/** The access token `id` grants now (null: unknown or revoked): for sessions made from it. */
+export async function accessOf(index: IndexStore, id: string): Promise<Access | null> {
+  const r = await index.tokenById(id);
+  if (!r || r.revoked !== null) return null;
+  return { id: r.id, name: r.name, role: r.role as Role, projects: r.projects };
+}
+
 function infoOf(r: TokenRow): TokenInfo {
   return {
     id: r.id,

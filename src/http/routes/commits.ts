@@ -34,6 +34,7 @@ export function commitRoutes(ctx: AppContext): Hono<Env> {
       // A big upload's garbage goes before the manifest build adds its own;
       // a small one's is not worth a full GC before the answer (~20 ms).
       if (commit.stats.wireBytes > 16 << 20) collectNow();
+      ctx.metrics?.upload(commit.stats.wireBytes, commit.stats.seconds);
       ctx.manifests.prepare(index, p, commit, changedPaths).catch(() => {});
       ctx.log?.(
         `commit ${p} ${commit.id} #${commit.seq}: +${commit.counts.added} ~${commit.counts.changed} -${commit.counts.deleted} ${commit.stats.wireBytes} B in ${commit.stats.seconds} s`,

@@ -11,7 +11,7 @@ import { hexToBytes } from "../../format/hex.ts";
 import { normalisePrefix } from "../../format/paths.ts";
 import { churned } from "../../platform/memory.ts";
 import { streamFrom } from "../../platform/streams.ts";
-import { exportArchive } from "../../server/archive.ts";
+import { checkArchivePath, exportArchive } from "../../server/archive.ts";
 import { type AppContext, type Env, need, projectParam } from "../context.ts";
 
 /** The route group. */
@@ -24,12 +24,7 @@ export function contentRoutes(ctx: AppContext): Hono<Env> {
     need(c, "read", p);
     const commit = await index.resolveCommit(p, c.req.query("commit") ?? "latest");
     const prefix = normalisePrefix(c.req.query("path") ?? "");
-    if (prefix !== "") {
-      const first = await index.entryPages(p, commit, prefix)[Symbol.asyncIterator]().next();
-      if (first.done || first.value.length === 0) {
-        throw new KeepError("not_found", `Cannot restore ${prefix}: not in commit ${commit.id}`);
-      }
-    }
+    await checkArchivePath(ctx.storage, commit, prefix);
     const stream = streamFrom(exportArchive(ctx.storage, commit, prefix), {
       onError: (err) => ctx.log?.(`error: archive ${p} ${commit.id}: ${(err as Error).message}`),
     });

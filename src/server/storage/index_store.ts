@@ -12,7 +12,15 @@
  * @module
  */
 
-import type { CommitNote, Policy, ProjectInfo } from "../../format/api.ts";
+import type {
+  CommitNote,
+  DiffItem,
+  PathVersion,
+  Policy,
+  ProjectInfo,
+  TreeItem,
+  VersionInfo,
+} from "../../format/api.ts";
 import type {
   CommitInfo,
   CommitStats,
@@ -139,6 +147,43 @@ export interface IndexStore {
   entriesAt(project: string, seq: number, paths: string[]): Promise<Entry[]>;
   /** True when the project refers to content `hash` in any commit. */
   projectHasHash(project: string, hash: Uint8Array): Promise<boolean>;
+
+  // ---- browsing (see server/browse.ts; forgotten commits never show)
+  /**
+   * A page of the children of directory `dir` ("" for the root) in `commit`,
+   * in path order after the child path `after`; `sizes` adds each
+   * directory's files and bytes below. `entry` is the version at `dir` (null
+   * for the root, undefined when the commit has no such path).
+   */
+  listDir(
+    project: string,
+    commit: CommitInfo,
+    dir: string,
+    options: { after?: string; limit: number; sizes?: boolean },
+  ): Promise<{ entry: VersionInfo | null | undefined; items: TreeItem[]; next: string | null }>;
+  /**
+   * A page of the paths (at or below `prefix`) whose version differs between
+   * commits `from` and `to`, in path order after `after`.
+   */
+  diffPage(
+    project: string,
+    from: CommitInfo,
+    to: CommitInfo,
+    options: { prefix?: string; after?: string; limit: number },
+  ): Promise<{ items: DiffItem[]; next: string | null }>;
+  /**
+   * A page of the paths any commit of the project ever held that match the
+   * glob `pattern` (`*` crosses `/`; a pattern without `/` matches the last
+   * component), after `after`. Paths only forgotten commits held may be in
+   * it: pathVersions leaves them without versions.
+   */
+  findPaths(
+    project: string,
+    pattern: string,
+    options: { after?: string; limit: number },
+  ): Promise<{ paths: string[]; next: string | null }>;
+  /** Every version of each path that a live commit holds, newest first. */
+  pathVersions(project: string, paths: string[]): Promise<Map<string, PathVersion[]>>;
 
   // ---- uploads
   beginUpload(project: string): Promise<UploadStage>;

@@ -24,7 +24,15 @@
 
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { KeepError } from "../../errors.ts";
-import type { CommitNote, Policy, ProjectInfo } from "../../format/api.ts";
+import type {
+  CommitNote,
+  DiffItem,
+  PathVersion,
+  Policy,
+  ProjectInfo,
+  TreeItem,
+  VersionInfo,
+} from "../../format/api.ts";
 import { bytesToHex, hexToBytes } from "../../format/hex.ts";
 import type {
   CommitCounts,
@@ -34,7 +42,7 @@ import type {
   EntryFlag,
   UploadHeader,
 } from "../../format/manifest.ts";
-import { parentOf } from "../../format/paths.ts";
+import { comparePaths, parentOf } from "../../format/paths.ts";
 import type { BlobPlace } from "./blob_store.ts";
 import type {
   BlobRow,
@@ -49,10 +57,11 @@ import type {
 } from "./index_store.ts";
 
 /**
- * 2: blobs.damaged and blobs.orphan (GC marks), packs.sealed and packs.dead,
- * the store_meta table (damage epoch, GC figures) and retention policies.
+ * 2: blobs.damaged and packs.sealed; 3: blobs.orphan (GC marks), packs.dead,
+ * commits.forgotten, the uploads registry, retention policies; 4: the
+ * `paths` table (every path a project ever held, for find and listings).
  */
-const SCHEMA_VERSION = 3;
+const SCHEMA_VERSION = 4;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS projects(
@@ -133,6 +142,13 @@ CREATE TABLE IF NOT EXISTS packs(
   sealed INTEGER,
   dead INTEGER
 );
+-- Every path a project's versions hold (current or history): what find
+-- scans (a tenth of the version rows) and where a listing finds a directory's
+-- children by seeking, whatever the commit. Rows go with their last version (GC).
+CREATE TABLE IF NOT EXISTS paths(
+  project INTEGER NOT NULL, path TEXT NOT NULL,
+  PRIMARY KEY(project, path)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tokens(
   id TEXT PRIMARY KEY,
   hash BLOB NOT NULL UNIQUE,
@@ -147,6 +163,7 @@ CREATE TABLE IF NOT EXISTS tokens(
 const STAGE = `
 CREATE TEMP TABLE IF NOT EXISTS gc_live(seq INTEGER PRIMARY KEY);
 CREATE TEMP TABLE IF NOT EXISTS gc_gone(hash BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS gc_paths(path TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TEMP TABLE IF NOT EXISTS stage(
   upload INTEGER NOT NULL, path TEXT NOT NULL, parent TEXT NOT NULL, op TEXT NOT NULL,
   type TEXT, size INTEGER, mode INTEGER, mtime INTEGER, ctime INTEGER,
@@ -201,6 +218,78 @@ const COLS_OF_E =
  */
 function prefixEnd(prefix: string): string | null {
   return prefix === "" ? null : prefix + "0";
+}
+
+/** An entry as browsing shows it. */
+function versionOf(e: Entry): VersionInfo {
+  const v: VersionInfo = { type: e.type, size: e.size, mode: e.mode, mtime: String(e.mtime) };
+  if (e.hash !== undefined) v.hash = e.hash;
+  if (e.target !== undefined) v.target = e.target;
+  if (e.flag !== undefined) v.flag = e.flag;
+  return v;
+}
+
+/**
+ * How a path differs from `a` to `b` (null: not at all, e.g. only its ctime
+ * or flag moved): content (type, size, hash, target) or metadata (mode, mtime).
+ */
+function diffItem(path: string, a: VersionInfo | null, b: VersionInfo | null): DiffItem | null {
+  const delta = (b?.size ?? 0) - (a?.size ?? 0);
+  if (!a) return { path, kind: "added", before: null, after: b, delta };
+  if (!b) return { path, kind: "deleted", before: a, after: null, delta };
+  if (a.type !== b.type || a.size !== b.size || a.hash !== b.hash || a.target !== b.target) {
+    return { path, kind: "changed", before: a, after: b, delta };
+  }
+  if (a.mode !== b.mode || (a.type !== "d" && a.mtime !== b.mtime)) {
+    return { path, kind: "meta", before: a, after: b, delta };
+  }
+  return null;
+}
+
+/** Columns of a version as browsing shows it (mtime as text: no BigInt per row). */
+const VERSION_COLS = "path, type, size, mode, CAST(mtime AS TEXT), lower(hex(hash)), target, flag";
+
+/** A VERSION_COLS row as a VersionInfo. */
+function rowToVersion(r: unknown[]): VersionInfo {
+  const v: VersionInfo = {
+    type: r[1] as VersionInfo["type"],
+    size: Number(r[2]),
+    mode: Number(r[3]),
+    mtime: r[4] as string,
+  };
+  if (r[5]) v.hash = r[5] as string;
+  if (r[6] !== null) v.target = r[6] as string;
+  if (r[7] !== null) v.flag = r[7] as string;
+  return v;
+}
+
+/** Two lists of rows sorted by path (column 0), with no path in both, as one. */
+function mergeSorted(a: unknown[][], b: unknown[][]): unknown[][] {
+  if (a.length === 0) return b;
+  if (b.length === 0) return a;
+  const out: unknown[][] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    if (
+      j === b.length || (i < a.length && comparePaths(a[i][0] as string, b[j][0] as string) < 0)
+    ) {
+      out.push(a[i++]);
+    } else out.push(b[j++]);
+  }
+  return out;
+}
+
+/** The index of the first element of sorted `xs` that is >= `x`. */
+function lowerBound(xs: number[], x: number): number {
+  let lo = 0;
+  let hi = xs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (xs[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 /** Rows per page of a commit's entries (no statement stays open between pages). */
@@ -337,6 +426,11 @@ export class SqliteIndex implements IndexStore {
       db.exec("ALTER TABLE commits ADD COLUMN forgotten INTEGER");
     }
     db.exec(SCHEMA);
+    if (version >= 1 && version <= 3) {
+      // 3 → 4: the paths of every version recorded so far.
+      db.exec(`INSERT OR IGNORE INTO paths(project, path)
+        SELECT project, path FROM current UNION SELECT project, path FROM history`);
+    }
     if (version === 0) {
       // A new store has no blobs of failed uploads yet: its first full GC mark pass is a day away.
       db.prepare("INSERT OR IGNORE INTO store_meta(key, value) VALUES ('gc_full_mark', ?)").run(
@@ -446,7 +540,16 @@ export class SqliteIndex implements IndexStore {
       head: Number(r.head)
         ? this.#commitBySeq(Number(r.id), r.name as string, Number(r.head))
         : null,
+      lastComplete: this.#lastComplete(Number(r.id)),
     })));
+  }
+
+  #lastComplete(projectId: number): string | null {
+    const r = this.#stmt(
+      `SELECT max(time) AS t FROM commits WHERE project = ? AND forgotten IS NULL
+       AND coalesce(json_extract(counts, '$.flagged'), 0) = 0`,
+    ).get(projectId) as Row;
+    return r.t === null ? null : new Date(Number(r.t)).toISOString();
   }
 
   #commitFromRow(r: Row, project: string): CommitInfo {
@@ -687,6 +790,228 @@ export class SqliteIndex implements IndexStore {
         "SELECT 1 FROM current WHERE hash = ?2 AND project = ?1 UNION ALL SELECT 1 FROM history WHERE hash = ?2 AND project = ?1 LIMIT 1",
       ).get(pid, hash),
     );
+  }
+
+  // ---------------------------------------------------------------- browsing
+
+  async listDir(
+    project: string,
+    commit: CommitInfo,
+    dir: string,
+    options: { after?: string; limit: number; sizes?: boolean },
+  ): Promise<{ entry: VersionInfo | null | undefined; items: TreeItem[]; next: string | null }> {
+    const pid = this.#projectId(project);
+    if (pid === null) return { entry: undefined, items: [], next: null };
+    const seq = commit.seq;
+    let entry: VersionInfo | null | undefined = null;
+    if (dir !== "") {
+      const r = this.#exactRow(pid, seq, dir);
+      entry = r ? versionOf(rowToEntry(r)) : undefined;
+      if (!r || r[1] !== "d") return { entry, items: [], next: null };
+    }
+    const base = dir === "" ? "" : dir + "/";
+    const end = prefixEnd(dir);
+    // The children are found by seeking in `paths`: each direct child's own
+    // row, and past each child's subtree in one step, so a listing costs a
+    // few seeks per child whatever lies below (and whatever the commit).
+    const seek = this.#stmt(
+      end === null
+        ? "SELECT path FROM paths WHERE project = ?1 AND path >= ?2 ORDER BY path LIMIT 1"
+        : "SELECT path FROM paths WHERE project = ?1 AND path >= ?2 AND path < ?3 ORDER BY path LIMIT 1",
+    );
+    const items: TreeItem[] = [];
+    let from = options.after ? options.after + "\0" : base;
+    let more = false;
+    for (;;) {
+      const r = (end === null ? seek.get(pid, from) : seek.get(pid, from, end)) as Row | undefined;
+      if (!r) break;
+      const path = r.path as string;
+      const slash = path.indexOf("/", base.length);
+      if (slash >= 0) {
+        // Deeper: its directory's own row came first (or lies before `after`).
+        from = path.slice(0, slash) + "0";
+        continue;
+      }
+      from = path + "\0";
+      const row = this.#exactRow(pid, seq, path);
+      if (!row) continue;
+      if (items.length === options.limit) {
+        more = true;
+        break;
+      }
+      const e = rowToEntry(row);
+      const item: TreeItem = { name: path.slice(base.length), path, ...versionOf(e) };
+      if (e.type === "d" && options.sizes) Object.assign(item, this.#sizeBelow(pid, commit, path));
+      items.push(item);
+    }
+    return { entry, items, next: more ? items[items.length - 1].path : null };
+  }
+
+  /** Files below `dir` in `commit`, and their bytes: a range scan of the subtree. */
+  #sizeBelow(projectId: number, commit: CommitInfo, dir: string): { files: number; bytes: number } {
+    const headSeq = this.#stmt("SELECT head FROM projects WHERE id = ?").get(projectId) as Row;
+    const cur =
+      "SELECT size FROM current WHERE project = ?1 AND path > ?3 AND path < ?4 AND first <= ?2 AND type = 'f'";
+    const sql = Number(headSeq.head) === commit.seq
+      ? cur
+      : `${cur} UNION ALL SELECT size FROM history
+      WHERE project = ?1 AND path > ?3 AND path < ?4 AND first <= ?2 AND last > ?2 AND type = 'f'`;
+    const r = this.#stmt(`SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM (${sql})`).get(
+      projectId,
+      commit.seq,
+      dir + "/",
+      prefixEnd(dir)!,
+    ) as Row;
+    return { files: Number(r.n), bytes: Number(r.b) };
+  }
+
+  async diffPage(
+    project: string,
+    from: CommitInfo,
+    to: CommitInfo,
+    options: { prefix?: string; after?: string; limit: number },
+  ): Promise<{ items: DiffItem[]; next: string | null }> {
+    const pid = this.#projectId(project);
+    if (pid === null || from.seq === to.seq) return { items: [], next: null };
+    const lo = Math.min(from.seq, to.seq);
+    const hi = Math.max(from.seq, to.seq);
+    const prefix = options.prefix ?? "";
+    // Set-based: only the rows valid at exactly one of the two commits, each
+    // of three primary-key range scans in path order ([first, last) holds lo
+    // but not hi; or hi but not lo, in history or in `current`, where a row
+    // ends nowhere). Unchanged paths cost a skipped row inside SQLite, never a
+    // row out of it. Each scan takes a page (LIMIT, .all(): node:sqlite's
+    // iterate() cost 3× as much per row, and an ORDER BY over the UNION ALL
+    // another second on 190k rows); the three are merged here by path.
+    // Below a prefix: its key range, less the siblings that sort inside it ("a-b" for "a").
+    const range = prefix === ""
+      ? "path > ?4"
+      : "path > ?4 AND path >= ?6 AND path < ?7 AND (path = ?6 OR path > ?6 || '/')";
+    const arms = [
+      `FROM history WHERE project = ?1 AND ${range} AND first <= ?2 AND last > ?2 AND last <= ?3`,
+      `FROM history WHERE project = ?1 AND ${range} AND first > ?2 AND first <= ?3 AND last > ?3`,
+      `FROM current WHERE project = ?1 AND ${range} AND first > ?2 AND first <= ?3`,
+    ];
+    const args: (number | string)[] = [pid, lo, hi, options.after ?? "", options.limit];
+    if (prefix !== "") args.push(prefix, prefixEnd(prefix)!);
+    // A history row ended at a commit that exists: none outlives the head,
+    // so when hi is the head the second scan (which would find nothing, after
+    // reading all of history on every page) is skipped.
+    const headSeq = this.#head(project)?.seq ?? 0;
+    const pages = arms.map((arm, i) =>
+      i === 1 && hi >= headSeq
+        ? []
+        : this.#stmt(`SELECT ${VERSION_COLS} ${arm} ORDER BY path LIMIT ?5`, false, true)
+          .all(...args) as unknown as unknown[][]
+    );
+    // Rows up to the first path an arm that filled its page stopped at are
+    // complete; the next page starts after it.
+    let bound: string | null = null;
+    for (const rows of pages) {
+      if (rows.length < options.limit) continue;
+      const last = rows[rows.length - 1][0] as string;
+      if (bound === null || comparePaths(last, bound) < 0) bound = last;
+    }
+    // Rows are sorted: each page is cut after the bound by a binary search.
+    const upTo = (rows: unknown[][]) => {
+      if (bound === null) return rows;
+      let lo = 0;
+      let hi = rows.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (comparePaths(rows[mid][0] as string, bound) <= 0) lo = mid + 1;
+        else hi = mid;
+      }
+      return lo === rows.length ? rows : rows.slice(0, lo);
+    };
+    const older = upTo(pages[0]);
+    // History and current hold disjoint paths at hi: one sorted list.
+    const newer = mergeSorted(upTo(pages[1]), upTo(pages[2]));
+    const items: DiffItem[] = [];
+    const add = (path: string, l: unknown[] | null, h: unknown[] | null) => {
+      const a = from.seq === lo ? l : h;
+      const b = from.seq === lo ? h : l;
+      const item = diffItem(path, a && rowToVersion(a), b && rowToVersion(b));
+      if (item) items.push(item);
+    };
+    let i = 0;
+    let j = 0;
+    while (i < older.length || j < newer.length) {
+      const c = i === older.length
+        ? 1
+        : j === newer.length
+        ? -1
+        : comparePaths(older[i][0] as string, newer[j][0] as string);
+      if (c < 0) add(older[i][0] as string, older[i++], null);
+      else if (c > 0) add(newer[j][0] as string, null, newer[j++]);
+      else add(older[i][0] as string, older[i++], newer[j++]);
+    }
+    // Three arms may give up to three times `limit`: the page is cut to it.
+    if (items.length > options.limit) {
+      items.length = options.limit;
+      return { items, next: items[items.length - 1].path };
+    }
+    return { items, next: bound };
+  }
+
+  async findPaths(
+    project: string,
+    pattern: string,
+    options: { after?: string; limit: number },
+  ): Promise<{ paths: string[]; next: string | null }> {
+    const pid = this.#projectId(project);
+    if (pid === null) return { paths: [], next: null };
+    const rows = this.#stmt(
+      `SELECT path FROM paths WHERE project = ?1 AND path > ?2 AND (path GLOB ?3 OR path GLOB ?4)
+       ORDER BY path LIMIT ?5`,
+    ).all(
+      pid,
+      options.after ?? "",
+      pattern,
+      pattern.includes("/") ? pattern : "*/" + pattern,
+      options.limit + 1,
+    ) as Row[];
+    const paths = rows.slice(0, options.limit).map((r) => r.path as string);
+    return { paths, next: rows.length > options.limit ? paths[paths.length - 1] : null };
+  }
+
+  async pathVersions(project: string, paths: string[]): Promise<Map<string, PathVersion[]>> {
+    const out = new Map<string, PathVersion[]>();
+    const pid = this.#projectId(project);
+    if (pid === null || paths.length === 0) return out;
+    // The live commits, once: each version's range [first, last) is looked up in them.
+    const live = this.#stmt(
+      "SELECT seq, id, time FROM commits WHERE project = ? AND forgotten IS NULL ORDER BY seq",
+    ).all(pid) as Row[];
+    const seqs = live.map((c) => Number(c.seq));
+    const ref = (i: number) => ({
+      id: live[i].id as string,
+      seq: seqs[i],
+      time: new Date(Number(live[i].time)).toISOString(),
+    });
+    const s = this.#stmt(
+      `SELECT first, 9007199254740991 AS last, ${COLS} FROM current WHERE project = ?1 AND path = ?2
+       UNION ALL SELECT first, last, ${COLS} FROM history WHERE project = ?1 AND path = ?2
+       ORDER BY first DESC`,
+      true,
+      true,
+    );
+    for (const path of paths) {
+      const versions: PathVersion[] = [];
+      for (const r of s.all(pid, path) as unknown as unknown[][]) {
+        const lo = lowerBound(seqs, Number(r[0]));
+        const hi = lowerBound(seqs, Number(r[1])); // first live seq >= last
+        if (hi <= lo) continue; // held only by forgotten commits
+        versions.push({
+          ...versionOf(rowToEntry(r.slice(2))),
+          first: ref(lo),
+          last: ref(hi - 1),
+          commits: hi - lo,
+        });
+      }
+      if (versions.length) out.set(path, versions);
+    }
+    return out;
   }
 
   // ---------------------------------------------------------------- uploads
@@ -982,6 +1307,10 @@ export class SqliteIndex implements IndexStore {
          FROM history h JOIN temp.stage s ON s.upload = $u AND s.path = h.path AND s.op = 'keep'
          WHERE h.project = $p AND h.last = $s`,
       ).run({ u: upload, p: pid, s: seq });
+      q(
+        `INSERT OR IGNORE INTO paths(project, path)
+         SELECT $p, path FROM temp.stage WHERE upload = $u AND op IN ('put', 'meta')`,
+      ).run({ u: upload, p: pid });
       q(
         `INSERT INTO notes(project, seq, path, flag, reason)
          SELECT $p, $s, path, flag, coalesce(reason, '') FROM temp.stage WHERE upload = $u AND op = 'keep'`,
@@ -1428,9 +1757,20 @@ export class SqliteIndex implements IndexStore {
           `INSERT OR IGNORE INTO temp.gc_gone(hash) SELECT hash FROM history
            WHERE ${range} AND hash IS NOT NULL AND ${unused}`,
         ).run(args);
+        this.#stmt(
+          `INSERT OR IGNORE INTO temp.gc_paths(path) SELECT path FROM history
+           WHERE ${range} AND ${unused}`,
+        ).run(args);
         removed += Number(
           this.#stmt(`DELETE FROM history WHERE ${range} AND ${unused}`).run(args).changes,
         );
+        // A path whose last version went is no longer one find can show.
+        this.#stmt(
+          `DELETE FROM paths WHERE project = ?1 AND path IN (SELECT path FROM temp.gc_paths)
+             AND NOT EXISTS (SELECT 1 FROM current c WHERE c.project = ?1 AND c.path = paths.path)
+             AND NOT EXISTS (SELECT 1 FROM history h WHERE h.project = ?1 AND h.path = paths.path)`,
+        ).run(pid);
+        this.db.exec("DELETE FROM temp.gc_paths");
         // What the removed versions referred to may be unreferenced now:
         // marked here, at once (the only blobs a round must look at; see gcMark).
         marked += Number(
