@@ -3,6 +3,8 @@ import { KeepError } from "../errors.ts";
 import { DEFAULT_LIMITS } from "../server/ingest.ts";
 import { certProblem, ensureAutoTls, namesFor } from "../server/tls_auto.ts";
 import { startServer } from "../http/server.ts";
+import type { S3Blobs } from "../server/storage/open.ts";
+import { parseS3Url } from "../server/storage/s3_blobs.ts";
 import { type Command, note } from "./command.ts";
 import {
   flagOrEnv,
@@ -46,6 +48,18 @@ Options:
       --min-free SIZE     refuse uploads that would leave less free space in DIR
                           (default 1G; 0 = no reserve)
 
+Blobs in an S3-compatible object store (AWS S3, Ceph RGW, MinIO, ...; the
+index stays in DIR, which remembers the bucket in DIR/blobs.json):
+      --blobs s3://BUCKET/PREFIX  keep blob bytes there (the bucket must exist; one
+                          data directory per prefix); later commands on DIR find it
+      --s3-endpoint URL   the store (env AWS_ENDPOINT_URL; default https://s3.REGION.amazonaws.com)
+      --s3-region R       signing region (env AWS_REGION; default us-east-1)
+      --s3-access-key K, --s3-secret-key S  keys (env AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY;
+                          the environment keeps them out of ps)
+  With --blobs, --compact-idle defaults to off (each step would write a small object).
+  While the store does not answer, requests that need it get 503 (clients exit 5);
+  the server needs no restart when it is back.
+
 Retention and GC run while backups upload and restores stream: nothing is
 refused or waits for them (README, "Retention").
 
@@ -65,6 +79,11 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       "retention-every": { type: "string" },
       "gc-grace": { type: "string" },
       "min-free": { type: "string" },
+      blobs: { type: "string" },
+      "s3-endpoint": { type: "string" },
+      "s3-region": { type: "string" },
+      "s3-access-key": { type: "string" },
+      "s3-secret-key": { type: "string" },
     });
     positionals(p, "serve", []);
     const dataDir = resolve(flagOrEnv(p, "data", "KEEP_DATA") ?? "keep-data");
@@ -75,7 +94,8 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
     const idle = p.values["idle-timeout"]
       ? parseDuration(p.values["idle-timeout"] as string, "idle-timeout")
       : 60_000;
-    const compactRaw = (p.values["compact-idle"] as string | undefined) ?? "10s";
+    const s3 = s3Flags(p);
+    const compactRaw = (p.values["compact-idle"] as string | undefined) ?? (s3 ? "off" : "10s");
     const compactIdleMs = compactRaw === "off" ? 0 : parseDuration(compactRaw, "compact-idle");
     const everyRaw = (p.values["retention-every"] as string | undefined) ?? "1h";
     const gcEveryMs = everyRaw === "off" ? 0 : parseDuration(everyRaw, "retention-every");
@@ -135,6 +155,7 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
     const controller = new AbortController();
     const server = await startServer({
       dataDir,
+      s3,
       hostname,
       port,
       noAuth: !!p.values["no-auth"],
@@ -153,7 +174,11 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       signal: controller.signal,
     });
     // The first stdout line is machine-read by tests and scripts.
-    console.log(`keep serve: listening on ${server.url} (data ${dataDir})`);
+    console.log(
+      `keep serve: listening on ${server.url} (data ${dataDir}${
+        server.blobs === dataDir ? "" : `, blobs ${server.blobs}`
+      })`,
+    );
     // Graceful: stop accepting, let requests in flight finish (their response
     // bodies included) for up to GRACE_MS. A connection whose request already
     // got its answer (e.g. a stalled upload cut by --idle-timeout) cannot be
@@ -194,3 +219,44 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
     return 0;
   },
 };
+
+/** The bucket `--blobs s3://…` and its flags (or AWS_* variables) name; undefined without --blobs. */
+function s3Flags(p: ReturnType<typeof parseFlags>): S3Blobs | undefined {
+  const url = p.values.blobs as string | undefined;
+  const others = ["s3-endpoint", "s3-region", "s3-access-key", "s3-secret-key"]
+    .filter((f) => p.values[f] !== undefined);
+  if (url === undefined) {
+    if (others.length) {
+      throw new KeepError("usage", `Cannot use --${others[0]} without --blobs s3://BUCKET/PREFIX`);
+    }
+    return undefined;
+  }
+  const loc = parseS3Url(url);
+  if (!loc) {
+    throw new KeepError("usage", `Cannot use --blobs ${url}: give s3://BUCKET/PREFIX`);
+  }
+  const region = flagOrEnv(p, "s3-region", "AWS_REGION") ?? "us-east-1";
+  const endpoint = flagOrEnv(p, "s3-endpoint", "AWS_ENDPOINT_URL") ??
+    `https://s3.${region}.amazonaws.com`;
+  let parsed: URL;
+  try {
+    parsed = new URL(endpoint);
+  } catch {
+    throw new KeepError("usage", `Cannot use --s3-endpoint ${endpoint}: not a URL`);
+  }
+  if (!/^https?:$/.test(parsed.protocol) || (parsed.pathname !== "/" && parsed.pathname !== "")) {
+    throw new KeepError(
+      "usage",
+      `Cannot use --s3-endpoint ${endpoint}: give http(s)://HOST[:PORT] (path-style addressing)`,
+    );
+  }
+  const accessKey = flagOrEnv(p, "s3-access-key", "AWS_ACCESS_KEY_ID");
+  const secretKey = flagOrEnv(p, "s3-secret-key", "AWS_SECRET_ACCESS_KEY");
+  if (!accessKey || !secretKey) {
+    throw new KeepError(
+      "usage",
+      `Cannot use --blobs ${url}: no keys (--s3-access-key and --s3-secret-key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)`,
+    );
+  }
+  return { ...loc, endpoint: parsed.origin, region, accessKey, secretKey };
+}

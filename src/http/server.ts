@@ -13,12 +13,14 @@ import { Compactor } from "../server/compactor.ts";
 import { CollectorThread } from "../server/gc_thread.ts";
 import { DEFAULT_LIMITS, type IngestLimits } from "../server/ingest.ts";
 import { ManifestCache } from "../server/manifest_cache.ts";
-import { openLocalStorage } from "../server/storage/open.ts";
+import { openLocalStorage, type S3Blobs } from "../server/storage/open.ts";
 import { TokenStore } from "../server/tokens.ts";
 import { createApp } from "./app.ts";
 
 export interface ServeOptions {
   dataDir: string;
+  /** Keep the blobs in this bucket (the index stays in dataDir). */
+  s3?: S3Blobs;
   hostname: string;
   port: number;
   /** Serve without tokens; refused unless hostname is loopback. */
@@ -39,6 +41,8 @@ export interface ServeOptions {
 
 export interface RunningServer {
   url: string;
+  /** Where the blobs are (the data dir, or s3://BUCKET/PREFIX). */
+  blobs: string;
   port: number;
   finished: Promise<void>;
   close(): Promise<void>;
@@ -79,6 +83,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     create: true,
     owner: true,
     writers: { buffer: writers, yielding: false },
+    s3: options.s3,
   });
   const tokens = options.noAuth ? null : new TokenStore(storage.index);
   const log = options.log ?? (() => {});
@@ -96,6 +101,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   try {
     collector = await CollectorThread.open(options.dataDir, storage.index, {
       graceMs: options.gcGraceMs ?? 3600_000,
+      s3: storage.s3,
       writers,
       work: work.buffer as SharedArrayBuffer,
       log,
@@ -196,6 +202,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   });
   return {
     url: `${scheme}://${host}:${port}`,
+    blobs: storage.blobs.where,
     port,
     finished,
     close: async () => {

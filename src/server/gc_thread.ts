@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { S3Blobs } from "./storage/open.ts";
 import { KeepError } from "../errors.ts";
 import type { GcFigures } from "../format/api.ts";
 import type { Phase, Rounds } from "./gc.ts";
@@ -72,6 +73,8 @@ export class CollectorThread implements Rounds {
       work?: SharedArrayBuffer;
       batch?: number;
       busyBatch?: number;
+      /** The bucket of the blobs, when in one (Storage.s3). */
+      s3?: S3Blobs | null;
       log?: (line: string) => void;
     },
   ): Promise<CollectorThread> {
@@ -93,6 +96,7 @@ export class CollectorThread implements Rounds {
     worker.postMessage({
       init: {
         dataDir,
+        s3: options.s3 ?? undefined,
         graceMs: options.graceMs,
         batch: options.batch ?? 40_000,
         busyBatch: options.busyBatch ?? 4000,

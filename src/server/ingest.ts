@@ -380,7 +380,9 @@ export class Ingest {
     if (packed) await this.#pack!.flush();
     this.repairedBlobs += await this.#stage.stage(rows, added);
     this.#flushing = [];
-    if (this.#pack && this.#pack.size >= PACK_ROTATE) await this.#closePack();
+    if (
+      this.#pack && (this.#pack.size >= PACK_ROTATE || this.#storage.blobs.flushEndsPack)
+    ) await this.#closePack();
   }
 
   async #closePack(): Promise<void> {

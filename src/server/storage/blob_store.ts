@@ -84,6 +84,12 @@ export interface LargeSink {
 export interface BlobStore {
   /** A description for logs and errors ("DIR", "s3://bucket/prefix"). */
   readonly where: string;
+  /**
+   * True when a pack becomes an immutable object at its first flush (an
+   * object store cannot append): its writer then closes and seals it, and
+   * takes a new pack for what follows. False for files, which take appends.
+   */
+  readonly flushEndsPack: boolean;
   openPack(pack: number): PackSink;
   openLarge(): LargeSink;
   /**

@@ -169,6 +169,7 @@ class LocalLargeSink implements LargeSink {
  */
 export class LocalBlobStore implements BlobStore {
   readonly where: string;
+  readonly flushEndsPack = false;
   readonly dir: string;
   readonly packDir: string;
   readonly tmpDir: string;
