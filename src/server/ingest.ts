@@ -217,6 +217,8 @@ export class Ingest {
   #seen = new Set<string>();
   #withdrawals: { path: string; reason: string }[] = [];
   #pack: PackSink | null = null;
+  /** The last batch's pack write and rows, still going (object stores: see flush). */
+  #tail: Promise<void> | null = null;
   /** The sink of the large file being received, if any. */
   #currentSink: LargeSink | null = null;
   #entries = 0;
@@ -325,6 +327,7 @@ export class Ingest {
         );
       }
     }
+    await this.#settle();
     // The current large file's sink may hold too much unwritten: let it catch up.
     if (this.#currentSink?.pending) await this.#currentSink.drain();
     const rows = this.#pendingRows;
@@ -376,13 +379,39 @@ export class Ingest {
       this.newBlobs++;
       this.newBlobBytes += b.stored;
     }
+    this.#flushing = [];
+    if (this.#storage.blobs.flushEndsPack) {
+      // An object store: this batch's pack is one object, sent while the
+      // next batch arrives; its rows follow the PUT (the next flush, or
+      // finish, waits for both). Batches' rows still go in order.
+      const pack = this.#pack;
+      this.#pack = null;
+      const before = this.#tail;
+      this.#tail = (async () => {
+        await before;
+        if (pack) {
+          try {
+            await pack.close();
+          } finally {
+            await this.#storage.index.sealPack(pack.pack);
+          }
+        }
+        this.repairedBlobs += await this.#stage.stage(rows, added);
+      })();
+      this.#tail.catch(() => {}); // awaited by the next flush, finish or abort
+      return;
+    }
     // Rows may only point at bytes, and names, that are durable.
     if (packed) await this.#pack!.flush();
     this.repairedBlobs += await this.#stage.stage(rows, added);
-    this.#flushing = [];
-    if (
-      this.#pack && (this.#pack.size >= PACK_ROTATE || this.#storage.blobs.flushEndsPack)
-    ) await this.#closePack();
+    if (this.#pack && this.#pack.size >= PACK_ROTATE) await this.#closePack();
+  }
+
+  /** Waits for the batch an object store is still writing (see flush); throws its failure. */
+  async #settle(): Promise<void> {
+    const tail = this.#tail;
+    this.#tail = null;
+    await tail;
   }
 
   async #closePack(): Promise<void> {
@@ -443,6 +472,7 @@ export class Ingest {
       );
     }
     await this.flush();
+    await this.#settle();
     await this.#closePack();
     for (const w of this.#withdrawals) await this.#stage.withdraw(w.path, w.reason);
     const { commit, changed } = await this.#stage.commit(this.#header!, {
@@ -473,6 +503,7 @@ export class Ingest {
     }
     this.#pendingBlobs = [];
     this.#flushing = [];
+    await quietly(() => this.#settle());
     // Bytes of earlier batches stay in the pack: their rows were inserted.
     await quietly(() => this.#closePack());
     await quietly(() => this.#stage.abort());
@@ -608,6 +639,7 @@ export class Ingest {
       this.filesReceived++;
       if (entry.size > 0) {
         const { data, sink } = blob.end(); // encodes what is left first
+        sink?.complete?.(hex);
         const stored = blob.bytes;
         this.#pendingBlobs.push({
           hash: digest,

@@ -74,6 +74,12 @@ export interface LargeSink {
   readonly pending: number;
   /** Waits until what was buffered is written. */
   drain(): Promise<void>;
+  /**
+   * Optional: every byte is written and the content's hash is known, so a
+   * store may begin making the blob durable now, while the upload goes on
+   * (an object store sends it); `finish` or `abort` still follows.
+   */
+  complete?(hashHex: string): void;
   /** Makes the blob durable under `hashHex` and a new generation, which it returns. */
   finish(hashHex: string): Promise<number>;
   /** Drops it (the content turned out to be known, or the upload failed). */

@@ -32,6 +32,8 @@ const PART = 16 << 20;
 const CHUNK = 4 << 20;
 /** ...of which this many stay cached. */
 const CHUNKS_CACHED = 8;
+/** Large-blob PUTs (whole or parts) in flight at once, across uploads. */
+const PARTS_IN_FLIGHT = 4;
 
 /** Where a bucket store is, as `--blobs s3://BUCKET/PREFIX` and the flags give it. */
 export interface S3Location {
@@ -122,13 +124,17 @@ class S3PackSink implements PackSink {
   }
 }
 
-/** A large blob: spooled to a local file, sent when its hash is known. */
+/**
+ * A large blob: spooled to a local file, sent once its hash is known (from
+ * `complete`, while the upload goes on, else at `finish`).
+ */
 class S3LargeSink implements LargeSink {
   readonly pending = 0;
   #store: S3BlobStore;
   #path: string;
   #file: Deno.FsFile | null;
   #size = 0;
+  #sent: { hash: string; gen: Promise<number> } | null = null;
 
   constructor(store: S3BlobStore) {
     this.#store = store;
@@ -145,38 +151,78 @@ class S3LargeSink implements LargeSink {
     return Promise.resolve();
   }
 
+  complete(hashHex: string): void {
+    if (this.#sent) return;
+    const gen = this.#send(hashHex);
+    gen.catch(() => {}); // finish or abort sees it
+    this.#sent = { hash: hashHex, gen };
+  }
+
   async finish(hashHex: string): Promise<number> {
-    const f = this.#file!;
-    const gen = newGeneration();
-    const key = this.#store.largeKey(hashHex, gen);
-    const client = this.#store.client;
+    if (this.#sent?.hash !== hashHex) this.#sent = { hash: hashHex, gen: this.#send(hashHex) };
     try {
-      f.seekSync(0, Deno.SeekMode.Start);
-      if (this.#size <= PART) {
-        await client.put(key, readFull(f, this.#size), { ifNoneMatch: true });
-      } else {
-        const id = await client.createMultipart(key);
-        try {
-          const etags: string[] = [];
-          for (let o = 0; o < this.#size; o += PART) {
-            const part = readFull(f, Math.min(PART, this.#size - o));
-            etags.push(await client.uploadPart(key, id, etags.length + 1, part));
-          }
-          await client.completeMultipart(key, id, etags);
-        } catch (err) {
-          await client.abortMultipart(key, id).catch(() => {});
-          throw err;
-        }
-      }
+      return await this.#sent.gen;
     } catch (err) {
       throw storeError(err, `store blob ${hashHex}`);
     } finally {
-      await this.abort();
+      this.#sent = null;
+      this.#drop();
+    }
+  }
+
+  /** PUT (up to PART bytes) or multipart upload of the spool; the new generation. */
+  async #send(hashHex: string): Promise<number> {
+    const f = this.#file!;
+    const gen = newGeneration();
+    const key = this.#store.largeKey(hashHex, gen);
+    const { client } = this.#store;
+    // A part is read from the spool only once a slot is free: memory stays bounded.
+    const read = (at: number, n: number) => {
+      f.seekSync(at, Deno.SeekMode.Start);
+      return readFull(f, n);
+    };
+    if (this.#size <= PART) {
+      const release = await this.#store.slot();
+      try {
+        await client.put(key, read(0, this.#size), { ifNoneMatch: true });
+      } finally {
+        release();
+      }
+      return gen;
+    }
+    const id = await client.createMultipart(key);
+    try {
+      const parts: Promise<string>[] = [];
+      for (let o = 0; o < this.#size; o += PART) {
+        const release = await this.#store.slot();
+        const body = read(o, Math.min(PART, this.#size - o));
+        const part = client.uploadPart(key, id, parts.length + 1, body).finally(release);
+        part.catch(() => {}); // awaited below
+        parts.push(part);
+      }
+      await client.completeMultipart(key, id, await Promise.all(parts));
+    } catch (err) {
+      await client.abortMultipart(key, id).catch(() => {});
+      throw err;
     }
     return gen;
   }
 
-  abort(): Promise<void> {
+  async abort(): Promise<void> {
+    const sent = this.#sent;
+    this.#sent = null;
+    if (sent) {
+      // Sent already (the content turned out known): remove it; GC's strays
+      // phase removes it if this cannot.
+      try {
+        const gen = await sent.gen;
+        await this.#store.deleteLarge(sent.hash, gen);
+      } catch { /* not sent, or left to GC */ }
+    }
+    this.#drop();
+  }
+
+  #drop(): void {
     try {
       this.#file?.close();
     } catch { /* closed */ }
@@ -184,7 +230,6 @@ class S3LargeSink implements LargeSink {
     try {
       Deno.removeSync(this.#path);
     } catch { /* gone already */ }
-    return Promise.resolve();
   }
 }
 
@@ -221,6 +266,8 @@ export class S3BlobStore implements BlobStore {
   readonly prefix: string;
   readonly tmpDir: string;
   #tmpSeq = 0;
+  #slots = PARTS_IN_FLIGHT;
+  #waiting: (() => void)[] = [];
   /** Cached chunks of packs, by "pack:chunk", least recently used first. */
   #chunks = new Map<string, Promise<Uint8Array>>();
 
@@ -243,6 +290,20 @@ export class S3BlobStore implements BlobStore {
 
   tempPath(): string {
     return join(this.tmpDir, `${Deno.pid}-${Date.now()}-${++this.#tmpSeq}.s3part`);
+  }
+
+  /** Waits for one of the PARTS_IN_FLIGHT slots; call the answer to free it. */
+  async slot(): Promise<() => void> {
+    if (this.#slots > 0) this.#slots--;
+    else await new Promise<void>((r) => this.#waiting.push(r));
+    let freed = false;
+    return () => {
+      if (freed) return;
+      freed = true;
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#slots++;
+    };
   }
 
   openPack(pack: number): PackSink {
