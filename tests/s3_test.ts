@@ -163,6 +163,8 @@ Deno.test("s3 blobs: radosgw stopped between two backups gives 503 and exit 5, a
     .digest("hex");
   await stopRgw();
   try {
+    // A backup with nothing new needs only the index: it goes on.
+    await keepOk(["backup", "--settle", "0", src], 0, cli);
     writeTree(src, {
       "new.txt": "made while the store was down\n",
       "big2.bin": randomData(1_500_000),
@@ -176,19 +178,18 @@ Deno.test("s3 blobs: radosgw stopped between two backups gives 503 and exit 5, a
     const restore = await keep(["restore", await tempDir()], cli);
     assertEquals(restore.code, 5, restore.stderr);
     // What needs only the index still answers.
-    assertEquals(json<unknown[]>(await keepOk(["log", "--json"], 0, cli)).length, 1);
+    assertEquals(json<unknown[]>(await keepOk(["log", "--json"], 0, cli)).length, 2);
   } finally {
     await restartRgw();
   }
   await keepOk(["backup", "--settle", "0", src], 0, cli);
   const second = snapshot(src);
   const commits = json<{ id: string }[]>(await keepOk(["log", "--json"], 0, cli));
-  assertEquals(commits.length, 2, "the refused backup left no commit");
-  for (const [id, snap] of [[commits[1].id, first], [commits[0].id, second]] as const) {
+  assertEquals(commits.length, 3, "the refused backup left no commit");
+  for (const [id, snap] of [[commits[2].id, first], [commits[0].id, second]] as const) {
     const dest = await tempDir();
     await keepOk(["restore", "--commit", id, dest], 0, cli);
     assertSameTree(snapshot(dest), snap);
   }
   assertMatch((await keepOk(["verify", "--server", server.url], 0)).stdout, /OK/);
-  assertEquals(server.proc.pid > 0, true);
 });
