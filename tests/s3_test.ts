@@ -31,6 +31,8 @@ import {
   stopRgw,
 } from "./services.ts";
 import type { S3Client } from "../src/server/storage/s3_client.ts";
+import { S3BlobStore } from "../src/server/storage/s3_blobs.ts";
+import { KeepError } from "../src/errors.ts";
 
 async function s3Server(env: ServicesEnv, prefix: string, args: string[] = []) {
   return await startServer({
@@ -192,4 +194,43 @@ Deno.test("s3 blobs: radosgw stopped between two backups gives 503 and exit 5, a
     assertSameTree(snapshot(dest), snap);
   }
   assertMatch((await keepOk(["verify", "--server", server.url], 0)).stdout, /OK/);
+});
+
+Deno.test("S3BlobStore never writes a pack name twice: the same bytes again pass (a retried PUT), other bytes are refused", async () => {
+  const env = await services();
+  const prefix = freshPrefix("once");
+  const tmp = await tempDir();
+  const store = new S3BlobStore(
+    {
+      endpoint: env.AWS_ENDPOINT_URL,
+      region: env.AWS_REGION,
+      accessKey: env.AWS_ACCESS_KEY_ID,
+      secretKey: env.AWS_SECRET_ACCESS_KEY,
+      bucket: env.KEEP_S3_BUCKET,
+    },
+    prefix,
+    tmp,
+  );
+  const bytes = randomData(100_000);
+  for (const data of [bytes, bytes]) {
+    const sink = store.openPack(7);
+    assertEquals(sink.add(data), 0);
+    await sink.close();
+  }
+  const other = store.openPack(7);
+  other.add(randomData(100_000));
+  const err = await other.close().then(() => null, (e) => e as KeepError);
+  assert(err instanceof KeepError, "a different pack 7 is refused");
+  assertEquals(err.code, "unavailable");
+  assertMatch(err.message, /PreconditionFailed|412/);
+  assertEquals(await store.packSize(7), 100_000);
+  const [piece] = await Array.fromAsync(
+    await store.pieces("x", {
+      size: 0,
+      stored: 1000,
+      pack: 7,
+      offset: 5000,
+    }),
+  );
+  assertEquals(piece, bytes.subarray(5000, 6000));
 });

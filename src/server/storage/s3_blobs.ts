@@ -9,8 +9,9 @@
  * - `blobs/<sha256>.<generation>`: a large blob. Its name needs the hash,
  *   known only at its end, and a multipart upload is named when it starts:
  *   the bytes are spooled to `DATA/tmp/` as they arrive (bounded memory)
- *   and sent at `finish`, in one PUT up to PART bytes, else as a multipart
- *   upload of PART-sized parts read back from the spool.
+ *   and sent as soon as the hash is known (`complete`, while the upload
+ *   goes on), in one PUT up to PART bytes, else as a multipart upload of
+ *   PART-sized parts read back from the spool, PARTS_IN_FLIGHT at a time.
  * - `keep-store.json`: which index owns this prefix (open.ts checks it).
  *
  * Reads of pack bytes go through a small cache of aligned CHUNK ranges: a
@@ -21,6 +22,7 @@
  * @module
  */
 
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { KeepError } from "../../errors.ts";
 import type { BlobPlace, BlobStore, LargeObject, LargeSink, PackSink } from "./blob_store.ts";
@@ -105,13 +107,23 @@ class S3PackSink implements PackSink {
       body.set(p, o);
       o += p.length;
     }
+    const key = this.#store.packKey(this.pack);
     try {
-      await this.#store.client.put(this.#store.packKey(this.pack), body, { ifNoneMatch: true });
+      await this.#store.client.put(key, body, { ifNoneMatch: true });
     } catch (err) {
-      throw storeError(err, `store pack ${this.pack}`);
+      // A retried PUT whose first answer was lost finds its own object: same bytes, done.
+      if (!(err instanceof S3Error && err.status === 412 && await this.#isOurs(key, body))) {
+        throw storeError(err, `store pack ${this.pack}`);
+      }
     }
     this.#parts = [];
     this.#written = true;
+  }
+
+  async #isOurs(key: string, body: Uint8Array): Promise<boolean> {
+    const o = await this.#store.client.head(key).catch(() => null);
+    return o?.size === body.length &&
+      o.etag === createHash("md5").update(body).digest("hex");
   }
 
   close(): Promise<void> {

@@ -31,6 +31,8 @@ export interface S3Options {
   bucket: string;
   /** Attempts for a request that got no answer or a 5xx (default 3). */
   attempts?: number;
+  /** How long a request may wait for the answer's headers (default 60 s). */
+  headersTimeoutMs?: number;
 }
 
 /** A non-2xx answer the caller may handle (404 NoSuchKey, 412 PreconditionFailed, …). */
@@ -51,6 +53,8 @@ export interface S3Object {
   size: number;
   /** Last modified, ms since the epoch. */
   modified: number;
+  /** The ETag without quotes (HeadObject only; a single PUT's is the body's MD5 on S3 and RGW). */
+  etag?: string;
 }
 
 const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -140,11 +144,22 @@ export class S3Client {
       if (attempt > 0) await sleep(RETRY_DELAYS[Math.min(attempt - 1, RETRY_DELAYS.length - 1)]);
       const { url, headers } = this.#sign(method, key, opts.query ?? {}, opts.body, opts.headers);
       let res: Response;
+      // A store that accepts connections but does not answer counts as down;
+      // the timer stops at the headers (a long GET streams as long as it takes).
+      const abort = new AbortController();
+      const timer = setTimeout(() => abort.abort(), this.#o.headersTimeoutMs ?? 60_000);
       try {
-        res = await fetch(url, { method, headers, body: opts.body as Uint8Array<ArrayBuffer> });
+        res = await fetch(url, {
+          method,
+          headers,
+          body: opts.body as Uint8Array<ArrayBuffer>,
+          signal: abort.signal,
+        });
       } catch (err) {
-        lastProblem = (err as Error).message;
+        lastProblem = abort.signal.aborted ? "no answer in time" : (err as Error).message;
         continue;
+      } finally {
+        clearTimeout(timer);
       }
       if (res.status >= 500) {
         const text = await res.text().catch(() => "");
@@ -251,6 +266,7 @@ export class S3Client {
       key,
       size: Number(res.headers.get("content-length") ?? 0),
       modified: Date.parse(res.headers.get("last-modified") ?? "") || 0,
+      etag: (res.headers.get("etag") ?? "").replaceAll('"', ""),
     };
   }
 
