@@ -57,6 +57,11 @@ index stays in DIR, which remembers the bucket in DIR/blobs.json):
       --s3-access-key K, --s3-secret-key S  keys (env AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY;
                           the environment keeps them out of ps)
   With --blobs, --compact-idle defaults to off (each step would write a small object).
+
+The index in PostgreSQL (first steps: backup, restore, log, ls and tokens work;
+retention, GC, recompression, verify and stats do not yet):
+      --index postgres://USER[:PASS]@HOST[:PORT]/DB  (or --index pg: with the PG* variables)
+                          DIR then holds no index.db (the cache and tmp/ only)
   While the store does not answer, requests that need it get 503 (clients exit 5);
   the server needs no restart when it is back.
 
@@ -80,6 +85,7 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       "gc-grace": { type: "string" },
       "min-free": { type: "string" },
       blobs: { type: "string" },
+      index: { type: "string" },
       "s3-endpoint": { type: "string" },
       "s3-region": { type: "string" },
       "s3-access-key": { type: "string" },
@@ -153,9 +159,11 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       if (problem) note(`keep serve: warning: ${cert}: ${problem}`);
     }
     const controller = new AbortController();
+    const pg = pgFlag(p.values.index as string | undefined);
     const server = await startServer({
       dataDir,
       s3,
+      pg,
       hostname,
       port,
       noAuth: !!p.values["no-auth"],
@@ -259,4 +267,15 @@ function s3Flags(p: ReturnType<typeof parseFlags>): S3Blobs | undefined {
     );
   }
   return { ...loc, endpoint: parsed.origin, region, accessKey, secretKey };
+}
+
+/** `--index postgres://…` (a URL) or `--index pg:` (the PG* variables): what PgIndex opens. */
+function pgFlag(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (value === "pg:") return "";
+  if (/^postgres(ql)?:\/\/./.test(value)) return value;
+  throw new KeepError(
+    "usage",
+    `Cannot use --index ${value}: give postgres://USER@HOST:PORT/DB, or pg: for the PG* variables`,
+  );
 }

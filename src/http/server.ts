@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { KeepError } from "../errors.ts";
 import { lockForLife } from "../platform/fs_native.ts";
 import { Compactor } from "../server/compactor.ts";
+import type { Rounds } from "../server/gc.ts";
 import { CollectorThread } from "../server/gc_thread.ts";
 import { DEFAULT_LIMITS, type IngestLimits } from "../server/ingest.ts";
 import { ManifestCache } from "../server/manifest_cache.ts";
@@ -21,6 +22,11 @@ export interface ServeOptions {
   dataDir: string;
   /** Keep the blobs in this bucket (the index stays in dataDir). */
   s3?: S3Blobs;
+  /**
+   * The index in PostgreSQL (a URL, or "" for the PG* variables). Retention,
+   * GC and recompression do not run on it yet.
+   */
+  pg?: string;
   hostname: string;
   port: number;
   /** Serve without tokens; refused unless hostname is loopback. */
@@ -84,6 +90,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     owner: true,
     writers: { buffer: writers, yielding: false },
     s3: options.s3,
+    pg: options.pg,
   });
   const tokens = options.noAuth ? null : new TokenStore(storage.index);
   const log = options.log ?? (() => {});
@@ -97,15 +104,19 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const inflight = { n: 0, last: Date.now(), work };
   const manifests = new ManifestCache(join(options.dataDir, "cache"));
   // Retention and GC on their own thread: their transactions never hold this one.
-  let collector: CollectorThread;
+  let collector: Rounds;
   try {
-    collector = await CollectorThread.open(options.dataDir, storage.index, {
+    collector = options.pg !== undefined ? noRounds() : await CollectorThread.open(
+      options.dataDir,
+      storage.index,
+      {
       graceMs: options.gcGraceMs ?? 3600_000,
       s3: storage.s3,
       writers,
-      work: work.buffer as SharedArrayBuffer,
-      log,
-    });
+        work: work.buffer as SharedArrayBuffer,
+        log,
+      },
+    );
   } catch (err) {
     await storage.close();
     throw err;
@@ -158,7 +169,9 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const scheme = options.cert ? "https" : "http";
   const host = options.hostname.includes(":") ? `[${options.hostname}]` : options.hostname;
   // Recompression at rest, only once no request has been seen for a while.
-  const compactor = options.compactIdleMs ? new Compactor(storage, { log }) : null;
+  const compactor = options.compactIdleMs && options.pg === undefined
+    ? new Compactor(storage, { log })
+    : null;
   let compactTimer: ReturnType<typeof setTimeout> | undefined;
   let stopped = false;
   const tick = async () => {
@@ -179,7 +192,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   if (compactor) compactTimer = setTimeout(tick, 1000);
   // Retention and GC: a round soon after start, then every gcEveryMs; the
   // collector works in short slices with pauses, requests or not.
-  const every = options.gcEveryMs ?? 3600_000;
+  const every = options.pg !== undefined ? 0 : options.gcEveryMs ?? 3600_000;
   let gcTimer: ReturnType<typeof setTimeout> | undefined;
   const round = () => {
     if (stopped) return;
@@ -216,5 +229,23 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
         await storage.close();
       } catch { /* already closed */ }
     },
+  };
+}
+
+/** Retention and GC where they do not run yet (the PostgreSQL index): every round refused. */
+function noRounds(): Rounds {
+  return {
+    start: () =>
+      Promise.reject(
+        new KeepError(
+          "usage",
+          "Cannot collect garbage: not yet done on the PostgreSQL index (src/server/storage/pg_index.ts)",
+        ),
+      ),
+    markDirty: () => {},
+    running: false,
+    phase: "idle",
+    figures: null,
+    close: () => Promise.resolve(),
   };
 }

@@ -18,6 +18,7 @@ import { LocalBlobStore } from "./local_blobs.ts";
 import { S3BlobStore, type S3Location } from "./s3_blobs.ts";
 import { S3Error } from "./s3_client.ts";
 import { SqliteIndex } from "./sqlite_index.ts";
+import { PgIndex } from "./pg_index.ts";
 
 /** Blobs in a bucket: where, and the keys (from flags or AWS_* variables). */
 export interface S3Blobs extends S3Location {
@@ -153,16 +154,43 @@ export async function openLocalStorage(
     writers?: { buffer: SharedArrayBuffer; yielding: boolean };
     /** Keep (or find) the blobs in this bucket; default: where DIR/blobs.json says, else DIR. */
     s3?: S3Blobs;
+    /**
+     * The index in PostgreSQL: a `postgres://` URL, or "" for the PG*
+     * variables; DIR then keeps no index.db (it records the choice in
+     * index.json, so that opening it without this option is refused).
+     */
+    pg?: string;
   } = {},
 ): Promise<Storage> {
   const path = join(dataDir, "index.db");
+  const pgMark = join(dataDir, "index.json");
   let existed = true;
   try {
     Deno.statSync(path);
   } catch {
     existed = false;
   }
-  if (!options.create && !existed) {
+  const pgDir = (() => {
+    try {
+      Deno.statSync(pgMark);
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+  if (options.pg !== undefined && existed) {
+    throw new KeepError(
+      "usage",
+      `Cannot use a PostgreSQL index with ${dataDir}: it has its own index.db`,
+    );
+  }
+  if (options.pg === undefined && pgDir) {
+    throw new KeepError(
+      "usage",
+      `Cannot open ${dataDir}: its index is in PostgreSQL (give --index, as keep serve had it)`,
+    );
+  }
+  if (!options.create && !existed && options.pg === undefined) {
     throw new KeepError("usage", `Cannot open ${dataDir}: no index.db there`);
   }
   Deno.mkdirSync(dataDir, { recursive: true });
@@ -174,7 +202,11 @@ export async function openLocalStorage(
       `Cannot use s3://${s3.bucket}/${s3.prefix}: ${dataDir} keeps its blobs in s3://${record.bucket}/${record.prefix}`,
     );
   }
-  const index = SqliteIndex.open(path, { cacheMiB: options.cacheMiB });
+  let index: IndexStore;
+  if (options.pg !== undefined) {
+    index = await PgIndex.open(options.pg);
+    if (!pgDir) Deno.writeTextFileSync(pgMark, JSON.stringify({ kind: "postgres" }) + "\n");
+  } else index = SqliteIndex.open(path, { cacheMiB: options.cacheMiB });
   let blobs: BlobStore;
   try {
     if (s3 && !record) {
@@ -207,7 +239,9 @@ export async function openLocalStorage(
     await index.close();
     throw err;
   }
-  if (options.writers) index.shareWriters(options.writers.buffer, options.writers.yielding);
+  if (options.writers && index instanceof SqliteIndex) {
+    index.shareWriters(options.writers.buffer, options.writers.yielding);
+  }
   if (options.owner) {
     await blobs.cleanTemp();
     await index.sealAllPacks();
