@@ -110,9 +110,9 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       options.dataDir,
       storage.index,
       {
-      graceMs: options.gcGraceMs ?? 3600_000,
-      s3: storage.s3,
-      writers,
+        graceMs: options.gcGraceMs ?? 3600_000,
+        s3: storage.s3,
+        writers,
         work: work.buffer as SharedArrayBuffer,
         log,
       },

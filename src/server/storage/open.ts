@@ -5,7 +5,8 @@
  * the data directory then records where in `blobs.json` (never the keys),
  * so every later open, by any command, finds the same bucket, and the
  * bucket records in `PREFIX/keep-store.json` which index owns it, so two
- * indexes never write pack numbers into one prefix.
+ * indexes never write pack numbers into one prefix (servers sharing one
+ * PostgreSQL index share its id, and so the prefix).
  *
  * @module
  */
@@ -222,7 +223,8 @@ export async function openLocalStorage(
         prefix: s3.prefix,
         endpoint: s3.endpoint,
         region: s3.region,
-        store: crypto.randomUUID(),
+        // Servers sharing a PostgreSQL index share its prefix: the index's id.
+        store: index instanceof PgIndex ? await index.storeId() : crypto.randomUUID(),
       };
       writeRecord(dataDir, record);
     } else if (s3 && record && (s3.endpoint !== record.endpoint || s3.region !== record.region)) {

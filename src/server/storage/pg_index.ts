@@ -94,6 +94,7 @@ CREATE TABLE IF NOT EXISTS policies(
 CREATE TABLE IF NOT EXISTS store_meta(key text PRIMARY KEY, value double precision NOT NULL);
 CREATE TABLE IF NOT EXISTS packs(
   id bigserial PRIMARY KEY, created bigint NOT NULL, sealed bigint, dead bigint);
+CREATE TABLE IF NOT EXISTS keep_store(one boolean PRIMARY KEY DEFAULT true CHECK (one), id text NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens(
   id text PRIMARY KEY, hash bytea NOT NULL UNIQUE, name text NOT NULL, role text NOT NULL,
   projects text NOT NULL, created bigint NOT NULL, revoked bigint);
@@ -203,6 +204,19 @@ export class PgIndex implements IndexStore {
 
   async close(): Promise<void> {
     await this.sql.end({ timeout: 5 });
+  }
+
+  /**
+   * This index's id, made at its first call: every server on this database
+   * claims a bucket prefix under the same id (open.ts), so they share it.
+   */
+  storeId(): Promise<string> {
+    return this.#run("read the store id", async () => {
+      await this.sql`INSERT INTO keep_store(id) VALUES (${crypto.randomUUID()})
+        ON CONFLICT (one) DO NOTHING`;
+      const [r] = await this.sql`SELECT id FROM keep_store`;
+      return r.id as string;
+    });
   }
 
   async #run<T>(what: string, f: () => Promise<T>): Promise<T> {
