@@ -57,6 +57,13 @@ export async function restartRgw(): Promise<void> {
   await services();
 }
 
+/** Stops PostgreSQL alone (a database outage); `services()` after `restart` starts it again. */
+export async function stopPg(): Promise<void> {
+  await run("down", "pg");
+}
+
+export const restartPg = restartRgw;
+
 /** A client on the services' bucket, for tests that reach behind the server. */
 export function bucketClient(env: ServicesEnv): S3Client {
   return new S3Client({

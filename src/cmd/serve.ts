@@ -10,6 +10,7 @@ import {
   flagOrEnv,
   parseDuration,
   parseFlags,
+  parseIndexFlag,
   parseListen,
   parseSize,
   positionals,
@@ -159,7 +160,7 @@ Every route needs a bearer token (keep token create) unless --no-auth.`,
       if (problem) note(`keep serve: warning: ${cert}: ${problem}`);
     }
     const controller = new AbortController();
-    const pg = pgFlag(p.values.index as string | undefined);
+    const pg = parseIndexFlag(p.values.index as string | undefined);
     const server = await startServer({
       dataDir,
       s3,
@@ -267,15 +268,4 @@ function s3Flags(p: ReturnType<typeof parseFlags>): S3Blobs | undefined {
     );
   }
   return { ...loc, endpoint: parsed.origin, region, accessKey, secretKey };
-}
-
-/** `--index postgres://…` (a URL) or `--index pg:` (the PG* variables): what PgIndex opens. */
-function pgFlag(value: string | undefined): string | undefined {
-  if (value === undefined) return undefined;
-  if (value === "pg:") return "";
-  if (/^postgres(ql)?:\/\/./.test(value)) return value;
-  throw new KeepError(
-    "usage",
-    `Cannot use --index ${value}: give postgres://USER@HOST:PORT/DB, or pg: for the PG* variables`,
-  );
 }

@@ -65,14 +65,15 @@ function writeRecord(dataDir: string, r: BlobsRecord): void {
 function openS3(dataDir: string, r: BlobsRecord, given?: S3Blobs): S3BlobStore {
   const accessKey = given?.accessKey ?? Deno.env.get("AWS_ACCESS_KEY_ID");
   const secretKey = given?.secretKey ?? Deno.env.get("AWS_SECRET_ACCESS_KEY");
-  if (!accessKey || !secretKey) {
-    throw new KeepError(
-      "usage",
-      `Cannot open s3://${r.bucket}/${r.prefix}: no keys (--s3-access-key and --s3-secret-key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)`,
-    );
-  }
+  // Without keys the store opens (token and policy commands never read blobs); its first request fails.
   return new S3BlobStore(
-    { endpoint: r.endpoint, region: r.region, bucket: r.bucket, accessKey, secretKey },
+    {
+      endpoint: r.endpoint,
+      region: r.region,
+      bucket: r.bucket,
+      accessKey: accessKey ?? "",
+      secretKey: secretKey ?? "",
+    },
     r.prefix,
     join(dataDir, "tmp"),
   );

@@ -138,6 +138,12 @@ export class S3Client {
       accept?: number[];
     } = {},
   ): Promise<Response> {
+    if (!this.#o.accessKey || !this.#o.secretKey) {
+      throw new KeepError(
+        "usage",
+        `Cannot reach s3://${this.bucket}: no keys (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)`,
+      );
+    }
     const attempts = this.#o.attempts ?? 3;
     let lastProblem = "";
     for (let attempt = 0; attempt < attempts; attempt++) {
