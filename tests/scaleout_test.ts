@@ -48,8 +48,9 @@ import type { S3Client } from "../src/server/storage/s3_client.ts";
 import { S3BlobStore } from "../src/server/storage/s3_blobs.ts";
 import { KeepError } from "../src/errors.ts";
 
-async function s3Server(env: ServicesEnv, prefix: string, args: string[] = []) {
+async function s3Server(env: ServicesEnv, prefix: string, args: string[] = [], dataDir?: string) {
   return await startServer({
+    dataDir,
     args: ["--blobs", `s3://${env.KEEP_S3_BUCKET}/${prefix}`, ...args],
     env: { ...env },
   });
@@ -208,6 +209,40 @@ Deno.test("s3 blobs: radosgw stopped between two backups gives 503 and exit 5, a
     assertSameTree(snapshot(dest), snap);
   }
   assertMatch((await keepOk(["verify", "--server", server.url], 0)).stdout, /OK/);
+});
+
+Deno.test("s3 blobs: kill -9 of the server in the middle of an upload leaves no commit and nothing verify finds wrong", async () => {
+  const env = await services();
+  const prefix = freshPrefix("kill");
+  const first = await s3Server(env, prefix);
+  const src = await tempDir();
+  const cli = (url: string) => ({ env: { KEEP_SERVER: url, KEEP_PROJECT: "app" } });
+  writeTree(src, { ...smallFiles(300, 4), "big/a.bin": randomData(40_000_000) });
+  const backup = keep(["backup", "--settle", "0", src], cli(first.url));
+  // Killed once the large file is arriving (its spool file exists).
+  const tmp = join(first.dataDir, "tmp");
+  for (let i = 0; i < 200; i++) {
+    if ([...Deno.readDirSync(tmp)].some((e) => e.name.endsWith(".s3part"))) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  await first.stop("SIGKILL");
+  const cut = await backup;
+  assertEquals(cut.code, 5, cut.stderr);
+  await using again = await s3Server(env, prefix, [], first.dataDir);
+  assertEquals(
+    [...Deno.readDirSync(tmp)].filter((e) => e.name.endsWith(".s3part")).length,
+    0,
+    "the spool of the cut upload is removed at start",
+  );
+  assertEquals(json<unknown[]>(await keepOk(["log", "--json"], 0, cli(again.url))).length, 0);
+  const v = json<{ ok: boolean; missing: unknown[] }>(
+    await keepOk(["verify", "--server", again.url, "--json"], 0),
+  );
+  assertEquals([v.ok, v.missing.length], [true, 0]);
+  await keepOk(["backup", "--settle", "0", src], 0, cli(again.url));
+  const dest = await tempDir();
+  await keepOk(["restore", dest], 0, cli(again.url));
+  assertSameTree(snapshot(dest), snapshot(src));
 });
 
 Deno.test("S3BlobStore never writes a pack name twice: the same bytes again pass (a retried PUT), other bytes are refused", async () => {
