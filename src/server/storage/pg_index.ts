@@ -3,7 +3,8 @@
  * IndexStore: the same tables and the same set-based commit as the SQLite
  * index (sqlite_index.ts), so that several servers can share one index.
  *
- * What makes it safe across servers: an upload's commit runs in one
+ * The commit's statements are shared with SQLite (commit_sql.ts). What
+ * makes it safe across servers: an upload's commit runs in one
  * transaction that first locks its project's row (`SELECT … FOR UPDATE`),
  * so commits of one project are applied one at a time whichever server
  * received them: the head a commit is placed on is the head at that moment,
@@ -28,7 +29,7 @@ import { Buffer } from "node:buffer";
 import postgres from "postgres";
 import { KeepError } from "../../errors.ts";
 import type { CommitNote, Policy, ProjectInfo } from "../../format/api.ts";
-import { bytesToHex, hexToBytes } from "../../format/hex.ts";
+import { bytesToHex } from "../../format/hex.ts";
 import type {
   CommitCounts,
   CommitInfo,
@@ -39,6 +40,18 @@ import type {
 } from "../../format/manifest.ts";
 import { parentOf } from "../../format/paths.ts";
 import type { BlobPlace } from "./blob_store.ts";
+import {
+  argsOf,
+  CHECK_MESSAGES,
+  commitFromRow,
+  commitStatements,
+  EMPTY_HASH,
+  noteOf,
+  pgText,
+  placeOf,
+  type Statement,
+  tokenOf,
+} from "./commit_sql.ts";
 import type {
   BlobRow,
   IndexStore,
@@ -53,6 +66,9 @@ import type {
 
 type Sql = postgres.Sql | postgres.TransactionSql;
 type Row = Record<string, unknown>;
+
+/** The commit's statements on the shared staging table. */
+const COMMIT = commitStatements("stage");
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS projects(
@@ -100,7 +116,6 @@ CREATE TABLE IF NOT EXISTS tokens(
   projects text NOT NULL, created bigint NOT NULL, revoked bigint);
 `;
 
-const EMPTY_HASH = hexToBytes("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 const COLS =
   `path, type, size, mode, mtime, ctime, encode(hash, 'hex') AS hash, target, encode(xxh, 'hex') AS xxh, flag`;
 const PAGE = 2000;
@@ -128,24 +143,6 @@ function rowToEntry(r: Row): Entry {
   if (r.xxh) e.xxh = r.xxh as string;
   if (r.flag !== null) e.flag = r.flag as EntryFlag;
   return e;
-}
-
-function commitFromRow(r: Row, project: string): CommitInfo {
-  return {
-    id: r.id as string,
-    project,
-    seq: Number(r.seq),
-    parent: (r.parent as string | null) ?? null,
-    time: new Date(Number(r.time)).toISOString(),
-    message: r.message as string,
-    tags: JSON.parse(r.tags as string),
-    host: r.host as string,
-    source: r.source as string,
-    scanTime: String(r.scan_time),
-    granularity: String(r.granularity),
-    counts: JSON.parse(r.counts as string),
-    stats: JSON.parse(r.stats as string),
-  };
 }
 
 function hexOf(b: Uint8Array | null | undefined): string | null {
@@ -316,7 +313,7 @@ export class PgIndex implements IndexStore {
       if (pid === null) return [];
       const rows = await this.sql`
         SELECT path, flag, reason FROM notes WHERE project = ${pid} AND seq = ${seq} ORDER BY path`;
-      return rows.map((r) => ({ path: r.path, flag: r.flag, reason: r.reason }));
+      return rows.map(noteOf);
     });
   }
 
@@ -598,22 +595,21 @@ export class PgIndex implements IndexStore {
         await this.#rebase(tx, upload, pid, project, header, head!);
       }
       const seq = (head?.seq ?? 0) + 1;
-      const u = upload;
-      const fail = async (query: string, msg: (p: string) => string, args: unknown[] = []) => {
-        const [r] = await tx.unsafe(query, [u, pid, ...args] as never[]);
-        if (r) throw new KeepError("invalid", `Cannot commit: ${msg(r.path as string)}`);
+      const v = { upload, project: pid, seq, empty: Buffer.from(EMPTY_HASH) };
+      const get = async (st: Statement) =>
+        (await tx.unsafe(pgText(st), argsOf(st, v) as never[]))[0] as Row | undefined;
+      const check = async (name: keyof typeof COMMIT.checks) => {
+        const r = await get(COMMIT.checks[name]);
+        if (r) {
+          throw new KeepError(
+            "invalid",
+            `Cannot commit: ${CHECK_MESSAGES[name](r.path as string)}`,
+          );
+        }
       };
-      await fail(
-        "SELECT path FROM stage s WHERE upload = $1 AND op = 'del' AND NOT EXISTS (SELECT 1 FROM current c WHERE c.project = $2 AND c.path = s.path) LIMIT 1",
-        (p) => `deleted path ${JSON.stringify(p)} is not in the parent commit`,
-      );
-      await fail(
-        "SELECT path FROM stage s WHERE upload = $1 AND op = 'keep' AND NOT EXISTS (SELECT 1 FROM current c WHERE c.project = $2 AND c.path = s.path) LIMIT 1",
-        (p) => `keep record for ${JSON.stringify(p)} names a path the parent commit does not have`,
-      );
-      const [gone] = await tx`
-        SELECT path FROM stage s WHERE upload = ${u} AND op = 'put' AND type = 'f' AND size > 0
-          AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = s.hash) LIMIT 1`;
+      await check("deletedMissing");
+      await check("keptMissing");
+      const gone = await get(COMMIT.contentGone);
       if (gone) {
         throw new KeepError(
           "conflict",
@@ -622,86 +618,27 @@ export class PgIndex implements IndexStore {
           } is not in the store (collected during the upload); back up again`,
         );
       }
-      await fail(
-        `SELECT path FROM stage s WHERE upload = $1 AND op = 'meta' AND (
-           (type != 'f' AND (hash IS NOT NULL OR xxh IS NOT NULL)) OR
-           (type = 'f' AND (hash IS NULL OR (size = 0 AND hash != $3))) OR
-           (type = 'f' AND size > 0 AND NOT (
-             EXISTS (SELECT 1 FROM blobs b WHERE b.hash = s.hash AND b.size = s.size) AND (
-             EXISTS (SELECT 1 FROM current c WHERE c.hash = s.hash AND c.project = $2) OR
-             EXISTS (SELECT 1 FROM history h WHERE h.hash = s.hash AND h.project = $2))))) LIMIT 1`,
-        (p) =>
-          `metadata record for ${
-            JSON.stringify(p)
-          } names content the project never had (at that size)`,
-        [Buffer.from(EMPTY_HASH)],
-      );
+      await check("metaForeign");
       const totals = async () => {
         const t = { f: 0, d: 0, l: 0, bytes: 0 };
         for (
-          const r of await tx`
-          SELECT c.type, count(*) AS n, sum(c.size) AS bytes FROM current c JOIN stage s
-            ON s.upload = ${u} AND s.path = c.path WHERE c.project = ${pid} GROUP BY c.type`
+          const r of await tx.unsafe(pgText(COMMIT.totals), argsOf(COMMIT.totals, v) as never[])
         ) {
           t[r.type as "f" | "d" | "l"] = Number(r.n);
           t.bytes += Number(r.bytes ?? 0);
         }
         return t;
       };
-      const count = async (where: string) =>
-        Number(
-          (await tx.unsafe(
-            `SELECT count(*) AS n FROM stage s WHERE upload = $1 AND ${where}`,
-            where.includes("$2") ? [u, pid] : [u],
-          ))[0].n,
-        );
-      const added = await count(
-        "op = 'put' AND NOT EXISTS (SELECT 1 FROM current c WHERE c.project = $2 AND c.path = s.path)",
-      );
-      const staged = await count("op = 'put'");
-      const metadata = await count("op = 'meta'");
-      const deleted = await count("op = 'del'");
-      const flagged = await count("op = 'keep'");
+      const count = async (st: Statement) => Number((await get(st))!.n);
+      const added = await count(COMMIT.added);
+      const staged = await count(COMMIT.ofOp("put"));
+      const metadata = await count(COMMIT.ofOp("meta"));
+      const deleted = await count(COMMIT.ofOp("del"));
+      const flagged = await count(COMMIT.ofOp("keep"));
       const removed = await totals();
-
-      await tx`
-        INSERT INTO history(project, path, first, last, type, size, mode, mtime, ctime, hash, target, xxh, flag)
-        SELECT c.project, c.path, c.first, ${seq}, c.type, c.size, c.mode, c.mtime, c.ctime, c.hash, c.target, c.xxh, c.flag
-        FROM current c JOIN stage s ON s.upload = ${u} AND s.path = c.path WHERE c.project = ${pid}`;
-      await tx`
-        DELETE FROM current WHERE project = ${pid}
-          AND path IN (SELECT path FROM stage WHERE upload = ${u})`;
-      await tx`
-        INSERT INTO current(project, path, first, type, size, mode, mtime, ctime, hash, target, xxh, flag)
-        SELECT ${pid}, path, ${seq}, type, size, mode, mtime, ctime, hash, target,
-          CASE WHEN op = 'put' THEN xxh ELSE (SELECT b.xxh FROM blobs b WHERE b.hash = s.hash) END,
-          CASE WHEN op = 'meta' AND EXISTS (SELECT 1 FROM blobs b WHERE b.hash = s.hash AND b.damaged IS NOT NULL)
-            THEN 'damaged' ELSE flag END
-        FROM stage s WHERE upload = ${u} AND op IN ('put', 'meta')`;
-      await tx`
-        INSERT INTO current(project, path, first, type, size, mode, mtime, ctime, hash, target, xxh, flag)
-        SELECT h.project, h.path, ${seq}, h.type, h.size, h.mode, h.mtime, h.ctime, h.hash, h.target, h.xxh,
-          CASE WHEN EXISTS (SELECT 1 FROM blobs b WHERE b.hash = h.hash AND b.damaged IS NOT NULL)
-            THEN 'damaged' ELSE s.flag END
-        FROM history h JOIN stage s ON s.upload = ${u} AND s.path = h.path AND s.op = 'keep'
-        WHERE h.project = ${pid} AND h.last = ${seq}`;
-      await tx`
-        INSERT INTO notes(project, seq, path, flag, reason)
-        SELECT ${pid}, ${seq}, path, flag, coalesce(reason, '') FROM stage
-        WHERE upload = ${u} AND op = 'keep'`;
-      await fail(
-        `SELECT path FROM stage s WHERE upload = $1 AND op != 'del' AND parent != '' AND NOT EXISTS
-           (SELECT 1 FROM current c WHERE c.project = $2 AND c.path = s.parent AND c.type = 'd') LIMIT 1`,
-        (p) =>
-          `${
-            JSON.stringify(p)
-          } has no parent directory in the new commit (missing, or a file or symlink)`,
-      );
-      await fail(
-        `SELECT s.path AS path FROM stage s WHERE upload = $1 AND (op = 'del' OR type != 'd') AND EXISTS
-           (SELECT 1 FROM current c WHERE c.project = $2 AND c.path > s.path || '/' AND c.path < s.path || '0') LIMIT 1`,
-        (p) => `${JSON.stringify(p)} is deleted or not a directory but still has entries below it`,
-      );
+      for (const st of COMMIT.apply) await tx.unsafe(pgText(st), argsOf(st, v) as never[]);
+      await check("noParentDir");
+      await check("childrenLeft");
       const addedTotals = await totals();
       const prev = head?.counts ?? { files: 0, dirs: 0, symlinks: 0, bytes: 0 } as CommitCounts;
       const files = prev.files - removed.f + addedTotals.f;
@@ -730,11 +667,11 @@ export class PgIndex implements IndexStore {
       await tx`UPDATE projects SET head = ${seq} WHERE id = ${pid}`;
       const touched = staged + metadata + deleted + flagged;
       const changed = touched <= 50_000
-        ? (await tx`SELECT path FROM stage WHERE upload = ${u} ORDER BY path`).map((r) =>
+        ? (await tx`SELECT path FROM stage WHERE upload = ${upload} ORDER BY path`).map((r) =>
           r.path as string
         )
         : null;
-      await tx`DELETE FROM stage WHERE upload = ${u}`;
+      await tx`DELETE FROM stage WHERE upload = ${upload}`;
       return { commit: (await this.#commitBySeq(tx, pid, project, seq))!, changed };
     });
   }
@@ -982,30 +919,18 @@ export class PgIndex implements IndexStore {
     });
   }
 
-  #tokenOf(r: Row): TokenRow {
-    return {
-      id: r.id as string,
-      hash: new Uint8Array(r.hash as Uint8Array),
-      name: r.name as string,
-      role: r.role as string,
-      projects: JSON.parse(r.projects as string),
-      created: Number(r.created),
-      revoked: r.revoked === null ? null : Number(r.revoked),
-    };
-  }
-
   listTokens(): Promise<TokenRow[]> {
     return this.#run(
       "list tokens",
       async () =>
-        (await this.sql`SELECT * FROM tokens ORDER BY created, id`).map((r) => this.#tokenOf(r)),
+        (await this.sql`SELECT * FROM tokens ORDER BY created, id`).map((r) => tokenOf(r)),
     );
   }
 
   tokenById(id: string): Promise<TokenRow | null> {
     return this.#run("look up a token", async () => {
       const [r] = await this.sql`SELECT * FROM tokens WHERE id = ${id}`;
-      return r ? this.#tokenOf(r) : null;
+      return r ? tokenOf(r) : null;
     });
   }
 
@@ -1016,15 +941,6 @@ export class PgIndex implements IndexStore {
       return r.count === 1;
     });
   }
-}
-
-function placeOf(r: Row): BlobPlace {
-  return {
-    size: Number(r.size),
-    stored: Number(r.stored),
-    pack: r.pack === null ? null : Number(r.pack),
-    offset: r.offset === null ? null : Number(r.offset),
-  };
 }
 
 /** A URL without its password, for messages. */
