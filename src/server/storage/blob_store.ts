@@ -125,3 +125,9 @@ export interface BlobStore {
   cleanTemp(): Promise<void>;
   close(): Promise<void>;
 }
+
+/** A random 48-bit generation: unique per content without coordination (many servers). */
+export function newGeneration(): number {
+  const [hi, lo] = crypto.getRandomValues(new Uint32Array(2));
+  return (hi & 0xffff) * 2 ** 32 + lo;
+}

@@ -12,7 +12,7 @@
 
 import type { CommitNote } from "../../format/api.ts";
 import { hexToBytes } from "../../format/hex.ts";
-import type { CommitInfo, EntryFlag } from "../../format/manifest.ts";
+import type { CommitCounts, CommitInfo, EntryFlag } from "../../format/manifest.ts";
 import type { BlobPlace } from "./blob_store.ts";
 import type { TokenRow } from "./index_store.ts";
 
@@ -213,4 +213,40 @@ export function tokenOf(r: Row): TokenRow {
 /** A `notes` row. */
 export function noteOf(r: Row): CommitNote {
   return { path: r.path as string, flag: r.flag as EntryFlag, reason: r.reason as string };
+}
+
+/** Files, dirs, symlinks and bytes of head rows an upload names (the `totals` statement). */
+export interface Totals {
+  f: number;
+  d: number;
+  l: number;
+  bytes: number;
+}
+
+/**
+ * The new commit's counts: the head's, minus the rows the upload replaced
+ * (`removed`, read before the moves), plus what it wrote (`written`, after).
+ */
+export function commitCounts(
+  head: CommitInfo | null,
+  removed: Totals,
+  written: Totals,
+  n: { added: number; staged: number; metadata: number; deleted: number; flagged: number },
+): CommitCounts {
+  const prev = head?.counts ?? { files: 0, dirs: 0, symlinks: 0, bytes: 0 } as CommitCounts;
+  const files = prev.files - removed.f + written.f;
+  const dirs = prev.dirs - removed.d + written.d;
+  const symlinks = prev.symlinks - removed.l + written.l;
+  return {
+    files,
+    dirs,
+    symlinks,
+    bytes: prev.bytes - removed.bytes + written.bytes,
+    added: n.added,
+    changed: n.staged - n.added,
+    deleted: n.deleted,
+    metadata: n.metadata,
+    unchanged: files + dirs + symlinks - n.staged - n.metadata - n.flagged,
+    flagged: n.flagged,
+  };
 }

@@ -31,7 +31,6 @@ import { KeepError } from "../../errors.ts";
 import type { CommitNote, Policy, ProjectInfo } from "../../format/api.ts";
 import { bytesToHex } from "../../format/hex.ts";
 import type {
-  CommitCounts,
   CommitInfo,
   CommitStats,
   Entry,
@@ -43,6 +42,7 @@ import type { BlobPlace } from "./blob_store.ts";
 import {
   argsOf,
   CHECK_MESSAGES,
+  commitCounts,
   commitFromRow,
   commitStatements,
   EMPTY_HASH,
@@ -640,22 +640,13 @@ export class PgIndex implements IndexStore {
       await check("noParentDir");
       await check("childrenLeft");
       const addedTotals = await totals();
-      const prev = head?.counts ?? { files: 0, dirs: 0, symlinks: 0, bytes: 0 } as CommitCounts;
-      const files = prev.files - removed.f + addedTotals.f;
-      const dirs = prev.dirs - removed.d + addedTotals.d;
-      const symlinks = prev.symlinks - removed.l + addedTotals.l;
-      const counts: CommitCounts = {
-        files,
-        dirs,
-        symlinks,
-        bytes: prev.bytes - removed.bytes + addedTotals.bytes,
+      const counts = commitCounts(head, removed, addedTotals, {
         added,
-        changed: staged - added,
-        deleted,
+        staged,
         metadata,
-        unchanged: files + dirs + symlinks - staged - metadata - flagged,
+        deleted,
         flagged,
-      };
+      });
       const id = crypto.randomUUID().replaceAll("-", "").slice(0, 16);
       await tx`
         INSERT INTO commits(project, seq, id, parent, time, message, tags, host, source, scan_time, granularity, counts, stats)

@@ -25,7 +25,15 @@
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { KeepError } from "../../errors.ts";
-import type { BlobPlace, BlobStore, LargeObject, LargeSink, PackSink } from "./blob_store.ts";
+import {
+  type BlobPlace,
+  type BlobStore,
+  type LargeObject,
+  type LargeSink,
+  newGeneration,
+  type PackSink,
+} from "./blob_store.ts";
+import { writeAll } from "./local_blobs.ts";
 import { S3Client, S3Error, type S3Options } from "./s3_client.ts";
 
 /** Multipart part size, and the largest large blob sent in one PUT (measured: DESIGN.md). */
@@ -65,11 +73,6 @@ function storeError(err: unknown, what: string): KeepError {
     return new KeepError("unavailable", `Cannot ${what}: the object store answered ${err.message}`);
   }
   return new KeepError("unavailable", `Cannot ${what}: ${(err as Error).message}`);
-}
-
-function writeAll(f: Deno.FsFile, b: Uint8Array): void {
-  let o = 0;
-  while (o < b.length) o += f.writeSync(b.subarray(o));
 }
 
 /** A pack being filled in memory; written as one object at its flush. */
@@ -254,12 +257,6 @@ function readFull(f: Deno.FsFile, n: number): Uint8Array {
     got += r;
   }
   return buf;
-}
-
-/** A random 48-bit generation: unique per content without coordination (many servers). */
-function newGeneration(): number {
-  const [hi, lo] = crypto.getRandomValues(new Uint32Array(2));
-  return (hi & 0xffff) * 2 ** 32 + lo;
 }
 
 /**

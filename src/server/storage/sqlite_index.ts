@@ -27,7 +27,6 @@ import { KeepError } from "../../errors.ts";
 import type { CommitNote, Policy, ProjectInfo } from "../../format/api.ts";
 import { bytesToHex, hexToBytes } from "../../format/hex.ts";
 import type {
-  CommitCounts,
   CommitInfo,
   CommitStats,
   Entry,
@@ -39,6 +38,7 @@ import type { BlobPlace } from "./blob_store.ts";
 import {
   argsOf,
   CHECK_MESSAGES,
+  commitCounts,
   commitFromRow,
   commitStatements,
   EMPTY_HASH,
@@ -918,22 +918,13 @@ export class SqliteIndex implements IndexStore {
       check("childrenLeft");
       const addedTotals = totalsOf();
 
-      const prev = head?.counts ?? { files: 0, dirs: 0, symlinks: 0, bytes: 0 } as CommitCounts;
-      const files = prev.files - removed.f + addedTotals.f;
-      const dirs = prev.dirs - removed.d + addedTotals.d;
-      const symlinks = prev.symlinks - removed.l + addedTotals.l;
-      const counts: CommitCounts = {
-        files,
-        dirs,
-        symlinks,
-        bytes: prev.bytes - removed.bytes + addedTotals.bytes,
+      const counts = commitCounts(head, removed, addedTotals, {
         added,
-        changed: staged - added,
-        deleted,
+        staged,
         metadata,
-        unchanged: files + dirs + symlinks - staged - metadata - flagged,
+        deleted,
         flagged,
-      };
+      });
       const id = crypto.randomUUID().replaceAll("-", "").slice(0, 16);
       const now = Date.now();
       q(
