@@ -208,3 +208,14 @@ export function clientOptions(
     fingerprint: flagOrEnv(p, "fingerprint", "KEEP_FINGERPRINT"),
   };
 }
+
+/** `--index postgres://…` (a URL) or `--index pg:` (the PG* variables): what PgIndex opens. */
+export function parseIndexFlag(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (value === "pg:") return "";
+  if (/^postgres(ql)?:\/\/./.test(value)) return value;
+  throw new KeepError(
+    "usage",
+    `Cannot use --index ${value}: give postgres://USER@HOST:PORT/DB, or pg: for the PG* variables`,
+  );
+}

@@ -5,10 +5,13 @@ import { certProblem, ensureAutoTls, namesFor } from "../server/tls_auto.ts";
 import { startServer } from "../http/server.ts";
 import { type Command, note, out } from "./command.ts";
 import { JSON_VERSION } from "../format/api.ts";
+import type { S3Blobs } from "../server/storage/open.ts";
+import { parseS3Url } from "../server/storage/s3_blobs.ts";
 import {
   flagOrEnv,
   parseDuration,
   parseFlags,
+  parseIndexFlag,
   parseListen,
   parseSize,
   positionals,
@@ -53,6 +56,23 @@ Options:
                           (on the main address /metrics needs an admin token for '*')
       --json              the first stdout line is {"keep":1, "listening", "metrics", "data"}
 
+Blobs in an S3-compatible object store (AWS S3, Ceph RGW, MinIO, ...; the
+index stays in DIR, which remembers the bucket in DIR/blobs.json):
+      --blobs s3://BUCKET/PREFIX  keep blob bytes there (the bucket must exist; one
+                          data directory per prefix); later commands on DIR find it
+      --s3-endpoint URL   the store (env AWS_ENDPOINT_URL; default https://s3.REGION.amazonaws.com)
+      --s3-region R       signing region (env AWS_REGION; default us-east-1)
+      --s3-access-key K, --s3-secret-key S  keys (env AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY;
+                          the environment keeps them out of ps)
+  With --blobs, --compact-idle defaults to off (each step would write a small object).
+
+The index in PostgreSQL (first steps: backup, restore, log, ls and tokens work;
+retention, GC, recompression, verify and stats do not yet):
+      --index postgres://USER[:PASS]@HOST[:PORT]/DB  (or --index pg: with the PG* variables)
+                          DIR then holds no index.db (the cache and tmp/ only)
+  While the store does not answer, requests that need it get 503 (clients exit 5);
+  the server needs no restart when it is back.
+
 Retention and GC run while backups upload and restores stream: nothing is
 refused or waits for them (README, "Retention").
 
@@ -77,6 +97,12 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       "metrics-listen": { type: "string" },
       "no-ui": { type: "boolean" },
       json: { type: "boolean" },
+      blobs: { type: "string" },
+      index: { type: "string" },
+      "s3-endpoint": { type: "string" },
+      "s3-region": { type: "string" },
+      "s3-access-key": { type: "string" },
+      "s3-secret-key": { type: "string" },
     });
     positionals(p, "serve", []);
     const dataDir = resolve(flagOrEnv(p, "data", "KEEP_DATA") ?? "keep-data");
@@ -87,7 +113,8 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
     const idle = p.values["idle-timeout"]
       ? parseDuration(p.values["idle-timeout"] as string, "idle-timeout")
       : 60_000;
-    const compactRaw = (p.values["compact-idle"] as string | undefined) ?? "10s";
+    const s3 = s3Flags(p);
+    const compactRaw = (p.values["compact-idle"] as string | undefined) ?? (s3 ? "off" : "10s");
     const compactIdleMs = compactRaw === "off" ? 0 : parseDuration(compactRaw, "compact-idle");
     const everyRaw = (p.values["retention-every"] as string | undefined) ?? "1h";
     const gcEveryMs = everyRaw === "off" ? 0 : parseDuration(everyRaw, "retention-every");
@@ -152,8 +179,11 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       if (problem) note(`keep serve: warning: ${cert}: ${problem}`);
     }
     const controller = new AbortController();
+    const pg = parseIndexFlag(p.values.index as string | undefined);
     const server = await startServer({
       dataDir,
+      s3,
+      pg,
       hostname,
       port,
       noAuth: !!p.values["no-auth"],
@@ -181,9 +211,14 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
         listening: server.url,
         metrics: server.metricsUrl,
         data: dataDir,
+        blobs: server.blobs,
       }));
     } else {
-      out(`keep serve: listening on ${server.url} (data ${dataDir})`);
+      out(
+        `keep serve: listening on ${server.url} (data ${dataDir}${
+          server.blobs === dataDir ? "" : `, blobs ${server.blobs}`
+        })`,
+      );
       if (server.metricsUrl) note(`keep serve: metrics on ${server.metricsUrl}/metrics`);
     }
     // Graceful: stop accepting, let requests in flight finish (their response
@@ -226,3 +261,44 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
     return 0;
   },
 };
+
+/** The bucket `--blobs s3://…` and its flags (or AWS_* variables) name; undefined without --blobs. */
+function s3Flags(p: ReturnType<typeof parseFlags>): S3Blobs | undefined {
+  const url = p.values.blobs as string | undefined;
+  const others = ["s3-endpoint", "s3-region", "s3-access-key", "s3-secret-key"]
+    .filter((f) => p.values[f] !== undefined);
+  if (url === undefined) {
+    if (others.length) {
+      throw new KeepError("usage", `Cannot use --${others[0]} without --blobs s3://BUCKET/PREFIX`);
+    }
+    return undefined;
+  }
+  const loc = parseS3Url(url);
+  if (!loc) {
+    throw new KeepError("usage", `Cannot use --blobs ${url}: give s3://BUCKET/PREFIX`);
+  }
+  const region = flagOrEnv(p, "s3-region", "AWS_REGION") ?? "us-east-1";
+  const endpoint = flagOrEnv(p, "s3-endpoint", "AWS_ENDPOINT_URL") ??
+    `https://s3.${region}.amazonaws.com`;
+  let parsed: URL;
+  try {
+    parsed = new URL(endpoint);
+  } catch {
+    throw new KeepError("usage", `Cannot use --s3-endpoint ${endpoint}: not a URL`);
+  }
+  if (!/^https?:$/.test(parsed.protocol) || (parsed.pathname !== "/" && parsed.pathname !== "")) {
+    throw new KeepError(
+      "usage",
+      `Cannot use --s3-endpoint ${endpoint}: give http(s)://HOST[:PORT] (path-style addressing)`,
+    );
+  }
+  const accessKey = flagOrEnv(p, "s3-access-key", "AWS_ACCESS_KEY_ID");
+  const secretKey = flagOrEnv(p, "s3-secret-key", "AWS_SECRET_ACCESS_KEY");
+  if (!accessKey || !secretKey) {
+    throw new KeepError(
+      "usage",
+      `Cannot use --blobs ${url}: no keys (--s3-access-key and --s3-secret-key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)`,
+    );
+  }
+  return { ...loc, endpoint: parsed.origin, region, accessKey, secretKey };
+}

@@ -4,7 +4,7 @@ import { openLocalStorage, type Storage } from "../server/storage/open.ts";
 import { type Role, ROLES, TokenStore } from "../server/tokens.ts";
 import { checkProjectName } from "../format/api.ts";
 import { type Command, out, outJson } from "./command.ts";
-import { flagOrEnv, parseFlags, positionals } from "./flags.ts";
+import { flagOrEnv, parseFlags, parseIndexFlag, positionals } from "./flags.ts";
 
 export const tokenCommand: Command = {
   name: "token",
@@ -23,6 +23,7 @@ Clients pass it with --token or KEEP_TOKEN.
 
 Options:
   -d, --data DIR     data directory (env KEEP_DATA; default ./keep-data)
+      --index URL    the server's PostgreSQL index (as keep serve --index)
       --json         the result as JSON (create: the token and its info)`,
   run(args) {
     return runToken(args);
@@ -37,14 +38,16 @@ async function runToken(args: string[]): Promise<number> {
       project: { type: "string", short: "p", multiple: true },
       name: { type: "string" },
       json: { type: "boolean" },
+      index: { type: "string" },
     });
     const [action, ...rest] = p.positionals;
+    const pg = parseIndexFlag(p.values.index as string | undefined);
     const dir = resolve(flagOrEnv(p, "data", "KEEP_DATA") ?? "keep-data");
     let storage: Storage;
     try {
-      storage = await openLocalStorage(dir, { create: action === "create" });
+      storage = await openLocalStorage(dir, { create: action === "create", pg });
     } catch (err) {
-      if (err instanceof KeepError && err.code === "usage") {
+      if (err instanceof KeepError && err.code === "usage" && /no index\.db/.test(err.message)) {
         throw new KeepError("usage", `Cannot open ${dir}: no index.db there (run keep serve once)`);
       }
       throw err;

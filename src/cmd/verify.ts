@@ -17,7 +17,9 @@ Checks the SQLite index (quick_check), re-reads every blob (inflate, CRC,
 size, SHA-256), checks that every content hash a commit refers to is stored,
 and reports orphans (blobs no commit uses, blob files the index does not
 know: leftovers of interrupted uploads, harmless). Run it on the server's data
-dir (safe while the server runs) or over HTTP with an admin token.
+dir (safe while the server runs) or over HTTP with an admin token. A data dir
+whose blobs are in a bucket (serve --blobs s3://…) reads them there, with the
+keys from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
 
 A damaged blob is marked: uploads stop counting on it, so the next upload of
 that content replaces it, and the files of head commits that use it are

@@ -10,17 +10,24 @@ import { join } from "node:path";
 import { KeepError } from "../errors.ts";
 import { lockForLife } from "../platform/fs_native.ts";
 import { Compactor } from "../server/compactor.ts";
-import { roundWanted } from "../server/gc.ts";
+import { type Rounds, roundWanted } from "../server/gc.ts";
 import { CollectorThread } from "../server/gc_thread.ts";
 import { DEFAULT_LIMITS, type IngestLimits } from "../server/ingest.ts";
 import { ManifestCache } from "../server/manifest_cache.ts";
-import { openLocalStorage } from "../server/storage/open.ts";
+import { openLocalStorage, type S3Blobs } from "../server/storage/open.ts";
 import { TokenStore } from "../server/tokens.ts";
 import { createApp, metricsResponse } from "./app.ts";
 import { Metrics } from "./metrics.ts";
 
 export interface ServeOptions {
   dataDir: string;
+  /** Keep the blobs in this bucket (the index stays in dataDir). */
+  s3?: S3Blobs;
+  /**
+   * The index in PostgreSQL (a URL, or "" for the PG* variables). Retention,
+   * GC and recompression do not run on it yet.
+   */
+  pg?: string;
   hostname: string;
   port: number;
   /** Serve without tokens; refused unless hostname is loopback. */
@@ -48,6 +55,8 @@ export interface RunningServer {
   url: string;
   /** The --metrics-listen address's URL, when there is one. */
   metricsUrl: string | null;
+  /** Where the blobs are (the data dir, or s3://BUCKET/PREFIX). */
+  blobs: string;
   port: number;
   finished: Promise<void>;
   close(): Promise<void>;
@@ -88,6 +97,8 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     create: true,
     owner: true,
     writers: { buffer: writers, yielding: false },
+    s3: options.s3,
+    pg: options.pg,
   });
   const tokens = options.noAuth ? null : new TokenStore(storage.index);
   const log = options.log ?? (() => {});
@@ -101,12 +112,15 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const inflight = { n: 0, last: Date.now(), work };
   const manifests = new ManifestCache(join(options.dataDir, "cache"));
   // Retention and GC on their own thread: their transactions never hold this one.
-  const collector = CollectorThread.open(options.dataDir, storage, {
-    graceMs: options.gcGraceMs ?? 3600_000,
-    writers,
-    work: work.buffer as SharedArrayBuffer,
-    log,
-  });
+  const collector: Rounds = options.pg !== undefined
+    ? noRounds()
+    : CollectorThread.open(options.dataDir, storage, {
+      graceMs: options.gcGraceMs ?? 3600_000,
+      s3: storage.s3,
+      writers,
+      work: work.buffer as SharedArrayBuffer,
+      log,
+    });
   const metrics = new Metrics();
   const app = createApp({
     metrics,
@@ -188,7 +202,9 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const scheme = options.cert ? "https" : "http";
   const host = options.hostname.includes(":") ? `[${options.hostname}]` : options.hostname;
   // Recompression at rest, only once no request has been seen for a while.
-  const compactor = options.compactIdleMs ? new Compactor(storage, { log }) : null;
+  const compactor = options.compactIdleMs && options.pg === undefined
+    ? new Compactor(storage, { log })
+    : null;
   let compactTimer: ReturnType<typeof setTimeout> | undefined;
   let stopped = false;
   const tick = async () => {
@@ -209,7 +225,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   if (compactor) compactTimer = setTimeout(tick, 1000);
   // Retention and GC: a round soon after start, then every gcEveryMs; the
   // collector works in short slices with pauses, requests or not.
-  const every = options.gcEveryMs ?? 3600_000;
+  const every = options.pg !== undefined ? 0 : options.gcEveryMs ?? 3600_000;
   let gcTimer: ReturnType<typeof setTimeout> | undefined;
   const round = () => {
     if (stopped) return;
@@ -242,6 +258,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
           : options.metricsListen!.hostname
       }:${metricsServer.addr.port}`
       : null,
+    blobs: storage.blobs.where,
     port,
     finished,
     close: async () => {
@@ -255,5 +272,23 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
         await storage.close();
       } catch { /* already closed */ }
     },
+  };
+}
+
+/** Retention and GC where they do not run yet (the PostgreSQL index): every round refused. */
+function noRounds(): Rounds {
+  return {
+    start: () =>
+      Promise.reject(
+        new KeepError(
+          "usage",
+          "Cannot collect garbage: not yet done on the PostgreSQL index (src/server/storage/pg_index.ts)",
+        ),
+      ),
+    markDirty: () => {},
+    running: false,
+    phase: "idle",
+    figures: null,
+    close: () => Promise.resolve(),
   };
 }

@@ -118,6 +118,7 @@ export class Compactor {
     }
     await this.#sink.flush();
     this.saved += await index.moveBlobs(moves, skips);
+    if (blobs.flushEndsPack) await this.close();
     for (const d of damaged) {
       if (!await index.markDamaged(d.hash, d.problem)) continue;
       this.damaged++;

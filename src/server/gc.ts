@@ -58,6 +58,8 @@ import type { Storage } from "./storage/open.ts";
 const BATCH = 2000;
 /** Blobs copied per evacuation call. */
 const COPY_BATCH = 200;
+/** ...where each copy is a pack of its own (BlobStore.flushEndsPack). */
+const COPY_BATCH_ONCE = 4000;
 /** How often the mark phase looks at every blob, not only the candidates. */
 const FULL_MARK_EVERY_MS = 24 * 3600_000;
 
@@ -519,7 +521,9 @@ export class Collector implements Rounds {
   async #evacuate(pack: number): Promise<boolean> {
     const { index, blobs } = this.#storage;
     const r = this.#round!;
-    const rows = (await index.blobsInPack(pack, COPY_BATCH + this.#skip.size))
+    // Where a flush ends the pack (object stores), one copy is one pack: make it big.
+    const batch = blobs.flushEndsPack ? COPY_BATCH_ONCE : COPY_BATCH;
+    const rows = (await index.blobsInPack(pack, batch + this.#skip.size))
       .filter((row) => !this.#skip.has(row.id));
     if (rows.length === 0) {
       if (this.#skip.size === 0) {
@@ -530,7 +534,7 @@ export class Collector implements Rounds {
     }
     this.#sink ??= blobs.openPack(await index.newPack());
     const moves: { row: BlobRow; pack: number; offset: number }[] = [];
-    for (const row of rows.slice(0, COPY_BATCH)) {
+    for (const row of rows.slice(0, batch)) {
       const hex = bytesToHex(row.hash);
       let stored: Uint8Array;
       try {
@@ -559,7 +563,7 @@ export class Collector implements Rounds {
     }
     await this.#sink.flush();
     await index.relocateBlobs(moves);
-    if (this.#sink.size >= 64 << 20) await this.#closeSink();
+    if (this.#sink.size >= 64 << 20 || blobs.flushEndsPack) await this.#closeSink();
     return true;
   }
 

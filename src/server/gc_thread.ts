@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { S3Blobs } from "./storage/open.ts";
 import { KeepError } from "../errors.ts";
 import type { GcFigures } from "../format/api.ts";
 import type { Phase, Rounds } from "./gc.ts";
@@ -72,6 +73,7 @@ export class CollectorThread implements Rounds {
     worker.postMessage({
       init: {
         dataDir: this.#dataDir,
+        s3: this.#options.s3 ?? undefined,
         graceMs: this.#options.graceMs,
         batch: this.#options.batch ?? 40_000,
         busyBatch: this.#options.busyBatch ?? 4000,
@@ -194,6 +196,8 @@ export interface ThreadOptions {
   work?: SharedArrayBuffer;
   batch?: number;
   busyBatch?: number;
+  /** The bucket of the blobs, when in one (Storage.s3). */
+  s3?: S3Blobs | null;
   log?: (line: string) => void;
 }
 

@@ -4,7 +4,7 @@
  * so their transactions and file work never hold the server's event loop.
  * The protocol with gc_thread.ts:
  *
- * - in: `{init: {dataDir, graceMs, batch}}`, `{start}`, `{dirty: project}`, `{close}`,
+ * - in: `{init: {dataDir, s3, graceMs, batch}}`, `{start}`, `{dirty: project}`, `{close}`,
  *   `{ack}` (the server noted that blobs moved);
  * - out: `{ready}` or `{failed}` after init, `{phase, figures}` as a round
  *   goes, `{ended, error?}` per round, `{moved}` before bytes are deleted
@@ -16,7 +16,7 @@
 /// <reference lib="deno.worker" />
 
 import { Collector } from "./gc.ts";
-import { openLocalStorage, type Storage } from "./storage/open.ts";
+import { openLocalStorage, type S3Blobs, type Storage } from "./storage/open.ts";
 
 let storage: Storage | null = null;
 let collector: Collector | null = null;
@@ -28,6 +28,7 @@ self.onmessage = async (ev: MessageEvent) => {
     if (m.init) {
       const o = m.init as {
         dataDir: string;
+        s3?: S3Blobs;
         graceMs: number;
         batch: number;
         busyBatch: number;
@@ -38,6 +39,7 @@ self.onmessage = async (ev: MessageEvent) => {
       // This connection gives way to the server's writers (see SqliteIndex.shareWriters).
       storage = await openLocalStorage(o.dataDir, {
         cacheMiB: 8,
+        s3: o.s3,
         writers: { buffer: o.writers, yielding: true },
       });
       collector = new Collector(storage, {

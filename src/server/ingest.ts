@@ -220,6 +220,8 @@ export class Ingest {
   #heldBytes = 0;
   #withdrawals: { path: string; reason: string }[] = [];
   #pack: PackSink | null = null;
+  /** The last batch's pack write and rows, still going (object stores: see flush). */
+  #tail: Promise<void> | null = null;
   /** The sink of the large file being received, if any. */
   #currentSink: LargeSink | null = null;
   #entries = 0;
@@ -333,6 +335,7 @@ export class Ingest {
         );
       }
     }
+    await this.#settle();
     // The current large file's sink may hold too much unwritten: let it catch up.
     if (this.#currentSink?.pending) await this.#currentSink.drain();
     const rows = this.#pendingRows;
@@ -388,10 +391,31 @@ export class Ingest {
       this.newBlobBytes += b.stored;
     }
     this.#heldBytes = 0; // the pack sink copied or wrote every held blob
+    this.#flushing = [];
+    if (this.#storage.blobs.flushEndsPack) {
+      // An object store: this batch's pack is one object, sent while the
+      // next batch arrives; its rows follow the PUT (the next flush, or
+      // finish, waits for both). Batches' rows still go in order.
+      const pack = this.#pack;
+      this.#pack = null;
+      const before = this.#tail;
+      this.#tail = (async () => {
+        await before;
+        if (pack) {
+          try {
+            await pack.close();
+          } finally {
+            await this.#storage.index.sealPack(pack.pack);
+          }
+        }
+        this.repairedBlobs += await this.#stage.stage(rows, added);
+      })();
+      this.#tail.catch(() => {}); // awaited by the next flush, finish or abort
+      return;
+    }
     // Rows may only point at bytes, and names, that are durable.
     if (packed) await this.#pack!.flush();
     this.repairedBlobs += await this.#stage.stage(rows, added);
-    this.#flushing = [];
     if (this.#pack && this.#pack.size >= PACK_ROTATE) await this.#closePack();
   }
 
@@ -421,6 +445,13 @@ export class Ingest {
     this.#held.set(data, at);
     this.#heldBytes = need;
     return this.#held.subarray(at, need);
+  }
+
+  /** Waits for the batch an object store is still writing (see flush); throws its failure. */
+  async #settle(): Promise<void> {
+    const tail = this.#tail;
+    this.#tail = null;
+    await tail;
   }
 
   async #closePack(): Promise<void> {
@@ -497,6 +528,7 @@ export class Ingest {
       );
     }
     await this.flush();
+    await this.#settle();
     await this.#closePack();
     for (const w of this.#withdrawals) await this.#stage.withdraw(w.path, w.reason);
     const { commit, changed } = await this.#stage.commit(this.#header!, {
@@ -529,6 +561,7 @@ export class Ingest {
     this.#flushing = [];
     this.#held = new Uint8Array(0);
     this.#heldBytes = 0;
+    await quietly(() => this.#settle());
     // Bytes of earlier batches stay in the pack: their rows were inserted.
     await quietly(() => this.#closePack());
     await quietly(() => this.#stage.abort());
@@ -665,6 +698,7 @@ export class Ingest {
       this.filesReceived++;
       if (entry.size > 0) {
         const { data, sink } = blob.end(); // encodes what is left first
+        sink?.complete?.(hex);
         const stored = blob.bytes;
         this.#pendingBlobs.push({
           hash: digest,

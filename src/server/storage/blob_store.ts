@@ -74,6 +74,12 @@ export interface LargeSink {
   readonly pending: number;
   /** Waits until what was buffered is written. */
   drain(): Promise<void>;
+  /**
+   * Optional: every byte is written and the content's hash is known, so a
+   * store may begin making the blob durable now, while the upload goes on
+   * (an object store sends it); `finish` or `abort` still follows.
+   */
+  complete?(hashHex: string): void;
   /** Makes the blob durable under `hashHex` and a new generation, which it returns. */
   finish(hashHex: string): Promise<number>;
   /** Drops it (the content turned out to be known, or the upload failed). */
@@ -84,6 +90,12 @@ export interface LargeSink {
 export interface BlobStore {
   /** A description for logs and errors ("DIR", "s3://bucket/prefix"). */
   readonly where: string;
+  /**
+   * True when a pack becomes an immutable object at its first flush (an
+   * object store cannot append): its writer then closes and seals it, and
+   * takes a new pack for what follows. False for files, which take appends.
+   */
+  readonly flushEndsPack: boolean;
   openPack(pack: number): PackSink;
   openLarge(): LargeSink;
   /**
@@ -118,4 +130,10 @@ export interface BlobStore {
   /** Leftovers of writes cut short (temp files, unfinished uploads): removed at start. */
   cleanTemp(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** A random 48-bit generation: unique per content without coordination (many servers). */
+export function newGeneration(): number {
+  const [hi, lo] = crypto.getRandomValues(new Uint32Array(2));
+  return (hi & 0xffff) * 2 ** 32 + lo;
 }

@@ -19,11 +19,19 @@
 import { statfsSync } from "node:fs";
 import { join } from "node:path";
 import { KeepError } from "../../errors.ts";
-import type { BlobPlace, BlobStore, LargeObject, LargeSink, PackSink } from "./blob_store.ts";
+import {
+  type BlobPlace,
+  type BlobStore,
+  type LargeObject,
+  type LargeSink,
+  newGeneration,
+  type PackSink,
+} from "./blob_store.ts";
 
 const WRITE_BUFFER = 1 << 20;
 
-function writeAll(f: Deno.FsFile, b: Uint8Array): void {
+/** Writes all of `b` (a write may take part of it). */
+export function writeAll(f: Deno.FsFile, b: Uint8Array): void {
   let o = 0;
   while (o < b.length) o += f.writeSync(b.subarray(o));
 }
@@ -169,6 +177,7 @@ class LocalLargeSink implements LargeSink {
  */
 export class LocalBlobStore implements BlobStore {
   readonly where: string;
+  readonly flushEndsPack = false;
   readonly dir: string;
   readonly packDir: string;
   readonly tmpDir: string;
@@ -420,12 +429,6 @@ export class LocalBlobStore implements BlobStore {
 /** A large blob's file name. */
 function largeName(hashHex: string, gen: number | null): string {
   return gen === null ? hashHex : `${hashHex}.${gen}`;
-}
-
-/** A random 48-bit generation: unique per content without coordination (many servers). */
-function newGeneration(): number {
-  const [hi, lo] = crypto.getRandomValues(new Uint32Array(2));
-  return (hi & 0xffff) * 2 ** 32 + lo;
 }
 
 /** A sync iterable that can also be iterated with `for await`. */

@@ -1,6 +1,12 @@
 /**
  * Opening a store: the index and the blob store of one data directory (the
  * embedded default), as the server, verify, prune and token commands use it.
+ * The blobs may live in a bucket instead (`keep serve --blobs s3://…`):
+ * the data directory then records where in `blobs.json` (never the keys),
+ * so every later open, by any command, finds the same bucket, and the
+ * bucket records in `PREFIX/keep-store.json` which index owns it, so two
+ * indexes never write pack numbers into one prefix (servers sharing one
+ * PostgreSQL index share its id, and so the prefix).
  *
  * @module
  */
@@ -10,7 +16,112 @@ import { KeepError } from "../../errors.ts";
 import type { BlobStore } from "./blob_store.ts";
 import type { IndexStore } from "./index_store.ts";
 import { LocalBlobStore } from "./local_blobs.ts";
+import { S3BlobStore, type S3Location } from "./s3_blobs.ts";
+import { S3Error } from "./s3_client.ts";
 import { SqliteIndex } from "./sqlite_index.ts";
+import { PgIndex } from "./pg_index.ts";
+
+/** Blobs in a bucket: where, and the keys (from flags or AWS_* variables). */
+export interface S3Blobs extends S3Location {
+  accessKey?: string;
+  secretKey?: string;
+}
+
+/** What DIR/blobs.json says. */
+interface BlobsRecord extends S3Location {
+  kind: "s3";
+  /** This index's id, also in the bucket's keep-store.json. */
+  store: string;
+}
+
+function readRecord(dataDir: string): BlobsRecord | null {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(join(dataDir, "blobs.json"));
+  } catch {
+    return null;
+  }
+  try {
+    const r = JSON.parse(text) as BlobsRecord;
+    if (r.kind !== "s3" || typeof r.bucket !== "string" || typeof r.store !== "string") {
+      throw new Error("not a blobs record");
+    }
+    return r;
+  } catch (err) {
+    throw new KeepError(
+      "invalid",
+      `Cannot read ${join(dataDir, "blobs.json")}: ${(err as Error).message}`,
+    );
+  }
+}
+
+function writeRecord(dataDir: string, r: BlobsRecord): void {
+  const path = join(dataDir, "blobs.json");
+  Deno.writeTextFileSync(`${path}.tmp`, JSON.stringify(r, null, 2) + "\n");
+  Deno.renameSync(`${path}.tmp`, path);
+}
+
+/** The bucket store `r` names, keys from `given` or the environment. */
+function openS3(dataDir: string, r: BlobsRecord, given?: S3Blobs): S3BlobStore {
+  const accessKey = given?.accessKey ?? Deno.env.get("AWS_ACCESS_KEY_ID");
+  const secretKey = given?.secretKey ?? Deno.env.get("AWS_SECRET_ACCESS_KEY");
+  // Without keys the store opens (token and policy commands never read blobs); its first request fails.
+  return new S3BlobStore(
+    {
+      endpoint: r.endpoint,
+      region: r.region,
+      bucket: r.bucket,
+      accessKey: accessKey ?? "",
+      secretKey: secretKey ?? "",
+    },
+    r.prefix,
+    join(dataDir, "tmp"),
+  );
+}
+
+/**
+ * Claims the bucket prefix for this index (first open) or checks that it is
+ * this index's; the first request to the store, so bad keys, a missing
+ * bucket or a store that is down show here, at start.
+ */
+async function claimBucket(blobs: S3BlobStore, r: BlobsRecord): Promise<void> {
+  const key = `${blobs.prefix}keep-store.json`;
+  const where = `s3://${r.bucket}/${r.prefix}`;
+  try {
+    for (let i = 0; i < 2; i++) {
+      const res = await blobs.client.get(key);
+      if (res) {
+        const owner = (await res.json().catch(() => ({}))) as { store?: string };
+        if (owner.store !== r.store) {
+          throw new KeepError(
+            "usage",
+            `Cannot use ${where}: it holds the blobs of another Keep index (${owner.store}); give each data directory its own prefix`,
+          );
+        }
+        return;
+      }
+      const body = new TextEncoder().encode(
+        JSON.stringify({ store: r.store, created: new Date().toISOString() }) + "\n",
+      );
+      try {
+        await blobs.client.put(key, body, { ifNoneMatch: true });
+        return;
+      } catch (err) {
+        if (!(err instanceof S3Error && err.status === 412)) throw err;
+      }
+    }
+  } catch (err) {
+    if (err instanceof S3Error) {
+      throw new KeepError(
+        err.status === 403 || err.status === 404 ? "usage" : "unavailable",
+        `Cannot use ${where} at ${r.endpoint}: ${err.code}${
+          err.code === "NoSuchBucket" ? " (create the bucket first)" : ""
+        }`,
+      );
+    }
+    throw err;
+  }
+}
 
 /** An open store: its two halves. */
 export interface Storage {
@@ -18,6 +129,8 @@ export interface Storage {
   blobs: BlobStore;
   /** Where it is, for messages. */
   where: string;
+  /** The bucket of its blobs, when they are in one (for another thread that opens it again). */
+  s3: S3Blobs | null;
   close(): Promise<void>;
 }
 
@@ -41,19 +154,97 @@ export async function openLocalStorage(
     cacheMiB?: number;
     /** Share a writers counter with another thread's connection (SqliteIndex.shareWriters). */
     writers?: { buffer: SharedArrayBuffer; yielding: boolean };
+    /** Keep (or find) the blobs in this bucket; default: where DIR/blobs.json says, else DIR. */
+    s3?: S3Blobs;
+    /**
+     * The index in PostgreSQL: a `postgres://` URL, or "" for the PG*
+     * variables; DIR then keeps no index.db (it records the choice in
+     * index.json, so that opening it without this option is refused).
+     */
+    pg?: string;
   } = {},
 ): Promise<Storage> {
   const path = join(dataDir, "index.db");
-  if (!options.create) {
+  const pgMark = join(dataDir, "index.json");
+  let existed = true;
+  try {
+    Deno.statSync(path);
+  } catch {
+    existed = false;
+  }
+  const pgDir = (() => {
     try {
-      Deno.statSync(path);
+      Deno.statSync(pgMark);
+      return true;
     } catch {
-      throw new KeepError("usage", `Cannot open ${dataDir}: no index.db there`);
+      return false;
     }
-  } else Deno.mkdirSync(dataDir, { recursive: true });
-  const index = SqliteIndex.open(path, { cacheMiB: options.cacheMiB });
-  if (options.writers) index.shareWriters(options.writers.buffer, options.writers.yielding);
-  const blobs = LocalBlobStore.open(dataDir);
+  })();
+  if (options.pg !== undefined && existed) {
+    throw new KeepError(
+      "usage",
+      `Cannot use a PostgreSQL index with ${dataDir}: it has its own index.db`,
+    );
+  }
+  if (options.pg === undefined && pgDir) {
+    throw new KeepError(
+      "usage",
+      `Cannot open ${dataDir}: its index is in PostgreSQL (give --index, as keep serve had it)`,
+    );
+  }
+  if (!options.create && !existed && options.pg === undefined) {
+    throw new KeepError("usage", `Cannot open ${dataDir}: no index.db there`);
+  }
+  Deno.mkdirSync(dataDir, { recursive: true });
+  let record = readRecord(dataDir);
+  const s3 = options.s3;
+  if (s3 && record && (record.bucket !== s3.bucket || record.prefix !== s3.prefix)) {
+    throw new KeepError(
+      "usage",
+      `Cannot use s3://${s3.bucket}/${s3.prefix}: ${dataDir} keeps its blobs in s3://${record.bucket}/${record.prefix}`,
+    );
+  }
+  let index: IndexStore;
+  if (options.pg !== undefined) {
+    index = await PgIndex.open(options.pg);
+    if (!pgDir) Deno.writeTextFileSync(pgMark, JSON.stringify({ kind: "postgres" }) + "\n");
+  } else index = SqliteIndex.open(path, { cacheMiB: options.cacheMiB });
+  let blobs: BlobStore;
+  try {
+    if (s3 && !record) {
+      if (existed && (await index.counts()).blobs > 0) {
+        throw new KeepError(
+          "usage",
+          `Cannot use s3://${s3.bucket}/${s3.prefix}: ${dataDir} already keeps its blobs in the directory itself`,
+        );
+      }
+      record = {
+        kind: "s3",
+        bucket: s3.bucket,
+        prefix: s3.prefix,
+        endpoint: s3.endpoint,
+        region: s3.region,
+        // Servers sharing a PostgreSQL index share its prefix: the index's id.
+        store: index instanceof PgIndex ? await index.storeId() : crypto.randomUUID(),
+      };
+      writeRecord(dataDir, record);
+    } else if (s3 && record && (s3.endpoint !== record.endpoint || s3.region !== record.region)) {
+      // The same bucket reached another way (a new address): remembered for later opens.
+      record = { ...record, endpoint: s3.endpoint, region: s3.region };
+      writeRecord(dataDir, record);
+    }
+    if (record) {
+      const store = openS3(dataDir, record, s3);
+      if (options.owner) await claimBucket(store, record);
+      blobs = store;
+    } else blobs = LocalBlobStore.open(dataDir);
+  } catch (err) {
+    await index.close();
+    throw err;
+  }
+  if (options.writers && index instanceof SqliteIndex) {
+    index.shareWriters(options.writers.buffer, options.writers.yielding);
+  }
   if (options.owner) {
     await blobs.cleanTemp();
     await index.sealAllPacks();
@@ -63,6 +254,7 @@ export async function openLocalStorage(
     index,
     blobs,
     where: dataDir,
+    s3: record ? { ...record, accessKey: s3?.accessKey, secretKey: s3?.secretKey } : null,
     close: async () => {
       await blobs.close();
       await index.close();

@@ -22,7 +22,7 @@
 // here they do their work synchronously, and `async` makes a throw a rejection.
 // deno-lint-ignore-file require-await
 
-import { DatabaseSync, type StatementSync } from "node:sqlite";
+import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
 import { KeepError } from "../../errors.ts";
 import type {
   CommitNote,
@@ -35,7 +35,6 @@ import type {
 } from "../../format/api.ts";
 import { bytesToHex, hexToBytes } from "../../format/hex.ts";
 import type {
-  CommitCounts,
   CommitInfo,
   CommitStats,
   Entry,
@@ -44,6 +43,18 @@ import type {
 } from "../../format/manifest.ts";
 import { comparePaths, parentOf } from "../../format/paths.ts";
 import type { BlobPlace } from "./blob_store.ts";
+import {
+  argsOf,
+  CHECK_MESSAGES,
+  commitCounts,
+  commitFromRow,
+  commitStatements,
+  EMPTY_HASH,
+  noteOf,
+  placeOf,
+  type Statement,
+  tokenOf,
+} from "./commit_sql.ts";
 import type {
   BlobRow,
   IndexStore,
@@ -181,10 +192,10 @@ const UNREFERENCED = `AND NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = blo
 const REFERENCED = `AND (EXISTS (SELECT 1 FROM current c WHERE c.hash = blobs.hash)
   OR EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash))`;
 
-/** SHA-256 of no bytes: the content of every empty file (never stored as a blob). */
-const EMPTY_HASH = hexToBytes("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-
 type Row = Record<string, unknown>;
+
+/** The commit's statements on this connection's TEMP staging table. */
+const COMMIT = commitStatements("temp.stage");
 
 function rowToEntry(r: unknown[]): Entry {
   // path, type, size, mode, mtime, ctime, hash, target, xxh, flag
@@ -332,15 +343,6 @@ class HashFilter {
     }
     return true;
   }
-}
-
-function placeOf(r: Row): BlobPlace {
-  return {
-    size: Number(r.size),
-    stored: Number(r.stored),
-    pack: r.pack === null ? null : Number(r.pack),
-    offset: r.offset === null ? null : Number(r.offset),
-  };
 }
 
 function blobRowOf(r: Row): BlobRow {
@@ -552,30 +554,12 @@ export class SqliteIndex implements IndexStore {
     return r.t === null ? null : new Date(Number(r.t)).toISOString();
   }
 
-  #commitFromRow(r: Row, project: string): CommitInfo {
-    return {
-      id: r.id as string,
-      project,
-      seq: Number(r.seq),
-      parent: (r.parent as string | null) ?? null,
-      time: new Date(Number(r.time)).toISOString(),
-      message: r.message as string,
-      tags: JSON.parse(r.tags as string),
-      host: r.host as string,
-      source: r.source as string,
-      scanTime: String(r.scan_time),
-      granularity: String(r.granularity),
-      counts: JSON.parse(r.counts as string),
-      stats: JSON.parse(r.stats as string),
-    };
-  }
-
   #commitBySeq(projectId: number, project: string, seq: number): CommitInfo | null {
     const r = this.#stmt(
       "SELECT * FROM commits WHERE project = ? AND seq = ? AND forgotten IS NULL",
       true,
     ).get(projectId, seq) as Row | undefined;
-    return r ? this.#commitFromRow(r, project) : null;
+    return r ? commitFromRow(r, project) : null;
   }
 
   #head(project: string): CommitInfo | null {
@@ -608,7 +592,7 @@ export class SqliteIndex implements IndexStore {
       if (rows.length > 1) {
         throw new KeepError("usage", `Cannot pick commit: prefix ${ref} is ambiguous`);
       }
-      if (rows.length === 1) found = this.#commitFromRow(rows[0], project);
+      if (rows.length === 1) found = commitFromRow(rows[0], project);
     }
     if (!found) throw new KeepError("not_found", `Cannot find commit ${ref} in project ${project}`);
     return found;
@@ -629,7 +613,7 @@ export class SqliteIndex implements IndexStore {
       "SELECT * FROM commits WHERE project = ? AND seq < ? AND forgotten IS NULL ORDER BY seq DESC LIMIT ?",
       true,
     ).all(pid, beforeSeq, limit) as Row[];
-    return Promise.resolve(rows.map((r) => this.#commitFromRow(r, project)));
+    return Promise.resolve(rows.map((r) => commitFromRow(r, project)));
   }
 
   async commitNotes(project: string, seq: number): Promise<CommitNote[]> {
@@ -637,11 +621,7 @@ export class SqliteIndex implements IndexStore {
     if (pid === null) return Promise.resolve([]);
     return Promise.resolve((this.#stmt(
       "SELECT path, flag, reason FROM notes WHERE project = ? AND seq = ? ORDER BY path",
-    ).all(pid, seq) as Row[]).map((r) => ({
-      path: r.path as string,
-      flag: r.flag as EntryFlag,
-      reason: r.reason as string,
-    })));
+    ).all(pid, seq) as Row[]).map(noteOf));
   }
 
   // ---------------------------------------------------------------- file versions
@@ -1214,23 +1194,23 @@ export class SqliteIndex implements IndexStore {
       if ((head?.id ?? null) !== header.parent) this.#rebase(upload, pid, project, header, head!);
       const seq = (head?.seq ?? 0) + 1;
       const q = (sql: string) => this.#stmt(sql);
-      const fail = (sql: string, msg: (p: string) => string) => {
-        const r = q(sql).get({ u: upload, p: pid, s: seq, empty: EMPTY_HASH }) as Row | undefined;
-        if (r) throw new KeepError("invalid", `Cannot commit: ${msg(r.path as string)}`);
+      const v = { upload, project: pid, seq, empty: EMPTY_HASH };
+      const get = (st: Statement) =>
+        q(st.sql).get(...argsOf(st, v) as SQLInputValue[]) as Row | undefined;
+      const check = (name: keyof typeof COMMIT.checks) => {
+        const r = get(COMMIT.checks[name]);
+        if (r) {
+          throw new KeepError(
+            "invalid",
+            `Cannot commit: ${CHECK_MESSAGES[name](r.path as string)}`,
+          );
+        }
       };
-      fail(
-        "SELECT path FROM temp.stage s WHERE upload = $u AND op = 'del' AND NOT EXISTS (SELECT 1 FROM current c WHERE c.project = $p AND c.path = s.path) LIMIT 1",
-        (p) => `deleted path ${JSON.stringify(p)} is not in the parent commit`,
-      );
-      fail(
-        "SELECT path FROM temp.stage s WHERE upload = $u AND op = 'keep' AND NOT EXISTS (SELECT 1 FROM current c WHERE c.project = $p AND c.path = s.path) LIMIT 1",
-        (p) => `keep record for ${JSON.stringify(p)} names a path the parent commit does not have`,
-      );
+      check("deletedMissing");
+      check("keptMissing");
       // Content the upload counted on may have been collected meanwhile (it was
       // unreferenced): the client then backs up again, sending it.
-      const gone = q(
-        "SELECT path FROM temp.stage s WHERE upload = $u AND op = 'put' AND type = 'f' AND size > 0 AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = s.hash) LIMIT 1",
-      ).get({ u: upload }) as Row | undefined;
+      const gone = get(COMMIT.contentGone);
       if (gone) {
         throw new KeepError(
           "conflict",
@@ -1239,26 +1219,11 @@ export class SqliteIndex implements IndexStore {
           } is not in the store (collected during the upload); back up again`,
         );
       }
-      // A metadata record re-records content: it must be content of this very
-      // project, of exactly that size; non-files carry no hash.
-      fail(
-        `SELECT path FROM temp.stage s WHERE upload = $u AND op = 'meta' AND (
-           (type != 'f' AND (hash IS NOT NULL OR xxh IS NOT NULL)) OR
-           (type = 'f' AND (hash IS NULL OR (size = 0 AND hash != $empty))) OR
-           (type = 'f' AND size > 0 AND NOT (
-             EXISTS (SELECT 1 FROM blobs b WHERE b.hash = s.hash AND b.size = s.size) AND (
-             EXISTS (SELECT 1 FROM current c WHERE c.hash = s.hash AND c.project = $p) OR
-             EXISTS (SELECT 1 FROM history h WHERE h.hash = s.hash AND h.project = $p))))) LIMIT 1`,
-        (p) =>
-          `metadata record for ${
-            JSON.stringify(p)
-          } names content the project never had (at that size)`,
-      );
-      const totalsOf = (where: string) => {
-        const rows = q(
-          `SELECT c.type AS type, count(*) AS n, sum(c.size) AS bytes FROM current c JOIN temp.stage s
-           ON s.upload = $u AND s.path = c.path WHERE c.project = $p ${where} GROUP BY c.type`,
-        ).all({ u: upload, p: pid }) as Row[];
+      check("metaForeign");
+      const totalsOf = () => {
+        const rows = q(COMMIT.totals.sql).all(
+          ...argsOf(COMMIT.totals, v) as SQLInputValue[],
+        ) as Row[];
         const t = { f: 0, d: 0, l: 0, bytes: 0 };
         for (const r of rows) {
           t[r.type as "f" | "d" | "l"] = Number(r.n);
@@ -1266,88 +1231,25 @@ export class SqliteIndex implements IndexStore {
         }
         return t;
       };
-      const count = (sql: string) => Number((q(sql).get({ u: upload, p: pid }) as Row).n);
-      const added = count(
-        "SELECT count(*) AS n FROM temp.stage s WHERE upload = $u AND op = 'put' AND NOT EXISTS (SELECT 1 FROM current c WHERE c.project = $p AND c.path = s.path)",
-      );
-      const staged = count("SELECT count(*) AS n FROM temp.stage WHERE upload = $u AND op = 'put'");
-      const metadata = count(
-        "SELECT count(*) AS n FROM temp.stage WHERE upload = $u AND op = 'meta'",
-      );
-      const deleted = count(
-        "SELECT count(*) AS n FROM temp.stage WHERE upload = $u AND op = 'del'",
-      );
-      const flagged = count(
-        "SELECT count(*) AS n FROM temp.stage WHERE upload = $u AND op = 'keep'",
-      );
-      const removed = totalsOf("");
+      const count = (st: Statement) => Number(get(st)!.n);
+      const added = count(COMMIT.added);
+      const staged = count(COMMIT.ofOp("put"));
+      const metadata = count(COMMIT.ofOp("meta"));
+      const deleted = count(COMMIT.ofOp("del"));
+      const flagged = count(COMMIT.ofOp("keep"));
+      const removed = totalsOf();
+      for (const st of COMMIT.apply) q(st.sql).run(...argsOf(st, v) as SQLInputValue[]);
+      check("noParentDir");
+      check("childrenLeft");
+      const addedTotals = totalsOf();
 
-      // Move every replaced or deleted row to history, then write the new ones.
-      q(
-        `INSERT INTO history(project, path, first, last, type, size, mode, mtime, ctime, hash, target, xxh, flag)
-         SELECT c.project, c.path, c.first, $s, c.type, c.size, c.mode, c.mtime, c.ctime, c.hash, c.target, c.xxh, c.flag
-         FROM current c JOIN temp.stage s ON s.upload = $u AND s.path = c.path WHERE c.project = $p`,
-      ).run({ u: upload, p: pid, s: seq });
-      q(
-        "DELETE FROM current WHERE project = $p AND path IN (SELECT path FROM temp.stage WHERE upload = $u)",
-      ).run({ u: upload, p: pid });
-      q(
-        `INSERT INTO current(project, path, first, type, size, mode, mtime, ctime, hash, target, xxh, flag)
-         SELECT $p, path, $s, type, size, mode, mtime, ctime, hash, target,
-           CASE WHEN op = 'put' THEN xxh ELSE (SELECT b.xxh FROM blobs b WHERE b.hash = s.hash) END,
-           CASE WHEN op = 'meta' AND EXISTS (SELECT 1 FROM blobs b WHERE b.hash = s.hash AND b.damaged IS NOT NULL)
-             THEN 'damaged' ELSE flag END
-         FROM temp.stage s WHERE upload = $u AND op IN ('put', 'meta')`,
-      ).run({ u: upload, p: pid, s: seq });
-      q(
-        `INSERT INTO current(project, path, first, type, size, mode, mtime, ctime, hash, target, xxh, flag)
-         SELECT h.project, h.path, $s, h.type, h.size, h.mode, h.mtime, h.ctime, h.hash, h.target, h.xxh,
-           CASE WHEN EXISTS (SELECT 1 FROM blobs b WHERE b.hash = h.hash AND b.damaged IS NOT NULL)
-             THEN 'damaged' ELSE s.flag END
-         FROM history h JOIN temp.stage s ON s.upload = $u AND s.path = h.path AND s.op = 'keep'
-         WHERE h.project = $p AND h.last = $s`,
-      ).run({ u: upload, p: pid, s: seq });
-      q(
-        `INSERT OR IGNORE INTO paths(project, path)
-         SELECT $p, path FROM temp.stage WHERE upload = $u AND op IN ('put', 'meta')`,
-      ).run({ u: upload, p: pid });
-      q(
-        `INSERT INTO notes(project, seq, path, flag, reason)
-         SELECT $p, $s, path, flag, coalesce(reason, '') FROM temp.stage WHERE upload = $u AND op = 'keep'`,
-      ).run({ u: upload, p: pid, s: seq });
-
-      // The result must be a tree: every parent a directory, no children left under a non-directory.
-      fail(
-        `SELECT path FROM temp.stage s WHERE upload = $u AND op != 'del' AND parent != '' AND NOT EXISTS
-           (SELECT 1 FROM current c WHERE c.project = $p AND c.path = s.parent AND c.type = 'd') LIMIT 1`,
-        (p) =>
-          `${
-            JSON.stringify(p)
-          } has no parent directory in the new commit (missing, or a file or symlink)`,
-      );
-      fail(
-        `SELECT s.path AS path FROM temp.stage s WHERE upload = $u AND (op = 'del' OR type != 'd') AND EXISTS
-           (SELECT 1 FROM current c WHERE c.project = $p AND c.path > s.path || '/' AND c.path < s.path || '0') LIMIT 1`,
-        (p) => `${JSON.stringify(p)} is deleted or not a directory but still has entries below it`,
-      );
-      const addedTotals = totalsOf("");
-
-      const prev = head?.counts ?? { files: 0, dirs: 0, symlinks: 0, bytes: 0 } as CommitCounts;
-      const files = prev.files - removed.f + addedTotals.f;
-      const dirs = prev.dirs - removed.d + addedTotals.d;
-      const symlinks = prev.symlinks - removed.l + addedTotals.l;
-      const counts: CommitCounts = {
-        files,
-        dirs,
-        symlinks,
-        bytes: prev.bytes - removed.bytes + addedTotals.bytes,
+      const counts = commitCounts(head, removed, addedTotals, {
         added,
-        changed: staged - added,
-        deleted,
+        staged,
         metadata,
-        unchanged: files + dirs + symlinks - staged - metadata - flagged,
+        deleted,
         flagged,
-      };
+      });
       const id = crypto.randomUUID().replaceAll("-", "").slice(0, 16);
       const now = Date.now();
       q(
@@ -1973,29 +1875,15 @@ export class SqliteIndex implements IndexStore {
     return Promise.resolve();
   }
 
-  #tokenOf(r: Row): TokenRow {
-    return {
-      id: r.id as string,
-      hash: r.hash as Uint8Array,
-      name: r.name as string,
-      role: r.role as string,
-      projects: JSON.parse(r.projects as string),
-      created: Number(r.created),
-      revoked: r.revoked === null ? null : Number(r.revoked),
-    };
-  }
-
   async listTokens(): Promise<TokenRow[]> {
     return Promise.resolve(
-      (this.#stmt("SELECT * FROM tokens ORDER BY created").all() as Row[]).map((r) =>
-        this.#tokenOf(r)
-      ),
+      (this.#stmt("SELECT * FROM tokens ORDER BY created").all() as Row[]).map((r) => tokenOf(r)),
     );
   }
 
   async tokenById(id: string): Promise<TokenRow | null> {
     const r = this.#stmt("SELECT * FROM tokens WHERE id = ?").get(id) as Row | undefined;
-    return Promise.resolve(r ? this.#tokenOf(r) : null);
+    return Promise.resolve(r ? tokenOf(r) : null);
   }
 
   async revokeToken(id: string, at: number): Promise<boolean> {

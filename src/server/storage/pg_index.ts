@@ -1,0 +1,966 @@
+/**
+ * The index in PostgreSQL (`keep serve --index postgres://…`), behind
+ * IndexStore: the same tables and the same set-based commit as the SQLite
+ * index (sqlite_index.ts), so that several servers can share one index.
+ *
+ * The commit's statements are shared with SQLite (commit_sql.ts). What
+ * makes it safe across servers: an upload's commit runs in one
+ * transaction that first locks its project's row (`SELECT … FOR UPDATE`),
+ * so commits of one project are applied one at a time whichever server
+ * received them: the head a commit is placed on is the head at that moment,
+ * and the "parent is no commit of the project" rule (409) is checked under
+ * the lock. Blob rows are inserted with ON CONFLICT, so two servers storing
+ * the same content at once keep one row (both copies are durable; the other
+ * is left to GC). Staged rows live in an ordinary table keyed by the upload's
+ * id (a server-wide sequence), since a connection pool gives no session of
+ * one's own for a TEMP table.
+ *
+ * Not yet done here (they throw a usage error naming this file): retention
+ * and garbage collection (forget, clean, mark, sweep, evacuation, packs
+ * usage), recompression at rest, verify's checks (blob pages, integrity,
+ * missing content, orphans), stats (usage, logical bytes), and damage
+ * marking. What works: projects, commits, manifests, uploads and their
+ * commit, blob lookups and rows, packs, policies and tokens.
+ *
+ * @module
+ */
+
+import { Buffer } from "node:buffer";
+import postgres from "postgres";
+import { KeepError } from "../../errors.ts";
+import type { CommitNote, Policy, ProjectInfo } from "../../format/api.ts";
+import { bytesToHex } from "../../format/hex.ts";
+import type {
+  CommitInfo,
+  CommitStats,
+  Entry,
+  EntryFlag,
+  UploadHeader,
+} from "../../format/manifest.ts";
+import { parentOf } from "../../format/paths.ts";
+import type { BlobPlace } from "./blob_store.ts";
+import {
+  argsOf,
+  CHECK_MESSAGES,
+  commitCounts,
+  commitFromRow,
+  commitStatements,
+  EMPTY_HASH,
+  noteOf,
+  pgText,
+  placeOf,
+  type Statement,
+  tokenOf,
+} from "./commit_sql.ts";
+import type {
+  BlobRow,
+  IndexStore,
+  NewBlob,
+  PlacedEntry,
+  ProjectUsage,
+  StageRow,
+  StoreCounts,
+  TokenRow,
+  UploadStage,
+} from "./index_store.ts";
+
+type Sql = postgres.Sql | postgres.TransactionSql;
+type Row = Record<string, unknown>;
+
+/** The commit's statements on the shared staging table. */
+const COMMIT = commitStatements("stage");
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS projects(
+  id bigserial PRIMARY KEY, name text COLLATE "C" NOT NULL UNIQUE,
+  head bigint NOT NULL DEFAULT 0, created bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS commits(
+  project bigint NOT NULL, seq bigint NOT NULL, id text NOT NULL UNIQUE, parent text,
+  time bigint NOT NULL, message text NOT NULL, tags text NOT NULL, host text NOT NULL,
+  source text NOT NULL, scan_time bigint NOT NULL, granularity bigint NOT NULL,
+  counts text NOT NULL, stats text NOT NULL, forgotten bigint,
+  PRIMARY KEY(project, seq));
+CREATE TABLE IF NOT EXISTS current(
+  project bigint NOT NULL, path text COLLATE "C" NOT NULL, first bigint NOT NULL,
+  type text NOT NULL, size bigint NOT NULL, mode integer NOT NULL,
+  mtime bigint NOT NULL, ctime bigint NOT NULL, hash bytea, target text, xxh bytea, flag text,
+  PRIMARY KEY(project, path));
+CREATE TABLE IF NOT EXISTS history(
+  project bigint NOT NULL, path text COLLATE "C" NOT NULL, first bigint NOT NULL, last bigint NOT NULL,
+  type text NOT NULL, size bigint NOT NULL, mode integer NOT NULL,
+  mtime bigint NOT NULL, ctime bigint NOT NULL, hash bytea, target text, xxh bytea, flag text,
+  PRIMARY KEY(project, path, first));
+CREATE INDEX IF NOT EXISTS current_hash ON current(hash) WHERE hash IS NOT NULL;
+CREATE INDEX IF NOT EXISTS history_hash ON history(hash) WHERE hash IS NOT NULL;
+CREATE TABLE IF NOT EXISTS paths(
+  project bigint NOT NULL, path text COLLATE "C" NOT NULL, PRIMARY KEY(project, path));
+CREATE TABLE IF NOT EXISTS notes(
+  project bigint NOT NULL, seq bigint NOT NULL, path text COLLATE "C" NOT NULL,
+  flag text NOT NULL, reason text NOT NULL, PRIMARY KEY(project, seq, path));
+CREATE TABLE IF NOT EXISTS blobs(
+  id bigserial PRIMARY KEY, hash bytea NOT NULL UNIQUE, size bigint NOT NULL,
+  stored bigint NOT NULL, xxh bytea, pack bigint, "offset" bigint, level integer,
+  damaged text, orphan bigint);
+CREATE TABLE IF NOT EXISTS uploads(
+  id bigserial PRIMARY KEY, project text NOT NULL, parent text, started bigint NOT NULL);
+CREATE UNLOGGED TABLE IF NOT EXISTS stage(
+  upload bigint NOT NULL, path text COLLATE "C" NOT NULL, parent text COLLATE "C" NOT NULL,
+  op text NOT NULL, type text, size bigint, mode integer, mtime bigint, ctime bigint,
+  hash bytea, target text, xxh bytea, flag text, reason text, PRIMARY KEY(upload, path));
+CREATE TABLE IF NOT EXISTS policies(
+  project text PRIMARY KEY, policy text NOT NULL, updated bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS store_meta(key text PRIMARY KEY, value double precision NOT NULL);
+CREATE TABLE IF NOT EXISTS packs(
+  id bigserial PRIMARY KEY, created bigint NOT NULL, sealed bigint, dead bigint);
+CREATE TABLE IF NOT EXISTS keep_store(one boolean PRIMARY KEY DEFAULT true CHECK (one), id text NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens(
+  id text PRIMARY KEY, hash bytea NOT NULL UNIQUE, name text NOT NULL, role text NOT NULL,
+  projects text NOT NULL, created bigint NOT NULL, revoked bigint);
+`;
+
+const COLS =
+  `path, type, size, mode, mtime, ctime, encode(hash, 'hex') AS hash, target, encode(xxh, 'hex') AS xxh, flag`;
+const PAGE = 2000;
+/** Rows per INSERT … SELECT FROM unnest(…) of staged paths. */
+const CHUNK = 1000;
+
+function notYet(what: string): never {
+  throw new KeepError(
+    "usage",
+    `Cannot ${what}: not yet done on the PostgreSQL index (src/server/storage/pg_index.ts)`,
+  );
+}
+
+function rowToEntry(r: Row): Entry {
+  const e: Entry = {
+    path: r.path as string,
+    type: r.type as Entry["type"],
+    size: Number(r.size),
+    mode: Number(r.mode),
+    mtime: BigInt(r.mtime as string),
+    ctime: BigInt(r.ctime as string),
+  };
+  if (r.hash) e.hash = r.hash as string;
+  if (r.target !== null) e.target = r.target as string;
+  if (r.xxh) e.xxh = r.xxh as string;
+  if (r.flag !== null) e.flag = r.flag as EntryFlag;
+  return e;
+}
+
+function hexOf(b: Uint8Array | null | undefined): string | null {
+  return b ? bytesToHex(b) : null;
+}
+
+/** A database error as a KeepError: no connection is "unavailable" (503, exit 5). */
+function dbError(err: unknown, what: string): unknown {
+  if (err instanceof KeepError) return err;
+  const e = err as { code?: string; message?: string };
+  const code = String(e.code ?? "");
+  // Connection failures (ECONNREFUSED, CONNECT_TIMEOUT, …) and class 08/57P (shutdown).
+  if (/^(E[A-Z]+|CONNECT_TIMEOUT|CONNECTION_.*|08...|57P0.)$/.test(code)) {
+    return new KeepError("unavailable", `Cannot ${what}: the database is unavailable (${code})`);
+  }
+  return err;
+}
+
+/**
+ * The index of a store in a PostgreSQL database.
+ *
+ * @example
+ * ```ts
+ * const index = await PgIndex.open("postgres://keep@db/keep");
+ * const head = await index.headCommit("app");
+ * await index.close();
+ * ```
+ */
+export class PgIndex implements IndexStore {
+  readonly sql: postgres.Sql;
+  #blobEpoch = 0;
+
+  private constructor(sql: postgres.Sql) {
+    this.sql = sql;
+  }
+
+  /** Connects and creates the tables when missing (under a lock: several servers may start). */
+  static async open(url: string): Promise<PgIndex> {
+    const sql = postgres(url, { max: 8, onnotice: () => {}, connect_timeout: 10 });
+    try {
+      await sql.begin(async (tx) => {
+        await tx`SELECT pg_advisory_xact_lock(727274)`;
+        await tx.unsafe(SCHEMA);
+      });
+    } catch (err) {
+      await sql.end({ timeout: 1 }).catch(() => {});
+      const e = dbError(err, `open the index at ${redact(url)}`);
+      if (e instanceof KeepError) throw e;
+      throw new KeepError(
+        "usage",
+        `Cannot open the index at ${redact(url)}: ${(err as Error).message}`,
+      );
+    }
+    return new PgIndex(sql);
+  }
+
+  async close(): Promise<void> {
+    await this.sql.end({ timeout: 5 });
+  }
+
+  /**
+   * This index's id, made at its first call: every server on this database
+   * claims a bucket prefix under the same id (open.ts), so they share it.
+   */
+  storeId(): Promise<string> {
+    return this.#run("read the store id", async () => {
+      await this.sql`INSERT INTO keep_store(id) VALUES (${crypto.randomUUID()})
+        ON CONFLICT (one) DO NOTHING`;
+      const [r] = await this.sql`SELECT id FROM keep_store`;
+      return r.id as string;
+    });
+  }
+
+  async #run<T>(what: string, f: () => Promise<T>): Promise<T> {
+    try {
+      return await f();
+    } catch (err) {
+      throw dbError(err, what);
+    }
+  }
+
+  // ---------------------------------------------------------------- projects and commits
+
+  async #projectId(sql: Sql, name: string): Promise<number | null> {
+    const [r] = await sql`SELECT id FROM projects WHERE name = ${name}`;
+    return r ? Number(r.id) : null;
+  }
+
+  async #commitBySeq(sql: Sql, pid: number, project: string, seq: number) {
+    const [r] = await sql`
+      SELECT * FROM commits WHERE project = ${pid} AND seq = ${seq} AND forgotten IS NULL`;
+    return r ? commitFromRow(r, project) : null;
+  }
+
+  async #head(sql: Sql, project: string): Promise<CommitInfo | null> {
+    const [r] = await sql`SELECT id, head FROM projects WHERE name = ${project}`;
+    if (!r || !Number(r.head)) return null;
+    return await this.#commitBySeq(sql, Number(r.id), project, Number(r.head));
+  }
+
+  listProjects(): Promise<ProjectInfo[]> {
+    return this.#run("list projects", async () => {
+      const rows = await this.sql`SELECT id, name, head FROM projects ORDER BY name`;
+      const out: ProjectInfo[] = [];
+      for (const r of rows) {
+        const [n] = await this.sql`
+          SELECT count(*) AS n FROM commits WHERE project = ${r.id} AND forgotten IS NULL`;
+        out.push({
+          name: r.name,
+          lastComplete: null, // not yet on PostgreSQL (the web UI's stale marks)
+          commits: Number(n.n),
+          head: Number(r.head)
+            ? await this.#commitBySeq(this.sql, Number(r.id), r.name, Number(r.head))
+            : null,
+        });
+      }
+      return out;
+    });
+  }
+
+  headCommit(project: string): Promise<CommitInfo | null> {
+    return this.#run("read the head", () => this.#head(this.sql, project));
+  }
+
+  resolveCommit(project: string, ref: string): Promise<CommitInfo> {
+    return this.#run("find a commit", async () => {
+      const pid = await this.#projectId(this.sql, project);
+      if (pid === null) {
+        throw new KeepError("not_found", `Cannot find project ${project}: it has no commits`);
+      }
+      let found: CommitInfo | null = null;
+      if (ref === "latest" || ref === "") found = await this.#head(this.sql, project);
+      else if (/^#?\d{1,9}$/.test(ref) && ref.length < 12) {
+        found = await this.#commitBySeq(this.sql, pid, project, Number(ref.replace("#", "")));
+      } else if (/^[0-9a-f]{4,32}$/.test(ref)) {
+        const rows = await this.sql`
+          SELECT * FROM commits WHERE project = ${pid} AND id >= ${ref} AND id < ${ref + "g"}
+            AND forgotten IS NULL ORDER BY id LIMIT 2`;
+        if (rows.length > 1) {
+          throw new KeepError("usage", `Cannot pick commit: prefix ${ref} is ambiguous`);
+        }
+        if (rows.length === 1) found = commitFromRow(rows[0], project);
+      }
+      if (!found) {
+        throw new KeepError("not_found", `Cannot find commit ${ref} in project ${project}`);
+      }
+      return found;
+    });
+  }
+
+  listCommits(
+    project: string,
+    limit = 1000,
+    beforeSeq = Number.MAX_SAFE_INTEGER,
+  ): Promise<CommitInfo[]> {
+    return this.#run("list commits", async () => {
+      const pid = await this.#projectId(this.sql, project);
+      if (pid === null) return [];
+      const rows = await this.sql`
+        SELECT * FROM commits WHERE project = ${pid} AND seq < ${beforeSeq} AND forgotten IS NULL
+        ORDER BY seq DESC LIMIT ${limit}`;
+      return rows.map((r) => commitFromRow(r, project));
+    });
+  }
+
+  commitNotes(project: string, seq: number): Promise<CommitNote[]> {
+    return this.#run("read notes", async () => {
+      const pid = await this.#projectId(this.sql, project);
+      if (pid === null) return [];
+      const rows = await this.sql`
+        SELECT path, flag, reason FROM notes WHERE project = ${pid} AND seq = ${seq} ORDER BY path`;
+      return rows.map(noteOf);
+    });
+  }
+
+  // ---------------------------------------------------------------- file versions
+
+  async #exactRow(sql: Sql, pid: number, seq: number, path: string): Promise<Row | null> {
+    const [r] = await sql.unsafe(
+      `SELECT ${COLS} FROM current WHERE project = $1 AND path = $3 AND first <= $2
+       UNION ALL SELECT ${COLS} FROM history WHERE project = $1 AND path = $3 AND first <= $2 AND last > $2`,
+      [pid, seq, path],
+    );
+    return r ?? null;
+  }
+
+  async *#rows(
+    project: string,
+    commit: CommitInfo,
+    prefix: string,
+    withBlobs: boolean,
+  ): AsyncGenerator<{ rows: Row[]; epoch: number }> {
+    const pid = await this.#run("read entries", () => this.#projectId(this.sql, project));
+    if (pid === null) return;
+    const place = async (rows: Row[]) => {
+      if (!withBlobs) return rows;
+      const hashes = rows.filter((r) => r.hash).map((r) => r.hash as string);
+      const places = new Map<string, Row>();
+      if (hashes.length) {
+        for (
+          const b of await this.sql`
+          SELECT encode(hash, 'hex') AS hex, size, stored, pack, "offset" FROM blobs
+          WHERE hash IN (SELECT decode(h, 'hex') FROM unnest(${hashes}::text[]) h)`
+        ) places.set(b.hex, b);
+      }
+      for (const r of rows) r.place = r.hash ? places.get(r.hash as string) ?? null : null;
+      return rows;
+    };
+    if (prefix !== "") {
+      const exact = await this.#run(
+        "read entries",
+        () => this.#exactRow(this.sql, pid, commit.seq, prefix),
+      );
+      if (exact) yield { rows: await place([exact]), epoch: this.#blobEpoch };
+    }
+    let after = prefix === "" ? "" : prefix + "/";
+    const before = prefix === "" ? null : prefix + "0";
+    for (;;) {
+      const rows = await this.#run("read entries", async () => {
+        const headSeq = (await this.#head(this.sql, project))?.seq ?? 0;
+        const range = before === null ? "path > $3" : "path > $3 AND path < $5";
+        const cur = `SELECT ${COLS} FROM current WHERE project = $1 AND ${range} AND first <= $2`;
+        const q = commit.seq === headSeq
+          ? `${cur} ORDER BY path LIMIT $4`
+          : `SELECT * FROM (${cur} UNION ALL SELECT ${COLS} FROM history WHERE project = $1 AND ${range} AND first <= $2 AND last > $2) u ORDER BY path LIMIT $4`;
+        const args: (string | number)[] = [pid, commit.seq, after, PAGE];
+        if (before !== null) args.push(before);
+        return await place(await this.sql.unsafe(q, args));
+      });
+      if (rows.length) yield { rows, epoch: this.#blobEpoch };
+      if (rows.length < PAGE) return;
+      after = rows[rows.length - 1].path as string;
+    }
+  }
+
+  async *entryPages(project: string, commit: CommitInfo, prefix = ""): AsyncGenerator<Entry[]> {
+    for await (const { rows } of this.#rows(project, commit, prefix, false)) {
+      yield rows.map(rowToEntry);
+    }
+  }
+
+  async *placedPages(
+    project: string,
+    commit: CommitInfo,
+    prefix = "",
+  ): AsyncGenerator<PlacedEntry[]> {
+    for await (const { rows, epoch } of this.#rows(project, commit, prefix, true)) {
+      yield rows.map((r) => ({
+        entry: rowToEntry(r),
+        blob: r.place ? placeOf(r.place as Row) : null,
+        epoch,
+      }));
+    }
+  }
+
+  entriesAt(project: string, seq: number, paths: string[]): Promise<Entry[]> {
+    return this.#run("read entries", async () => {
+      const pid = await this.#projectId(this.sql, project);
+      if (pid === null || paths.length === 0) return [];
+      const rows = await this.sql.unsafe(
+        `SELECT ${COLS} FROM current WHERE project = $1 AND path = ANY($3::text[]) AND first <= $2
+         UNION ALL SELECT ${COLS} FROM history WHERE project = $1 AND path = ANY($3::text[])
+           AND first <= $2 AND last > $2 ORDER BY path`,
+        [pid, seq, paths as unknown as string],
+      );
+      return rows.map(rowToEntry);
+    });
+  }
+
+  projectHasHash(project: string, hash: Uint8Array): Promise<boolean> {
+    return this.#run("look up content", async () => {
+      const pid = await this.#projectId(this.sql, project);
+      if (pid === null) return false;
+      const h = Buffer.from(hash);
+      const rows = await this.sql`
+        SELECT 1 FROM current WHERE hash = ${h} AND project = ${pid}
+        UNION ALL SELECT 1 FROM history WHERE hash = ${h} AND project = ${pid} LIMIT 1`;
+      return rows.length > 0;
+    });
+  }
+
+  // ---------------------------------------------------------------- uploads
+
+  beginUpload(project: string): Promise<UploadStage> {
+    return this.#run("begin an upload", async () => {
+      const [reg] = await this.sql`
+        INSERT INTO uploads(project, started) VALUES (${project}, ${Date.now()}) RETURNING id`;
+      const upload = Number(reg.id);
+      const unregister = () => this.sql`DELETE FROM uploads WHERE id = ${upload}`;
+      const clear = () => this.sql`DELETE FROM stage WHERE upload = ${upload}`;
+      return {
+        pin: (parent) =>
+          this.#run("pin the parent", async () => {
+            await this.sql`UPDATE uploads SET parent = ${parent} WHERE id = ${upload}`;
+          }),
+        stage: (rows, blobs) =>
+          this.#run("stage the upload", () =>
+            this.sql.begin(async (tx) => {
+              const repaired = await this.#insertBlobs(tx, blobs);
+              await this.#stageRows(tx, upload, rows);
+              return repaired;
+            })),
+        withdraw: (path, reason) =>
+          this.#run("withdraw a file", () => this.#withdraw(upload, project, path, reason)),
+        commit: (header, stats) =>
+          this.#run("commit", async () => {
+            try {
+              return await this.#commitUpload(upload, project, header, stats);
+            } finally {
+              await clear().catch(() => {});
+              await unregister().catch(() => {});
+            }
+          }),
+        abort: () =>
+          this.#run("abort the upload", async () => {
+            await unregister();
+            await clear();
+          }),
+      };
+    });
+  }
+
+  async #stageRows(sql: Sql, upload: number, rows: StageRow[]): Promise<void> {
+    for (let i = 0; i < rows.length; i += CHUNK) {
+      const part = rows.slice(i, i + CHUNK);
+      const col = <T>(f: (r: StageRow) => T) => part.map(f);
+      try {
+        await sql`
+          INSERT INTO stage(upload, path, parent, op, type, size, mode, mtime, ctime, hash, target, xxh, flag, reason)
+          SELECT ${upload}, path, parent, op, type, size, mode, mtime, ctime, decode(hash, 'hex'),
+            target, decode(xxh, 'hex'), flag, reason
+          FROM unnest(${col((r) => r.path)}::text[], ${col((r) => parentOf(r.path))}::text[],
+            ${col((r) => r.op)}::text[], ${col((r) => r.entry?.type ?? null)}::text[],
+            ${col((r) => r.entry?.size ?? null)}::bigint[], ${
+          col((r) => r.entry?.mode ?? null)
+        }::integer[],
+            ${col((r) => r.entry ? String(r.entry.mtime) : null)}::bigint[],
+            ${col((r) => r.entry ? String(r.entry.ctime) : null)}::bigint[],
+            ${col((r) => hexOf(r.hashBytes) ?? r.entry?.hash ?? null)}::text[],
+            ${col((r) => r.entry?.target ?? null)}::text[],
+            ${col((r) => hexOf(r.xxhBytes) ?? r.entry?.xxh ?? null)}::text[],
+            ${col((r) => r.flag ?? null)}::text[], ${col((r) => r.reason ?? null)}::text[])
+            AS t(path, parent, op, type, size, mode, mtime, ctime, hash, target, xxh, flag, reason)`;
+      } catch (err) {
+        if ((err as { code?: string }).code === "23505") {
+          throw new KeepError("invalid", "Cannot accept upload: a path appears twice");
+        }
+        throw err;
+      }
+    }
+  }
+
+  async #withdraw(upload: number, project: string, path: string, reason: string): Promise<void> {
+    const pid = await this.#projectId(this.sql, project);
+    const inParent = pid !== null &&
+      (await this.sql`SELECT 1 FROM current WHERE project = ${pid} AND path = ${path}`).length > 0;
+    const r = inParent
+      ? await this.sql`
+        UPDATE stage SET op = 'keep', flag = 'unsettled', reason = ${reason}
+        WHERE upload = ${upload} AND path = ${path} AND op = 'put'`
+      : await this
+        .sql`DELETE FROM stage WHERE upload = ${upload} AND path = ${path} AND op = 'put'`;
+    if (r.count !== 1) {
+      throw new KeepError(
+        "invalid",
+        `Cannot accept upload: drop record for ${JSON.stringify(path)} names no sent file`,
+      );
+    }
+  }
+
+  /** As SqliteIndex's #rebase: the commit holds exactly the tree its host scanned. */
+  async #rebase(
+    tx: Sql,
+    upload: number,
+    pid: number,
+    project: string,
+    header: UploadHeader,
+    head: CommitInfo,
+  ): Promise<void> {
+    let base = 0;
+    if (header.parent !== null) {
+      const [p] = await tx`
+        SELECT seq FROM commits WHERE project = ${pid} AND id = ${header.parent} AND forgotten IS NULL`;
+      if (!p) {
+        throw new KeepError(
+          "conflict",
+          `Cannot commit: parent ${header.parent} is not a commit of ${project} (any more); the head is ${head.id}`,
+        );
+      }
+      base = Number(p.seq);
+    }
+    const inBase = async (path: string) =>
+      base > 0 && (await this.#exactRow(tx, pid, base, path)) !== null;
+    const inHead = async (path: string) =>
+      (await tx`SELECT 1 FROM current WHERE project = ${pid} AND path = ${path}`).length > 0;
+    const deleted = new Set<string>();
+    for (
+      const r of await tx`
+      SELECT path, op, flag FROM stage WHERE upload = ${upload} AND op IN ('del', 'keep')`
+    ) {
+      const path = r.path as string;
+      if (!await inBase(path)) {
+        const what = r.op === "del" ? "deleted path" : "keep record for";
+        throw new KeepError(
+          "invalid",
+          `Cannot commit: ${what} ${JSON.stringify(path)} is not in the parent commit`,
+        );
+      }
+      if (await inHead(path)) continue;
+      await tx`DELETE FROM stage WHERE upload = ${upload} AND path = ${path}`;
+      if (r.op === "del") deleted.add(path);
+      if (r.op === "keep") {
+        const e = rowToEntry((await this.#exactRow(tx, pid, base, path))!);
+        e.flag = r.flag as EntryFlag;
+        await this.#stageRows(tx, upload, [{ op: "put", path, entry: e }]);
+      }
+    }
+    const changedSince = await tx`
+      SELECT path FROM current WHERE project = ${pid} AND first > ${base}
+      UNION SELECT path FROM history WHERE project = ${pid} AND last > ${base}`;
+    const staged = new Set(
+      (await tx`SELECT path FROM stage WHERE upload = ${upload}`).map((r) => r.path as string),
+    );
+    const rows: StageRow[] = [];
+    for (const r of changedSince) {
+      const path = r.path as string;
+      if (deleted.has(path) || staged.has(path)) continue;
+      const then = base > 0 ? await this.#exactRow(tx, pid, base, path) : null;
+      if (then) rows.push({ op: "put", path, entry: rowToEntry(then) });
+      else if (await inHead(path)) rows.push({ op: "del", path });
+    }
+    await this.#stageRows(tx, upload, rows);
+  }
+
+  /** As SqliteIndex's #commitUpload, in one transaction holding the project's row. */
+  #commitUpload(
+    upload: number,
+    project: string,
+    header: UploadHeader,
+    stats: CommitStats,
+  ): Promise<{ commit: CommitInfo; changed: string[] | null }> {
+    return this.sql.begin(async (tx) => {
+      await tx`INSERT INTO projects(name, created) VALUES (${project}, ${Date.now()})
+        ON CONFLICT (name) DO NOTHING`;
+      const [p] = await tx`SELECT id, head FROM projects WHERE name = ${project} FOR UPDATE`;
+      const pid = Number(p.id);
+      const head = Number(p.head)
+        ? await this.#commitBySeq(tx, pid, project, Number(p.head))
+        : null;
+      if ((head?.id ?? null) !== header.parent) {
+        await this.#rebase(tx, upload, pid, project, header, head!);
+      }
+      const seq = (head?.seq ?? 0) + 1;
+      const v = { upload, project: pid, seq, empty: Buffer.from(EMPTY_HASH) };
+      const get = async (st: Statement) =>
+        (await tx.unsafe(pgText(st), argsOf(st, v) as never[]))[0] as Row | undefined;
+      const check = async (name: keyof typeof COMMIT.checks) => {
+        const r = await get(COMMIT.checks[name]);
+        if (r) {
+          throw new KeepError(
+            "invalid",
+            `Cannot commit: ${CHECK_MESSAGES[name](r.path as string)}`,
+          );
+        }
+      };
+      await check("deletedMissing");
+      await check("keptMissing");
+      const gone = await get(COMMIT.contentGone);
+      if (gone) {
+        throw new KeepError(
+          "conflict",
+          `Cannot commit: the content of ${
+            JSON.stringify(gone.path)
+          } is not in the store (collected during the upload); back up again`,
+        );
+      }
+      await check("metaForeign");
+      const totals = async () => {
+        const t = { f: 0, d: 0, l: 0, bytes: 0 };
+        for (
+          const r of await tx.unsafe(pgText(COMMIT.totals), argsOf(COMMIT.totals, v) as never[])
+        ) {
+          t[r.type as "f" | "d" | "l"] = Number(r.n);
+          t.bytes += Number(r.bytes ?? 0);
+        }
+        return t;
+      };
+      const count = async (st: Statement) => Number((await get(st))!.n);
+      const added = await count(COMMIT.added);
+      const staged = await count(COMMIT.ofOp("put"));
+      const metadata = await count(COMMIT.ofOp("meta"));
+      const deleted = await count(COMMIT.ofOp("del"));
+      const flagged = await count(COMMIT.ofOp("keep"));
+      const removed = await totals();
+      for (const st of COMMIT.apply) await tx.unsafe(pgText(st), argsOf(st, v) as never[]);
+      await check("noParentDir");
+      await check("childrenLeft");
+      const addedTotals = await totals();
+      const counts = commitCounts(head, removed, addedTotals, {
+        added,
+        staged,
+        metadata,
+        deleted,
+        flagged,
+      });
+      const id = crypto.randomUUID().replaceAll("-", "").slice(0, 16);
+      await tx`
+        INSERT INTO commits(project, seq, id, parent, time, message, tags, host, source, scan_time, granularity, counts, stats)
+        VALUES (${pid}, ${seq}, ${id}, ${head?.id ?? null}, ${Date.now()}, ${header.message},
+          ${JSON.stringify(header.tags)}, ${header.host}, ${header.source}, ${
+        String(header.scanTime)
+      },
+          ${String(header.granularity)}, ${JSON.stringify(counts)}, ${JSON.stringify(stats)})`;
+      await tx`UPDATE projects SET head = ${seq} WHERE id = ${pid}`;
+      const touched = staged + metadata + deleted + flagged;
+      const changed = touched <= 50_000
+        ? (await tx`SELECT path FROM stage WHERE upload = ${upload} ORDER BY path`).map((r) =>
+          r.path as string
+        )
+        : null;
+      await tx`DELETE FROM stage WHERE upload = ${upload}`;
+      return { commit: (await this.#commitBySeq(tx, pid, project, seq))!, changed };
+    });
+  }
+
+  // ---------------------------------------------------------------- blobs and packs
+
+  knownBlobs(hashes: Uint8Array[]): Promise<Set<string>> {
+    return this.#run("look up blobs", async () => {
+      const known = new Set<string>();
+      const hex = hashes.map(bytesToHex);
+      for (let i = 0; i < hex.length; i += CHUNK) {
+        const part = hex.slice(i, i + CHUNK);
+        // A row GC marked is unmarked before the upload counts on it (see gc.ts).
+        const rows = await this.sql`
+          UPDATE blobs SET orphan = NULL
+          WHERE hash IN (SELECT decode(h, 'hex') FROM unnest(${part}::text[]) h) AND damaged IS NULL
+          RETURNING encode(hash, 'hex') AS hex`;
+        for (const r of rows) known.add(r.hex as string);
+      }
+      return known;
+    });
+  }
+
+  /** Inserts blob rows; a damaged or marked row takes the new bytes. Returns the repaired. */
+  async #insertBlobs(tx: Sql, rows: NewBlob[]): Promise<number> {
+    let repaired = 0;
+    for (let i = 0; i < rows.length; i += CHUNK) {
+      const part = rows.slice(i, i + CHUNK);
+      const fixed = await tx`
+        INSERT INTO blobs(hash, size, stored, xxh, pack, "offset")
+        SELECT decode(h, 'hex'), s, st, decode(x, 'hex'), p, o
+        FROM unnest(${part.map((r) => bytesToHex(r.hash))}::text[], ${
+        part.map((r) => r.size)
+      }::bigint[],
+          ${part.map((r) => r.stored)}::bigint[], ${part.map((r) => bytesToHex(r.xxh))}::text[],
+          ${part.map((r) => r.pack)}::bigint[], ${part.map((r) => r.offset)}::bigint[])
+          AS t(h, s, st, x, p, o)
+        ON CONFLICT (hash) DO UPDATE SET size = excluded.size, stored = excluded.stored,
+          xxh = excluded.xxh, pack = excluded.pack, "offset" = excluded."offset", level = NULL,
+          damaged = NULL, orphan = NULL
+        WHERE blobs.damaged IS NOT NULL OR blobs.orphan IS NOT NULL
+        RETURNING xmax <> 0 AS updated, hash`;
+      const updated = fixed.filter((r) => r.updated);
+      if (updated.length) {
+        this.#blobEpoch++;
+        for (const r of updated) {
+          const n = await tx`
+            UPDATE current SET flag = NULL WHERE hash = ${r.hash} AND flag = 'damaged'`;
+          if (n.count) repaired++;
+        }
+      }
+    }
+    return repaired;
+  }
+
+  blobPlace(hashHex: string): Promise<BlobPlace | null> {
+    return this.#run("look up a blob", async () => {
+      const [r] = await this.sql`
+        SELECT size, stored, pack, "offset" FROM blobs WHERE hash = decode(${hashHex}, 'hex')`;
+      return r ? placeOf(r) : null;
+    });
+  }
+
+  newPack(): Promise<number> {
+    return this.#run("number a pack", async () => {
+      const [r] = await this.sql`INSERT INTO packs(created) VALUES (${Date.now()}) RETURNING id`;
+      return Number(r.id);
+    });
+  }
+
+  sealPack(pack: number): Promise<void> {
+    return this.#run("seal a pack", async () => {
+      await this.sql`UPDATE packs SET sealed = ${Date.now()} WHERE id = ${pack} AND sealed IS NULL`;
+    });
+  }
+
+  /**
+   * Not at start, unlike SQLite: other servers' packs and uploads share
+   * these tables (a dead server's leftovers wait for heartbeats, not done).
+   */
+  sealAllPacks(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  forgetUploads(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  noteBlobsMoved(): void {
+    this.#blobEpoch++;
+  }
+
+  get blobEpoch(): number {
+    return this.#blobEpoch;
+  }
+
+  markDamaged(_hash: Uint8Array, _problem: string): Promise<boolean> {
+    return notYet("mark a blob damaged");
+  }
+
+  damageEpoch(): Promise<number> {
+    return this.#run("read the damage epoch", async () => {
+      const [r] = await this.sql`SELECT value FROM store_meta WHERE key = 'damage_epoch'`;
+      return r ? Number(r.value) : 0;
+    });
+  }
+
+  // ---------------------------------------------------------------- browsing (not yet)
+
+  listDir(): Promise<{ entry: undefined; items: never[]; next: null }> {
+    return notYet("list a directory");
+  }
+
+  diffPage(): Promise<{ items: never[]; next: null }> {
+    return notYet("diff commits");
+  }
+
+  findPaths(): Promise<{ paths: string[]; next: null }> {
+    return notYet("find paths");
+  }
+
+  pathVersions(): Promise<Map<string, never[]>> {
+    return notYet("list a path's versions");
+  }
+
+  /** GC does not run on this index yet (serve runs no rounds with --index): nothing to do. */
+  gcBacklog(): Promise<{ projects: string[]; deadPacks: number; marked: number }> {
+    return Promise.resolve({ projects: [], deadPacks: 0, marked: 0 });
+  }
+
+  // ---------------------------------------------------------------- maintenance (not yet)
+
+  blobsPage(_afterId: number, _limit: number): Promise<BlobRow[]> {
+    return notYet("verify blobs");
+  }
+  compactCandidates(_limit: number): Promise<BlobRow[]> {
+    return notYet("recompress");
+  }
+  moveBlobs(): Promise<number> {
+    return notYet("recompress");
+  }
+  packUsage(): Promise<{ pack: number; live: number }[]> {
+    return notYet("collect garbage");
+  }
+  knownPacks(): Promise<Set<number>> {
+    return notYet("verify packs");
+  }
+  blobsInPack(_pack: number, _limit: number): Promise<BlobRow[]> {
+    return notYet("collect garbage");
+  }
+  relocateBlobs(): Promise<number> {
+    return notYet("collect garbage");
+  }
+  counts(): Promise<StoreCounts> {
+    return notYet("count the store");
+  }
+  checkIntegrity(): Promise<string> {
+    return notYet("check the index");
+  }
+  missingContent(): Promise<{ project: string; path: string; hash: string }[]> {
+    return notYet("verify content");
+  }
+  orphanBlobCount(): Promise<number> {
+    return notYet("count orphans");
+  }
+  headEntriesUsing(): Promise<{ project: string; path: string }[]> {
+    return notYet("verify content");
+  }
+
+  // ---------------------------------------------------------------- retention (policies only)
+
+  getPolicy(project: string): Promise<Policy | null> {
+    return this.#run("read a policy", async () => {
+      const [r] = await this.sql`SELECT policy FROM policies WHERE project = ${project}`;
+      return r ? JSON.parse(r.policy as string) : null;
+    });
+  }
+
+  setPolicy(project: string, policy: Policy | null): Promise<void> {
+    return this.#run("store a policy", async () => {
+      if (policy === null) await this.sql`DELETE FROM policies WHERE project = ${project}`;
+      else {
+        await this.sql`
+          INSERT INTO policies(project, policy, updated)
+          VALUES (${project}, ${JSON.stringify(policy)}, ${Date.now()})
+          ON CONFLICT (project) DO UPDATE SET policy = excluded.policy, updated = excluded.updated`;
+      }
+    });
+  }
+
+  listPolicies(): Promise<{ project: string; policy: Policy }[]> {
+    return this.#run(
+      "list policies",
+      async () =>
+        (await this.sql`SELECT project, policy FROM policies ORDER BY project`).map((r) => ({
+          project: r.project as string,
+          policy: JSON.parse(r.policy as string),
+        })),
+    );
+  }
+
+  forgetCommits(): Promise<number> {
+    return notYet("forget commits");
+  }
+  cleanHistory(): Promise<
+    { next: { path: string; first: number } | null; removed: number; marked: number }
+  > {
+    return notYet("collect garbage");
+  }
+  purgeForgotten(): Promise<{ purged: number; waiting: number }> {
+    return notYet("collect garbage");
+  }
+  gcMark(): Promise<{ lastId: number | null; marked: number }> {
+    return notYet("collect garbage");
+  }
+  gcSweep(): Promise<
+    { swept: number; sweptBytes: number; large: BlobRow[]; lastId: number | null }
+  > {
+    return notYet("collect garbage");
+  }
+  pendingOrphans(): Promise<number> {
+    return notYet("collect garbage");
+  }
+  markPackDead(): Promise<void> {
+    return notYet("collect garbage");
+  }
+  deadPacks(): Promise<number[]> {
+    return notYet("collect garbage");
+  }
+  forgetPack(): Promise<void> {
+    return notYet("collect garbage");
+  }
+  oldestUploadStart(): Promise<number | null> {
+    return this.#run("read uploads", async () => {
+      const [r] = await this.sql`SELECT min(started) AS m FROM uploads`;
+      return r?.m === null || r?.m === undefined ? null : Number(r.m);
+    });
+  }
+  meta(key: string): Promise<number | null> {
+    return this.#run("read meta", async () => {
+      const [r] = await this.sql`SELECT value FROM store_meta WHERE key = ${key}`;
+      return r ? Number(r.value) : null;
+    });
+  }
+  setMeta(key: string, value: number): Promise<void> {
+    return this.#run("write meta", async () => {
+      await this.sql`INSERT INTO store_meta(key, value) VALUES (${key}, ${value})
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value`;
+    });
+  }
+  projectUsage(_project: string): Promise<ProjectUsage> {
+    return notYet("measure a project's usage (quota)");
+  }
+  logicalBytes(): Promise<number> {
+    return notYet("count logical bytes");
+  }
+
+  // ---------------------------------------------------------------- tokens
+
+  insertToken(t: TokenRow): Promise<void> {
+    return this.#run("store a token", async () => {
+      await this.sql`
+        INSERT INTO tokens(id, hash, name, role, projects, created, revoked)
+        VALUES (${t.id}, ${Buffer.from(t.hash)}, ${t.name}, ${t.role}, ${
+        JSON.stringify(t.projects)
+      },
+          ${t.created}, ${t.revoked})`;
+    });
+  }
+
+  listTokens(): Promise<TokenRow[]> {
+    return this.#run(
+      "list tokens",
+      async () =>
+        (await this.sql`SELECT * FROM tokens ORDER BY created, id`).map((r) => tokenOf(r)),
+    );
+  }
+
+  tokenById(id: string): Promise<TokenRow | null> {
+    return this.#run("look up a token", async () => {
+      const [r] = await this.sql`SELECT * FROM tokens WHERE id = ${id}`;
+      return r ? tokenOf(r) : null;
+    });
+  }
+
+  revokeToken(id: string, at: number): Promise<boolean> {
+    return this.#run("revoke a token", async () => {
+      const r = await this.sql`
+        UPDATE tokens SET revoked = ${at} WHERE id = ${id} AND revoked IS NULL`;
+      return r.count === 1;
+    });
+  }
+}
+
+/** A URL without its password, for messages. */
+function redact(url: string): string {
+  return url.replace(/\/\/([^:/@]+):[^@]*@/, "//$1:***@");
+}
