@@ -25,6 +25,7 @@ import { post } from "./hostile.ts";
 import {
   assertSameTree,
   json,
+  logJson,
   keep,
   keepOk,
   randomData,
@@ -104,7 +105,7 @@ Deno.test("s3 blobs: backup, restore, log, ls, verify, prune and GC end to end o
     await keepOk(["restore", "--commit", id, dest], 0, cli);
     assertSameTree(snapshot(dest), snap);
   }
-  const log = json<{ id: string }[]>(await keepOk(["log", "--json"], 0, cli));
+  const log = logJson<{ id: string }>(await keepOk(["log", "--json"], 0, cli));
   assertEquals(log.map((c) => c.id), snaps.map(([id]) => id).reverse());
   const ls = await keepOk(["ls", "--path", "src"], 0, cli);
   assertMatch(ls.stdout, /src\/f19\.txt/);
@@ -195,13 +196,13 @@ Deno.test("s3 blobs: radosgw stopped between two backups gives 503 and exit 5, a
     const restore = await keep(["restore", await tempDir()], cli);
     assertEquals(restore.code, 5, restore.stderr);
     // What needs only the index still answers.
-    assertEquals(json<unknown[]>(await keepOk(["log", "--json"], 0, cli)).length, 2);
+    assertEquals(logJson<unknown>(await keepOk(["log", "--json"], 0, cli)).length, 2);
   } finally {
     await restartRgw();
   }
   await keepOk(["backup", "--settle", "0", src], 0, cli);
   const second = snapshot(src);
-  const commits = json<{ id: string }[]>(await keepOk(["log", "--json"], 0, cli));
+  const commits = logJson<{ id: string }>(await keepOk(["log", "--json"], 0, cli));
   assertEquals(commits.length, 3, "the refused backup left no commit");
   for (const [id, snap] of [[commits[2].id, first], [commits[0].id, second]] as const) {
     const dest = await tempDir();
@@ -234,7 +235,7 @@ Deno.test("s3 blobs: kill -9 of the server in the middle of an upload leaves no 
     0,
     "the spool of the cut upload is removed at start",
   );
-  assertEquals(json<unknown[]>(await keepOk(["log", "--json"], 0, cli(again.url))).length, 0);
+  assertEquals(logJson<unknown>(await keepOk(["log", "--json"], 0, cli(again.url))).length, 0);
   const v = json<{ ok: boolean; missing: unknown[] }>(
     await keepOk(["verify", "--server", again.url, "--json"], 0),
   );
@@ -356,7 +357,7 @@ Deno.test("pg index: backup, restore, log and ls through a server whose data dir
     await keepOk(["restore", "--commit", ref, dest], 0, cli);
     assertSameTree(snapshot(dest), snap);
   }
-  const log = json<{ id: string; parent: string | null }[]>(
+  const log = logJson<{ id: string; parent: string | null }>(
     await keepOk(["log", "--json"], 0, cli),
   );
   assertEquals(log.map((c) => [c.id, c.parent]), [[second.id, one], [one, null]]);
@@ -400,7 +401,7 @@ Deno.test("pg index: two servers on one database and bucket: one project backed 
   assertEquals([r1.code, r2.code], [0, 0], r1.stderr + r2.stderr);
   const c1 = json<{ commit: { id: string; seq: number } }>(r1).commit;
   const c2 = json<{ commit: { id: string; seq: number } }>(r2).commit;
-  const log = json<{ id: string; seq: number; parent: string | null }[]>(
+  const log = logJson<{ id: string; seq: number; parent: string | null }>(
     await keepOk(["log", "--json"], 0, via(a)),
   );
   assertEquals(log.map((c) => c.seq), [4, 3, 2, 1]);
@@ -418,7 +419,7 @@ Deno.test("pg index: two servers on one database and bucket: one project backed 
   const refused = await post(`${b.url}/v1/projects/farm/commits`, body);
   assertEquals(refused.status, 409, refused.text);
   assertMatch(refused.text, /conflict/);
-  assertEquals(json<unknown[]>(await keepOk(["log", "--json"], 0, via(b))).length, 4);
+  assertEquals(logJson<unknown>(await keepOk(["log", "--json"], 0, via(b))).length, 4);
 });
 
 Deno.test("pg index: PostgreSQL stopped between two backups gives exit 5, and the server recovers without a restart", async () => {
@@ -445,5 +446,5 @@ Deno.test("pg index: PostgreSQL stopped between two backups gives exit 5, and th
   const dest = await tempDir();
   await keepOk(["restore", dest], 0, cli);
   assertSameTree(snapshot(dest), snapshot(src));
-  assertEquals(json<unknown[]>(await keepOk(["log", "--json"], 0, cli)).length, 2);
+  assertEquals(logJson<unknown>(await keepOk(["log", "--json"], 0, cli)).length, 2);
 });
