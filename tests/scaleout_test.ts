@@ -25,9 +25,9 @@ import { post } from "./hostile.ts";
 import {
   assertSameTree,
   json,
-  logJson,
   keep,
   keepOk,
+  logJson,
   randomData,
   type Snapshot,
   snapshot,

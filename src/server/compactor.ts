@@ -30,7 +30,7 @@ import { concatBytes } from "../platform/concat_bytes.ts";
 import { churned } from "../platform/memory.ts";
 import type { PackSink } from "./storage/blob_store.ts";
 import type { BlobRow } from "./storage/index_store.ts";
-import type { Storage } from "./storage/open.ts";
+import { closeAndSeal, type Storage } from "./storage/open.ts";
 
 /** The level blobs are recompressed to. */
 export const REST_LEVEL = 6;
@@ -135,12 +135,7 @@ export class Compactor {
   async close(): Promise<void> {
     const sink = this.#sink;
     this.#sink = null;
-    if (!sink) return;
-    try {
-      await sink.close();
-    } finally {
-      await this.#storage.index.sealPack(sink.pack);
-    }
+    if (sink) await closeAndSeal(this.#storage, sink);
   }
 
   #raw(stored: Uint8Array): Uint8Array {

@@ -52,7 +52,7 @@ import { concatBytes } from "../platform/concat_bytes.ts";
 import { checkPolicy, type Decision, hasRules, planRetention } from "./retention.ts";
 import type { LargeObject, PackSink } from "./storage/blob_store.ts";
 import type { BlobRow, IndexStore } from "./storage/index_store.ts";
-import type { Storage } from "./storage/open.ts";
+import { closeAndSeal, type Storage } from "./storage/open.ts";
 
 /** Rows per index call by default: each call is one short transaction. */
 const BATCH = 2000;
@@ -580,12 +580,7 @@ export class Collector implements Rounds {
   async #closeSink(): Promise<void> {
     const sink = this.#sink;
     this.#sink = null;
-    if (!sink) return;
-    try {
-      await sink.close();
-    } finally {
-      await this.#storage.index.sealPack(sink.pack);
-    }
+    if (sink) await closeAndSeal(this.#storage, sink);
   }
 
   #next(phase: Phase): void {

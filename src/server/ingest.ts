@@ -39,7 +39,7 @@ import { concatBytes } from "../platform/concat_bytes.ts";
 import { churned } from "../platform/memory.ts";
 import { type LargeSink, PACK_MAX, type PackSink } from "./storage/blob_store.ts";
 import type { NewBlob, StageRow, UploadStage } from "./storage/index_store.ts";
-import type { Storage } from "./storage/open.ts";
+import { closeAndSeal, type Storage } from "./storage/open.ts";
 
 /** Limits on one upload. */
 export interface IngestLimits {
@@ -401,13 +401,7 @@ export class Ingest {
       const before = this.#tail;
       this.#tail = (async () => {
         await before;
-        if (pack) {
-          try {
-            await pack.close();
-          } finally {
-            await this.#storage.index.sealPack(pack.pack);
-          }
-        }
+        if (pack) await closeAndSeal(this.#storage, pack);
         this.repairedBlobs += await this.#stage.stage(rows, added);
       })();
       this.#tail.catch(() => {}); // awaited by the next flush, finish or abort
@@ -457,12 +451,7 @@ export class Ingest {
   async #closePack(): Promise<void> {
     const pack = this.#pack;
     this.#pack = null;
-    if (!pack) return;
-    try {
-      await pack.close();
-    } finally {
-      await this.#storage.index.sealPack(pack.pack);
-    }
+    if (pack) await closeAndSeal(this.#storage, pack);
   }
 
   /**

@@ -13,7 +13,7 @@
 
 import { join } from "node:path";
 import { KeepError } from "../../errors.ts";
-import type { BlobStore } from "./blob_store.ts";
+import type { BlobStore, PackSink } from "./blob_store.ts";
 import type { IndexStore } from "./index_store.ts";
 import { LocalBlobStore } from "./local_blobs.ts";
 import { S3BlobStore, type S3Location } from "./s3_blobs.ts";
@@ -260,4 +260,13 @@ export async function openLocalStorage(
       await index.close();
     },
   };
+}
+
+/** Closes a pack sink and records the pack sealed (even when the close failed: nothing more goes in). */
+export async function closeAndSeal(storage: Storage, sink: PackSink): Promise<void> {
+  try {
+    await sink.close();
+  } finally {
+    await storage.index.sealPack(sink.pack);
+  }
 }
