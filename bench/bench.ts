@@ -954,7 +954,12 @@ async function benchRetentionStep(): Promise<void> {
           `diff of #1 and #${r.commits}, every page (${b.diffItems.toLocaleString("en-US")} paths)`,
           `${b.diffWholeMs.toFixed(0)} ms`,
         ],
-        ["diff of two neighbouring commits", `${b.diffAdjacentMs.toFixed(1)} ms`],
+        [
+          `diff of two older commits, every page (${b.diffOldItems.toLocaleString("en-US")} paths)`,
+          `${b.diffOldMs.toFixed(0)} ms`,
+        ],
+        ["diff of the two newest commits", `${b.diffAdjacentMs.toFixed(1)} ms`],
+        ["diff of two neighbours in the middle", `${b.diffOldAdjacentMs.toFixed(1)} ms`],
         [
           "root listing, newest commit (page of 200, folder sizes)",
           `${b.rootHeadMs.toFixed(1)} ms`,

@@ -19,7 +19,12 @@ export interface BrowseFigures {
   /** Every page of the diff of #1 and the newest commit. */
   diffWholeMs: number;
   diffItems: number;
+  /** Every page of the diff of two older commits (a tenth and nine tenths in; neither the head). */
+  diffOldMs: number;
+  diffOldItems: number;
   diffAdjacentMs: number;
+  /** Two neighbours in the middle of the history (neither the head). */
+  diffOldAdjacentMs: number;
   rootHeadMs: number;
   rootFirstMs: number;
   dirMs: number;
@@ -55,19 +60,23 @@ export async function benchBrowse(
   const dirs = Math.ceil(files / 100);
   const some = 4242 % files;
   const somePath = `d${String(some % dirs).padStart(4, "0")}/f${some}.o`;
-  let diffItems = 0;
-  const wholeDiff = async () => {
-    diffItems = 0;
+  // Every page of a diff, as `keep diff` reads it; returns the number of items.
+  const wholeDiff = async (from: number, to: number) => {
+    let items = 0;
     let after = "";
     for (;;) {
       const page = await get(
-        `diff?from=%231&to=%23${commits}&limit=10000&after=${encodeURIComponent(after)}`,
+        `diff?from=%23${from}&to=%23${to}&limit=10000&after=${encodeURIComponent(after)}`,
       );
-      diffItems += page.items.length;
-      if (!page.next) break;
+      items += page.items.length;
+      if (!page.next) return items;
       after = page.next;
     }
   };
+  let diffItems = 0;
+  let diffOldItems = 0;
+  const tenth = Math.max(1, Math.round(commits / 10));
+  const mid = Math.max(1, Math.floor(commits / 2));
   let versions = 0;
   const figures: Omit<BrowseFigures, "cli"> = {
     findOneMs: await median(5, () => get(`find?pattern=f${some}.o`)),
@@ -75,15 +84,21 @@ export async function benchBrowse(
     historyMs: await median(5, async () => {
       versions = (await get(`history?path=${encodeURIComponent(somePath)}`)).versions.length;
     }),
-    diffWholeMs: await median(3, wholeDiff),
+    diffWholeMs: await median(3, async () => diffItems = await wholeDiff(1, commits)),
     diffItems: 0,
+    diffOldMs: await median(3, async () => {
+      diffOldItems = await wholeDiff(tenth, commits - tenth);
+    }),
+    diffOldItems: 0,
     diffAdjacentMs: await median(5, () => get(`diff?from=%23${commits - 1}&to=%23${commits}`)),
+    diffOldAdjacentMs: await median(5, () => get(`diff?from=%23${mid}&to=%23${mid + 1}`)),
     rootHeadMs: await median(5, () => get(`tree?commit=latest`)),
     rootFirstMs: await median(5, () => get(`tree?commit=%231`)),
     dirMs: await median(5, () => get(`tree?commit=latest&path=d0042`)),
     historyVersions: 0,
   };
   figures.diffItems = diffItems;
+  figures.diffOldItems = diffOldItems;
   figures.historyVersions = versions;
   const cli = async (args: string[]) => {
     const t = await runTimed(keepBin, [args[0], "-s", url, "-p", project, ...args.slice(1)], {

@@ -103,6 +103,7 @@ export interface BenchReport {
       findDirMs: number;
       historyMs: number;
       diffWholeMs: number;
+      diffOldMs?: number;
       rootHeadMs: number;
     };
   };
@@ -363,6 +364,11 @@ export function evaluateTargets(report: BenchReport): TargetRow[] {
       "browse: diff of the first and last commit < 1 s",
       b ? b.diffWholeMs < 1000 : null,
       ms(b?.diffWholeMs),
+    );
+    check(
+      "browse: diff of two older commits (neither the head) < 1 s",
+      b?.diffOldMs === undefined ? null : b.diffOldMs < 1000,
+      ms(b?.diffOldMs),
     );
     check(
       "browse: root listing of a 100k-file commit < 300 ms",

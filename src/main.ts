@@ -50,16 +50,25 @@ Exit codes:
 ${exitTable()}`;
 }
 
+/** Help text on stdout; with --json, as one JSON object (stdout carries only JSON). */
+function printText(key: "help" | "version", text: string, json: boolean): void {
+  console.log(json ? JSON.stringify({ keep: JSON_VERSION, [key]: text }) : text);
+}
+
 async function main(args: string[]): Promise<number> {
-  const [name, ...rest] = args;
+  const json = args.includes("--json");
+  const [name, ...rest] = args.filter((a, i) => !(a === "--json" && i === 0));
+  if (name === undefined && json) {
+    throw new KeepError("usage", "Cannot run keep: no command given (see keep --help)");
+  }
   if (name === undefined || name === "--help" || name === "-h" || name === "help") {
     const entry = COMMANDS.find((c) => c.name === rest[0]);
     const cmd = entry ? await entry.load() : null;
-    console.log(cmd ? `${cmd.help}\n\nExit codes:\n${exitTable()}` : await mainHelp());
+    printText("help", cmd ? `${cmd.help}\n\nExit codes:\n${exitTable()}` : await mainHelp(), json);
     return name === undefined ? 2 : 0;
   }
   if (name === "--version" || name === "version") {
-    console.log(`keep ${VERSION} (deno ${Deno.version.deno})`);
+    printText("version", `keep ${VERSION} (deno ${Deno.version.deno})`, json);
     return 0;
   }
   const entry = COMMANDS.find((c) => c.name === name);
@@ -68,7 +77,7 @@ async function main(args: string[]): Promise<number> {
   }
   const cmd = await entry.load();
   if (rest.includes("--help") || rest.includes("-h")) {
-    console.log(`${cmd.help}\n\nExit codes:\n${exitTable()}`);
+    printText("help", `${cmd.help}\n\nExit codes:\n${exitTable()}`, json);
     return 0;
   }
   return await cmd.run(rest);

@@ -99,6 +99,8 @@ Deno.test("--json: one {keep: 1} object on stdout, for results and for errors al
       [["find", ...s, "--json", "--limit", "x", "*"], 2, "usage"],
       [["log", "-s", "http://127.0.0.1:1", "-p", "app", "--json"], 5, "unavailable"],
       [["backup", "--json", "--bogus"], 2, "usage"],
+      [["--json"], 2, "usage"],
+      [["--json", "bogus"], 2, "usage"],
     ] as const
   ) {
     const r = await keep([...args]);
@@ -107,5 +109,13 @@ Deno.test("--json: one {keep: 1} object on stdout, for results and for errors al
     assertEquals([o.keep, o.error.code, o.error.exit], [1, errCode, code], r.stdout);
     assert(r.stderr.startsWith("keep: Cannot "), r.stderr);
     assertEquals(r.stderr.trim().split("\n").length, 1);
+  }
+  // Help and version are JSON too when asked for it.
+  for (const args of [["--json", "--help"], ["diff", "--json", "--help"], ["--json", "version"]]) {
+    const r = await keep(args);
+    assertEquals(r.code, 0, args.join(" "));
+    const o = JSON.parse(r.stdout);
+    assertEquals(o.keep, 1);
+    assert(typeof (o.help ?? o.version) === "string", r.stdout);
   }
 });

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { createHash } from "node:crypto";
 import type { CommitInfo } from "../format/manifest.ts";
 import { KeepError } from "../errors.ts";
+import { comparePaths } from "../format/paths.ts";
 import { diffPage, findPaths, pathHistory, treePage } from "./browse.ts";
 import { applyPolicy, Collector } from "./gc.ts";
 import { Ingest } from "./ingest.ts";
@@ -161,4 +162,121 @@ Deno.test("an index of schema 3 gets its paths table on opening", async () => {
     await again.close();
   }
   s.storage = await openLocalStorage(s.dir, { create: false, owner: true });
+});
+
+/** A tiny seeded generator (mulberry32): the same seed, the same history. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+Deno.test("diffPage of any two commits, at any page size and prefix, equals the diff of their trees", async () => {
+  for (const seed of [1, 2, 3]) {
+    await using s = await store();
+    const rand = rng(seed);
+    // Paths that sort around each other: "d", "d-x", "d/…", "d0", nested dirs.
+    const dirs = ["d", "d/e", "d0"];
+    const files = [
+      "d-x",
+      "d/a",
+      "d/b",
+      "d/e/f",
+      "d/e/g",
+      "d0/h",
+      "d0/i",
+      "d1",
+      "z",
+    ];
+    type State = Map<string, { content: string; mode: number }>;
+    const states: State[] = [];
+    let state: State = new Map();
+    let head: CommitInfo | null = null;
+    const commits: CommitInfo[] = [];
+    for (let c = 1; c <= 12; c++) {
+      const next: State = new Map(state);
+      const u = new Upload().commit(commitHeader(head?.id ?? null));
+      // Entries go up in path order, as a client sends them.
+      const puts: { path: string; content?: string; mode: number }[] = [];
+      if (c === 1) for (const d of dirs) puts.push({ path: d, mode: 0o755 });
+      const dels: Record<string, unknown>[] = [];
+      for (const f of files) {
+        const r = rand();
+        const had = next.get(f);
+        if (r < 0.25) {
+          const content = rand() < 0.3 && had ? had.content : `${f} at ${c} ${rand()}`;
+          next.set(f, { content, mode: had?.mode ?? 0o644 });
+          puts.push({ path: f, content, mode: had?.mode ?? 0o644 });
+        } else if (r < 0.35 && had) {
+          next.delete(f);
+          dels.push({ op: "del", p: f });
+        } else if (r < 0.42 && had) {
+          const mode = had.mode === 0o644 ? 0o755 : 0o644;
+          next.set(f, { content: had.content, mode });
+          dels.push(metaRecord({ p: f, s: had.content.length, m: mode, h: sha(had.content) }));
+        }
+      }
+      puts.sort((x, y) => comparePaths(x.path, y.path));
+      for (const e of puts) {
+        if (e.content === undefined) u.dir(e.path, { mode: e.mode });
+        else u.file(e.path, e.content, { mode: e.mode });
+      }
+      head = await commit(s.storage, "p", u.changes(dels));
+      commits.push(head);
+      states.push(next);
+      state = next;
+    }
+    const expected = (a: number, b: number, prefix: string) => {
+      const out: string[] = [];
+      const paths = [...new Set([...states[a].keys(), ...states[b].keys()])].sort(comparePaths);
+      for (const p of paths) {
+        if (prefix && p !== prefix && !p.startsWith(prefix + "/")) continue;
+        const x = states[a].get(p);
+        const y = states[b].get(p);
+        const kind = !x
+          ? "added"
+          : !y
+          ? "deleted"
+          : x.content !== y.content
+          ? "changed"
+          : x.mode !== y.mode
+          ? "meta"
+          : null;
+        if (kind) out.push(`${p}:${kind}`);
+      }
+      return out;
+    };
+    for (let a = 0; a < commits.length; a++) {
+      for (let b = 0; b < commits.length; b++) {
+        for (const limit of [1, 2, 3, 1000]) {
+          for (const prefix of ["", "d", "d0"]) {
+            const got: string[] = [];
+            let after: string | undefined;
+            for (let pages = 0;; pages++) {
+              assert(pages < 100, "the pages never end");
+              const page = await diffPage(s.storage.index, "p", commits[a].id, commits[b].id, {
+                limit,
+                after,
+                prefix,
+              });
+              assert(page.items.length <= limit);
+              got.push(...page.items.map((i) => `${i.path}:${i.kind}`));
+              if (!page.next) break;
+              after = page.next;
+            }
+            assertEquals(
+              got,
+              expected(a, b, prefix),
+              `seed ${seed}: #${a + 1} -> #${b + 1}, limit ${limit}, prefix '${prefix}'`,
+            );
+          }
+        }
+      }
+    }
+  }
 });

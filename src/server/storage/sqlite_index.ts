@@ -856,40 +856,45 @@ export class SqliteIndex implements IndexStore {
     const lo = Math.min(from.seq, to.seq);
     const hi = Math.max(from.seq, to.seq);
     const prefix = options.prefix ?? "";
-    // Set-based: only the rows valid at exactly one of the two commits, each
-    // of three primary-key range scans in path order ([first, last) holds lo
-    // but not hi; or hi but not lo, in history or in `current`, where a row
-    // ends nowhere). Unchanged paths cost a skipped row inside SQLite, never a
-    // row out of it. Each scan takes a page (LIMIT, .all(): node:sqlite's
-    // iterate() cost 3× as much per row, and an ORDER BY over the UNION ALL
-    // another second on 190k rows); the three are merged here by path.
+    // Set-based: only the rows valid at exactly one of the two commits, in
+    // two primary-key range scans in path order: history, for the rows whose
+    // [first, last) holds lo but not hi (older) or hi but not lo (newer), and
+    // `current`, where a row ends nowhere. Unchanged paths cost a skipped row
+    // inside SQLite, never a row out of it; history is read once per page,
+    // not once per kind of row. Each scan takes a page (LIMIT, .all():
+    // node:sqlite's iterate() cost 3x as much per row, and an ORDER BY over a
+    // UNION ALL another second on 190k rows); the two are merged here by path.
     // Below a prefix: its key range, less the siblings that sort inside it ("a-b" for "a").
     const range = prefix === ""
       ? "path > ?4"
       : "path > ?4 AND path >= ?6 AND path < ?7 AND (path = ?6 OR path > ?6 || '/')";
-    const arms = [
-      `FROM history WHERE project = ?1 AND ${range} AND first <= ?2 AND last > ?2 AND last <= ?3`,
-      `FROM history WHERE project = ?1 AND ${range} AND first > ?2 AND first <= ?3 AND last > ?3`,
-      `FROM current WHERE project = ?1 AND ${range} AND first > ?2 AND first <= ?3`,
-    ];
+    const historyArm = `SELECT ${VERSION_COLS}, first <= ?2 FROM history
+      WHERE project = ?1 AND ${range}
+        AND ((first <= ?2 AND last > ?2 AND last <= ?3) OR (first > ?2 AND first <= ?3 AND last > ?3))
+      ORDER BY path, first LIMIT ?5 + 1`;
+    const currentArm = `SELECT ${VERSION_COLS} FROM current
+      WHERE project = ?1 AND ${range} AND first > ?2 AND first <= ?3 ORDER BY path LIMIT ?5`;
     const args: (number | string)[] = [pid, lo, hi, options.after ?? "", options.limit];
     if (prefix !== "") args.push(prefix, prefixEnd(prefix)!);
-    // A history row ended at a commit that exists: none outlives the head,
-    // so when hi is the head the second scan (which would find nothing, after
-    // reading all of history on every page) is skipped.
-    const headSeq = this.#head(project)?.seq ?? 0;
-    const pages = arms.map((arm, i) =>
-      i === 1 && hi >= headSeq
-        ? []
-        : this.#stmt(`SELECT ${VERSION_COLS} ${arm} ORDER BY path LIMIT ?5`, false, true)
-          .all(...args) as unknown as unknown[][]
-    );
-    // Rows up to the first path an arm that filled its page stopped at are
-    // complete; the next page starts after it.
+    const run = (sql: string) =>
+      this.#stmt(sql, false, true).all(...args) as unknown as unknown[][];
+    let hist = run(historyArm);
+    const cur = run(currentArm);
+    // Rows up to the first path a scan that filled its page stopped at are
+    // complete; the next page starts after it. A path has at most two history
+    // rows here (one valid at lo, one at hi), so a full history page (limit + 1
+    // rows) drops its last path, which may have lost its second row to the
+    // LIMIT, unless that path is all the page holds (then it has both).
     let bound: string | null = null;
-    for (const rows of pages) {
-      if (rows.length < options.limit) continue;
-      const last = rows[rows.length - 1][0] as string;
+    if (hist.length > options.limit) {
+      const last = hist[hist.length - 1][0] as string;
+      let keep = hist.length;
+      while (keep > 0 && hist[keep - 1][0] === last) keep--;
+      if (keep > 0) hist = hist.slice(0, keep);
+      bound = hist[hist.length - 1][0] as string;
+    }
+    if (cur.length >= options.limit) {
+      const last = cur[cur.length - 1][0] as string;
       if (bound === null || comparePaths(last, bound) < 0) bound = last;
     }
     // Rows are sorted: each page is cut after the bound by a binary search.
@@ -904,9 +909,9 @@ export class SqliteIndex implements IndexStore {
       }
       return lo === rows.length ? rows : rows.slice(0, lo);
     };
-    const older = upTo(pages[0]);
+    const older = upTo(hist.filter((r) => r[8] === 1));
     // History and current hold disjoint paths at hi: one sorted list.
-    const newer = mergeSorted(upTo(pages[1]), upTo(pages[2]));
+    const newer = mergeSorted(upTo(hist.filter((r) => r[8] !== 1)), upTo(cur));
     const items: DiffItem[] = [];
     const add = (path: string, l: unknown[] | null, h: unknown[] | null) => {
       const a = from.seq === lo ? l : h;
@@ -926,7 +931,7 @@ export class SqliteIndex implements IndexStore {
       else if (c > 0) add(newer[j][0] as string, null, newer[j++]);
       else add(older[i][0] as string, older[i++], newer[j++]);
     }
-    // Three arms may give up to three times `limit`: the page is cut to it.
+    // Two scans may give twice `limit` items: the page is cut to it.
     if (items.length > options.limit) {
       items.length = options.limit;
       return { items, next: items[items.length - 1].path };
