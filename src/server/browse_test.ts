@@ -203,7 +203,7 @@ Deno.test("diffPage of any two commits, at any page size and prefix, equals the 
       const u = new Upload().commit(commitHeader(head?.id ?? null));
       // Entries go up in path order, as a client sends them.
       const puts: { path: string; content?: string; mode: number }[] = [];
-      if (c === 1) for (const d of dirs) puts.push({ path: d, mode: 0o755 });
+      if (c === 1) { for (const d of dirs) puts.push({ path: d, mode: 0o755 }); }
       const dels: Record<string, unknown>[] = [];
       for (const f of files) {
         const r = rand();
