@@ -26,6 +26,7 @@ const COMMANDS: { name: string; load: () => Promise<Command> }[] = [
   { name: "prune", load: async () => (await import("./cmd/prune.ts")).pruneCommand },
   { name: "policy", load: async () => (await import("./cmd/policy.ts")).policyCommand },
   { name: "stats", load: async () => (await import("./cmd/stats.ts")).statsCommand },
+  { name: "migrate", load: async () => (await import("./cmd/migrate.ts")).migrateCommand },
   { name: "token", load: async () => (await import("./cmd/token.ts")).tokenCommand },
 ];
 

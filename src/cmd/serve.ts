@@ -5,8 +5,6 @@ import { certProblem, ensureAutoTls, namesFor } from "../server/tls_auto.ts";
 import { startServer } from "../http/server.ts";
 import { type Command, note, out } from "./command.ts";
 import { JSON_VERSION } from "../format/api.ts";
-import type { S3Blobs } from "../server/storage/open.ts";
-import { parseS3Url } from "../server/storage/s3_blobs.ts";
 import {
   flagOrEnv,
   parseDuration,
@@ -16,6 +14,7 @@ import {
   parseSize,
   positionals,
 } from "./flags.ts";
+import { s3Flags } from "./store_flags.ts";
 
 /** How long a shutdown waits for in-flight requests. */
 const GRACE_MS = 10_000;
@@ -261,44 +260,3 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
     return 0;
   },
 };
-
-/** The bucket `--blobs s3://…` and its flags (or AWS_* variables) name; undefined without --blobs. */
-function s3Flags(p: ReturnType<typeof parseFlags>): S3Blobs | undefined {
-  const url = p.values.blobs as string | undefined;
-  const others = ["s3-endpoint", "s3-region", "s3-access-key", "s3-secret-key"]
-    .filter((f) => p.values[f] !== undefined);
-  if (url === undefined) {
-    if (others.length) {
-      throw new KeepError("usage", `Cannot use --${others[0]} without --blobs s3://BUCKET/PREFIX`);
-    }
-    return undefined;
-  }
-  const loc = parseS3Url(url);
-  if (!loc) {
-    throw new KeepError("usage", `Cannot use --blobs ${url}: give s3://BUCKET/PREFIX`);
-  }
-  const region = flagOrEnv(p, "s3-region", "AWS_REGION") ?? "us-east-1";
-  const endpoint = flagOrEnv(p, "s3-endpoint", "AWS_ENDPOINT_URL") ??
-    `https://s3.${region}.amazonaws.com`;
-  let parsed: URL;
-  try {
-    parsed = new URL(endpoint);
-  } catch {
-    throw new KeepError("usage", `Cannot use --s3-endpoint ${endpoint}: not a URL`);
-  }
-  if (!/^https?:$/.test(parsed.protocol) || (parsed.pathname !== "/" && parsed.pathname !== "")) {
-    throw new KeepError(
-      "usage",
-      `Cannot use --s3-endpoint ${endpoint}: give http(s)://HOST[:PORT] (path-style addressing)`,
-    );
-  }
-  const accessKey = flagOrEnv(p, "s3-access-key", "AWS_ACCESS_KEY_ID");
-  const secretKey = flagOrEnv(p, "s3-secret-key", "AWS_SECRET_ACCESS_KEY");
-  if (!accessKey || !secretKey) {
-    throw new KeepError(
-      "usage",
-      `Cannot use --blobs ${url}: no keys (--s3-access-key and --s3-secret-key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)`,
-    );
-  }
-  return { ...loc, endpoint: parsed.origin, region, accessKey, secretKey };
-}

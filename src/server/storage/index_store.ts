@@ -29,6 +29,7 @@ import type {
   UploadHeader,
 } from "../../format/manifest.ts";
 import type { BlobPlace } from "./blob_store.ts";
+import type { CellValue } from "./tables.ts";
 
 /** What an upload stages for one path. `entry` for put/meta; `flag`/`reason` for keep. */
 export interface StageRow {
@@ -328,6 +329,16 @@ export interface IndexStore {
   projectUsage(project: string): Promise<ProjectUsage>;
   /** The file bytes of every kept commit's tree, summed (what dedup is measured against). */
   logicalBytes(): Promise<number>;
+
+  // ---- copying a store (keep migrate; tables as in tables.ts)
+  /** Up to `limit` rows of a durable table after primary key `after`, in key order. */
+  dumpRows(table: string, after: CellValue[] | null, limit: number): Promise<CellValue[][]>;
+  /** Writes rows (replacing rows of the same key), durably, in one transaction. */
+  loadRows(table: string, rows: CellValue[][]): Promise<void>;
+  /** After loading: id counters past every id loaded; pack numbers past `packSeq`. */
+  afterLoad(packSeq: number): Promise<void>;
+  /** The highest pack number this index ever handed out (deleted packs count). */
+  highestPack(): Promise<number>;
 
   // ---- tokens
   insertToken(row: TokenRow): Promise<void>;

@@ -39,6 +39,7 @@ import type {
 } from "../../format/manifest.ts";
 import { parentOf } from "../../format/paths.ts";
 import type { BlobPlace } from "./blob_store.ts";
+import { type CellValue, neutralCell, type TableSpec, tableSpec } from "./tables.ts";
 import {
   argsOf,
   CHECK_MESSAGES,
@@ -958,6 +959,95 @@ export class PgIndex implements IndexStore {
       return r.count === 1;
     });
   }
+
+  // ---------------------------------------------------------------- copying (keep migrate)
+
+  dumpRows(table: string, after: CellValue[] | null, limit: number): Promise<CellValue[][]> {
+    const t = tableSpec(table);
+    return this.#run(`read ${t.name}`, async () => {
+      const keys = t.columns.slice(0, t.key).map((c) => `"${c}"`);
+      const where = after
+        ? `WHERE (${keys.join(", ")}) > (${
+          keys.map((_, i) => `$${i + 1}::${pgType(t, t.columns[i])}`).join(", ")
+        })`
+        : "";
+      const rows = await this.sql.unsafe(
+        `SELECT ${t.columns.map((c) => `"${c}"`).join(", ")} FROM ${t.name} ${where}
+         ORDER BY ${keys.join(", ")} LIMIT ${Math.max(1, Math.floor(limit))}`,
+        (after ?? []).map(pgParam) as never[],
+      );
+      return rows.map((r) => t.columns.map((c) => neutralCell(t, c, r[c])));
+    });
+  }
+
+  loadRows(table: string, rows: CellValue[][]): Promise<void> {
+    const t = tableSpec(table);
+    return this.#run(`write ${t.name}`, async () => {
+      const cols = t.columns.map((c) => `"${c}"`).join(", ");
+      const keys = t.columns.slice(0, t.key).map((c) => `"${c}"`).join(", ");
+      const rest = t.columns.slice(t.key);
+      const onConflict = rest.length === 0
+        ? "DO NOTHING"
+        : `DO UPDATE SET ${rest.map((c) => `"${c}" = excluded."${c}"`).join(", ")}`;
+      // At most ~30,000 parameters a statement (the protocol's limit is 65,535).
+      const per = Math.max(1, Math.floor(30_000 / t.columns.length));
+      await this.sql.begin(async (tx) => {
+        for (let i = 0; i < rows.length; i += per) {
+          const chunk = rows.slice(i, i + per);
+          const values = chunk.map((_, r) =>
+            `(${
+              t.columns.map((c, k) => `$${r * t.columns.length + k + 1}::${pgType(t, c)}`).join(
+                ", ",
+              )
+            })`
+          );
+          await tx.unsafe(
+            `INSERT INTO ${t.name}(${cols}) VALUES ${
+              values.join(", ")
+            } ON CONFLICT (${keys}) ${onConflict}`,
+            chunk.flat().map(pgParam) as never[],
+          );
+        }
+      });
+    });
+  }
+
+  afterLoad(packSeq: number): Promise<void> {
+    return this.#run("set the id counters", async () => {
+      for (const table of ["projects", "blobs", "packs", "uploads"]) {
+        const floor = table === "packs" ? packSeq : 0;
+        await this.sql.unsafe(
+          `SELECT setval(pg_get_serial_sequence('${table}', 'id'),
+             greatest((SELECT coalesce(max(id), 0) FROM ${table}), $1::bigint, 1))`,
+          [String(floor)],
+        );
+      }
+    });
+  }
+
+  highestPack(): Promise<number> {
+    return this.#run("read the pack counter", async () => {
+      const [r] = await this.sql`
+        SELECT greatest((SELECT coalesce(max(id), 0) FROM packs),
+          (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM packs_id_seq)) AS n`;
+      return Number(r.n);
+    });
+  }
+}
+
+/** The type a value of `column` is cast to in a statement. */
+function pgType(t: TableSpec, column: string): string {
+  if (t.bytes?.includes(column)) return "bytea";
+  if (t.text?.includes(column)) return "text";
+  if (t.real?.includes(column)) return "float8";
+  return "bigint";
+}
+
+/** A neutral cell as a parameter: bytes as a Buffer, integers as text. */
+function pgParam(v: CellValue): unknown {
+  if (v instanceof Uint8Array) return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+  if (typeof v === "bigint") return v.toString();
+  return v;
 }
 
 /** A URL without its password, for messages. */

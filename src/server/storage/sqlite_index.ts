@@ -42,6 +42,7 @@ import type {
   UploadHeader,
 } from "../../format/manifest.ts";
 import { comparePaths, parentOf } from "../../format/paths.ts";
+import { type CellValue, neutralCell, tableSpec } from "./tables.ts";
 import type { BlobPlace } from "./blob_store.ts";
 import {
   argsOf,
@@ -1897,5 +1898,48 @@ export class SqliteIndex implements IndexStore {
       id,
     );
     return Promise.resolve(Number(r.changes) === 1);
+  }
+
+  // ---------------------------------------------------------------- copying (keep migrate)
+
+  async dumpRows(table: string, after: CellValue[] | null, limit: number): Promise<CellValue[][]> {
+    const t = tableSpec(table);
+    const keys = t.columns.slice(0, t.key).map((c) => `"${c}"`);
+    const where = after ? `WHERE (${keys.join(", ")}) > (${keys.map(() => "?").join(", ")})` : "";
+    const rows = this.#stmt(
+      `SELECT ${t.columns.map((c) => `"${c}"`).join(", ")} FROM ${t.name} ${where}
+       ORDER BY ${keys.join(", ")} LIMIT ${Math.max(1, Math.floor(limit))}`,
+      true,
+      true,
+    ).all(...((after ?? []) as SQLInputValue[])) as unknown as unknown[][];
+    return Promise.resolve(rows.map((r) => r.map((v, i) => neutralCell(t, t.columns[i], v))));
+  }
+
+  async loadRows(table: string, rows: CellValue[][]): Promise<void> {
+    const t = tableSpec(table);
+    const st = this.#stmt(
+      `INSERT OR REPLACE INTO ${t.name}(${t.columns.map((c) => `"${c}"`).join(", ")})
+       VALUES (${t.columns.map(() => "?").join(", ")})`,
+    );
+    this.#transaction(() => {
+      for (const r of rows) st.run(...(r as SQLInputValue[]));
+    }, true);
+    return Promise.resolve();
+  }
+
+  async afterLoad(packSeq: number): Promise<void> {
+    this.#stmt(
+      `INSERT INTO store_meta(key, value) VALUES ('pack_seq', ?1)
+       ON CONFLICT(key) DO UPDATE SET value = max(value, ?1)`,
+    ).run(packSeq);
+    return Promise.resolve();
+  }
+
+  async highestPack(): Promise<number> {
+    const r = this.#stmt(
+      `SELECT max(coalesce((SELECT max(id) FROM packs), 0),
+                  coalesce((SELECT value FROM store_meta WHERE key = 'pack_seq'), 0)) AS n`,
+    ).get() as Row;
+    return Promise.resolve(Number(r.n));
   }
 }

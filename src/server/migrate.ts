@@ -1,0 +1,305 @@
+/**
+ * `keep migrate`: copies a whole store, with its history, from one backend
+ * to another (a data dir to an object store + PostgreSQL, and back).
+ *
+ * Both backends hold the same things under the same names: packs by number
+ * and large blobs by hash (blob_store.ts), and the same tables (tables.ts).
+ * So a copy is byte for byte, never a re-encoding or a replay of commits:
+ *
+ * 1. objects first: every pack a blob row names, then every large blob
+ *    (a large blob gets a new generation in the target; its row is told);
+ * 2. then the rows, table by table in key order, blob and pack rows before
+ *    the versions and commits that name them: a row is written only after
+ *    every object it names is durable in the target;
+ * 3. then the target's id counters are moved past everything copied, and
+ * 4. the copy is verified: every table compared row by row with the source,
+ *    every blob of the target re-read and re-hashed (verifyStore).
+ *
+ * Resumable: the target is marked (store_meta `migrating`) before the first
+ * byte; a second run on a marked target skips the objects already there at
+ * their size and rewrites rows by key. An unmarked target must be empty.
+ * Neither store may be served meanwhile (the caller holds the data-dir locks;
+ * stop the servers of a PostgreSQL index).
+ *
+ * @module
+ */
+
+import { KeepError } from "../errors.ts";
+import { bytesToHex } from "../format/hex.ts";
+import type { VerifyReport } from "../format/api.ts";
+import type { Storage } from "./storage/open.ts";
+import { type CellValue, DURABLE_TABLES, type TableSpec } from "./storage/tables.ts";
+import { verifyStore } from "./verify.ts";
+
+/** Rows per page read from the source and written to the target. */
+const ROWS = 5000;
+
+export interface MigrateReport {
+  packs: { copied: number; present: number; bytes: number };
+  large: { copied: number; present: number; bytes: number };
+  rows: Record<string, number>;
+  resumed: boolean;
+  verify: VerifyReport;
+}
+
+/** What `migrate` says as it goes (one line each, for a person). */
+export type Progress = (line: string) => void;
+
+const MARK = "migrating";
+
+/** True when the target holds nothing yet (no project, blob, token or policy). */
+async function isEmpty(target: Storage): Promise<boolean> {
+  for (const t of ["projects", "blobs", "tokens", "policies", "packs"]) {
+    if ((await target.index.dumpRows(t, null, 1)).length > 0) return false;
+  }
+  return true;
+}
+
+/** Every row of `table` in key order, a page at a time. */
+async function* rowsOf(storage: Storage, t: TableSpec): AsyncGenerator<CellValue[][]> {
+  let after: CellValue[] | null = null;
+  for (;;) {
+    const rows = await storage.index.dumpRows(t.name, after, ROWS);
+    if (rows.length === 0) return;
+    // The consumer may change the page: what the next page needs is taken first.
+    const last = rows[rows.length - 1].slice(0, t.key);
+    const full = rows.length === ROWS;
+    yield rows;
+    if (!full) return;
+    after = last;
+  }
+}
+
+const BLOBS = DURABLE_TABLES.find((t) => t.name === "blobs")!;
+const col = (name: string) => BLOBS.columns.indexOf(name);
+const HASH = col("hash");
+const PACK = col("pack");
+const OFFSET = col("offset");
+const STORED = col("stored");
+const SIZE = col("size");
+
+/** Copies every pack a blob row names and every large blob; returns the large blobs' new generations. */
+async function copyObjects(
+  source: Storage,
+  target: Storage,
+  report: MigrateReport,
+  progress: Progress,
+): Promise<Map<string, number>> {
+  const packs = new Set<number>();
+  const large: { hash: string; gen: number | null; stored: number; size: number }[] = [];
+  for await (const rows of rowsOf(source, BLOBS)) {
+    for (const r of rows) {
+      if (r[PACK] !== null) packs.add(Number(r[PACK]));
+      else {
+        large.push({
+          hash: bytesToHex(r[HASH] as Uint8Array),
+          gen: r[OFFSET] === null ? null : Number(r[OFFSET]),
+          stored: Number(r[STORED]),
+          size: Number(r[SIZE]),
+        });
+      }
+    }
+  }
+  let done = 0;
+  for (const pack of [...packs].sort((a, b) => a - b)) {
+    const size = await source.blobs.packSize(pack);
+    if (size === null) {
+      throw new KeepError(
+        "integrity",
+        `Cannot migrate: pack ${pack} is missing from ${source.blobs.where} (run keep verify there)`,
+      );
+    }
+    const there = await target.blobs.packSize(pack);
+    if (there === size) report.packs.present++;
+    else {
+      if (there !== null) await target.blobs.deletePack(pack); // cut short by an earlier run
+      const sink = target.blobs.openPack(pack);
+      try {
+        const place = { size, stored: size, pack, offset: 0 };
+        for await (const piece of await source.blobs.pieces("", place)) sink.add(piece);
+        await sink.close();
+      } catch (err) {
+        await sink.abort().catch(() => {});
+        throw err;
+      }
+      report.packs.copied++;
+      report.packs.bytes += size;
+    }
+    if (++done % 100 === 0) progress(`packs: ${done} of ${packs.size}`);
+  }
+  progress(`packs: ${packs.size} (${report.packs.copied} copied, ${report.packs.present} there)`);
+  // Large blobs the target already has (an earlier run): by hash, any generation of the right size.
+  const present = new Map<string, (number | null)[]>();
+  for await (const o of target.blobs.listLarge()) {
+    if (!o.hash) continue;
+    present.set(o.hash, [...(present.get(o.hash) ?? []), o.gen]);
+  }
+  const gens = new Map<string, number>();
+  done = 0;
+  for (const b of large) {
+    let gen: number | null | undefined;
+    for (const g of present.get(b.hash) ?? []) {
+      if ((await target.blobs.largeSize(b.hash, g)) === b.stored) gen = g;
+    }
+    if (gen !== undefined && gen !== null) {
+      report.large.present++;
+    } else {
+      const sink = target.blobs.openLarge();
+      try {
+        const place = { size: b.size, stored: b.stored, pack: null, offset: b.gen };
+        for await (const piece of await source.blobs.pieces(b.hash, place)) {
+          sink.write(piece.slice());
+          if (sink.pending > 8 << 20) await sink.drain();
+        }
+        await sink.drain();
+        sink.complete?.(b.hash);
+        gen = await sink.finish(b.hash);
+      } catch (err) {
+        await sink.abort().catch(() => {});
+        throw err;
+      }
+      report.large.copied++;
+      report.large.bytes += b.stored;
+    }
+    gens.set(b.hash, gen);
+    if (++done % 100 === 0) progress(`large blobs: ${done} of ${large.length}`);
+  }
+  progress(
+    `large blobs: ${large.length} (${report.large.copied} copied, ${report.large.present} there)`,
+  );
+  return gens;
+}
+
+/** A blob row with its large blob's generation in the target. */
+function withGen(r: CellValue[], gens: Map<string, number>): CellValue[] {
+  if (r[PACK] !== null) return r;
+  const gen = gens.get(bytesToHex(r[HASH] as Uint8Array));
+  if (gen === undefined) {
+    throw new KeepError("internal", "Cannot migrate: a large blob row appeared during the copy");
+  }
+  const out = r.slice();
+  out[OFFSET] = BigInt(gen);
+  return out;
+}
+
+/** Rows of durable state (the copy's own mark is not). */
+function durable(t: TableSpec, rows: CellValue[][]): CellValue[][] {
+  return t.name === "store_meta" ? rows.filter((r) => r[0] !== MARK) : rows;
+}
+
+function sameCell(a: CellValue, b: CellValue): boolean {
+  if (a instanceof Uint8Array && b instanceof Uint8Array) {
+    return a.length === b.length && a.every((x, i) => x === b[i]);
+  }
+  if (typeof a === "number" || typeof b === "number") return Number(a) === Number(b);
+  return a === b;
+}
+
+/** Every value of the source's store_meta is in the target (which may have keys of its own). */
+async function compareMeta(source: Storage, target: Storage, t: TableSpec) {
+  const theirs = new Map<string, CellValue>();
+  for await (const page of rowsOf(target, t)) {
+    for (const r of page) theirs.set(r[0] as string, r[1]);
+  }
+  for await (const page of rowsOf(source, t)) {
+    for (const r of durable(t, page)) {
+      if (!theirs.has(r[0] as string) || !sameCell(r[1], theirs.get(r[0] as string)!)) {
+        throw new KeepError(
+          "integrity",
+          `Cannot finish the migration: store_meta ${
+            r[0]
+          } differs in the target; run keep migrate again`,
+        );
+      }
+    }
+  }
+}
+
+/** Every table of the target equals the source's, row by row (large blobs' generations aside). */
+async function compareTables(source: Storage, target: Storage, gens: Map<string, number>) {
+  for (const t of DURABLE_TABLES) {
+    if (t.name === "store_meta") {
+      await compareMeta(source, target, t);
+      continue;
+    }
+    const theirs = rowsOf(target, t);
+    let buffered: CellValue[][] = [];
+    let at = 0;
+    let n = 0;
+    const next = async (): Promise<CellValue[] | null> => {
+      while (at === buffered.length) {
+        const r = await theirs.next();
+        if (r.done) return null;
+        buffered = durable(t, r.value);
+        at = 0;
+      }
+      return buffered[at++];
+    };
+    for await (const page of rowsOf(source, t)) {
+      for (let r of durable(t, page)) {
+        if (t === BLOBS) r = withGen(r, gens);
+        const o = await next();
+        n++;
+        if (!o || r.some((v, i) => !sameCell(v, o[i]))) {
+          throw new KeepError(
+            "integrity",
+            `Cannot finish the migration: row ${n} of ${t.name} differs in the target (${
+              o ? "changed" : "missing"
+            }); was the source served meanwhile? Run keep migrate again`,
+          );
+        }
+      }
+    }
+    if (await next()) {
+      throw new KeepError(
+        "integrity",
+        `Cannot finish the migration: the target's ${t.name} has rows the source lacks`,
+      );
+    }
+  }
+}
+
+/**
+ * Copies `source` into `target` (see the module doc). Throws usage when the
+ * target holds another store; the report's `verify` is the target's.
+ */
+export async function migrate(
+  source: Storage,
+  target: Storage,
+  progress: Progress = () => {},
+): Promise<MigrateReport> {
+  const report: MigrateReport = {
+    packs: { copied: 0, present: 0, bytes: 0 },
+    large: { copied: 0, present: 0, bytes: 0 },
+    rows: {},
+    resumed: false,
+    verify: undefined as unknown as VerifyReport,
+  };
+  const mark = await target.index.meta(MARK);
+  if (mark !== null && mark > 0) report.resumed = true;
+  else if (mark === 0 || !(await isEmpty(target))) {
+    throw new KeepError(
+      "usage",
+      `Cannot migrate into ${target.where}: it already holds a store (migrate into an empty one)`,
+    );
+  }
+  await target.index.setMeta(MARK, Date.now());
+  const gens = await copyObjects(source, target, report, progress);
+  for (const t of DURABLE_TABLES) {
+    let n = 0;
+    for await (const page of rowsOf(source, t)) {
+      const rows = durable(t, page).map((r) => t === BLOBS ? withGen(r, gens) : r);
+      if (rows.length) await target.index.loadRows(t.name, rows);
+      n += rows.length;
+    }
+    report.rows[t.name] = n;
+    progress(`${t.name}: ${n} rows`);
+  }
+  await target.index.afterLoad(await source.index.highestPack());
+  progress("comparing every row with the source");
+  await compareTables(source, target, gens);
+  progress("re-reading every blob of the target");
+  report.verify = await verifyStore(target, { readOnly: true });
+  if (report.verify.ok) await target.index.setMeta(MARK, 0);
+  return report;
+}

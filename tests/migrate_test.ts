@@ -1,0 +1,158 @@
+/**
+ * `keep migrate` between two embedded stores (the object store + PostgreSQL
+ * direction, and back, is in scaleout_test.ts): every commit, token and
+ * policy arrives, a kill -9 in the middle is resumed, the target verifies,
+ * and bad flags or a non-empty target lose nothing.
+ */
+
+import { join } from "node:path";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import {
+  assertSameTree,
+  json,
+  KEEP,
+  keep,
+  keepOk,
+  logJson,
+  randomData,
+  type Snapshot,
+  snapshot,
+  startServer,
+  tempDir,
+  token,
+  writeTree,
+} from "./helpers.ts";
+
+/** Three commits of project `app` in `dataDir` (small files, large blobs, a link); their trees. */
+async function history(dataDir: string, large = 2): Promise<[string, Snapshot][]> {
+  await using server = await startServer({ dataDir });
+  const src = await tempDir();
+  const cli = { env: { KEEP_SERVER: server.url, KEEP_PROJECT: "app" } };
+  const snaps: [string, Snapshot][] = [];
+  const spec: Record<string, string | Uint8Array | { link: string }> = {};
+  for (let i = 0; i < 200; i++) {
+    spec[`src/f${i}.c`] = `int f${i}(void) { return ${i}; }\n`.repeat(9);
+  }
+  for (let i = 0; i < large; i++) spec[`out/big${i}.bin`] = randomData((2 << 20) + i);
+  spec["link"] = { link: "src/f1.c" };
+  writeTree(src, spec);
+  for (let round = 0; round < 3; round++) {
+    if (round > 0) {
+      writeTree(src, {
+        [`src/f${round}.c`]: `changed in round ${round}\n`,
+        [`new${round}.txt`]: "x",
+      });
+      Deno.removeSync(join(src, `src/f${100 + round}.c`));
+    }
+    const r = json<{ commit: { id: string } }>(
+      await keepOk(["backup", "-m", `round ${round}`, "--json", src], 0, cli),
+    );
+    snaps.push([r.commit.id, snapshot(src)]);
+  }
+  await keepOk(["policy", "set", "--keep-last", "50"], 0, cli);
+  return snaps;
+}
+
+/** Serves `dataDir` with tokens on and checks every commit restores as it was backed up. */
+async function assertHolds(dataDir: string, secret: string, snaps: [string, Snapshot][]) {
+  await using server = await startServer({ dataDir, noAuth: false });
+  const cli = { env: { KEEP_SERVER: server.url, KEEP_PROJECT: "app", KEEP_TOKEN: secret } };
+  const log = logJson<{ id: string; seq: number; message: string }>(
+    await keepOk(["log", "--json"], 0, cli),
+  );
+  assertEquals(log.map((c) => [c.id, c.seq, c.message]).reverse(), [
+    [snaps[0][0], 1, "round 0"],
+    [snaps[1][0], 2, "round 1"],
+    [snaps[2][0], 3, "round 2"],
+  ]);
+  for (const [id, snap] of snaps) {
+    const dest = join(await tempDir(), "r");
+    await keepOk(["restore", "--commit", id, dest], 0, cli);
+    assertSameTree(snapshot(dest), snap, `commit ${id}`);
+  }
+  const policy = json<{ policy: { last?: number } }>(
+    await keepOk(["policy", "show", "--json"], 0, cli),
+  );
+  assertEquals(policy.policy?.last, 50);
+}
+
+Deno.test("keep migrate copies every commit, token and policy to another data dir, verified; a second run is refused", async () => {
+  const from = await tempDir("keep-data-");
+  const snaps = await history(from);
+  const secret = await token(from, "admin", "*");
+  const to = join(await tempDir(), "copy");
+  const r = json<{
+    verify: { ok: boolean; blobs: number };
+    rows: Record<string, number>;
+    large: { copied: number };
+    resumed: boolean;
+  }>(await keepOk(["migrate", "--from", from, "--to", to, "--json"]));
+  assert(r.verify.ok);
+  assertEquals([r.rows.commits, r.rows.tokens, r.large.copied, r.resumed], [3, 1, 2, false]);
+  await assertHolds(to, secret, snaps);
+  // The source is untouched and still serves; the target now holds a store: refused.
+  await assertHolds(from, secret, snaps);
+  const again = await keep(["migrate", "--from", from, "--to", to]);
+  assertEquals(again.code, 2, again.stderr);
+  assertMatch(again.stderr, /^keep: Cannot migrate into .*: it already holds a store/);
+});
+
+Deno.test("keep migrate killed with -9 in the middle resumes where it was and verifies", async () => {
+  const from = await tempDir("keep-data-");
+  const snaps = await history(from, 24);
+  const to = join(await tempDir(), "copy");
+  const proc = new Deno.Command(KEEP, {
+    args: ["migrate", "--from", from, "--to", to],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  // Killed once the packs are copied, while the large blobs (24 of 2 MiB) go.
+  const reader = proc.stderr.getReader();
+  let text = "";
+  while (!/^packs: /m.test(text)) {
+    const c = await reader.read();
+    if (c.done) break;
+    text += new TextDecoder().decode(c.value);
+  }
+  proc.kill("SIGKILL");
+  const status = await proc.status;
+  reader.releaseLock();
+  await proc.stderr.cancel();
+  assertEquals(status.signal, "SIGKILL", `migrate ended before the kill: ${text}`);
+  const r = json<{ verify: { ok: boolean }; resumed: boolean; packs: { present: number } }>(
+    await keepOk(["migrate", "--from", from, "--to", to, "--json"]),
+  );
+  // The packs copied before the kill are not copied again.
+  assert(r.resumed && r.verify.ok && r.packs.present > 0, JSON.stringify(r));
+  await assertHolds(to, await token(to, "admin", "*"), snaps);
+});
+
+Deno.test("keep migrate refuses bad flags, a served source and a non-empty target in one line, and changes nothing", async () => {
+  const from = await tempDir("keep-data-");
+  const other = await tempDir("keep-data-");
+  await history(from, 0);
+  const otherSnaps = await history(other, 0);
+  for (
+    const [args, message] of [
+      [["--to", other], /give --from DIR/],
+      [["--from", from], /give --to DIR/],
+      [["--from", from, "--to", from], /onto itself/],
+      [["--from", join(from, "nope"), "--to", join(other, "x")], /no such directory/],
+      [["--from", from, "--to", other], /it already holds a store/],
+      [["--from", from, "--to", join(other, "x"), "--to-index", "mysql://x"], /--index mysql:/],
+    ] as const
+  ) {
+    const r = await keep(["migrate", ...args]);
+    assertEquals(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assertMatch(r.stderr, message);
+    assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+  }
+  {
+    await using _served = await startServer({ dataDir: from });
+    const r = await keep(["migrate", "--from", from, "--to", join(other, "y")]);
+    assertEquals(r.code, 2, r.stderr);
+    assertMatch(r.stderr, /a keep serve runs on it/);
+  }
+  // The target that was refused still holds exactly its own history.
+  await assertHolds(other, await token(other, "admin", "*"), otherSnaps);
+});
