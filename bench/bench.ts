@@ -36,6 +36,7 @@ import {
 } from "./report.ts";
 import { Restic } from "./restic.ts";
 import { benchRetention } from "./retention.ts";
+import { benchScaleout } from "./scaleout.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const DATASETS = ["small", "large", "retention", "million", "huge"] as const;
@@ -70,6 +71,10 @@ Options:
                      pruned to --keep-last 10 while health is polled and a backup runs
   --retention-from DIR   copy this data dir instead of generating the history (a store
                      made by bench/retention.ts's makeHistory, e.g. kept with --keep-data)
+  --backend LIST     embedded (default) and/or scaleout: scaleout also runs first,
+                     no-change backup and restore of small and large through one
+                     keep serve on Ceph RGW + PostgreSQL (scripts/services up), side
+                     by side with the embedded store in the same run
   --no-restic        skip restic (it is skipped with a note when not installed)
   --seed N           dataset seed (default 1)
   --dir DIR          parent of the temp dir (default /tmp)
@@ -80,6 +85,8 @@ Options:
 /** Parsed command line. */
 interface Options {
   only: Set<DatasetName>;
+  /** Also run small and large on Ceph RGW + PostgreSQL (--backend scaleout). */
+  scaleout: boolean;
   files: number;
   reps: number;
   slowReps: number;
@@ -118,6 +125,7 @@ function parseOptions(args: string[]): Options {
       allowPositionals: false,
       options: {
         only: { type: "string" },
+        backend: { type: "string" },
         files: { type: "string" },
         reps: { type: "string" },
         "slow-reps": { type: "string" },
@@ -165,8 +173,13 @@ function parseOptions(args: string[]): Options {
   }
   const gib = Number(v["huge-gib"] ?? "4");
   if (!(gib > 0)) usage(`--huge-gib needs a positive number, got ${v["huge-gib"]}`);
+  const backends = (v.backend ?? "embedded").split(",").map((b) => b.trim()).filter(Boolean);
+  for (const b of backends) {
+    if (b !== "embedded" && b !== "scaleout") usage(`unknown backend in --backend: ${b}`);
+  }
   return {
     only,
+    scaleout: backends.includes("scaleout"),
     files: positiveInt(v.files, "files", 100_000),
     reps: positiveInt(v.reps, "reps", 5),
     slowReps: positiveInt(v["slow-reps"], "slow-reps", 1),
@@ -905,6 +918,38 @@ async function benchHuge(tree: Tree): Promise<void> {
   await discard(base);
 }
 
+/** --backend scaleout: one dataset through the embedded store and Ceph RGW + PostgreSQL. */
+async function benchScaleoutStep(name: string, tree: Tree): Promise<void> {
+  progress(`[scaleout ${name}] embedded store and Ceph RGW + PostgreSQL, interleaved`);
+  const f = await benchScaleout({
+    dataset: name,
+    dir: tree.root,
+    files: tree.files.length,
+    bytes: tree.bytes,
+    keepBin: KEEP,
+    work: join(work, `${name}-scaleout`),
+    root: ROOT,
+    reps: opts.reps,
+    slowReps: opts.slowReps,
+    progress,
+  });
+  (report.scaleout ??= []).push(f);
+  report.extras.push({
+    title: `Scale-out backend: ${name} (${f.files.toLocaleString("en-US")} files, ${
+      fmtBytes(f.bytes)
+    })`,
+    body: [
+      "One `keep serve` each, on this machine: the embedded store (data dir, SQLite, packs) and `--blobs s3://…` on Ceph RGW 16 + `--index postgres://…` on PostgreSQL 15 (scripts/services), runs interleaved; a fresh store (data dir; bucket prefix and database) for each first backup. Median seconds:",
+      "| step | embedded | scale-out | ratio |\n| --- | ---: | ---: | ---: |\n" +
+      f.steps.map((st) =>
+        `| ${st.step} (${st.runs}×) | ${fmt(st.embedded)} | ${fmt(st.scaleout)} | ${
+          (st.scaleout / st.embedded).toFixed(2)
+        }× |`
+      ).join("\n"),
+    ].join("\n\n"),
+  });
+}
+
 async function benchRetentionStep(): Promise<void> {
   const dir = join(work, "retention");
   Deno.mkdirSync(dir, { recursive: true });
@@ -1098,8 +1143,10 @@ try {
       }
       const tree = await generate(name);
       report.ran.add(name);
-      if (name === "small" || name === "large") await benchTree(name, tree);
-      else if (name === "million") await benchMillion(tree);
+      if (name === "small" || name === "large") {
+        await benchTree(name, tree);
+        if (opts.scaleout) await benchScaleoutStep(name, tree);
+      } else if (name === "million") await benchMillion(tree);
       else await benchHuge(tree);
     } catch (err) {
       failed = true;

@@ -107,6 +107,11 @@ export interface BenchReport {
       rootHeadMs: number;
     };
   };
+  /** `--backend scaleout`: the same steps on the embedded store and on Ceph RGW + PostgreSQL. */
+  scaleout?: {
+    dataset: string;
+    steps: { step: string; embedded: number; scaleout: number; runs: number }[];
+  }[];
   totalSeconds: number;
   /** The small dataset was scaled down with --files. */
   scaled: boolean;
@@ -385,6 +390,19 @@ export function evaluateTargets(report: BenchReport): TargetRow[] {
         }%)`
         : "–",
     );
+  }
+  if (report.scaleout) {
+    for (const d of report.scaleout) {
+      for (const st of d.steps) {
+        const limit = st.step === "nochange" ? 1.2 : 1.5;
+        const ratio = st.scaleout / st.embedded;
+        check(
+          `scale-out: ${d.dataset} ${st.step} within ${limit}x of the embedded store`,
+          Number.isFinite(ratio) ? ratio <= limit : null,
+          `${fmtSec(st.scaleout)} s vs ${fmtSec(st.embedded)} s (${ratio.toFixed(2)}x)`,
+        );
+      }
+    }
   }
   {
     // Judged on the steady state (Keep caches the manifest per head), with the cold
