@@ -14,6 +14,8 @@
 import type { MiddlewareHandler } from "hono";
 import type { IndexStore } from "../server/storage/index_store.ts";
 import type { Env } from "./context.ts";
+import { OBJECT_REQUESTS } from "../server/storage/s3_client.ts";
+import { DB_STATEMENTS } from "../server/storage/pg_index.ts";
 
 /** Upper bounds (s) of the upload duration histogram's buckets. */
 const UPLOAD_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
@@ -91,6 +93,18 @@ export class Metrics {
       `keep_upload_duration_seconds_sum ${this.#uploadSum}`,
       `keep_upload_duration_seconds_count ${this.#uploadCount}`,
     ]);
+    metric(
+      "keep_object_requests_total",
+      "counter",
+      "Requests sent to the object store (--blobs s3://…), by kind; retries not counted.",
+      [...OBJECT_REQUESTS].sort().map(([op, n]) => `keep_object_requests_total{op="${op}"} ${n}`),
+    );
+    metric(
+      "keep_db_statements_total",
+      "counter",
+      "Statements sent to PostgreSQL (--index postgres://…).",
+      [`keep_db_statements_total ${DB_STATEMENTS.n}`],
+    );
     const counts = await index.counts();
     const meta = async (k: string) => (await index.meta(k)) ?? 0;
     metric("keep_blobs", "gauge", "Blobs in the store.", [`keep_blobs ${counts.blobs}`]);

@@ -68,6 +68,9 @@ import type {
 type Sql = postgres.Sql | postgres.TransactionSql;
 type Row = Record<string, unknown>;
 
+/** Statements this process sent to PostgreSQL (keep_db_statements_total in /metrics). */
+export const DB_STATEMENTS = { n: 0 };
+
 /** The commit's statements on the shared staging table. */
 const COMMIT = commitStatements("stage");
 
@@ -184,7 +187,12 @@ export class PgIndex implements IndexStore {
 
   /** Connects and creates the tables when missing (under a lock: several servers may start). */
   static async open(url: string): Promise<PgIndex> {
-    const sql = postgres(url, { max: 8, onnotice: () => {}, connect_timeout: 10 });
+    const sql = postgres(url, {
+      max: 8,
+      onnotice: () => {},
+      connect_timeout: 10,
+      debug: () => DB_STATEMENTS.n++,
+    });
     try {
       await sql.begin(async (tx) => {
         await tx`SELECT pg_advisory_xact_lock(727274)`;

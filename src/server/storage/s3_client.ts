@@ -109,6 +109,13 @@ function sleep(ms: number): Promise<void> {
  * const bytes = await s3.getBytes("a/b", 0, 5);
  * ```
  */
+/**
+ * Requests this process sent to object stores, by kind (get, put, head,
+ * list, delete, delete-objects, multipart-…; retries not counted): what
+ * /metrics reports as keep_object_requests_total.
+ */
+export const OBJECT_REQUESTS = new Map<string, number>();
+
 export class S3Client {
   readonly bucket: string;
   readonly endpoint: string;
@@ -127,7 +134,29 @@ export class S3Client {
   }
 
   /** Signs and sends one request, with retries when there is no answer or a 5xx. */
-  async request(
+  request(
+    method: string,
+    key: string,
+    opts: {
+      query?: Record<string, string>;
+      body?: Uint8Array;
+      headers?: Record<string, string>;
+      accept?: number[];
+    } = {},
+  ): Promise<Response> {
+    const q = opts.query ?? {};
+    const op = "list-type" in q
+      ? "list"
+      : "delete" in q
+      ? "delete-objects"
+      : "uploads" in q || "uploadId" in q
+      ? `multipart-${method.toLowerCase()}`
+      : method.toLowerCase();
+    OBJECT_REQUESTS.set(op, (OBJECT_REQUESTS.get(op) ?? 0) + 1);
+    return this.#request(method, key, opts);
+  }
+
+  async #request(
     method: string,
     key: string,
     opts: {
