@@ -8,6 +8,8 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { lstatNs } from "../src/platform/fs_native.ts";
 import { openLocalStorage, type Storage } from "../src/server/storage/open.ts";
+import postgres from "postgres";
+import { freshPrefix, services } from "./services.ts";
 
 export const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 export const KEEP = join(ROOT, "scripts/keep");
@@ -67,19 +69,60 @@ export interface TestServer extends AsyncDisposable {
   stop(signal?: Deno.Signal): Promise<number>;
 }
 
+/**
+ * The backend test servers use: `KEEP_TEST_BACKEND=scaleout` runs every
+ * server of a test file on Ceph RGW + PostgreSQL (scripts/services), each
+ * data dir with its own bucket prefix and database (scripts/test runs the
+ * end-to-end files so too); otherwise the embedded store.
+ */
+export const BACKEND = Deno.env.get("KEEP_TEST_BACKEND") === "scaleout" ? "scaleout" : "embedded";
+
+/** Per data dir: the scale-out flags its servers get (the same on a restart) and its database. */
+const scaleoutStores = new Map<
+  string,
+  { args: string[]; env: Record<string, string>; pg: string }
+>();
+
+async function scaleoutStore(dataDir: string) {
+  let s = scaleoutStores.get(dataDir);
+  if (!s) {
+    const env = await services();
+    const name = `kb_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+    const admin = postgres(env.KEEP_PG_URL, { max: 1, onnotice: () => {} });
+    try {
+      await admin.unsafe(`CREATE DATABASE ${name}`);
+    } finally {
+      await admin.end();
+    }
+    const pg = env.KEEP_PG_URL.replace(/\/[^/]*$/, `/${name}`);
+    s = {
+      args: ["--blobs", `s3://${env.KEEP_S3_BUCKET}/${freshPrefix("e2e")}`, "--index", pg],
+      env: { ...env },
+      pg,
+    };
+    scaleoutStores.set(dataDir, s);
+  }
+  return s;
+}
+
 /** Starts `keep serve` on a free loopback port. */
 export async function startServer(
   opts: { dataDir?: string; args?: string[]; noAuth?: boolean; env?: Record<string, string> } = {},
 ): Promise<TestServer> {
   const dataDir = opts.dataDir ?? await tempDir("keep-data-");
   const args = ["serve", "--data", dataDir, "--listen", "127.0.0.1:0", ...(opts.args ?? [])];
+  let env = opts.env;
+  if (BACKEND === "scaleout" && !args.includes("--blobs") && !args.includes("--index")) {
+    const s = await scaleoutStore(dataDir);
+    args.push(...s.args);
+    env = { ...s.env, ...opts.env };
+  }
   // Background recompression changes packs on its own schedule: off unless a test asks.
   if (!args.includes("--compact-idle")) args.push("--compact-idle", "off");
   // Likewise retention and GC rounds.
   if (!args.includes("--retention-every")) args.push("--retention-every", "off");
   if (opts.noAuth ?? true) args.push("--no-auth");
-  const proc = new Deno.Command(KEEP, { args, stdout: "piped", stderr: "piped", env: opts.env })
-    .spawn();
+  const proc = new Deno.Command(KEEP, { args, stdout: "piped", stderr: "piped", env }).spawn();
   let errText = "";
   (async () => {
     const dec = new TextDecoder();
@@ -233,6 +276,7 @@ export async function token(dataDir: string, role: string, ...projects: string[]
     "--role",
     role,
     ...projects.flatMap((p) => ["--project", p]),
+    ...(BACKEND === "scaleout" ? ["--index", (await scaleoutStore(dataDir)).pg] : []),
   ]);
   const t = r.stdout.trim();
   if (!/^keep_[0-9a-f]{8}_[A-Za-z0-9_-]+$/.test(t)) throw new Error(`unexpected token ${t}`);

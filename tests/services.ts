@@ -7,10 +7,10 @@
  */
 
 import { join } from "node:path";
-import { ROOT } from "./helpers.ts";
 import { S3Client } from "../src/server/storage/s3_client.ts";
 
-const SCRIPT = join(ROOT, "scripts/services");
+// Not helpers.ts's ROOT: helpers.ts imports this module (KEEP_TEST_BACKEND=scaleout).
+const SCRIPT = join(new URL("..", import.meta.url).pathname, "scripts/services");
 
 /** What `scripts/services up` wrote to its env file. */
 export interface ServicesEnv {

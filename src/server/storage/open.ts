@@ -123,6 +123,21 @@ async function claimBucket(blobs: S3BlobStore, r: BlobsRecord): Promise<void> {
   }
 }
 
+/** A postgres:// URL without its password ("" stays: the PG* variables). */
+function withoutPassword(url: string): string {
+  return url.replace(/^(postgres(?:ql)?:\/\/[^:/@]+):[^@]*@/, "$1@");
+}
+
+/** The index URL DIR/index.json records, or undefined (older dirs recorded none). */
+function recordedIndex(path: string): string | undefined {
+  try {
+    const r = JSON.parse(Deno.readTextFileSync(path)) as { url?: unknown };
+    return typeof r.url === "string" ? r.url : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** An open store: its two halves. */
 export interface Storage {
   index: IndexStore;
@@ -186,13 +201,19 @@ export async function openLocalStorage(
       `Cannot use a PostgreSQL index with ${dataDir}: it has its own index.db`,
     );
   }
-  if (options.pg === undefined && pgDir) {
-    throw new KeepError(
-      "usage",
-      `Cannot open ${dataDir}: its index is in PostgreSQL (give --index, as keep serve had it)`,
-    );
+  let pg = options.pg;
+  if (pg === undefined && pgDir) {
+    // The database the dir's server used, as index.json names it (no password:
+    // that comes from PGPASSWORD or ~/.pgpass), so `keep verify --data DIR` etc. reach it.
+    pg = recordedIndex(pgMark);
+    if (pg === undefined) {
+      throw new KeepError(
+        "usage",
+        `Cannot open ${dataDir}: its index is in PostgreSQL (give --index, as keep serve had it)`,
+      );
+    }
   }
-  if (!options.create && !existed && options.pg === undefined) {
+  if (!options.create && !existed && pg === undefined) {
     throw new KeepError("usage", `Cannot open ${dataDir}: no index.db there`);
   }
   Deno.mkdirSync(dataDir, { recursive: true });
@@ -205,9 +226,12 @@ export async function openLocalStorage(
     );
   }
   let index: IndexStore;
-  if (options.pg !== undefined) {
-    index = await PgIndex.open(options.pg);
-    if (!pgDir) Deno.writeTextFileSync(pgMark, JSON.stringify({ kind: "postgres" }) + "\n");
+  if (pg !== undefined) {
+    index = await PgIndex.open(pg);
+    if (options.pg !== undefined && (!pgDir || recordedIndex(pgMark) !== withoutPassword(pg))) {
+      const url = withoutPassword(pg);
+      Deno.writeTextFileSync(pgMark, JSON.stringify({ kind: "postgres", url }) + "\n");
+    }
   } else index = SqliteIndex.open(path, { cacheMiB: options.cacheMiB });
   let blobs: BlobStore;
   try {
