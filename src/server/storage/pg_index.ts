@@ -63,6 +63,7 @@ import {
   noteOf,
   pgText,
   placeOf,
+  sessionOf,
   type Statement,
   tokenOf,
 } from "./commit_sql.ts";
@@ -72,6 +73,7 @@ import type {
   NewBlob,
   PlacedEntry,
   ProjectUsage,
+  SessionRow,
   StageRow,
   StoreCounts,
   TokenRow,
@@ -131,6 +133,9 @@ CREATE TABLE IF NOT EXISTS keep_store(one boolean PRIMARY KEY DEFAULT true CHECK
 CREATE TABLE IF NOT EXISTS tokens(
   id text PRIMARY KEY, hash bytea NOT NULL UNIQUE, name text NOT NULL, role text NOT NULL,
   projects text NOT NULL, created bigint NOT NULL, revoked bigint);
+CREATE TABLE IF NOT EXISTS sessions(
+  hash bytea PRIMARY KEY, token text, csrf text NOT NULL, created bigint NOT NULL,
+  seen bigint NOT NULL);
 `;
 
 const COLS =
@@ -1377,6 +1382,44 @@ export class PgIndex implements IndexStore {
       const r = await this.sql`
         UPDATE tokens SET revoked = ${at} WHERE id = ${id} AND revoked IS NULL`;
       return r.count === 1;
+    });
+  }
+
+  // ---------------------------------------------------------------- web UI sessions
+
+  insertSession(r: SessionRow): Promise<void> {
+    return this.#run("store a session", async () => {
+      await this.sql`
+        INSERT INTO sessions(hash, token, csrf, created, seen)
+        VALUES (${Buffer.from(r.hash)}, ${r.tokenId}, ${r.csrf}, ${r.created}, ${r.seen})`;
+    });
+  }
+
+  sessionByHash(hash: Uint8Array): Promise<SessionRow | null> {
+    return this.#run("look up a session", async () => {
+      const [r] = await this.sql`SELECT * FROM sessions WHERE hash = ${Buffer.from(hash)}`;
+      return r ? sessionOf(r) : null;
+    });
+  }
+
+  touchSession(hash: Uint8Array, seen: number): Promise<void> {
+    return this.#run("record a session's request", async () => {
+      await this.sql`UPDATE sessions SET seen = ${seen} WHERE hash = ${Buffer.from(hash)}`;
+    });
+  }
+
+  deleteSession(hash: Uint8Array): Promise<void> {
+    return this.#run("end a session", async () => {
+      await this.sql`DELETE FROM sessions WHERE hash = ${Buffer.from(hash)}`;
+    });
+  }
+
+  pruneSessions(seenBefore: number, createdBefore: number, keepAtMost: number): Promise<void> {
+    return this.#run("expire sessions", async () => {
+      await this.sql`DELETE FROM sessions WHERE seen < ${seenBefore} OR created < ${createdBefore}`;
+      await this.sql`
+        DELETE FROM sessions WHERE hash IN
+          (SELECT hash FROM sessions ORDER BY seen DESC OFFSET ${keepAtMost})`;
     });
   }
 }

@@ -52,6 +52,7 @@ import {
   EMPTY_HASH,
   noteOf,
   placeOf,
+  sessionOf,
   type Statement,
   tokenOf,
 } from "./commit_sql.ts";
@@ -61,6 +62,7 @@ import type {
   NewBlob,
   PlacedEntry,
   ProjectUsage,
+  SessionRow,
   StageRow,
   StoreCounts,
   TokenRow,
@@ -71,9 +73,10 @@ import { diffOfScans, liveVersions, versionOf } from "./versions.ts";
 /**
  * 2: blobs.damaged and packs.sealed; 3: blobs.orphan (GC marks), packs.dead,
  * commits.forgotten, the uploads registry, retention policies; 4: the
- * `paths` table (every path a project ever held, for find and listings).
+ * `paths` table (every path a project ever held, for find and listings); 5:
+ * web UI sessions.
  */
-const SCHEMA_VERSION = 4;
+const SCHEMA_VERSION = 5;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS projects(
@@ -170,6 +173,14 @@ CREATE TABLE IF NOT EXISTS tokens(
   created INTEGER NOT NULL,
   revoked INTEGER
 );
+-- Web UI sessions, by the SHA-256 of their cookie value (session.ts).
+CREATE TABLE IF NOT EXISTS sessions(
+  hash BLOB PRIMARY KEY,
+  token TEXT,
+  csrf TEXT NOT NULL,
+  created INTEGER NOT NULL,
+  seen INTEGER NOT NULL
+) WITHOUT ROWID;
 `;
 
 const STAGE = `
@@ -1793,5 +1804,37 @@ export class SqliteIndex implements IndexStore {
       id,
     );
     return Promise.resolve(Number(r.changes) === 1);
+  }
+
+  // ---------------------------------------------------------------- web UI sessions
+
+  async insertSession(r: SessionRow): Promise<void> {
+    this.#stmt("INSERT INTO sessions(hash, token, csrf, created, seen) VALUES (?, ?, ?, ?, ?)")
+      .run(r.hash, r.tokenId, r.csrf, r.created, r.seen);
+  }
+
+  async sessionByHash(hash: Uint8Array): Promise<SessionRow | null> {
+    const r = this.#stmt("SELECT * FROM sessions WHERE hash = ?").get(hash) as Row | undefined;
+    return r ? sessionOf(r) : null;
+  }
+
+  async touchSession(hash: Uint8Array, seen: number): Promise<void> {
+    this.#stmt("UPDATE sessions SET seen = ? WHERE hash = ?").run(seen, hash);
+  }
+
+  async deleteSession(hash: Uint8Array): Promise<void> {
+    this.#stmt("DELETE FROM sessions WHERE hash = ?").run(hash);
+  }
+
+  async pruneSessions(
+    seenBefore: number,
+    createdBefore: number,
+    keepAtMost: number,
+  ): Promise<void> {
+    this.#stmt("DELETE FROM sessions WHERE seen < ? OR created < ?").run(seenBefore, createdBefore);
+    this.#stmt(
+      `DELETE FROM sessions WHERE hash IN
+         (SELECT hash FROM sessions ORDER BY seen DESC LIMIT -1 OFFSET ?)`,
+    ).run(keepAtMost);
   }
 }
