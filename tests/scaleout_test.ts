@@ -9,7 +9,11 @@
  *   counted alike by PostgreSQL and SQLite; two servers on one database
  *   and one bucket prefix (hosts backing up one project at once through
  *   both land in a chain, dedup and restores across servers, 409 for a
- *   parent that is no commit); PostgreSQL stopped between two backups.
+ *   parent that is no commit); PostgreSQL stopped between two backups;
+ *   tree, diff, find and history pages compared with an embedded server fed
+ *   the same trees; verify (clean, then a pack deleted behind the server's
+ *   back: found, marked, sent again by the next backup), stats and a quota
+ *   refusal; a web UI session made through one node used on another.
  *
  * Each test has its own bucket prefix and database. One file, so its tests
  * run one after another: the outage tests stop radosgw or PostgreSQL, which
@@ -567,4 +571,169 @@ Deno.test("pg index: PostgreSQL stopped between two backups gives exit 5, and th
   await keepOk(["restore", dest], 0, cli);
   assertSameTree(snapshot(dest), snapshot(src));
   assertEquals(logJson<unknown>(await keepOk(["log", "--json"], 0, cli)).length, 2);
+});
+
+Deno.test("pg index: verify finds a pack deleted behind the server's back and marks it; stats and a quota refusal", async () => {
+  const env = await services();
+  const s3 = bucketClient(env);
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("pgverify");
+  await using server = await node(env, db.url, prefix);
+  await using embedded = await startServer();
+  const src = await tempDir();
+  writeTree(src, { ...smallFiles(40, 5), "big/large.bin": randomData(2_000_000) });
+  for (const url of [server.url, embedded.url]) {
+    await keepOk(["backup", "-s", url, "-p", "app", "--settle", "0", src]);
+  }
+  const clean = json<{ ok: boolean; integrity: string; blobs: number; orphanBlobs: number }>(
+    await keepOk(["verify", "--server", server.url, "--json"], 0),
+  );
+  assertEquals([clean.ok, clean.integrity, clean.orphanBlobs], [true, "ok", 0]);
+  assert(clean.blobs >= 41, `blobs counted: ${clean.blobs}`);
+  // Stats of the project: the same bytes as the embedded store holds for the same tree.
+  type Stats = { projects: { name: string; commits: number; storedBytes: number }[] };
+  const stats = async (url: string) =>
+    json<Stats>(await keepOk(["stats", "-s", url, "-p", "app", "--json"])).projects[0];
+  const [pgStats, sqliteStats] = [await stats(server.url), await stats(embedded.url)];
+  assertEquals(comparable(pgStats), comparable(sqliteStats));
+  assertEquals(pgStats.commits, 1);
+  assert(pgStats.storedBytes > 2_000_000, JSON.stringify(pgStats));
+
+  // The small files' pack goes, behind the server's back.
+  const pack = (await keys(s3, `${prefix}packs/`))[0];
+  await s3.deleteMany([pack.key]);
+  const v = await keep(["verify", "--server", server.url, "--json"]);
+  assertEquals(v.code, 4, v.stderr);
+  const report = json<{
+    ok: boolean;
+    damaged: { problem: string }[];
+    marked: number;
+    affected: { project: string; path: string }[];
+  }>(v);
+  assertEquals(report.ok, false);
+  assertEquals(report.damaged.length, 40, "the 40 small files' blobs");
+  assertEquals(report.marked, 40);
+  assertMatch(report.damaged[0].problem, /pack \d+ is missing/);
+  assertEquals(report.affected.length, 40);
+  assert(report.affected.every((a) => a.project === "app" && a.path.startsWith("src/")));
+  // Marked once: a second run finds them again but marks nothing new.
+  const again = json<{ damaged: unknown[]; marked: number }>(
+    await keep(["verify", "--server", server.url, "--json"]),
+  );
+  assertEquals([again.damaged.length, again.marked], [40, 0]);
+  // The next backup sends the damaged content again (the head flags it): verify is clean.
+  await keepOk(["backup", "-s", server.url, "-p", "app", "--settle", "0", src]);
+  const repaired = json<{ ok: boolean; damaged: unknown[] }>(
+    await keepOk(["verify", "--server", server.url, "--json"], 0),
+  );
+  assertEquals([repaired.ok, repaired.damaged.length], [true, 0]);
+  const dest = await tempDir();
+  await keepOk(["restore", "-s", server.url, "-p", "app", dest]);
+  assertSameTree(snapshot(dest), snapshot(src));
+
+  // A quota the project is past refuses a backup that sends more (exit 7), before storing it.
+  await keepOk(["policy", "set", "-s", server.url, "-p", "app", "--quota", "1M"]);
+  writeTree(src, { "more.bin": randomData(300_000) });
+  const refused = await keep(["backup", "-s", server.url, "-p", "app", "--settle", "0", src]);
+  assertEquals(refused.code, 7, refused.stderr);
+  assertMatch(refused.stderr, /past its quota of 1\.00 MiB/);
+  assertEquals((await stats(server.url)).commits, 2);
+});
+
+/** Signs in through `url` with `token` (a form posted from its own page); the session cookie. */
+async function signIn(url: string, token: string): Promise<string> {
+  const res = await fetch(`${url}/ui/signin`, {
+    method: "POST",
+    headers: { origin: url, "content-type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ token }),
+    redirect: "manual",
+  });
+  await res.body?.cancel();
+  assertEquals(res.status, 303);
+  const cookie = res.headers.get("set-cookie") ?? "";
+  assertMatch(cookie, /HttpOnly/);
+  assertMatch(cookie, /SameSite=Strict/);
+  return /keep_session=([^;]+)/.exec(cookie)![1];
+}
+
+async function uiPage(url: string, path: string, cookie: string) {
+  const res = await fetch(`${url}${path}`, { headers: { cookie: `keep_session=${cookie}` } });
+  return { status: res.status, text: await res.text() };
+}
+
+Deno.test("pg index: a web UI session made through one node works on another; sign-out and revocation end it on both", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("pgui");
+  await using one = await node(env, db.url, prefix, false);
+  await using two = await node(env, db.url, prefix, false);
+  const token = async (role: string, project: string) =>
+    (await keepOk([
+      "token",
+      "create",
+      "--data",
+      one.dataDir,
+      "--index",
+      db.url,
+      "--role",
+      role,
+      "--project",
+      project,
+    ])).stdout.trim();
+  const admin = await token("admin", "*");
+  const restore = await token("restore", "app");
+  const src = await tempDir();
+  writeTree(src, { "hello.txt": "hello\n" });
+  for (const p of ["app", "other"]) {
+    await keepOk(["backup", "-s", one.url, "-p", p, "--token", admin, "--settle", "0", src]);
+  }
+  const cookie = await signIn(one.url, restore);
+  const home = await uiPage(two.url, "/", cookie);
+  assertEquals(home.status, 200);
+  assertMatch(home.text, /data-project="app"/);
+  assert(!home.text.includes('data-project="other"'), "only what the token may read");
+  const tree = await uiPage(two.url, "/p/app/tree", cookie);
+  assertEquals(tree.status, 200);
+  assertMatch(tree.text, /hello\.txt/);
+  assertEquals((await uiPage(two.url, "/p/other", cookie)).status, 403);
+  assertEquals((await uiPage(two.url, "/p/app", "x".repeat(43))).status, 401);
+  // The index holds the SHA-256 of the cookie value, never the value.
+  const pg = postgres(db.url, { max: 1, onnotice: () => {} });
+  try {
+    const rows = await pg`SELECT encode(hash, 'hex') AS hash, token, csrf FROM sessions`;
+    assertEquals(rows.length, 1);
+    assertEquals(rows[0].hash, createHash("sha256").update(cookie).digest("hex"));
+    assert(!JSON.stringify(rows).includes(cookie), "no cookie value in the index");
+  } finally {
+    await pg.end();
+  }
+  // Sign-out through node 2 (with the session's CSRF value) ends it on node 1 too.
+  const csrf = /name="csrf" value="([^"]+)"/.exec(tree.text)![1];
+  const out = await fetch(`${two.url}/ui/signout`, {
+    method: "POST",
+    headers: {
+      origin: two.url,
+      cookie: `keep_session=${cookie}`,
+      "content-type": "application/x-www-form-urlencoded",
+    },
+    body: new URLSearchParams({ csrf }),
+    redirect: "manual",
+  });
+  await out.body?.cancel();
+  assertEquals(out.status, 303);
+  assertEquals((await uiPage(one.url, "/p/app", cookie)).status, 401);
+  // A token revoked (in the database) ends its sessions on every node.
+  const second = await signIn(two.url, restore);
+  assertEquals((await uiPage(one.url, "/p/app", second)).status, 200);
+  await keepOk([
+    "token",
+    "revoke",
+    "--data",
+    one.dataDir,
+    "--index",
+    db.url,
+    restore.split("_")[1],
+  ]);
+  assertEquals((await uiPage(one.url, "/p/app", second)).status, 401);
+  assertEquals((await uiPage(two.url, "/p/app", second)).status, 401);
 });
