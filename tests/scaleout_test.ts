@@ -477,6 +477,9 @@ Deno.test("pg index: tree, diff, find and history answer as the embedded index d
     "[z-a]*",
     "[",
     "日本/*",
+    "many/f1*",
+    "a/y/*.c",
+    "zz/[[]*",
   ];
   for (const pattern of patterns) {
     await same(`find ${pattern}`, (url) => cli(url, ["find", pattern]));
@@ -602,6 +605,14 @@ Deno.test("pg index: verify finds a pack deleted behind the server's back and ma
   // The small files' pack goes, behind the server's back.
   const pack = (await keys(s3, `${prefix}packs/`))[0];
   await s3.deleteMany([pack.key]);
+  // Straight on the database and bucket, read-only: found, nothing marked.
+  const direct = await keep(
+    ["verify", "--data", server.dataDir, "--index", db.url, "--read-only", "--json"],
+    { env: { ...env } },
+  );
+  assertEquals(direct.code, 4, direct.stderr);
+  const seen = json<{ damaged: unknown[]; marked: number }>(direct);
+  assertEquals([seen.damaged.length, seen.marked], [40, 0]);
   const v = await keep(["verify", "--server", server.url, "--json"]);
   assertEquals(v.code, 4, v.stderr);
   const report = json<{

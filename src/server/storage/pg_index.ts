@@ -202,6 +202,22 @@ function listDirSql(bounded: boolean): string {
     LIMIT $5`;
 }
 
+/**
+ * The key range of the paths that start with the literal start of glob
+ * `pattern` (up to its first `*`, `?` or `[`): [start, end), end null when
+ * unbounded (no literal start, or it ends in the last code point).
+ */
+export function literalRange(pattern: string): [string, string | null] {
+  const chars = [.../^[^*?[]*/.exec(pattern)![0]];
+  if (chars.length === 0) return ["", null];
+  const last = chars.pop()!.codePointAt(0)!;
+  if (last >= 0x10ffff) return [chars.join("") + String.fromCodePoint(last), null];
+  // Byte order is code point order (UTF-8); the surrogates are no characters.
+  const next = last === 0xd7ff ? 0xe000 : last + 1;
+  const start = [...chars, String.fromCodePoint(last)].join("");
+  return [start, chars.join("") + String.fromCodePoint(next)];
+}
+
 /** A character as a regular expression escape (ARE: \U and 8 hex digits). */
 function reChar(c: string): string {
   return "\\U" + c.codePointAt(0)!.toString(16).padStart(8, "0");
@@ -985,34 +1001,37 @@ export class PgIndex implements IndexStore {
         path: r.path as string,
         ...rowToVersion(r),
       }));
-      if (options.sizes) {
+      const dirs = items.filter((i) => i.type === "d");
+      if (options.sizes && dirs.length) {
         const headSeq = (await this.#head(this.sql, project))?.seq ?? 0;
-        await Promise.all(
-          items.filter((i) => i.type === "d").map(async (i) =>
-            Object.assign(i, await this.#sizeBelow(pid, commit.seq, headSeq, i.path))
-          ),
-        );
+        const sizes = await this.#sizesBelow(pid, commit.seq, headSeq, dirs.map((i) => i.path));
+        for (const i of dirs) Object.assign(i, sizes.get(i.path));
       }
       return { entry, items, next: more ? items[items.length - 1].path : null };
     });
   }
 
-  /** Files below `dir` in commit `seq`, and their bytes: a range scan of the subtree. */
-  async #sizeBelow(
+  /**
+   * Files below each of `dirs` in commit `seq`, and their bytes: a range scan
+   * of each subtree (`current` only for the head), all in one statement.
+   */
+  async #sizesBelow(
     pid: number,
     seq: number,
     headSeq: number,
-    dir: string,
-  ): Promise<{ files: number; bytes: number }> {
-    const cur =
-      "SELECT size FROM current WHERE project = $1 AND path > $3 AND path < $4 AND first <= $2 AND type = 'f'";
-    const all = seq === headSeq ? cur : `${cur} UNION ALL SELECT size FROM history
-      WHERE project = $1 AND path > $3 AND path < $4 AND first <= $2 AND last > $2 AND type = 'f'`;
-    const [r] = await this.sql.unsafe(
-      `SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM (${all}) u`,
-      [pid, seq, dir + "/", prefixEnd(dir)!],
+    dirs: string[],
+  ): Promise<Map<string, { files: number; bytes: number }>> {
+    const range = "project = $1 AND path > d.dir || '/' AND path < d.dir || '0' AND first <= $2";
+    const cur = `SELECT size FROM current WHERE ${range} AND type = 'f'`;
+    const all = seq === headSeq
+      ? cur
+      : `${cur} UNION ALL SELECT size FROM history WHERE ${range} AND last > $2 AND type = 'f'`;
+    const rows = await this.sql.unsafe(
+      `SELECT d.dir, s.n, s.b FROM unnest($3::text[]) AS d(dir) CROSS JOIN LATERAL
+         (SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM (${all}) u) s`,
+      [pid, seq, dirs as unknown as string],
     );
-    return { files: Number(r.n), bytes: Number(r.b) };
+    return new Map(rows.map((r) => [r.dir as string, { files: Number(r.n), bytes: Number(r.b) }]));
   }
 
   /**
@@ -1075,9 +1094,16 @@ export class PgIndex implements IndexStore {
       const pid = await this.#projectId(this.sql, project);
       const re = globRegex(pattern, !pattern.includes("/"));
       if (pid === null || re === null) return { paths: [], next: null };
-      const rows = await this.sql`
-        SELECT path FROM paths WHERE project = ${pid} AND path > ${options.after ?? ""}
-          AND path ~ ${re} ORDER BY path LIMIT ${options.limit + 1}`;
+      // A pattern with a "/" matches whole paths: its literal start is a key range.
+      const [from, to] = pattern.includes("/") ? literalRange(pattern) : ["", null];
+      const after = options.after ?? "";
+      const rows = to === null
+        ? await this.sql`
+          SELECT path FROM paths WHERE project = ${pid} AND path >= ${from} AND path > ${after}
+            AND path ~ ${re} ORDER BY path LIMIT ${options.limit + 1}`
+        : await this.sql`
+          SELECT path FROM paths WHERE project = ${pid} AND path >= ${from} AND path < ${to}
+            AND path > ${after} AND path ~ ${re} ORDER BY path LIMIT ${options.limit + 1}`;
       const paths = rows.slice(0, options.limit).map((r) => r.path as string);
       return { paths, next: rows.length > options.limit ? paths[paths.length - 1] : null };
     });
