@@ -424,6 +424,8 @@ Deno.test("pg index: tree, diff, find and history answer as the embedded index d
     "日本/ß.c": "sharp s\n",
     "deep/1/2/3/4.txt": "deep\n",
     "zz/[x].txt": "brackets\n",
+    "odd/100%_done\\.txt": "odd\n",
+    "odd/100xydone.txt": "not odd\n",
     "ln": { link: "a.txt" },
   });
   const both = async () => {
@@ -480,6 +482,9 @@ Deno.test("pg index: tree, diff, find and history answer as the embedded index d
     "many/f1*",
     "a/y/*.c",
     "zz/[[]*",
+    "100%_done*",
+    "*%_*",
+    "*\\*",
   ];
   for (const pattern of patterns) {
     await same(`find ${pattern}`, (url) => cli(url, ["find", pattern]));
@@ -707,6 +712,22 @@ Deno.test("pg index: a web UI session made through one node works on another; si
   assertEquals(tree.status, 200);
   assertMatch(tree.text, /hello\.txt/);
   assertEquals((await uiPage(two.url, "/p/other", cookie)).status, 403);
+  // Every page of the project answers from the database.
+  writeTree(src, { "hello.txt": "hello again\n" });
+  await keepOk(["backup", "-s", two.url, "-p", "app", "--token", admin, "--settle", "0", src]);
+  for (
+    const [path, expect] of [
+      ["/p/app", /#2/],
+      ["/p/app/diff?from=%231&to=%232", /hello\.txt/],
+      ["/p/app/history?path=hello.txt", /#1/],
+      ["/p/app/find?q=*.txt", /hello\.txt/],
+      ["/p/app/file?path=hello.txt", /hello again/],
+    ] as const
+  ) {
+    const r = await uiPage(one.url, path, cookie);
+    assertEquals(r.status, 200, `${path}: ${r.text.slice(0, 300)}`);
+    assertMatch(r.text, expect);
+  }
   assertEquals((await uiPage(two.url, "/p/app", "x".repeat(43))).status, 401);
   // The index holds the SHA-256 of the cookie value, never the value.
   const pg = postgres(db.url, { max: 1, onnotice: () => {} });

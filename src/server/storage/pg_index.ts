@@ -218,6 +218,34 @@ export function literalRange(pattern: string): [string, string | null] {
   return [start, chars.join("") + String.fromCodePoint(next)];
 }
 
+/**
+ * The longest run of literal characters of glob `pattern` (outside `*`, `?`
+ * and `[…]`) as a LIKE pattern `%run%`: every match contains it, and LIKE
+ * rejects most paths several times faster than the regular expression.
+ */
+export function likeFilter(pattern: string): string {
+  let best = "";
+  let run = "";
+  const chars = [...pattern];
+  for (let i = 0; i < chars.length; i++) {
+    const c = chars[i];
+    if (c === "*" || c === "?" || c === "[") {
+      if (run.length > best.length) best = run;
+      run = "";
+      if (c === "[") {
+        // Past the set: a "]" right after "[" or "[^" is a member.
+        let j = i + 1;
+        if (chars[j] === "^") j++;
+        if (chars[j] === "]") j++;
+        while (j < chars.length && chars[j] !== "]") j++;
+        i = j;
+      }
+    } else run += c;
+  }
+  if (run.length > best.length) best = run;
+  return `%${best.replace(/[\\%_]/g, "\\$&")}%`;
+}
+
 /** A character as a regular expression escape (ARE: \U and 8 hex digits). */
 function reChar(c: string): string {
   return "\\U" + c.codePointAt(0)!.toString(16).padStart(8, "0");
@@ -1097,13 +1125,15 @@ export class PgIndex implements IndexStore {
       // A pattern with a "/" matches whole paths: its literal start is a key range.
       const [from, to] = pattern.includes("/") ? literalRange(pattern) : ["", null];
       const after = options.after ?? "";
+      const like = likeFilter(pattern);
       const rows = to === null
         ? await this.sql`
           SELECT path FROM paths WHERE project = ${pid} AND path >= ${from} AND path > ${after}
-            AND path ~ ${re} ORDER BY path LIMIT ${options.limit + 1}`
+            AND path LIKE ${like} AND path ~ ${re} ORDER BY path LIMIT ${options.limit + 1}`
         : await this.sql`
           SELECT path FROM paths WHERE project = ${pid} AND path >= ${from} AND path < ${to}
-            AND path > ${after} AND path ~ ${re} ORDER BY path LIMIT ${options.limit + 1}`;
+            AND path > ${after} AND path LIKE ${like} AND path ~ ${re}
+          ORDER BY path LIMIT ${options.limit + 1}`;
       const paths = rows.slice(0, options.limit).map((r) => r.path as string);
       return { paths, next: rows.length > options.limit ? paths[paths.length - 1] : null };
     });
