@@ -9,7 +9,11 @@
  *   counted alike by PostgreSQL and SQLite; two servers on one database
  *   and one bucket prefix (hosts backing up one project at once through
  *   both land in a chain, dedup and restores across servers, 409 for a
- *   parent that is no commit); PostgreSQL stopped between two backups.
+ *   parent that is no commit); PostgreSQL stopped between two backups;
+ *   tree, diff, find and history pages compared with an embedded server fed
+ *   the same trees; verify (clean, then a pack deleted behind the server's
+ *   back: found, marked, sent again by the next backup), stats and a quota
+ *   refusal; a web UI session made through one node used on another.
  *
  * Each test has its own bucket prefix and database. One file, so its tests
  * run one after another: the outage tests stop radosgw or PostgreSQL, which
@@ -365,10 +369,138 @@ Deno.test("pg index: backup, restore, log and ls through a server whose data dir
   assert(!(await keepOk(["ls"], 0, cli)).stdout.includes("d/b.txt"));
   const names = [...Deno.readDirSync(server.dataDir)].map((e) => e.name);
   assert(!names.includes("index.db"), names.join(" "));
-  // What is not done yet says so, with a usage error.
-  const v = await keep(["verify", "--server", server.url, "--token", admin]);
-  assertEquals(v.code, 2, v.stderr);
-  assertMatch(v.stderr, /not yet done on the PostgreSQL index/);
+  assertMatch((await keepOk(["verify", "--server", server.url, "--token", admin], 0)).stdout, /OK/);
+});
+
+/** An answer without what differs between two stores fed the same trees: ids and times. */
+function comparable(value: unknown): unknown {
+  const drop = new Set(["id", "time", "parent", "stats", "scanTime", "keep"]);
+  return JSON.parse(JSON.stringify(value), (k, v) => drop.has(k) ? undefined : v);
+}
+
+/** Every page of a browse route (`next` → `after`), each answer made comparable. */
+async function pages(url: string, query: Record<string, string>): Promise<unknown[]> {
+  const out: unknown[] = [];
+  let after = "";
+  for (;;) {
+    const q = new URLSearchParams({ ...query, ...(after ? { after } : {}) });
+    const res = await fetch(`${url}?${q}`);
+    const body = await res.json();
+    assertEquals(res.status, 200, JSON.stringify(body));
+    out.push(comparable(body));
+    if (!body.next) return out;
+    after = body.next;
+  }
+}
+
+/** Every directory of commit `ref` below `dir`, listed two children a page (with sizes). */
+async function wholeTree(url: string, ref: string, dir = ""): Promise<unknown[]> {
+  const out = await pages(`${url}/v1/projects/app/tree`, { commit: ref, path: dir, limit: "2" });
+  for (const page of out as { items: { path: string; type: string }[] }[]) {
+    for (const item of page.items) {
+      if (item.type === "d") out.push(...await wholeTree(url, ref, item.path));
+    }
+  }
+  return out;
+}
+
+Deno.test("pg index: tree, diff, find and history answer as the embedded index does, page by page", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  await using pg = await node(env, db.url, freshPrefix("pgbrowse"));
+  await using embedded = await startServer();
+  const src = await tempDir();
+  const many: Record<string, string> = {};
+  for (let i = 0; i < 12; i++) many[`many/f${i}.txt`] = `many ${i}\n`;
+  writeTree(src, {
+    ...many,
+    "a.txt": "a\n",
+    "b.txt": "b\n",
+    "a/x.txt": "x\n",
+    "a/y/z.c": "int z;\n",
+    "a-b/q.txt": "q\n",
+    "a0": "zero\n",
+    "é.txt": "accent\n",
+    "日本/ß.c": "sharp s\n",
+    "deep/1/2/3/4.txt": "deep\n",
+    "zz/[x].txt": "brackets\n",
+    "odd/100%_done\\.txt": "odd\n",
+    "odd/100xydone.txt": "not odd\n",
+    "ln": { link: "a.txt" },
+  });
+  const both = async () => {
+    for (const url of [pg.url, embedded.url]) {
+      await keepOk(["backup", "-s", url, "-p", "app", "--settle", "0", src]);
+    }
+  };
+  await both();
+  writeTree(src, { "a.txt": "a, second\n", "a/new.txt": "new\n", "many/f3.txt": "changed\n" });
+  Deno.removeSync(join(src, "b.txt"));
+  Deno.removeSync(join(src, "deep"), { recursive: true });
+  Deno.chmodSync(join(src, "a/x.txt"), 0o600);
+  Deno.utimeSync(join(src, "a0"), new Date(2020, 1, 1), new Date(2020, 1, 1));
+  Deno.removeSync(join(src, "ln"));
+  Deno.symlinkSync("a0", join(src, "ln"));
+  await both();
+  writeTree(src, { "b.txt": "b is back\n", "a/y/z.c": "int z = 2;\n", "日本/新.txt": "new\n" });
+  await both();
+
+  const cli = async (url: string, args: string[]) =>
+    comparable(json(await keepOk([...args, "-s", url, "-p", "app", "--json"])));
+  const same = async (what: string, answer: (url: string) => Promise<unknown>) => {
+    const [a, b] = [await answer(pg.url), await answer(embedded.url)];
+    assertEquals(a, b, what);
+    return a;
+  };
+  for (const [from, to] of [["#1", "#2"], ["#2", "#3"], ["#3", "#1"], ["#1", "latest"]]) {
+    await same(`diff ${from} ${to}`, (url) => cli(url, ["diff", from, to]));
+    await same(`diff --path a ${from} ${to}`, (url) => cli(url, ["diff", "--path", "a", from, to]));
+    await same(
+      `diff ${from} ${to} in pages of 2`,
+      (url) => pages(`${url}/v1/projects/app/diff`, { from, to, limit: "2" }),
+    );
+  }
+  const diff = await cli(pg.url, ["diff", "#1", "#3"]) as { items: { path: string }[] };
+  assert(diff.items.length >= 10, `the diff found the changes: ${JSON.stringify(diff)}`);
+  for (const ref of ["#1", "#2", "#3"]) {
+    const tree = await same(`tree ${ref}`, (url) => wholeTree(url, ref));
+    assert((tree as unknown[]).length > 10, `tree ${ref} has pages: ${JSON.stringify(tree)}`);
+  }
+  const patterns = [
+    "*.txt",
+    "a/*",
+    "[a-c]*",
+    "?.txt",
+    "*ß*",
+    "[^a]*.c",
+    "f1?.txt",
+    "*[[]x]*",
+    "[]a]*",
+    "[z-a]*",
+    "[",
+    "日本/*",
+    "many/f1*",
+    "a/y/*.c",
+    "zz/[[]*",
+    "100%_done*",
+    "*%_*",
+    "*\\*",
+  ];
+  for (const pattern of patterns) {
+    await same(`find ${pattern}`, (url) => cli(url, ["find", pattern]));
+    await same(
+      `find ${pattern} in pages of 2`,
+      (url) => pages(`${url}/v1/projects/app/find`, { pattern, limit: "2" }),
+    );
+  }
+  const found = await cli(pg.url, ["find", "*.txt"]) as { paths: unknown[] };
+  assert(found.paths.length > 15, `find found them: ${found.paths.length}`);
+  for (const path of ["a.txt", "b.txt", "a/x.txt", "deep/1/2/3/4.txt", "日本/ß.c", "ln"]) {
+    const h = await same(`history ${path}`, (url) => cli(url, ["history", path]));
+    assert((h as { versions: unknown[] }).versions.length >= 1, path);
+  }
+  const gone = await keep(["history", "-s", pg.url, "-p", "app", "nothing/here"]);
+  assertEquals(gone.code, 1, gone.stderr);
 });
 
 Deno.test("pg index: two servers on one database and bucket: one project backed up through both at once lands in a chain", async () => {
@@ -447,4 +579,193 @@ Deno.test("pg index: PostgreSQL stopped between two backups gives exit 5, and th
   await keepOk(["restore", dest], 0, cli);
   assertSameTree(snapshot(dest), snapshot(src));
   assertEquals(logJson<unknown>(await keepOk(["log", "--json"], 0, cli)).length, 2);
+});
+
+Deno.test("pg index: verify finds a pack deleted behind the server's back and marks it; stats and a quota refusal", async () => {
+  const env = await services();
+  const s3 = bucketClient(env);
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("pgverify");
+  await using server = await node(env, db.url, prefix);
+  await using embedded = await startServer();
+  const src = await tempDir();
+  writeTree(src, { ...smallFiles(40, 5), "big/large.bin": randomData(2_000_000) });
+  for (const url of [server.url, embedded.url]) {
+    await keepOk(["backup", "-s", url, "-p", "app", "--settle", "0", src]);
+  }
+  const clean = json<{ ok: boolean; integrity: string; blobs: number; orphanBlobs: number }>(
+    await keepOk(["verify", "--server", server.url, "--json"], 0),
+  );
+  assertEquals([clean.ok, clean.integrity, clean.orphanBlobs], [true, "ok", 0]);
+  assert(clean.blobs >= 41, `blobs counted: ${clean.blobs}`);
+  // Stats of the project: the same bytes as the embedded store holds for the same tree.
+  type Stats = { projects: { name: string; commits: number; storedBytes: number }[] };
+  const stats = async (url: string) =>
+    json<Stats>(await keepOk(["stats", "-s", url, "-p", "app", "--json"])).projects[0];
+  const [pgStats, sqliteStats] = [await stats(server.url), await stats(embedded.url)];
+  assertEquals(comparable(pgStats), comparable(sqliteStats));
+  assertEquals(pgStats.commits, 1);
+  assert(pgStats.storedBytes > 2_000_000, JSON.stringify(pgStats));
+
+  // The small files' pack goes, behind the server's back.
+  const pack = (await keys(s3, `${prefix}packs/`))[0];
+  await s3.deleteMany([pack.key]);
+  // Straight on the database and bucket, read-only: found, nothing marked.
+  const direct = await keep(
+    ["verify", "--data", server.dataDir, "--index", db.url, "--read-only", "--json"],
+    { env: { ...env } },
+  );
+  assertEquals(direct.code, 4, direct.stderr);
+  const seen = json<{ damaged: unknown[]; marked: number }>(direct);
+  assertEquals([seen.damaged.length, seen.marked], [40, 0]);
+  const v = await keep(["verify", "--server", server.url, "--json"]);
+  assertEquals(v.code, 4, v.stderr);
+  const report = json<{
+    ok: boolean;
+    damaged: { problem: string }[];
+    marked: number;
+    affected: { project: string; path: string }[];
+  }>(v);
+  assertEquals(report.ok, false);
+  assertEquals(report.damaged.length, 40, "the 40 small files' blobs");
+  assertEquals(report.marked, 40);
+  assertMatch(report.damaged[0].problem, /pack \d+ is missing/);
+  assertEquals(report.affected.length, 40);
+  assert(report.affected.every((a) => a.project === "app" && a.path.startsWith("src/")));
+  // Marked once: a second run finds them again but marks nothing new.
+  const again = json<{ damaged: unknown[]; marked: number }>(
+    await keep(["verify", "--server", server.url, "--json"]),
+  );
+  assertEquals([again.damaged.length, again.marked], [40, 0]);
+  // The next backup sends the damaged content again (the head flags it): verify is clean.
+  await keepOk(["backup", "-s", server.url, "-p", "app", "--settle", "0", src]);
+  const repaired = json<{ ok: boolean; damaged: unknown[] }>(
+    await keepOk(["verify", "--server", server.url, "--json"], 0),
+  );
+  assertEquals([repaired.ok, repaired.damaged.length], [true, 0]);
+  const dest = await tempDir();
+  await keepOk(["restore", "-s", server.url, "-p", "app", dest]);
+  assertSameTree(snapshot(dest), snapshot(src));
+
+  // A quota the project is past refuses a backup that sends more (exit 7), before storing it.
+  await keepOk(["policy", "set", "-s", server.url, "-p", "app", "--quota", "1M"]);
+  writeTree(src, { "more.bin": randomData(300_000) });
+  const refused = await keep(["backup", "-s", server.url, "-p", "app", "--settle", "0", src]);
+  assertEquals(refused.code, 7, refused.stderr);
+  assertMatch(refused.stderr, /past its quota of 1\.00 MiB/);
+  assertEquals((await stats(server.url)).commits, 2);
+});
+
+/** Signs in through `url` with `token` (a form posted from its own page); the session cookie. */
+async function signIn(url: string, token: string): Promise<string> {
+  const res = await fetch(`${url}/ui/signin`, {
+    method: "POST",
+    headers: { origin: url, "content-type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ token }),
+    redirect: "manual",
+  });
+  await res.body?.cancel();
+  assertEquals(res.status, 303);
+  const cookie = res.headers.get("set-cookie") ?? "";
+  assertMatch(cookie, /HttpOnly/);
+  assertMatch(cookie, /SameSite=Strict/);
+  return /keep_session=([^;]+)/.exec(cookie)![1];
+}
+
+async function uiPage(url: string, path: string, cookie: string) {
+  const res = await fetch(`${url}${path}`, { headers: { cookie: `keep_session=${cookie}` } });
+  return { status: res.status, text: await res.text() };
+}
+
+Deno.test("pg index: a web UI session made through one node works on another; sign-out and revocation end it on both", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("pgui");
+  await using one = await node(env, db.url, prefix, false);
+  await using two = await node(env, db.url, prefix, false);
+  const token = async (role: string, project: string) =>
+    (await keepOk([
+      "token",
+      "create",
+      "--data",
+      one.dataDir,
+      "--index",
+      db.url,
+      "--role",
+      role,
+      "--project",
+      project,
+    ])).stdout.trim();
+  const admin = await token("admin", "*");
+  const restore = await token("restore", "app");
+  const src = await tempDir();
+  writeTree(src, { "hello.txt": "hello\n" });
+  for (const p of ["app", "other"]) {
+    await keepOk(["backup", "-s", one.url, "-p", p, "--token", admin, "--settle", "0", src]);
+  }
+  const cookie = await signIn(one.url, restore);
+  const home = await uiPage(two.url, "/", cookie);
+  assertEquals(home.status, 200);
+  assertMatch(home.text, /data-project="app"/);
+  assert(!home.text.includes('data-project="other"'), "only what the token may read");
+  const tree = await uiPage(two.url, "/p/app/tree", cookie);
+  assertEquals(tree.status, 200);
+  assertMatch(tree.text, /hello\.txt/);
+  assertEquals((await uiPage(two.url, "/p/other", cookie)).status, 403);
+  // Every page of the project answers from the database.
+  writeTree(src, { "hello.txt": "hello again\n" });
+  await keepOk(["backup", "-s", two.url, "-p", "app", "--token", admin, "--settle", "0", src]);
+  for (
+    const [path, expect] of [
+      ["/p/app", /#2/],
+      ["/p/app/diff?from=%231&to=%232", /hello\.txt/],
+      ["/p/app/history?path=hello.txt", /#1/],
+      ["/p/app/find?q=*.txt", /hello\.txt/],
+      ["/p/app/file?path=hello.txt", /hello again/],
+    ] as const
+  ) {
+    const r = await uiPage(one.url, path, cookie);
+    assertEquals(r.status, 200, `${path}: ${r.text.slice(0, 300)}`);
+    assertMatch(r.text, expect);
+  }
+  assertEquals((await uiPage(two.url, "/p/app", "x".repeat(43))).status, 401);
+  // The index holds the SHA-256 of the cookie value, never the value.
+  const pg = postgres(db.url, { max: 1, onnotice: () => {} });
+  try {
+    const rows = await pg`SELECT encode(hash, 'hex') AS hash, token, csrf FROM sessions`;
+    assertEquals(rows.length, 1);
+    assertEquals(rows[0].hash, createHash("sha256").update(cookie).digest("hex"));
+    assert(!JSON.stringify(rows).includes(cookie), "no cookie value in the index");
+  } finally {
+    await pg.end();
+  }
+  // Sign-out through node 2 (with the session's CSRF value) ends it on node 1 too.
+  const csrf = /name="csrf" value="([^"]+)"/.exec(tree.text)![1];
+  const out = await fetch(`${two.url}/ui/signout`, {
+    method: "POST",
+    headers: {
+      origin: two.url,
+      cookie: `keep_session=${cookie}`,
+      "content-type": "application/x-www-form-urlencoded",
+    },
+    body: new URLSearchParams({ csrf }),
+    redirect: "manual",
+  });
+  await out.body?.cancel();
+  assertEquals(out.status, 303);
+  assertEquals((await uiPage(one.url, "/p/app", cookie)).status, 401);
+  // A token revoked (in the database) ends its sessions on every node.
+  const second = await signIn(two.url, restore);
+  assertEquals((await uiPage(one.url, "/p/app", second)).status, 200);
+  await keepOk([
+    "token",
+    "revoke",
+    "--data",
+    one.dataDir,
+    "--index",
+    db.url,
+    restore.split("_")[1],
+  ]);
+  assertEquals((await uiPage(one.url, "/p/app", second)).status, 401);
+  assertEquals((await uiPage(two.url, "/p/app", second)).status, 401);
 });

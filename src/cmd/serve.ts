@@ -65,8 +65,9 @@ index stays in DIR, which remembers the bucket in DIR/blobs.json):
                           the environment keeps them out of ps)
   With --blobs, --compact-idle defaults to off (each step would write a small object).
 
-The index in PostgreSQL (first steps: backup, restore, log, ls and tokens work;
-retention, GC, recompression, verify and stats do not yet):
+The index in PostgreSQL (backup, restore, log, ls, diff, find, history, the web
+UI, verify, stats --project, quotas and tokens work; retention, GC, recompression
+and the store-wide stats do not yet):
       --index postgres://USER[:PASS]@HOST[:PORT]/DB  (or --index pg: with the PG* variables)
                           DIR then holds no index.db (the cache and tmp/ only)
   While the store does not answer, requests that need it get 503 (clients exit 5);

@@ -5,15 +5,23 @@ import type { VerifyReport } from "../format/api.ts";
 import { verifyStore } from "../server/verify.ts";
 import { KeepClient } from "../http/client.ts";
 import { type Command, out, outJson } from "./command.ts";
-import { clientOptions, flagOrEnv, formatBytes, parseFlags, positionals } from "./flags.ts";
+import {
+  clientOptions,
+  flagOrEnv,
+  formatBytes,
+  parseFlags,
+  parseIndexFlag,
+  positionals,
+} from "./flags.ts";
 
 export const verifyCommand: Command = {
   name: "verify",
   summary: "check a data directory: every blob re-hashed, every commit complete",
-  help: `Usage: keep verify --data DIR [--quick] [--json]
+  help: `Usage: keep verify --data DIR [--index URL] [--quick] [--json]
        keep verify --server URL --token ADMIN_TOKEN [--json]
 
-Checks the SQLite index (quick_check), re-reads every blob (inflate, CRC,
+Checks the index (SQLite's quick_check; in PostgreSQL, what its rows must
+hold), re-reads every blob (inflate, CRC,
 size, SHA-256), checks that every content hash a commit refers to is stored,
 and reports orphans (blobs no commit uses, blob files the index does not
 know: leftovers of interrupted uploads, harmless). Run it on the server's data
@@ -28,6 +36,7 @@ the usual backups). --read-only only reports.
 
 Options:
   -d, --data DIR   data directory (env KEEP_DATA)
+      --index URL  the server's PostgreSQL index (as keep serve --index)
   -s, --server URL verify through the server (admin token: --token or KEEP_TOKEN)
       --token T, --ca FILE, --fingerprint FP
       --quick      skip re-hashing inline blobs (structure only)
@@ -38,6 +47,7 @@ Exit codes: 0 clean, 4 damage found, 1/5/6 could not check.`,
   async run(args) {
     const p = parseFlags("verify", args, {
       data: { type: "string", short: "d" },
+      index: { type: "string" },
       server: { type: "string", short: "s" },
       token: { type: "string" },
       ca: { type: "string" },
@@ -60,9 +70,11 @@ Exit codes: 0 clean, 4 damage found, 1/5/6 could not check.`,
       const dir = resolve(data);
       let storage: Storage;
       try {
-        storage = await openLocalStorage(dir);
+        storage = await openLocalStorage(dir, {
+          pg: parseIndexFlag(p.values.index as string | undefined),
+        });
       } catch (err) {
-        if (err instanceof KeepError && err.code === "usage") {
+        if (err instanceof KeepError && err.code === "usage" && /no index\.db/.test(err.message)) {
           throw new KeepError("usage", `Cannot verify ${dir}: no index.db there`);
         }
         throw err;

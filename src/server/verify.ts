@@ -65,6 +65,9 @@ export async function verifyStore(
 ): Promise<VerifyReport> {
   const started = performance.now();
   const { index, blobs } = storage;
+  // What earlier reads kept (open pack files, cached ranges) would hide
+  // objects deleted or rewritten behind the server's back.
+  blobs.dropCached();
   const counts = await index.counts();
   const report: VerifyReport = {
     ok: false,

@@ -96,7 +96,7 @@ function sameOrigin(c: Context): boolean {
 /** The route group (mounted at `/`). */
 export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
   const ui = new Hono<UiEnv>();
-  const sessions = options.sessions ?? new SessionStore();
+  const sessions = options.sessions ?? new SessionStore(ctx.storage.index);
   const { index } = ctx.storage;
   const who = (c: Context<UiEnv>) => {
     const s = c.get("session");
@@ -134,12 +134,12 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
   // The session (or none) of every other page.
   const session: MiddlewareHandler<UiEnv> = async (c, next) => {
     const id = getCookie(c, COOKIE);
-    let s = sessions.get(id);
+    let s = await sessions.get(id);
     let access: Access | null = null;
     if (s && ctx.tokens !== null) {
       access = s.tokenId ? await accessOf(index, s.tokenId) : null;
       if (!access || access.role === "backup") {
-        sessions.delete(id);
+        await sessions.delete(id);
         s = null;
       }
     }
@@ -153,10 +153,10 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
   ui.use("/p/*", session);
 
   /** Without a session: the sign-in page (a server without tokens makes one at once). */
-  const signedIn = (c: Context<UiEnv>): boolean => {
+  const signedIn = async (c: Context<UiEnv>): Promise<boolean> => {
     if (c.get("session")) return true;
     if (ctx.tokens === null) {
-      const { id, session } = sessions.create(null);
+      const { id, session } = await sessions.create(null);
       setSessionCookie(c, id);
       c.set("session", session);
       return true;
@@ -172,7 +172,7 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
     });
 
   ui.get("/", async (c) => {
-    if (!signedIn(c)) return page(c, "Sign in", signInPage());
+    if (!await signedIn(c)) return page(c, "Sign in", signInPage());
     const access = c.get("access");
     const visible = (await index.listProjects()).filter((p: ProjectInfo) => {
       try {
@@ -209,8 +209,8 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
         403,
       );
     }
-    sessions.delete(getCookie(c, COOKIE));
-    const { id } = sessions.create(access.id);
+    await sessions.delete(getCookie(c, COOKIE));
+    const { id } = await sessions.create(access.id);
     setSessionCookie(c, id);
     ctx.log?.(`ui: signed in with token ${access.id} (${access.name})`);
     return c.redirect("/", 303);
@@ -225,14 +225,14 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
         "Cannot sign out: the form must come from this session's page",
       );
     }
-    sessions.delete(c.get("sessionId"));
+    await sessions.delete(c.get("sessionId"));
     deleteCookie(c, COOKIE, { path: "/" });
     return c.redirect("/", 303);
   });
 
   /** The `:project` of a page, once the session may read it. */
-  const project = (c: Context<UiEnv>): string => {
-    if (!signedIn(c)) {
+  const project = async (c: Context<UiEnv>): Promise<string> => {
+    if (!await signedIn(c)) {
       throw new KeepError("unauthorized", "Cannot show this page: sign in first (at /)");
     }
     const p = checkProjectName(c.req.param("project") ?? "");
@@ -241,7 +241,7 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
   };
 
   ui.get("/p/:project", async (c) => {
-    const p = project(c);
+    const p = await project(c);
     const before = c.req.query("before");
     const beforeSeq = before === undefined ? undefined : Number(before);
     if (beforeSeq !== undefined && !Number.isInteger(beforeSeq)) {
@@ -255,7 +255,7 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
   });
 
   ui.get("/p/:project/tree", async (c) => {
-    const p = project(c);
+    const p = await project(c);
     const t = await loadTree(
       index,
       p,
@@ -270,7 +270,7 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
   });
 
   ui.get("/p/:project/diff", async (c) => {
-    const p = project(c);
+    const p = await project(c);
     const from = c.req.query("from") ?? "";
     const to = c.req.query("to") ?? "";
     if (!from || !to) throw new KeepError("usage", "Cannot diff: pick two commits");
@@ -294,7 +294,7 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
   });
 
   ui.get("/p/:project/history", async (c) => {
-    const p = project(c);
+    const p = await project(c);
     const skip = Number(c.req.query("skip") ?? 0);
     if (!Number.isInteger(skip) || skip < 0) {
       throw new KeepError("usage", `Cannot page: skip=${c.req.query("skip")} is no count`);
@@ -307,14 +307,14 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
   });
 
   ui.get("/p/:project/find", async (c) => {
-    const p = project(c);
+    const p = await project(c);
     const q = c.req.query("q") ?? "";
     const found = q === "" ? null : await findPaths(index, p, q, { after: c.req.query("after") });
     return page(c, `${p} find`, findPage(p, q, found));
   });
 
   ui.get("/p/:project/file", async (c) => {
-    const p = project(c);
+    const p = await project(c);
     const commit = await index.resolveCommit(p, c.req.query("commit") ?? "latest");
     const path = normalisePrefix(c.req.query("path") ?? "");
     const [e] = path === "" ? [] : await index.entriesAt(p, commit.seq, [path]);
@@ -341,7 +341,7 @@ export function uiRoutes(ctx: AppContext, options: UiOptions): Hono<UiEnv> {
   });
 
   ui.get("/p/:project/archive", async (c) => {
-    const p = project(c);
+    const p = await project(c);
     const commit = await index.resolveCommit(p, c.req.query("commit") ?? "latest");
     const prefix = normalisePrefix(c.req.query("path") ?? "");
     await checkArchivePath(ctx.storage, commit, prefix, "download");

@@ -119,9 +119,10 @@ export interface BlobStore {
   listLarge(): AsyncIterable<LargeObject>;
   deletePack(pack: number): Promise<void>;
   /**
-   * Closes what is kept open for reading (pack handles): another thread or
-   * process may have deleted those objects, whose space is freed only once
-   * no handle names them.
+   * Closes what is kept open for reading (pack handles) and forgets bytes
+   * kept from earlier reads: another thread or process may have deleted
+   * those objects, whose space is freed only once no handle names them,
+   * and verify must read what the store holds now.
    */
   dropCached(): void;
   deleteLarge(hashHex: string, gen: number | null): Promise<void>;

@@ -14,7 +14,7 @@ import type { CommitNote } from "../../format/api.ts";
 import { hexToBytes } from "../../format/hex.ts";
 import type { CommitCounts, CommitInfo, EntryFlag } from "../../format/manifest.ts";
 import type { BlobPlace } from "./blob_store.ts";
-import type { TokenRow } from "./index_store.ts";
+import type { SessionRow, TokenRow } from "./index_store.ts";
 
 type Row = Record<string, unknown>;
 
@@ -215,6 +215,17 @@ export function tokenOf(r: Row): TokenRow {
     projects: JSON.parse(r.projects as string),
     created: Number(r.created),
     revoked: r.revoked === null ? null : Number(r.revoked),
+  };
+}
+
+/** A `sessions` row. */
+export function sessionOf(r: Row): SessionRow {
+  return {
+    hash: new Uint8Array(r.hash as Uint8Array),
+    tokenId: (r.token as string | null) ?? null,
+    csrf: r.csrf as string,
+    created: Number(r.created),
+    seen: Number(r.seen),
   };
 }
 

@@ -109,6 +109,20 @@ export interface TokenRow {
   revoked: number | null;
 }
 
+/**
+ * A web UI session as stored (the hash of its cookie value, never the
+ * value): any server on the index can read it, so a session made on one
+ * node works on another behind a load balancer.
+ */
+export interface SessionRow {
+  hash: Uint8Array;
+  /** The token it was made from (its id); null on a server without tokens. */
+  tokenId: string | null;
+  csrf: string;
+  created: number;
+  seen: number;
+}
+
 /** What a project's content costs the store. */
 export interface ProjectUsage {
   /** Stored bytes of every content its commits refer to. */
@@ -346,4 +360,16 @@ export interface IndexStore {
   tokenById(id: string): Promise<TokenRow | null>;
   /** Marks a token revoked; false when there was no active token `id`. */
   revokeToken(id: string, at: number): Promise<boolean>;
+
+  // ---- web UI sessions (http/ui/session.ts)
+  insertSession(row: SessionRow): Promise<void>;
+  sessionByHash(hash: Uint8Array): Promise<SessionRow | null>;
+  /** Records a request of the session at `seen`. */
+  touchSession(hash: Uint8Array, seen: number): Promise<void>;
+  deleteSession(hash: Uint8Array): Promise<void>;
+  /**
+   * Deletes the sessions last seen before `seenBefore` or made before
+   * `createdBefore`, then all but the `keepAtMost` most recently seen.
+   */
+  pruneSessions(seenBefore: number, createdBefore: number, keepAtMost: number): Promise<void>;
 }

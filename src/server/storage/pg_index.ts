@@ -15,12 +15,18 @@
  * id (a server-wide sequence), since a connection pool gives no session of
  * one's own for a TEMP table.
  *
+ * Browsing (tree, diff, find, history) answers as SqliteIndex does, page
+ * for page: paths compare in byte order (`COLLATE "C"`, as SQLite and
+ * comparePaths), the listing's seek loop is one recursive CTE, find's GLOB
+ * a regular expression (globRegex), and the diff's scans and a path's
+ * versions are merged by the code both indexes share (versions.ts).
+ *
  * Not yet done here (they throw a usage error naming this file): retention
  * and garbage collection (forget, clean, mark, sweep, evacuation, packs
- * usage), recompression at rest, verify's checks (blob pages, integrity,
- * missing content, orphans), stats (usage, logical bytes), and damage
- * marking. What works: projects, commits, manifests, uploads and their
- * commit, blob lookups and rows, packs, policies and tokens.
+ * usage) and recompression at rest. What works: projects, commits,
+ * manifests, uploads and their commit, blob lookups and rows, packs,
+ * browsing, verify's checks and damage marks, usage (stats, quotas),
+ * policies and tokens.
  *
  * @module
  */
@@ -28,7 +34,15 @@
 import { Buffer } from "node:buffer";
 import postgres from "postgres";
 import { KeepError } from "../../errors.ts";
-import type { CommitNote, Policy, ProjectInfo } from "../../format/api.ts";
+import type {
+  CommitNote,
+  DiffItem,
+  PathVersion,
+  Policy,
+  ProjectInfo,
+  TreeItem,
+  VersionInfo,
+} from "../../format/api.ts";
 import { bytesToHex } from "../../format/hex.ts";
 import type {
   CommitInfo,
@@ -50,6 +64,7 @@ import {
   noteOf,
   pgText,
   placeOf,
+  sessionOf,
   type Statement,
   tokenOf,
 } from "./commit_sql.ts";
@@ -59,11 +74,13 @@ import type {
   NewBlob,
   PlacedEntry,
   ProjectUsage,
+  SessionRow,
   StageRow,
   StoreCounts,
   TokenRow,
   UploadStage,
 } from "./index_store.ts";
+import { diffOfScans, liveVersions, type PathRow, versionOf } from "./versions.ts";
 
 type Sql = postgres.Sql | postgres.TransactionSql;
 type Row = Record<string, unknown>;
@@ -120,6 +137,9 @@ CREATE TABLE IF NOT EXISTS keep_store(one boolean PRIMARY KEY DEFAULT true CHECK
 CREATE TABLE IF NOT EXISTS tokens(
   id text PRIMARY KEY, hash bytea NOT NULL UNIQUE, name text NOT NULL, role text NOT NULL,
   projects text NOT NULL, created bigint NOT NULL, revoked bigint);
+CREATE TABLE IF NOT EXISTS sessions(
+  hash bytea PRIMARY KEY, token text, csrf text NOT NULL, created bigint NOT NULL,
+  seen bigint NOT NULL);
 `;
 
 const COLS =
@@ -127,6 +147,160 @@ const COLS =
 const PAGE = 2000;
 /** Rows per INSERT … SELECT FROM unnest(…) of staged paths. */
 const CHUNK = 1000;
+
+/** Columns of a version as browsing shows it (mtime as text, hash as hex). */
+const VERSION_COLS =
+  `path, type, size, mode, mtime::text AS mtime, encode(hash, 'hex') AS hash, target, flag`;
+
+/** A VERSION_COLS row as a VersionInfo. */
+function rowToVersion(r: Row): VersionInfo {
+  const v: VersionInfo = {
+    type: r.type as VersionInfo["type"],
+    size: Number(r.size),
+    mode: Number(r.mode),
+    mtime: r.mtime as string,
+  };
+  if (r.hash) v.hash = r.hash as string;
+  if (r.target !== null) v.target = r.target as string;
+  if (r.flag !== null) v.flag = r.flag as string;
+  return v;
+}
+
+/** The end of the key range of the paths below `prefix` ("0" follows "/"), null for all. */
+function prefixEnd(prefix: string): string | null {
+  return prefix === "" ? null : prefix + "0";
+}
+
+/** The `/` after the directory `$3` in a path: 0 for a direct child. */
+function slashIn(col: string): string {
+  return `strpos(substr(${col}, char_length($3) + 1), '/')`;
+}
+
+/**
+ * The children of a directory as SqliteIndex.listDir finds them, in one
+ * statement: a recursive CTE seeks in `paths` from `$2` (the first child
+ * after the cursor), each step past the subtree of a deeper path (`child0`)
+ * or past a direct child (`path || chr(1)`); each direct child's version at
+ * commit `$4` is one key lookup, and the CTE runs only as far as the LIMIT
+ * (`$5`) pulls it. `$1` project, `$3` the directory with its `/`, `$6` the
+ * end of its key range (when bounded).
+ */
+function listDirSql(bounded: boolean): string {
+  const end = (col: string) => bounded ? ` AND ${col} < $6` : "";
+  return `WITH RECURSIVE k(path) AS (
+      (SELECT path FROM paths WHERE project = $1 AND path >= $2${end("path")}
+       ORDER BY path LIMIT 1)
+      UNION ALL
+      SELECT (SELECT p.path FROM paths p WHERE p.project = $1 AND p.path >= CASE
+          WHEN ${slashIn("k.path")} > 0
+            THEN left(k.path, char_length($3) + ${slashIn("k.path")} - 1) || '0'
+          ELSE k.path || chr(1) END${end("p.path")}
+        ORDER BY p.path LIMIT 1)
+      FROM k WHERE k.path IS NOT NULL)
+    SELECT v.* FROM k CROSS JOIN LATERAL (
+      SELECT ${VERSION_COLS} FROM current c WHERE c.project = $1 AND c.path = k.path AND c.first <= $4
+      UNION ALL SELECT ${VERSION_COLS} FROM history h
+        WHERE h.project = $1 AND h.path = k.path AND h.first <= $4 AND h.last > $4
+      LIMIT 1) v
+    WHERE k.path IS NOT NULL AND ${slashIn("k.path")} = 0
+    LIMIT $5`;
+}
+
+/**
+ * The key range of the paths that start with the literal start of glob
+ * `pattern` (up to its first `*`, `?` or `[`): [start, end), end null when
+ * unbounded (no literal start, or it ends in the last code point).
+ */
+export function literalRange(pattern: string): [string, string | null] {
+  const chars = [.../^[^*?[]*/.exec(pattern)![0]];
+  if (chars.length === 0) return ["", null];
+  const last = chars.pop()!.codePointAt(0)!;
+  if (last >= 0x10ffff) return [chars.join("") + String.fromCodePoint(last), null];
+  // Byte order is code point order (UTF-8); the surrogates are no characters.
+  const next = last === 0xd7ff ? 0xe000 : last + 1;
+  const start = [...chars, String.fromCodePoint(last)].join("");
+  return [start, chars.join("") + String.fromCodePoint(next)];
+}
+
+/**
+ * The longest run of literal characters of glob `pattern` (outside `*`, `?`
+ * and `[…]`) as a LIKE pattern `%run%`: every match contains it, and LIKE
+ * rejects most paths several times faster than the regular expression.
+ */
+export function likeFilter(pattern: string): string {
+  let best = "";
+  let run = "";
+  const chars = [...pattern];
+  for (let i = 0; i < chars.length; i++) {
+    const c = chars[i];
+    if (c === "*" || c === "?" || c === "[") {
+      if (run.length > best.length) best = run;
+      run = "";
+      if (c === "[") {
+        // Past the set: a "]" right after "[" or "[^" is a member.
+        let j = i + 1;
+        if (chars[j] === "^") j++;
+        if (chars[j] === "]") j++;
+        while (j < chars.length && chars[j] !== "]") j++;
+        i = j;
+      }
+    } else run += c;
+  }
+  if (run.length > best.length) best = run;
+  return `%${best.replace(/[\\%_]/g, "\\$&")}%`;
+}
+
+/** A character as a regular expression escape (ARE: \U and 8 hex digits). */
+function reChar(c: string): string {
+  return "\\U" + c.codePointAt(0)!.toString(16).padStart(8, "0");
+}
+
+/**
+ * SQLite's GLOB as a PostgreSQL regular expression (ARE), anchored: `*` any
+ * run (`/` too), `?` one character, `[…]` a set (`^` first negates, `]`
+ * first is a member, `a-z` a range), everything else itself. `anyDir`: the
+ * pattern may match the last component (`path GLOB p OR path GLOB '*\/' ||
+ * p`). Null when it can match nothing (a `[` without its `]`, as in SQLite).
+ */
+export function globRegex(pattern: string, anyDir: boolean): string | null {
+  const chars = [...pattern];
+  let out = "";
+  for (let i = 0; i < chars.length; i++) {
+    const c = chars[i];
+    if (c === "*") out += ".*";
+    else if (c === "?") out += ".";
+    else if (c === "[") {
+      let j = i + 1;
+      let negate = false;
+      if (chars[j] === "^") {
+        negate = true;
+        j++;
+      }
+      let set = "";
+      let prior: string | null = null;
+      let first = true;
+      for (; j < chars.length && (first || chars[j] !== "]"); j++, first = false) {
+        const d = chars[j];
+        if (d === "-" && prior !== null && j + 1 < chars.length && chars[j + 1] !== "]") {
+          const to = chars[++j];
+          // Its start is a member already; a reversed range adds nothing (and
+          // a regular expression would refuse it).
+          if (to.codePointAt(0)! >= prior.codePointAt(0)!) set += "-" + reChar(to);
+          prior = null;
+        } else {
+          set += reChar(d);
+          // A leading "]" is a member, never the start of a range (as in SQLite).
+          prior = first && d === "]" ? null : d;
+        }
+      }
+      if (j >= chars.length) return null;
+      if (set === "" && !negate) return null;
+      out += set === "" ? "." : `[${negate ? "^" : ""}${set}]`;
+      i = j;
+    } else out += reChar(c);
+  }
+  return anyDir ? `^(.*/)?${out}$` : `^${out}$`;
+}
 
 function notYet(what: string): never {
   throw new KeepError(
@@ -150,6 +324,33 @@ function rowToEntry(r: Row): Entry {
   if (r.flag !== null) e.flag = r.flag as EntryFlag;
   return e;
 }
+
+function blobRowOf(r: Row): BlobRow {
+  return { id: Number(r.id), hash: new Uint8Array(r.hash as Uint8Array), ...placeOf(r) };
+}
+
+/** What checkIntegrity counts: each query finds the rows that break one rule. */
+const INTEGRITY_CHECKS: [string, string][] = [
+  [
+    "projects whose head is no live commit",
+    `SELECT 1 FROM projects p WHERE p.head > 0 AND NOT EXISTS
+       (SELECT 1 FROM commits c WHERE c.project = p.id AND c.seq = p.head AND c.forgotten IS NULL)`,
+  ],
+  [
+    "current versions that start after their project's head",
+    "SELECT 1 FROM current c JOIN projects p ON p.id = c.project WHERE c.first > p.head",
+  ],
+  [
+    "history versions whose range is empty or outlives the head",
+    `SELECT 1 FROM history h JOIN projects p ON p.id = h.project
+     WHERE h.last <= h.first OR h.last > p.head`,
+  ],
+  [
+    "versions whose path is missing from paths",
+    `SELECT 1 FROM (SELECT project, path FROM current UNION SELECT project, path FROM history) v
+     WHERE NOT EXISTS (SELECT 1 FROM paths x WHERE x.project = v.project AND x.path = v.path)`,
+  ],
+];
 
 function hexOf(b: Uint8Array | null | undefined): string | null {
   return b ? bytesToHex(b) : null;
@@ -256,15 +457,18 @@ export class PgIndex implements IndexStore {
 
   listProjects(): Promise<ProjectInfo[]> {
     return this.#run("list projects", async () => {
-      const rows = await this.sql`SELECT id, name, head FROM projects ORDER BY name`;
+      const rows = await this.sql`
+        SELECT p.id, p.name, p.head,
+          (SELECT count(*) FROM commits c WHERE c.project = p.id AND c.forgotten IS NULL) AS n,
+          (SELECT max(time) FROM commits c WHERE c.project = p.id AND c.forgotten IS NULL
+            AND coalesce((c.counts::json ->> 'flagged')::bigint, 0) = 0) AS complete
+        FROM projects p ORDER BY p.name`;
       const out: ProjectInfo[] = [];
       for (const r of rows) {
-        const [n] = await this.sql`
-          SELECT count(*) AS n FROM commits WHERE project = ${r.id} AND forgotten IS NULL`;
         out.push({
           name: r.name,
-          lastComplete: null, // not yet on PostgreSQL (the web UI's stale marks)
-          commits: Number(n.n),
+          lastComplete: r.complete === null ? null : new Date(Number(r.complete)).toISOString(),
+          commits: Number(r.n),
           head: Number(r.head)
             ? await this.#commitBySeq(this.sql, Number(r.id), r.name, Number(r.head))
             : null,
@@ -727,6 +931,8 @@ export class PgIndex implements IndexStore {
         }
       }
     }
+    // Damage marks changed for every server (their manifest caches; see damageEpoch).
+    if (repaired) await this.#bumpDamageEpoch(tx);
     return repaired;
   }
 
@@ -771,8 +977,28 @@ export class PgIndex implements IndexStore {
     return this.#blobEpoch;
   }
 
-  markDamaged(_hash: Uint8Array, _problem: string): Promise<boolean> {
-    return notYet("mark a blob damaged");
+  markDamaged(hash: Uint8Array, problem: string): Promise<boolean> {
+    return this.#run("mark a blob damaged", () =>
+      this.sql.begin(async (tx) => {
+        const h = Buffer.from(hash);
+        const r = await tx`
+          UPDATE blobs SET damaged = ${
+          problem.slice(0, 500)
+        } WHERE hash = ${h} AND damaged IS NULL`;
+        if (r.count === 0) return false;
+        // Whatever flag a head entry had (unreadable last time), its content
+        // must be sent again: damaged wins.
+        await tx`
+          UPDATE current SET flag = 'damaged'
+          WHERE hash = ${h} AND (flag IS NULL OR flag != 'damaged')`;
+        await this.#bumpDamageEpoch(tx);
+        return true;
+      }));
+  }
+
+  async #bumpDamageEpoch(tx: Sql): Promise<void> {
+    await tx`INSERT INTO store_meta(key, value) VALUES ('damage_epoch', 1)
+      ON CONFLICT (key) DO UPDATE SET value = store_meta.value + 1`;
   }
 
   damageEpoch(): Promise<number> {
@@ -782,22 +1008,191 @@ export class PgIndex implements IndexStore {
     });
   }
 
-  // ---------------------------------------------------------------- browsing (not yet)
+  // ---------------------------------------------------------------- browsing
 
-  listDir(): Promise<{ entry: undefined; items: never[]; next: null }> {
-    return notYet("list a directory");
+  listDir(
+    project: string,
+    commit: CommitInfo,
+    dir: string,
+    options: { after?: string; limit: number; sizes?: boolean },
+  ): Promise<{ entry: VersionInfo | null | undefined; items: TreeItem[]; next: string | null }> {
+    return this.#run("list a directory", async () => {
+      const pid = await this.#projectId(this.sql, project);
+      if (pid === null) return { entry: undefined, items: [], next: null };
+      let entry: VersionInfo | null | undefined = null;
+      if (dir !== "") {
+        const r = await this.#exactRow(this.sql, pid, commit.seq, dir);
+        entry = r ? versionOf(rowToEntry(r)) : undefined;
+        if (!r || r.type !== "d") return { entry, items: [], next: null };
+      }
+      const base = dir === "" ? "" : dir + "/";
+      const end = prefixEnd(dir);
+      // "\u0001" follows a path and precedes every longer one (no path holds a NUL).
+      const from = options.after ? options.after + "\u0001" : base;
+      const args: (string | number)[] = [pid, from, base, commit.seq, options.limit + 1];
+      if (end !== null) args.push(end);
+      const rows = await this.sql.unsafe(listDirSql(end !== null), args);
+      const more = rows.length > options.limit;
+      const items: TreeItem[] = rows.slice(0, options.limit).map((r) => ({
+        name: (r.path as string).slice(base.length),
+        path: r.path as string,
+        ...rowToVersion(r),
+      }));
+      const dirs = items.filter((i) => i.type === "d");
+      if (options.sizes && dirs.length) {
+        const headSeq = (await this.#head(this.sql, project))?.seq ?? 0;
+        const sizes = await this.#sizesBelow(pid, commit.seq, headSeq, dirs.map((i) => i.path));
+        for (const i of dirs) Object.assign(i, sizes.get(i.path));
+      }
+      return { entry, items, next: more ? items[items.length - 1].path : null };
+    });
   }
 
-  diffPage(): Promise<{ items: never[]; next: null }> {
-    return notYet("diff commits");
+  /**
+   * Files below each of `dirs` in commit `seq`, and their bytes: a range scan
+   * of each subtree (`current` only for the head), all in one statement.
+   */
+  async #sizesBelow(
+    pid: number,
+    seq: number,
+    headSeq: number,
+    dirs: string[],
+  ): Promise<Map<string, { files: number; bytes: number }>> {
+    const range = "project = $1 AND path > d.dir || '/' AND path < d.dir || '0' AND first <= $2";
+    const cur = `SELECT size FROM current WHERE ${range} AND type = 'f'`;
+    const all = seq === headSeq
+      ? cur
+      : `${cur} UNION ALL SELECT size FROM history WHERE ${range} AND last > $2 AND type = 'f'`;
+    const rows = await this.sql.unsafe(
+      `SELECT d.dir, s.n, s.b FROM unnest($3::text[]) AS d(dir) CROSS JOIN LATERAL
+         (SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM (${all}) u) s`,
+      [pid, seq, dirs as unknown as string],
+    );
+    return new Map(rows.map((r) => [r.dir as string, { files: Number(r.n), bytes: Number(r.b) }]));
   }
 
-  findPaths(): Promise<{ paths: string[]; next: null }> {
-    return notYet("find paths");
+  /**
+   * As SqliteIndex.diffPage (three page-bounded range scans, merged by path)
+   * in one read-only snapshot, so a commit landing meanwhile cannot move a
+   * row between the scans.
+   */
+  diffPage(
+    project: string,
+    from: CommitInfo,
+    to: CommitInfo,
+    options: { prefix?: string; after?: string; limit: number },
+  ): Promise<{ items: DiffItem[]; next: string | null }> {
+    return this.#run("diff commits", async () => {
+      const pid = await this.#projectId(this.sql, project);
+      if (pid === null || from.seq === to.seq) return { items: [], next: null };
+      const lo = Math.min(from.seq, to.seq);
+      const hi = Math.max(from.seq, to.seq);
+      const prefix = options.prefix ?? "";
+      const range = prefix === ""
+        ? "path > $4"
+        : "path > $4 AND path >= $6 AND path < $7 AND (path = $6 OR path > $6::text || '/')";
+      const arms = [
+        `FROM history WHERE project = $1 AND ${range} AND first <= $2 AND last > $2 AND last <= $3`,
+        `FROM history WHERE project = $1 AND ${range} AND first > $2 AND first <= $3 AND last > $3`,
+        `FROM current WHERE project = $1 AND ${range} AND first > $2 AND first <= $3`,
+      ];
+      const args: (number | string)[] = [pid, lo, hi, options.after ?? "", options.limit];
+      if (prefix !== "") args.push(prefix, prefixEnd(prefix)!);
+      const pages = await this.sql.begin(
+        "ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        async (tx) => {
+          const [p] = await tx`SELECT head FROM projects WHERE id = ${pid}`;
+          const out: PathRow[][] = [];
+          for (const [i, arm] of arms.entries()) {
+            // No history row outlives the head (see SqliteIndex.diffPage).
+            if (i === 1 && hi >= Number(p.head)) {
+              out.push([]);
+              continue;
+            }
+            const rows = await tx.unsafe(
+              `SELECT ${VERSION_COLS} ${arm} ORDER BY path LIMIT $5`,
+              args,
+            );
+            out.push(rows.map((r) => ({ path: r.path as string, version: rowToVersion(r) })));
+          }
+          return out;
+        },
+      );
+      return diffOfScans(pages[0], pages[1], pages[2], options.limit, from.seq === lo);
+    });
   }
 
-  pathVersions(): Promise<Map<string, never[]>> {
-    return notYet("list a path's versions");
+  findPaths(
+    project: string,
+    pattern: string,
+    options: { after?: string; limit: number },
+  ): Promise<{ paths: string[]; next: string | null }> {
+    return this.#run("find paths", async () => {
+      const pid = await this.#projectId(this.sql, project);
+      const re = globRegex(pattern, !pattern.includes("/"));
+      if (pid === null || re === null) return { paths: [], next: null };
+      // A pattern with a "/" matches whole paths: its literal start is a key range.
+      const [from, to] = pattern.includes("/") ? literalRange(pattern) : ["", null];
+      const after = options.after ?? "";
+      const like = likeFilter(pattern);
+      const rows = to === null
+        ? await this.sql`
+          SELECT path FROM paths WHERE project = ${pid} AND path >= ${from} AND path > ${after}
+            AND path LIKE ${like} AND path ~ ${re} ORDER BY path LIMIT ${options.limit + 1}`
+        : await this.sql`
+          SELECT path FROM paths WHERE project = ${pid} AND path >= ${from} AND path < ${to}
+            AND path > ${after} AND path LIKE ${like} AND path ~ ${re}
+          ORDER BY path LIMIT ${options.limit + 1}`;
+      const paths = rows.slice(0, options.limit).map((r) => r.path as string);
+      return { paths, next: rows.length > options.limit ? paths[paths.length - 1] : null };
+    });
+  }
+
+  pathVersions(project: string, paths: string[]): Promise<Map<string, PathVersion[]>> {
+    return this.#run("list a path's versions", async () => {
+      const out = new Map<string, PathVersion[]>();
+      const pid = await this.#projectId(this.sql, project);
+      if (pid === null || paths.length === 0) return out;
+      const { live, rows } = await this.sql.begin(
+        "ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        async (tx) => ({
+          live: await tx`
+            SELECT seq, id, time FROM commits WHERE project = ${pid} AND forgotten IS NULL
+            ORDER BY seq`,
+          rows: await tx.unsafe(
+            `SELECT first, 9007199254740991 AS last, ${VERSION_COLS} FROM current
+               WHERE project = $1 AND path = ANY($2::text[])
+             UNION ALL SELECT first, last, ${VERSION_COLS} FROM history
+               WHERE project = $1 AND path = ANY($2::text[])
+             ORDER BY path, first DESC`,
+            [pid, paths as unknown as string],
+          ),
+        }),
+      );
+      const commits = live.map((c) => ({
+        seq: Number(c.seq),
+        id: c.id as string,
+        time: Number(c.time),
+      }));
+      const byPath = new Map<string, Row[]>();
+      for (const r of rows) {
+        const list = byPath.get(r.path as string);
+        if (list) list.push(r);
+        else byPath.set(r.path as string, [r]);
+      }
+      for (const [path, list] of byPath) {
+        const versions = liveVersions(
+          commits,
+          list.map((r) => ({
+            first: Number(r.first),
+            last: Number(r.last),
+            version: rowToVersion(r),
+          })),
+        );
+        if (versions.length) out.set(path, versions);
+      }
+      return out;
+    });
   }
 
   /** GC does not run on this index yet (serve runs no rounds with --index): nothing to do. */
@@ -805,10 +1200,13 @@ export class PgIndex implements IndexStore {
     return Promise.resolve({ projects: [], deadPacks: 0, marked: 0 });
   }
 
-  // ---------------------------------------------------------------- maintenance (not yet)
+  // ---------------------------------------------------------------- maintenance
 
-  blobsPage(_afterId: number, _limit: number): Promise<BlobRow[]> {
-    return notYet("verify blobs");
+  blobsPage(afterId: number, limit: number): Promise<BlobRow[]> {
+    return this.#run("read blob rows", async () =>
+      (await this.sql`
+        SELECT id, hash, size, stored, pack, "offset" FROM blobs WHERE id > ${afterId}
+        ORDER BY id LIMIT ${limit}`).map(blobRowOf));
   }
   compactCandidates(_limit: number): Promise<BlobRow[]> {
     return notYet("recompress");
@@ -820,7 +1218,10 @@ export class PgIndex implements IndexStore {
     return notYet("collect garbage");
   }
   knownPacks(): Promise<Set<number>> {
-    return notYet("verify packs");
+    return this.#run(
+      "list packs",
+      async () => new Set((await this.sql`SELECT id FROM packs`).map((r) => Number(r.id))),
+    );
   }
   blobsInPack(_pack: number, _limit: number): Promise<BlobRow[]> {
     return notYet("collect garbage");
@@ -829,19 +1230,80 @@ export class PgIndex implements IndexStore {
     return notYet("collect garbage");
   }
   counts(): Promise<StoreCounts> {
-    return notYet("count the store");
+    return this.#run("count the store", async () => {
+      const [r] = await this.sql`
+        SELECT (SELECT count(*) FROM projects) AS projects,
+          (SELECT count(*) FROM commits WHERE forgotten IS NULL) AS commits,
+          (SELECT count(*) FROM blobs) AS blobs,
+          (SELECT coalesce(sum(stored), 0) FROM blobs) AS stored`;
+      return {
+        projects: Number(r.projects),
+        commits: Number(r.commits),
+        blobs: Number(r.blobs),
+        storedBytes: Number(r.stored),
+      };
+    });
   }
+
+  /**
+   * PostgreSQL checks its own pages (checksums, amcheck are its
+   * administrator's); this checks what the index's rows must hold: every
+   * head a live commit, no version starting after its head or ending
+   * where it starts or after the head, every version's path in `paths`.
+   */
   checkIntegrity(): Promise<string> {
-    return notYet("check the index");
+    return this.#run("check the index", async () => {
+      const problems: string[] = [];
+      for (const [what, query] of INTEGRITY_CHECKS) {
+        const [r] = await this.sql.unsafe(`SELECT count(*) AS n FROM (${query}) q`);
+        if (Number(r.n) > 0) problems.push(`${r.n} ${what}`);
+      }
+      return problems.length ? problems.join("; ") : "ok";
+    });
   }
-  missingContent(): Promise<{ project: string; path: string; hash: string }[]> {
-    return notYet("verify content");
+
+  missingContent(limit: number): Promise<{ project: string; path: string; hash: string }[]> {
+    return this.#run("look for missing content", async () => {
+      const out: { project: string; path: string; hash: string }[] = [];
+      for (const table of ["current", "history"]) {
+        if (out.length >= limit) break;
+        const rows = await this.sql.unsafe(
+          `SELECT p.name AS project, t.path AS path, encode(t.hash, 'hex') AS hash
+           FROM ${table} t JOIN projects p ON p.id = t.project
+           WHERE t.hash IS NOT NULL AND t.size > 0
+             AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = t.hash) LIMIT $1`,
+          [limit - out.length],
+        );
+        for (const r of rows) {
+          out.push({
+            project: r.project as string,
+            path: r.path as string,
+            hash: r.hash as string,
+          });
+        }
+      }
+      return out;
+    });
   }
+
   orphanBlobCount(): Promise<number> {
-    return notYet("count orphans");
+    return this.#run("count orphans", async () => {
+      const [r] = await this.sql`
+        SELECT count(*) AS n FROM blobs b
+        WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = b.hash)
+          AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = b.hash)`;
+      return Number(r.n);
+    });
   }
-  headEntriesUsing(): Promise<{ project: string; path: string }[]> {
-    return notYet("verify content");
+
+  headEntriesUsing(hash: Uint8Array, limit: number): Promise<{ project: string; path: string }[]> {
+    return this.#run("look up head entries", async () =>
+      (await this.sql`
+        SELECT p.name AS project, c.path AS path FROM current c JOIN projects p ON p.id = c.project
+        WHERE c.hash = ${Buffer.from(hash)} LIMIT ${limit}`).map((r) => ({
+        project: r.project as string,
+        path: r.path as string,
+      })));
   }
 
   // ---------------------------------------------------------------- retention (policies only)
@@ -925,11 +1387,31 @@ export class PgIndex implements IndexStore {
         ON CONFLICT (key) DO UPDATE SET value = excluded.value`;
     });
   }
-  projectUsage(_project: string): Promise<ProjectUsage> {
-    return notYet("measure a project's usage (quota)");
+  projectUsage(project: string): Promise<ProjectUsage> {
+    return this.#run("measure a project's usage", async () => {
+      const pid = await this.#projectId(this.sql, project);
+      if (pid === null) return { storedBytes: 0, exclusiveBytes: 0 };
+      const [r] = await this.sql`
+        WITH used AS (
+          SELECT hash FROM current WHERE project = ${pid} AND hash IS NOT NULL
+          UNION SELECT hash FROM history WHERE project = ${pid} AND hash IS NOT NULL)
+        SELECT coalesce(sum(b.stored), 0) AS stored,
+          coalesce(sum(b.stored) FILTER (WHERE
+            NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = b.hash AND c.project != ${pid})
+            AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = b.hash AND h.project != ${pid})
+          ), 0) AS exclusive
+        FROM blobs b JOIN used u ON u.hash = b.hash`;
+      return { storedBytes: Number(r.stored), exclusiveBytes: Number(r.exclusive) };
+    });
   }
   logicalBytes(): Promise<number> {
-    return notYet("count logical bytes");
+    return this.#run("count logical bytes", async () => {
+      // Each kept commit's tree at full size (see SqliteIndex.logicalBytes).
+      const [r] = await this.sql`
+        SELECT coalesce(sum((counts::json ->> 'bytes')::bigint), 0) AS n
+        FROM commits WHERE forgotten IS NULL`;
+      return Number(r.n);
+    });
   }
 
   // ---------------------------------------------------------------- tokens
@@ -1039,6 +1521,44 @@ export class PgIndex implements IndexStore {
         SELECT greatest((SELECT coalesce(max(id), 0) FROM packs),
           (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM packs_id_seq)) AS n`;
       return Number(r.n);
+    });
+  }
+
+  // ---------------------------------------------------------------- web UI sessions
+
+  insertSession(r: SessionRow): Promise<void> {
+    return this.#run("store a session", async () => {
+      await this.sql`
+        INSERT INTO sessions(hash, token, csrf, created, seen)
+        VALUES (${Buffer.from(r.hash)}, ${r.tokenId}, ${r.csrf}, ${r.created}, ${r.seen})`;
+    });
+  }
+
+  sessionByHash(hash: Uint8Array): Promise<SessionRow | null> {
+    return this.#run("look up a session", async () => {
+      const [r] = await this.sql`SELECT * FROM sessions WHERE hash = ${Buffer.from(hash)}`;
+      return r ? sessionOf(r) : null;
+    });
+  }
+
+  touchSession(hash: Uint8Array, seen: number): Promise<void> {
+    return this.#run("record a session's request", async () => {
+      await this.sql`UPDATE sessions SET seen = ${seen} WHERE hash = ${Buffer.from(hash)}`;
+    });
+  }
+
+  deleteSession(hash: Uint8Array): Promise<void> {
+    return this.#run("end a session", async () => {
+      await this.sql`DELETE FROM sessions WHERE hash = ${Buffer.from(hash)}`;
+    });
+  }
+
+  pruneSessions(seenBefore: number, createdBefore: number, keepAtMost: number): Promise<void> {
+    return this.#run("expire sessions", async () => {
+      await this.sql`DELETE FROM sessions WHERE seen < ${seenBefore} OR created < ${createdBefore}`;
+      await this.sql`
+        DELETE FROM sessions WHERE hash IN
+          (SELECT hash FROM sessions ORDER BY seen DESC OFFSET ${keepAtMost})`;
     });
   }
 }

@@ -449,8 +449,14 @@ export class S3BlobStore implements BlobStore {
     }
   }
 
-  /** Nothing to let go: reads hold no object open (cached ranges are of immutable objects). */
-  dropCached(): void {}
+  /**
+   * Reads hold no object open; the cached ranges go, so that the next reads
+   * see what the bucket holds now (verify: an object deleted behind the
+   * server's back).
+   */
+  dropCached(): void {
+    this.#chunks.clear();
+  }
 
   async deletePack(pack: number): Promise<void> {
     for (const id of [...this.#chunks.keys()]) {

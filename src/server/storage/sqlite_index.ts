@@ -41,7 +41,7 @@ import type {
   EntryFlag,
   UploadHeader,
 } from "../../format/manifest.ts";
-import { comparePaths, parentOf } from "../../format/paths.ts";
+import { parentOf } from "../../format/paths.ts";
 import { type CellValue, neutralCell, tableSpec } from "./tables.ts";
 import type { BlobPlace } from "./blob_store.ts";
 import {
@@ -53,6 +53,7 @@ import {
   EMPTY_HASH,
   noteOf,
   placeOf,
+  sessionOf,
   type Statement,
   tokenOf,
 } from "./commit_sql.ts";
@@ -62,18 +63,21 @@ import type {
   NewBlob,
   PlacedEntry,
   ProjectUsage,
+  SessionRow,
   StageRow,
   StoreCounts,
   TokenRow,
   UploadStage,
 } from "./index_store.ts";
+import { diffOfHistoryScan, liveVersions, versionOf } from "./versions.ts";
 
 /**
  * 2: blobs.damaged and packs.sealed; 3: blobs.orphan (GC marks), packs.dead,
  * commits.forgotten, the uploads registry, retention policies; 4: the
- * `paths` table (every path a project ever held, for find and listings).
+ * `paths` table (every path a project ever held, for find and listings); 5:
+ * web UI sessions.
  */
-const SCHEMA_VERSION = 4;
+const SCHEMA_VERSION = 5;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS projects(
@@ -170,6 +174,14 @@ CREATE TABLE IF NOT EXISTS tokens(
   created INTEGER NOT NULL,
   revoked INTEGER
 );
+-- Web UI sessions, by the SHA-256 of their cookie value (session.ts).
+CREATE TABLE IF NOT EXISTS sessions(
+  hash BLOB PRIMARY KEY,
+  token TEXT,
+  csrf TEXT NOT NULL,
+  created INTEGER NOT NULL,
+  seen INTEGER NOT NULL
+) WITHOUT ROWID;
 `;
 
 const STAGE = `
@@ -232,32 +244,6 @@ function prefixEnd(prefix: string): string | null {
   return prefix === "" ? null : prefix + "0";
 }
 
-/** An entry as browsing shows it. */
-function versionOf(e: Entry): VersionInfo {
-  const v: VersionInfo = { type: e.type, size: e.size, mode: e.mode, mtime: String(e.mtime) };
-  if (e.hash !== undefined) v.hash = e.hash;
-  if (e.target !== undefined) v.target = e.target;
-  if (e.flag !== undefined) v.flag = e.flag;
-  return v;
-}
-
-/**
- * How a path differs from `a` to `b` (null: not at all, e.g. only its ctime
- * or flag moved): content (type, size, hash, target) or metadata (mode, mtime).
- */
-function diffItem(path: string, a: VersionInfo | null, b: VersionInfo | null): DiffItem | null {
-  const delta = (b?.size ?? 0) - (a?.size ?? 0);
-  if (!a) return { path, kind: "added", before: null, after: b, delta };
-  if (!b) return { path, kind: "deleted", before: a, after: null, delta };
-  if (a.type !== b.type || a.size !== b.size || a.hash !== b.hash || a.target !== b.target) {
-    return { path, kind: "changed", before: a, after: b, delta };
-  }
-  if (a.mode !== b.mode || (a.type !== "d" && a.mtime !== b.mtime)) {
-    return { path, kind: "meta", before: a, after: b, delta };
-  }
-  return null;
-}
-
 /** Columns of a version as browsing shows it (mtime as text: no BigInt per row). */
 const VERSION_COLS = "path, type, size, mode, CAST(mtime AS TEXT), lower(hex(hash)), target, flag";
 
@@ -273,35 +259,6 @@ function rowToVersion(r: unknown[]): VersionInfo {
   if (r[6] !== null) v.target = r[6] as string;
   if (r[7] !== null) v.flag = r[7] as string;
   return v;
-}
-
-/** Two lists of rows sorted by path (column 0), with no path in both, as one. */
-function mergeSorted(a: unknown[][], b: unknown[][]): unknown[][] {
-  if (a.length === 0) return b;
-  if (b.length === 0) return a;
-  const out: unknown[][] = [];
-  let i = 0;
-  let j = 0;
-  while (i < a.length || j < b.length) {
-    if (
-      j === b.length || (i < a.length && comparePaths(a[i][0] as string, b[j][0] as string) < 0)
-    ) {
-      out.push(a[i++]);
-    } else out.push(b[j++]);
-  }
-  return out;
-}
-
-/** The index of the first element of sorted `xs` that is >= `x`. */
-function lowerBound(xs: number[], x: number): number {
-  let lo = 0;
-  let hi = xs.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (xs[mid] < x) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
 }
 
 /** Rows per page of a commit's entries (no statement stays open between pages). */
@@ -879,65 +836,16 @@ export class SqliteIndex implements IndexStore {
     if (prefix !== "") args.push(prefix, prefixEnd(prefix)!);
     const run = (sql: string) =>
       this.#stmt(sql, false, true).all(...args) as unknown as unknown[][];
-    let hist = run(historyArm);
-    const cur = run(currentArm);
-    // Rows up to the first path a scan that filled its page stopped at are
-    // complete; the next page starts after it. A path has at most two history
-    // rows here (one valid at lo, one at hi), so a full history page (limit + 1
-    // rows) drops its last path, which may have lost its second row to the
-    // LIMIT, unless that path is all the page holds (then it has both).
-    let bound: string | null = null;
-    if (hist.length > options.limit) {
-      const last = hist[hist.length - 1][0] as string;
-      let keep = hist.length;
-      while (keep > 0 && hist[keep - 1][0] === last) keep--;
-      if (keep > 0) hist = hist.slice(0, keep);
-      bound = hist[hist.length - 1][0] as string;
-    }
-    if (cur.length >= options.limit) {
-      const last = cur[cur.length - 1][0] as string;
-      if (bound === null || comparePaths(last, bound) < 0) bound = last;
-    }
-    // Rows are sorted: each page is cut after the bound by a binary search.
-    const upTo = (rows: unknown[][]) => {
-      if (bound === null) return rows;
-      let lo = 0;
-      let hi = rows.length;
-      while (lo < hi) {
-        const mid = (lo + hi) >>> 1;
-        if (comparePaths(rows[mid][0] as string, bound) <= 0) lo = mid + 1;
-        else hi = mid;
-      }
-      return lo === rows.length ? rows : rows.slice(0, lo);
-    };
-    const older = upTo(hist.filter((r) => r[8] === 1));
-    // History and current hold disjoint paths at hi: one sorted list.
-    const newer = mergeSorted(upTo(hist.filter((r) => r[8] !== 1)), upTo(cur));
-    const items: DiffItem[] = [];
-    const add = (path: string, l: unknown[] | null, h: unknown[] | null) => {
-      const a = from.seq === lo ? l : h;
-      const b = from.seq === lo ? h : l;
-      const item = diffItem(path, a && rowToVersion(a), b && rowToVersion(b));
-      if (item) items.push(item);
-    };
-    let i = 0;
-    let j = 0;
-    while (i < older.length || j < newer.length) {
-      const c = i === older.length
-        ? 1
-        : j === newer.length
-        ? -1
-        : comparePaths(older[i][0] as string, newer[j][0] as string);
-      if (c < 0) add(older[i][0] as string, older[i++], null);
-      else if (c > 0) add(newer[j][0] as string, null, newer[j++]);
-      else add(older[i][0] as string, older[i++], newer[j++]);
-    }
-    // Two scans may give twice `limit` items: the page is cut to it.
-    if (items.length > options.limit) {
-      items.length = options.limit;
-      return { items, next: items[items.length - 1].path };
-    }
-    return { items, next: bound };
+    const history = run(historyArm).map((r) => ({
+      path: r[0] as string,
+      version: rowToVersion(r),
+      old: r[8] === 1,
+    }));
+    const current = run(currentArm).map((r) => ({
+      path: r[0] as string,
+      version: rowToVersion(r),
+    }));
+    return diffOfHistoryScan(history, current, options.limit, from.seq === lo);
   }
 
   async findPaths(
@@ -966,15 +874,13 @@ export class SqliteIndex implements IndexStore {
     const pid = this.#projectId(project);
     if (pid === null || paths.length === 0) return out;
     // The live commits, once: each version's range [first, last) is looked up in them.
-    const live = this.#stmt(
+    const live = (this.#stmt(
       "SELECT seq, id, time FROM commits WHERE project = ? AND forgotten IS NULL ORDER BY seq",
-    ).all(pid) as Row[];
-    const seqs = live.map((c) => Number(c.seq));
-    const ref = (i: number) => ({
-      id: live[i].id as string,
-      seq: seqs[i],
-      time: new Date(Number(live[i].time)).toISOString(),
-    });
+    ).all(pid) as Row[]).map((c) => ({
+      seq: Number(c.seq),
+      id: c.id as string,
+      time: Number(c.time),
+    }));
     const s = this.#stmt(
       `SELECT first, 9007199254740991 AS last, ${COLS} FROM current WHERE project = ?1 AND path = ?2
        UNION ALL SELECT first, last, ${COLS} FROM history WHERE project = ?1 AND path = ?2
@@ -983,18 +889,14 @@ export class SqliteIndex implements IndexStore {
       true,
     );
     for (const path of paths) {
-      const versions: PathVersion[] = [];
-      for (const r of s.all(pid, path) as unknown as unknown[][]) {
-        const lo = lowerBound(seqs, Number(r[0]));
-        const hi = lowerBound(seqs, Number(r[1])); // first live seq >= last
-        if (hi <= lo) continue; // held only by forgotten commits
-        versions.push({
-          ...versionOf(rowToEntry(r.slice(2))),
-          first: ref(lo),
-          last: ref(hi - 1),
-          commits: hi - lo,
-        });
-      }
+      const versions = liveVersions(
+        live,
+        (s.all(pid, path) as unknown as unknown[][]).map((r) => ({
+          first: Number(r[0]),
+          last: Number(r[1]),
+          version: versionOf(rowToEntry(r.slice(2))),
+        })),
+      );
       if (versions.length) out.set(path, versions);
     }
     return out;
@@ -1941,5 +1843,37 @@ export class SqliteIndex implements IndexStore {
                   coalesce((SELECT value FROM store_meta WHERE key = 'pack_seq'), 0)) AS n`,
     ).get() as Row;
     return Promise.resolve(Number(r.n));
+  }
+
+  // ---------------------------------------------------------------- web UI sessions
+
+  async insertSession(r: SessionRow): Promise<void> {
+    this.#stmt("INSERT INTO sessions(hash, token, csrf, created, seen) VALUES (?, ?, ?, ?, ?)")
+      .run(r.hash, r.tokenId, r.csrf, r.created, r.seen);
+  }
+
+  async sessionByHash(hash: Uint8Array): Promise<SessionRow | null> {
+    const r = this.#stmt("SELECT * FROM sessions WHERE hash = ?").get(hash) as Row | undefined;
+    return r ? sessionOf(r) : null;
+  }
+
+  async touchSession(hash: Uint8Array, seen: number): Promise<void> {
+    this.#stmt("UPDATE sessions SET seen = ? WHERE hash = ?").run(seen, hash);
+  }
+
+  async deleteSession(hash: Uint8Array): Promise<void> {
+    this.#stmt("DELETE FROM sessions WHERE hash = ?").run(hash);
+  }
+
+  async pruneSessions(
+    seenBefore: number,
+    createdBefore: number,
+    keepAtMost: number,
+  ): Promise<void> {
+    this.#stmt("DELETE FROM sessions WHERE seen < ? OR created < ?").run(seenBefore, createdBefore);
+    this.#stmt(
+      `DELETE FROM sessions WHERE hash IN
+         (SELECT hash FROM sessions ORDER BY seen DESC LIMIT -1 OFFSET ?)`,
+    ).run(keepAtMost);
   }
 }
