@@ -404,7 +404,7 @@ async function wholeTree(url: string, ref: string, dir = ""): Promise<unknown[]>
   return out;
 }
 
-Deno.test("pg index: tree, diff, find and history answer as the embedded index does, page by page", async () => {
+Deno.test("pg index: log, ls, tree, diff, find and history answer as the embedded index does, page by page", async () => {
   const env = await services();
   await using db = await freshDatabase(env);
   await using pg = await node(env, db.url, freshPrefix("pgbrowse"));
@@ -462,7 +462,9 @@ Deno.test("pg index: tree, diff, find and history answer as the embedded index d
   }
   const diff = await cli(pg.url, ["diff", "#1", "#3"]) as { items: { path: string }[] };
   assert(diff.items.length >= 10, `the diff found the changes: ${JSON.stringify(diff)}`);
+  await same("log", (url) => cli(url, ["log"]));
   for (const ref of ["#1", "#2", "#3"]) {
+    await same(`ls ${ref}`, (url) => cli(url, ["ls", "--commit", ref]));
     const tree = await same(`tree ${ref}`, (url) => wholeTree(url, ref));
     assert((tree as unknown[]).length > 10, `tree ${ref} has pages: ${JSON.stringify(tree)}`);
   }
