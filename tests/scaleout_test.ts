@@ -731,6 +731,14 @@ Deno.test("pg index: a web UI session made through one node works on another; si
     assertMatch(r.text, expect);
   }
   assertEquals((await uiPage(two.url, "/p/app", "x".repeat(43))).status, 401);
+  // /metrics reads the store's figures from the database.
+  const metrics = await fetch(`${two.url}/metrics`, {
+    headers: { authorization: `Bearer ${admin}` },
+  });
+  const text = await metrics.text();
+  assertEquals(metrics.status, 200, text);
+  assertMatch(text, /^keep_blobs [1-9]/m);
+  assertMatch(text, /project="app"/);
   // The index holds the SHA-256 of the cookie value, never the value.
   const pg = postgres(db.url, { max: 1, onnotice: () => {} });
   try {
