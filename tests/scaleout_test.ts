@@ -404,7 +404,7 @@ async function wholeTree(url: string, ref: string, dir = ""): Promise<unknown[]>
   return out;
 }
 
-Deno.test("pg index: tree, diff, find and history answer as the embedded index does, page by page", async () => {
+Deno.test("pg index: log, ls, tree, diff, find and history answer as the embedded index does, page by page", async () => {
   const env = await services();
   await using db = await freshDatabase(env);
   await using pg = await node(env, db.url, freshPrefix("pgbrowse"));
@@ -462,7 +462,9 @@ Deno.test("pg index: tree, diff, find and history answer as the embedded index d
   }
   const diff = await cli(pg.url, ["diff", "#1", "#3"]) as { items: { path: string }[] };
   assert(diff.items.length >= 10, `the diff found the changes: ${JSON.stringify(diff)}`);
+  await same("log", (url) => cli(url, ["log"]));
   for (const ref of ["#1", "#2", "#3"]) {
+    await same(`ls ${ref}`, (url) => cli(url, ["ls", "--commit", ref]));
     const tree = await same(`tree ${ref}`, (url) => wholeTree(url, ref));
     assert((tree as unknown[]).length > 10, `tree ${ref} has pages: ${JSON.stringify(tree)}`);
   }
@@ -729,6 +731,14 @@ Deno.test("pg index: a web UI session made through one node works on another; si
     assertMatch(r.text, expect);
   }
   assertEquals((await uiPage(two.url, "/p/app", "x".repeat(43))).status, 401);
+  // /metrics reads the store's figures from the database.
+  const metrics = await fetch(`${two.url}/metrics`, {
+    headers: { authorization: `Bearer ${admin}` },
+  });
+  const text = await metrics.text();
+  assertEquals(metrics.status, 200, text);
+  assertMatch(text, /^keep_blobs [1-9]/m);
+  assertMatch(text, /project="app"/);
   // The index holds the SHA-256 of the cookie value, never the value.
   const pg = postgres(db.url, { max: 1, onnotice: () => {} });
   try {

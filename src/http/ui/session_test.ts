@@ -74,3 +74,23 @@ Deno.test("SessionStore keeps at most 10,000 sessions: the least recently seen g
   );
   assertEquals(oldest, undefined, "the least recently seen went");
 });
+
+Deno.test("an index of schema 4 gets its sessions table on opening", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "keep-sessions-" });
+  try {
+    const old = SqliteIndex.open(`${dir}/index.db`);
+    old.db.exec("DROP TABLE sessions; PRAGMA user_version=4");
+    old.closeSync();
+    const index = SqliteIndex.open(`${dir}/index.db`);
+    try {
+      const version = index.db.prepare("PRAGMA user_version").get() as { user_version: number };
+      assertEquals(Number(version.user_version), 5);
+      const { id } = await new SessionStore(index).create("tok1");
+      assertEquals((await new SessionStore(index).get(id))?.tokenId, "tok1");
+    } finally {
+      index.closeSync();
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

@@ -113,6 +113,11 @@ CREATE TABLE IF NOT EXISTS history(
   PRIMARY KEY(project, path, first));
 CREATE INDEX IF NOT EXISTS current_hash ON current(hash) WHERE hash IS NOT NULL;
 CREATE INDEX IF NOT EXISTS history_hash ON history(hash) WHERE hash IS NOT NULL;
+-- A diff of commits with few changes between them reads its rows by commit
+-- number (diffPage; on 1.1M versions a diff of neighbours: 179-263 -> 6-8 ms).
+CREATE INDEX IF NOT EXISTS history_last ON history(project, last);
+CREATE INDEX IF NOT EXISTS history_first ON history(project, first);
+CREATE INDEX IF NOT EXISTS current_first ON current(project, first);
 CREATE TABLE IF NOT EXISTS paths(
   project bigint NOT NULL, path text COLLATE "C" NOT NULL, PRIMARY KEY(project, path));
 CREATE TABLE IF NOT EXISTS notes(
@@ -1101,6 +1106,11 @@ export class PgIndex implements IndexStore {
       const pages = await this.sql.begin(
         "ISOLATION LEVEL REPEATABLE READ READ ONLY",
         async (tx) => {
+          // Planned for these very commits: with few rows changed between them
+          // PostgreSQL reads those by commit number (history_last, …) and sorts
+          // them, else it scans in path order up to the page. A generic plan
+          // (a prepared statement's, after five runs) cannot tell which.
+          await tx`SET LOCAL plan_cache_mode = force_custom_plan`;
           const [p] = await tx`SELECT head FROM projects WHERE id = ${pid}`;
           const out: PathRow[][] = [];
           for (const [i, arm] of arms.entries()) {
