@@ -8,7 +8,8 @@ import { Buffer } from "node:buffer";
 import { X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { keep, keepOk, startServer, tempDir, token, writeTree } from "./helpers.ts";
+import postgres from "postgres";
+import { keep, keepOk, pgUrlOf, startServer, tempDir, token, writeTree } from "./helpers.ts";
 
 /** SHA-256 of "hello\n". */
 const HELLO_HASH = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
@@ -173,18 +174,32 @@ Deno.test("tokens are stored hashed, listed without secrets, and stop working wh
   await using server = await startServer({ noAuth: false });
   const t = await token(server.dataDir, "restore", "app");
   const id = t.split("_")[1];
-  const db = Deno.readFileSync(join(server.dataDir, "index.db"));
-  const wal = (() => {
-    try {
-      return Deno.readFileSync(join(server.dataDir, "index.db-wal"));
-    } catch {
-      return new Uint8Array();
-    }
-  })();
   // "keep_" + 8 hex id + "_" = 14 characters; the secret itself may contain "_".
   const secret = new TextEncoder().encode(t.slice(14));
-  for (const bytes of [db, wal]) {
-    assert(!Buffer.from(bytes).includes(Buffer.from(secret)), "secret stored in clear");
+  const pg = pgUrlOf(server.dataDir);
+  if (pg) {
+    // On PostgreSQL: no column of any token row holds the secret.
+    const sql = postgres(pg, { max: 1, onnotice: () => {} });
+    try {
+      const rows = await sql`SELECT * FROM tokens`;
+      assertEquals(rows.length, 1);
+      const text = JSON.stringify(rows, (_, v) => v instanceof Uint8Array ? [...v] : v);
+      assert(!text.includes(t.slice(14)), "secret stored in clear");
+    } finally {
+      await sql.end();
+    }
+  } else {
+    const db = Deno.readFileSync(join(server.dataDir, "index.db"));
+    const wal = (() => {
+      try {
+        return Deno.readFileSync(join(server.dataDir, "index.db-wal"));
+      } catch {
+        return new Uint8Array();
+      }
+    })();
+    for (const bytes of [db, wal]) {
+      assert(!Buffer.from(bytes).includes(Buffer.from(secret)), "secret stored in clear");
+    }
   }
   const list = await keepOk(["token", "list", "--data", server.dataDir]);
   assertMatch(list.stdout, new RegExp(`^${id}  restore  app`));

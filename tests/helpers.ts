@@ -27,7 +27,14 @@ export async function keep(
 ): Promise<Run> {
   const out = await new Deno.Command(KEEP, {
     args,
-    env: { KEEP_SERVER: "", KEEP_PROJECT: "", KEEP_TOKEN: "", KEEP_DATA: "", ...opts.env },
+    env: {
+      KEEP_SERVER: "",
+      KEEP_PROJECT: "",
+      KEEP_TOKEN: "",
+      KEEP_DATA: "",
+      ...scaleoutEnv,
+      ...opts.env,
+    },
     cwd: opts.cwd,
     stdout: "piped",
     stderr: "piped",
@@ -77,6 +84,9 @@ export interface TestServer extends AsyncDisposable {
  */
 export const BACKEND = Deno.env.get("KEEP_TEST_BACKEND") === "scaleout" ? "scaleout" : "embedded";
 
+/** The services' settings (AWS_* keys, endpoint) every CLI run gets on the scale-out backend. */
+let scaleoutEnv: Record<string, string> = {};
+
 /** Per data dir: the scale-out flags its servers get (the same on a restart) and its database. */
 const scaleoutStores = new Map<
   string,
@@ -87,6 +97,7 @@ async function scaleoutStore(dataDir: string) {
   let s = scaleoutStores.get(dataDir);
   if (!s) {
     const env = await services();
+    scaleoutEnv = { ...env };
     const name = `kb_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
     const admin = postgres(env.KEEP_PG_URL, { max: 1, onnotice: () => {} });
     try {
@@ -103,6 +114,11 @@ async function scaleoutStore(dataDir: string) {
     scaleoutStores.set(dataDir, s);
   }
   return s;
+}
+
+/** The database of `dataDir`'s index on the scale-out backend (undefined on the embedded one). */
+export function pgUrlOf(dataDir: string): string | undefined {
+  return scaleoutStores.get(dataDir)?.pg;
 }
 
 /** Starts `keep serve` on a free loopback port. */

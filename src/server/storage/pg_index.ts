@@ -625,10 +625,12 @@ export class PgIndex implements IndexStore {
       const rows = await this.sql.unsafe(
         `SELECT ${COLS} FROM current WHERE project = $1 AND path = ANY($3::text[]) AND first <= $2
          UNION ALL SELECT ${COLS} FROM history WHERE project = $1 AND path = ANY($3::text[])
-           AND first <= $2 AND last > $2 ORDER BY path`,
+           AND first <= $2 AND last > $2`,
         [pid, seq, paths as unknown as string],
       );
-      return rows.map(rowToEntry);
+      // In the order asked for, as the SQLite index answers.
+      const byPath = new Map(rows.map((r) => [r.path as string, rowToEntry(r)]));
+      return paths.flatMap((p) => byPath.has(p) ? [byPath.get(p)!] : []);
     });
   }
 
