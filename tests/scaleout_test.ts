@@ -779,3 +779,100 @@ Deno.test("pg index: a web UI session made through one node works on another; si
   assertEquals((await uiPage(one.url, "/p/app", second)).status, 401);
   assertEquals((await uiPage(two.url, "/p/app", second)).status, 401);
 });
+
+Deno.test("keep migrate: a data dir into RGW + PostgreSQL and back, every commit restoring through two nodes, the next backups landing", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("migrate");
+  // The embedded store: three commits with small files, large blobs and a link; a token.
+  const from = await tempDir("keep-data-");
+  const src = await tempDir();
+  const snaps: [string, Snapshot][] = [];
+  {
+    await using server = await startServer({ dataDir: from });
+    const cli = { env: { KEEP_SERVER: server.url, KEEP_PROJECT: "app" } };
+    writeTree(src, {
+      ...smallFiles(150, 0),
+      "out/a.bin": randomData(3 << 20),
+      "out/b.bin": randomData((1 << 20) + 7),
+      "link": { link: "src/f1.txt" },
+    });
+    for (let round = 0; round < 3; round++) {
+      if (round > 0) writeTree(src, { [`src/f${round}.txt`]: `round ${round}\n` });
+      const r = json<{ commit: { id: string } }>(
+        await keepOk(["backup", "-m", `r${round}`, "--json", src], 0, cli),
+      );
+      snaps.push([r.commit.id, snapshot(src)]);
+    }
+  }
+  const secret = (await keepOk(["token", "create", "--data", from, "--role", "admin"])).stdout
+    .trim();
+  const node1 = await tempDir("keep-node-");
+  const to = [
+    "--to",
+    node1,
+    "--to-blobs",
+    `s3://${env.KEEP_S3_BUCKET}/${prefix}`,
+    "--to-index",
+    db.url,
+  ];
+  const r = json<
+    { verify: { ok: boolean }; rows: Record<string, number>; large: { copied: number } }
+  >(
+    await keepOk(["migrate", "--from", from, ...to, "--json"], 0, { env: { ...env } }),
+  );
+  assert(r.verify.ok);
+  assertEquals([r.rows.commits, r.large.copied], [3, 2]);
+  // Two nodes on the migrated bucket and database: every commit restores through either.
+  const nodes = [
+    await startServer({
+      dataDir: node1,
+      args: ["--index", db.url],
+      env: { ...env },
+      noAuth: false,
+    }),
+    await node(env, db.url, prefix, false),
+  ];
+  try {
+    for (const [i, n] of nodes.entries()) {
+      const cli = { env: { KEEP_SERVER: n.url, KEEP_PROJECT: "app", KEEP_TOKEN: secret } };
+      const log = logJson<{ id: string; message: string }>(await keepOk(["log", "--json"], 0, cli));
+      assertEquals(log.map((c) => c.id).reverse(), snaps.map(([id]) => id));
+      for (const [id, snap] of snaps) {
+        const dest = join(await tempDir(), "r");
+        await keepOk(["restore", "--commit", id, dest], 0, cli);
+        assertSameTree(snapshot(dest), snap, `node ${i + 1}, commit ${id}`);
+      }
+      // The next backup through each node lands on the migrated head (ids, packs, blobs go on).
+      writeTree(src, {
+        [`after${i}.txt`]: `after the migration ${i}\n`,
+        "out/c.bin": randomData(2 << 20),
+      });
+      const b = json<{ commit: { id: string; parent: string; seq: number } }>(
+        await keepOk(["backup", "--json", src], 0, cli),
+      );
+      assertEquals([b.commit.parent, b.commit.seq], [snaps[snaps.length - 1][0], snaps.length + 1]);
+      snaps.push([b.commit.id, snapshot(src)]);
+    }
+  } finally {
+    for (const n of nodes) await n.stop();
+  }
+  // And back into a data dir of its own: the five commits, verified, served.
+  const back = join(await tempDir(), "back");
+  const r2 = json<{ verify: { ok: boolean }; rows: Record<string, number> }>(
+    await keepOk(["migrate", "--from", node1, "--from-index", db.url, "--to", back, "--json"], 0, {
+      env: { ...env },
+    }),
+  );
+  assert(r2.verify.ok);
+  assertEquals(r2.rows.commits, 5);
+  await using server = await startServer({ dataDir: back, noAuth: false });
+  const cli = { env: { KEEP_SERVER: server.url, KEEP_PROJECT: "app", KEEP_TOKEN: secret } };
+  for (const [id, snap] of snaps) {
+    const dest = join(await tempDir(), "r");
+    await keepOk(["restore", "--commit", id, dest], 0, cli);
+    assertSameTree(snapshot(dest), snap, `back home, commit ${id}`);
+  }
+  const v = await keepOk(["verify", "--data", back]);
+  assertMatch(v.stdout, /keep verify: OK/);
+});
