@@ -66,10 +66,15 @@ index stays in DIR, which remembers the bucket in DIR/blobs.json):
                           the environment keeps them out of ps)
   With --blobs, --compact-idle defaults to off (each step would write a small object).
 
-The index in PostgreSQL (first steps: backup, restore, log, ls and tokens work;
-retention, GC, recompression, verify and stats do not yet):
+The index in PostgreSQL (several servers may share it and one bucket prefix;
+backup, restore, log, ls, tokens, retention, GC and recompression work; verify
+and stats do not yet):
       --index postgres://USER[:PASS]@HOST[:PORT]/DB  (or --index pg: with the PG* variables)
                           DIR then holds no index.db (the cache and tmp/ only)
+      --upload-timeout DUR  this server refreshes its uploads' registrations every third
+                          of DUR; one not refreshed for DUR (its server died) no longer
+                          holds back retention and GC (default 1m)
+  One server at a time runs a GC round (or recompresses): the others wait their turn.
   While the store does not answer, requests that need it get 503 (clients exit 5);
   the server needs no restart when it is back.
 
@@ -92,6 +97,7 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       "compact-idle": { type: "string" },
       "retention-every": { type: "string" },
       "gc-grace": { type: "string" },
+      "upload-timeout": { type: "string" },
       "min-free": { type: "string" },
       "stale-after": { type: "string" },
       "metrics-listen": { type: "string" },
@@ -128,6 +134,12 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       (p.values["gc-grace"] as string | undefined) ?? "1h",
       "gc-grace",
     );
+    const uploadTimeoutMs = p.values["upload-timeout"]
+      ? parseDuration(p.values["upload-timeout"] as string, "upload-timeout")
+      : undefined;
+    if (uploadTimeoutMs !== undefined && uploadTimeoutMs < 300) {
+      throw new KeepError("usage", "Cannot use --upload-timeout below 300ms");
+    }
     const staleAfterMs = parseDuration(
       (p.values["stale-after"] as string | undefined) ?? "2d",
       "stale-after",
@@ -184,6 +196,7 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       dataDir,
       s3,
       pg,
+      uploadTimeoutMs,
       hostname,
       port,
       noAuth: !!p.values["no-auth"],

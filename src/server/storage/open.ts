@@ -162,6 +162,8 @@ export async function openLocalStorage(
      * index.json, so that opening it without this option is refused).
      */
     pg?: string;
+    /** PostgreSQL: when an upload whose server stopped refreshing it expires (PgIndex.open). */
+    uploadTimeoutMs?: number;
   } = {},
 ): Promise<Storage> {
   const path = join(dataDir, "index.db");
@@ -206,7 +208,7 @@ export async function openLocalStorage(
   }
   let index: IndexStore;
   if (options.pg !== undefined) {
-    index = await PgIndex.open(options.pg);
+    index = await PgIndex.open(options.pg, { uploadTimeoutMs: options.uploadTimeoutMs });
     if (!pgDir) Deno.writeTextFileSync(pgMark, JSON.stringify({ kind: "postgres" }) + "\n");
   } else index = SqliteIndex.open(path, { cacheMiB: options.cacheMiB });
   let blobs: BlobStore;
