@@ -10,6 +10,13 @@
  *   and one bucket prefix (hosts backing up one project at once through
  *   both land in a chain, dedup and restores across servers, 409 for a
  *   parent that is no commit); PostgreSQL stopped between two backups.
+ * - Three servers on one database and prefix: hosts backing up one project
+ *   at once through all three land in a chain, each commit restored
+ *   through another server; kill -9 of one in the middle of an upload (the
+ *   others serve, no commit half written, its registration stops holding
+ *   GC back once it expires); prune and GC on one while the other two take
+ *   backups (every kept commit restores, forgotten content leaves the
+ *   bucket).
  *
  * Each test has its own bucket prefix and database. One file, so its tests
  * run one after another: the outage tests stop radosgw or PostgreSQL, which
@@ -299,9 +306,15 @@ async function freshDatabase(env: ServicesEnv): Promise<{ url: string } & AsyncD
   };
 }
 
-async function node(env: ServicesEnv, db: string, prefix: string, noAuth = true) {
+async function node(
+  env: ServicesEnv,
+  db: string,
+  prefix: string,
+  noAuth = true,
+  args: string[] = [],
+) {
   return await startServer({
-    args: ["--index", db, "--blobs", `s3://${env.KEEP_S3_BUCKET}/${prefix}`],
+    args: ["--index", db, "--blobs", `s3://${env.KEEP_S3_BUCKET}/${prefix}`, ...args],
     env: { ...env },
     noAuth,
   });
@@ -447,4 +460,262 @@ Deno.test("pg index: PostgreSQL stopped between two backups gives exit 5, and th
   await keepOk(["restore", dest], 0, cli);
   assertSameTree(snapshot(dest), snapshot(src));
   assertEquals(logJson<unknown>(await keepOk(["log", "--json"], 0, cli)).length, 2);
+});
+
+/** The commit a `backup --json` made. */
+type Made = { id: string; seq: number; parent: string | null };
+
+function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+/** The commits of a project as log --json lists them (newest first): a chain, each on the next. */
+async function assertChain(url: string, project: string, n: number): Promise<Made[]> {
+  const log = logJson<Made>(
+    await keepOk(["log", "--json"], 0, { env: { KEEP_SERVER: url, KEEP_PROJECT: project } }),
+  );
+  assertEquals(log.length, n, "commits in the log");
+  for (let i = 0; i < log.length - 1; i++) {
+    assertEquals(log[i].seq, log[i + 1].seq + 1, "seqs without a gap");
+    assertEquals(log[i].parent, log[i + 1].id, `commit #${log[i].seq} sits on the one before`);
+  }
+  return log;
+}
+
+/**
+ * What `keep verify` would check, asked of PostgreSQL and the bucket directly
+ * (verify's queries on PostgreSQL are another part of issue 16): every
+ * version's content has a row, every row's bytes exist in the bucket, and
+ * the bucket holds no large object no row names. Returns the large objects.
+ */
+async function assertStoreSound(
+  sql: postgres.Sql,
+  s3: S3Client,
+  prefix: string,
+): Promise<Set<string>> {
+  const [missing] = await sql`
+    SELECT count(*) AS n FROM (SELECT hash FROM current WHERE hash IS NOT NULL AND size > 0
+      UNION SELECT hash FROM history WHERE hash IS NOT NULL AND size > 0) v
+    WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = v.hash)`;
+  assertEquals(Number(missing.n), 0, "versions whose content has no row");
+  const objects = new Set((await keys(s3, prefix)).map((o) => o.key.slice(prefix.length)));
+  const rows = await sql`SELECT encode(hash, 'hex') AS hash, pack, "offset" FROM blobs`;
+  const large = new Set<string>();
+  for (const r of rows) {
+    if (r.pack === null) {
+      const name = `blobs/${r.hash}.${r.offset}`;
+      assert(objects.has(name), `the object of large blob ${r.hash} is there`);
+      large.add(name);
+    } else {
+      assert(objects.has(`packs/${r.pack}.pack`), `pack ${r.pack} of blob ${r.hash} is there`);
+    }
+  }
+  const strays = [...objects].filter((k) => k.startsWith("blobs/") && !large.has(k));
+  assertEquals(strays, [], "large objects no row names");
+  const [staged] = await sql`SELECT count(*) AS n FROM stage`;
+  assertEquals(Number(staged.n), 0, "staged rows left behind");
+  return large;
+}
+
+Deno.test("pg index: three servers on one database and bucket: one project backed up through all three at once lands in a chain, each commit restored through another server", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("pg3n");
+  await using a = await node(env, db.url, prefix);
+  await using b = await node(env, db.url, prefix);
+  await using c = await node(env, db.url, prefix);
+  const nodes = [a, b, c];
+  const via = (s: { url: string }) => ({ env: { KEEP_SERVER: s.url, KEEP_PROJECT: "farm" } });
+  const base: Record<string, string | Uint8Array> = {};
+  for (let i = 0; i < 150; i++) base[`src/f${i}.c`] = `int f${i}(void) { return ${i}; }\n`;
+  base["lib/big.a"] = randomData(1_500_000);
+  const hosts = [await tempDir(), await tempDir(), await tempDir()];
+  for (const h of hosts) writeTree(h, base);
+  const made = new Map<string, Snapshot>();
+  const first = json<{ commit: Made }>(
+    await keepOk(["backup", "--settle", "0", "--json", hosts[0]], 0, via(a)),
+  ).commit;
+  made.set(first.id, snapshot(hosts[0]));
+  for (let round = 0; round < 3; round++) {
+    hosts.forEach((h, i) =>
+      writeTree(h, {
+        [`src/f${i}.c`]: `changed on host ${i} in round ${round}\n`,
+        [`host${i}/r${round}.txt`]: `host ${i} round ${round}\n`,
+        [`host${i}/big.bin`]: randomData(1_200_000 + i),
+      })
+    );
+    const runs = await Promise.all(
+      hosts.map((h, i) => keep(["backup", "--settle", "0", "--json", h], via(nodes[i]))),
+    );
+    for (const [i, r] of runs.entries()) {
+      assertEquals(r.code, 0, `round ${round}, host ${i}: ${r.stderr}`);
+      made.set(json<{ commit: Made }>(r).commit.id, snapshot(hosts[i]));
+    }
+  }
+  const log = await assertChain(c.url, "farm", 10);
+  assertEquals(new Set(log.map((m) => m.id)), new Set(made.keys()));
+  // Each commit is its host's tree, restored through a server that (mostly) did not take it.
+  for (const [k, m] of log.entries()) {
+    const dest = await tempDir();
+    await keepOk(["restore", "--commit", m.id, dest], 0, via(nodes[k % 3]));
+    assertSameTree(snapshot(dest), made.get(m.id)!, `commit #${m.seq}`);
+  }
+});
+
+Deno.test("pg index: kill -9 of one of three servers in the middle of an upload: the others serve, nothing is half written, and its upload stops holding GC back once it expires", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("pgkill");
+  const sql = postgres(db.url, { max: 1, onnotice: () => {} });
+  const s3 = bucketClient(env);
+  const timeout = ["--upload-timeout", "8s", "--gc-grace", "0s"];
+  const a = await node(env, db.url, prefix, true, timeout);
+  await using b = await node(env, db.url, prefix, true, timeout);
+  await using c = await node(env, db.url, prefix, true, timeout);
+  try {
+    const via = (s: { url: string }, project = "app") => ({
+      env: { KEEP_SERVER: s.url, KEEP_PROJECT: project },
+    });
+    // Two commits through b: the first holds old.bin, which the second deleted.
+    const src = await tempDir();
+    writeTree(src, { ...smallFiles(50, 7), "old.bin": randomData(1_300_000) });
+    await keepOk(["backup", "--settle", "0", src], 0, via(b));
+    Deno.removeSync(join(src, "old.bin"));
+    await keepOk(["backup", "--settle", "0", src], 0, via(b));
+    const kept = snapshot(src);
+
+    // Another host's big upload through a, killed once the large file arrives.
+    const other = await tempDir();
+    writeTree(other, { ...smallFiles(300, 8), "big/a.bin": randomData(40_000_000) });
+    const cut = keep(["backup", "--settle", "0", other], via(a, "other"));
+    const tmp = join(a.dataDir, "tmp");
+    let spooling = false;
+    for (let i = 0; i < 400 && !spooling; i++) {
+      spooling = [...Deno.readDirSync(tmp)].some((e) => e.name.endsWith(".s3part"));
+      if (!spooling) await new Promise((r) => setTimeout(r, 25));
+    }
+    assert(spooling, "the large file was arriving");
+    await a.stop("SIGKILL");
+    const killed = Date.now();
+    assertEquals((await cut).code, 5, "the cut backup fails");
+    const [reg] = await sql`SELECT count(*) AS n FROM uploads WHERE project = 'other'`;
+    assertEquals(Number(reg.n), 1, "the dead server's upload is still registered");
+
+    // old.bin's last commit forgotten (it is a third commit's turn below):
+    // its blob is marked after the dead upload began, so while that upload
+    // counts as in flight it stays...
+    writeTree(src, { "after.txt": "made while a was dead\n" });
+    await keepOk(["backup", "--settle", "0", src], 0, via(c));
+    const first = json<{ gc: { blobsMarked: number; blobsSwept: number } }>(
+      await keepOk(["prune", "--keep-last", "2", "--wait", "--json"], 0, via(b)),
+    );
+    const [left] = await sql`SELECT count(*) AS n FROM uploads WHERE project = 'other'`;
+    assertEquals(Number(left.n), 1, "the pruning round ran before the registration expired");
+    assert(first.gc.blobsMarked >= 1, `old.bin marked: ${JSON.stringify(first.gc)}`);
+    assertEquals(first.gc.blobsSwept, 0, "nothing marked after the dead upload began is swept");
+
+    // The others serve: the commit through c restores through b.
+    const dest = await tempDir();
+    await keepOk(["restore", dest], 0, via(b));
+    assertSameTree(snapshot(dest), snapshot(src));
+    assertEquals(
+      logJson<unknown>(await keepOk(["log", "--json"], 0, via(b, "other"))).length,
+      0,
+      "no commit of the cut upload",
+    );
+    // ...and once its registration expired (no heartbeat from a), it goes.
+    await new Promise((r) => setTimeout(r, Math.max(0, killed + 8500 - Date.now())));
+    const second = json<{ gc: { blobsSwept: number } }>(
+      await keepOk(["prune", "--keep-last", "2", "--wait", "--json"], 0, via(c)),
+    );
+    assert(second.gc.blobsSwept >= 1, `old.bin swept: ${JSON.stringify(second.gc)}`);
+    const [gone] = await sql`SELECT count(*) AS n FROM uploads`;
+    assertEquals(Number(gone.n), 0, "the expired registration is removed");
+    const large = await assertStoreSound(sql, s3, prefix);
+    assertEquals(large.size, 0, "old.bin's object deleted, the cut upload's left nothing");
+    await assertChain(c.url, "app", 2);
+    const out = await tempDir();
+    await keepOk(["restore", "--commit", "#2", out], 0, via(c));
+    assertSameTree(snapshot(out), kept);
+  } finally {
+    await a.stop("SIGKILL");
+    await sql.end();
+  }
+});
+
+Deno.test("pg index: prune and GC on one of three servers while the other two take backups: every kept commit restores, forgotten content leaves the bucket", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("pggc");
+  const sql = postgres(db.url, { max: 1, onnotice: () => {} });
+  const s3 = bucketClient(env);
+  try {
+    await using gc = await node(env, db.url, prefix, true, ["--gc-grace", "0s"]);
+    await using b = await node(env, db.url, prefix);
+    await using c = await node(env, db.url, prefix);
+    const via = (s: { url: string }) => ({ env: { KEEP_SERVER: s.url, KEEP_PROJECT: "farm" } });
+    const hosts = [await tempDir(), await tempDir()];
+    const made = new Map<string, Snapshot>();
+    const bigOf = new Map<string, string[]>();
+    let backingUp = true;
+    const host = async (i: number, server: { url: string }) => {
+      for (let round = 0; round < 6; round++) {
+        const big = randomData(1_100_000 + round);
+        writeTree(hosts[i], {
+          ...smallFiles(40, round * 10 + i),
+          [`h${i}/big.bin`]: big,
+          [`h${i}/r${round}.txt`]: `host ${i} round ${round}\n`,
+        });
+        const r = await keep(["backup", "--settle", "0", "--json", hosts[i]], via(server));
+        assertEquals(r.code, 0, `host ${i} round ${round}: ${r.stderr}`);
+        const id = json<{ commit: Made }>(r).commit.id;
+        made.set(id, snapshot(hosts[i]));
+        bigOf.set(id, [sha256(big)]);
+      }
+    };
+    const rounds: { commitsRemoved: number; gc: { blobsSwept: number; packsDeleted: number } }[] =
+      [];
+    const pruning = (async () => {
+      while (backingUp) {
+        const r = await keep(["prune", "--keep-last", "2", "--wait", "--json"], via(gc));
+        // The first prune may come before any commit: no project yet.
+        if (r.code === 0) rounds.push(json(r));
+        else assertMatch(r.stderr, /no project farm/);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    try {
+      await Promise.all([host(0, b), host(1, c)]);
+    } finally {
+      backingUp = false;
+      await pruning;
+    }
+    assert(rounds.length >= 2, `GC rounds ran during the backups: ${rounds.length}`);
+    assert(
+      rounds.some((r) => r.commitsRemoved > 0),
+      `commits were forgotten while backups ran: ${JSON.stringify(rounds)}`,
+    );
+    // One last round with no upload in flight: everything forgotten goes.
+    await keepOk(["prune", "--keep-last", "2", "--wait", "--json"], 0, via(gc));
+    const log = await assertChain(b.url, "farm", 2);
+    assertEquals(log[0].seq, 12, "all twelve backups landed");
+    for (const m of log) {
+      for (const s of [b, c, gc]) {
+        const dest = await tempDir();
+        await keepOk(["restore", "--commit", m.id, dest], 0, via(s));
+        assertSameTree(snapshot(dest), made.get(m.id)!, `commit #${m.seq} through ${s.url}`);
+      }
+    }
+    const large = await assertStoreSound(sql, s3, prefix);
+    const keptBig = new Set(log.flatMap((m) => bigOf.get(m.id)!));
+    assertEquals(
+      new Set([...large].map((k) => k.slice("blobs/".length).split(".")[0])),
+      keptBig,
+      "the bucket holds the large objects of kept commits, and no other",
+    );
+    const [marked] = await sql`SELECT count(*) AS n FROM blobs WHERE orphan IS NOT NULL`;
+    assertEquals(Number(marked.n), 0, "nothing left marked after the last round");
+  } finally {
+    await sql.end();
+  }
 });
