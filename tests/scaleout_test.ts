@@ -55,6 +55,10 @@ import {
 import type { S3Client } from "../src/server/storage/s3_client.ts";
 import { S3BlobStore } from "../src/server/storage/s3_blobs.ts";
 import { KeepError } from "../src/errors.ts";
+import { bytesToHex } from "../src/format/hex.ts";
+import type { UploadHeader } from "../src/format/manifest.ts";
+import type { NewBlob } from "../src/server/storage/index_store.ts";
+import { PgIndex } from "../src/server/storage/pg_index.ts";
 
 async function s3Server(env: ServicesEnv, prefix: string, args: string[] = [], dataDir?: string) {
   return await startServer({
@@ -717,5 +721,137 @@ Deno.test("pg index: prune and GC on one of three servers while the other two ta
     assertEquals(Number(marked.n), 0, "nothing left marked after the last round");
   } finally {
     await sql.end();
+  }
+});
+
+Deno.test("pg index: GC's mark and sweep on one connection while uploads on another count on the same content: no commit loses content, none is refused for it", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  // Two servers' indexes: uploads through one, GC through the other, no event loop between them.
+  const up = await PgIndex.open(db.url);
+  const gc = await PgIndex.open(db.url);
+  try {
+    const pool = Array.from({ length: 300 }, (_, i) => new TextEncoder().encode(`content ${i}`))
+      .map((b) => ({
+        hash: new Uint8Array(createHash("sha256").update(b).digest()),
+        size: b.length,
+      }));
+    const pause = () => new Promise((r) => setTimeout(r, Math.random() * 15));
+    let landed = 0;
+    let parentGone = 0;
+    const contentGone: string[] = [];
+    const uploader = async (host: number) => {
+      for (let n = 0; n < 20; n++) {
+        const stage = await up.beginUpload("storm");
+        const head = await up.headCommit("storm");
+        await stage.pin(head?.id ?? null);
+        const picks = Array.from(
+          { length: 25 },
+          () => pool[Math.floor(Math.random() * pool.length)],
+        );
+        const known = await up.knownBlobs(picks.map((p) => p.hash));
+        await pause();
+        const fresh = new Map<string, NewBlob>();
+        for (const p of picks) {
+          const hex = bytesToHex(p.hash);
+          if (known.has(hex)) continue;
+          fresh.set(hex, {
+            hash: p.hash,
+            size: p.size,
+            stored: p.size,
+            xxh: new Uint8Array(8),
+            pack: null,
+            offset: n * 100 + host,
+          });
+        }
+        await stage.stage(
+          picks.map((p, i) => ({
+            op: "put" as const,
+            path: `p${i}`,
+            hashBytes: p.hash,
+            entry: {
+              path: `p${i}`,
+              type: "f" as const,
+              size: p.size,
+              mode: 0o644,
+              mtime: BigInt(n),
+              ctime: BigInt(n),
+              hash: bytesToHex(p.hash),
+            },
+          })),
+          [...fresh.values()],
+        );
+        await pause();
+        try {
+          await stage.commit(
+            { ...commitHeader(head?.id ?? null), host: `h${host}` } as unknown as UploadHeader,
+            {
+              filesReceived: 0,
+              bytesReceived: 0,
+              wireBytes: 0,
+              newBlobs: 0,
+              newBlobBytes: 0,
+              seconds: 0,
+            },
+          );
+          landed++;
+        } catch (err) {
+          const m = (err as Error).message;
+          // A parent forgotten before the upload pinned it: the client diffs again (as on SQLite).
+          if (/parent .* is not a commit/.test(m)) parentGone++;
+          else contentGone.push(m);
+        }
+      }
+    };
+    let running = true;
+    let swept = 0;
+    let marked = 0;
+    let rounds = 0;
+    const collector = (async () => {
+      // Rounds while the uploads go on, and one after them.
+      for (let last = false; !last;) {
+        last = !running;
+        const commits = await gc.listCommits("storm", 1000);
+        await gc.forgetCommits("storm", commits.slice(1).map((c) => c.seq), Date.now());
+        let at: { path: string; first: number } | null = null;
+        do {
+          const r = await gc.cleanHistory("storm", at, 10, Date.now() + 1, 0);
+          if (!last) marked += r.marked;
+          at = r.next;
+        } while (at);
+        await gc.purgeForgotten("storm", Date.now() + 1);
+        for (let after: number | null = 0; after !== null;) {
+          const m = await gc.gcMark(after, 10, 0);
+          if (!last) marked += m.marked;
+          after = m.lastId;
+        }
+        const cutoff = Math.min(Date.now() + 1, await gc.oldestUploadStart() ?? Infinity);
+        for (let after: number | null = 0; after !== null;) {
+          const s = await gc.gcSweep(after, cutoff, 10);
+          swept += s.swept;
+          after = s.lastId;
+        }
+        rounds++;
+      }
+    })();
+    try {
+      await Promise.all([0, 1, 2, 3].map(uploader));
+    } finally {
+      running = false;
+      await collector;
+    }
+    assertEquals(contentGone, [], "commits refused for content GC took");
+    assert(landed >= 30, `commits landed: ${landed} (${parentGone} parents forgotten first)`);
+    assert(
+      rounds >= 3 && marked > 0 && swept > 0,
+      `GC worked meanwhile: ${rounds} rounds, ${marked} marked during the uploads, ${swept} swept`,
+    );
+    const [missing] = await up.sql`
+      SELECT count(*) AS n FROM (SELECT hash FROM current UNION SELECT hash FROM history) v
+      WHERE hash IS NOT NULL AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = v.hash)`;
+    assertEquals(Number(missing.n), 0, "versions whose content GC deleted");
+  } finally {
+    await up.close();
+    await gc.close();
   }
 });

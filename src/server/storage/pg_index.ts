@@ -150,6 +150,17 @@ const UNREFERENCED = `AND NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = blo
 const REFERENCED = `AND (EXISTS (SELECT 1 FROM current c WHERE c.hash = blobs.hash)
   OR EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash))`;
 
+/**
+ * The blob rows matching `cond`, locked in id order: every statement that
+ * changes many blob rows takes them this way, so two of them never wait
+ * for each other in a cycle (then PostgreSQL would abort one after its
+ * deadlock_timeout, 1 s by default). A row changed meanwhile is re-checked
+ * against `cond` once its lock is taken.
+ */
+function inIdOrder(cond: string): string {
+  return `id IN (SELECT id FROM blobs WHERE ${cond} ORDER BY id FOR UPDATE)`;
+}
+
 const COLS =
   `path, type, size, mode, mtime, ctime, encode(hash, 'hex') AS hash, target, encode(xxh, 'hex') AS xxh, flag`;
 const PAGE = 2000;
@@ -334,6 +345,28 @@ export class PgIndex implements IndexStore {
       const [r] = await this.sql`SELECT id FROM keep_store`;
       return r.id as string;
     });
+  }
+
+  /**
+   * A transaction, tried again when PostgreSQL broke a deadlock by
+   * aborting it (40P01) or could not serialize it (40001): rows are locked
+   * in no fixed order by uploads (by hash) and GC (by id), and an aborted
+   * transaction left nothing behind.
+   */
+  #begin<T>(f: (tx: postgres.TransactionSql) => Promise<T>): Promise<T> {
+    return this.#retry(() => this.sql.begin(f) as Promise<T>);
+  }
+
+  async #retry<T>(f: () => Promise<T>): Promise<T> {
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await f();
+      } catch (err) {
+        const code = (err as { code?: string }).code;
+        if ((code !== "40P01" && code !== "40001") || attempt >= 8) throw err;
+        await new Promise((r) => setTimeout(r, Math.random() * 10 * attempt));
+      }
+    }
   }
 
   async #run<T>(what: string, f: () => Promise<T>): Promise<T> {
@@ -552,7 +585,7 @@ export class PgIndex implements IndexStore {
       // either ended before this (the upload's lookups see its marks and
       // unmark them) or began after, and stamps its marks later than this
       // start, which GC's cutoff then spares (see "GC with several servers").
-      const upload = await this.sql.begin(async (tx) => {
+      const upload = await this.#begin(async (tx) => {
         await tx`SELECT pg_advisory_xact_lock_shared(${LOCK_MARK}::int, 0)`;
         const [reg] = await tx`
           INSERT INTO uploads(project, started, expires)
@@ -568,7 +601,7 @@ export class PgIndex implements IndexStore {
       return {
         pin: (parent) =>
           this.#run("pin the parent", () =>
-            this.sql.begin(async (tx) => {
+            this.#begin(async (tx) => {
               // Against forgetCommits of this project (it reads the pins under the lock).
               await tx`SELECT pg_advisory_xact_lock_shared(${LOCK_FORGET}::int, hashtext(${project}))`;
               const r = await tx`UPDATE uploads SET parent = ${parent},
@@ -577,7 +610,7 @@ export class PgIndex implements IndexStore {
             })),
         stage: (rows, blobs) =>
           this.#run("stage the upload", () =>
-            this.sql.begin(async (tx) => {
+            this.#begin(async (tx) => {
               // Refreshed, and proven alive: rows of an expired upload no longer hold GC back.
               const r = await tx`UPDATE uploads SET expires = keep_now() + ${this.#uploadTimeoutMs}
                 WHERE id = ${upload}`;
@@ -725,7 +758,7 @@ export class PgIndex implements IndexStore {
     header: UploadHeader,
     stats: CommitStats,
   ): Promise<{ commit: CommitInfo; changed: string[] | null }> {
-    return this.sql.begin(async (tx) => {
+    return this.#begin(async (tx) => {
       await tx`INSERT INTO projects(name, created) VALUES (${project}, ${Date.now()})
         ON CONFLICT (name) DO NOTHING`;
       const [p] = await tx`SELECT id, head FROM projects WHERE name = ${project} FOR UPDATE`;
@@ -760,8 +793,13 @@ export class PgIndex implements IndexStore {
       // GC's sweep deletes only marked rows and re-reads a row another
       // transaction changed, so it either went before this statement (and
       // contentGone sees it) or it stays (see "GC with several servers").
-      await tx`UPDATE blobs SET orphan = NULL WHERE orphan IS NOT NULL
-        AND hash IN (SELECT hash FROM stage WHERE upload = ${upload} AND hash IS NOT NULL)`;
+      await tx.unsafe(
+        `UPDATE blobs SET orphan = NULL WHERE ${
+          inIdOrder(`orphan IS NOT NULL
+            AND hash IN (SELECT hash FROM stage WHERE upload = $1 AND hash IS NOT NULL)`)
+        }`,
+        [upload],
+      );
       const gone = await get(COMMIT.contentGone);
       if (gone) {
         throw new KeepError(
@@ -829,11 +867,22 @@ export class PgIndex implements IndexStore {
       const hex = hashes.map(bytesToHex);
       for (let i = 0; i < hex.length; i += CHUNK) {
         const part = hex.slice(i, i + CHUNK);
-        // A row GC marked is unmarked before the upload counts on it (see gc.ts).
-        const rows = await this.sql`
-          UPDATE blobs SET orphan = NULL
-          WHERE hash IN (SELECT decode(h, 'hex') FROM unnest(${part}::text[]) h) AND damaged IS NULL
-          RETURNING encode(hash, 'hex') AS hex`;
+        const these =
+          `hash IN (SELECT decode(h, 'hex') FROM unnest($1::text[]) h) AND damaged IS NULL`;
+        // A row GC marked is unmarked before the upload counts on it (see gc.ts)...
+        await this.#retry(() =>
+          this.sql.unsafe(
+            `UPDATE blobs SET orphan = NULL WHERE ${inIdOrder(`${these} AND orphan IS NOT NULL`)}`,
+            [part as unknown as string],
+          )
+        );
+        // ...then every row there counts: one marked since was marked after
+        // this upload's registration (its start), which GC spares (point 2
+        // of "GC with several servers"); only rows are written that GC marked.
+        const rows = await this.sql.unsafe(
+          `SELECT encode(hash, 'hex') AS hex FROM blobs WHERE ${these}`,
+          [part as unknown as string],
+        );
         for (const r of rows) known.add(r.hex as string);
       }
       return known;
@@ -841,8 +890,11 @@ export class PgIndex implements IndexStore {
   }
 
   /** Inserts blob rows; a damaged or marked row takes the new bytes. Returns the repaired. */
-  async #insertBlobs(tx: Sql, rows: NewBlob[]): Promise<number> {
+  async #insertBlobs(tx: Sql, unsorted: NewBlob[]): Promise<number> {
     let repaired = 0;
+    // In hash order: two uploads inserting the same new contents lock them in one order.
+    const rows = unsorted.map((r) => ({ r, hex: bytesToHex(r.hash) }))
+      .sort((a, b) => a.hex < b.hex ? -1 : a.hex > b.hex ? 1 : 0).map((x) => x.r);
     // The packs the rows point into, touched (a new row version): GC's
     // forgetting of a dead pack re-reads the row and leaves it; a pack GC
     // already collected is refused (the upload is sent again).
@@ -1081,7 +1133,7 @@ export class PgIndex implements IndexStore {
 
   forgetCommits(project: string, seqs: number[], at: number): Promise<number> {
     return this.#run("forget commits", () =>
-      this.sql.begin(async (tx) => {
+      this.#begin(async (tx) => {
         // Pins are read under the project's lock that pin() shares: no pin
         // slips in between this read and the update.
         await tx`SELECT pg_advisory_xact_lock(${LOCK_FORGET}::int, hashtext(${project}))`;
@@ -1105,7 +1157,7 @@ export class PgIndex implements IndexStore {
     _now: number,
   ): Promise<{ next: { path: string; first: number } | null; removed: number; marked: number }> {
     return this.#run("clean history", () =>
-      this.sql.begin(async (tx) => {
+      this.#begin(async (tx) => {
         const pid = await this.#projectId(tx, project);
         if (pid === null) return { next: null, removed: 0, marked: 0 };
         // The project's row is shared with its commits: a commit re-adding a
@@ -1149,8 +1201,10 @@ export class PgIndex implements IndexStore {
             const hashes = [...new Set(gone.filter((r) => r.hash).map((r) => r.hash as string))];
             if (hashes.length) {
               const m = await tx.unsafe(
-                `UPDATE blobs SET orphan = $1 WHERE orphan IS NULL
-                   AND hash IN (SELECT decode(h, 'hex') FROM unnest($2::text[]) h) ${UNREFERENCED}`,
+                `UPDATE blobs SET orphan = $1 WHERE ${
+                  inIdOrder(`orphan IS NULL
+                   AND hash IN (SELECT decode(h, 'hex') FROM unnest($2::text[]) h) ${UNREFERENCED}`)
+                }`,
                 [now, hashes as unknown as string],
               );
               marked += m.count;
@@ -1166,7 +1220,7 @@ export class PgIndex implements IndexStore {
 
   purgeForgotten(project: string, before: number): Promise<{ purged: number; waiting: number }> {
     return this.#run("purge forgotten commits", () =>
-      this.sql.begin(async (tx) => {
+      this.#begin(async (tx) => {
         const pid = await this.#projectId(tx, project);
         if (pid === null) return { purged: 0, waiting: 0 };
         await tx`DELETE FROM notes n USING commits c WHERE n.project = ${pid} AND c.project = ${pid}
@@ -1185,7 +1239,7 @@ export class PgIndex implements IndexStore {
     _now: number,
   ): Promise<{ lastId: number | null; marked: number }> {
     return this.#run("mark unreferenced blobs", () =>
-      this.sql.begin(async (tx) => {
+      this.#begin(async (tx) => {
         const [hi] = await tx`SELECT max(id) AS last, count(*) AS n FROM (
           SELECT id FROM blobs WHERE id > ${afterId} ORDER BY id LIMIT ${limit}) b`;
         const n = Number(hi.n);
@@ -1193,11 +1247,13 @@ export class PgIndex implements IndexStore {
         const last = Number(hi.last);
         await tx`SELECT pg_advisory_xact_lock(${LOCK_MARK}::int, 0)`;
         const m = await tx.unsafe(
-          `UPDATE blobs SET orphan = keep_now() WHERE id > $1 AND id <= $2 AND orphan IS NULL ${UNREFERENCED}`,
+          `UPDATE blobs SET orphan = keep_now()
+           WHERE ${inIdOrder(`id > $1 AND id <= $2 AND orphan IS NULL ${UNREFERENCED}`)}`,
           [afterId, last],
         );
         await tx.unsafe(
-          `UPDATE blobs SET orphan = NULL WHERE id > $1 AND id <= $2 AND orphan IS NOT NULL ${REFERENCED}`,
+          `UPDATE blobs SET orphan = NULL
+           WHERE ${inIdOrder(`id > $1 AND id <= $2 AND orphan IS NOT NULL ${REFERENCED}`)}`,
           [afterId, last],
         );
         return { lastId: n < limit ? null : last, marked: m.count };
@@ -1227,15 +1283,24 @@ export class PgIndex implements IndexStore {
         if (n === 0) break;
         const last = Number(hi.last);
         // Referenced again since it was marked (a commit landed): it stays.
-        await this.sql.unsafe(
-          `UPDATE blobs SET orphan = NULL WHERE id > $1 AND id <= $2 AND orphan IS NOT NULL ${REFERENCED}`,
-          [cursor, last],
+        await this.#retry(() =>
+          this.sql.unsafe(
+            `UPDATE blobs SET orphan = NULL
+             WHERE ${inIdOrder(`id > $1 AND id <= $2 AND orphan IS NOT NULL ${REFERENCED}`)}`,
+            [cursor, last],
+          )
         );
-        const gone = await this.sql.unsafe(
-          `DELETE FROM blobs WHERE id > $1 AND id <= $2 AND orphan IS NOT NULL AND orphan < $3
-             ${UNREFERENCED}
+        const gone = await this.#retry(() =>
+          this.sql.unsafe(
+            `DELETE FROM blobs
+             WHERE ${
+              inIdOrder(
+                `id > $1 AND id <= $2 AND orphan IS NOT NULL AND orphan < $3 ${UNREFERENCED}`,
+              )
+            }
            RETURNING id, stored, pack, "offset", size, CASE WHEN pack IS NULL THEN hash END AS hash`,
-          [cursor, last, before],
+            [cursor, last, before],
+          )
         );
         for (const r of gone) {
           sweptBytes += Number(r.stored);
@@ -1290,12 +1355,14 @@ export class PgIndex implements IndexStore {
       for (let i = 0; i < moves.length; i += CHUNK) {
         const part = moves.slice(i, i + CHUNK);
         // Guarded: a row another writer moved meanwhile is left where it is.
-        const r = await this.sql`
+        const r = await this.#retry(() =>
+          this.sql`
           UPDATE blobs b SET pack = m.np, "offset" = m.no
           FROM unnest(${part.map((m) => m.row.id)}::bigint[], ${part.map((m) => m.pack)}::bigint[],
             ${part.map((m) => m.offset)}::bigint[], ${part.map((m) => m.row.pack)}::bigint[],
             ${part.map((m) => m.row.offset)}::bigint[]) AS m(id, np, no, op, oo)
-          WHERE b.id = m.id AND b.pack = m.op AND b."offset" = m.oo`;
+          WHERE b.id = m.id AND b.pack = m.op AND b."offset" = m.oo`
+        );
         moved += r.count;
       }
       await this.#movedBlobs();
@@ -1316,7 +1383,7 @@ export class PgIndex implements IndexStore {
   ): Promise<number> {
     return this.#run("move recompressed blobs", async () => {
       let saved = 0;
-      await this.sql.begin(async (tx) => {
+      await this.#begin(async (tx) => {
         for (let i = 0; i < moves.length; i += CHUNK) {
           const part = moves.slice(i, i + CHUNK);
           const r = await tx`
