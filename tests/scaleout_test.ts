@@ -855,3 +855,73 @@ Deno.test("pg index: GC's mark and sweep on one connection while uploads on anot
     await gc.close();
   }
 });
+
+Deno.test("pg index: a server's scheduled rounds apply a policy set through another, and its idle recompression moves blobs the other restores", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("pgpol");
+  const sql = postgres(db.url, { max: 1, onnotice: () => {} });
+  try {
+    await using b = await node(env, db.url, prefix);
+    const via = { env: { KEEP_SERVER: b.url, KEEP_PROJECT: "app" } };
+    await keepOk(["policy", "set", "--keep-last", "2"], 0, via);
+    const src = await tempDir();
+    const made = new Map<string, Snapshot>();
+    for (let i = 0; i < 4; i++) {
+      const spec: Record<string, string> = {};
+      // Text that deflate level 1 leaves room in (as source code does), varied per file.
+      const words = [
+        "alpha",
+        "int",
+        "return",
+        "struct",
+        "void",
+        "if",
+        "else",
+        "for",
+        "keep",
+        "node",
+      ];
+      for (let f = 0; f < 60; f++) {
+        let text = "";
+        for (let w = 0; w < 3000; w++) {
+          text += words[(w * 7 + f * 13 + i + ((w * w) >> 3)) % words.length] +
+            (w % 11 === 0 ? ` ${w * f}\n` : " ");
+        }
+        spec[`t/${f}.txt`] = text;
+      }
+      writeTree(src, spec);
+      const id = json<{ commit: Made }>(
+        await keepOk(["backup", "--settle", "0", "--json", src], 0, via),
+      ).commit.id;
+      made.set(id, snapshot(src));
+    }
+    // Started after the backups: an idle compactor that found nothing looks again only 30 s later.
+    await using a = await node(env, db.url, prefix, true, [
+      "--retention-every",
+      "1s",
+      "--gc-grace",
+      "0s",
+      "--compact-idle",
+      "1s",
+    ]);
+    let commits = 4;
+    let recompressed = 0;
+    for (let i = 0; i < 100 && (commits > 2 || recompressed === 0); i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      const [c] = await sql`SELECT count(*) AS n FROM commits WHERE forgotten IS NULL`;
+      const [l] = await sql`SELECT count(*) AS n FROM blobs WHERE level = 6`;
+      commits = Number(c.n);
+      recompressed = Number(l.n);
+    }
+    assertEquals(commits, 2, "the policy's rounds forgot the older commits");
+    assert(recompressed > 0, `blobs recompressed at rest: ${a.stderr()}`);
+    for (const m of await assertChain(b.url, "app", 2)) {
+      const dest = await tempDir();
+      await keepOk(["restore", "--commit", m.id, dest], 0, via);
+      assertSameTree(snapshot(dest), made.get(m.id)!, `commit #${m.seq}`);
+    }
+  } finally {
+    await sql.end();
+  }
+});
