@@ -638,6 +638,9 @@ Deno.test("pg index: kill -9 of one of three servers in the middle of an upload:
     const large = await assertStoreSound(sql, s3, prefix);
     assertEquals(large.size, 0, "old.bin's object deleted, the cut upload's left nothing");
     await assertChain(c.url, "app", 2);
+    const direct = await keep(["prune", "--data", a.dataDir, "-p", "app", "--keep-last", "1"]);
+    assertEquals(direct.code, 2, direct.stderr);
+    assertMatch(direct.stderr, /index is in PostgreSQL; prune through a server/);
     const out = await tempDir();
     await keepOk(["restore", "--commit", "#2", out], 0, via(c));
     assertSameTree(snapshot(out), kept);
