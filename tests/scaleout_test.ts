@@ -516,6 +516,9 @@ async function assertStoreSound(
   }
   const strays = [...objects].filter((k) => k.startsWith("blobs/") && !large.has(k));
   assertEquals(strays, [], "large objects no row names");
+  const packs = new Set((await sql`SELECT id FROM packs`).map((r) => `packs/${r.id}.pack`));
+  const unknown = [...objects].filter((k) => k.startsWith("packs/") && !packs.has(k));
+  assertEquals(unknown, [], "pack objects the index forgot");
   const [staged] = await sql`SELECT count(*) AS n FROM stage`;
   assertEquals(Number(staged.n), 0, "staged rows left behind");
   return large;
@@ -635,6 +638,8 @@ Deno.test("pg index: kill -9 of one of three servers in the middle of an upload:
     assert(second.gc.blobsSwept >= 1, `old.bin swept: ${JSON.stringify(second.gc)}`);
     const [gone] = await sql`SELECT count(*) AS n FROM uploads`;
     assertEquals(Number(gone.n), 0, "the expired registration is removed");
+    const [sealed] = await sql`SELECT count(*) AS n FROM packs WHERE sealed IS NULL`;
+    assertEquals(Number(sealed.n), 0, "the dead server's open pack is sealed (and collected)");
     const large = await assertStoreSound(sql, s3, prefix);
     assertEquals(large.size, 0, "old.bin's object deleted, the cut upload's left nothing");
     await assertChain(c.url, "app", 2);
@@ -926,5 +931,35 @@ Deno.test("pg index: a server's scheduled rounds apply a policy set through anot
     }
   } finally {
     await sql.end();
+  }
+});
+
+Deno.test("pg index: a pack a dead server left open is sealed once its refresh expired; a live server's open pack is not", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const dead = await PgIndex.open(db.url, { uploadTimeoutMs: 600 });
+  const live = await PgIndex.open(db.url, { uploadTimeoutMs: 600 });
+  try {
+    const abandoned = await dead.newPack();
+    await dead.close(); // no more heartbeats: as after kill -9
+    const open = await live.newPack();
+    const sealed = await live.newPack();
+    await live.sealPack(sealed);
+    await live.sealAllPacks();
+    const state = async () =>
+      Object.fromEntries(
+        (await live.sql`SELECT id, sealed IS NOT NULL AS s FROM packs ORDER BY id`).map((r) => [
+          Number(r.id),
+          r.s,
+        ]),
+      );
+    assertEquals(await state(), { [abandoned]: false, [open]: false, [sealed]: true });
+    await new Promise((r) => setTimeout(r, 1000));
+    await live.sealAllPacks();
+    assertEquals(await state(), { [abandoned]: true, [open]: false, [sealed]: true });
+    // GC now sees it (no upload in flight): empty, so evacuated as dead and deleted.
+    assert((await live.packUsage()).some((p) => p.pack === abandoned && p.live === 0));
+  } finally {
+    await live.close();
   }
 });

@@ -129,6 +129,7 @@ CREATE TABLE IF NOT EXISTS tokens(
  */
 const GC_SCHEMA = `
 ALTER TABLE uploads ADD COLUMN IF NOT EXISTS expires bigint NOT NULL DEFAULT 0;
+ALTER TABLE packs ADD COLUMN IF NOT EXISTS expires bigint;
 CREATE INDEX IF NOT EXISTS blobs_orphan ON blobs(orphan) WHERE orphan IS NOT NULL;
 CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack, "offset") WHERE pack IS NOT NULL;
 CREATE TABLE IF NOT EXISTS leases(name text PRIMARY KEY, holder text NOT NULL, expires bigint NOT NULL);
@@ -235,6 +236,8 @@ export class PgIndex implements IndexStore {
   #uploadTimeoutMs: number;
   /** Uploads of this server in flight: the heartbeat refreshes their rows. */
   #live = new Set<number>();
+  /** Packs this server opened and has not sealed: the heartbeat refreshes them too. */
+  #open = new Set<number>();
   #timer: ReturnType<typeof setInterval>;
   #beat: Promise<void> | null = null;
   /** The store-wide blob epoch (store_meta) as last read: another server moved rows when it changes. */
@@ -288,6 +291,10 @@ export class PgIndex implements IndexStore {
     if (this.#live.size) {
       await this.sql`UPDATE uploads SET expires = keep_now() + ${this.#uploadTimeoutMs}
         WHERE id = ANY(${[...this.#live]}::bigint[])`;
+    }
+    if (this.#open.size) {
+      await this.sql`UPDATE packs SET expires = keep_now() + ${this.#uploadTimeoutMs}
+        WHERE id = ANY(${[...this.#open]}::bigint[]) AND sealed IS NULL`;
     }
     const [r] = await this.sql`SELECT value FROM store_meta WHERE key = 'blob_epoch'`;
     const shared = r ? Number(r.value) : 0;
@@ -948,24 +955,35 @@ export class PgIndex implements IndexStore {
 
   newPack(): Promise<number> {
     return this.#run("number a pack", async () => {
-      const [r] = await this.sql`INSERT INTO packs(created) VALUES (${Date.now()}) RETURNING id`;
+      const [r] = await this.sql`INSERT INTO packs(created, expires)
+        VALUES (${Date.now()}, keep_now() + ${this.#uploadTimeoutMs}) RETURNING id`;
+      this.#open.add(Number(r.id));
       return Number(r.id);
     });
   }
 
   sealPack(pack: number): Promise<void> {
     return this.#run("seal a pack", async () => {
+      this.#open.delete(pack);
       await this.sql`UPDATE packs SET sealed = keep_now() WHERE id = ${pack} AND sealed IS NULL`;
     });
   }
 
   /**
-   * Not at start, unlike SQLite: other servers' packs share the table. A
-   * pack a killed server left unsealed (at most one per upload it had in
-   * flight, written or not) stays unsealed: not reclaimed yet.
+   * Unlike SQLite, only the packs whose writer is gone: other servers' open
+   * packs share the table. A pack's writer refreshes its expiry with its
+   * uploads'; one a killed server left open is sealed once that expired
+   * (here at start, and by GC), so GC can evacuate and delete it. A writer
+   * that only stalled past it finds its pack collected when it stages (the
+   * pack is dead: refused, the client backs up again; point 5).
    */
   sealAllPacks(): Promise<void> {
-    return Promise.resolve();
+    return this.#run("seal abandoned packs", () => this.#sealAbandoned(this.sql));
+  }
+
+  async #sealAbandoned(sql: Sql): Promise<void> {
+    await sql`UPDATE packs SET sealed = keep_now()
+      WHERE sealed IS NULL AND expires IS NOT NULL AND expires < keep_now()`;
   }
 
   /** The uploads (and staged rows) of dead servers: those whose registration expired. */
@@ -1330,6 +1348,7 @@ export class PgIndex implements IndexStore {
   packUsage(): Promise<{ pack: number; live: number }[]> {
     return this.#run("read pack usage", async () => {
       await this.#expireUploads(this.sql);
+      await this.#sealAbandoned(this.sql);
       const rows = await this.sql`
         SELECT p.id, coalesce(u.live, 0) AS live FROM packs p
         LEFT JOIN (SELECT pack, sum(stored) AS live FROM blobs WHERE pack IS NOT NULL GROUP BY pack) u
