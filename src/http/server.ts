@@ -243,7 +243,13 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const round = () => {
     if (stopped) return;
     // Only when there is something to do: otherwise no worker is started.
-    roundWanted(storage.index).then((wanted) => wanted ? collector.start() : undefined)
+    // Servers sharing an index take turns: a round another ended within
+    // half the period is this one's too.
+    const shared = storage.index instanceof PgIndex;
+    const due = async () =>
+      await roundWanted(storage.index) &&
+      (!shared || Date.now() - (await storage.index.meta("gc_last_run") ?? 0) >= every / 2);
+    due().then((wanted) => wanted ? collector.start() : undefined)
       .catch(() => {}).finally(() => {
         if (!stopped) gcTimer = setTimeout(round, every);
       });
