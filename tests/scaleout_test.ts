@@ -963,3 +963,41 @@ Deno.test("pg index: a pack a dead server left open is sealed once its refresh e
     await live.close();
   }
 });
+
+Deno.test("pg index: prunes through two servers at once run their GC rounds one after the other (the lease)", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("pglease");
+  await using a = await node(env, db.url, prefix, true, ["--gc-grace", "0s"]);
+  await using b = await node(env, db.url, prefix, true, ["--gc-grace", "0s"]);
+  const src = await tempDir();
+  for (let i = 0; i < 3; i++) {
+    writeTree(src, smallFiles(400, i));
+    await keepOk(["backup", "--settle", "0", src], 0, {
+      env: { KEEP_SERVER: a.url, KEEP_PROJECT: "app" },
+    });
+  }
+  type Figures = {
+    started: number;
+    finished: number;
+    versionsRemoved: number;
+    phaseMs: Record<string, number>;
+  };
+  const [ra, rb] = await Promise.all(
+    [a, b].map(async (s) =>
+      json<{ gc: Figures }>(
+        await keepOk(["prune", "--keep-last", "1", "--wait", "--json"], 0, {
+          env: { KEEP_SERVER: s.url, KEEP_PROJECT: "app" },
+        }),
+      ).gc
+    ),
+  );
+  // The round that waited for the lease spent its first phase waiting, until the other ended.
+  const [waiter, other] = ra.phaseMs.retention >= rb.phaseMs.retention ? [ra, rb] : [rb, ra];
+  const waited = waiter.phaseMs.retention;
+  assert(
+    waiter.started + waited * 1.1 + 50 >= other.finished && other.finished > waiter.started,
+    `one round waited for the other: ${JSON.stringify([ra, rb])}`,
+  );
+  assertEquals(ra.versionsRemoved + rb.versionsRemoved, 800, "the versions went once");
+});
