@@ -16,7 +16,11 @@
  *   others serve, no commit half written, its registration stops holding
  *   GC back once it expires); prune and GC on one while the other two take
  *   backups (every kept commit restores, forgotten content leaves the
- *   bucket).
+ *   bucket); scheduled rounds and recompression on one for backups through
+ *   another; two prunes at once (one GC round after the other: the lease).
+ * - PgIndex itself on two connections: a storm of uploads counting on
+ *   content while mark and sweep run with no grace; a pack a dead server
+ *   left open is sealed once its refresh expired.
  *
  * Each test has its own bucket prefix and database. One file, so its tests
  * run one after another: the outage tests stop radosgw or PostgreSQL, which
