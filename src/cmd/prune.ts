@@ -62,7 +62,16 @@ Options:
       try {
         Deno.statSync(join(dir, "index.db"));
       } catch {
-        throw new KeepError("usage", `Cannot prune ${dir}: no index.db there`);
+        let pg = false;
+        try {
+          pg = Deno.statSync(join(dir, "index.json")).isFile;
+        } catch { /* neither */ }
+        throw new KeepError(
+          "usage",
+          pg
+            ? `Cannot prune ${dir} directly: its index is in PostgreSQL; prune through a server (--server)`
+            : `Cannot prune ${dir}: no index.db there`,
+        );
       }
       if (lockForLife(join(dir, "serve.lock")) === false) {
         throw new KeepError(

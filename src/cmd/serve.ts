@@ -65,11 +65,15 @@ index stays in DIR, which remembers the bucket in DIR/blobs.json):
                           the environment keeps them out of ps)
   With --blobs, --compact-idle defaults to off (each step would write a small object).
 
-The index in PostgreSQL (backup, restore, log, ls, diff, find, history, the web
-UI, verify, stats --project, quotas and tokens work; retention, GC, recompression
-and the store-wide stats do not yet):
+The index in PostgreSQL (several servers may share it and one bucket prefix;
+everything works as on the embedded index: backup, restore, browsing, the web
+UI, verify, stats, quotas, tokens, retention, GC and recompression):
       --index postgres://USER[:PASS]@HOST[:PORT]/DB  (or --index pg: with the PG* variables)
                           DIR then holds no index.db (the cache and tmp/ only)
+      --upload-timeout DUR  this server refreshes its uploads' registrations every third
+                          of DUR; one not refreshed for DUR (its server died) no longer
+                          holds back retention and GC (default 1m)
+  One server at a time runs a GC round (or recompresses): the others wait their turn.
   While the store does not answer, requests that need it get 503 (clients exit 5);
   the server needs no restart when it is back.
 
@@ -92,6 +96,7 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       "compact-idle": { type: "string" },
       "retention-every": { type: "string" },
       "gc-grace": { type: "string" },
+      "upload-timeout": { type: "string" },
       "min-free": { type: "string" },
       "stale-after": { type: "string" },
       "metrics-listen": { type: "string" },
@@ -128,6 +133,12 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       (p.values["gc-grace"] as string | undefined) ?? "1h",
       "gc-grace",
     );
+    const uploadTimeoutMs = p.values["upload-timeout"]
+      ? parseDuration(p.values["upload-timeout"] as string, "upload-timeout")
+      : undefined;
+    if (uploadTimeoutMs !== undefined && uploadTimeoutMs < 300) {
+      throw new KeepError("usage", "Cannot use --upload-timeout below 300ms");
+    }
     const staleAfterMs = parseDuration(
       (p.values["stale-after"] as string | undefined) ?? "2d",
       "stale-after",
@@ -184,6 +195,7 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       dataDir,
       s3,
       pg,
+      uploadTimeoutMs,
       hostname,
       port,
       noAuth: !!p.values["no-auth"],

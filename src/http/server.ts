@@ -10,11 +10,12 @@ import { join } from "node:path";
 import { KeepError } from "../errors.ts";
 import { lockForLife } from "../platform/fs_native.ts";
 import { Compactor } from "../server/compactor.ts";
-import { type Rounds, roundWanted } from "../server/gc.ts";
+import { Collector, type Rounds, roundWanted } from "../server/gc.ts";
 import { CollectorThread } from "../server/gc_thread.ts";
 import { DEFAULT_LIMITS, type IngestLimits } from "../server/ingest.ts";
 import { ManifestCache } from "../server/manifest_cache.ts";
-import { openLocalStorage, type S3Blobs } from "../server/storage/open.ts";
+import { openLocalStorage, type S3Blobs, type Storage } from "../server/storage/open.ts";
+import { PgIndex } from "../server/storage/pg_index.ts";
 import { TokenStore } from "../server/tokens.ts";
 import { createApp, metricsResponse } from "./app.ts";
 import { Metrics } from "./metrics.ts";
@@ -24,10 +25,13 @@ export interface ServeOptions {
   /** Keep the blobs in this bucket (the index stays in dataDir). */
   s3?: S3Blobs;
   /**
-   * The index in PostgreSQL (a URL, or "" for the PG* variables). Retention,
-   * GC and recompression do not run on it yet.
+   * The index in PostgreSQL (a URL, or "" for the PG* variables), maybe
+   * shared with other servers: GC rounds and recompression then run on
+   * this thread (their SQL is asynchronous), one server at a time.
    */
   pg?: string;
+  /** PostgreSQL: an upload whose server stopped refreshing it expires after this (ms). */
+  uploadTimeoutMs?: number;
   hostname: string;
   port: number;
   /** Serve without tokens; refused unless hostname is loopback. */
@@ -99,6 +103,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     writers: { buffer: writers, yielding: false },
     s3: options.s3,
     pg: options.pg,
+    uploadTimeoutMs: options.uploadTimeoutMs,
   });
   const tokens = options.noAuth ? null : new TokenStore(storage.index);
   const log = options.log ?? (() => {});
@@ -112,8 +117,12 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const inflight = { n: 0, last: Date.now(), work };
   const manifests = new ManifestCache(join(options.dataDir, "cache"));
   // Retention and GC on their own thread: their transactions never hold this one.
-  const collector: Rounds = options.pg !== undefined
-    ? noRounds()
+  const collector: Rounds = storage.index instanceof PgIndex
+    ? sharedCollector(storage, storage.index, {
+      graceMs: options.gcGraceMs ?? 3600_000,
+      busy: () => inflight.n > 0,
+      log,
+    })
     : CollectorThread.open(options.dataDir, storage, {
       graceMs: options.gcGraceMs ?? 3600_000,
       s3: storage.s3,
@@ -202,9 +211,9 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const scheme = options.cert ? "https" : "http";
   const host = options.hostname.includes(":") ? `[${options.hostname}]` : options.hostname;
   // Recompression at rest, only once no request has been seen for a while.
-  const compactor = options.compactIdleMs && options.pg === undefined
-    ? new Compactor(storage, { log })
-    : null;
+  const compactor = options.compactIdleMs ? new Compactor(storage, { log }) : null;
+  // Several servers on one index: one recompresses at a time.
+  const compactLease = storage.index instanceof PgIndex ? storage.index.lease("compact") : null;
   let compactTimer: ReturnType<typeof setTimeout> | undefined;
   let stopped = false;
   const tick = async () => {
@@ -213,7 +222,11 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     let more = true;
     if (idle) {
       try {
-        more = await compactor.step(50);
+        if (compactLease && !await compactLease.acquire()) more = false;
+        else {
+          more = await compactor.step(50);
+          if (!more) await compactLease?.release();
+        }
       } catch (err) {
         log(`compaction stopped: ${(err as Error).message}`);
         await compactor.close().catch(() => {});
@@ -225,12 +238,18 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   if (compactor) compactTimer = setTimeout(tick, 1000);
   // Retention and GC: a round soon after start, then every gcEveryMs; the
   // collector works in short slices with pauses, requests or not.
-  const every = options.pg !== undefined ? 0 : options.gcEveryMs ?? 3600_000;
+  const every = options.gcEveryMs ?? 3600_000;
   let gcTimer: ReturnType<typeof setTimeout> | undefined;
   const round = () => {
     if (stopped) return;
     // Only when there is something to do: otherwise no worker is started.
-    roundWanted(storage.index).then((wanted) => wanted ? collector.start() : undefined)
+    // Servers sharing an index take turns: a round another ended within
+    // half the period is this one's too.
+    const shared = storage.index instanceof PgIndex;
+    const due = async () =>
+      await roundWanted(storage.index) &&
+      (!shared || Date.now() - (await storage.index.meta("gc_last_run") ?? 0) >= every / 2);
+    due().then((wanted) => wanted ? collector.start() : undefined)
       .catch(() => {}).finally(() => {
         if (!stopped) gcTimer = setTimeout(round, every);
       });
@@ -275,20 +294,33 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   };
 }
 
-/** Retention and GC where they do not run yet (the PostgreSQL index): every round refused. */
-function noRounds(): Rounds {
-  return {
-    start: () =>
-      Promise.reject(
-        new KeepError(
-          "usage",
-          "Cannot collect garbage: not yet done on the PostgreSQL index (src/server/storage/pg_index.ts)",
-        ),
-      ),
-    markDirty: () => {},
-    running: false,
-    phase: "idle",
-    figures: null,
-    close: () => Promise.resolve(),
-  };
+/**
+ * The collector of a server on a shared PostgreSQL index: on this thread
+ * (its statements are asynchronous, so requests go on between them), its
+ * rounds under the index's "gc" lease, so one server collects at a time.
+ */
+function sharedCollector(
+  storage: Storage,
+  index: PgIndex,
+  options: { graceMs: number; busy: () => boolean; log: (line: string) => void },
+): Rounds {
+  return new Collector(storage, {
+    graceMs: options.graceMs,
+    // Short slices and small batches: each statement is a round trip, and
+    // registrations of uploads wait for a marking batch (PgIndex).
+    batch: 8000,
+    busyBatch: 2000,
+    busyPause: 1,
+    sliceMs: 50,
+    pauseMs: 5,
+    busy: options.busy,
+    lease: index.lease("gc"),
+    log: options.log,
+    // Readers here look places up again; other servers' at their next heartbeat.
+    beforeDelete: () => {
+      index.noteBlobsMoved();
+      storage.blobs.dropCached();
+      return Promise.resolve();
+    },
+  });
 }

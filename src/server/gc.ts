@@ -105,6 +105,12 @@ export interface CollectorOptions {
   onPhase?: (phase: Phase, figures: GcFigures | null) => void;
   now?: () => number;
   log?: (line: string) => void;
+  /**
+   * Where several servers share one index: the lease a round must hold
+   * (PgIndex.lease). A round waits for it (another server's round runs),
+   * renews it at each step, and stops when it lost it.
+   */
+  lease?: { acquire(): Promise<boolean>; release(): Promise<void> };
 }
 
 /** Commits of a project, all of them, newest first. */
@@ -221,6 +227,8 @@ export class Collector implements Rounds {
   #driving = false;
   #closed = false;
   #error: unknown = null;
+  #lease: CollectorOptions["lease"] | null;
+  #leased = false;
 
   constructor(storage: Storage, options: CollectorOptions) {
     this.#storage = storage;
@@ -236,6 +244,7 @@ export class Collector implements Rounds {
     this.#onPhase = options.onPhase ?? (() => {});
     this.#now = options.now ?? Date.now;
     this.#log = options.log ?? (() => {});
+    this.#lease = options.lease ?? null;
   }
 
   /** The phase the current round is in ("idle" between rounds). */
@@ -355,12 +364,34 @@ export class Collector implements Rounds {
       );
       await this.#end();
     }
+    await this.#releaseLease();
+  }
+
+  async #releaseLease(): Promise<void> {
+    if (!this.#leased) return;
+    this.#leased = false;
+    await this.#lease?.release().catch(() => {}); // it expires anyway
   }
 
   // One bounded piece of the current phase.
   async #unit(): Promise<void> {
     const { index, blobs } = this.#storage;
     const r = this.#round!;
+    if (this.#lease) {
+      if (!await this.#lease.acquire()) {
+        if (this.#leased) {
+          this.#leased = false;
+          throw new KeepError(
+            "unavailable",
+            "Cannot go on with the GC round: another server took over its lease",
+          );
+        }
+        // Another server's round runs: this one starts after it.
+        await new Promise((resolve) => setTimeout(resolve, 250));
+        return;
+      }
+      this.#leased = true;
+    }
     if (this.#busyBatch !== this.#idleBatch || this.#busyPause > 0) {
       this.#busy = this.#busyHint() || await index.oldestUploadStart() !== null;
       this.#batch = this.#busy ? this.#busyBatch : this.#idleBatch;
@@ -369,10 +400,11 @@ export class Collector implements Rounds {
       case "retention": {
         if (!this.#loaded) {
           this.#queue = (await index.listPolicies()).map((p) => p.project);
-          if (this.#dirty === null) {
-            // A new collector (a restart, a worker per round): the projects
-            // whose forgotten commits still wait for their history's cleaning.
-            this.#dirty = new Set((await index.gcBacklog()).projects);
+          if (this.#dirty === null || this.#lease) {
+            // A new collector (a restart, a worker per round), or one of
+            // several servers (another forgot commits): the projects whose
+            // forgotten commits still wait for their history's cleaning.
+            this.#dirty = new Set([...this.#dirty ?? [], ...(await index.gcBacklog()).projects]);
           }
           this.#loaded = true;
         }
@@ -602,6 +634,7 @@ export class Collector implements Rounds {
     this.#phase = "idle";
     this.#onPhase("idle", r);
     const index = this.#storage.index;
+    await this.#releaseLease();
     if (!this.#error) {
       await index.setMeta("gc_last_run", r.finished);
       await index.setMeta("gc_runs", (await index.meta("gc_runs") ?? 0) + 1);

@@ -177,6 +177,8 @@ export async function openLocalStorage(
      * index.json, so that opening it without this option is refused).
      */
     pg?: string;
+    /** PostgreSQL: when an upload whose server stopped refreshing it expires (PgIndex.open). */
+    uploadTimeoutMs?: number;
   } = {},
 ): Promise<Storage> {
   const path = join(dataDir, "index.db");
@@ -227,7 +229,7 @@ export async function openLocalStorage(
   }
   let index: IndexStore;
   if (pg !== undefined) {
-    index = await PgIndex.open(pg);
+    index = await PgIndex.open(pg, { uploadTimeoutMs: options.uploadTimeoutMs });
     if (options.pg !== undefined && (!pgDir || recordedIndex(pgMark) !== withoutPassword(pg))) {
       const url = withoutPassword(pg);
       Deno.writeTextFileSync(pgMark, JSON.stringify({ kind: "postgres", url }) + "\n");

@@ -21,12 +21,12 @@
  * a regular expression (globRegex), and the diff's scans and a path's
  * versions are merged by the code both indexes share (versions.ts).
  *
- * Not yet done here (they throw a usage error naming this file): retention
- * and garbage collection (forget, clean, mark, sweep, evacuation, packs
- * usage) and recompression at rest. What works: projects, commits,
- * manifests, uploads and their commit, blob lookups and rows, packs,
- * browsing, verify's checks and damage marks, usage (stats, quotas),
- * policies and tokens.
+ * Retention and GC (forget, clean, mark, sweep, evacuation, dead packs) and
+ * recompression run here with several servers on one database; what keeps
+ * them safe is argued at "GC with several servers" below (and in
+ * docs/DESIGN.md). Uploads are registered with an expiry their server
+ * refreshes (a heartbeat): a server killed with -9 leaves rows that stop
+ * holding back retention and GC once they expire.
  *
  * @module
  */
@@ -146,6 +146,46 @@ CREATE TABLE IF NOT EXISTS sessions(
   hash bytea PRIMARY KEY, token text, csrf text NOT NULL, created bigint NOT NULL,
   seen bigint NOT NULL);
 `;
+
+/**
+ * What GC needs besides the tables above. `keep_now()` is the database's
+ * clock in ms: upload starts, pack seals and GC marks are all stamped with
+ * it, so their order holds whatever the servers' own clocks say.
+ */
+const GC_SCHEMA = `
+ALTER TABLE uploads ADD COLUMN IF NOT EXISTS expires bigint NOT NULL DEFAULT 0;
+ALTER TABLE packs ADD COLUMN IF NOT EXISTS expires bigint;
+CREATE INDEX IF NOT EXISTS blobs_orphan ON blobs(orphan) WHERE orphan IS NOT NULL;
+CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack, "offset") WHERE pack IS NOT NULL;
+CREATE TABLE IF NOT EXISTS leases(name text PRIMARY KEY, holder text NOT NULL, expires bigint NOT NULL);
+CREATE OR REPLACE FUNCTION keep_now() RETURNS bigint LANGUAGE sql VOLATILE
+  AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
+`;
+
+/** Advisory lock (first key): GC's marking transactions against upload registrations. */
+const LOCK_MARK = 727275;
+/** Advisory lock (first key; second: the project's hashtext): forgetting against pins. */
+const LOCK_FORGET = 727276;
+/** Default: an upload not refreshed for this long is a dead server's (ms). */
+const UPLOAD_TIMEOUT_MS = 60_000;
+/** GC rows per statement inside one call. */
+const SUB_BATCH = 4000;
+
+const UNREFERENCED = `AND NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = blobs.hash)
+  AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash)`;
+const REFERENCED = `AND (EXISTS (SELECT 1 FROM current c WHERE c.hash = blobs.hash)
+  OR EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash))`;
+
+/**
+ * The blob rows matching `cond`, locked in id order: every statement that
+ * changes many blob rows takes them this way, so two of them never wait
+ * for each other in a cycle (then PostgreSQL would abort one after its
+ * deadlock_timeout, 1 s by default). A row changed meanwhile is re-checked
+ * against `cond` once its lock is taken.
+ */
+function inIdOrder(cond: string): string {
+  return `id IN (SELECT id FROM blobs WHERE ${cond} ORDER BY id FOR UPDATE)`;
+}
 
 const COLS =
   `path, type, size, mode, mtime, ctime, encode(hash, 'hex') AS hash, target, encode(xxh, 'hex') AS xxh, flag`;
@@ -307,13 +347,6 @@ export function globRegex(pattern: string, anyDir: boolean): string | null {
   return anyDir ? `^(.*/)?${out}$` : `^${out}$`;
 }
 
-function notYet(what: string): never {
-  throw new KeepError(
-    "usage",
-    `Cannot ${what}: not yet done on the PostgreSQL index (src/server/storage/pg_index.ts)`,
-  );
-}
-
 function rowToEntry(r: Row): Entry {
   const e: Entry = {
     path: r.path as string,
@@ -357,6 +390,13 @@ const INTEGRITY_CHECKS: [string, string][] = [
   ],
 ];
 
+/** A lease a server holds for a while (one GC round, one compaction at a time). */
+export interface Lease {
+  /** Takes the lease, or renews it when this server holds it; false when another holds it. */
+  acquire(): Promise<boolean>;
+  release(): Promise<void>;
+}
+
 function hexOf(b: Uint8Array | null | undefined): string | null {
   return b ? bytesToHex(b) : null;
 }
@@ -386,13 +426,34 @@ function dbError(err: unknown, what: string): unknown {
 export class PgIndex implements IndexStore {
   readonly sql: postgres.Sql;
   #blobEpoch = 0;
+  /** This server's name in leases. */
+  #holder = crypto.randomUUID();
+  #uploadTimeoutMs: number;
+  /** Uploads of this server in flight: the heartbeat refreshes their rows. */
+  #live = new Set<number>();
+  /** Packs this server opened and has not sealed: the heartbeat refreshes them too. */
+  #open = new Set<number>();
+  #timer: ReturnType<typeof setInterval>;
+  #beat: Promise<void> | null = null;
+  /** The store-wide blob epoch (store_meta) as last read: another server moved rows when it changes. */
+  #sharedEpoch: number | null = null;
 
-  private constructor(sql: postgres.Sql) {
+  private constructor(sql: postgres.Sql, uploadTimeoutMs: number) {
     this.sql = sql;
+    this.#uploadTimeoutMs = uploadTimeoutMs;
+    this.#timer = setInterval(() => {
+      this.#beat ??= this.#heartbeat().catch(() => {}).finally(() => this.#beat = null);
+    }, Math.max(100, Math.floor(uploadTimeoutMs / 3)));
+    Deno.unrefTimer(this.#timer as unknown as number);
   }
 
-  /** Connects and creates the tables when missing (under a lock: several servers may start). */
-  static async open(url: string): Promise<PgIndex> {
+  /**
+   * Connects and creates the tables when missing (under a lock: several
+   * servers may start). `uploadTimeoutMs`: this server's uploads are
+   * refreshed every third of it; one not refreshed for that long (its
+   * server died) stops holding back retention and GC.
+   */
+  static async open(url: string, options: { uploadTimeoutMs?: number } = {}): Promise<PgIndex> {
     const sql = postgres(url, {
       max: 8,
       onnotice: () => {},
@@ -402,7 +463,7 @@ export class PgIndex implements IndexStore {
     try {
       await sql.begin(async (tx) => {
         await tx`SELECT pg_advisory_xact_lock(727274)`;
-        await tx.unsafe(SCHEMA);
+        await tx.unsafe(SCHEMA + GC_SCHEMA);
       });
     } catch (err) {
       await sql.end({ timeout: 1 }).catch(() => {});
@@ -413,11 +474,71 @@ export class PgIndex implements IndexStore {
         `Cannot open the index at ${redact(url)}: ${(err as Error).message}`,
       );
     }
-    return new PgIndex(sql);
+    return new PgIndex(sql, options.uploadTimeoutMs ?? UPLOAD_TIMEOUT_MS);
   }
 
   async close(): Promise<void> {
+    clearInterval(this.#timer);
+    await this.#beat;
     await this.sql.end({ timeout: 5 });
+  }
+
+  /**
+   * Refreshes the expiry of this server's uploads in flight, and notes when
+   * another server moved blob rows (its readers then look places up again).
+   */
+  async #heartbeat(): Promise<void> {
+    if (this.#live.size) {
+      await this.sql`UPDATE uploads SET expires = keep_now() + ${this.#uploadTimeoutMs}
+        WHERE id = ANY(${[...this.#live]}::bigint[])`;
+    }
+    if (this.#open.size) {
+      await this.sql`UPDATE packs SET expires = keep_now() + ${this.#uploadTimeoutMs}
+        WHERE id = ANY(${[...this.#open]}::bigint[]) AND sealed IS NULL`;
+    }
+    const [r] = await this.sql`SELECT value FROM store_meta WHERE key = 'blob_epoch'`;
+    const shared = r ? Number(r.value) : 0;
+    if (this.#sharedEpoch !== null && shared !== this.#sharedEpoch) this.#blobEpoch++;
+    this.#sharedEpoch = shared;
+  }
+
+  /** Rows moved or went: this server's readers and (at their next heartbeat) the others' look again. */
+  async #movedBlobs(): Promise<void> {
+    this.#blobEpoch++;
+    await this.sql`INSERT INTO store_meta(key, value) VALUES ('blob_epoch', 1)
+      ON CONFLICT (key) DO UPDATE SET value = store_meta.value + 1`;
+  }
+
+  #expired(what: string): KeepError {
+    return new KeepError(
+      "unavailable",
+      `Cannot ${what}: this upload's registration expired (its server did not refresh it for ${
+        this.#uploadTimeoutMs / 1000
+      } s); back up again`,
+    );
+  }
+
+  /**
+   * A lease named `name`, held for `ttlMs` after each acquire: one GC round
+   * (or one compaction) at a time across the servers on this database. A
+   * server that dies holding it loses it when it expires.
+   */
+  lease(name: string, ttlMs = 30_000): Lease {
+    return {
+      acquire: () =>
+        this.#run(`take the ${name} lease`, async () => {
+          const r = await this.sql`
+            INSERT INTO leases(name, holder, expires) VALUES (${name}, ${this.#holder}, keep_now() + ${ttlMs})
+            ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+            WHERE leases.holder = excluded.holder OR leases.expires < keep_now()
+            RETURNING holder`;
+          return r.length === 1;
+        }),
+      release: () =>
+        this.#run(`give the ${name} lease back`, async () => {
+          await this.sql`DELETE FROM leases WHERE name = ${name} AND holder = ${this.#holder}`;
+        }),
+    };
   }
 
   /**
@@ -431,6 +552,28 @@ export class PgIndex implements IndexStore {
       const [r] = await this.sql`SELECT id FROM keep_store`;
       return r.id as string;
     });
+  }
+
+  /**
+   * A transaction, tried again when PostgreSQL broke a deadlock by
+   * aborting it (40P01) or could not serialize it (40001): rows are locked
+   * in no fixed order by uploads (by hash) and GC (by id), and an aborted
+   * transaction left nothing behind.
+   */
+  #begin<T>(f: (tx: postgres.TransactionSql) => Promise<T>): Promise<T> {
+    return this.#retry(() => this.sql.begin(f) as Promise<T>);
+  }
+
+  async #retry<T>(f: () => Promise<T>): Promise<T> {
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await f();
+      } catch (err) {
+        const code = (err as { code?: string }).code;
+        if ((code !== "40P01" && code !== "40001") || attempt >= 8) throw err;
+        await new Promise((r) => setTimeout(r, Math.random() * 10 * attempt));
+      }
+    }
   }
 
   async #run<T>(what: string, f: () => Promise<T>): Promise<T> {
@@ -650,19 +793,40 @@ export class PgIndex implements IndexStore {
 
   beginUpload(project: string): Promise<UploadStage> {
     return this.#run("begin an upload", async () => {
-      const [reg] = await this.sql`
-        INSERT INTO uploads(project, started) VALUES (${project}, ${Date.now()}) RETURNING id`;
-      const upload = Number(reg.id);
-      const unregister = () => this.sql`DELETE FROM uploads WHERE id = ${upload}`;
+      // Registered under GC's marking lock (shared): a marking transaction
+      // either ended before this (the upload's lookups see its marks and
+      // unmark them) or began after, and stamps its marks later than this
+      // start, which GC's cutoff then spares (see "GC with several servers").
+      const upload = await this.#begin(async (tx) => {
+        await tx`SELECT pg_advisory_xact_lock_shared(${LOCK_MARK}::int, 0)`;
+        const [reg] = await tx`
+          INSERT INTO uploads(project, started, expires)
+          VALUES (${project}, keep_now(), keep_now() + ${this.#uploadTimeoutMs}) RETURNING id`;
+        return Number(reg.id);
+      });
+      this.#live.add(upload);
+      const unregister = () => {
+        this.#live.delete(upload);
+        return this.sql`DELETE FROM uploads WHERE id = ${upload}`;
+      };
       const clear = () => this.sql`DELETE FROM stage WHERE upload = ${upload}`;
       return {
         pin: (parent) =>
-          this.#run("pin the parent", async () => {
-            await this.sql`UPDATE uploads SET parent = ${parent} WHERE id = ${upload}`;
-          }),
+          this.#run("pin the parent", () =>
+            this.#begin(async (tx) => {
+              // Against forgetCommits of this project (it reads the pins under the lock).
+              await tx`SELECT pg_advisory_xact_lock_shared(${LOCK_FORGET}::int, hashtext(${project}))`;
+              const r = await tx`UPDATE uploads SET parent = ${parent},
+                expires = keep_now() + ${this.#uploadTimeoutMs} WHERE id = ${upload}`;
+              if (r.count !== 1) throw this.#expired("pin the parent");
+            })),
         stage: (rows, blobs) =>
           this.#run("stage the upload", () =>
-            this.sql.begin(async (tx) => {
+            this.#begin(async (tx) => {
+              // Refreshed, and proven alive: rows of an expired upload no longer hold GC back.
+              const r = await tx`UPDATE uploads SET expires = keep_now() + ${this.#uploadTimeoutMs}
+                WHERE id = ${upload}`;
+              if (r.count !== 1) throw this.#expired("stage the upload");
               const repaired = await this.#insertBlobs(tx, blobs);
               await this.#stageRows(tx, upload, rows);
               return repaired;
@@ -806,11 +970,16 @@ export class PgIndex implements IndexStore {
     header: UploadHeader,
     stats: CommitStats,
   ): Promise<{ commit: CommitInfo; changed: string[] | null }> {
-    return this.sql.begin(async (tx) => {
+    return this.#begin(async (tx) => {
       await tx`INSERT INTO projects(name, created) VALUES (${project}, ${Date.now()})
         ON CONFLICT (name) DO NOTHING`;
       const [p] = await tx`SELECT id, head FROM projects WHERE name = ${project} FOR UPDATE`;
       const pid = Number(p.id);
+      // The registration holds GC back until this transaction ends (it is
+      // deleted in it); expired meanwhile (the server stalled), it held
+      // nothing back and the upload may have lost what it counted on.
+      const [reg] = await tx`SELECT id FROM uploads WHERE id = ${upload} FOR UPDATE`;
+      if (!reg) throw this.#expired("commit");
       const head = Number(p.head)
         ? await this.#commitBySeq(tx, pid, project, Number(p.head))
         : null;
@@ -832,6 +1001,17 @@ export class PgIndex implements IndexStore {
       };
       await check("deletedMissing");
       await check("keptMissing");
+      // The content this commit refers to, unmarked in this transaction:
+      // GC's sweep deletes only marked rows and re-reads a row another
+      // transaction changed, so it either went before this statement (and
+      // contentGone sees it) or it stays (see "GC with several servers").
+      await tx.unsafe(
+        `UPDATE blobs SET orphan = NULL WHERE ${
+          inIdOrder(`orphan IS NOT NULL
+            AND hash IN (SELECT hash FROM stage WHERE upload = $1 AND hash IS NOT NULL)`)
+        }`,
+        [upload],
+      );
       const gone = await get(COMMIT.contentGone);
       if (gone) {
         throw new KeepError(
@@ -886,6 +1066,7 @@ export class PgIndex implements IndexStore {
         )
         : null;
       await tx`DELETE FROM stage WHERE upload = ${upload}`;
+      await tx`DELETE FROM uploads WHERE id = ${upload}`;
       return { commit: (await this.#commitBySeq(tx, pid, project, seq))!, changed };
     });
   }
@@ -898,11 +1079,22 @@ export class PgIndex implements IndexStore {
       const hex = hashes.map(bytesToHex);
       for (let i = 0; i < hex.length; i += CHUNK) {
         const part = hex.slice(i, i + CHUNK);
-        // A row GC marked is unmarked before the upload counts on it (see gc.ts).
-        const rows = await this.sql`
-          UPDATE blobs SET orphan = NULL
-          WHERE hash IN (SELECT decode(h, 'hex') FROM unnest(${part}::text[]) h) AND damaged IS NULL
-          RETURNING encode(hash, 'hex') AS hex`;
+        const these =
+          `hash IN (SELECT decode(h, 'hex') FROM unnest($1::text[]) h) AND damaged IS NULL`;
+        // A row GC marked is unmarked before the upload counts on it (see gc.ts)...
+        await this.#retry(() =>
+          this.sql.unsafe(
+            `UPDATE blobs SET orphan = NULL WHERE ${inIdOrder(`${these} AND orphan IS NOT NULL`)}`,
+            [part as unknown as string],
+          )
+        );
+        // ...then every row there counts: one marked since was marked after
+        // this upload's registration (its start), which GC spares (point 2
+        // of "GC with several servers"); only rows are written that GC marked.
+        const rows = await this.sql.unsafe(
+          `SELECT encode(hash, 'hex') AS hex FROM blobs WHERE ${these}`,
+          [part as unknown as string],
+        );
         for (const r of rows) known.add(r.hex as string);
       }
       return known;
@@ -910,8 +1102,25 @@ export class PgIndex implements IndexStore {
   }
 
   /** Inserts blob rows; a damaged or marked row takes the new bytes. Returns the repaired. */
-  async #insertBlobs(tx: Sql, rows: NewBlob[]): Promise<number> {
+  async #insertBlobs(tx: Sql, unsorted: NewBlob[]): Promise<number> {
     let repaired = 0;
+    // In hash order: two uploads inserting the same new contents lock them in one order.
+    const rows = unsorted.map((r) => ({ r, hex: bytesToHex(r.hash) }))
+      .sort((a, b) => a.hex < b.hex ? -1 : a.hex > b.hex ? 1 : 0).map((x) => x.r);
+    // The packs the rows point into, touched (a new row version): GC's
+    // forgetting of a dead pack re-reads the row and leaves it; a pack GC
+    // already collected is refused (the upload is sent again).
+    const packs = [...new Set(rows.map((r) => r.pack).filter((p) => p !== null))];
+    if (packs.length) {
+      const live = await tx`UPDATE packs SET sealed = sealed
+        WHERE id = ANY(${packs}::bigint[]) AND dead IS NULL RETURNING id`;
+      if (live.length !== packs.length) {
+        throw new KeepError(
+          "conflict",
+          "Cannot stage the upload: a pack it wrote was collected meanwhile; back up again",
+        );
+      }
+    }
     for (let i = 0; i < rows.length; i += CHUNK) {
       const part = rows.slice(i, i + CHUNK);
       const fixed = await tx`
@@ -953,27 +1162,51 @@ export class PgIndex implements IndexStore {
 
   newPack(): Promise<number> {
     return this.#run("number a pack", async () => {
-      const [r] = await this.sql`INSERT INTO packs(created) VALUES (${Date.now()}) RETURNING id`;
+      const [r] = await this.sql`INSERT INTO packs(created, expires)
+        VALUES (${Date.now()}, keep_now() + ${this.#uploadTimeoutMs}) RETURNING id`;
+      this.#open.add(Number(r.id));
       return Number(r.id);
     });
   }
 
   sealPack(pack: number): Promise<void> {
     return this.#run("seal a pack", async () => {
-      await this.sql`UPDATE packs SET sealed = ${Date.now()} WHERE id = ${pack} AND sealed IS NULL`;
+      this.#open.delete(pack);
+      await this.sql`UPDATE packs SET sealed = keep_now() WHERE id = ${pack} AND sealed IS NULL`;
     });
   }
 
   /**
-   * Not at start, unlike SQLite: other servers' packs and uploads share
-   * these tables (a dead server's leftovers wait for heartbeats, not done).
+   * Unlike SQLite, only the packs whose writer is gone: other servers' open
+   * packs share the table. A pack's writer refreshes its expiry with its
+   * uploads'; one a killed server left open is sealed once that expired
+   * (here at start, and by GC), so GC can evacuate and delete it. A writer
+   * that only stalled past it finds its pack collected when it stages (the
+   * pack is dead: refused, the client backs up again; point 5).
    */
   sealAllPacks(): Promise<void> {
-    return Promise.resolve();
+    return this.#run("seal abandoned packs", () => this.#sealAbandoned(this.sql));
   }
 
+  async #sealAbandoned(sql: Sql): Promise<void> {
+    await sql`UPDATE packs SET sealed = keep_now()
+      WHERE sealed IS NULL AND expires IS NOT NULL AND expires < keep_now()`;
+  }
+
+  /** The uploads (and staged rows) of dead servers: those whose registration expired. */
   forgetUploads(): Promise<void> {
-    return Promise.resolve();
+    return this.#run("forget expired uploads", () => this.#expireUploads(this.sql));
+  }
+
+  async #expireUploads(sql: Sql): Promise<void> {
+    // A row locked is a commit at work: alive.
+    const gone = await sql`
+      DELETE FROM uploads WHERE id IN (
+        SELECT id FROM uploads WHERE expires < keep_now() FOR UPDATE SKIP LOCKED)
+      RETURNING id`;
+    if (gone.length) {
+      await sql`DELETE FROM stage WHERE upload = ANY(${gone.map((r) => Number(r.id))}::bigint[])`;
+    }
   }
 
   noteBlobsMoved(): void {
@@ -1207,11 +1440,6 @@ export class PgIndex implements IndexStore {
     });
   }
 
-  /** GC does not run on this index yet (serve runs no rounds with --index): nothing to do. */
-  gcBacklog(): Promise<{ projects: string[]; deadPacks: number; marked: number }> {
-    return Promise.resolve({ projects: [], deadPacks: 0, marked: 0 });
-  }
-
   // ---------------------------------------------------------------- maintenance
 
   blobsPage(afterId: number, limit: number): Promise<BlobRow[]> {
@@ -1220,26 +1448,11 @@ export class PgIndex implements IndexStore {
         SELECT id, hash, size, stored, pack, "offset" FROM blobs WHERE id > ${afterId}
         ORDER BY id LIMIT ${limit}`).map(blobRowOf));
   }
-  compactCandidates(_limit: number): Promise<BlobRow[]> {
-    return notYet("recompress");
-  }
-  moveBlobs(): Promise<number> {
-    return notYet("recompress");
-  }
-  packUsage(): Promise<{ pack: number; live: number }[]> {
-    return notYet("collect garbage");
-  }
   knownPacks(): Promise<Set<number>> {
     return this.#run(
       "list packs",
       async () => new Set((await this.sql`SELECT id FROM packs`).map((r) => Number(r.id))),
     );
-  }
-  blobsInPack(_pack: number, _limit: number): Promise<BlobRow[]> {
-    return notYet("collect garbage");
-  }
-  relocateBlobs(): Promise<number> {
-    return notYet("collect garbage");
   }
   counts(): Promise<StoreCounts> {
     return this.#run("count the store", async () => {
@@ -1350,39 +1563,367 @@ export class PgIndex implements IndexStore {
     );
   }
 
-  forgetCommits(): Promise<number> {
-    return notYet("forget commits");
+  // ---------------------------------------------------------------- GC with several servers
+  //
+  // The invariant of gc.ts (an upload counts on stored content only through
+  // knownBlobs, which unmarks; marks made after the oldest upload in flight
+  // began are never swept before it ends) must hold when the collector runs
+  // on one server and uploads on others, with no event loop to serialize
+  // them. In SQL terms:
+  //
+  // 1. One clock. Upload starts (`uploads.started`), marks (`blobs.orphan`)
+  //    and pack seals are stamped by the database (keep_now()), never by a
+  //    server, so "marked after the upload began" is decided by one clock.
+  // 2. Marks never straddle a registration. A marking transaction
+  //    (cleanHistory, gcMark) holds the advisory lock LOCK_MARK exclusively
+  //    and stamps after taking it; registering an upload takes it shared.
+  //    So each marking transaction either committed before the upload was
+  //    registered (the upload's knownBlobs, later, sees its marks and
+  //    unmarks them) or stamps a time after the upload's start (GC's cutoff,
+  //    at most that start, spares it until the upload ends).
+  // 3. Row locks settle the rest. The sweep is one `DELETE … WHERE orphan IS
+  //    NOT NULL AND orphan < cutoff AND <unreferenced>`; knownBlobs, a
+  //    repairing insert and the commit transaction itself unmark with an
+  //    UPDATE of the same row. Under READ COMMITTED the later of two writers
+  //    of a row waits for the earlier and re-checks its WHERE on the row's
+  //    new version: either the delete went first (knownBlobs then does not
+  //    return the hash, and the upload sends the content; a commit sees it
+  //    gone and answers 409) or the unmark did (orphan is NULL: the delete
+  //    skips the row). The commit's unmark runs in the commit transaction,
+  //    so no sweep can take a row between the commit's check that its
+  //    content exists and its commit.
+  // 4. Registrations expire. A server refreshes its uploads' `expires`
+  //    every third of the timeout (and at each batch, in the same
+  //    transaction as the batch: an expired upload cannot stage or commit),
+  //    so a server killed with -9 holds GC back for one timeout at most.
+  // 5. Packs. Numbers come from a sequence (never reused by any server); a
+  //    pack with no rows sealed after the oldest upload in flight began may
+  //    be an upload's whose rows are not staged yet, so it is not evacuated;
+  //    staging touches (updates) the rows of the packs it points into and is
+  //    refused for a dead one; a dead pack is deleted only while no row
+  //    points into it.
+  // 6. One collector at a time: rounds and compaction hold a lease row
+  //    (lease()), renewed at each step; a round that loses it stops.
+
+  gcBacklog(): Promise<{ projects: string[]; deadPacks: number; marked: number }> {
+    return this.#run("read GC's backlog", async () => {
+      const projects = (await this.sql`
+        SELECT name FROM projects p WHERE EXISTS (
+          SELECT 1 FROM commits c WHERE c.project = p.id AND c.forgotten IS NOT NULL)
+        ORDER BY name`).map((r) => r.name as string);
+      const [d] = await this.sql`SELECT count(*) AS n FROM packs WHERE dead IS NOT NULL`;
+      const [m] = await this.sql`SELECT count(*) AS n FROM blobs WHERE orphan IS NOT NULL`;
+      return { projects, deadPacks: Number(d.n), marked: Number(m.n) };
+    });
   }
-  cleanHistory(): Promise<
-    { next: { path: string; first: number } | null; removed: number; marked: number }
-  > {
-    return notYet("collect garbage");
+
+  forgetCommits(project: string, seqs: number[], at: number): Promise<number> {
+    return this.#run("forget commits", () =>
+      this.#begin(async (tx) => {
+        // Pins are read under the project's lock that pin() shares: no pin
+        // slips in between this read and the update.
+        await tx`SELECT pg_advisory_xact_lock(${LOCK_FORGET}::int, hashtext(${project}))`;
+        const [p] = await tx`SELECT id, head FROM projects WHERE name = ${project}`;
+        if (!p || !Number(p.head)) return 0;
+        const r = await tx`
+          UPDATE commits SET forgotten = ${at}
+          WHERE project = ${p.id} AND seq = ANY(${seqs}::bigint[]) AND forgotten IS NULL
+            AND seq <> (SELECT head FROM projects WHERE id = ${p.id})
+            AND id NOT IN (SELECT parent FROM uploads WHERE project = ${project}
+              AND parent IS NOT NULL AND expires >= keep_now())`;
+        return r.count;
+      }));
   }
-  purgeForgotten(): Promise<{ purged: number; waiting: number }> {
-    return notYet("collect garbage");
+
+  cleanHistory(
+    project: string,
+    after: { path: string; first: number } | null,
+    limit: number,
+    before: number,
+    _now: number,
+  ): Promise<{ next: { path: string; first: number } | null; removed: number; marked: number }> {
+    return this.#run("clean history", () =>
+      this.#begin(async (tx) => {
+        const pid = await this.#projectId(tx, project);
+        if (pid === null) return { next: null, removed: 0, marked: 0 };
+        // The project's row is shared with its commits: a commit re-adding a
+        // path whose last version goes here waits (the paths row stays
+        // right); taken first, so a long commit holds back no registration.
+        // Marks are stamped after the marking lock (point 2 above).
+        await tx`SELECT 1 FROM projects WHERE id = ${pid} FOR SHARE`;
+        await tx`SELECT pg_advisory_xact_lock(${LOCK_MARK}::int, 0)`;
+        const [{ now }] = await tx`SELECT keep_now() AS now`;
+        let from: [string, number] = [after?.path ?? "", after?.first ?? -1];
+        let removed = 0;
+        let marked = 0;
+        let done = false;
+        for (let taken = 0; taken < limit && !done;) {
+          const sub = Math.min(SUB_BATCH, limit - taken);
+          const [end] = await tx`
+            SELECT path, first FROM history WHERE project = ${pid} AND (path, first) > (${
+            from[0]
+          }, ${from[1]})
+            ORDER BY path, first LIMIT 1 OFFSET ${sub - 1}`;
+          const to: [string, number] | null = end ? [end.path as string, Number(end.first)] : null;
+          // A version stays while a commit of its range is there (one
+          // forgotten less than the grace ago still counts).
+          const gone = await tx`
+            DELETE FROM history h WHERE project = ${pid} AND (path, first) > (${from[0]}, ${
+            from[1]
+          })
+              AND (${to === null} OR (path, first) <= (${to?.[0] ?? ""}, ${to?.[1] ?? 0}))
+              AND NOT EXISTS (SELECT 1 FROM commits c WHERE c.project = ${pid}
+                AND c.seq >= h.first AND c.seq < h.last
+                AND (c.forgotten IS NULL OR c.forgotten >= ${before}))
+            RETURNING path, encode(hash, 'hex') AS hash`;
+          removed += gone.length;
+          if (gone.length) {
+            const paths = [...new Set(gone.map((r) => r.path as string))];
+            // A path whose last version went is no longer one find can show.
+            await tx`
+              DELETE FROM paths WHERE project = ${pid} AND path = ANY(${paths}::text[])
+                AND NOT EXISTS (SELECT 1 FROM current c WHERE c.project = ${pid} AND c.path = paths.path)
+                AND NOT EXISTS (SELECT 1 FROM history h WHERE h.project = ${pid} AND h.path = paths.path)`;
+            const hashes = [...new Set(gone.filter((r) => r.hash).map((r) => r.hash as string))];
+            if (hashes.length) {
+              const m = await tx.unsafe(
+                `UPDATE blobs SET orphan = $1 WHERE ${
+                  inIdOrder(`orphan IS NULL
+                   AND hash IN (SELECT decode(h, 'hex') FROM unnest($2::text[]) h) ${UNREFERENCED}`)
+                }`,
+                [now, hashes as unknown as string],
+              );
+              marked += m.count;
+            }
+          }
+          taken += sub;
+          if (to) from = to;
+          else done = true;
+        }
+        return { next: done ? null : { path: from[0], first: from[1] }, removed, marked };
+      }));
   }
-  gcMark(): Promise<{ lastId: number | null; marked: number }> {
-    return notYet("collect garbage");
+
+  purgeForgotten(project: string, before: number): Promise<{ purged: number; waiting: number }> {
+    return this.#run("purge forgotten commits", () =>
+      this.#begin(async (tx) => {
+        const pid = await this.#projectId(tx, project);
+        if (pid === null) return { purged: 0, waiting: 0 };
+        await tx`DELETE FROM notes n USING commits c WHERE n.project = ${pid} AND c.project = ${pid}
+          AND c.seq = n.seq AND c.forgotten IS NOT NULL AND c.forgotten < ${before}`;
+        const r = await tx`DELETE FROM commits WHERE project = ${pid}
+          AND forgotten IS NOT NULL AND forgotten < ${before}`;
+        const [w] = await tx`SELECT count(*) AS n FROM commits WHERE project = ${pid}
+          AND forgotten IS NOT NULL`;
+        return { purged: r.count, waiting: Number(w.n) };
+      }));
   }
-  gcSweep(): Promise<
-    { swept: number; sweptBytes: number; large: BlobRow[]; lastId: number | null }
-  > {
-    return notYet("collect garbage");
+
+  gcMark(
+    afterId: number,
+    limit: number,
+    _now: number,
+  ): Promise<{ lastId: number | null; marked: number }> {
+    return this.#run("mark unreferenced blobs", () =>
+      this.#begin(async (tx) => {
+        const [hi] = await tx`SELECT max(id) AS last, count(*) AS n FROM (
+          SELECT id FROM blobs WHERE id > ${afterId} ORDER BY id LIMIT ${limit}) b`;
+        const n = Number(hi.n);
+        if (n === 0) return { lastId: null, marked: 0 };
+        const last = Number(hi.last);
+        await tx`SELECT pg_advisory_xact_lock(${LOCK_MARK}::int, 0)`;
+        const m = await tx.unsafe(
+          `UPDATE blobs SET orphan = keep_now()
+           WHERE ${inIdOrder(`id > $1 AND id <= $2 AND orphan IS NULL ${UNREFERENCED}`)}`,
+          [afterId, last],
+        );
+        await tx.unsafe(
+          `UPDATE blobs SET orphan = NULL
+           WHERE ${inIdOrder(`id > $1 AND id <= $2 AND orphan IS NOT NULL ${REFERENCED}`)}`,
+          [afterId, last],
+        );
+        return { lastId: n < limit ? null : last, marked: m.count };
+      }));
   }
+
+  gcSweep(
+    afterId: number,
+    before: number,
+    limit: number,
+  ): Promise<{ swept: number; sweptBytes: number; large: BlobRow[]; lastId: number | null }> {
+    return this.#run("sweep unreferenced blobs", async () => {
+      let swept = 0;
+      let sweptBytes = 0;
+      const large: BlobRow[] = [];
+      let cursor = afterId;
+      let done = false;
+      // Statements of their own (no transaction needed): each DELETE is atomic, and re-checks
+      // rows another transaction unmarked meanwhile (point 3 above).
+      for (let taken = 0; taken < limit && !done;) {
+        const sub = Math.min(SUB_BATCH, limit - taken);
+        const [hi] = await this.sql`SELECT max(id) AS last, count(*) AS n FROM (
+          SELECT id FROM blobs WHERE id > ${cursor} AND orphan IS NOT NULL AND orphan < ${before}
+          ORDER BY id LIMIT ${sub}) b`;
+        const n = Number(hi.n);
+        if (n < sub) done = true;
+        if (n === 0) break;
+        const last = Number(hi.last);
+        // Referenced again since it was marked (a commit landed): it stays.
+        await this.#retry(() =>
+          this.sql.unsafe(
+            `UPDATE blobs SET orphan = NULL
+             WHERE ${inIdOrder(`id > $1 AND id <= $2 AND orphan IS NOT NULL ${REFERENCED}`)}`,
+            [cursor, last],
+          )
+        );
+        const gone = await this.#retry(() =>
+          this.sql.unsafe(
+            `DELETE FROM blobs
+             WHERE ${
+              inIdOrder(
+                `id > $1 AND id <= $2 AND orphan IS NOT NULL AND orphan < $3 ${UNREFERENCED}`,
+              )
+            }
+           RETURNING id, stored, pack, "offset", size, CASE WHEN pack IS NULL THEN hash END AS hash`,
+            [cursor, last, before],
+          )
+        );
+        for (const r of gone) {
+          sweptBytes += Number(r.stored);
+          if (r.pack === null) large.push(blobRowOf(r));
+        }
+        swept += gone.length;
+        taken += sub;
+        cursor = last;
+      }
+      if (swept) await this.#movedBlobs();
+      return { swept, sweptBytes, large, lastId: done ? null : cursor };
+    });
+  }
+
   pendingOrphans(): Promise<number> {
-    return notYet("collect garbage");
+    return this.#run("count marked blobs", async () => {
+      const [r] = await this.sql`SELECT count(*) AS n FROM blobs WHERE orphan IS NOT NULL`;
+      return Number(r.n);
+    });
   }
-  markPackDead(): Promise<void> {
-    return notYet("collect garbage");
+
+  /**
+   * Sealed packs, not dead, with their live bytes; a pack without rows
+   * sealed after the oldest upload in flight began is left out (its rows
+   * may still be on their way: ingest seals an object's pack, then stages).
+   */
+  packUsage(): Promise<{ pack: number; live: number }[]> {
+    return this.#run("read pack usage", async () => {
+      await this.#expireUploads(this.sql);
+      await this.#sealAbandoned(this.sql);
+      const rows = await this.sql`
+        SELECT p.id, coalesce(u.live, 0) AS live FROM packs p
+        LEFT JOIN (SELECT pack, sum(stored) AS live FROM blobs WHERE pack IS NOT NULL GROUP BY pack) u
+          ON u.pack = p.id
+        WHERE p.sealed IS NOT NULL AND p.dead IS NULL
+          AND (u.live IS NOT NULL
+            OR p.sealed < coalesce((SELECT min(started) FROM uploads), keep_now() + 1))
+        ORDER BY p.id`;
+      return rows.map((r) => ({ pack: Number(r.id), live: Number(r.live) }));
+    });
   }
-  deadPacks(): Promise<number[]> {
-    return notYet("collect garbage");
+
+  blobsInPack(pack: number, limit: number): Promise<BlobRow[]> {
+    return this.#run("read a pack's blobs", async () =>
+      (await this.sql`
+        SELECT id, hash, size, stored, pack, "offset" FROM blobs WHERE pack = ${pack}
+        ORDER BY "offset" LIMIT ${limit}`).map(blobRowOf));
   }
-  forgetPack(): Promise<void> {
-    return notYet("collect garbage");
+
+  relocateBlobs(moves: { row: BlobRow; pack: number; offset: number }[]): Promise<number> {
+    return this.#run("move blobs", async () => {
+      let moved = 0;
+      for (let i = 0; i < moves.length; i += CHUNK) {
+        const part = moves.slice(i, i + CHUNK);
+        // Guarded: a row another writer moved meanwhile is left where it is.
+        const r = await this.#retry(() =>
+          this.sql`
+          UPDATE blobs b SET pack = m.np, "offset" = m.no
+          FROM unnest(${part.map((m) => m.row.id)}::bigint[], ${part.map((m) => m.pack)}::bigint[],
+            ${part.map((m) => m.offset)}::bigint[], ${part.map((m) => m.row.pack)}::bigint[],
+            ${part.map((m) => m.row.offset)}::bigint[]) AS m(id, np, no, op, oo)
+          WHERE b.id = m.id AND b.pack = m.op AND b."offset" = m.oo`
+        );
+        moved += r.count;
+      }
+      await this.#movedBlobs();
+      return moved;
+    });
   }
+
+  compactCandidates(limit: number): Promise<BlobRow[]> {
+    return this.#run("find blobs to recompress", async () =>
+      (await this.sql`
+        SELECT id, hash, size, stored, pack, "offset" FROM blobs
+        WHERE pack IS NOT NULL AND level IS NULL ORDER BY id LIMIT ${limit}`).map(blobRowOf));
+  }
+
+  moveBlobs(
+    moves: { row: BlobRow; pack: number; offset: number; stored: number; level: number }[],
+    skips: number[],
+  ): Promise<number> {
+    return this.#run("move recompressed blobs", async () => {
+      let saved = 0;
+      await this.#begin(async (tx) => {
+        for (let i = 0; i < moves.length; i += CHUNK) {
+          const part = moves.slice(i, i + CHUNK);
+          const r = await tx`
+            UPDATE blobs b SET pack = m.np, "offset" = m.no, stored = m.ns, level = m.lv
+            FROM unnest(${part.map((m) => m.row.id)}::bigint[], ${
+            part.map((m) => m.pack)
+          }::bigint[],
+              ${part.map((m) => m.offset)}::bigint[], ${part.map((m) => m.stored)}::bigint[],
+              ${part.map((m) => m.level)}::integer[], ${part.map((m) => m.row.pack)}::bigint[],
+              ${part.map((m) => m.row.offset)}::bigint[], ${
+            part.map((m) => m.row.stored - m.stored)
+          }::bigint[]) AS m(id, np, no, ns, lv, op, oo, saved)
+            WHERE b.id = m.id AND b.pack = m.op AND b."offset" = m.oo
+            RETURNING m.saved`;
+          for (const s of r) saved += Number(s.saved);
+        }
+        if (skips.length) {
+          await tx`UPDATE blobs SET level = -1 WHERE id = ANY(${skips}::bigint[]) AND level IS NULL`;
+        }
+      });
+      await this.#movedBlobs();
+      return saved;
+    });
+  }
+
+  markPackDead(pack: number, at: number): Promise<void> {
+    return this.#run("mark a pack dead", async () => {
+      await this.sql`UPDATE packs SET dead = ${at} WHERE id = ${pack} AND dead IS NULL
+        AND NOT EXISTS (SELECT 1 FROM blobs WHERE pack = ${pack})`;
+    });
+  }
+
+  /** Dead before `before`, and no row points into them (see point 5 above). */
+  deadPacks(before: number): Promise<number[]> {
+    return this.#run("list dead packs", async () =>
+      (await this.sql`
+        SELECT id FROM packs p WHERE dead IS NOT NULL AND dead < ${before}
+          AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.pack = p.id) ORDER BY id`).map((r) =>
+        Number(r.id)
+      ));
+  }
+
+  forgetPack(pack: number): Promise<void> {
+    return this.#run("forget a pack", async () => {
+      await this.sql`DELETE FROM packs WHERE id = ${pack} AND dead IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM blobs WHERE pack = ${pack})`;
+    });
+  }
+
+  /** The oldest start of an upload in flight (by the database's clock); expired ones are removed first. */
   oldestUploadStart(): Promise<number | null> {
     return this.#run("read uploads", async () => {
+      await this.#expireUploads(this.sql);
       const [r] = await this.sql`SELECT min(started) AS m FROM uploads`;
       return r?.m === null || r?.m === undefined ? null : Number(r.m);
     });

@@ -1372,13 +1372,18 @@ export class SqliteIndex implements IndexStore {
     return Promise.resolve(saved);
   }
 
+  /**
+   * A pack without rows sealed after the oldest upload in flight began is
+   * left out: on an object store ingest seals a pack, then stages its rows.
+   */
   async packUsage(): Promise<{ pack: number; live: number }[]> {
     const rows = this.#stmt(
       `SELECT p.id AS id, coalesce(u.live, 0) AS live FROM packs p
        LEFT JOIN (SELECT pack, sum(stored) AS live FROM blobs WHERE pack IS NOT NULL GROUP BY pack) u
          ON u.pack = p.id
-       WHERE p.sealed IS NOT NULL AND p.dead IS NULL`,
-    ).all() as Row[];
+       WHERE p.sealed IS NOT NULL AND p.dead IS NULL
+         AND (u.live IS NOT NULL OR p.sealed < coalesce((SELECT min(started) FROM uploads), ?))`,
+    ).all(Date.now() + 1) as Row[];
     return Promise.resolve(rows.map((r) => ({ pack: Number(r.id), live: Number(r.live) })));
   }
 
@@ -1720,12 +1725,21 @@ export class SqliteIndex implements IndexStore {
   }
 
   async markPackDead(pack: number, at: number): Promise<void> {
-    this.#stmt("UPDATE packs SET dead = ? WHERE id = ? AND dead IS NULL").run(at, pack);
+    this.#stmt(
+      "UPDATE packs SET dead = ? WHERE id = ? AND dead IS NULL AND NOT EXISTS (SELECT 1 FROM blobs WHERE pack = ?)",
+    ).run(at, pack, pack);
   }
 
+  /**
+   * Only packs no row points into: on an object store, ingest seals a
+   * pack before it stages the pack's rows, so a pack GC found empty in
+   * between gets its rows after it was marked dead; it then stays.
+   */
   async deadPacks(before: number): Promise<number[]> {
-    return (this.#stmt("SELECT id FROM packs WHERE dead IS NOT NULL AND dead < ? ORDER BY id")
-      .all(before) as Row[]).map((r) => Number(r.id));
+    return (this.#stmt(
+      `SELECT id FROM packs p WHERE dead IS NOT NULL AND dead < ?
+       AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.pack = p.id) ORDER BY id`,
+    ).all(before) as Row[]).map((r) => Number(r.id));
   }
 
   async forgetPack(pack: number): Promise<void> {
