@@ -156,3 +156,34 @@ Deno.test("keep migrate refuses bad flags, a served source and a non-empty targe
   // The target that was refused still holds exactly its own history.
   await assertHolds(other, await token(other, "admin", "*"), otherSnaps);
 });
+
+Deno.test("keep migrate copies a store whose lost pack keep verify has marked: the damage goes along, the rest restores", async () => {
+  const from = await tempDir("keep-data-");
+  const snaps = await history(from, 0);
+  const packs: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of Deno.readDirSync(dir)) {
+      if (e.isDirectory) walk(join(dir, e.name));
+      else packs.push(join(dir, e.name));
+    }
+  };
+  walk(join(from, "packs"));
+  packs.sort();
+  assert(packs.length > 1, packs.join(" "));
+  // The last pack holds round 2's changes only: rounds 0 and 1 stay whole.
+  Deno.removeSync(packs[packs.length - 1]);
+  const v = await keep(["verify", "--data", from]);
+  assertEquals(v.code, 4, v.stdout + v.stderr);
+  const to = join(await tempDir(), "copy");
+  const r = await keep(["migrate", "--from", from, "--to", to, "--json"]);
+  // A faithful copy of a damaged store: copied, and its verify says what the source's says.
+  assert(r.code === 0 || r.code === 4, r.stderr);
+  assert(!/Cannot migrate: pack \d+ is missing/.test(r.stderr), r.stderr);
+  const report = json<{ verify: { damaged: unknown[] } }>(r);
+  assert(report.verify.damaged.length > 0, r.stdout);
+  await using server = await startServer({ dataDir: to });
+  const dest = join(await tempDir(), "r");
+  const cli = { env: { KEEP_SERVER: server.url, KEEP_PROJECT: "app" } };
+  await keepOk(["restore", "--commit", snaps[0][0], dest], 0, cli);
+  assertSameTree(snapshot(dest), snaps[0][1]);
+});

@@ -14,6 +14,9 @@
  *   the same trees; verify (clean, then a pack deleted behind the server's
  *   back: found, marked, sent again by the next backup), stats and a quota
  *   refusal; a web UI session made through one node used on another.
+ * - keep migrate: a data dir into RGW + PostgreSQL, backups there (the id
+ *   counters moved on), and back into a data dir; into a database whose
+ *   default collation is not C.
  *
  * Each test has its own bucket prefix and database. One file, so its tests
  * run one after another: the outage tests stop radosgw or PostgreSQL, which
@@ -778,4 +781,91 @@ Deno.test("pg index: a web UI session made through one node works on another; si
   ]);
   assertEquals((await uiPage(one.url, "/p/app", second)).status, 401);
   assertEquals((await uiPage(two.url, "/p/app", second)).status, 401);
+});
+
+Deno.test("keep migrate: a data dir into RGW + PostgreSQL, backups there, and back into a data dir, verified each way", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("mig");
+  const from = await tempDir("keep-data-");
+  const src = await tempDir();
+  const spec: Record<string, string | Uint8Array> = { "big.bin": randomData(2_500_000) };
+  for (let i = 0; i < 50; i++) spec[`f${i}.txt`] = `file ${i}\n`.repeat(20);
+  writeTree(src, spec);
+  {
+    await using embedded = await startServer({ dataDir: from });
+    await keepOk(["backup", "-s", embedded.url, "-p", "app", "--settle", "0", src]);
+  }
+  const opts = { env: { ...env } };
+  const blobs = `s3://${env.KEEP_S3_BUCKET}/${prefix}`;
+  const there = json<{ verify: { ok: boolean } }>(
+    await keepOk(
+      ["migrate", "--from", from, "--to-blobs", blobs, "--to-index", db.url, "--json"],
+      0,
+      opts,
+    ),
+  );
+  assert(there.verify.ok);
+  // The migrated store takes new backups: new packs, blobs and projects (the id counters moved on).
+  {
+    await using server = await node(env, db.url, prefix);
+    writeTree(src, { "f1.txt": "changed\n", "more.bin": randomData(2_600_000) });
+    for (const p of ["app", "other"]) {
+      await keepOk(["backup", "-s", server.url, "-p", p, "--settle", "0", src]);
+    }
+    assertMatch((await keepOk(["verify", "--server", server.url], 0)).stdout, /OK/);
+  }
+  // And back into a data dir: every row equal, verified.
+  const back = join(await tempDir(), "back");
+  const r = await keep(
+    ["migrate", "--from-blobs", blobs, "--from-index", db.url, "--to", back, "--json"],
+    opts,
+  );
+  assertEquals(r.code, 0, r.stderr);
+  assert(json<{ verify: { ok: boolean } }>(r).verify.ok);
+  await using local = await startServer({ dataDir: back });
+  writeTree(src, { "f2.txt": "changed again\n" });
+  await keepOk(["backup", "-s", local.url, "-p", "app", "--settle", "0", src]);
+  const dest = await tempDir();
+  await keepOk(["restore", "-s", local.url, "-p", "app", dest]);
+  assertSameTree(snapshot(dest), snapshot(src));
+});
+
+Deno.test("keep migrate into a database whose default collation is not C (en-US): policies of projects Zeta and app compare equal", async () => {
+  const env = await services();
+  const name = `kt_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+  const admin = postgres(env.KEEP_PG_URL, { max: 1, onnotice: () => {} });
+  // As initdb makes a cluster on a host whose locale is en_US.UTF-8 (Debian's usual).
+  await admin.unsafe(
+    `CREATE DATABASE ${name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'`,
+  );
+  try {
+    const url = env.KEEP_PG_URL.replace(/\/[^/]*$/, `/${name}`);
+    const from = await tempDir("keep-data-");
+    const src = await tempDir();
+    writeTree(src, { "a.txt": "a\n" });
+    {
+      await using embedded = await startServer({ dataDir: from });
+      for (const p of ["Zeta", "app"]) {
+        const cli = { env: { KEEP_SERVER: embedded.url, KEEP_PROJECT: p } };
+        await keepOk(["backup", "--settle", "0", src], 0, cli);
+        await keepOk(["policy", "set", "--keep-last", "5"], 0, cli);
+      }
+    }
+    const blobs = `s3://${env.KEEP_S3_BUCKET}/${freshPrefix("migc")}`;
+    const r = await keep(
+      ["migrate", "--from", from, "--to-blobs", blobs, "--to-index", url, "--json"],
+      { env: { ...env } },
+    );
+    assertEquals(r.code, 0, r.stderr);
+    const back = join(await tempDir(), "back");
+    const b = await keep(
+      ["migrate", "--from-blobs", blobs, "--from-index", url, "--to", back, "--json"],
+      { env: { ...env } },
+    );
+    assertEquals(b.code, 0, b.stderr);
+  } finally {
+    await admin.unsafe(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {});
+    await admin.end();
+  }
 });

@@ -77,6 +77,7 @@ const PACK = col("pack");
 const OFFSET = col("offset");
 const STORED = col("stored");
 const SIZE = col("size");
+const DAMAGED = col("damaged");
 
 /** Copies every pack a blob row names and every large blob; returns the large blobs' new generations. */
 async function copyObjects(
@@ -86,11 +87,15 @@ async function copyObjects(
   progress: Progress,
 ): Promise<Map<string, number>> {
   const packs = new Set<number>();
+  // Packs with a blob keep verify has not marked damaged: the rest may be gone.
+  const sound = new Set<number>();
   const large: { hash: string; gen: number | null; stored: number; size: number }[] = [];
   for await (const rows of rowsOf(source, BLOBS)) {
     for (const r of rows) {
-      if (r[PACK] !== null) packs.add(Number(r[PACK]));
-      else {
+      if (r[PACK] !== null) {
+        packs.add(Number(r[PACK]));
+        if (r[DAMAGED] === null) sound.add(Number(r[PACK]));
+      } else {
         large.push({
           hash: bytesToHex(r[HASH] as Uint8Array),
           gen: r[OFFSET] === null ? null : Number(r[OFFSET]),
@@ -103,6 +108,12 @@ async function copyObjects(
   let done = 0;
   for (const pack of [...packs].sort((a, b) => a - b)) {
     const size = await source.blobs.packSize(pack);
+    if (size === null && !sound.has(pack)) {
+      // Lost, and known to be (keep verify marked every blob in it): the copy
+      // holds the same damage, which its verify reports.
+      progress(`pack ${pack}: missing from the source, its blobs marked damaged there`);
+      continue;
+    }
     if (size === null) {
       throw new KeepError(
         "integrity",
@@ -182,9 +193,18 @@ function withGen(r: CellValue[], gens: Map<string, number>): CellValue[] {
   return out;
 }
 
-/** Rows of durable state (the copy's own mark is not). */
+/**
+ * store_meta keys that are not copied as values: the copy's own mark, and
+ * SQLite's pack counter (PostgreSQL keeps it in a sequence and never reads
+ * nor moves that row: a copied value goes stale there, and a copy back would
+ * then never compare equal). The target's counter is moved past the
+ * source's instead (afterLoad) and checked to be at least there.
+ */
+const NOT_COPIED = new Set([MARK, "pack_seq"]);
+
+/** Rows of durable state (the copy's own mark and the pack counter are not). */
 function durable(t: TableSpec, rows: CellValue[][]): CellValue[][] {
-  return t.name === "store_meta" ? rows.filter((r) => r[0] !== MARK) : rows;
+  return t.name === "store_meta" ? rows.filter((r) => !NOT_COPIED.has(r[0] as string)) : rows;
 }
 
 function sameCell(a: CellValue, b: CellValue): boolean {
@@ -295,7 +315,14 @@ export async function migrate(
     report.rows[t.name] = n;
     progress(`${t.name}: ${n} rows`);
   }
-  await target.index.afterLoad(await source.index.highestPack());
+  const packSeq = await source.index.highestPack();
+  await target.index.afterLoad(packSeq);
+  if ((await target.index.highestPack()) < packSeq) {
+    throw new KeepError(
+      "integrity",
+      `Cannot finish the migration: the target's pack counter is below the source's (${packSeq})`,
+    );
+  }
   progress("comparing every row with the source");
   await compareTables(source, target, gens);
   progress("re-reading every blob of the target");

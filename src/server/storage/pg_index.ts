@@ -1467,10 +1467,16 @@ export class PgIndex implements IndexStore {
   dumpRows(table: string, after: CellValue[] | null, limit: number): Promise<CellValue[][]> {
     const t = tableSpec(table);
     return this.#run(`read ${t.name}`, async () => {
-      const keys = t.columns.slice(0, t.key).map((c) => `"${c}"`);
+      // Text keys in byte order, as SQLite's: a column not declared COLLATE "C"
+      // (policies, tokens, store_meta) takes the database's, e.g. en-US, where
+      // "app" < "Zeta"; the copy compares the two stores' rows in turn.
+      const text = (c: string) => t.text?.includes(c) ? ` COLLATE "C"` : "";
+      const keys = t.columns.slice(0, t.key).map((c) => `"${c}"${text(c)}`);
       const where = after
         ? `WHERE (${keys.join(", ")}) > (${
-          keys.map((_, i) => `$${i + 1}::${pgType(t, t.columns[i])}`).join(", ")
+          keys.map((_, i) => `$${i + 1}::${pgType(t, t.columns[i])}${text(t.columns[i])}`).join(
+            ", ",
+          )
         })`
         : "";
       const rows = await this.sql.unsafe(
