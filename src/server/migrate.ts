@@ -39,6 +39,15 @@ export interface MigrateReport {
   large: { copied: number; present: number; bytes: number };
   rows: Record<string, number>;
   resumed: boolean;
+  /**
+   * The copy is done (a later run is refused): every row equal and every blob
+   * sound, but for blobs the source had marked damaged (`inherited`).
+   */
+  finished: boolean;
+  /** Damaged blobs of the target that the source had marked damaged too. */
+  inherited: number;
+  /** Objects of the target that did not verify, deleted: the next run copies them again. */
+  recopy: number;
   verify: VerifyReport;
 }
 
@@ -79,19 +88,31 @@ const STORED = col("stored");
 const SIZE = col("size");
 const DAMAGED = col("damaged");
 
-/** Copies every pack a blob row names and every large blob; returns the large blobs' new generations. */
+/**
+ * Copies every pack a blob row names and every large blob; returns the large
+ * blobs' generations in the target, and fills `damaged` with the blobs the
+ * source has marked damaged.
+ */
 async function copyObjects(
   source: Storage,
   target: Storage,
   report: MigrateReport,
   progress: Progress,
-): Promise<Map<string, number>> {
+  damaged: Set<string>,
+): Promise<Map<string, number | null>> {
   const packs = new Set<number>();
   // Packs with a blob keep verify has not marked damaged: the rest may be gone.
   const sound = new Set<number>();
-  const large: { hash: string; gen: number | null; stored: number; size: number }[] = [];
+  const large: {
+    hash: string;
+    gen: number | null;
+    stored: number;
+    size: number;
+    damaged: boolean;
+  }[] = [];
   for await (const rows of rowsOf(source, BLOBS)) {
     for (const r of rows) {
+      if (r[DAMAGED] !== null) damaged.add(bytesToHex(r[HASH] as Uint8Array));
       if (r[PACK] !== null) {
         packs.add(Number(r[PACK]));
         if (r[DAMAGED] === null) sound.add(Number(r[PACK]));
@@ -101,6 +122,7 @@ async function copyObjects(
           gen: r[OFFSET] === null ? null : Number(r[OFFSET]),
           stored: Number(r[STORED]),
           size: Number(r[SIZE]),
+          damaged: r[DAMAGED] !== null,
         });
       }
     }
@@ -145,7 +167,7 @@ async function copyObjects(
     if (!o.hash) continue;
     present.set(o.hash, [...(present.get(o.hash) ?? []), o.gen]);
   }
-  const gens = new Map<string, number>();
+  const gens = new Map<string, number | null>();
   done = 0;
   for (const b of large) {
     let gen: number | null | undefined;
@@ -154,6 +176,10 @@ async function copyObjects(
     }
     if (gen !== undefined && gen !== null) {
       report.large.present++;
+    } else if (b.damaged && (await source.blobs.largeSize(b.hash, b.gen)) === null) {
+      // Lost, and known to be (see the packs above): its row goes as it is.
+      progress(`large blob ${b.hash}: missing from the source, marked damaged there`);
+      gen = b.gen;
     } else {
       const sink = target.blobs.openLarge();
       try {
@@ -182,14 +208,14 @@ async function copyObjects(
 }
 
 /** A blob row with its large blob's generation in the target. */
-function withGen(r: CellValue[], gens: Map<string, number>): CellValue[] {
+function withGen(r: CellValue[], gens: Map<string, number | null>): CellValue[] {
   if (r[PACK] !== null) return r;
   const gen = gens.get(bytesToHex(r[HASH] as Uint8Array));
   if (gen === undefined) {
     throw new KeepError("internal", "Cannot migrate: a large blob row appeared during the copy");
   }
   const out = r.slice();
-  out[OFFSET] = BigInt(gen);
+  out[OFFSET] = gen === null ? null : BigInt(gen);
   return out;
 }
 
@@ -236,7 +262,11 @@ async function compareMeta(source: Storage, target: Storage, t: TableSpec) {
 }
 
 /** Every table of the target equals the source's, row by row (large blobs' generations aside). */
-async function compareTables(source: Storage, target: Storage, gens: Map<string, number>) {
+async function compareTables(
+  source: Storage,
+  target: Storage,
+  gens: Map<string, number | null>,
+) {
   for (const t of DURABLE_TABLES) {
     if (t.name === "store_meta") {
       await compareMeta(source, target, t);
@@ -293,6 +323,9 @@ export async function migrate(
     large: { copied: 0, present: 0, bytes: 0 },
     rows: {},
     resumed: false,
+    finished: false,
+    inherited: 0,
+    recopy: 0,
     verify: undefined as unknown as VerifyReport,
   };
   const mark = await target.index.meta(MARK);
@@ -304,7 +337,8 @@ export async function migrate(
     );
   }
   await target.index.setMeta(MARK, Date.now());
-  const gens = await copyObjects(source, target, report, progress);
+  const damaged = new Set<string>();
+  const gens = await copyObjects(source, target, report, progress, damaged);
   for (const t of DURABLE_TABLES) {
     let n = 0;
     for await (const page of rowsOf(source, t)) {
@@ -327,6 +361,18 @@ export async function migrate(
   await compareTables(source, target, gens);
   progress("re-reading every blob of the target");
   report.verify = await verifyStore(target, { readOnly: true });
-  if (report.verify.ok) await target.index.setMeta(MARK, 0);
+  const copyDamage = report.verify.damaged.filter((d) => !damaged.has(d.hash));
+  report.inherited = report.verify.damaged.length - copyDamage.length;
+  // Damaged in the copy only: a next run would find the object there at its
+  // size and keep it. Deleted, it is copied again.
+  for (const d of copyDamage) {
+    const place = await target.index.blobPlace(d.hash);
+    if (!place) continue;
+    if (place.pack !== null) await target.blobs.deletePack(place.pack).catch(() => {});
+    else await target.blobs.deleteLarge(d.hash, place.offset).catch(() => {});
+    report.recopy++;
+  }
+  report.finished = report.verify.integrity === "ok" && copyDamage.length === 0;
+  if (report.finished) await target.index.setMeta(MARK, 0);
   return report;
 }

@@ -177,6 +177,8 @@ export async function openLocalStorage(
      * index.json, so that opening it without this option is refused).
      */
     pg?: string;
+    /** Open the target of an unfinished `keep migrate` (only migrate itself does). */
+    migrating?: boolean;
   } = {},
 ): Promise<Storage> {
   const path = join(dataDir, "index.db");
@@ -233,6 +235,21 @@ export async function openLocalStorage(
       Deno.writeTextFileSync(pgMark, JSON.stringify({ kind: "postgres", url }) + "\n");
     }
   } else index = SqliteIndex.open(path, { cacheMiB: options.cacheMiB });
+  if (!options.migrating) {
+    // Half a copy: serving it (or adding tokens) would write rows and packs
+    // that the copy's next run overwrites, or that make it never compare equal.
+    const mark = await index.meta("migrating").catch(async (err) => {
+      await index.close();
+      throw err;
+    });
+    if (mark !== null && mark > 0) {
+      await index.close();
+      throw new KeepError(
+        "usage",
+        `Cannot open ${dataDir}: it is the target of an unfinished keep migrate (run that again to finish it)`,
+      );
+    }
+  }
   let blobs: BlobStore;
   try {
     if (s3 && !record) {
