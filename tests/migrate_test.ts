@@ -297,3 +297,16 @@ Deno.test("a pack damaged in the target between two runs (same size) is found by
   assert(third.verify.ok && third.finished);
   await assertHolds(to, await token(to, "admin", "*"), snaps);
 });
+
+Deno.test("a migration killed after its rows went in, resumed after the source dropped a row (policy cleared), verifies", async () => {
+  const from = await tempDir("keep-data-");
+  await history(from, 24);
+  const to = join(await tempDir(), "copy");
+  await killedMigrate(from, to, /^policies: /m);
+  // The source goes on meanwhile (served again, say): a row the target holds is gone there.
+  await keepOk(["policy", "clear", "--data", from, "--project", "app"]);
+  const r = await keep(["migrate", "--from", from, "--to", to, "--json"]);
+  assertEquals(r.code, 0, r.stderr);
+  const report = json<{ rows: Record<string, number>; finished: boolean }>(r);
+  assert(report.finished && report.rows.policies === 0, r.stdout);
+});

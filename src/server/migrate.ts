@@ -17,7 +17,9 @@
  *
  * Resumable: the target is marked (store_meta `migrating`) before the first
  * byte; a second run on a marked target skips the objects already there at
- * their size and rewrites rows by key. An unmarked target must be empty.
+ * their size and loads every row again (the earlier run's are removed first).
+ * An unmarked target must be empty; a marked one is opened by nothing but
+ * migrate (open.ts).
  * Neither store may be served meanwhile (the caller holds the data-dir locks;
  * stop the servers of a PostgreSQL index).
  *
@@ -339,6 +341,13 @@ export async function migrate(
   await target.index.setMeta(MARK, Date.now());
   const damaged = new Set<string>();
   const gens = await copyObjects(source, target, report, progress, damaged);
+  if (report.resumed) {
+    // An earlier run's rows: the source may have dropped some since (served
+    // again meanwhile), and an upsert by key never removes them.
+    for (const t of DURABLE_TABLES) {
+      if (t.name !== "store_meta") await target.index.clearRows(t.name);
+    }
+  }
   for (const t of DURABLE_TABLES) {
     let n = 0;
     for await (const page of rowsOf(source, t)) {

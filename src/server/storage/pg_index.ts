@@ -1488,6 +1488,13 @@ export class PgIndex implements IndexStore {
     });
   }
 
+  clearRows(table: string): Promise<void> {
+    const t = tableSpec(table);
+    return this.#run(`clear ${t.name}`, async () => {
+      await this.sql.unsafe(`DELETE FROM ${t.name}`);
+    });
+  }
+
   loadRows(table: string, rows: CellValue[][]): Promise<void> {
     const t = tableSpec(table);
     return this.#run(`write ${t.name}`, async () => {
