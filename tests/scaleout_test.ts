@@ -869,3 +869,36 @@ Deno.test("keep migrate into a database whose default collation is not C (en-US)
     await admin.end();
   }
 });
+
+Deno.test("keep migrate refuses a PostgreSQL index a node serves, as source or as target", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("migsrv");
+  const blobs = `s3://${env.KEEP_S3_BUCKET}/${prefix}`;
+  const from = await tempDir("keep-data-");
+  const src = await tempDir();
+  writeTree(src, { "a.txt": "a\n" });
+  {
+    await using embedded = await startServer({ dataDir: from });
+    await keepOk(["backup", "-s", embedded.url, "-p", "app", "--settle", "0", src]);
+  }
+  const opts = { env: { ...env } };
+  {
+    // The node's store is empty: the emptiness check alone lets the copy in under it.
+    await using _serving = await node(env, db.url, prefix);
+    const r = await keep(
+      ["migrate", "--from", from, "--to-blobs", blobs, "--to-index", db.url],
+      opts,
+    );
+    assertEquals(r.code, 2, r.stderr);
+    assertMatch(r.stderr, /^keep: Cannot migrate .*: a keep serve runs on it/);
+    const back = join(await tempDir(), "back");
+    const s = await keep(
+      ["migrate", "--from-blobs", blobs, "--from-index", db.url, "--to", back],
+      opts,
+    );
+    assertEquals(s.code, 2, s.stderr);
+    assertMatch(s.stderr, /a keep serve runs on it/);
+  }
+  await keepOk(["migrate", "--from", from, "--to-blobs", blobs, "--to-index", db.url], 0, opts);
+});

@@ -23,8 +23,8 @@ target is re-read and re-hashed.
 
 Resumable: run the same command again after an interruption; what is there
 already is skipped. The target must be empty (or an interrupted migration's).
-Stop the servers of both stores first (a data dir's server holds its lock;
-the servers of a PostgreSQL index do not: stop every node).
+Stop the servers of both stores first: a data dir's server holds its lock,
+the nodes of a PostgreSQL index a shared lock on it; migrate refuses either.
 
 A side is a data dir (the embedded store, or a node's dir that remembers its
 bucket), plus --*-blobs and --*-index when its blobs or index live there (as
@@ -104,6 +104,7 @@ source's damage), 2 bad flags.`,
         s3: s.s3,
         pg: s.pg,
         migrating: create,
+        exclusive: true,
       });
     };
     const source = await open(from, false);

@@ -417,7 +417,38 @@ export class PgIndex implements IndexStore {
   }
 
   async close(): Promise<void> {
+    this.#held?.release();
+    this.#held = null;
     await this.sql.end({ timeout: 5 });
+  }
+
+  #held: postgres.ReservedSql | null = null;
+
+  /**
+   * Takes the store's lock for as long as this index is open, on a
+   * connection of its own: shared for a serving node (any number of them),
+   * exclusive for keep migrate (none then). False when it is not free. A
+   * session lock: a node killed, or its connection lost, holds it no more.
+   */
+  holdStoreLock(exclusive: boolean): Promise<boolean> {
+    return this.#run("lock the store", async () => {
+      if (this.#held) return true;
+      const r = await this.sql.reserve();
+      try {
+        const [row] = exclusive
+          ? await r`SELECT pg_try_advisory_lock(727275) AS ok`
+          : await r`SELECT pg_try_advisory_lock_shared(727275) AS ok`;
+        if (row.ok) {
+          this.#held = r;
+          return true;
+        }
+      } catch (err) {
+        r.release();
+        throw err;
+      }
+      r.release();
+      return false;
+    });
   }
 
   /**
