@@ -791,7 +791,12 @@ Deno.test("keep migrate: a data dir into RGW + PostgreSQL, backups there, and ba
   const src = await tempDir();
   const spec: Record<string, string | Uint8Array> = { "big.bin": randomData(2_500_000) };
   for (let i = 0; i < 50; i++) spec[`f${i}.txt`] = `file ${i}\n`.repeat(20);
+  // Names whose UTF-8 byte order is not their UTF-16 order; a time before 1970.
+  for (const n of ["odd\uFFFF", "odd\u{10000}", "odd\uE000", "é/ü", "odd\u{10FFFF}"]) {
+    spec[`${n}.txt`] = n;
+  }
   writeTree(src, spec);
+  Deno.utimeSync(join(src, "f0.txt"), new Date(-86_400_123), new Date(-86_400_123));
   {
     await using embedded = await startServer({ dataDir: from });
     await keepOk(["backup", "-s", embedded.url, "-p", "app", "--settle", "0", src]);
