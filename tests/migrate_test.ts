@@ -310,3 +310,26 @@ Deno.test("a migration killed after its rows went in, resumed after the source d
   const report = json<{ rows: Record<string, number>; finished: boolean }>(r);
   assert(report.finished && report.rows.policies === 0, r.stdout);
 });
+
+Deno.test("a source pack damaged at its size and not marked: migrate says to run keep verify there, and after that it is done", async () => {
+  const from = await tempDir("keep-data-");
+  await history(from, 0);
+  const packs: string[] = [];
+  for (const e of Deno.readDirSync(join(from, "packs"))) {
+    const p = join(from, "packs", e.name);
+    if (e.isFile) packs.push(p);
+    else for (const f of Deno.readDirSync(p)) packs.push(join(p, f.name));
+  }
+  const bytes = Deno.readFileSync(packs[0]);
+  bytes[bytes.length >> 1] ^= 0xff;
+  Deno.writeFileSync(packs[0], bytes);
+  const to = join(await tempDir(), "copy");
+  const first = await keep(["migrate", "--from", from, "--to", to]);
+  assertEquals(first.code, 4, first.stderr);
+  assertMatch(first.stdout, /damaged in the source too, unmarked: run keep verify --data /);
+  assertEquals((await keep(["verify", "--data", from])).code, 4);
+  const second = await keep(["migrate", "--from", from, "--to", to, "--json"]);
+  assertEquals(second.code, 4, second.stderr);
+  const r = json<{ finished: boolean; inherited: number; unmarked: number }>(second);
+  assert(r.finished && r.inherited > 0 && r.unmarked === 0, second.stdout);
+});

@@ -128,6 +128,8 @@ source's damage), 2 bad flags.`,
               ? `verified: every row equal, ${report.verify.blobs} blobs re-hashed, clean`
               : report.finished
               ? `copied with the source's damage: ${report.inherited} blobs damaged there are damaged here too, ${report.verify.missing.length} missing (see keep verify)`
+              : report.unmarked > 0
+              ? `NOT verified: ${report.unmarked} blobs are damaged in the source too, unmarked: run keep verify --data ${source.where} (it marks them), then keep migrate again`
               : `NOT verified: ${report.verify.damaged.length} damaged (${report.recopy} objects to copy again), ${report.verify.missing.length} missing; run keep migrate again`,
           );
         }

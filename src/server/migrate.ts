@@ -31,7 +31,7 @@ import { bytesToHex } from "../format/hex.ts";
 import type { VerifyReport } from "../format/api.ts";
 import type { Storage } from "./storage/open.ts";
 import { type CellValue, DURABLE_TABLES, type TableSpec } from "./storage/tables.ts";
-import { verifyStore } from "./verify.ts";
+import { checkBlob, verifyStore } from "./verify.ts";
 
 /** Rows per page read from the source and written to the target. */
 const ROWS = 5000;
@@ -50,6 +50,11 @@ export interface MigrateReport {
   inherited: number;
   /** Objects of the target that did not verify, deleted: the next run copies them again. */
   recopy: number;
+  /**
+   * Blobs damaged in the source too, and not marked there: copying again
+   * cannot help (keep verify on the source marks them; the next run is done).
+   */
+  unmarked: number;
   verify: VerifyReport;
 }
 
@@ -328,6 +333,7 @@ export async function migrate(
     finished: false,
     inherited: 0,
     recopy: 0,
+    unmarked: 0,
     verify: undefined as unknown as VerifyReport,
   };
   const mark = await target.index.meta(MARK);
@@ -375,6 +381,11 @@ export async function migrate(
   // Damaged in the copy only: a next run would find the object there at its
   // size and keep it. Deleted, it is copied again.
   for (const d of copyDamage) {
+    const theirs = await source.index.blobPlace(d.hash);
+    if (theirs && (await checkBlob(source, d.hash, theirs)) !== null) {
+      report.unmarked++;
+      continue;
+    }
     const place = await target.index.blobPlace(d.hash);
     if (!place) continue;
     if (place.pack !== null) await target.blobs.deletePack(place.pack).catch(() => {});
