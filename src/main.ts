@@ -63,7 +63,8 @@ async function main(args: string[]): Promise<number> {
     throw new KeepError("usage", "Cannot run keep: no command given (see keep --help)");
   }
   if (name === undefined || name === "--help" || name === "-h" || name === "help") {
-    const entry = COMMANDS.find((c) => c.name === rest[0]);
+    const topic = rest.find((a) => a !== "--json");
+    const entry = COMMANDS.find((c) => c.name === topic);
     const cmd = entry ? await entry.load() : null;
     printText("help", cmd ? `${cmd.help}\n\nExit codes:\n${exitTable()}` : await mainHelp(), json);
     return name === undefined ? 2 : 0;

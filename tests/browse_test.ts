@@ -118,4 +118,16 @@ Deno.test("--json: one {keep: 1} object on stdout, for results and for errors al
     assertEquals(o.keep, 1);
     assert(typeof (o.help ?? o.version) === "string", r.stdout);
   }
+  // The help of the command asked for, wherever --json is.
+  for (
+    const args of [["help", "--json", "diff"], ["--json", "help", "diff"], [
+      "diff",
+      "--help",
+      "--json",
+    ]]
+  ) {
+    const r = await keep(args);
+    assertEquals(r.code, 0, args.join(" "));
+    assertMatch(JSON.parse(r.stdout).help, /^Usage: keep diff /, args.join(" "));
+  }
 });

@@ -6,6 +6,7 @@
  */
 
 import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import {
   assertSameTree,
@@ -155,4 +156,180 @@ Deno.test("keep migrate refuses bad flags, a served source and a non-empty targe
   }
   // The target that was refused still holds exactly its own history.
   await assertHolds(other, await token(other, "admin", "*"), otherSnaps);
+});
+
+Deno.test("keep migrate copies a store whose lost pack keep verify has marked: the damage goes along, the rest restores", async () => {
+  const from = await tempDir("keep-data-");
+  const snaps = await history(from, 0);
+  const packs: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of Deno.readDirSync(dir)) {
+      if (e.isDirectory) walk(join(dir, e.name));
+      else packs.push(join(dir, e.name));
+    }
+  };
+  walk(join(from, "packs"));
+  packs.sort();
+  assert(packs.length > 1, packs.join(" "));
+  // The last pack holds round 2's changes only: rounds 0 and 1 stay whole.
+  Deno.removeSync(packs[packs.length - 1]);
+  const v = await keep(["verify", "--data", from]);
+  assertEquals(v.code, 4, v.stdout + v.stderr);
+  const to = join(await tempDir(), "copy");
+  const r = await keep(["migrate", "--from", from, "--to", to, "--json"]);
+  // A faithful copy of a damaged store: copied, and its verify says what the source's says.
+  assert(r.code === 0 || r.code === 4, r.stderr);
+  assert(!/Cannot migrate: pack \d+ is missing/.test(r.stderr), r.stderr);
+  const report = json<{ verify: { damaged: unknown[] } }>(r);
+  assert(report.verify.damaged.length > 0, r.stdout);
+  await using server = await startServer({ dataDir: to });
+  const dest = join(await tempDir(), "r");
+  const cli = { env: { KEEP_SERVER: server.url, KEEP_PROJECT: "app" } };
+  await keepOk(["restore", "--commit", snaps[0][0], dest], 0, cli);
+  assertSameTree(snapshot(dest), snaps[0][1]);
+});
+
+/** Starts `keep migrate --from --to` and kills it with -9 once stderr matches `at`. */
+async function killedMigrate(from: string, to: string, at: RegExp) {
+  const proc = new Deno.Command(KEEP, {
+    args: ["migrate", "--from", from, "--to", to],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const reader = proc.stderr.getReader();
+  let text = "";
+  while (!at.test(text)) {
+    const c = await reader.read();
+    if (c.done) break;
+    text += new TextDecoder().decode(c.value);
+  }
+  proc.kill("SIGKILL");
+  const status = await proc.status;
+  reader.releaseLock();
+  await proc.stderr.cancel();
+  assertEquals(status.signal, "SIGKILL", `migrate ended before the kill: ${text}`);
+}
+
+Deno.test("the target of a migration killed with -9 is not served (nor given tokens) until a run finishes it", async () => {
+  const from = await tempDir("keep-data-");
+  const snaps = await history(from, 24);
+  const to = join(await tempDir(), "copy");
+  await killedMigrate(from, to, /^packs: /m);
+  // Served now, it would take backups into packs and rows the copy then overwrites.
+  const serve = new Deno.Command(KEEP, {
+    args: ["serve", "--data", to, "--no-auth", "--listen", "127.0.0.1:0"],
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(10_000),
+  }).spawn();
+  const out = await serve.output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assertEquals(out.signal, null, "keep serve ran on a half-copied store");
+  assertEquals(out.code, 2, stderr);
+  assertMatch(stderr, /unfinished keep migrate/);
+  const t = await keep(["token", "create", "--data", to, "--role", "admin", "--project", "*"]);
+  assertEquals(t.code, 2, t.stderr);
+  // Finished by a second run, it serves.
+  await keepOk(["migrate", "--from", from, "--to", to]);
+  await assertHolds(to, await token(to, "admin", "*"), snaps);
+});
+
+Deno.test("keep migrate copies large blobs of an old store (no generation in their name) and a lost one keep verify marked", async () => {
+  const from = await tempDir("keep-data-");
+  const snaps = await history(from, 2);
+  const db = new DatabaseSync(join(from, "index.db"));
+  const large = db.prepare("SELECT hash, offset FROM blobs WHERE pack IS NULL ORDER BY size")
+    .all() as { hash: Uint8Array; offset: number }[];
+  assertEquals(large.length, 2);
+  const file = (hash: Uint8Array, gen: number | null) => {
+    const hex = [...hash].map((b) => b.toString(16).padStart(2, "0")).join("");
+    const name = gen === null ? hex : `${hex}.${gen}`;
+    return join(from, "blobs", hex.slice(0, 2), hex.slice(2, 4), name);
+  };
+  // The first as a store made before generations names it; the second lost.
+  Deno.renameSync(file(large[0].hash, large[0].offset), file(large[0].hash, null));
+  db.prepare("UPDATE blobs SET offset = NULL WHERE hash = ?").run(large[0].hash);
+  db.close();
+  Deno.removeSync(file(large[1].hash, large[1].offset));
+  assertEquals((await keep(["verify", "--data", from])).code, 4);
+  const to = join(await tempDir(), "copy");
+  const r = await keep(["migrate", "--from", from, "--to", to, "--json"]);
+  assertEquals(r.code, 4, r.stderr);
+  const report = json<{ verify: { damaged: { hash: string }[] } }>(r);
+  assertEquals(report.verify.damaged.length, 1, r.stdout);
+  // Copied all the same (the lost blob is damaged there too); the store opens and restores
+  // every file but the lost one, and a second run says it is done.
+  const again = await keep(["migrate", "--from", from, "--to", to]);
+  assertMatch(again.stderr, /already holds a store/);
+  await using server = await startServer({ dataDir: to });
+  const dest = join(await tempDir(), "r");
+  const cli = { env: { KEEP_SERVER: server.url, KEEP_PROJECT: "app" } };
+  const restore = await keep(["restore", "--commit", snaps[2][0], dest], cli);
+  assertEquals(restore.code, 4, restore.stderr);
+  assertEquals(Deno.readFileSync(join(dest, "out/big0.bin")).length, 2 << 20);
+});
+
+Deno.test("a pack damaged in the target between two runs (same size) is found by the check, deleted, and copied again by the next run", async () => {
+  const from = await tempDir("keep-data-");
+  const snaps = await history(from, 24);
+  const to = join(await tempDir(), "copy");
+  await killedMigrate(from, to, /^packs: /m);
+  const packs: string[] = [];
+  for (const e of Deno.readDirSync(join(to, "packs"))) {
+    if (e.isFile) packs.push(join(to, "packs", e.name));
+    else {
+      for (const f of Deno.readDirSync(join(to, "packs", e.name))) {
+        packs.push(join(to, "packs", e.name, f.name));
+      }
+    }
+  }
+  assert(packs.length > 0);
+  const bytes = Deno.readFileSync(packs[0]);
+  bytes[bytes.length >> 1] ^= 0xff;
+  Deno.writeFileSync(packs[0], bytes);
+  const second = await keep(["migrate", "--from", from, "--to", to, "--json"]);
+  assertEquals(second.code, 4, second.stderr);
+  const r = json<{ finished: boolean; recopy: number }>(second);
+  assert(!r.finished && r.recopy > 0, second.stdout);
+  const third = json<{ verify: { ok: boolean }; finished: boolean }>(
+    await keepOk(["migrate", "--from", from, "--to", to, "--json"]),
+  );
+  assert(third.verify.ok && third.finished);
+  await assertHolds(to, await token(to, "admin", "*"), snaps);
+});
+
+Deno.test("a migration killed after its rows went in, resumed after the source dropped a row (policy cleared), verifies", async () => {
+  const from = await tempDir("keep-data-");
+  await history(from, 24);
+  const to = join(await tempDir(), "copy");
+  await killedMigrate(from, to, /^policies: /m);
+  // The source goes on meanwhile (served again, say): a row the target holds is gone there.
+  await keepOk(["policy", "clear", "--data", from, "--project", "app"]);
+  const r = await keep(["migrate", "--from", from, "--to", to, "--json"]);
+  assertEquals(r.code, 0, r.stderr);
+  const report = json<{ rows: Record<string, number>; finished: boolean }>(r);
+  assert(report.finished && report.rows.policies === 0, r.stdout);
+});
+
+Deno.test("a source pack damaged at its size and not marked: migrate says to run keep verify there, and after that it is done", async () => {
+  const from = await tempDir("keep-data-");
+  await history(from, 0);
+  const packs: string[] = [];
+  for (const e of Deno.readDirSync(join(from, "packs"))) {
+    const p = join(from, "packs", e.name);
+    if (e.isFile) packs.push(p);
+    else for (const f of Deno.readDirSync(p)) packs.push(join(p, f.name));
+  }
+  const bytes = Deno.readFileSync(packs[0]);
+  bytes[bytes.length >> 1] ^= 0xff;
+  Deno.writeFileSync(packs[0], bytes);
+  const to = join(await tempDir(), "copy");
+  const first = await keep(["migrate", "--from", from, "--to", to]);
+  assertEquals(first.code, 4, first.stderr);
+  assertMatch(first.stdout, /damaged in the source too, unmarked: run keep verify --data /);
+  assertEquals((await keep(["verify", "--data", from])).code, 4);
+  const second = await keep(["migrate", "--from", from, "--to", to, "--json"]);
+  assertEquals(second.code, 4, second.stderr);
+  const r = json<{ finished: boolean; inherited: number; unmarked: number }>(second);
+  assert(r.finished && r.inherited > 0 && r.unmarked === 0, second.stdout);
 });

@@ -14,7 +14,10 @@
  *   the same trees; verify (clean, then a pack deleted behind the server's
  *   back: found, marked, sent again by the next backup), stats and a quota
  *   refusal; a web UI session made through one node used on another;
- *   keep migrate from a data dir into RGW + PostgreSQL and back.
+ *   keep migrate from a data dir into RGW + PostgreSQL and back (backups
+ *   there, the id counters moved on; names whose UTF-8 and UTF-16 orders
+ *   differ), into a database whose default collation is not C, and
+ *   refused while a node serves the database.
  * - Three servers on one database and prefix: hosts backing up one project
  *   at once through all three land in a chain, each commit restored
  *   through another server; kill -9 of one in the middle of an upload (the
@@ -1433,4 +1436,129 @@ Deno.test("pg index: prunes through two servers at once run their GC rounds one 
     `one round waited for the other: ${JSON.stringify([ra, rb])}`,
   );
   assertEquals(ra.versionsRemoved + rb.versionsRemoved, 800, "the versions went once");
+});
+
+Deno.test("keep migrate: a data dir into RGW + PostgreSQL, backups there, and back into a data dir, verified each way", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("mig");
+  const from = await tempDir("keep-data-");
+  const src = await tempDir();
+  const spec: Record<string, string | Uint8Array> = { "big.bin": randomData(2_500_000) };
+  for (let i = 0; i < 50; i++) spec[`f${i}.txt`] = `file ${i}\n`.repeat(20);
+  // Names whose UTF-8 byte order is not their UTF-16 order; a time before 1970.
+  for (const n of ["odd\uFFFF", "odd\u{10000}", "odd\uE000", "é/ü", "odd\u{10FFFF}"]) {
+    spec[`${n}.txt`] = n;
+  }
+  writeTree(src, spec);
+  Deno.utimeSync(join(src, "f0.txt"), new Date(-86_400_123), new Date(-86_400_123));
+  {
+    await using embedded = await startServer({ dataDir: from });
+    await keepOk(["backup", "-s", embedded.url, "-p", "app", "--settle", "0", src]);
+  }
+  const opts = { env: { ...env } };
+  const blobs = `s3://${env.KEEP_S3_BUCKET}/${prefix}`;
+  const there = json<{ verify: { ok: boolean } }>(
+    await keepOk(
+      ["migrate", "--from", from, "--to-blobs", blobs, "--to-index", db.url, "--json"],
+      0,
+      opts,
+    ),
+  );
+  assert(there.verify.ok);
+  // The migrated store takes new backups: new packs, blobs and projects (the id counters moved on).
+  {
+    await using server = await node(env, db.url, prefix);
+    writeTree(src, { "f1.txt": "changed\n", "more.bin": randomData(2_600_000) });
+    for (const p of ["app", "other"]) {
+      await keepOk(["backup", "-s", server.url, "-p", p, "--settle", "0", src]);
+    }
+    assertMatch((await keepOk(["verify", "--server", server.url], 0)).stdout, /OK/);
+  }
+  // And back into a data dir: every row equal, verified.
+  const back = join(await tempDir(), "back");
+  const r = await keep(
+    ["migrate", "--from-blobs", blobs, "--from-index", db.url, "--to", back, "--json"],
+    opts,
+  );
+  assertEquals(r.code, 0, r.stderr);
+  assert(json<{ verify: { ok: boolean } }>(r).verify.ok);
+  await using local = await startServer({ dataDir: back });
+  writeTree(src, { "f2.txt": "changed again\n" });
+  await keepOk(["backup", "-s", local.url, "-p", "app", "--settle", "0", src]);
+  const dest = await tempDir();
+  await keepOk(["restore", "-s", local.url, "-p", "app", dest]);
+  assertSameTree(snapshot(dest), snapshot(src));
+});
+
+Deno.test("keep migrate into a database whose default collation is not C (en-US): policies of projects Zeta and app compare equal", async () => {
+  const env = await services();
+  const name = `kt_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+  const admin = postgres(env.KEEP_PG_URL, { max: 1, onnotice: () => {} });
+  // As initdb makes a cluster on a host whose locale is en_US.UTF-8 (Debian's usual).
+  await admin.unsafe(
+    `CREATE DATABASE ${name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'`,
+  );
+  try {
+    const url = env.KEEP_PG_URL.replace(/\/[^/]*$/, `/${name}`);
+    const from = await tempDir("keep-data-");
+    const src = await tempDir();
+    writeTree(src, { "a.txt": "a\n" });
+    {
+      await using embedded = await startServer({ dataDir: from });
+      for (const p of ["Zeta", "app"]) {
+        const cli = { env: { KEEP_SERVER: embedded.url, KEEP_PROJECT: p } };
+        await keepOk(["backup", "--settle", "0", src], 0, cli);
+        await keepOk(["policy", "set", "--keep-last", "5"], 0, cli);
+      }
+    }
+    const blobs = `s3://${env.KEEP_S3_BUCKET}/${freshPrefix("migc")}`;
+    const r = await keep(
+      ["migrate", "--from", from, "--to-blobs", blobs, "--to-index", url, "--json"],
+      { env: { ...env } },
+    );
+    assertEquals(r.code, 0, r.stderr);
+    const back = join(await tempDir(), "back");
+    const b = await keep(
+      ["migrate", "--from-blobs", blobs, "--from-index", url, "--to", back, "--json"],
+      { env: { ...env } },
+    );
+    assertEquals(b.code, 0, b.stderr);
+  } finally {
+    await admin.unsafe(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {});
+    await admin.end();
+  }
+});
+
+Deno.test("keep migrate refuses a PostgreSQL index a node serves, as source or as target", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("migsrv");
+  const blobs = `s3://${env.KEEP_S3_BUCKET}/${prefix}`;
+  const from = await tempDir("keep-data-");
+  const src = await tempDir();
+  writeTree(src, { "a.txt": "a\n" });
+  {
+    await using embedded = await startServer({ dataDir: from });
+    await keepOk(["backup", "-s", embedded.url, "-p", "app", "--settle", "0", src]);
+  }
+  const opts = { env: { ...env } };
+  {
+    // The node's store is empty: the emptiness check alone lets the copy in under it.
+    await using _serving = await node(env, db.url, prefix);
+    const r = await keep(
+      ["migrate", "--from", from, "--to-blobs", blobs, "--to-index", db.url],
+      opts,
+    );
+    assertEquals(r.code, 2, r.stderr);
+    assertMatch(r.stderr, /^keep: Cannot migrate .*: a keep serve runs on it/);
+    const back = join(await tempDir(), "back");
+    const s = await keep(
+      ["migrate", "--from-blobs", blobs, "--from-index", db.url, "--to", back],
+      opts,
+    );
+    assertEquals(s.code, 2, s.stderr);
+    assertMatch(s.stderr, /a keep serve runs on it/);
+  }
+  await keepOk(["migrate", "--from", from, "--to-blobs", blobs, "--to-index", db.url], 0, opts);
 });

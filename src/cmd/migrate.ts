@@ -23,8 +23,8 @@ target is re-read and re-hashed.
 
 Resumable: run the same command again after an interruption; what is there
 already is skipped. The target must be empty (or an interrupted migration's).
-Stop the servers of both stores first (a data dir's server holds its lock;
-the servers of a PostgreSQL index do not: stop every node).
+Stop the servers of both stores first: a data dir's server holds its lock,
+the nodes of a PostgreSQL index a shared lock on it; migrate refuses either.
 
 A side is a data dir (the embedded store, or a node's dir that remembers its
 bucket), plus --*-blobs and --*-index when its blobs or index live there (as
@@ -37,7 +37,11 @@ Examples:
   keep migrate --from /srv/keep --to-blobs s3://keep/prod/ --to-index postgres://keep@db/keep
   keep migrate --from-blobs s3://keep/prod/ --from-index postgres://keep@db/keep --to /srv/keep2
 
-Exit codes: 0 copied and verified, 4 the copy does not verify, 2 bad flags.`,
+A source with damage keep verify has marked (a pack or large blob lost) is
+copied with it: the copy's verify reports the same blobs, and exits 4.
+
+Exit codes: 0 copied and verified, 4 the copy does not verify (or holds the
+source's damage), 2 bad flags.`,
   async run(args) {
     const p = parseFlags("migrate", args, {
       from: { type: "string" },
@@ -94,7 +98,14 @@ Exit codes: 0 copied and verified, 4 the copy does not verify, 2 bad flags.`,
           `Cannot migrate ${dir}: a keep serve runs on it (stop it first)`,
         );
       }
-      return await openLocalStorage(dir, { create, owner: create, s3: s.s3, pg: s.pg });
+      return await openLocalStorage(dir, {
+        create,
+        owner: create,
+        s3: s.s3,
+        pg: s.pg,
+        migrating: create,
+        exclusive: true,
+      });
     };
     const source = await open(from, false);
     try {
@@ -115,7 +126,11 @@ Exit codes: 0 copied and verified, 4 the copy does not verify, 2 bad flags.`,
           out(
             report.verify.ok
               ? `verified: every row equal, ${report.verify.blobs} blobs re-hashed, clean`
-              : `NOT verified: ${report.verify.damaged.length} damaged, ${report.verify.missing.length} missing (see keep verify)`,
+              : report.finished
+              ? `copied with the source's damage: ${report.inherited} blobs damaged there are damaged here too, ${report.verify.missing.length} missing (see keep verify)`
+              : report.unmarked > 0
+              ? `NOT verified: ${report.unmarked} blobs are damaged in the source too, unmarked: run keep verify --data ${source.where} (it marks them), then keep migrate again`
+              : `NOT verified: ${report.verify.damaged.length} damaged (${report.recopy} objects to copy again), ${report.verify.missing.length} missing; run keep migrate again`,
           );
         }
         return report.verify.ok ? 0 : 4;

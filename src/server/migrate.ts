@@ -17,7 +17,9 @@
  *
  * Resumable: the target is marked (store_meta `migrating`) before the first
  * byte; a second run on a marked target skips the objects already there at
- * their size and rewrites rows by key. An unmarked target must be empty.
+ * their size and loads every row again (the earlier run's are removed first).
+ * An unmarked target must be empty; a marked one is opened by nothing but
+ * migrate (open.ts).
  * Neither store may be served meanwhile (the caller holds the data-dir locks;
  * stop the servers of a PostgreSQL index).
  *
@@ -29,7 +31,7 @@ import { bytesToHex } from "../format/hex.ts";
 import type { VerifyReport } from "../format/api.ts";
 import type { Storage } from "./storage/open.ts";
 import { type CellValue, DURABLE_TABLES, type TableSpec } from "./storage/tables.ts";
-import { verifyStore } from "./verify.ts";
+import { checkBlob, verifyStore } from "./verify.ts";
 
 /** Rows per page read from the source and written to the target. */
 const ROWS = 5000;
@@ -39,6 +41,20 @@ export interface MigrateReport {
   large: { copied: number; present: number; bytes: number };
   rows: Record<string, number>;
   resumed: boolean;
+  /**
+   * The copy is done (a later run is refused): every row equal and every blob
+   * sound, but for blobs the source had marked damaged (`inherited`).
+   */
+  finished: boolean;
+  /** Damaged blobs of the target that the source had marked damaged too. */
+  inherited: number;
+  /** Objects of the target that did not verify, deleted: the next run copies them again. */
+  recopy: number;
+  /**
+   * Blobs damaged in the source too, and not marked there: copying again
+   * cannot help (keep verify on the source marks them; the next run is done).
+   */
+  unmarked: number;
   verify: VerifyReport;
 }
 
@@ -77,25 +93,43 @@ const PACK = col("pack");
 const OFFSET = col("offset");
 const STORED = col("stored");
 const SIZE = col("size");
+const DAMAGED = col("damaged");
 
-/** Copies every pack a blob row names and every large blob; returns the large blobs' new generations. */
+/**
+ * Copies every pack a blob row names and every large blob; returns the large
+ * blobs' generations in the target, and fills `damaged` with the blobs the
+ * source has marked damaged.
+ */
 async function copyObjects(
   source: Storage,
   target: Storage,
   report: MigrateReport,
   progress: Progress,
-): Promise<Map<string, number>> {
+  damaged: Set<string>,
+): Promise<Map<string, number | null>> {
   const packs = new Set<number>();
-  const large: { hash: string; gen: number | null; stored: number; size: number }[] = [];
+  // Packs with a blob keep verify has not marked damaged: the rest may be gone.
+  const sound = new Set<number>();
+  const large: {
+    hash: string;
+    gen: number | null;
+    stored: number;
+    size: number;
+    damaged: boolean;
+  }[] = [];
   for await (const rows of rowsOf(source, BLOBS)) {
     for (const r of rows) {
-      if (r[PACK] !== null) packs.add(Number(r[PACK]));
-      else {
+      if (r[DAMAGED] !== null) damaged.add(bytesToHex(r[HASH] as Uint8Array));
+      if (r[PACK] !== null) {
+        packs.add(Number(r[PACK]));
+        if (r[DAMAGED] === null) sound.add(Number(r[PACK]));
+      } else {
         large.push({
           hash: bytesToHex(r[HASH] as Uint8Array),
           gen: r[OFFSET] === null ? null : Number(r[OFFSET]),
           stored: Number(r[STORED]),
           size: Number(r[SIZE]),
+          damaged: r[DAMAGED] !== null,
         });
       }
     }
@@ -103,6 +137,12 @@ async function copyObjects(
   let done = 0;
   for (const pack of [...packs].sort((a, b) => a - b)) {
     const size = await source.blobs.packSize(pack);
+    if (size === null && !sound.has(pack)) {
+      // Lost, and known to be (keep verify marked every blob in it): the copy
+      // holds the same damage, which its verify reports.
+      progress(`pack ${pack}: missing from the source, its blobs marked damaged there`);
+      continue;
+    }
     if (size === null) {
       throw new KeepError(
         "integrity",
@@ -134,7 +174,7 @@ async function copyObjects(
     if (!o.hash) continue;
     present.set(o.hash, [...(present.get(o.hash) ?? []), o.gen]);
   }
-  const gens = new Map<string, number>();
+  const gens = new Map<string, number | null>();
   done = 0;
   for (const b of large) {
     let gen: number | null | undefined;
@@ -143,6 +183,10 @@ async function copyObjects(
     }
     if (gen !== undefined && gen !== null) {
       report.large.present++;
+    } else if (b.damaged && (await source.blobs.largeSize(b.hash, b.gen)) === null) {
+      // Lost, and known to be (see the packs above): its row goes as it is.
+      progress(`large blob ${b.hash}: missing from the source, marked damaged there`);
+      gen = b.gen;
     } else {
       const sink = target.blobs.openLarge();
       try {
@@ -171,20 +215,29 @@ async function copyObjects(
 }
 
 /** A blob row with its large blob's generation in the target. */
-function withGen(r: CellValue[], gens: Map<string, number>): CellValue[] {
+function withGen(r: CellValue[], gens: Map<string, number | null>): CellValue[] {
   if (r[PACK] !== null) return r;
   const gen = gens.get(bytesToHex(r[HASH] as Uint8Array));
   if (gen === undefined) {
     throw new KeepError("internal", "Cannot migrate: a large blob row appeared during the copy");
   }
   const out = r.slice();
-  out[OFFSET] = BigInt(gen);
+  out[OFFSET] = gen === null ? null : BigInt(gen);
   return out;
 }
 
-/** Rows of durable state (the copy's own mark is not). */
+/**
+ * store_meta keys that are not copied as values: the copy's own mark, and
+ * SQLite's pack counter (PostgreSQL keeps it in a sequence and never reads
+ * nor moves that row: a copied value goes stale there, and a copy back would
+ * then never compare equal). The target's counter is moved past the
+ * source's instead (afterLoad) and checked to be at least there.
+ */
+const NOT_COPIED = new Set([MARK, "pack_seq"]);
+
+/** Rows of durable state (the copy's own mark and the pack counter are not). */
 function durable(t: TableSpec, rows: CellValue[][]): CellValue[][] {
-  return t.name === "store_meta" ? rows.filter((r) => r[0] !== MARK) : rows;
+  return t.name === "store_meta" ? rows.filter((r) => !NOT_COPIED.has(r[0] as string)) : rows;
 }
 
 function sameCell(a: CellValue, b: CellValue): boolean {
@@ -221,7 +274,11 @@ async function compareMeta(source: Storage, target: Storage, t: TableSpec) {
 }
 
 /** Every table of the target equals the source's, row by row (large blobs' generations aside). */
-async function compareTables(source: Storage, target: Storage, gens: Map<string, number>) {
+async function compareTables(
+  source: Storage,
+  target: Storage,
+  gens: Map<string, number | null>,
+) {
   for (const t of DURABLE_TABLES) {
     if (t.name === "store_meta") {
       await compareMeta(source, target, t);
@@ -278,6 +335,10 @@ export async function migrate(
     large: { copied: 0, present: 0, bytes: 0 },
     rows: {},
     resumed: false,
+    finished: false,
+    inherited: 0,
+    recopy: 0,
+    unmarked: 0,
     verify: undefined as unknown as VerifyReport,
   };
   const mark = await target.index.meta(MARK);
@@ -289,7 +350,15 @@ export async function migrate(
     );
   }
   await target.index.setMeta(MARK, Date.now());
-  const gens = await copyObjects(source, target, report, progress);
+  const damaged = new Set<string>();
+  const gens = await copyObjects(source, target, report, progress, damaged);
+  if (report.resumed) {
+    // An earlier run's rows: the source may have dropped some since (served
+    // again meanwhile), and an upsert by key never removes them.
+    for (const t of DURABLE_TABLES) {
+      if (t.name !== "store_meta") await target.index.clearRows(t.name);
+    }
+  }
   for (const t of DURABLE_TABLES) {
     let n = 0;
     for await (const page of rowsOf(source, t)) {
@@ -300,11 +369,35 @@ export async function migrate(
     report.rows[t.name] = n;
     progress(`${t.name}: ${n} rows`);
   }
-  await target.index.afterLoad(await source.index.highestPack());
+  const packSeq = await source.index.highestPack();
+  await target.index.afterLoad(packSeq);
+  if ((await target.index.highestPack()) < packSeq) {
+    throw new KeepError(
+      "integrity",
+      `Cannot finish the migration: the target's pack counter is below the source's (${packSeq})`,
+    );
+  }
   progress("comparing every row with the source");
   await compareTables(source, target, gens);
   progress("re-reading every blob of the target");
   report.verify = await verifyStore(target, { readOnly: true });
-  if (report.verify.ok) await target.index.setMeta(MARK, 0);
+  const copyDamage = report.verify.damaged.filter((d) => !damaged.has(d.hash));
+  report.inherited = report.verify.damaged.length - copyDamage.length;
+  // Damaged in the copy only: a next run would find the object there at its
+  // size and keep it. Deleted, it is copied again.
+  for (const d of copyDamage) {
+    const theirs = await source.index.blobPlace(d.hash);
+    if (theirs && (await checkBlob(source, d.hash, theirs)) !== null) {
+      report.unmarked++;
+      continue;
+    }
+    const place = await target.index.blobPlace(d.hash);
+    if (!place) continue;
+    if (place.pack !== null) await target.blobs.deletePack(place.pack).catch(() => {});
+    else await target.blobs.deleteLarge(d.hash, place.offset).catch(() => {});
+    report.recopy++;
+  }
+  report.finished = report.verify.integrity === "ok" && copyDamage.length === 0;
+  if (report.finished) await target.index.setMeta(MARK, 0);
   return report;
 }

@@ -347,6 +347,8 @@ export interface IndexStore {
   // ---- copying a store (keep migrate; tables as in tables.ts)
   /** Up to `limit` rows of a durable table after primary key `after`, in key order. */
   dumpRows(table: string, after: CellValue[] | null, limit: number): Promise<CellValue[][]>;
+  /** Removes every row of a durable table (a resumed copy loads them again). */
+  clearRows(table: string): Promise<void>;
   /** Writes rows (replacing rows of the same key), durably, in one transaction. */
   loadRows(table: string, rows: CellValue[][]): Promise<void>;
   /** After loading: id counters past every id loaded; pack numbers past `packSeq`. */

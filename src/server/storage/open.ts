@@ -179,6 +179,13 @@ export async function openLocalStorage(
     pg?: string;
     /** PostgreSQL: when an upload whose server stopped refreshing it expires (PgIndex.open). */
     uploadTimeoutMs?: number;
+    /** Open the target of an unfinished `keep migrate` (only migrate itself does). */
+    migrating?: boolean;
+    /**
+     * No server may run on it meanwhile (keep migrate): a PostgreSQL index is
+     * locked against every node (which takes the lock shared as `owner`).
+     */
+    exclusive?: boolean;
   } = {},
 ): Promise<Storage> {
   const path = join(dataDir, "index.db");
@@ -235,6 +242,36 @@ export async function openLocalStorage(
       Deno.writeTextFileSync(pgMark, JSON.stringify({ kind: "postgres", url }) + "\n");
     }
   } else index = SqliteIndex.open(path, { cacheMiB: options.cacheMiB });
+  if (index instanceof PgIndex && (options.owner || options.exclusive)) {
+    const free = await index.holdStoreLock(!!options.exclusive).catch(async (err) => {
+      await index.close();
+      throw err;
+    });
+    if (!free) {
+      await index.close();
+      throw new KeepError(
+        "usage",
+        options.exclusive
+          ? `Cannot migrate ${dataDir}: a keep serve runs on it (on its PostgreSQL index; stop every node first)`
+          : `Cannot open ${dataDir}: a keep migrate runs on its PostgreSQL index`,
+      );
+    }
+  }
+  if (!options.migrating) {
+    // Half a copy: serving it (or adding tokens) would write rows and packs
+    // that the copy's next run overwrites, or that make it never compare equal.
+    const mark = await index.meta("migrating").catch(async (err) => {
+      await index.close();
+      throw err;
+    });
+    if (mark !== null && mark > 0) {
+      await index.close();
+      throw new KeepError(
+        "usage",
+        `Cannot open ${dataDir}: it is the target of an unfinished keep migrate (run that again to finish it)`,
+      );
+    }
+  }
   let blobs: BlobStore;
   try {
     if (s3 && !record) {

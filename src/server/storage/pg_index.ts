@@ -480,7 +480,38 @@ export class PgIndex implements IndexStore {
   async close(): Promise<void> {
     clearInterval(this.#timer);
     await this.#beat;
+    this.#held?.release();
+    this.#held = null;
     await this.sql.end({ timeout: 5 });
+  }
+
+  #held: postgres.ReservedSql | null = null;
+
+  /**
+   * Takes the store's lock for as long as this index is open, on a
+   * connection of its own: shared for a serving node (any number of them),
+   * exclusive for keep migrate (none then). False when it is not free. A
+   * session lock: a node killed, or its connection lost, holds it no more.
+   */
+  holdStoreLock(exclusive: boolean): Promise<boolean> {
+    return this.#run("lock the store", async () => {
+      if (this.#held) return true;
+      const r = await this.sql.reserve();
+      try {
+        const [row] = exclusive
+          ? await r`SELECT pg_try_advisory_lock(727275) AS ok`
+          : await r`SELECT pg_try_advisory_lock_shared(727275) AS ok`;
+        if (row.ok) {
+          this.#held = r;
+          return true;
+        }
+      } catch (err) {
+        r.release();
+        throw err;
+      }
+      r.release();
+      return false;
+    });
   }
 
   /**
@@ -2008,10 +2039,16 @@ export class PgIndex implements IndexStore {
   dumpRows(table: string, after: CellValue[] | null, limit: number): Promise<CellValue[][]> {
     const t = tableSpec(table);
     return this.#run(`read ${t.name}`, async () => {
-      const keys = t.columns.slice(0, t.key).map((c) => `"${c}"`);
+      // Text keys in byte order, as SQLite's: a column not declared COLLATE "C"
+      // (policies, tokens, store_meta) takes the database's, e.g. en-US, where
+      // "app" < "Zeta"; the copy compares the two stores' rows in turn.
+      const text = (c: string) => t.text?.includes(c) ? ` COLLATE "C"` : "";
+      const keys = t.columns.slice(0, t.key).map((c) => `"${c}"${text(c)}`);
       const where = after
         ? `WHERE (${keys.join(", ")}) > (${
-          keys.map((_, i) => `$${i + 1}::${pgType(t, t.columns[i])}`).join(", ")
+          keys.map((_, i) => `$${i + 1}::${pgType(t, t.columns[i])}${text(t.columns[i])}`).join(
+            ", ",
+          )
         })`
         : "";
       const rows = await this.sql.unsafe(
@@ -2020,6 +2057,13 @@ export class PgIndex implements IndexStore {
         (after ?? []).map(pgParam) as never[],
       );
       return rows.map((r) => t.columns.map((c) => neutralCell(t, c, r[c])));
+    });
+  }
+
+  clearRows(table: string): Promise<void> {
+    const t = tableSpec(table);
+    return this.#run(`clear ${t.name}`, async () => {
+      await this.sql.unsafe(`DELETE FROM ${t.name}`);
     });
   }
 

@@ -1831,6 +1831,11 @@ export class SqliteIndex implements IndexStore {
     return Promise.resolve(rows.map((r) => r.map((v, i) => neutralCell(t, t.columns[i], v))));
   }
 
+  async clearRows(table: string): Promise<void> {
+    this.#stmt(`DELETE FROM ${tableSpec(table).name}`).run();
+    return Promise.resolve();
+  }
+
   async loadRows(table: string, rows: CellValue[][]): Promise<void> {
     const t = tableSpec(table);
     const st = this.#stmt(
