@@ -40,6 +40,7 @@ import { churned } from "../platform/memory.ts";
 import { type LargeSink, PACK_MAX, type PackSink } from "./storage/blob_store.ts";
 import type { NewBlob, StageRow, UploadStage } from "./storage/index_store.ts";
 import { closeAndSeal, type Storage } from "./storage/open.ts";
+import { checkPossession, possessionKeys } from "./possession.ts";
 
 /** Limits on one upload. */
 export interface IngestLimits {
@@ -219,6 +220,8 @@ export class Ingest {
   #held = new Uint8Array(0);
   #heldBytes = 0;
   #withdrawals: { path: string; reason: string }[] = [];
+  /** `have` records: content the client proves it holds, checked at finish. */
+  #haves: { e: Entry; n: string; proof: string }[] = [];
   #pack: PackSink | null = null;
   /** The last batch's pack write and rows, still going (object stores: see flush). */
   #tail: Promise<void> | null = null;
@@ -241,6 +244,9 @@ export class Ingest {
   newBlobBytes = 0;
   /** Blobs marked damaged that this upload's content replaced. */
   repairedBlobs = 0;
+  /** Files recorded from `have` records (content proven, not sent), and their bytes. */
+  filesProven = 0;
+  bytesProven = 0;
 
   private constructor(
     storage: Storage,
@@ -517,6 +523,8 @@ export class Ingest {
       );
     }
     await this.flush();
+    await this.#checkHaves();
+    await this.flush();
     await this.#settle();
     await this.#closePack();
     for (const w of this.#withdrawals) await this.#stage.withdraw(w.path, w.reason);
@@ -530,6 +538,54 @@ export class Ingest {
     });
     this.#closed = true;
     return { commit, changedPaths: changed };
+  }
+
+  /**
+   * Checks every `have` record's proof against the stored content and stages
+   * the file as sent (a `put` with the stored content). knownBlobs first:
+   * it unmarks content GC marked, the way every upload counts on stored
+   * content (docs/DESIGN.md, "The invariant"). Any failure refuses the upload.
+   */
+  async #checkHaves(): Promise<void> {
+    for (let i = 0; i < this.#haves.length; i += BATCH_ROWS) {
+      const batch = this.#haves.slice(i, i + BATCH_ROWS);
+      const known = await this.#storage.index.knownBlobs(batch.map((h) => hexToBytes(h.e.hash!)));
+      const keys = new Map<string, Uint8Array>();
+      for (const h of batch) {
+        const hex = h.e.hash!;
+        if (!known.has(hex)) {
+          throw new KeepError(
+            "conflict",
+            `Cannot record ${h.e.path}: the store no longer has its content (${
+              hex.slice(0, 12)
+            }…); back up again`,
+          );
+        }
+        let key = keys.get(h.n);
+        if (!key) keys.set(h.n, key = possessionKeys.keyFor(this.project, h.n));
+        const { xxh } = await checkPossession(
+          this.#storage,
+          h.e.path,
+          hex,
+          h.e.size,
+          key,
+          h.proof,
+        );
+        const entry: Entry = { ...h.e, xxh };
+        delete entry.flag;
+        this.#pendingRows.push({
+          op: "put",
+          path: entry.path,
+          entry,
+          hashBytes: hexToBytes(hex),
+          xxhBytes: hexToBytes(xxh),
+        });
+        this.filesProven++;
+        this.bytesProven += entry.size;
+      }
+      if (this.wantsFlush) await this.flush();
+    }
+    this.#haves = [];
   }
 
   /** Drops everything staged and removes temp files. Safe to call twice. */
@@ -717,6 +773,9 @@ export class Ingest {
         return;
       case "meta":
         this.#pendingRows.push({ op: "meta", path: r.e.path, entry: r.e });
+        return;
+      case "have":
+        this.#haves.push({ e: r.e, n: r.n, proof: r.proof });
         return;
       case "keep":
         this.#pendingRows.push({ op: "keep", path: r.p, flag: r.flag, reason: r.reason });
