@@ -1,5 +1,6 @@
 import { assert, assertEquals, assertThrows } from "../../tests/assert.ts";
 import { noise } from "../../tests/craft.ts";
+import { createHash } from "node:crypto";
 import { CDC_SIZES, type CdcSizes, chunkCuts, FastCdc } from "./fastcdc.ts";
 
 /** A seeded xorshift for the property tests (reproducible failures: the seed is in the message). */
@@ -29,6 +30,10 @@ function mixed(n: number, seed: number): Uint8Array {
     o += len + Math.floor(r() * 300_000);
   }
   return out;
+}
+
+function sha256(d: Uint8Array): string {
+  return createHash("sha256").update(d).digest("hex");
 }
 
 const SMALL: CdcSizes = { min: 2048, avg: 8192, max: 32768 };
@@ -107,7 +112,7 @@ Deno.test("FastCdc: an insertion or deletion moves only the cuts near it", () =>
   assert(lostTotal <= 100, `${lostTotal} cuts moved over 40 edits`);
 });
 
-Deno.test("FastCdc with Keep's sizes: chunks of a random stream average ~1 MiB", () => {
+Deno.test("FastCdc with Keep's sizes: chunks of a random stream average near CDC_SIZES.avg", () => {
   const data = noise(64 << 20, 5);
   const s = sizesOf(chunkCuts(data));
   const avg = data.length / s.length;
@@ -118,4 +123,25 @@ Deno.test("FastCdc with Keep's sizes: chunks of a random stream average ~1 MiB",
 Deno.test("FastCdc refuses sizes out of order", () => {
   assertThrows(() => new FastCdc({ min: 10, avg: 5, max: 20 }), RangeError, /^Cannot chunk/);
   assertThrows(() => new FastCdc({ min: 8, avg: 8, max: 8 }), RangeError, /^Cannot chunk/);
+});
+
+Deno.test("FastCdc: bytes inserted at the front and in the middle of a 200 MB file make only a few new chunks", () => {
+  const data = noise(200_000_000, 11);
+  const chunks = (d: Uint8Array) => {
+    const cuts = chunkCuts(d);
+    return new Set(cuts.map((c, i) => sha256(d.subarray(i ? cuts[i - 1] : 0, c))));
+  };
+  const before = chunks(data);
+  const front = noise(1000, 12);
+  const middle = noise(5000, 13);
+  const mid = 100_000_000;
+  const edited = new Uint8Array(data.length + front.length + middle.length);
+  edited.set(front, 0);
+  edited.set(data.subarray(0, mid), front.length);
+  edited.set(middle, front.length + mid);
+  edited.set(data.subarray(mid), front.length + mid + middle.length);
+  const after = chunks(edited);
+  const fresh = [...after].filter((h) => !before.has(h)).length;
+  assert(before.size > 300, `${before.size} chunks`);
+  assert(fresh <= 12, `${fresh} new chunks of ${after.size}`);
 });
