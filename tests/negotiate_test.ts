@@ -118,6 +118,33 @@ Deno.test("negotiate: a first backup of new small files hashes only a probe of t
   }
 });
 
+Deno.test("negotiate: big files are all hashed only when a probe of the smallest finds one in the store", async () => {
+  await using server = await startServer();
+  const proxy = captureProxy(server.url);
+  try {
+    const src = await tempDir();
+    // 72 MiB together: over NEGOTIATE_BIG_BYTES, so a probe decides.
+    writeTree(src, {
+      "a.bin": noise(24 << 20, 1),
+      "b.bin": noise(24 << 20, 2),
+      "c.bin": noise(24 << 20, 3),
+    });
+    const env = { KEEP_SERVER: proxy.url };
+    const nego = () => proxy.requests.filter((q) => q.includes("/negotiate")).length;
+    const first = json<BackupJson>(
+      await keepOk(["backup", "-p", "a", "--settle", "0", "--json", src], 0, { env }),
+    );
+    assertEquals([first.proven, nego()], [0, 1], "new artifacts: the probe only");
+    const copy = json<BackupJson>(
+      await keepOk(["backup", "-p", "b", "--settle", "0", "--json", src], 0, { env }),
+    );
+    assertEquals([copy.proven, nego()], [3, 3], "a copy: the probe found them, all negotiated");
+    assert(copy.wireBytes < 100_000, `copy sent ${copy.wireBytes} B`);
+  } finally {
+    await proxy.close();
+  }
+});
+
 // ---- hostile clients -------------------------------------------------------
 
 const SECRET = noise(300_000, 77);
