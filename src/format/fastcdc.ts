@@ -35,6 +35,13 @@ export interface CdcSizes {
  */
 export const CDC_SIZES: CdcSizes = { min: 128 << 10, avg: 512 << 10, max: 2 << 20 };
 
+/**
+ * Files bigger than this are stored as chunks: the client ends a gzip member
+ * at each cut (members of a chunk are full, MAX_MEMBER_RAW, but its last),
+ * and the server ends a chunk after a short member (see server/ingest.ts).
+ */
+export const CHUNKED_FILE_MIN = 8 << 20;
+
 const GEAR = (() => {
   const t = new Uint32Array(256);
   let x = 0x9e3779b9;

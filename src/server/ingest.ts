@@ -38,6 +38,7 @@ import type { TarHeader } from "../format/tar.ts";
 import { concatBytes } from "../platform/concat_bytes.ts";
 import { churned } from "../platform/memory.ts";
 import { type LargeSink, PACK_MAX, type PackSink } from "./storage/blob_store.ts";
+import { CDC_SIZES, CHUNKED_FILE_MIN } from "../format/fastcdc.ts";
 import type { NewBlob, StageRow, UploadStage } from "./storage/index_store.ts";
 import { closeAndSeal, type Storage } from "./storage/open.ts";
 import { checkPossession, possessionKeys } from "./possession.ts";
@@ -153,6 +154,16 @@ interface PendingBlob {
   stored: number;
   data: Uint8Array | null;
   sink: LargeSink | null;
+  /** A chunked file: its chunks' hashes (the chunks are blobs of their own, queued before it). */
+  chunks?: Uint8Array[];
+}
+
+/** The chunk of a big file being received (see #onData). */
+interface ChunkState {
+  builder: BlobBuilder;
+  sha: Hash;
+  xxh: PartialHasher;
+  size: number;
 }
 
 const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -227,6 +238,10 @@ export class Ingest {
   #tail: Promise<void> | null = null;
   /** The sink of the large file being received, if any. */
   #currentSink: LargeSink | null = null;
+  /** A chunked file being received: its current chunk and the hashes of those done. */
+  #chunk: ChunkState | null = null;
+  #chunkList: Uint8Array[] = [];
+  #chunkStored = 0;
   #entries = 0;
   #declared = 0;
   /** The quota and free-space room measured when the upload was admitted. */
@@ -380,6 +395,20 @@ export class Ingest {
       }
       let pack: number | null = null;
       let offset: number | null = null;
+      if (b.chunks) {
+        // Its bytes are its chunks' (queued before it): a row and a list.
+        added.push({
+          hash: b.hash,
+          size: b.size,
+          stored: b.stored,
+          xxh: b.xxh,
+          pack,
+          offset,
+          chunks: b.chunks,
+        });
+        this.newBlobs++;
+        continue;
+      }
       if (b.data) {
         if (!this.#pack) {
           this.#pack = this.#storage.blobs.openPack(await this.#storage.index.newPack());
@@ -690,8 +719,17 @@ export class Ingest {
       }
       this.#sha = createHash("sha256");
       this.#xxh.reset();
-      this.#currentSink = h.size > PACK_MAX ? this.#storage.blobs.openLarge() : null;
-      this.#blob = new BlobBuilder(this.#currentSink, this.#level, this.#encode);
+      if (h.size > CHUNKED_FILE_MIN && this.#storage.index.chunking) {
+        // Stored as chunks (each a blob, in the batch's pack), no blob of its own.
+        this.#currentSink = null;
+        this.#blob = null;
+        this.#chunkList = [];
+        this.#chunkStored = 0;
+        this.#chunk = this.#newChunk();
+      } else {
+        this.#currentSink = h.size > PACK_MAX ? this.#storage.blobs.openLarge() : null;
+        this.#blob = new BlobBuilder(this.#currentSink, this.#level, this.#encode);
+      }
     }
   }
 
@@ -708,9 +746,50 @@ export class Ingest {
     this.#xxh.update(chunk);
     // A member holding only this file's bytes is kept as it came.
     const whole = this.#reader.wholeMember(chunk);
-    if (whole) this.#blob!.addMember(whole.member, whole.carried);
+    const c = this.#chunk;
+    if (c) {
+      if (whole) c.builder.addMember(whole.member, whole.carried);
+      else c.builder.addRaw(chunk);
+      c.sha.update(chunk);
+      c.xxh.update(chunk);
+      c.size += chunk.length;
+      // A chunk ends after a short member (the client's cut: client/upload.ts),
+      // never before the chunker's min, and at the latest once past its max.
+      const cut = whole !== null && chunk.length < MAX_MEMBER_RAW && c.size >= CDC_SIZES.min;
+      if (cut || c.size >= CDC_SIZES.max) this.#endChunk();
+    } else if (whole) this.#blob!.addMember(whole.member, whole.carried);
     else this.#blob!.addRaw(chunk);
     this.bytesReceived += chunk.length;
+  }
+
+  #newChunk(): ChunkState {
+    return {
+      builder: new BlobBuilder(null, this.#level, this.#encode),
+      sha: createHash("sha256"),
+      xxh: new PartialHasher(),
+      size: 0,
+    };
+  }
+
+  /** Queues the current chunk as a blob of the batch and starts the next. */
+  #endChunk(): void {
+    const c = this.#chunk!;
+    if (c.size === 0) return;
+    const { data } = c.builder.end();
+    const digest = c.sha.digest();
+    this.#pendingBlobs.push({
+      hash: digest,
+      hex: digest.toString("hex"),
+      size: c.size,
+      xxh: hexToBytes(c.xxh.digest()),
+      stored: c.builder.bytes,
+      data: data && this.#hold(data),
+      sink: null,
+    });
+    this.#pendingBytes += data!.length;
+    this.#chunkList.push(digest);
+    this.#chunkStored += c.builder.bytes;
+    this.#chunk = this.#newChunk();
   }
 
   #onEntryEnd(): void {
@@ -737,10 +816,27 @@ export class Ingest {
       xxhBytes = hexToBytes(entry.xxh);
       hashBytes = digest;
       this.#sha = null;
+      this.filesReceived++;
+      if (this.#chunk) {
+        this.#endChunk();
+        this.#chunk = null;
+        this.#pendingBlobs.push({
+          hash: digest,
+          hex,
+          size: entry.size,
+          xxh: xxhBytes,
+          stored: this.#chunkStored,
+          data: null,
+          sink: null,
+          chunks: this.#chunkList,
+        });
+        this.#chunkList = [];
+        this.#pendingRows.push({ op: "put", path: entry.path, entry, hashBytes, xxhBytes });
+        return;
+      }
       const blob = this.#blob!;
       this.#blob = null;
       this.#currentSink = null;
-      this.filesReceived++;
       if (entry.size > 0) {
         const { data, sink } = blob.end(); // encodes what is left first
         sink?.complete?.(hex);

@@ -19,6 +19,7 @@ import { hexToBytes } from "../format/hex.ts";
 import { PartialHasher } from "../format/partial_hash.ts";
 import { Proof } from "../format/possession.ts";
 import type { Storage } from "./storage/open.ts";
+import { contentPieces } from "./content_pieces.ts";
 
 /** How long a negotiation's key is accepted. */
 export const NONCE_TTL_MS = 6 * 3600_000;
@@ -98,7 +99,7 @@ export async function checkPossession(
   let total = 0;
   try {
     const split = new MemberSplitter();
-    for await (const piece of await storage.blobs.pieces(hashHex, place)) {
+    for await (const piece of await contentPieces(storage, hashHex, place)) {
       split.push(piece.slice());
       for (let m = split.next(); m; m = split.next()) {
         const raw = decodeMemberTransient(m);
