@@ -52,7 +52,8 @@ import { KeepError } from "../src/errors.ts";
 async function s3Server(env: ServicesEnv, prefix: string, args: string[] = [], dataDir?: string) {
   return await startServer({
     dataDir,
-    args: ["--blobs", `s3://${env.KEEP_S3_BUCKET}/${prefix}`, ...args],
+    // Whole files: these cases are about large blobs' multipart objects.
+    args: ["--blobs", `s3://${env.KEEP_S3_BUCKET}/${prefix}`, "--chunk-over", "off", ...args],
     env: { ...env },
   });
 }

@@ -54,6 +54,12 @@ export interface IngestLimits {
    * refused before anything is stored (`serve --min-free`); 0: no reserve.
    */
   minFreeBytes?: number;
+  /**
+   * Files over this size are stored as content-defined chunks (serve
+   * --chunk-over; default CHUNKED_FILE_MIN, the size above which clients cut
+   * members at chunk boundaries); null: as whole blobs.
+   */
+  chunkOverBytes?: number | null;
 }
 
 export const DEFAULT_LIMITS: IngestLimits = {
@@ -719,7 +725,10 @@ export class Ingest {
       }
       this.#sha = createHash("sha256");
       this.#xxh.reset();
-      if (h.size > CHUNKED_FILE_MIN && this.#storage.index.chunking) {
+      const chunkOver = this.#limits.chunkOverBytes === undefined
+        ? CHUNKED_FILE_MIN
+        : this.#limits.chunkOverBytes;
+      if (chunkOver !== null && h.size > chunkOver && this.#storage.index.chunking) {
         // Stored as chunks (each a blob, in the batch's pack), no blob of its own.
         this.#currentSink = null;
         this.#blob = null;
