@@ -129,3 +129,35 @@ Deno.test("chunks: a store of schema 4 (before chunks) opens, its whole blobs re
   const v = await keepOk(["verify", "--server", server.url]);
   assertMatch(v.stdout, /keep verify: OK/);
 });
+
+Deno.test("chunks: recompression at rest rewrites chunks bigger than a member and they still restore", async () => {
+  await using server = await startServer({ args: ["--compact-idle", "300ms"] });
+  const src = await tempDir();
+  const text = new TextEncoder().encode(
+    Array.from({ length: 400_000 }, (_, i) => `line ${i} of a log, value ${(i * 7919) % 10007}\n`)
+      .join(""),
+  );
+  writeTree(src, { "log.txt": text });
+  const env = { KEEP_SERVER: server.url, KEEP_PROJECT: "z" };
+  await keepOk(["backup", "--settle", "0", src], 0, { env });
+  const db = () => new DatabaseSync(join(server.dataDir, "index.db"), { readOnly: true });
+  const left = () => {
+    const d = db();
+    try {
+      return Number(
+        (d.prepare("SELECT count(*) AS n FROM blobs WHERE pack IS NOT NULL AND level IS NULL")
+          .get() as { n: number }).n,
+      );
+    } finally {
+      d.close();
+    }
+  };
+  const until = Date.now() + 60_000;
+  while (left() > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
+  assertEquals(left(), 0, "every pack blob recompressed");
+  const out = await tempDir();
+  await keepOk(["restore", out], 0, { env });
+  assertEquals(sha(Deno.readFileSync(join(out, "log.txt"))), sha(text));
+  const v = await keepOk(["verify", "--server", server.url]);
+  assertMatch(v.stdout, /keep verify: OK/);
+});
