@@ -125,6 +125,56 @@ export class DatasetBuilder {
     return { changed: changeN, added: addN, deleted: delN, bytesWritten };
   }
 
+  /**
+   * A round of edits inside big files, of the kinds a build makes to its
+   * artifacts: in four of the files (rotating with the round) 2 MiB rewritten
+   * in place at a third of the file, 8 MiB appended, 64 KiB inserted in the
+   * middle (the file rewritten), 512 KiB rewritten at the front. The files
+   * keep their kind (text or random). `bytesWritten` counts the new bytes.
+   */
+  mutateLarge(tree: Tree, round: number): MutationStats {
+    const rng = new Prng(this.seed * 1000 + 200 + round);
+    const n = tree.files.length;
+    let bytesWritten = 0;
+    const fresh = (f: FileRec, size: number) =>
+      f.text ? this.content.text(rng, size) : rng.fill(new Uint8Array(size));
+    for (let k = 0; k < Math.min(4, n); k++) {
+      const f = tree.files[(round + k) % n];
+      const path = join(tree.root, f.path);
+      if (k === 1) {
+        const data = fresh(f, 8 * MiB);
+        const h = Deno.openSync(path, { append: true });
+        for (let o = 0; o < data.length;) o += h.writeSync(data.subarray(o));
+        h.close();
+        f.size += data.length;
+        tree.bytes += data.length;
+        bytesWritten += data.length;
+      } else if (k === 2) {
+        const old = Deno.readFileSync(path);
+        const at = Math.floor(old.length / 2);
+        const ins = fresh(f, 64 * 1024);
+        const out = new Uint8Array(old.length + ins.length);
+        out.set(old.subarray(0, at));
+        out.set(ins, at);
+        out.set(old.subarray(at), at + ins.length);
+        Deno.writeFileSync(path, out);
+        f.size += ins.length;
+        tree.bytes += ins.length;
+        bytesWritten += ins.length;
+      } else {
+        const size = k === 0 ? 2 * MiB : 512 * 1024;
+        const at = k === 0 ? Math.floor(f.size / 3) : 0;
+        const data = fresh(f, Math.min(size, f.size - at));
+        const h = Deno.openSync(path, { write: true });
+        h.seekSync(at, Deno.SeekMode.Start);
+        for (let o = 0; o < data.length;) o += h.writeSync(data.subarray(o));
+        h.close();
+        bytesWritten += data.length;
+      }
+    }
+    return { changed: Math.min(4, n), added: 0, deleted: 0, bytesWritten };
+  }
+
   /** `count` files of `minMiB`–`maxMiB` MiB; even ones text, odd ones random. */
   large(root: string, count = 8, minMiB = 64, maxMiB = 256): Tree {
     const rng = new Prng(this.seed * 1000 + 2);

@@ -138,12 +138,31 @@ Deno.test("a second project with the same files stores no new blobs (global dedu
   assertEquals(one.commit.stats.newBlobs, 20);
   const copy = await tempDir();
   writeTree(copy, spec);
+  // Sent anyway (--no-negotiate): the server finds it has every content.
   const two = json<BackupJson>(
-    await keepOk(["backup", "--settle", "0", "--json", "-s", server.url, "-p", "two", copy]),
+    await keepOk([
+      "backup",
+      "--settle",
+      "0",
+      "--json",
+      "--no-negotiate",
+      "-s",
+      server.url,
+      "-p",
+      "two",
+      copy,
+    ]),
   );
   assertEquals(two.commit.stats.filesReceived, 20);
   assertEquals(two.commit.stats.newBlobs, 0);
   assertEquals(two.commit.stats.newBlobBytes, 0);
+  // Negotiated (the default): nothing of it is sent at all.
+  const three = json<BackupJson>(
+    await keepOk(["backup", "--settle", "0", "--json", "-s", server.url, "-p", "three", copy]),
+  );
+  assertEquals(three.commit.stats.filesReceived, 0);
+  assertEquals(three.commit.counts.added, 20);
+  assertEquals(three.commit.stats.newBlobs, 0);
   const v = await keepOk(["verify", "--data", server.dataDir]);
   assertMatch(v.stdout, /keep verify: OK/);
   assertMatch(v.stdout, /blobs +20 /);

@@ -319,8 +319,16 @@ export function logJson<T = { id: string; seq: number }>(r: Run): T[] {
  */
 export function captureProxy(
   target: string,
-): { url: string; uploads: Uint8Array[]; requests: string[]; close(): Promise<void> } {
+): {
+  url: string;
+  uploads: Uint8Array[];
+  requests: string[];
+  /** Bytes of every request body (uploads, negotiations, lookups). */
+  sent: { bytes: number };
+  close(): Promise<void>;
+} {
   const uploads: Uint8Array[] = [];
+  const sent = { bytes: 0 };
   const requests: string[] = [];
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
     const u = new URL(req.url);
@@ -328,6 +336,7 @@ export function captureProxy(
     let body: BodyInit | null = null;
     if (req.method === "POST") {
       const bytes = new Uint8Array(await req.arrayBuffer());
+      sent.bytes += bytes.length;
       if (u.pathname.endsWith("/commits")) uploads.push(bytes);
       body = bytes;
     }
@@ -342,6 +351,7 @@ export function captureProxy(
     url: `http://127.0.0.1:${server.addr.port}`,
     uploads,
     requests,
+    sent,
     close: () => server.shutdown(),
   };
 }

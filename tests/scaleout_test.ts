@@ -75,7 +75,8 @@ import { PgIndex } from "../src/server/storage/pg_index.ts";
 async function s3Server(env: ServicesEnv, prefix: string, args: string[] = [], dataDir?: string) {
   return await startServer({
     dataDir,
-    args: ["--blobs", `s3://${env.KEEP_S3_BUCKET}/${prefix}`, ...args],
+    // Whole files: these cases are about large blobs' multipart objects.
+    args: ["--blobs", `s3://${env.KEEP_S3_BUCKET}/${prefix}`, "--chunk-over", "off", ...args],
     env: { ...env },
   });
 }
@@ -1561,4 +1562,31 @@ Deno.test("keep migrate refuses a PostgreSQL index a node serves, as source or a
     assertMatch(s.stderr, /a keep serve runs on it/);
   }
   await keepOk(["migrate", "--from", from, "--to-blobs", blobs, "--to-index", db.url], 0, opts);
+});
+
+Deno.test("keep migrate refuses, in one line and before copying, a source with chunked big files into PostgreSQL", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const from = await tempDir("keep-data-");
+  const src = await tempDir();
+  writeTree(src, { "big.bin": randomData(9 << 20) });
+  {
+    await using server = await startServer({ dataDir: from });
+    await keepOk(["backup", "-s", server.url, "-p", "app", "--settle", "0", src]);
+  }
+  const r = await keep(
+    [
+      "migrate",
+      "--from",
+      from,
+      "--to-blobs",
+      `s3://${env.KEEP_S3_BUCKET}/${freshPrefix("chunked")}`,
+      "--to-index",
+      db.url,
+    ],
+    { env: { ...env } },
+  );
+  assertEquals(r.code, 2, r.stderr);
+  assertMatch(r.stderr, /^keep: Cannot migrate into .*: the source keeps big files in chunks/);
+  assertEquals(r.stderr.trim().split("\n").length, 1);
 });

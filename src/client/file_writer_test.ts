@@ -74,3 +74,46 @@ Deno.test("FileWriter.finish returns the writes that failed; the others are writ
     writer.close();
   }
 });
+
+Deno.test("FileWriter.writeLarge: a verified large file is renamed into place; a failed one leaves nothing", async () => {
+  using dir = scopedTempDir("keep-writer-");
+  const writer = new FileWriter();
+  try {
+    const data = noise(3 * FileWriter.CHUNK + 12345, 2);
+    data.fill(0, FileWriter.CHUNK, 2 * FileWriter.CHUNK); // a hole in the middle
+    const good = join(dir.path, "big.bin");
+    const bad = join(dir.path, "bad.bin");
+    for (const [target, ok] of [[good, true], [bad, false]] as const) {
+      writer.openLarge(`${target}.part`, target);
+      assert(writer.isPending(target));
+      // Odd-sized pieces, as inflated members come.
+      for (let o = 0; o < data.length; o += 300_001) {
+        writer.writeLarge(data.subarray(o, Math.min(o + 300_001, data.length)));
+        await writer.ready();
+      }
+      writer.endLarge(ok, data.length, 0o640, T);
+    }
+    assertEquals(await writer.finish(), []);
+    assert(!writer.isPending(good));
+    assertEquals(Deno.readFileSync(good), data);
+    const st = lstatNs(good);
+    assertEquals([st.kind, st.mode, st.mtime], ["file", 0o640, T]);
+    assertEquals([...Deno.readDirSync(dir.path)].map((e) => e.name), ["big.bin"]);
+  } finally {
+    writer.close();
+  }
+});
+
+Deno.test("FileWriter.finish removes the temp file of a large file left open", async () => {
+  using dir = scopedTempDir("keep-writer-");
+  const writer = new FileWriter();
+  try {
+    const target = join(dir.path, "big.bin");
+    writer.openLarge(`${target}.part`, target);
+    writer.writeLarge(noise(FileWriter.CHUNK + 1, 3));
+    assertEquals(await writer.finish(), []);
+    assertEquals([...Deno.readDirSync(dir.path)], []);
+  } finally {
+    writer.close();
+  }
+});

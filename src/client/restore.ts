@@ -16,7 +16,6 @@
  * @module
  */
 
-import { Buffer } from "node:buffer";
 import { createHash, type Hash } from "node:crypto";
 import { KeepError } from "../errors.ts";
 import { ArchiveReader } from "../format/archive_reader.ts";
@@ -94,7 +93,8 @@ interface Receiving {
   expect: string;
   sha: Hash;
   parts: Uint8Array[];
-  file: Deno.FsFile | null;
+  /** Written through a temp file by the writer (not held in parts). */
+  large: boolean;
   tmp: string;
 }
 
@@ -277,15 +277,16 @@ class Restorer {
     if (!/^[0-9a-f]{64}$/.test(expect)) {
       throw new KeepError("invalid", `Cannot restore ${h.path}: no content hash`);
     }
-    let file: Deno.FsFile | null = null;
     let tmp = "";
     if (h.size > SMALL) {
-      // Large files go through a temp file beside their target, renamed once verified.
+      // Large files go through a temp file beside their target, renamed once
+      // verified; the writer Worker does the writing (the kernel's page-cache
+      // work overlaps with receiving, inflating and hashing here).
       const dir = parentOf(h.path);
       tmp = this.#abs(`${dir ? dir + "/" : ""}.keep-restore-${Deno.pid}-${++this.#tmpSeq}.part`);
-      file = Deno.openSync(tmp, { write: true, createNew: true, mode: 0o600 });
+      this.#writer.openLarge(tmp, this.#abs(h.path));
     }
-    this.#file = { h, expect, sha: createHash("sha256"), parts: [], file, tmp };
+    this.#file = { h, expect, sha: createHash("sha256"), parts: [], large: tmp !== "", tmp };
   }
 
   #onData(chunk: Uint8Array): void {
@@ -295,15 +296,8 @@ class Restorer {
     }
     const f = this.#file!;
     f.sha.update(chunk);
-    if (f.file) {
-      if (isZero(chunk)) {
-        // Leave a hole: sparse files come back sparse (truncate sets the size at the end).
-        f.file.seekSync(chunk.length, Deno.SeekMode.Current);
-      } else {
-        let o = 0;
-        while (o < chunk.length) o += f.file.writeSync(chunk.subarray(o));
-      }
-    } else f.parts.push(chunk.slice());
+    if (f.large) this.#writer.writeLarge(chunk);
+    else f.parts.push(chunk.slice());
     this.#result.bytes += chunk.length;
   }
 
@@ -317,10 +311,7 @@ class Restorer {
     const got = f.sha.digest("hex");
     const target = this.#abs(h.path);
     if (got !== f.expect) {
-      if (f.file) {
-        f.file.close();
-        Deno.removeSync(f.tmp);
-      }
+      if (f.large) this.#writer.endLarge(false, h.size, h.mode, h.mtime);
       this.#result.hashErrors++;
       this.#problem(
         h.path,
@@ -331,25 +322,24 @@ class Restorer {
       return;
     }
     this.#result.files++;
-    if (!f.file) {
+    if (!f.large) {
       // Verified: the writer creates it (with its mode and mtime) off this thread.
       const data = f.parts.length === 1 ? f.parts[0] : concatBytes(f.parts);
       this.#writer.add({ path: target, data, mode: h.mode, mtime: h.mtime });
       return;
     }
-    f.file.truncateSync(h.size);
-    f.file.close();
-    Deno.renameSync(f.tmp, target);
-    Deno.chmodSync(target, h.mode);
-    setTimesNs(target, h.mtime);
+    // Verified: the writer renames it into place with its mode and mtime.
+    this.#writer.endLarge(true, h.size, h.mode, h.mtime);
   }
 
-  /** A large file cut short by a failure: its temp file goes. */
+  /**
+   * A large file cut short by a failure: the writer's finish() removed its
+   * temp file; this is for a writer that failed itself.
+   */
   #dropTemp(): void {
     const f = this.#file;
-    if (!f?.file) return;
+    if (!f?.large) return;
     this.#file = null;
-    f.file.close();
     try {
       Deno.removeSync(f.tmp);
     } catch { /* already gone */ }
@@ -385,13 +375,4 @@ function serverError(body: Uint8Array): KeepError {
     }
   } catch { /* below */ }
   return new KeepError("integrity", "Cannot restore: the server ended the archive with an error");
-}
-
-const ZEROS = Buffer.alloc(1 << 20);
-
-function isZero(chunk: Uint8Array): boolean {
-  if (chunk.length < 4096 || chunk.length > ZEROS.length) return false;
-  return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length).equals(
-    ZEROS.subarray(0, chunk.length),
-  );
 }

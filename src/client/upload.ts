@@ -20,6 +20,7 @@
 import { BlockWriter } from "../platform/block_writer.ts";
 import { churned } from "../platform/memory.ts";
 import { type Level, MAX_MEMBER_RAW, writeMember } from "../format/gzip_member.ts";
+import { CHUNKED_FILE_MIN, FastCdc } from "../format/fastcdc.ts";
 import { lstatNs, type NativeStat, NotRegularFileError, TreeFile } from "../platform/fs_native.ts";
 import {
   type ChangeRecord,
@@ -319,6 +320,11 @@ class UploadWriter {
       });
       let left = st0.size;
       const buf = new Uint8Array(MAX_MEMBER_RAW);
+      // A big file's members end at its content-defined cuts too: the server
+      // keeps each chunk's members as they are (format/fastcdc.ts).
+      const cdc = st0.size > CHUNKED_FILE_MIN ? new FastCdc() : null;
+      const members = new ChunkMembers((raw) => writeMember(raw, this.#level, this.#out.write));
+      let pos = 0;
       while (left > 0) {
         const want = Math.min(left, buf.length);
         let got = 0;
@@ -331,12 +337,23 @@ class UploadWriter {
           moved = true; // shrank: zero-fill to the size the header promised
           buf.fill(0, got, want);
         }
-        writeMember(buf.subarray(0, want), this.#level, this.#out.write);
+        const piece = buf.subarray(0, want);
+        if (cdc) {
+          let from = 0;
+          for (const cut of cdc.push(piece)) {
+            members.add(piece.subarray(from, cut - pos));
+            members.flush();
+            from = cut - pos;
+          }
+          members.add(piece.subarray(from));
+          pos += want;
+        } else writeMember(piece, this.#level, this.#out.write);
         left -= want;
         this.#stats.bytesRead += got;
         if (this.#out.ready >= BATCH_BLOCKS) yield this.#out.take();
         if (this.#options.signal?.aborted) throw this.#options.signal.reason;
       }
+      members.flush();
       this.#pad = padded(st0.size) - st0.size;
       if (!sameStat(st0, lstatNs(abs))) moved = true;
     } finally {
@@ -347,6 +364,32 @@ class UploadWriter {
       this.#problem({ path: e.path, reason: "changed while being read", kind: "withdrawn" });
     } else this.#stats.filesSent++;
     this.#options.onProgress?.(this.#stats);
+  }
+}
+
+/**
+ * Members of a chunked file: full (MAX_MEMBER_RAW) from each chunk's start,
+ * the chunk's last one shorter, so the server sees where chunks end.
+ */
+class ChunkMembers {
+  #buf = new Uint8Array(MAX_MEMBER_RAW);
+  #fill = 0;
+  constructor(readonly write: (raw: Uint8Array) => void) {}
+
+  add(bytes: Uint8Array): void {
+    for (let o = 0; o < bytes.length;) {
+      const n = Math.min(bytes.length - o, this.#buf.length - this.#fill);
+      this.#buf.set(bytes.subarray(o, o + n), this.#fill);
+      this.#fill += n;
+      o += n;
+      if (this.#fill === this.#buf.length) this.flush();
+    }
+  }
+
+  flush(): void {
+    if (this.#fill === 0) return;
+    this.write(this.#buf.subarray(0, this.#fill));
+    this.#fill = 0;
   }
 }
 

@@ -57,6 +57,13 @@ Change detection:
                             over 8 KiB) | full: SHA-256 of every file (reads all)
       --ignore-ctime        do not compare ctime (filesystems with meaningless ctime)
 
+Content the server already has (another project's, a renamed directory's):
+  files of 64 KiB and more, and small ones when a probe of 64 finds most of
+  them on the server, are hashed first; what the server holds is recorded with
+  a proof of possession (a keyed hash of the content under a key the server
+  chose) instead of being sent.
+      --no-negotiate        send every changed file's content without asking
+
 Files still being written:
       --settle DURATION     a changed file must hold still this long (default 2s; 0 = off)
       --settle-timeout DUR  give up waiting after this long (default 5 × settle);
@@ -87,6 +94,7 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
       jobs: { type: "string" },
       check: { type: "string" },
       "ignore-ctime": { type: "boolean" },
+      "no-negotiate": { type: "boolean" },
       settle: { type: "string" },
       "settle-timeout": { type: "string" },
       "no-sync": { type: "boolean" },
@@ -163,6 +171,7 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
         jobs,
         check: check as CheckMode | "auto",
         ctime: !p.values["ignore-ctime"],
+        negotiate: !p.values["no-negotiate"],
         settleMs,
         settleMaxMs: p.values["settle-timeout"]
           ? parseDuration(p.values["settle-timeout"] as string, "settle-timeout")
@@ -209,6 +218,13 @@ recorded, some files not backed up: listed), 5 server unreachable, 6 denied.`,
           );
         }
         if (result.hashed) out(`  hashed    ${result.hashed} suspect files locally`);
+        if (result.proven) {
+          out(
+            `  had       ${result.proven} files (${
+              formatBytes(result.provenBytes)
+            }) already on the server: proven, not sent`,
+          );
+        }
         if (result.settleMs >= 100) {
           out(
             `  settle    waited ${(result.settleMs / 1000).toFixed(1)} s for files being written`,

@@ -48,6 +48,8 @@ Options:
                           are deleted: longer than any restore or request (default 1h)
       --min-free SIZE     refuse uploads that would leave less free space in DIR
                           (default 1G; 0 = no reserve)
+      --chunk-over SIZE   store files over this size as content-defined chunks, each
+                          deduplicated on its own (default 8M; off = whole files)
       --stale-after DUR   the web UI marks a project stale when its newest complete
                           commit is older than this (default 2d)
       --no-ui             no web UI at / (the API and /metrics stay)
@@ -98,6 +100,7 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       "gc-grace": { type: "string" },
       "upload-timeout": { type: "string" },
       "min-free": { type: "string" },
+      "chunk-over": { type: "string" },
       "stale-after": { type: "string" },
       "metrics-listen": { type: "string" },
       "no-ui": { type: "boolean" },
@@ -150,6 +153,9 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       (p.values["min-free"] as string | undefined) ?? "1G",
       "min-free",
     );
+    const chunkOver = (p.values["chunk-over"] as string | undefined) === "off"
+      ? null
+      : parseSize((p.values["chunk-over"] as string | undefined) ?? "8M", "chunk-over");
     let cert = p.values.cert as string | undefined;
     let key = p.values.key as string | undefined;
     const tlsMode = p.values.tls as string | undefined;
@@ -205,6 +211,7 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
         ...DEFAULT_LIMITS,
         ...(maxUpload ? { maxUploadBytes: maxUpload } : {}),
         minFreeBytes,
+        chunkOverBytes: chunkOver,
       },
       idleTimeoutSec: Math.max(idle / 1000, 0.5),
       compactIdleMs,

@@ -126,11 +126,14 @@ export interface UploadHeader {
  * content. `del` removes a path; `meta` re-records a file's metadata with
  * content the parent already had (hash given); `keep` keeps the parent's
  * version of a path that could not be read, flagged; `drop` withdraws a file
- * entry sent earlier in this upload (it changed while being read).
+ * entry sent earlier in this upload (it changed while being read); `have`
+ * records a file whose content the store holds without sending it, with a
+ * proof of possession under the negotiation's key `n` (format/possession.ts).
  */
 export type ChangeRecord =
   | { op: "del"; p: string }
   | { op: "meta"; e: Entry }
+  | { op: "have"; e: Entry; n: string; proof: string }
   | { op: "keep"; p: string; flag: EntryFlag; reason: string }
   | { op: "drop"; p: string; reason: string };
 
@@ -328,6 +331,25 @@ export function parseChangeRecord(line: string): ChangeRecord {
       }
       return { op: "meta", e };
     }
+    case "have": {
+      const e = entryFromJson(o.e);
+      if (e.type !== "f" || e.hash === undefined || e.size === 0) {
+        throw new KeepError(
+          "invalid",
+          `Cannot read upload: have record for ${e.path} is not a non-empty file with a hash`,
+        );
+      }
+      if (
+        typeof o.n !== "string" || o.n.length > 128 || typeof o.proof !== "string" ||
+        !/^[0-9a-f]{32}$/.test(o.proof)
+      ) {
+        throw new KeepError(
+          "invalid",
+          `Cannot read upload: have record for ${e.path} without a nonce and proof`,
+        );
+      }
+      return { op: "have", e, n: o.n, proof: o.proof };
+    }
     case "keep": {
       if (o.flag !== "unreadable" && o.flag !== "unsettled") {
         throw new KeepError("invalid", "Cannot read upload: keep record with unknown flag");
@@ -344,6 +366,9 @@ export function parseChangeRecord(line: string): ChangeRecord {
 /** Serialises a change record as one NDJSON line (without newline). */
 export function changeRecordToJson(r: ChangeRecord): string {
   if (r.op === "meta") return `{"op":"meta","e":${entryToJson(r.e)}}`;
+  if (r.op === "have") {
+    return `{"op":"have","e":${entryToJson(r.e)},"n":${JSON.stringify(r.n)},"proof":"${r.proof}"}`;
+  }
   return JSON.stringify(r);
 }
 

@@ -5,7 +5,9 @@
  * @module
  */
 
-import type { BackupRemote } from "../client/backup.ts";
+import type { BackupRemote, Negotiated } from "../client/backup.ts";
+import { NEGOTIATE_BATCH, type NegotiateAnswer } from "../format/possession.ts";
+import { hexToBytes } from "../format/hex.ts";
 import { KeepError } from "../errors.ts";
 import { decodeMemberTransient, MemberSplitter } from "../format/gzip_member.ts";
 import { type CommitInfo, entriesFromLines, type Entry, LineChunker } from "../format/manifest.ts";
@@ -361,6 +363,24 @@ export class KeepClient {
     return out;
   }
 
+  /**
+   * Which of `hashes` (SHA-256 hex) the store holds, each with the nonce and
+   * key of the negotiation that answered it (one per NEGOTIATE_BATCH hashes).
+   */
+  async negotiate(project: string, hashes: string[]): Promise<Map<string, Negotiated>> {
+    const out = new Map<string, Negotiated>();
+    for (let i = 0; i < hashes.length; i += NEGOTIATE_BATCH) {
+      const a = await this.#json<NegotiateAnswer>(`${this.#p(project)}/negotiate`, {
+        method: "POST",
+        body: JSON.stringify({ hashes: hashes.slice(i, i + NEGOTIATE_BATCH) }),
+        headers: { "content-type": "application/json" },
+      });
+      const n: Negotiated = { nonce: a.nonce, key: hexToBytes(a.key) };
+      for (const h of a.have) out.set(h, n);
+    }
+    return out;
+  }
+
   async upload(project: string, body: ReadableStream<Uint8Array>): Promise<CommitInfo> {
     const res = await this.#json<{ commit: CommitInfo }>(`${this.#p(project)}/commits`, {
       method: "POST",
@@ -441,6 +461,7 @@ export class KeepClient {
         return { commit: m.commit, stat: m.stat, lines: m.chunks };
       },
       entries: (commit, paths) => this.entries(project, commit, paths),
+      negotiate: (hashes) => this.negotiate(project, hashes),
       upload: (body) => this.upload(project, body),
     };
   }

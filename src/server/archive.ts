@@ -24,6 +24,7 @@ import { BlockWriter } from "../platform/block_writer.ts";
 import { churned } from "../platform/memory.ts";
 import type { PlacedEntry } from "./storage/index_store.ts";
 import type { Storage } from "./storage/open.ts";
+import { contentPieces } from "./content_pieces.ts";
 
 /** Name of the control entry that ends an archive which cannot go on. */
 export const ERROR_ENTRY = ".keep-error.json";
@@ -77,7 +78,7 @@ export async function* exportArchive(
   commit: CommitInfo,
   prefix = "",
 ): AsyncGenerator<Uint8Array> {
-  const { index, blobs } = storage;
+  const { index } = storage;
   // Output in 256 KiB blocks: one allocation per block (a download reads big
   // chunks cheaply; see client/upload.ts for the upload direction).
   const out = new BlockWriter(256 * 1024);
@@ -88,7 +89,7 @@ export async function* exportArchive(
       let pieces: AsyncIterable<Uint8Array> | null = null;
       if (e.type === "f" && e.size > 0) {
         try {
-          pieces = await blobs.pieces(e.hash!, await placeOf(storage, row));
+          pieces = await contentPieces(storage, e.hash!, await placeOf(storage, row));
         } catch (err) {
           if (!(err instanceof KeepError) || err.code !== "integrity") throw err;
           await index.markDamaged(hexToBytes(e.hash!), err.message);

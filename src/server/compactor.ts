@@ -22,6 +22,7 @@ import {
   decodeMember,
   encodeChecked,
   encodeMember,
+  MAX_MEMBER_RAW,
   type MemberEncoder,
   MemberSplitter,
 } from "../format/gzip_member.ts";
@@ -106,9 +107,14 @@ export class Compactor {
       let out = stored;
       let level = SKIP;
       if (stored.length < raw.length * 0.97) { // compressed already: try harder
-        const member = encodeChecked(raw, REST_LEVEL, this.#encode);
+        // A chunk of a big file may hold more than one member's worth of bytes.
+        const parts: Uint8Array[] = [];
+        for (let i = 0; i < raw.length; i += MAX_MEMBER_RAW) {
+          parts.push(encodeChecked(raw.subarray(i, i + MAX_MEMBER_RAW), REST_LEVEL, this.#encode));
+        }
+        const member = parts.length === 1 ? parts[0] : concatBytes(parts);
         // encodeChecked compared the bytes; the SHA-256 is what the row promises.
-        if (member.length < stored.length * 0.97 && sha256(decodeMember(member)) === hex) {
+        if (member.length < stored.length * 0.97 && sha256(this.#raw(member)) === hex) {
           out = member;
           level = REST_LEVEL;
         }

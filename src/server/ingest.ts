@@ -38,8 +38,10 @@ import type { TarHeader } from "../format/tar.ts";
 import { concatBytes } from "../platform/concat_bytes.ts";
 import { churned } from "../platform/memory.ts";
 import { type LargeSink, PACK_MAX, type PackSink } from "./storage/blob_store.ts";
+import { CDC_SIZES, CHUNKED_FILE_MIN } from "../format/fastcdc.ts";
 import type { NewBlob, StageRow, UploadStage } from "./storage/index_store.ts";
 import { closeAndSeal, type Storage } from "./storage/open.ts";
+import { checkPossession, possessionKeys } from "./possession.ts";
 
 /** Limits on one upload. */
 export interface IngestLimits {
@@ -52,6 +54,12 @@ export interface IngestLimits {
    * refused before anything is stored (`serve --min-free`); 0: no reserve.
    */
   minFreeBytes?: number;
+  /**
+   * Files over this size are stored as content-defined chunks (serve
+   * --chunk-over; default CHUNKED_FILE_MIN, the size above which clients cut
+   * members at chunk boundaries); null: as whole blobs.
+   */
+  chunkOverBytes?: number | null;
 }
 
 export const DEFAULT_LIMITS: IngestLimits = {
@@ -152,6 +160,16 @@ interface PendingBlob {
   stored: number;
   data: Uint8Array | null;
   sink: LargeSink | null;
+  /** A chunked file: its chunks' hashes (the chunks are blobs of their own, queued before it). */
+  chunks?: Uint8Array[];
+}
+
+/** The chunk of a big file being received (see #onData). */
+interface ChunkState {
+  builder: BlobBuilder;
+  sha: Hash;
+  xxh: PartialHasher;
+  size: number;
 }
 
 const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -219,11 +237,17 @@ export class Ingest {
   #held = new Uint8Array(0);
   #heldBytes = 0;
   #withdrawals: { path: string; reason: string }[] = [];
+  /** `have` records: content the client proves it holds, checked at finish. */
+  #haves: { e: Entry; n: string; proof: string }[] = [];
   #pack: PackSink | null = null;
   /** The last batch's pack write and rows, still going (object stores: see flush). */
   #tail: Promise<void> | null = null;
   /** The sink of the large file being received, if any. */
   #currentSink: LargeSink | null = null;
+  /** A chunked file being received: its current chunk and the hashes of those done. */
+  #chunk: ChunkState | null = null;
+  #chunkList: Uint8Array[] = [];
+  #chunkStored = 0;
   #entries = 0;
   #declared = 0;
   /** The quota and free-space room measured when the upload was admitted. */
@@ -241,6 +265,9 @@ export class Ingest {
   newBlobBytes = 0;
   /** Blobs marked damaged that this upload's content replaced. */
   repairedBlobs = 0;
+  /** Files recorded from `have` records (content proven, not sent), and their bytes. */
+  filesProven = 0;
+  bytesProven = 0;
 
   private constructor(
     storage: Storage,
@@ -374,6 +401,20 @@ export class Ingest {
       }
       let pack: number | null = null;
       let offset: number | null = null;
+      if (b.chunks) {
+        // Its bytes are its chunks' (queued before it): a row and a list.
+        added.push({
+          hash: b.hash,
+          size: b.size,
+          stored: b.stored,
+          xxh: b.xxh,
+          pack,
+          offset,
+          chunks: b.chunks,
+        });
+        this.newBlobs++;
+        continue;
+      }
       if (b.data) {
         if (!this.#pack) {
           this.#pack = this.#storage.blobs.openPack(await this.#storage.index.newPack());
@@ -517,6 +558,8 @@ export class Ingest {
       );
     }
     await this.flush();
+    await this.#checkHaves();
+    await this.flush();
     await this.#settle();
     await this.#closePack();
     for (const w of this.#withdrawals) await this.#stage.withdraw(w.path, w.reason);
@@ -530,6 +573,54 @@ export class Ingest {
     });
     this.#closed = true;
     return { commit, changedPaths: changed };
+  }
+
+  /**
+   * Checks every `have` record's proof against the stored content and stages
+   * the file as sent (a `put` with the stored content). knownBlobs first:
+   * it unmarks content GC marked, the way every upload counts on stored
+   * content (docs/DESIGN.md, "The invariant"). Any failure refuses the upload.
+   */
+  async #checkHaves(): Promise<void> {
+    for (let i = 0; i < this.#haves.length; i += BATCH_ROWS) {
+      const batch = this.#haves.slice(i, i + BATCH_ROWS);
+      const known = await this.#storage.index.knownBlobs(batch.map((h) => hexToBytes(h.e.hash!)));
+      const keys = new Map<string, Uint8Array>();
+      for (const h of batch) {
+        const hex = h.e.hash!;
+        if (!known.has(hex)) {
+          throw new KeepError(
+            "conflict",
+            `Cannot record ${h.e.path}: the store no longer has its content (${
+              hex.slice(0, 12)
+            }…); back up again`,
+          );
+        }
+        let key = keys.get(h.n);
+        if (!key) keys.set(h.n, key = possessionKeys.keyFor(this.project, h.n));
+        const { xxh } = await checkPossession(
+          this.#storage,
+          h.e.path,
+          hex,
+          h.e.size,
+          key,
+          h.proof,
+        );
+        const entry: Entry = { ...h.e, xxh };
+        delete entry.flag;
+        this.#pendingRows.push({
+          op: "put",
+          path: entry.path,
+          entry,
+          hashBytes: hexToBytes(hex),
+          xxhBytes: hexToBytes(xxh),
+        });
+        this.filesProven++;
+        this.bytesProven += entry.size;
+      }
+      if (this.wantsFlush) await this.flush();
+    }
+    this.#haves = [];
   }
 
   /** Drops everything staged and removes temp files. Safe to call twice. */
@@ -634,8 +725,20 @@ export class Ingest {
       }
       this.#sha = createHash("sha256");
       this.#xxh.reset();
-      this.#currentSink = h.size > PACK_MAX ? this.#storage.blobs.openLarge() : null;
-      this.#blob = new BlobBuilder(this.#currentSink, this.#level, this.#encode);
+      const chunkOver = this.#limits.chunkOverBytes === undefined
+        ? CHUNKED_FILE_MIN
+        : this.#limits.chunkOverBytes;
+      if (chunkOver !== null && h.size > chunkOver && this.#storage.index.chunking) {
+        // Stored as chunks (each a blob, in the batch's pack), no blob of its own.
+        this.#currentSink = null;
+        this.#blob = null;
+        this.#chunkList = [];
+        this.#chunkStored = 0;
+        this.#chunk = this.#newChunk();
+      } else {
+        this.#currentSink = h.size > PACK_MAX ? this.#storage.blobs.openLarge() : null;
+        this.#blob = new BlobBuilder(this.#currentSink, this.#level, this.#encode);
+      }
     }
   }
 
@@ -652,9 +755,54 @@ export class Ingest {
     this.#xxh.update(chunk);
     // A member holding only this file's bytes is kept as it came.
     const whole = this.#reader.wholeMember(chunk);
-    if (whole) this.#blob!.addMember(whole.member, whole.carried);
+    const c = this.#chunk;
+    if (c) {
+      if (whole) c.builder.addMember(whole.member, whole.carried);
+      else c.builder.addRaw(chunk);
+      c.sha.update(chunk);
+      c.xxh.update(chunk);
+      c.size += chunk.length;
+      // A chunk ends after a short member (the client's cut: client/upload.ts),
+      // never before the chunker's min, and at the latest once past its max.
+      const cut = whole !== null && chunk.length < MAX_MEMBER_RAW && c.size >= CDC_SIZES.min;
+      if (cut || c.size >= CDC_SIZES.max) this.#endChunk();
+    } else if (whole) this.#blob!.addMember(whole.member, whole.carried);
     else this.#blob!.addRaw(chunk);
     this.bytesReceived += chunk.length;
+  }
+
+  #newChunk(): ChunkState {
+    return {
+      builder: new BlobBuilder(null, this.#level, this.#encode),
+      sha: createHash("sha256"),
+      xxh: new PartialHasher(),
+      size: 0,
+    };
+  }
+
+  /** Queues the current chunk as a blob of the batch and starts the next. */
+  #endChunk(): void {
+    const c = this.#chunk!;
+    if (c.size === 0) return;
+    const { data } = c.builder.end();
+    const digest = c.sha.digest();
+    this.#pendingBlobs.push({
+      hash: digest,
+      hex: digest.toString("hex"),
+      size: c.size,
+      xxh: hexToBytes(c.xxh.digest()),
+      stored: c.builder.bytes,
+      data: data && this.#hold(data),
+      sink: null,
+    });
+    this.#pendingBytes += data!.length;
+    this.#chunkList.push(digest);
+    this.#chunkStored += c.builder.bytes;
+    // The chunk's members and their concatenation are garbage now (copied
+    // into the batch): counted for a full GC, as big files' bytes never
+    // were (they went to disk), or the server's peak climbs by ~80 MB.
+    churned(c.builder.bytes * 2, true);
+    this.#chunk = this.#newChunk();
   }
 
   #onEntryEnd(): void {
@@ -681,10 +829,27 @@ export class Ingest {
       xxhBytes = hexToBytes(entry.xxh);
       hashBytes = digest;
       this.#sha = null;
+      this.filesReceived++;
+      if (this.#chunk) {
+        this.#endChunk();
+        this.#chunk = null;
+        this.#pendingBlobs.push({
+          hash: digest,
+          hex,
+          size: entry.size,
+          xxh: xxhBytes,
+          stored: this.#chunkStored,
+          data: null,
+          sink: null,
+          chunks: this.#chunkList,
+        });
+        this.#chunkList = [];
+        this.#pendingRows.push({ op: "put", path: entry.path, entry, hashBytes, xxhBytes });
+        return;
+      }
       const blob = this.#blob!;
       this.#blob = null;
       this.#currentSink = null;
-      this.filesReceived++;
       if (entry.size > 0) {
         const { data, sink } = blob.end(); // encodes what is left first
         sink?.complete?.(hex);
@@ -717,6 +882,9 @@ export class Ingest {
         return;
       case "meta":
         this.#pendingRows.push({ op: "meta", path: r.e.path, entry: r.e });
+        return;
+      case "have":
+        this.#haves.push({ e: r.e, n: r.n, proof: r.proof });
         return;
       case "keep":
         this.#pendingRows.push({ op: "keep", path: r.p, flag: r.flag, reason: r.reason });

@@ -32,6 +32,7 @@ import type { VerifyReport } from "../format/api.ts";
 import type { Storage } from "./storage/open.ts";
 import { type CellValue, DURABLE_TABLES, type TableSpec } from "./storage/tables.ts";
 import { checkBlob, verifyStore } from "./verify.ts";
+import { PgIndex } from "./storage/pg_index.ts";
 
 /** Rows per page read from the source and written to the target. */
 const ROWS = 5000;
@@ -93,6 +94,12 @@ const PACK = col("pack");
 const OFFSET = col("offset");
 const STORED = col("stored");
 const SIZE = col("size");
+const CHUNKED = col("chunked");
+
+/** A blob row of a big file kept in chunks (0 or NULL: a blob of its own). */
+function isChunked(r: CellValue[]): boolean {
+  return r[CHUNKED] !== null && Number(r[CHUNKED]) !== 0;
+}
 const DAMAGED = col("damaged");
 
 /**
@@ -120,7 +127,15 @@ async function copyObjects(
   for await (const rows of rowsOf(source, BLOBS)) {
     for (const r of rows) {
       if (r[DAMAGED] !== null) damaged.add(bytesToHex(r[HASH] as Uint8Array));
-      if (r[PACK] !== null) {
+      if (isChunked(r)) {
+        // A big file kept in chunks: a list (the chunks table), no object of its own.
+        if (target.index instanceof PgIndex) {
+          throw new KeepError(
+            "usage",
+            `Cannot migrate into ${target.where}: the source keeps big files in chunks, which the PostgreSQL index does not hold yet`,
+          );
+        }
+      } else if (r[PACK] !== null) {
         packs.add(Number(r[PACK]));
         if (r[DAMAGED] === null) sound.add(Number(r[PACK]));
       } else {
@@ -216,7 +231,7 @@ async function copyObjects(
 
 /** A blob row with its large blob's generation in the target. */
 function withGen(r: CellValue[], gens: Map<string, number | null>): CellValue[] {
-  if (r[PACK] !== null) return r;
+  if (r[PACK] !== null || isChunked(r)) return r;
   const gen = gens.get(bytesToHex(r[HASH] as Uint8Array));
   if (gen === undefined) {
     throw new KeepError("internal", "Cannot migrate: a large blob row appeared during the copy");

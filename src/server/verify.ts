@@ -19,6 +19,7 @@ import { decodeMemberTransient, MemberSplitter } from "../format/gzip_member.ts"
 import { bytesToHex, hexToBytes } from "../format/hex.ts";
 import type { BlobPlace } from "./storage/blob_store.ts";
 import type { Storage } from "./storage/open.ts";
+import { contentPieces } from "./content_pieces.ts";
 
 export interface VerifyOptions {
   /** Skip re-hashing blob contents (structure checks only). */
@@ -41,7 +42,7 @@ export async function checkBlob(
     const h = createHash("sha256");
     const split = new MemberSplitter();
     let total = 0;
-    for await (const chunk of await storage.blobs.pieces(hashHex, place)) {
+    for await (const chunk of await contentPieces(storage, hashHex, place)) {
       split.push(chunk.slice());
       for (let m = split.next(); m; m = split.next()) {
         const raw = decodeMemberTransient(m);
@@ -106,10 +107,13 @@ export async function verifyStore(
     for (const r of rows) {
       await pause();
       const hex = bytesToHex(r.hash);
-      if (r.pack === null) largeBlobs.add(`${hex}.${r.offset}`);
+      if (r.chunked) { /* bytes of its own: none (its chunks are rows of their own) */ }
+      else if (r.pack === null) largeBlobs.add(`${hex}.${r.offset}`);
       else used.set(r.pack, (used.get(r.pack) ?? 0) + r.stored);
       let problem: string | null;
+      // A chunked file is read through its list: every chunk there, its content the file's.
       if (!options.quick) problem = await checkBlob(storage, hex, r);
+      else if (r.chunked) problem = null;
       else if (r.pack === null) {
         const size = await blobs.largeSize(hex, r.offset);
         problem = size === null ? "blob file is missing" : null;

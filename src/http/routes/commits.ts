@@ -5,16 +5,51 @@
  * @module
  */
 
+import { Buffer } from "node:buffer";
 import { Hono } from "hono";
 import { KeepError } from "../../errors.ts";
 import { collectNow } from "../../platform/memory.ts";
 import { type AppContext, type Env, need, projectParam } from "../context.ts";
 import { receiveUpload } from "../upload.ts";
+import { readJson } from "../json_body.ts";
+import { NEGOTIATE_BATCH, type NegotiateAnswer } from "../../format/possession.ts";
+import { hexToBytes } from "../../format/hex.ts";
+import { possessionKeys } from "../../server/possession.ts";
 
 /** The route group. */
 export function commitRoutes(ctx: AppContext): Hono<Env> {
   const routes = new Hono<Env>();
   const { index } = ctx.storage;
+
+  // Before an upload: which of these contents (SHA-256, hex) the store holds,
+  // and the key the upload's proofs of possession use (server/possession.ts).
+  routes.post("/projects/:project/negotiate", async (c) => {
+    const p = projectParam(c);
+    need(c, "append", p);
+    const body = await readJson(c, NEGOTIATE_BATCH * 70 + 4096, "negotiate") as {
+      hashes?: unknown;
+    };
+    const hashes = body?.hashes;
+    if (
+      !Array.isArray(hashes) || hashes.length > NEGOTIATE_BATCH ||
+      !hashes.every((h) => typeof h === "string" && /^[0-9a-f]{64}$/.test(h))
+    ) {
+      throw new KeepError(
+        "invalid",
+        `Cannot negotiate: body must be JSON {hashes: [SHA-256 hex]}, at most ${NEGOTIATE_BATCH}`,
+      );
+    }
+    const known = hashes.length
+      ? await index.knownBlobs((hashes as string[]).map(hexToBytes))
+      : new Set<string>();
+    const { nonce, key } = possessionKeys.issue(p);
+    const answer: NegotiateAnswer = {
+      nonce,
+      key: Buffer.from(key).toString("hex"),
+      have: (hashes as string[]).filter((h) => known.has(h)),
+    };
+    return c.json(answer);
+  });
 
   routes.post("/projects/:project/commits", async (c) => {
     const p = projectParam(c);

@@ -13,11 +13,12 @@ import { churned } from "../../platform/memory.ts";
 import { streamFrom } from "../../platform/streams.ts";
 import { checkArchivePath, exportArchive } from "../../server/archive.ts";
 import { type AppContext, type Env, need, projectParam } from "../context.ts";
+import { contentPieces } from "../../server/content_pieces.ts";
 
 /** The route group. */
 export function contentRoutes(ctx: AppContext): Hono<Env> {
   const routes = new Hono<Env>();
-  const { index, blobs } = ctx.storage;
+  const { index } = ctx.storage;
 
   routes.get("/projects/:project/archive", async (c) => {
     const p = projectParam(c);
@@ -49,7 +50,7 @@ export function contentRoutes(ctx: AppContext): Hono<Env> {
         `Cannot fetch blob ${hash}: project ${p} has no such content`,
       );
     }
-    const pieces = await blobs.pieces(hash, place);
+    const pieces = await contentPieces(ctx.storage, hash, place);
     return new Response(
       streamFrom(copies(pieces), { onChunk: (b) => churned(b.length) }),
       { headers: { "content-type": "application/gzip" } },

@@ -53,6 +53,7 @@ import {
   treePage,
 } from "./pages.ts";
 import { type Session, SessionStore } from "./session.ts";
+import { contentPieces } from "../../server/content_pieces.ts";
 
 const COOKIE = "keep_session";
 /** Commits per timeline page. */
@@ -382,7 +383,7 @@ async function* fileBytes(
   const split = new MemberSplitter();
   // The last piece waits for the check: a bad file never arrives whole.
   let held: Uint8Array | null = null;
-  for await (const piece of await storage.blobs.pieces(hash, place)) {
+  for await (const piece of await contentPieces(storage, hash, place)) {
     split.push(piece.slice());
     for (let m = split.next(); m; m = split.next()) {
       const raw = decodeMember(m);

@@ -84,7 +84,7 @@ Deno.test("an index of schema 4 gets its sessions table on opening", async () =>
     const index = SqliteIndex.open(`${dir}/index.db`);
     try {
       const version = index.db.prepare("PRAGMA user_version").get() as { user_version: number };
-      assertEquals(Number(version.user_version), 5);
+      assertEquals(Number(version.user_version), 6);
       const { id } = await new SessionStore(index).create("tok1");
       assertEquals((await new SessionStore(index).get(id))?.tokenId, "tok1");
     } finally {

@@ -40,6 +40,11 @@ export interface BlobPlace {
    * written before generations, named by its hash alone).
    */
   offset: number | null;
+  /**
+   * The content is the concatenation of chunk blobs (listed by
+   * IndexStore.chunksOf), not bytes of its own: read it with contentPieces.
+   */
+  chunked?: boolean;
 }
 
 /** A large blob's object, as listed. */

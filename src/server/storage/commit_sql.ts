@@ -202,6 +202,7 @@ export function placeOf(r: Row): BlobPlace {
     stored: Number(r.stored),
     pack: r.pack === null ? null : Number(r.pack),
     offset: r.offset === null ? null : Number(r.offset),
+    ...(r.chunked ? { chunked: true } : {}),
   };
 }
 

@@ -52,6 +52,8 @@ export interface NewBlob {
   xxh: Uint8Array;
   pack: number | null;
   offset: number | null;
+  /** A chunked file's chunks, in order (each a blob of this batch or already stored). */
+  chunks?: Uint8Array[];
 }
 
 /** A blob row as maintenance sees it. */
@@ -211,6 +213,13 @@ export interface IndexStore {
    */
   knownBlobs(hashes: Uint8Array[]): Promise<Set<string>>;
   blobPlace(hashHex: string): Promise<BlobPlace | null>;
+  /**
+   * True when the index records chunked files (NewBlob.chunks, chunksOf):
+   * ingest cuts big files into chunk blobs only then.
+   */
+  readonly chunking?: boolean;
+  /** The chunk hashes (hex, in order) of a chunked file's blob; [] for any other. */
+  chunksOf?(hashHex: string): Promise<string[]>;
   /** A new pack number, unsealed: its writer may still append to it. */
   newPack(): Promise<number>;
   /** The pack's writer closed it: from now on only repack rewrites or deletes it. */

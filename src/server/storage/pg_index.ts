@@ -127,6 +127,12 @@ CREATE TABLE IF NOT EXISTS blobs(
   id bigserial PRIMARY KEY, hash bytea NOT NULL UNIQUE, size bigint NOT NULL,
   stored bigint NOT NULL, xxh bytea, pack bigint, "offset" bigint, level integer,
   damaged text, orphan bigint);
+-- What an embedded store records of big files kept in chunks (keep migrate
+-- copies it); this index does not chunk files yet, and migrate refuses to
+-- bring chunked files here.
+ALTER TABLE blobs ADD COLUMN IF NOT EXISTS chunked bigint;
+CREATE TABLE IF NOT EXISTS chunks(
+  file bytea NOT NULL, seq bigint NOT NULL, chunk bytea NOT NULL, PRIMARY KEY(file, seq));
 CREATE TABLE IF NOT EXISTS uploads(
   id bigserial PRIMARY KEY, project text NOT NULL, parent text, started bigint NOT NULL);
 CREATE UNLOGGED TABLE IF NOT EXISTS stage(

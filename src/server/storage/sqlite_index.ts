@@ -75,9 +75,10 @@ import { diffOfHistoryScan, liveVersions, versionOf } from "./versions.ts";
  * 2: blobs.damaged and packs.sealed; 3: blobs.orphan (GC marks), packs.dead,
  * commits.forgotten, the uploads registry, retention policies; 4: the
  * `paths` table (every path a project ever held, for find and listings); 5:
- * web UI sessions.
+ * web UI sessions; 6: chunked files (`blobs.chunked`, the `chunks` table: a
+ * big file's content as a list of chunk blobs).
  */
-const SCHEMA_VERSION = 5;
+const SCHEMA_VERSION = 6;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS projects(
@@ -133,8 +134,16 @@ CREATE TABLE IF NOT EXISTS blobs(
   offset INTEGER,
   level INTEGER,
   damaged TEXT,
-  orphan INTEGER
+  orphan INTEGER,
+  chunked INTEGER
 );
+CREATE TABLE IF NOT EXISTS chunks(
+  file BLOB NOT NULL,
+  seq INTEGER NOT NULL,
+  chunk BLOB NOT NULL,
+  PRIMARY KEY(file, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_chunk ON chunks(chunk);
 CREATE INDEX IF NOT EXISTS blobs_orphan ON blobs(orphan) WHERE orphan IS NOT NULL;
 CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack, offset) WHERE pack IS NOT NULL;
 CREATE TABLE IF NOT EXISTS uploads(
@@ -201,9 +210,11 @@ const SUB_BATCH = 4000;
 
 /** SQL conditions on a `blobs` row: no version of any project refers to it (or one does). */
 const UNREFERENCED = `AND NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = blobs.hash)
-  AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash)`;
+  AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash)
+  AND NOT EXISTS (SELECT 1 FROM chunks k WHERE k.chunk = blobs.hash)`;
 const REFERENCED = `AND (EXISTS (SELECT 1 FROM current c WHERE c.hash = blobs.hash)
-  OR EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash))`;
+  OR EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash)
+  OR EXISTS (SELECT 1 FROM chunks k WHERE k.chunk = blobs.hash))`;
 
 type Row = Record<string, unknown>;
 
@@ -384,6 +395,13 @@ export class SqliteIndex implements IndexStore {
       db.exec("ALTER TABLE blobs ADD COLUMN orphan INTEGER");
       db.exec("ALTER TABLE packs ADD COLUMN dead INTEGER");
       db.exec("ALTER TABLE commits ADD COLUMN forgotten INTEGER");
+    }
+    if (
+      version >= 1 && version <= 5 &&
+      !(db.prepare("PRAGMA table_info(blobs)").all() as Row[]).some((c) => c.name === "chunked")
+    ) {
+      // 5 → 6: chunked files (old rows are whole blobs: chunked NULL).
+      db.exec("ALTER TABLE blobs ADD COLUMN chunked INTEGER");
     }
     db.exec(SCHEMA);
     if (version >= 1 && version <= 3) {
@@ -609,7 +627,7 @@ export class SqliteIndex implements IndexStore {
     if (withBlobs) {
       // The blob's place in the same query: one lookup per file on restore
       // cost more than encoding its tar header.
-      sql = `SELECT ${COLS_OF_E}, b.size, b.stored, b.pack, b.offset FROM (${sql}) e
+      sql = `SELECT ${COLS_OF_E}, b.size, b.stored, b.pack, b.offset, b.chunked FROM (${sql}) e
         LEFT JOIN blobs b ON b.hash = e.hash ORDER BY e.path`;
     }
     const s = this.#stmt(sql, true, true);
@@ -645,9 +663,10 @@ export class SqliteIndex implements IndexStore {
         // The exact row has no blob columns: look its place up.
         if (withBlobs) {
           const place = exact[1] === "f" && exact[6]
-            ? this.#stmt("SELECT size, stored, pack, offset FROM blobs WHERE hash = ?").get(
-              hexToBytes(exact[6] as string),
-            ) as Row | undefined
+            ? this.#stmt("SELECT size, stored, pack, offset, chunked FROM blobs WHERE hash = ?")
+              .get(
+                hexToBytes(exact[6] as string),
+              ) as Row | undefined
             : undefined;
           const e = [...exact.slice(0, 10)];
           e.push(
@@ -655,6 +674,7 @@ export class SqliteIndex implements IndexStore {
             place ? place.stored : null,
             place ? place.pack : null,
             place ? place.offset : null,
+            place ? place.chunked : null,
           );
           yield { rows: [e], epoch: this.#blobEpoch };
         } else yield { rows: [exact], epoch: this.#blobEpoch };
@@ -702,6 +722,7 @@ export class SqliteIndex implements IndexStore {
           stored: Number(r[11]),
           pack: r[12] === null ? null : Number(r[12]),
           offset: r[13] === null ? null : Number(r[13]),
+          ...(r[14] ? { chunked: true } : {}),
         },
         epoch,
       }));
@@ -1236,10 +1257,10 @@ export class SqliteIndex implements IndexStore {
    */
   #insertBlobs(rows: NewBlob[]): number {
     const ins = this.#stmt(
-      `INSERT INTO blobs(hash, size, stored, xxh, pack, offset) VALUES (?, ?, ?, ?, ?, ?)
+      `INSERT INTO blobs(hash, size, stored, xxh, pack, offset, chunked) VALUES (?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT(hash) DO UPDATE SET size = excluded.size, stored = excluded.stored,
          xxh = excluded.xxh, pack = excluded.pack, offset = excluded.offset, level = NULL,
-         damaged = NULL, orphan = NULL
+         damaged = NULL, orphan = NULL, chunked = excluded.chunked
        WHERE blobs.damaged IS NOT NULL OR blobs.orphan IS NOT NULL`,
     );
     const prior = this.#stmt("SELECT damaged, orphan FROM blobs WHERE hash = ?");
@@ -1248,7 +1269,15 @@ export class SqliteIndex implements IndexStore {
     for (const r of rows) {
       // Only a hash the filter may know can be a row to repair or revive.
       const was = this.#mayHave(r.hash) ? prior.get(r.hash) as Row | undefined : undefined;
-      ins.run(r.hash, r.size, r.stored, r.xxh, r.pack, r.offset);
+      const changed = Number(
+        ins.run(r.hash, r.size, r.stored, r.xxh, r.pack, r.offset, r.chunks ? 1 : null).changes,
+      );
+      if (r.chunks && changed) {
+        // The file's list, replaced whole (a repaired row may have had another).
+        this.#stmt("DELETE FROM chunks WHERE file = ?").run(r.hash);
+        const add = this.#stmt("INSERT INTO chunks(file, seq, chunk) VALUES (?, ?, ?)");
+        r.chunks.forEach((c, i) => add.run(r.hash, i, c));
+      }
       if (was && was.damaged !== null) {
         this.#stmt("UPDATE current SET flag = NULL WHERE hash = ? AND flag = 'damaged'").run(
           r.hash,
@@ -1263,10 +1292,20 @@ export class SqliteIndex implements IndexStore {
     return repaired;
   }
 
-  async blobPlace(hashHex: string): Promise<BlobPlace | null> {
-    const r = this.#stmt("SELECT size, stored, pack, offset FROM blobs WHERE hash = ?").get(
+  readonly chunking = true;
+
+  async chunksOf(hashHex: string): Promise<string[]> {
+    const rows = this.#stmt("SELECT chunk FROM chunks WHERE file = ? ORDER BY seq").all(
       hexToBytes(hashHex),
-    ) as Row | undefined;
+    ) as Row[];
+    return Promise.resolve(rows.map((r) => bytesToHex(r.chunk as Uint8Array)));
+  }
+
+  async blobPlace(hashHex: string): Promise<BlobPlace | null> {
+    const r = this.#stmt("SELECT size, stored, pack, offset, chunked FROM blobs WHERE hash = ?")
+      .get(
+        hexToBytes(hashHex),
+      ) as Row | undefined;
     return Promise.resolve(r ? placeOf(r) : null);
   }
 
@@ -1340,7 +1379,7 @@ export class SqliteIndex implements IndexStore {
 
   async blobsPage(afterId: number, limit: number): Promise<BlobRow[]> {
     const rows = this.#stmt(
-      "SELECT id, hash, size, stored, pack, offset FROM blobs WHERE id > ? ORDER BY id LIMIT ?",
+      "SELECT id, hash, size, stored, pack, offset, chunked FROM blobs WHERE id > ? ORDER BY id LIMIT ?",
     ).all(afterId, limit) as Row[];
     return Promise.resolve(rows.map(blobRowOf));
   }
@@ -1424,7 +1463,9 @@ export class SqliteIndex implements IndexStore {
       projects: this.#count("SELECT count(*) AS n FROM projects"),
       commits: this.#count("SELECT count(*) AS n FROM commits WHERE forgotten IS NULL"),
       blobs: this.#count("SELECT count(*) AS n FROM blobs"),
-      storedBytes: this.#count("SELECT coalesce(sum(stored), 0) AS n FROM blobs"),
+      storedBytes: this.#count(
+        "SELECT coalesce(sum(stored), 0) AS n FROM blobs WHERE chunked IS NULL",
+      ),
     });
   }
 
@@ -1462,7 +1503,8 @@ export class SqliteIndex implements IndexStore {
   async orphanBlobCount(): Promise<number> {
     return Promise.resolve(this.#count(
       `SELECT count(*) AS n FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = b.hash)
-       AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = b.hash)`,
+       AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = b.hash)
+       AND NOT EXISTS (SELECT 1 FROM chunks k WHERE k.chunk = b.hash)`,
     ));
   }
 
@@ -1696,7 +1738,7 @@ export class SqliteIndex implements IndexStore {
         const due = "id > ?1 AND id <= ?2 AND orphan IS NOT NULL AND orphan < ?3";
         for (
           const r of this.#stmt(
-            `SELECT id, hash, size, stored, pack, offset FROM blobs WHERE ${due} AND pack IS NULL`,
+            `SELECT id, hash, size, stored, pack, offset FROM blobs WHERE ${due} AND pack IS NULL AND chunked IS NULL`,
           ).all(cursor, hi.last, before) as Row[]
         ) large.push(blobRowOf(r));
         sweptBytes += Number(
@@ -1706,6 +1748,10 @@ export class SqliteIndex implements IndexStore {
             before,
           ) as Row).n,
         );
+        // A chunked file's list goes with it (its chunks are then unreferenced).
+        this.#stmt(
+          `DELETE FROM chunks WHERE file IN (SELECT hash FROM blobs WHERE ${due} AND chunked IS NOT NULL)`,
+        ).run(cursor, hi.last, before);
         swept += Number(
           this.#stmt(`DELETE FROM blobs WHERE ${due}`).run(cursor, hi.last, before).changes,
         );

@@ -50,11 +50,14 @@ export const DURABLE_TABLES: TableSpec[] = [
       "level",
       "damaged",
       "orphan",
+      "chunked",
     ],
     key: 1,
     bytes: ["hash", "xxh"],
     text: ["damaged"],
   },
+  // A big file kept in chunks: its chunks in order (the file's blob row is `chunked`).
+  { name: "chunks", columns: ["file", "seq", "chunk"], key: 2, bytes: ["file", "chunk"] },
   { name: "projects", columns: ["id", "name", "head", "created"], key: 1, text: ["name"] },
   {
     name: "history",

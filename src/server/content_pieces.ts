@@ -1,0 +1,54 @@
+/**
+ * A blob's stored bytes (its gzip members, back to back), whole or chunked:
+ * a chunked file's content is its chunk blobs in order, each whole members,
+ * so their concatenation is the file's members as a whole blob's would be.
+ *
+ * @module
+ */
+
+import { KeepError } from "../errors.ts";
+import type { BlobPlace } from "./storage/blob_store.ts";
+import type { Storage } from "./storage/open.ts";
+
+/**
+ * The stored pieces of `hashHex` at `place`. Checked up front like
+ * BlobStore.pieces (integrity when the bytes, or a chunk, are not there).
+ *
+ * @example
+ * ```ts
+ * for await (const piece of await contentPieces(storage, hash, place)) out.write(piece);
+ * ```
+ */
+export async function contentPieces(
+  storage: Storage,
+  hashHex: string,
+  place: BlobPlace,
+): Promise<AsyncIterable<Uint8Array>> {
+  if (!place.chunked) return await storage.blobs.pieces(hashHex, place);
+  const list = await storage.index.chunksOf?.(hashHex) ?? [];
+  if (!list.length) {
+    throw new KeepError("integrity", `Cannot read blob ${hashHex}: its chunk list is missing`);
+  }
+  // Every chunk's place is looked up first: a missing one is found before any byte goes out.
+  const places: BlobPlace[] = [];
+  let size = 0;
+  for (const c of list) {
+    const p = await storage.index.blobPlace(c);
+    if (!p) {
+      throw new KeepError("integrity", `Cannot read blob ${hashHex}: its chunk ${c} is missing`);
+    }
+    places.push(p);
+    size += p.size;
+  }
+  if (size !== place.size) {
+    throw new KeepError(
+      "integrity",
+      `Cannot read blob ${hashHex}: its chunks hold ${size} bytes, the index says ${place.size}`,
+    );
+  }
+  const first = await storage.blobs.pieces(list[0], places[0]);
+  return (async function* () {
+    yield* first;
+    for (let i = 1; i < list.length; i++) yield* await storage.blobs.pieces(list[i], places[i]);
+  })();
+}

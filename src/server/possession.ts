@@ -1,0 +1,139 @@
+/**
+ * The server's half of negotiated uploads (see format/possession.ts): keys
+ * for proofs of possession, and the check of a proof against stored content.
+ *
+ * A key is never stored: it is HMAC-SHA256(secret, project + nonce), with a
+ * random secret per server process and a nonce that carries its issue time,
+ * so any upload this process receives can recompute the key of the nonce it
+ * names, for that project only, until the nonce expires. (Several servers on
+ * one index would need a shared secret; a restart makes open negotiations
+ * fail with a clear error, and the client's next backup negotiates again.)
+ *
+ * @module
+ */
+
+import { createHash, createHmac, randomBytes } from "node:crypto";
+import { KeepError } from "../errors.ts";
+import { decodeMemberTransient, MemberSplitter } from "../format/gzip_member.ts";
+import { hexToBytes } from "../format/hex.ts";
+import { PartialHasher } from "../format/partial_hash.ts";
+import { Proof } from "../format/possession.ts";
+import type { Storage } from "./storage/open.ts";
+import { contentPieces } from "./content_pieces.ts";
+
+/** How long a negotiation's key is accepted. */
+export const NONCE_TTL_MS = 6 * 3600_000;
+
+/** Issues and recomputes the keys of negotiations. */
+export class PossessionKeys {
+  #secret: Uint8Array;
+  #now: () => number;
+
+  constructor(secret: Uint8Array = randomBytes(32), now: () => number = Date.now) {
+    this.#secret = secret;
+    this.#now = now;
+  }
+
+  /** A fresh nonce and its key for `project`. */
+  issue(project: string): { nonce: string; key: Uint8Array } {
+    const nonce = `${this.#now().toString(36)}.${randomBytes(16).toString("hex")}`;
+    return { nonce, key: this.#keyOf(project, nonce) };
+  }
+
+  /** The key of `nonce` for `project`; throws when it is not this server's or expired. */
+  keyFor(project: string, nonce: string): Uint8Array {
+    const m = /^([0-9a-z]{1,12})\.[0-9a-f]{32}$/.exec(nonce);
+    const issued = m ? parseInt(m[1], 36) : NaN;
+    const age = this.#now() - issued;
+    if (!m || !(age >= -60_000 && age <= NONCE_TTL_MS)) {
+      throw new KeepError(
+        "conflict",
+        `Cannot record negotiated content: negotiation ${
+          nonce.slice(0, 24)
+        } is expired or not from this server; back up again`,
+      );
+    }
+    return this.#keyOf(project, nonce);
+  }
+
+  #keyOf(project: string, nonce: string): Uint8Array {
+    return createHmac("sha256", this.#secret).update(`${project}\n${nonce}`).digest();
+  }
+}
+
+/** This process's keys (one secret per server process). */
+export const possessionKeys = new PossessionKeys();
+
+/** What a checked proof tells about the stored content. */
+export interface Possessed {
+  /** The partial hash of the content (for the version row). */
+  xxh: string;
+}
+
+/**
+ * Reads the stored content of `hashHex` and checks `proof` under `key`
+ * against it. Throws conflict when the store lost the content (the client
+ * backs up again and sends it), integrity when the stored bytes are damaged
+ * (marked: the next upload sends them), forbidden when the proof is wrong.
+ */
+export async function checkPossession(
+  storage: Storage,
+  path: string,
+  hashHex: string,
+  size: number,
+  key: Uint8Array,
+  proof: string,
+): Promise<Possessed> {
+  const place = await storage.index.blobPlace(hashHex);
+  if (!place || place.size !== size) {
+    throw new KeepError(
+      "conflict",
+      `Cannot record ${path}: the store no longer has its content (${
+        hashHex.slice(0, 12)
+      }…); back up again`,
+    );
+  }
+  const sha = createHash("sha256");
+  const xxh = new PartialHasher();
+  const mac = new Proof(key);
+  let total = 0;
+  try {
+    const split = new MemberSplitter();
+    for await (const piece of await contentPieces(storage, hashHex, place)) {
+      split.push(piece.slice());
+      for (let m = split.next(); m; m = split.next()) {
+        const raw = decodeMemberTransient(m);
+        total += raw.length;
+        sha.update(raw);
+        xxh.update(raw);
+        mac.update(raw);
+      }
+    }
+    split.end();
+  } catch (err) {
+    if (!(err instanceof KeepError) || (err.code !== "integrity" && err.code !== "invalid")) {
+      throw err;
+    }
+    await storage.index.markDamaged(hexToBytes(hashHex), err.message);
+    throw new KeepError(
+      "conflict",
+      `Cannot record ${path}: its stored content is damaged; back up again to send it`,
+    );
+  }
+  if (total !== size || sha.digest("hex") !== hashHex) {
+    await storage.index.markDamaged(hexToBytes(hashHex), "content does not match its hash");
+    throw new KeepError(
+      "conflict",
+      `Cannot record ${path}: its stored content is damaged; back up again to send it`,
+    );
+  }
+  if (mac.digest() !== proof) {
+    throw new KeepError(
+      "forbidden",
+      `Cannot record ${path}: its proof of possession does not match the content ${
+        hashHex.slice(0, 12)
+      }… (send the content itself); nothing was recorded`,
+    );
+  }
+  return { xxh: xxh.digest() };
+}

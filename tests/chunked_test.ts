@@ -1,0 +1,169 @@
+/**
+ * Content-defined chunks for big files (issue 18, part 2), end to end with
+ * the real CLI and server: edits inside a big file store only the chunks
+ * around them, restore, verify, `tar -tzvf` and GC work on chunked files, and
+ * a store of schema 4 (before chunks) opens and keeps working.
+ */
+
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import {
+  captureProxy,
+  json,
+  keepOk,
+  randomData,
+  startServer,
+  tempDir,
+  writeTree,
+} from "./helpers.ts";
+
+interface BackupJson {
+  commit: { id: string; stats: { newBlobs: number; newBlobBytes: number; wireBytes: number } };
+}
+
+function sha(data: Uint8Array): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+function du(dir: string): number {
+  let n = 0;
+  for (const e of Deno.readDirSync(dir)) {
+    const p = join(dir, e.name);
+    if (e.isDirectory) n += du(p);
+    else if (e.isFile) n += Deno.statSync(p).size;
+  }
+  return n;
+}
+
+Deno.test("chunks: bytes inserted at the front and in the middle of a 200 MB file store only a few chunks; restore, verify, tar and GC work", async () => {
+  await using server = await startServer({ args: ["--gc-grace", "0s"] });
+  const proxy = captureProxy(server.url);
+  try {
+    const src = await tempDir();
+    const v1 = randomData(200_000_000);
+    writeTree(src, { "big.bin": v1, "small.txt": "small\n" });
+    const env = { KEEP_SERVER: proxy.url, KEEP_PROJECT: "c" };
+    const backup = async () =>
+      json<BackupJson>(await keepOk(["backup", "--settle", "0", "--json", src], 0, { env }));
+    const first = await backup();
+    const before = du(join(server.dataDir, "blobs")) + du(join(server.dataDir, "packs"));
+
+    const v2 = new Uint8Array(v1.length + 6000);
+    v2.set(randomData(1000), 0);
+    v2.set(v1.subarray(0, 100_000_000), 1000);
+    v2.set(randomData(5000), 100_001_000);
+    v2.set(v1.subarray(100_000_000), 100_006_000);
+    Deno.writeFileSync(join(src, "big.bin"), v2);
+    const second = await backup();
+    const grown = du(join(server.dataDir, "blobs")) + du(join(server.dataDir, "packs")) - before;
+    // The new chunks around the two edits and the file's row (no bytes of its own).
+    assert(second.commit.stats.newBlobs <= 8, `${second.commit.stats.newBlobs} new blobs`);
+    assert(grown < 10_000_000, `the store grew by ${grown} bytes`);
+
+    // The upload still reads as a tar.gz listing what was sent.
+    const upload = join(await tempDir(), "upload.tar.gz");
+    Deno.writeFileSync(upload, proxy.uploads[proxy.uploads.length - 1]);
+    const tar = await new Deno.Command("tar", { args: ["-tzvf", upload] }).output();
+    assertEquals(tar.code, 0, new TextDecoder().decode(tar.stderr));
+    assertMatch(new TextDecoder().decode(tar.stdout), /200006000 .* big\.bin/);
+
+    // Both versions restore byte for byte.
+    for (const [id, want] of [[first.commit.id, v1], [second.commit.id, v2]] as const) {
+      const out = await tempDir();
+      await keepOk(["restore", "--commit", id, out], 0, { env });
+      assertEquals(sha(Deno.readFileSync(join(out, "big.bin"))), sha(want), `restore of ${id}`);
+    }
+    // verify reads chunked files through their lists.
+    const v = await keepOk(["verify", "--server", proxy.url], 0, { env });
+    assertMatch(v.stdout, /keep verify: OK/);
+
+    // GC: the first commit goes; the chunks only it used go, the shared ones stay.
+    const p = json<{ gc: { blobsSwept: number } }>(
+      await keepOk(["prune", "--keep-last", "1", "--wait", "--json"], 0, { env }),
+    );
+    assert(p.gc.blobsSwept >= 1, `swept ${p.gc.blobsSwept}`);
+    // Chunks are unreferenced only once their file's row is gone: a second round frees them.
+    await keepOk(["prune", "--keep-last", "1", "--wait", "--json"], 0, { env });
+    const out = await tempDir();
+    await keepOk(["restore", out], 0, { env });
+    assertEquals(sha(Deno.readFileSync(join(out, "big.bin"))), sha(v2), "restore after GC");
+    const after = await keepOk(["verify", "--server", proxy.url], 0, { env });
+    assertMatch(after.stdout, /keep verify: OK/);
+  } finally {
+    await proxy.close();
+  }
+});
+
+for (const schema of [4, 5]) {
+  Deno.test(`chunks: a store of schema ${schema} (before chunks) opens, its whole blobs restore, new big files are chunked`, async () => {
+    const old = randomData(20_000_000);
+    const data4 = await tempDir("keep-data-");
+    const small = { "a.txt": "a\n", "b.bin": randomData(300_000) };
+    const src4 = await tempDir();
+    writeTree(src4, small);
+    {
+      await using server = await startServer({ dataDir: data4 });
+      await keepOk(["backup", "-p", "o", "--settle", "0", src4], 0, {
+        env: { KEEP_SERVER: server.url },
+      });
+    }
+    {
+      const db = new DatabaseSync(join(data4, "index.db"));
+      db.exec("DROP TABLE chunks");
+      db.exec("ALTER TABLE blobs DROP COLUMN chunked");
+      // Schema 5 had the web UI's sessions, 4 not.
+      if (schema === 4) db.exec("DROP TABLE sessions");
+      db.exec(`PRAGMA user_version=${schema}`);
+      db.close();
+    }
+    await using server = await startServer({ dataDir: data4 });
+    const env = { KEEP_SERVER: server.url, KEEP_PROJECT: "o" };
+    const out = await tempDir();
+    await keepOk(["restore", out], 0, { env });
+    assertEquals(Deno.readFileSync(join(out, "b.bin")), small["b.bin"]);
+    writeTree(src4, { "big.bin": old });
+    const r = json<BackupJson>(
+      await keepOk(["backup", "--settle", "0", "--json", src4], 0, { env }),
+    );
+    assert(r.commit.stats.newBlobs > 10, `${r.commit.stats.newBlobs} blobs: chunked`);
+    const out2 = await tempDir();
+    await keepOk(["restore", out2], 0, { env });
+    assertEquals(sha(Deno.readFileSync(join(out2, "big.bin"))), sha(old));
+    const v = await keepOk(["verify", "--server", server.url]);
+    assertMatch(v.stdout, /keep verify: OK/);
+  });
+}
+
+Deno.test("chunks: recompression at rest rewrites chunks bigger than a member and they still restore", async () => {
+  await using server = await startServer({ args: ["--compact-idle", "300ms"] });
+  const src = await tempDir();
+  const text = new TextEncoder().encode(
+    Array.from({ length: 400_000 }, (_, i) => `line ${i} of a log, value ${(i * 7919) % 10007}\n`)
+      .join(""),
+  );
+  writeTree(src, { "log.txt": text });
+  const env = { KEEP_SERVER: server.url, KEEP_PROJECT: "z" };
+  await keepOk(["backup", "--settle", "0", src], 0, { env });
+  const db = () => new DatabaseSync(join(server.dataDir, "index.db"), { readOnly: true });
+  const left = () => {
+    const d = db();
+    try {
+      return Number(
+        (d.prepare("SELECT count(*) AS n FROM blobs WHERE pack IS NOT NULL AND level IS NULL")
+          .get() as { n: number }).n,
+      );
+    } finally {
+      d.close();
+    }
+  };
+  const until = Date.now() + 60_000;
+  while (left() > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
+  assertEquals(left(), 0, "every pack blob recompressed");
+  const out = await tempDir();
+  await keepOk(["restore", out], 0, { env });
+  assertEquals(sha(Deno.readFileSync(join(out, "log.txt"))), sha(text));
+  const v = await keepOk(["verify", "--server", server.url]);
+  assertMatch(v.stdout, /keep verify: OK/);
+});

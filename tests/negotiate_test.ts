@@ -1,0 +1,283 @@
+/**
+ * Negotiate before push (issue 18, part 1), end to end with the real CLI and
+ * server: content the store holds is recorded with a proof of possession
+ * instead of being sent, and a client that knows only a hash cannot get the
+ * content into its project.
+ */
+
+import { Buffer } from "node:buffer";
+import { createHmac } from "node:crypto";
+import { join } from "node:path";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { commitHeader, noise, T0, Upload } from "./craft.ts";
+import {
+  assertSameTree,
+  captureProxy,
+  json,
+  keep,
+  keepOk,
+  snapshot,
+  startServer,
+  tempDir,
+  writeTree,
+} from "./helpers.ts";
+import { assertError, commitsUrl, hostile, onHead, P, post, refuse, sha256 } from "./hostile.ts";
+
+interface BackupJson {
+  commit: { id: string; seq: number; counts: { added: number } };
+  wireBytes: number;
+  proven: number;
+  provenBytes: number;
+}
+
+/** A build-tree-like mix: many small files (text and binary), a few big ones. */
+function buildTree(root: string): number {
+  let bytes = 0;
+  const spec: Record<string, string | Uint8Array> = {};
+  for (let i = 0; i < 300; i++) {
+    const n = 1024 + ((i * 7919) % 15000);
+    const data = i % 2
+      ? noise(n, i + 1)
+      : new TextEncoder().encode(`int f${i}(void);\n`.repeat(n / 16));
+    spec[`obj/d${i % 10}/f${i}.${i % 2 ? "o" : "c"}`] = data;
+    bytes += data.length;
+  }
+  for (let i = 0; i < 4; i++) {
+    const data = noise((2 + i) << 20, 100 + i);
+    spec[`lib/big${i}.so`] = data;
+    bytes += data.length;
+  }
+  writeTree(root, spec);
+  return bytes;
+}
+
+Deno.test("negotiate: a tree copied to a second project, or renamed in one, sends under 1% of its bytes", async () => {
+  await using server = await startServer();
+  const proxy = captureProxy(server.url);
+  try {
+    const src = await tempDir();
+    const bytes = buildTree(join(src, "tree"));
+    const env = { KEEP_SERVER: proxy.url };
+    const backup = async (project: string, dir: string) => {
+      const before = proxy.sent.bytes;
+      const r = json<BackupJson>(
+        await keepOk(["backup", "--project", project, "--settle", "0", "--json", dir], 0, { env }),
+      );
+      return { r, sent: proxy.sent.bytes - before };
+    };
+    const first = await backup("a", src);
+    assert(first.sent > bytes / 2, `the first backup sends the content (${first.sent} B)`);
+    assertEquals(first.r.proven, 0);
+
+    // The same tree in another project: only names, metadata and proofs go.
+    const copy = await backup("b", src);
+    assert(
+      copy.sent < bytes / 100,
+      `copy sent ${copy.sent} B of ${bytes} B (${(copy.sent / bytes * 100).toFixed(2)}%)`,
+    );
+    assertEquals(copy.r.proven, 304);
+    assertEquals(copy.r.provenBytes, bytes);
+    const out = join(await tempDir(), "b");
+    await keepOk(["restore", "--project", "b", out], 0, { env });
+    assertSameTree(snapshot(out), snapshot(src), "project b restored");
+
+    // Renamed inside project a: the new paths are proven, the old ones deleted.
+    Deno.renameSync(join(src, "tree"), join(src, "renamed"));
+    const moved = await backup("a", src);
+    assert(moved.sent < bytes / 100, `rename sent ${moved.sent} B of ${bytes} B`);
+    assertEquals(moved.r.proven, 304);
+    const out2 = join(await tempDir(), "a");
+    await keepOk(["restore", "--project", "a", out2], 0, { env });
+    assertSameTree(snapshot(out2), snapshot(src), "project a restored after the rename");
+    const v = await keep(["verify", "--data", server.dataDir]);
+    assertEquals(v.code, 0, v.stdout + v.stderr);
+  } finally {
+    await proxy.close();
+  }
+});
+
+Deno.test("negotiate: a first backup of new small files hashes only a probe of them", async () => {
+  await using server = await startServer();
+  const proxy = captureProxy(server.url);
+  try {
+    const src = await tempDir();
+    const spec: Record<string, Uint8Array> = {};
+    for (let i = 0; i < 500; i++) spec[`f${i}`] = noise(2000, i + 1);
+    writeTree(src, spec);
+    const r = json<BackupJson>(
+      await keepOk(["backup", "-p", "a", "--settle", "0", "--json", src], 0, {
+        env: { KEEP_SERVER: proxy.url },
+      }),
+    );
+    assertEquals(r.proven, 0);
+    assertEquals(r.commit.counts.added, 500);
+    // One negotiation: the probe, which found nothing; no second round for all of them.
+    assertEquals(proxy.requests.filter((q) => q.includes("/negotiate")).length, 1);
+  } finally {
+    await proxy.close();
+  }
+});
+
+Deno.test("negotiate: big files are all hashed only when a probe of the smallest finds one in the store", async () => {
+  await using server = await startServer();
+  const proxy = captureProxy(server.url);
+  try {
+    const src = await tempDir();
+    // 72 MiB together: over NEGOTIATE_BIG_BYTES, so a probe decides.
+    writeTree(src, {
+      "a.bin": noise(24 << 20, 1),
+      "b.bin": noise(24 << 20, 2),
+      "c.bin": noise(24 << 20, 3),
+    });
+    const env = { KEEP_SERVER: proxy.url };
+    const nego = () => proxy.requests.filter((q) => q.includes("/negotiate")).length;
+    const first = json<BackupJson>(
+      await keepOk(["backup", "-p", "a", "--settle", "0", "--json", src], 0, { env }),
+    );
+    assertEquals([first.proven, nego()], [0, 1], "new artifacts: the probe only");
+    const copy = json<BackupJson>(
+      await keepOk(["backup", "-p", "b", "--settle", "0", "--json", src], 0, { env }),
+    );
+    assertEquals([copy.proven, nego()], [3, 3], "a copy: the probe found them, all negotiated");
+    assert(copy.wireBytes < 100_000, `copy sent ${copy.wireBytes} B`);
+  } finally {
+    await proxy.close();
+  }
+});
+
+// ---- hostile clients -------------------------------------------------------
+
+const SECRET = noise(300_000, 77);
+const SECRET_HASH = sha256(SECRET);
+
+/** Puts SECRET into project "victim" (a real backup) and returns nothing else. */
+async function victimHolds(url: string): Promise<void> {
+  const dir = await tempDir();
+  Deno.writeFileSync(join(dir, "secret.key"), SECRET);
+  await keepOk(["backup", "-p", "victim", "--settle", "0", dir], 0, {
+    env: { KEEP_SERVER: url },
+  });
+}
+
+async function negotiate(
+  url: string,
+  project: string,
+  hashes: string[],
+): Promise<{ nonce: string; key: string; have: string[] }> {
+  const res = await fetch(`${url}/v1/projects/${project}/negotiate`, {
+    method: "POST",
+    body: JSON.stringify({ hashes }),
+    headers: { "content-type": "application/json" },
+  });
+  assertEquals(res.status, 200);
+  return await res.json();
+}
+
+function proofOf(keyHex: string, data: Uint8Array): string {
+  return createHmac("sha256", Buffer.from(keyHex, "hex")).update(data).digest("hex").slice(0, 32);
+}
+
+function haveRecord(path: string, hash: string, size: number, n: string, proof: string) {
+  return {
+    op: "have",
+    e: { p: path, t: "f", s: size, m: 0o644, mt: String(T0), ct: String(T0), h: hash },
+    n,
+    proof,
+  };
+}
+
+hostile(
+  "negotiate: a client that knows only a hash cannot get the content into its project",
+  async (c) => {
+    await victimHolds(c.url);
+    const a = await negotiate(c.url, P, [SECRET_HASH]);
+    // The store says it holds the content (dedup across projects is the point) ...
+    assertEquals(a.have, [SECRET_HASH]);
+    const upload = (proof: string, n = a.nonce) =>
+      onHead(c).changes([haveRecord("stolen.key", SECRET_HASH, SECRET.length, n, proof)]).end();
+    // ... but every proof that is not over the content is refused, nothing recorded.
+    const guesses: [string, string][] = [
+      ["zeros", "0".repeat(32)],
+      ["the hash itself", SECRET_HASH.slice(0, 32)],
+      ["a keyed hash of the hash", proofOf(a.key, Buffer.from(SECRET_HASH, "hex"))],
+      ["a keyed hash of the hash's hex", proofOf(a.key, new TextEncoder().encode(SECRET_HASH))],
+      ["the content but its last byte", proofOf(a.key, SECRET.subarray(0, SECRET.length - 1))],
+    ];
+    for (const [what, proof] of guesses) {
+      await refuse(
+        c,
+        `proof: ${what}`,
+        upload(proof),
+        403,
+        "forbidden",
+        /^Cannot record stolen\.key: its proof of possession does not match/,
+      );
+    }
+    // A forged nonce: no key of this server.
+    await refuse(
+      c,
+      "forged nonce",
+      upload(proofOf(a.key, SECRET), "zz.00000000000000000000000000000000"),
+      409,
+      "conflict",
+      /negotiation .* is expired or not from this server/,
+    );
+    // A real proof made under another project's key does not carry over.
+    const other = await negotiate(c.url, "other", [SECRET_HASH]);
+    await refuse(
+      c,
+      "another project's nonce",
+      upload(proofOf(other.key, SECRET), other.nonce),
+      403,
+      "forbidden",
+      /proof of possession does not match/,
+    );
+    // And the old way stays shut: a metadata record naming content the project lacks.
+    await refuse(
+      c,
+      "meta record of the hash",
+      onHead(c).changes([{
+        op: "meta",
+        e: {
+          p: "stolen.key",
+          t: "f",
+          s: SECRET.length,
+          m: 0o644,
+          mt: String(T0),
+          ct: String(T0),
+          h: SECRET_HASH,
+        },
+      }]).end(),
+      400,
+      "invalid",
+    );
+    const ls = await keepOk(["ls", "--json"], 0, { env: c.env });
+    assert(!ls.stdout.includes("stolen.key"), "stolen.key is in the project");
+  },
+);
+
+hostile(
+  "negotiate: the crafted upload with the right proof is accepted (the refusals above are about the proof)",
+  async (c) => {
+    await victimHolds(c.url);
+    const a = await negotiate(c.url, "rightful", [SECRET_HASH]);
+    const body = new Upload(1).commit(commitHeader(null)).changes([
+      haveRecord("mine.key", SECRET_HASH, SECRET.length, a.nonce, proofOf(a.key, SECRET)),
+    ]).end();
+    const r = await post(commitsUrl(c, "rightful"), body.bytes());
+    assertEquals(r.status, 201, r.text);
+    const out = join(await tempDir(), "r");
+    await keepOk(["restore", "-p", "rightful", out], 0, { env: c.env });
+    assertEquals(Deno.readFileSync(join(out, "mine.key")), SECRET);
+    // A negotiation body that is not a list of hashes is refused.
+    const bad = await post(
+      `${c.url}/v1/projects/${P}/negotiate`,
+      new TextEncoder().encode('{"hashes":["x"]}'),
+      {
+        headers: { "content-type": "application/json" },
+      },
+    );
+    assertError(bad, 400, "invalid", /^Cannot negotiate: body must be JSON/);
+    assertMatch(r.text, /"commit"/);
+  },
+);
