@@ -114,8 +114,13 @@ async function openStore(
   };
 }
 
-/** Runs `keep ARGS` and returns its wall time, failing on a non-zero exit. */
+/**
+ * Runs `keep ARGS` and returns its wall time, failing on a non-zero exit.
+ * Dirty pages of the step before are written out first (sync): a restore
+ * right after another one otherwise pays for its writeback.
+ */
 async function timed(keepBin: string, args: string[]): Promise<number> {
+  await new Deno.Command("sync").output();
   const t = await runTimed(keepBin, args, { capture: true });
   if (t.code !== 0) {
     throw new Error(`keep ${args.slice(0, 2).join(" ")} exited ${t.code}: ${t.stderr.trim()}`);
