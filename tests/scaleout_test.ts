@@ -1590,3 +1590,45 @@ Deno.test("keep migrate refuses, in one line and before copying, a source with c
   assertMatch(r.stderr, /^keep: Cannot migrate into .*: the source keeps big files in chunks/);
   assertEquals(r.stderr.trim().split("\n").length, 1);
 });
+
+Deno.test("pg index: behind a load balancer, a negotiation through one node and its upload through another record the content the store has without sending it", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("pgneg");
+  await using one = await node(env, db.url, prefix);
+  await using two = await node(env, db.url, prefix);
+  // A round-robin balancer: each request to the next node; the bytes sent up are counted.
+  let turn = 0;
+  let sent = 0;
+  const targets = [one.url, two.url];
+  const lb = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
+    const url = new URL(req.url);
+    const body = req.body ? new Uint8Array(await req.arrayBuffer()) : undefined;
+    sent += body?.length ?? 0;
+    const res = await fetch(targets[turn++ % 2] + url.pathname + url.search, {
+      method: req.method,
+      headers: req.headers,
+      body,
+    });
+    return new Response(res.body, { status: res.status, headers: res.headers });
+  });
+  try {
+    const lbUrl = `http://127.0.0.1:${lb.addr.port}`;
+    const src = await tempDir();
+    const spec: Record<string, Uint8Array> = {};
+    for (let i = 0; i < 20; i++) spec[`out/a${i}.bin`] = randomData(200_000 + i);
+    writeTree(src, spec);
+    await keepOk(["backup", "-s", lbUrl, "-p", "first", "--settle", "0", src]);
+    const before = sent;
+    // The same tree as another project: negotiated, proved, not sent.
+    const r = await keep(["backup", "-s", lbUrl, "-p", "second", "--settle", "0", src]);
+    assertEquals(r.code, 0, r.stderr);
+    const bytes = sent - before;
+    assert(bytes < 0.01 * 20 * 200_000, `sent ${bytes} bytes for a tree the store had`);
+    const dest = await tempDir();
+    await keepOk(["restore", "-s", lbUrl, "-p", "second", dest]);
+    assertSameTree(snapshot(dest), snapshot(src));
+  } finally {
+    await lb.shutdown();
+  }
+});

@@ -9,6 +9,7 @@
 import { join } from "node:path";
 import { KeepError } from "../errors.ts";
 import { lockForLife } from "../platform/fs_native.ts";
+import { possessionKeys } from "../server/possession.ts";
 import { Compactor } from "../server/compactor.ts";
 import { Collector, type Rounds, roundWanted } from "../server/gc.ts";
 import { CollectorThread } from "../server/gc_thread.ts";
@@ -105,6 +106,8 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     pg: options.pg,
     uploadTimeoutMs: options.uploadTimeoutMs,
   });
+  // Proofs of possession: every server on this index derives the same keys.
+  possessionKeys.useSecret(await storage.index.sharedSecret("possession"));
   const tokens = options.noAuth ? null : new TokenStore(storage.index);
   const log = options.log ?? (() => {});
   if (tokens && await tokens.active() === 0) {

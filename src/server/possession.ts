@@ -3,11 +3,11 @@
  * for proofs of possession, and the check of a proof against stored content.
  *
  * A key is never stored: it is HMAC-SHA256(secret, project + nonce), with a
- * random secret per server process and a nonce that carries its issue time,
- * so any upload this process receives can recompute the key of the nonce it
- * names, for that project only, until the nonce expires. (Several servers on
- * one index would need a shared secret; a restart makes open negotiations
- * fail with a clear error, and the client's next backup negotiates again.)
+ * random secret kept in the index (IndexStore.sharedSecret, made at the first
+ * start) and a nonce that carries its issue time, so any server on the index
+ * can recompute the key of the nonce an upload names, for that project only,
+ * until the nonce expires: behind a load balancer the negotiation and the
+ * upload may reach different servers, and a restart keeps open negotiations.
  *
  * @module
  */
@@ -34,6 +34,11 @@ export class PossessionKeys {
     this.#now = now;
   }
 
+  /** Uses the store's secret (the server sets it at start, from the index). */
+  useSecret(secret: Uint8Array): void {
+    this.#secret = secret;
+  }
+
   /** A fresh nonce and its key for `project`. */
   issue(project: string): { nonce: string; key: Uint8Array } {
     const nonce = `${this.#now().toString(36)}.${randomBytes(16).toString("hex")}`;
@@ -50,7 +55,7 @@ export class PossessionKeys {
         "conflict",
         `Cannot record negotiated content: negotiation ${
           nonce.slice(0, 24)
-        } is expired or not from this server; back up again`,
+        } is expired or not from this store; back up again`,
       );
     }
     return this.#keyOf(project, nonce);
@@ -61,7 +66,7 @@ export class PossessionKeys {
   }
 }
 
-/** This process's keys (one secret per server process). */
+/** This process's keys (the secret from the index once the server started). */
 export const possessionKeys = new PossessionKeys();
 
 /** What a checked proof tells about the stored content. */

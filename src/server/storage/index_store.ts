@@ -365,6 +365,12 @@ export interface IndexStore {
   /** The highest pack number this index ever handed out (deleted packs count). */
   highestPack(): Promise<number>;
 
+  /**
+   * A random 32-byte secret kept under `name`, made at its first call: the
+   * same for every server on this index (the keys of proofs of possession).
+   */
+  sharedSecret(name: string): Promise<Uint8Array>;
+
   // ---- tokens
   insertToken(row: TokenRow): Promise<void>;
   listTokens(): Promise<TokenRow[]>;

@@ -145,6 +145,7 @@ CREATE TABLE IF NOT EXISTS store_meta(key text PRIMARY KEY, value double precisi
 CREATE TABLE IF NOT EXISTS packs(
   id bigserial PRIMARY KEY, created bigint NOT NULL, sealed bigint, dead bigint);
 CREATE TABLE IF NOT EXISTS keep_store(one boolean PRIMARY KEY DEFAULT true CHECK (one), id text NOT NULL);
+CREATE TABLE IF NOT EXISTS secrets(name text PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens(
   id text PRIMARY KEY, hash bytea NOT NULL UNIQUE, name text NOT NULL, role text NOT NULL,
   projects text NOT NULL, created bigint NOT NULL, revoked bigint);
@@ -2037,6 +2038,16 @@ export class PgIndex implements IndexStore {
       const r = await this.sql`
         UPDATE tokens SET revoked = ${at} WHERE id = ${id} AND revoked IS NULL`;
       return r.count === 1;
+    });
+  }
+
+  sharedSecret(name: string): Promise<Uint8Array> {
+    return this.#run("read a secret", async () => {
+      const fresh = Buffer.from(crypto.getRandomValues(new Uint8Array(32)));
+      await this.sql`INSERT INTO secrets(name, value) VALUES (${name}, ${fresh})
+        ON CONFLICT (name) DO NOTHING`;
+      const [r] = await this.sql`SELECT value FROM secrets WHERE name = ${name}`;
+      return new Uint8Array(r.value as Uint8Array);
     });
   }
 

@@ -174,6 +174,7 @@ CREATE TABLE IF NOT EXISTS paths(
   project INTEGER NOT NULL, path TEXT NOT NULL,
   PRIMARY KEY(project, path)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS secrets(name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens(
   id TEXT PRIMARY KEY,
   hash BLOB NOT NULL UNIQUE,
@@ -1860,6 +1861,12 @@ export class SqliteIndex implements IndexStore {
       id,
     );
     return Promise.resolve(Number(r.changes) === 1);
+  }
+
+  async sharedSecret(name: string): Promise<Uint8Array> {
+    this.#stmt("INSERT OR IGNORE INTO secrets(name, value) VALUES (?, randomblob(32))").run(name);
+    const r = this.#stmt("SELECT value FROM secrets WHERE name = ?").get(name) as Row;
+    return Promise.resolve(new Uint8Array(r.value as Uint8Array));
   }
 
   // ---------------------------------------------------------------- copying (keep migrate)
