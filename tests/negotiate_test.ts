@@ -220,7 +220,7 @@ hostile(
       upload(proofOf(a.key, SECRET), "zz.00000000000000000000000000000000"),
       409,
       "conflict",
-      /negotiation .* is expired or not from this server/,
+      /negotiation .* is expired or not from this store/,
     );
     // A real proof made under another project's key does not carry over.
     const other = await negotiate(c.url, "other", [SECRET_HASH]);

@@ -18,7 +18,7 @@ Deno.test("PossessionKeys.keyFor gives the issued key back for its project only,
   const err = assertThrows(() => keys.keyFor("app", nonce), KeepError);
   assertEquals(err.code, "conflict");
   for (const bad of ["", "x", "zzzzzzzzzzzzz.00", `${nonce}0`]) {
-    assertThrows(() => keys.keyFor("app", bad), KeepError, /is expired or not from this server/);
+    assertThrows(() => keys.keyFor("app", bad), KeepError, /is expired or not from this store/);
   }
 });
 
