@@ -109,6 +109,15 @@ function sleep(ms: number): Promise<void> {
  * const bytes = await s3.getBytes("a/b", 0, 5);
  * ```
  */
+/** What one request sends besides its method and key. */
+export interface RequestOptions {
+  query?: Record<string, string>;
+  body?: Uint8Array;
+  headers?: Record<string, string>;
+  /** Statuses returned to the caller instead of thrown. */
+  accept?: number[];
+}
+
 /**
  * Requests this process sent to object stores, by kind (get, put, head,
  * list, delete, delete-objects, multipart-…; retries not counted): what
@@ -134,16 +143,7 @@ export class S3Client {
   }
 
   /** Signs and sends one request, with retries when there is no answer or a 5xx. */
-  request(
-    method: string,
-    key: string,
-    opts: {
-      query?: Record<string, string>;
-      body?: Uint8Array;
-      headers?: Record<string, string>;
-      accept?: number[];
-    } = {},
-  ): Promise<Response> {
+  request(method: string, key: string, opts: RequestOptions = {}): Promise<Response> {
     const q = opts.query ?? {};
     const op = "list-type" in q
       ? "list"
@@ -156,17 +156,7 @@ export class S3Client {
     return this.#request(method, key, opts);
   }
 
-  async #request(
-    method: string,
-    key: string,
-    opts: {
-      query?: Record<string, string>;
-      body?: Uint8Array;
-      headers?: Record<string, string>;
-      /** Statuses returned to the caller instead of thrown. */
-      accept?: number[];
-    } = {},
-  ): Promise<Response> {
+  async #request(method: string, key: string, opts: RequestOptions): Promise<Response> {
     if (!this.#o.accessKey || !this.#o.secretKey) {
       throw new KeepError(
         "usage",
