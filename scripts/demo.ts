@@ -10,7 +10,8 @@ import { lstatNs } from "../src/platform/fs_native.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const keepBin = join(root, "scripts/keep");
-const dataDir = join(root, "keep-data");
+// KEEP_DEMO_DATA: elsewhere than ./keep-data (the test of this demo uses a temp dir).
+const dataDir = Deno.env.get("KEEP_DEMO_DATA") ?? join(root, "keep-data");
 const work = await Deno.makeTempDir({ prefix: "keep-demo-" });
 const src = join(work, "app");
 
@@ -102,7 +103,8 @@ let failed = false;
 try {
   await run(["backup", "--settle", "0", "-m", "first build", src], env);
   const first = state(src);
-  const firstId = JSON.parse(await run(["log", "--json", "--limit", "1"], env, false))[0]
+  // `--json` answers one {"keep": 1, …} object (README, "JSON output").
+  const firstId = JSON.parse(await run(["log", "--json", "--limit", "1"], env, false)).commits[0]
     .id as string;
 
   say("\n# the build changes a file, adds one, deletes one");
