@@ -613,18 +613,23 @@ async function benchTree(name: "small" | "large", tree: Tree): Promise<void> {
     );
   }
 
-  // Mutation rounds (small only): both tools back up the same mutated tree.
-  if (name === "small") {
-    const km = newStep(row("mutation", "keep post-mutation backup", "keep", {
+  // The post-mutation rows of both tools (restic's when it runs).
+  const mutationSteps = () => ({
+    km: newStep(row("mutation", "keep post-mutation backup", "keep", {
       files,
       ref: ref("keep", "nochange", "no-change"),
-    }));
-    const rm = rs
+    })),
+    rm: rs
       ? newStep(row("mutation", "restic post-mutation backup", "restic", {
         files,
         ref: ref("restic", "nochange", "no-change"),
       }))
-      : null;
+      : null,
+  });
+
+  // Mutation rounds (small only): both tools back up the same mutated tree.
+  if (name === "small") {
+    const { km, rm } = mutationSteps();
     for (let round = 1; round <= slow; round++) {
       const m = builder.mutate(tree, round);
       km.note = `${m.changed} files changed, ${m.added} added, ${m.deleted} deleted per round; ${
@@ -650,16 +655,7 @@ async function benchTree(name: "small" | "large", tree: Tree): Promise<void> {
   // Edits inside big files (large only): both tools back up the same edited
   // tree; the note gives each store's growth from that backup.
   if (name === "large") {
-    const km = newStep(row("mutation", "keep post-mutation backup", "keep", {
-      files,
-      ref: ref("keep", "nochange", "no-change"),
-    }));
-    const rm = rs
-      ? newStep(row("mutation", "restic post-mutation backup", "restic", {
-        files,
-        ref: ref("restic", "nochange", "no-change"),
-      }))
-      : null;
+    const { km, rm } = mutationSteps();
     const growth = { keep: 0, restic: 0 };
     for (let round = 1; round <= slow; round++) {
       const m = builder.mutateLarge(tree, round);

@@ -104,24 +104,8 @@ Deno.test("keep migrate killed with -9 in the middle resumes where it was and ve
   const from = await tempDir("keep-data-");
   const snaps = await history(from, 24);
   const to = join(await tempDir(), "copy");
-  const proc = new Deno.Command(KEEP, {
-    args: ["migrate", "--from", from, "--to", to],
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
   // Killed once the packs are copied, while the large blobs (24 of 2 MiB) go.
-  const reader = proc.stderr.getReader();
-  let text = "";
-  while (!/^packs: /m.test(text)) {
-    const c = await reader.read();
-    if (c.done) break;
-    text += new TextDecoder().decode(c.value);
-  }
-  proc.kill("SIGKILL");
-  const status = await proc.status;
-  reader.releaseLock();
-  await proc.stderr.cancel();
-  assertEquals(status.signal, "SIGKILL", `migrate ended before the kill: ${text}`);
+  await killedMigrate(from, to, /^packs: /m);
   const r = json<{ verify: { ok: boolean }; resumed: boolean; packs: { present: number } }>(
     await keepOk(["migrate", "--from", from, "--to", to, "--json"]),
   );
