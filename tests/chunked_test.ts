@@ -62,15 +62,39 @@ Deno.test("chunks: bytes inserted at the front and in the middle of a 200 MB fil
     assert(second.commit.stats.newBlobs <= 8, `${second.commit.stats.newBlobs} new blobs`);
     assert(grown < 10_000_000, `the store grew by ${grown} bytes`);
 
-    // The upload still reads as a tar.gz listing what was sent.
+    // Only the chunks around the edits went over the wire (the client asked
+    // which chunks the store holds), and the upload still reads as a tar.gz
+    // listing what was sent: those chunks, named after the file and offset.
+    assert(second.commit.stats.wireBytes < 2_000_000, `sent ${second.commit.stats.wireBytes} B`);
     const upload = join(await tempDir(), "upload.tar.gz");
     Deno.writeFileSync(upload, proxy.uploads[proxy.uploads.length - 1]);
     const tar = await new Deno.Command("tar", { args: ["-tzvf", upload] }).output();
     assertEquals(tar.code, 0, new TextDecoder().decode(tar.stderr));
-    assertMatch(new TextDecoder().decode(tar.stdout), /200006000 .* big\.bin/);
+    const listing = new TextDecoder().decode(tar.stdout);
+    assertMatch(listing, /\.keep-chunk\/big\.bin@0\n/);
+    assertMatch(listing, /\.keep-chunk\/big\.bin@[1-9]\d+\n/);
+    assert(!/ big\.bin\n/.test(listing), listing);
+    // Without negotiation the whole file goes, and tar lists it as the file.
+    v2[150_000_000] ^= 1;
+    Deno.writeFileSync(join(src, "big.bin"), v2);
+    const whole = json<BackupJson>(
+      await keepOk(["backup", "--settle", "0", "--no-negotiate", "--json", src], 0, { env }),
+    );
+    assert(whole.commit.stats.wireBytes > 200_000_000, `sent ${whole.commit.stats.wireBytes} B`);
+    assert(whole.commit.stats.newBlobs <= 4, `${whole.commit.stats.newBlobs} new blobs`);
+    Deno.writeFileSync(upload, proxy.uploads[proxy.uploads.length - 1]);
+    const tar2 = await new Deno.Command("tar", { args: ["-tzvf", upload] }).output();
+    assertMatch(new TextDecoder().decode(tar2.stdout), /200006000 .* big\.bin/);
 
     // Both versions restore byte for byte.
-    for (const [id, want] of [[first.commit.id, v1], [second.commit.id, v2]] as const) {
+    const v2s = v2.slice();
+    v2s[150_000_000] ^= 1; // as it was in the second commit
+    for (
+      const [id, want] of [[first.commit.id, v1], [second.commit.id, v2s], [
+        whole.commit.id,
+        v2,
+      ]] as const
+    ) {
       const out = await tempDir();
       await keepOk(["restore", "--commit", id, out], 0, { env });
       assertEquals(sha(Deno.readFileSync(join(out, "big.bin"))), sha(want), `restore of ${id}`);

@@ -22,6 +22,7 @@ import {
   writeTree,
 } from "./helpers.ts";
 import { assertError, commitsUrl, hostile, onHead, P, post, refuse, sha256 } from "./hostile.ts";
+import { ChunkHasher } from "../src/client/upload.ts";
 
 interface BackupJson {
   commit: { id: string; seq: number; counts: { added: number } };
@@ -279,5 +280,172 @@ hostile(
     );
     assertError(bad, 400, "invalid", /^Cannot negotiate: body must be JSON/);
     assertMatch(r.text, /"commit"/);
+  },
+);
+
+// ---- files sent in part: their chunks -------------------------------------
+
+/** A big file (kept in chunks) of project "victim" with a secret 4 KiB inside; its chunks. */
+async function victimBig(url: string): Promise<{ data: Uint8Array; chunks: string[] }> {
+  const data = noise(12 << 20, 91);
+  data.set(noise(4096, 92), 5 << 20); // the secret part
+  const dir = await tempDir();
+  Deno.writeFileSync(join(dir, "big.bin"), data);
+  await keepOk(["backup", "-p", "victim", "--settle", "0", dir], 0, {
+    env: { KEEP_SERVER: url },
+  });
+  const chunks: string[] = [];
+  const cut = new ChunkHasher((h) => chunks.push(h));
+  cut.push(data);
+  cut.end();
+  return { data, chunks };
+}
+
+function chunkHave(path: string, data: Uint8Array, n: string, proof: string, c: string[]) {
+  return { ...haveRecord(path, sha256(data), data.length, n, proof), c };
+}
+
+hostile(
+  "negotiate: a client that knows a big file's chunk hashes, or all of it but a secret part, cannot get it into its project",
+  async (c) => {
+    const v = await victimBig(c.url);
+    const a = await negotiate(c.url, P, v.chunks);
+    assertEquals(a.have.length, v.chunks.length, "the store holds every chunk of the file");
+    const stolen = (proof: string, list = v.chunks, data = v.data, up = onHead(c)) =>
+      up.changes([chunkHave("stolen.bin", data, a.nonce, proof, list)]).end();
+    // Knowing every chunk's hash and the file's is not knowing the content.
+    for (
+      const [what, proof] of [
+        ["zeros", "0".repeat(32)],
+        [
+          "a keyed hash of the chunk list",
+          proofOf(a.key, new TextEncoder().encode(v.chunks.join(""))),
+        ],
+        [
+          "the content but its secret",
+          proofOf(a.key, v.data.slice().fill(0, 5 << 20, (5 << 20) + 4096)),
+        ],
+      ]
+    ) {
+      await refuse(
+        c,
+        `chunk proof: ${what}`,
+        stolen(proof),
+        403,
+        "forbidden",
+        /its proof of possession does not match/,
+      );
+    }
+    // Knowing all but the secret: the chunk holding it is replaced by one of the
+    // attacker's (sent, so stored), the file's hash claimed all the same.
+    const guess = v.data.slice().fill(0, 5 << 20, (5 << 20) + 4096);
+    const guessed: string[] = [];
+    const guessedBytes: Uint8Array[] = [];
+    const cut = new ChunkHasher((h, _n, bytes) => {
+      guessed.push(h);
+      guessedBytes.push(bytes!.slice());
+    }, true);
+    cut.push(guess);
+    cut.end();
+    const odd = guessed.findIndex((h, i) => h !== v.chunks[i]);
+    assert(odd >= 0, "the guess differs in a chunk");
+    await refuse(
+      c,
+      "a chunk swapped for the attacker's",
+      stolen(
+        proofOf(a.key, guess),
+        guessed,
+        v.data,
+        onHead(c).control(`.keep-chunk/stolen.bin@${odd}`, "chunk", guessedBytes[odd]),
+      ),
+      403,
+      "forbidden",
+      /its chunks do not make the content/,
+    );
+    // A chunk the store does not hold (and the upload did not send): 409, back up again.
+    const absent = [...v.chunks];
+    absent[1] = sha256("never stored");
+    await refuse(
+      c,
+      "a chunk not stored",
+      stolen(proofOf(a.key, v.data), absent),
+      409,
+      "conflict",
+      /no longer has its content/,
+    );
+    // A chunked file's hash named as a chunk.
+    await refuse(
+      c,
+      "a chunked file as a chunk",
+      onHead(c).changes([
+        chunkHave("stolen.bin", v.data, a.nonce, proofOf(a.key, v.data), [sha256(v.data)]),
+      ]).end(),
+      403,
+      "forbidden",
+      /is a chunked file, not a chunk/,
+    );
+    // Chunk entries over a chunk's bound, empty, and lists too long for the size.
+    await refuse(
+      c,
+      "a chunk entry of 4 MiB",
+      onHead(c).control(".keep-chunk/x@0", "chunk", noise(4 << 20, 5)).changes([]).end(),
+      400,
+      "invalid",
+      /a chunk is a file of 1 to/,
+    );
+    await refuse(
+      c,
+      "an empty chunk entry",
+      onHead(c).control(".keep-chunk/x@0", "chunk", new Uint8Array(0)).changes([]).end(),
+      400,
+      "invalid",
+      /a chunk is a file of 1 to/,
+    );
+    await refuse(
+      c,
+      "a list longer than the size allows",
+      stolen(
+        proofOf(a.key, v.data),
+        Array(97).fill(v.chunks[0]), /* 12 MiB / 128 KiB = 96 at most */
+      ),
+      400,
+      "invalid",
+      /names its chunks wrongly/,
+    );
+    const ls = await keepOk(["ls", "--json"], 0, { env: c.env });
+    assert(!ls.stdout.includes("stolen.bin"), "stolen.bin is in the project");
+  },
+);
+
+hostile(
+  "negotiate: a big file sent in part with the right proof is accepted and restores (the refusals above are about the proof)",
+  async (c) => {
+    const v = await victimBig(c.url);
+    const a = await negotiate(c.url, "rightful", v.chunks);
+    // The rightful owner changed one chunk's worth: sends it, names the rest.
+    const mine = v.data.slice();
+    mine.set(noise(1000, 93), 9 << 20);
+    const list: string[] = [];
+    const sent: [number, Uint8Array][] = [];
+    let at = 0;
+    const cut = new ChunkHasher((h, n, bytes) => {
+      list.push(h);
+      if (!a.have.includes(h)) sent.push([at, bytes!.slice()]);
+      at += n;
+    }, true);
+    cut.push(mine);
+    cut.end();
+    assert(sent.length >= 1 && sent.length <= 3, `${sent.length} chunks to send`);
+    let up = new Upload(1).commit(commitHeader(null));
+    for (const [off, bytes] of sent) up = up.control(`.keep-chunk/mine.bin@${off}`, "chunk", bytes);
+    const body = up.changes([chunkHave("mine.bin", mine, a.nonce, proofOf(a.key, mine), list)])
+      .end();
+    const r = await post(commitsUrl(c, "rightful"), body.bytes());
+    assertEquals(r.status, 201, r.text);
+    const out = join(await tempDir(), "r");
+    await keepOk(["restore", "-p", "rightful", out], 0, { env: c.env });
+    assertEquals(sha256(Deno.readFileSync(join(out, "mine.bin"))), sha256(mine));
+    const v2 = await keepOk(["verify", "--data", c.server.dataDir]);
+    assertMatch(v2.stdout, /keep verify: OK/);
   },
 );

@@ -20,7 +20,14 @@ import { KeepError } from "../errors.ts";
 import { lstatNs, networkFilesystem, TreeFile } from "../platform/fs_native.ts";
 import { collectNow } from "../platform/memory.ts";
 import type { ChangeRecord, CommitInfo, Entry, UploadHeader } from "../format/manifest.ts";
-import { type CompressMode, type PackStats, packUpload } from "./upload.ts";
+import {
+  ChunkHasher,
+  type CompressMode,
+  type PackStats,
+  packUpload,
+  type Partial,
+} from "./upload.ts";
+import { CHUNKED_FILE_MIN } from "../format/fastcdc.ts";
 import { partialHashOfFile } from "../format/partial_hash.ts";
 import { Proof } from "../format/possession.ts";
 import { isIncomplete, type Problem, reasonOf } from "./problem.ts";
@@ -42,7 +49,7 @@ export interface BackupRemote {
    * Which of these contents (SHA-256 hex) the store holds, each with the key
    * its proof of possession is made with (format/possession.ts).
    */
-  negotiate?(hashes: string[]): Promise<Map<string, Negotiated>>;
+  negotiate?(hashes: string[]): Promise<Negotiation>;
   /** Sends an upload; resolves to the new commit, rejects with KeepError (conflict on 409). */
   upload(body: ReadableStream<Uint8Array>): Promise<CommitInfo>;
 }
@@ -51,6 +58,16 @@ export interface BackupRemote {
 export interface Negotiated {
   nonce: string;
   key: Uint8Array;
+}
+
+/** What a negotiation found out. */
+export interface Negotiation {
+  /** The asked contents the store holds. */
+  have: Map<string, Negotiated>;
+  /** A key (with its nonce) for proofs of this upload. */
+  key: Negotiated;
+  /** Files over this size are kept in chunks by the store (null: whole). */
+  chunkOver: number | null;
 }
 
 /**
@@ -404,7 +421,11 @@ class Backup {
     }
     const send = this.#resolveSuspects(plan, changes, note);
     const settledSend = await this.#settle(send, plan, changes, note, mayRetry);
-    const { send: finalSend, proven } = await this.#negotiate(settledSend, changes);
+    const { send: finalSend, proven, partial } = await this.#negotiate(
+      settledSend,
+      changes,
+      plan.changedPaths,
+    );
     const header: UploadHeader = {
       format: 1,
       parent: parent?.id ?? null,
@@ -431,6 +452,7 @@ class Backup {
       signal: o.signal,
       onProblem: note,
       inParent: (path) => plan.changedPaths.has(path),
+      partial,
       onProgress: o.onProgress,
     });
     const commit = await this.#remote.upload(stream);
@@ -442,19 +464,40 @@ class Backup {
    * Asks the server which of the files to send it already holds (by SHA-256,
    * see NEGOTIATE_MIN), and records those with a proof of possession instead
    * of their bytes. A file that moved while hashed, or could not be read, is
-   * left to the upload (which handles both).
+   * left to the upload (which handles both). Big files the store keeps in
+   * chunks are negotiated by chunk when their path is in the parent (an
+   * earlier version likely shares most chunks) or when the store was found
+   * to hold big files of this backup: the upload sends only their missing
+   * chunks (see #negotiateChunks).
    */
   async #negotiate(
     send: ScanTable,
     changes: ChangeRecord[],
-  ): Promise<{ send: ScanTable; proven: { files: number; bytes: number } }> {
-    const none = { send, proven: { files: 0, bytes: 0 } };
+    changed: Set<string>,
+  ): Promise<{ send: ScanTable; proven: { files: number; bytes: number }; partial: Partial }> {
+    const none = { send, proven: { files: 0, bytes: 0 }, partial: new Map() };
     const remote = this.#remote;
     if (!remote.negotiate || this.#options.negotiate === false) return none;
+    let answer: Negotiation | null = null;
+    const ask = async (hashes: string[]) => answer = await remote.negotiate!(hashes);
+    // Changed files past the chunking threshold go by chunk (if the store chunks).
+    const byChunk = new Set<number>();
+    for (let k = 0; k < send.length; k++) {
+      if (send.type(k) === "f" && send.size(k) > CHUNKED_FILE_MIN && changed.has(send.path(k))) {
+        byChunk.add(k);
+      }
+    }
+    let chunkOver: number | null = null;
+    if (byChunk.size) {
+      chunkOver = (await ask([])).chunkOver;
+      for (const k of byChunk) {
+        if (chunkOver === null || send.size(k) <= chunkOver) byChunk.delete(k);
+      }
+    }
     const big: number[] = [];
     const small: number[] = [];
     for (let k = 0; k < send.length; k++) {
-      if (send.type(k) !== "f" || send.size(k) === 0) continue;
+      if (send.type(k) !== "f" || send.size(k) === 0 || byChunk.has(k)) continue;
       (send.size(k) >= NEGOTIATE_MIN ? big : small).push(k);
     }
     const hashes = new Map<number, string>();
@@ -471,10 +514,11 @@ class Backup {
       hashAll(probe);
       const asked = probe.filter((k) => hashes.has(k));
       if (!asked.length) return 0;
-      const had = await remote.negotiate!(asked.map((k) => hashes.get(k)!));
-      return asked.filter((k) => had.has(hashes.get(k)!)).length;
+      const had = await ask(asked.map((k) => hashes.get(k)!));
+      return asked.filter((k) => had.have.has(hashes.get(k)!)).length;
     };
     let bigWanted = true;
+    let bigFound = false;
     let bigBytes = 0;
     for (const k of big) bigBytes += send.size(k);
     if (big.length > NEGOTIATE_BIG_PROBE && bigBytes > NEGOTIATE_BIG_BYTES) {
@@ -483,7 +527,7 @@ class Backup {
       const probe = [...big].sort((a, b) => send.size(a) - send.size(b))
         .slice(0, NEGOTIATE_BIG_PROBE);
       this.#phase("negotiate", `probing ${probe.length} of ${big.length} big files`);
-      bigWanted = await probeFinds(probe) > 0;
+      bigWanted = bigFound = await probeFinds(probe) > 0;
     }
     let smallWanted = true;
     if (small.length > NEGOTIATE_PROBE) {
@@ -496,29 +540,87 @@ class Backup {
     }
     const candidates = [...(bigWanted ? big : []), ...(smallWanted ? small : [])]
       .sort((a, b) => a - b);
-    if (!candidates.length) return none;
-    this.#phase("negotiate", `hashing ${candidates.length} files`);
-    hashAll(candidates);
-    const asked = candidates.filter((k) => hashes.has(k));
-    if (!asked.length) return none;
-    const had = await remote.negotiate(asked.map((k) => hashes.get(k)!));
     const proven = new Set<number>();
     let bytes = 0;
-    for (const k of asked) {
-      const hash = hashes.get(k)!;
-      const n = had.get(hash);
-      if (!n) continue;
-      const proof = new Proof(n.key);
-      if (!readStable(this.#root, send, k, (b) => proof.update(b))) continue;
-      changes.push({ op: "have", e: { ...send.get(k), hash }, n: n.nonce, proof: proof.digest() });
-      proven.add(k);
-      bytes += send.size(k);
+    if (candidates.length) {
+      this.#phase("negotiate", `hashing ${candidates.length} files`);
+      hashAll(candidates);
     }
-    if (!proven.size) return none;
+    const hashed = candidates.filter((k) => hashes.has(k));
+    if (hashed.length) {
+      const had = await ask(hashed.map((k) => hashes.get(k)!));
+      for (const k of hashed) {
+        const hash = hashes.get(k)!;
+        const n = had.have.get(hash);
+        if (!n) continue;
+        if (send.size(k) > CHUNKED_FILE_MIN) bigFound = true;
+        const proof = new Proof(n.key);
+        if (!readStable(this.#root, send, k, (b) => proof.update(b))) continue;
+        changes.push({
+          op: "have",
+          e: { ...send.get(k), hash },
+          n: n.nonce,
+          proof: proof.digest(),
+        });
+        proven.add(k);
+        bytes += send.size(k);
+      }
+    }
+    // The store holds big files of this backup (a copied tree, an artifact
+    // built again): the other big files may share chunks with them too.
+    if (bigFound) {
+      chunkOver ??= (answer ?? await ask([])).chunkOver;
+      for (const k of big) {
+        if (chunkOver !== null && send.size(k) > Math.max(chunkOver, CHUNKED_FILE_MIN)) {
+          if (!proven.has(k)) byChunk.add(k);
+        }
+      }
+    }
+    const partial = byChunk.size ? await this.#negotiateChunks(send, [...byChunk]) : new Map();
+    for (const p of partial.values()) bytes += p.heldBytes;
+    if (!proven.size && !partial.size) return none;
     return {
-      send: send.filter((k) => !proven.has(k)),
-      proven: { files: proven.size, bytes },
+      send: proven.size ? send.filter((k) => !proven.has(k)) : send,
+      proven: { files: proven.size + partial.size, bytes },
+      partial,
     };
+  }
+
+  /**
+   * Cuts each of `rows`' files into chunks as the upload will (FastCDC),
+   * hashes the chunks and asks which the store holds. The upload then sends
+   * only the others (client/upload.ts). Files that share none, moved, or
+   * could not be read are sent as usual.
+   */
+  async #negotiateChunks(send: ScanTable, rows: number[]): Promise<Partial> {
+    const out: Partial = new Map();
+    const lists = new Map<number, { hash: string; size: number }[]>();
+    const all = new Set<string>();
+    let total = 0;
+    for (const k of rows) total += send.size(k);
+    this.#phase("negotiate", `cutting ${rows.length} big files into chunks (${total} bytes)`);
+    for (const k of rows) {
+      const list: { hash: string; size: number }[] = [];
+      const cuts = new ChunkHasher((hash, size) => list.push({ hash, size }));
+      if (!readStable(this.#root, send, k, (b) => cuts.push(b))) continue;
+      cuts.end();
+      lists.set(k, list);
+      for (const c of list) all.add(c.hash);
+    }
+    if (!all.size) return out;
+    const had = await this.#remote.negotiate!([...all]);
+    for (const [k, list] of lists) {
+      const held = new Set<string>();
+      let heldBytes = 0;
+      for (const c of list) {
+        if (had.have.has(c.hash) && !held.has(c.hash)) {
+          held.add(c.hash);
+          heldBytes += c.size;
+        }
+      }
+      if (held.size) out.set(send.path(k), { held, heldBytes, ...had.key });
+    }
+    return out;
   }
 
   /**

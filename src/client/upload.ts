@@ -20,7 +20,9 @@
 import { BlockWriter } from "../platform/block_writer.ts";
 import { churned } from "../platform/memory.ts";
 import { type Level, MAX_MEMBER_RAW, writeMember } from "../format/gzip_member.ts";
-import { CHUNKED_FILE_MIN, FastCdc } from "../format/fastcdc.ts";
+import { createHash, type Hash } from "node:crypto";
+import { CDC_SIZES, CHUNKED_FILE_MIN, FastCdc } from "../format/fastcdc.ts";
+import { Proof } from "../format/possession.ts";
 import { lstatNs, type NativeStat, NotRegularFileError, TreeFile } from "../platform/fs_native.ts";
 import {
   type ChangeRecord,
@@ -62,9 +64,79 @@ export interface PackOptions {
    * not be sent keep its last version (a keep record); a new one is left out.
    */
   inParent?: (path: string) => boolean;
+  /**
+   * Big files whose chunks the store partly holds (by path): sent as their
+   * missing chunks (`chunk` control entries) and a `have` record listing all
+   * of them, proven under the negotiation's key.
+   */
+  partial?: Partial;
   /** Called after each file with the bytes read so far. */
   onProgress?: (stats: PackStats) => void;
   signal?: AbortSignal;
+}
+
+/** Files sent in part: the chunks the store holds, and the key of the proof. */
+export type Partial = Map<string, PartialSend>;
+
+export interface PartialSend {
+  /** SHA-256 hex of the chunks the store holds. */
+  held: Set<string>;
+  /** Their raw bytes (for the report). */
+  heldBytes: number;
+  nonce: string;
+  key: Uint8Array;
+}
+
+/**
+ * Cuts a stream as the upload of a big file does (FastCDC, fastcdc.ts) and
+ * hashes each chunk (SHA-256): `onChunk` gets each chunk's hash and size,
+ * and, when `keep` is set, its bytes (valid during the call).
+ */
+export class ChunkHasher {
+  readonly #cdc = new FastCdc();
+  #sha: Hash = createHash("sha256");
+  #size = 0;
+  readonly #buf: Uint8Array | null;
+  #fill = 0;
+
+  constructor(
+    readonly onChunk: (hash: string, size: number, bytes: Uint8Array | null) => void,
+    keep = false,
+  ) {
+    // A chunk is at most the chunker's max: one buffer holds any.
+    this.#buf = keep ? new Uint8Array(CDC_SIZES.max) : null;
+  }
+
+  push(piece: Uint8Array): void {
+    const base = this.#cdc.position;
+    let from = 0;
+    for (const cut of this.#cdc.push(piece)) {
+      this.#add(piece.subarray(from, cut - base));
+      this.#emit();
+      from = cut - base;
+    }
+    this.#add(piece.subarray(from));
+  }
+
+  end(): void {
+    if (this.#size > 0) this.#emit();
+  }
+
+  #add(bytes: Uint8Array): void {
+    if (!bytes.length) return;
+    this.#sha.update(bytes);
+    this.#buf?.set(bytes, this.#fill);
+    this.#fill += bytes.length;
+    this.#size += bytes.length;
+  }
+
+  #emit(): void {
+    const hash = this.#sha.digest("hex");
+    this.onChunk(hash, this.#size, this.#buf ? this.#buf.subarray(0, this.#fill) : null);
+    this.#sha = createHash("sha256");
+    this.#size = 0;
+    this.#fill = 0;
+  }
 }
 
 const encoder = new TextEncoder();
@@ -170,7 +242,9 @@ class UploadWriter {
     this.#control(".keep-commit.json", "commit", encoder.encode(JSON.stringify(o.header)));
     for (const e of o.send) {
       if (o.signal?.aborted) throw o.signal.reason;
+      const part = e.type === "f" ? o.partial?.get(e.path) : undefined;
       if (e.type !== "f") this.#sendHeaderOnly(e);
+      else if (part) yield* this.#sendChunks(e, part);
       else if (e.size <= this.#wholeMax) await this.#sendWhole(e);
       else yield* this.#sendStreamed(e);
       if (this.#out.ready >= BATCH_BLOCKS) yield this.#out.take();
@@ -363,6 +437,84 @@ class UploadWriter {
     if (moved) {
       this.#problem({ path: e.path, reason: "changed while being read", kind: "withdrawn" });
     } else this.#stats.filesSent++;
+    this.#options.onProgress?.(this.#stats);
+  }
+  /**
+   * A big file the store holds in part: its chunks (cut as in #sendStreamed)
+   * that the store lacks go as `chunk` control entries, named after the file
+   * and the chunk's offset so `tar -tzvf` shows what was sent; then a `have`
+   * record lists every chunk, with the file's hash and a proof over all of
+   * its bytes. A file that moved while read keeps its last version.
+   */
+  async *#sendChunks(e: ScanEntry, part: PartialSend): AsyncGenerator<Uint8Array[]> {
+    const abs = `${this.#options.root}/${e.path}`;
+    let file: TreeFile;
+    try {
+      file = TreeFile.open(abs);
+    } catch (err) {
+      if (err instanceof NotRegularFileError) {
+        this.#problem({ path: e.path, reason: err.message, kind: "unsettled" });
+      } else this.#problem({ path: e.path, reason: reasonOf(err), kind: "unreadable" });
+      return;
+    }
+    const st0 = file.stat;
+    const sha = createHash("sha256");
+    const proof = new Proof(part.key);
+    const list: string[] = [];
+    let offset = 0;
+    let moved = false;
+    const chunks = new ChunkHasher((hash, size, bytes) => {
+      list.push(hash);
+      if (!part.held.has(hash)) {
+        this.#control(`.keep-chunk/${e.path}@${offset}`, "chunk", bytes!);
+      }
+      offset += size;
+    }, true);
+    try {
+      let left = st0.size;
+      const buf = new Uint8Array(MAX_MEMBER_RAW);
+      while (left > 0) {
+        const want = Math.min(left, buf.length);
+        const got = file.readSync(buf.subarray(0, want)) ?? 0;
+        if (got === 0) {
+          moved = true; // shrank
+          break;
+        }
+        const piece = buf.subarray(0, got);
+        sha.update(piece);
+        proof.update(piece);
+        chunks.push(piece);
+        left -= got;
+        this.#stats.bytesRead += got;
+        if (this.#out.ready >= BATCH_BLOCKS) yield this.#out.take();
+        if (this.#options.signal?.aborted) throw this.#options.signal.reason;
+      }
+      chunks.end();
+      if (!sameStat(st0, lstatNs(abs))) moved = true;
+    } finally {
+      file.close();
+    }
+    if (moved) {
+      this.#problem({ path: e.path, reason: "changed while being read", kind: "unsettled" });
+      return;
+    }
+    this.#changes.push({
+      op: "have",
+      e: {
+        path: e.path,
+        type: "f",
+        size: st0.size,
+        mode: st0.mode,
+        mtime: st0.mtime,
+        ctime: st0.ctime,
+        hash: sha.digest("hex"),
+      },
+      n: part.nonce,
+      proof: proof.digest(),
+      c: list,
+    });
+    this.#stats.entriesSent++;
+    this.#stats.filesSent++;
     this.#options.onProgress?.(this.#stats);
   }
 }

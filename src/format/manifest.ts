@@ -11,6 +11,7 @@
 
 import { KeepError } from "../errors.ts";
 import { concatBytes } from "../platform/concat_bytes.ts";
+import { CDC_SIZES } from "./fastcdc.ts";
 import { pathProblem } from "./paths.ts";
 
 /** Entry type: regular file, directory, symlink. */
@@ -128,12 +129,14 @@ export interface UploadHeader {
  * version of a path that could not be read, flagged; `drop` withdraws a file
  * entry sent earlier in this upload (it changed while being read); `have`
  * records a file whose content the store holds without sending it, with a
- * proof of possession under the negotiation's key `n` (format/possession.ts).
+ * proof of possession under the negotiation's key `n` (format/possession.ts);
+ * with `c`, a big file assembled from chunks (SHA-256 hex, in order), each
+ * one the store holds or this upload sent as a `chunk` control entry.
  */
 export type ChangeRecord =
   | { op: "del"; p: string }
   | { op: "meta"; e: Entry }
-  | { op: "have"; e: Entry; n: string; proof: string }
+  | { op: "have"; e: Entry; n: string; proof: string; c?: string[] }
   | { op: "keep"; p: string; flag: EntryFlag; reason: string }
   | { op: "drop"; p: string; reason: string };
 
@@ -348,7 +351,19 @@ export function parseChangeRecord(line: string): ChangeRecord {
           `Cannot read upload: have record for ${e.path} without a nonce and proof`,
         );
       }
-      return { op: "have", e, n: o.n, proof: o.proof };
+      if (o.c === undefined) return { op: "have", e, n: o.n, proof: o.proof };
+      // Every chunk but the last is at least the chunker's min (fastcdc.ts).
+      const most = Math.ceil(e.size / CDC_SIZES.min);
+      if (
+        !Array.isArray(o.c) || o.c.length === 0 || o.c.length > most ||
+        !o.c.every((h: unknown) => typeof h === "string" && /^[0-9a-f]{64}$/.test(h))
+      ) {
+        throw new KeepError(
+          "invalid",
+          `Cannot read upload: have record for ${e.path} names its chunks wrongly (1 to ${most} SHA-256 hex)`,
+        );
+      }
+      return { op: "have", e, n: o.n, proof: o.proof, c: o.c };
     }
     case "keep": {
       if (o.flag !== "unreadable" && o.flag !== "unsettled") {
@@ -367,7 +382,10 @@ export function parseChangeRecord(line: string): ChangeRecord {
 export function changeRecordToJson(r: ChangeRecord): string {
   if (r.op === "meta") return `{"op":"meta","e":${entryToJson(r.e)}}`;
   if (r.op === "have") {
-    return `{"op":"have","e":${entryToJson(r.e)},"n":${JSON.stringify(r.n)},"proof":"${r.proof}"}`;
+    const c = r.c ? `,"c":${JSON.stringify(r.c)}` : "";
+    return `{"op":"have","e":${entryToJson(r.e)},"n":${
+      JSON.stringify(r.n)
+    },"proof":"${r.proof}"${c}}`;
   }
   return JSON.stringify(r);
 }

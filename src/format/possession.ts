@@ -53,6 +53,12 @@ export interface NegotiateAnswer {
   key: string;
   /** The asked hashes the store holds. */
   have: string[];
+  /**
+   * Files over this size are kept as content-defined chunks, so their chunks
+   * may be negotiated too (a `have` record with `c`); null or absent: the
+   * store keeps every file whole.
+   */
+  chunkOver?: number | null;
 }
 
 /** Hashes per negotiation request (the client splits longer lists). */

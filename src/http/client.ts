@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { BackupRemote, Negotiated } from "../client/backup.ts";
+import type { BackupRemote, Negotiated, Negotiation } from "../client/backup.ts";
 import { NEGOTIATE_BATCH, type NegotiateAnswer } from "../format/possession.ts";
 import { hexToBytes } from "../format/hex.ts";
 import { KeepError } from "../errors.ts";
@@ -365,20 +365,24 @@ export class KeepClient {
 
   /**
    * Which of `hashes` (SHA-256 hex) the store holds, each with the nonce and
-   * key of the negotiation that answered it (one per NEGOTIATE_BATCH hashes).
+   * key of the negotiation that answered it (one per NEGOTIATE_BATCH hashes),
+   * and whether the store keeps big files in chunks. No hashes: one request
+   * all the same, for a key and the store's chunking.
    */
-  async negotiate(project: string, hashes: string[]): Promise<Map<string, Negotiated>> {
-    const out = new Map<string, Negotiated>();
-    for (let i = 0; i < hashes.length; i += NEGOTIATE_BATCH) {
+  async negotiate(project: string, hashes: string[]): Promise<Negotiation> {
+    const have = new Map<string, Negotiated>();
+    let last: Negotiation | null = null;
+    for (let i = 0; i === 0 || i < hashes.length; i += NEGOTIATE_BATCH) {
       const a = await this.#json<NegotiateAnswer>(`${this.#p(project)}/negotiate`, {
         method: "POST",
         body: JSON.stringify({ hashes: hashes.slice(i, i + NEGOTIATE_BATCH) }),
         headers: { "content-type": "application/json" },
       });
       const n: Negotiated = { nonce: a.nonce, key: hexToBytes(a.key) };
-      for (const h of a.have) out.set(h, n);
+      for (const h of a.have) have.set(h, n);
+      last = { have, key: n, chunkOver: a.chunkOver ?? null };
     }
-    return out;
+    return last!;
   }
 
   async upload(project: string, body: ReadableStream<Uint8Array>): Promise<CommitInfo> {

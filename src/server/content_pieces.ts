@@ -29,26 +29,43 @@ export async function contentPieces(
   if (!list.length) {
     throw new KeepError("integrity", `Cannot read blob ${hashHex}: its chunk list is missing`);
   }
-  // Every chunk's place is looked up first: a missing one is found before any byte goes out.
+  const chunks = await chunkPieces(storage, `blob ${hashHex}`, list);
+  if (chunks.size !== place.size) {
+    throw new KeepError(
+      "integrity",
+      `Cannot read blob ${hashHex}: its chunks hold ${chunks.size} bytes, the index says ${place.size}`,
+    );
+  }
+  return chunks.pieces;
+}
+
+/**
+ * The stored pieces of the chunks `list` (SHA-256 hex) in order, with their
+ * raw and stored sizes. Every chunk's place is looked up first: a missing
+ * one (integrity, naming `what`) is found before any byte goes out.
+ */
+export async function chunkPieces(
+  storage: Storage,
+  what: string,
+  list: string[],
+): Promise<{ pieces: AsyncIterable<Uint8Array>; size: number; stored: number }> {
   const places: BlobPlace[] = [];
   let size = 0;
+  let stored = 0;
   for (const c of list) {
     const p = await storage.index.blobPlace(c);
-    if (!p) {
-      throw new KeepError("integrity", `Cannot read blob ${hashHex}: its chunk ${c} is missing`);
+    if (!p) throw new KeepError("integrity", `Cannot read ${what}: its chunk ${c} is missing`);
+    if (p.chunked) {
+      throw new KeepError("integrity", `Cannot read ${what}: its chunk ${c} is a chunked file`);
     }
     places.push(p);
     size += p.size;
-  }
-  if (size !== place.size) {
-    throw new KeepError(
-      "integrity",
-      `Cannot read blob ${hashHex}: its chunks hold ${size} bytes, the index says ${place.size}`,
-    );
+    stored += p.stored;
   }
   const first = await storage.blobs.pieces(list[0], places[0]);
-  return (async function* () {
+  const pieces = (async function* () {
     yield* first;
     for (let i = 1; i < list.length; i++) yield* await storage.blobs.pieces(list[i], places[i]);
   })();
+  return { pieces, size, stored };
 }

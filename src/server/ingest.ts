@@ -41,7 +41,7 @@ import { type LargeSink, PACK_MAX, type PackSink } from "./storage/blob_store.ts
 import { CDC_SIZES, CHUNKED_FILE_MIN } from "../format/fastcdc.ts";
 import type { NewBlob, StageRow, UploadStage } from "./storage/index_store.ts";
 import { closeAndSeal, type Storage } from "./storage/open.ts";
-import { checkPossession, possessionKeys } from "./possession.ts";
+import { checkChunkedPossession, checkPossession, possessionKeys } from "./possession.ts";
 
 /** Limits on one upload. */
 export interface IngestLimits {
@@ -77,6 +77,8 @@ const HELD_MAX = BATCH_BYTES + 2 * PACK_MAX;
 /** A pack is closed once it is this big; the next blob starts a new one. */
 const PACK_ROTATE = 1 << 30;
 const MAX_CONTROL = 1 << 20;
+/** A stored chunk is at most the chunker's max plus one member (see #onData). */
+const CHUNK_ENTRY_MAX = CDC_SIZES.max + MAX_MEMBER_RAW;
 
 /** One file's content as it arrives: members in memory (small) or a sink (large). */
 class BlobBuilder {
@@ -237,8 +239,10 @@ export class Ingest {
   #held = new Uint8Array(0);
   #heldBytes = 0;
   #withdrawals: { path: string; reason: string }[] = [];
-  /** `have` records: content the client proves it holds, checked at finish. */
-  #haves: { e: Entry; n: string; proof: string }[] = [];
+  /** `have` records: content the client proves it holds, checked at finish (`c`: its chunks). */
+  #haves: { e: Entry; n: string; proof: string; c?: string[] }[] = [];
+  /** A `chunk` control entry is being received (one chunk of a file sent in part). */
+  #chunkEntry = false;
   #pack: PackSink | null = null;
   /** The last batch's pack write and rows, still going (object stores: see flush). */
   #tail: Promise<void> | null = null;
@@ -558,6 +562,8 @@ export class Ingest {
       );
     }
     await this.flush();
+    // Chunks sent for files sent in part must be in the index before their check.
+    await this.#settle();
     await this.#checkHaves();
     await this.flush();
     await this.#settle();
@@ -582,30 +588,67 @@ export class Ingest {
    * content (docs/DESIGN.md, "The invariant"). Any failure refuses the upload.
    */
   async #checkHaves(): Promise<void> {
+    const keys = new Map<string, Uint8Array>();
+    const keyOf = (nonce: string) => {
+      let key = keys.get(nonce);
+      if (!key) keys.set(nonce, key = possessionKeys.keyFor(this.project, nonce));
+      return key;
+    };
+    const lost = (path: string, hex: string) =>
+      new KeepError(
+        "conflict",
+        `Cannot record ${path}: the store no longer has its content (${
+          hex.slice(0, 12)
+        }…); back up again`,
+      );
     for (let i = 0; i < this.#haves.length; i += BATCH_ROWS) {
       const batch = this.#haves.slice(i, i + BATCH_ROWS);
-      const known = await this.#storage.index.knownBlobs(batch.map((h) => hexToBytes(h.e.hash!)));
-      const keys = new Map<string, Uint8Array>();
+      const whole = batch.filter((h) => !h.c);
+      const known = whole.length
+        ? await this.#storage.index.knownBlobs(whole.map((h) => hexToBytes(h.e.hash!)))
+        : new Set<string>();
       for (const h of batch) {
         const hex = h.e.hash!;
-        if (!known.has(hex)) {
-          throw new KeepError(
-            "conflict",
-            `Cannot record ${h.e.path}: the store no longer has its content (${
-              hex.slice(0, 12)
-            }…); back up again`,
+        let xxh: string;
+        if (h.c) {
+          // A file sent in part: its chunks are stored (sent in this upload or
+          // held before), and together they must make the content it claims.
+          if (!this.#storage.index.chunking) {
+            throw new KeepError(
+              "invalid",
+              `Cannot record ${h.e.path}: this store keeps big files whole, not as chunks`,
+            );
+          }
+          const unique = [...new Set(h.c)];
+          const held = await this.#storage.index.knownBlobs(unique.map(hexToBytes));
+          const gone = unique.find((c) => !held.has(c));
+          if (gone) throw lost(h.e.path, gone);
+          const checked = await checkChunkedPossession(
+            this.#storage,
+            h.e.path,
+            hex,
+            h.e.size,
+            keyOf(h.n),
+            h.proof,
+            h.c,
           );
+          xxh = checked.xxh;
+          // Its row follows its chunks' (durable) rows, in the next flush.
+          this.#pendingBlobs.push({
+            hash: hexToBytes(hex),
+            hex,
+            size: h.e.size,
+            xxh: hexToBytes(xxh),
+            stored: checked.stored,
+            data: null,
+            sink: null,
+            chunks: h.c.map(hexToBytes),
+          });
+        } else {
+          if (!known.has(hex)) throw lost(h.e.path, hex);
+          xxh = (await checkPossession(this.#storage, h.e.path, hex, h.e.size, keyOf(h.n), h.proof))
+            .xxh;
         }
-        let key = keys.get(h.n);
-        if (!key) keys.set(h.n, key = possessionKeys.keyFor(this.project, h.n));
-        const { xxh } = await checkPossession(
-          this.#storage,
-          h.e.path,
-          hex,
-          h.e.size,
-          key,
-          h.proof,
-        );
         const entry: Entry = { ...h.e, xxh };
         delete entry.flag;
         this.#pendingRows.push({
@@ -677,6 +720,32 @@ export class Ingest {
       }
       this.#phase = "changes";
       this.#lines = new LineSplitter();
+      return;
+    }
+    if (control === "chunk") {
+      // One chunk of a big file sent in part: a blob of its own, no path of
+      // the tree (its file comes as a `have` record listing its chunks).
+      this.#count();
+      if (!this.#storage.index.chunking) {
+        throw new KeepError(
+          "invalid",
+          "Cannot accept upload: this store keeps big files whole; send them without chunk entries",
+        );
+      }
+      if (h.type !== "file" || h.size === 0 || h.size > CHUNK_ENTRY_MAX) {
+        throw new KeepError(
+          "invalid",
+          `Cannot accept chunk entry ${
+            JSON.stringify(h.path)
+          }: a chunk is a file of 1 to ${CHUNK_ENTRY_MAX} bytes`,
+        );
+      }
+      this.#declared += h.size;
+      this.#checkRoom(this.#declared);
+      this.#chunkEntry = true;
+      this.#chunkList = [];
+      this.#chunkStored = 0;
+      this.#chunk = this.#newChunk();
       return;
     }
     if (control !== undefined) {
@@ -751,11 +820,21 @@ export class Ingest {
       this.#control.push(chunk.slice());
       return;
     }
-    this.#sha!.update(chunk);
-    this.#xxh.update(chunk);
     // A member holding only this file's bytes is kept as it came.
     const whole = this.#reader.wholeMember(chunk);
     const c = this.#chunk;
+    if (this.#chunkEntry) {
+      // The entry is the chunk, whatever its members.
+      if (whole) c!.builder.addMember(whole.member, whole.carried);
+      else c!.builder.addRaw(chunk);
+      c!.sha.update(chunk);
+      c!.xxh.update(chunk);
+      c!.size += chunk.length;
+      this.bytesReceived += chunk.length;
+      return;
+    }
+    this.#sha!.update(chunk);
+    this.#xxh.update(chunk);
     if (c) {
       if (whole) c.builder.addMember(whole.member, whole.carried);
       else c.builder.addRaw(chunk);
@@ -815,6 +894,13 @@ export class Ingest {
     if (this.#phase === "changes") {
       for (const line of this.#lines!.end()) this.#onChange(line);
       this.#phase = "end";
+      return;
+    }
+    if (this.#chunkEntry) {
+      this.#endChunk();
+      this.#chunk = null;
+      this.#chunkList = [];
+      this.#chunkEntry = false;
       return;
     }
     const entry = this.#entry!;
@@ -884,7 +970,7 @@ export class Ingest {
         this.#pendingRows.push({ op: "meta", path: r.e.path, entry: r.e });
         return;
       case "have":
-        this.#haves.push({ e: r.e, n: r.n, proof: r.proof });
+        this.#haves.push({ e: r.e, n: r.n, proof: r.proof, c: r.c });
         return;
       case "keep":
         this.#pendingRows.push({ op: "keep", path: r.p, flag: r.flag, reason: r.reason });

@@ -20,6 +20,7 @@ import { PartialHasher } from "../format/partial_hash.ts";
 import { Proof } from "../format/possession.ts";
 import type { Storage } from "./storage/open.ts";
 import { contentPieces } from "./content_pieces.ts";
+import type { BlobPlace } from "./storage/blob_store.ts";
 
 /** How long a negotiation's key is accepted. */
 export const NONCE_TTL_MS = 6 * 3600_000;
@@ -141,4 +142,124 @@ export async function checkPossession(
     );
   }
   return { xxh: xxh.digest() };
+}
+
+/** What a checked proof over chunks tells: also the stored bytes of the chunks. */
+export interface PossessedChunks extends Possessed {
+  stored: number;
+}
+
+/**
+ * As checkPossession for a big file named by its chunks (`chunks`, SHA-256
+ * hex in order, each a blob the store holds): reads them in order and checks
+ * that they make `size` bytes hashing to `hashHex` and that `proof` under
+ * `key` matches those bytes. A chunk gone or found damaged is a conflict (it
+ * is marked: the next upload sends it); chunks that do not make the claimed
+ * content, or a wrong proof, are forbidden.
+ */
+export async function checkChunkedPossession(
+  storage: Storage,
+  path: string,
+  hashHex: string,
+  size: number,
+  key: Uint8Array,
+  proof: string,
+  chunks: string[],
+): Promise<PossessedChunks> {
+  const places: BlobPlace[] = [];
+  let total = 0;
+  let stored = 0;
+  for (const c of chunks) {
+    const place = await storage.index.blobPlace(c);
+    if (!place) {
+      throw new KeepError(
+        "conflict",
+        `Cannot record ${path}: the store no longer has its chunk ${
+          c.slice(0, 12)
+        }…; back up again`,
+      );
+    }
+    if (place.chunked) {
+      throw new KeepError(
+        "forbidden",
+        `Cannot record ${path}: ${
+          c.slice(0, 12)
+        }… is a chunked file, not a chunk; nothing was recorded`,
+      );
+    }
+    places.push(place);
+    total += place.size;
+    stored += place.stored;
+  }
+  const forbidden = (why: string) =>
+    new KeepError(
+      "forbidden",
+      `Cannot record ${path}: ${why} (send the content itself); nothing was recorded`,
+    );
+  if (total !== size) throw forbidden(`its chunks hold ${total} bytes, not ${size}`);
+  const sha = createHash("sha256");
+  const xxh = new PartialHasher();
+  const mac = new Proof(key);
+  for (let i = 0; i < chunks.length; i++) {
+    await readChunk(storage, path, chunks[i], places[i], (raw) => {
+      sha.update(raw);
+      xxh.update(raw);
+      mac.update(raw);
+    });
+  }
+  if (sha.digest("hex") !== hashHex) {
+    // The client's list is wrong, or a chunk's bytes no longer hash to its
+    // name (damaged behind CRCs that still hold): only the second is ours.
+    for (let i = 0; i < chunks.length; i++) {
+      const h = createHash("sha256");
+      await readChunk(storage, path, chunks[i], places[i], (raw) => h.update(raw));
+      if (h.digest("hex") !== chunks[i]) {
+        await storage.index.markDamaged(hexToBytes(chunks[i]), "content does not match its hash");
+        throw new KeepError(
+          "conflict",
+          `Cannot record ${path}: a stored chunk of it is damaged; back up again to send it`,
+        );
+      }
+    }
+    throw forbidden(`its chunks do not make the content ${hashHex.slice(0, 12)}…`);
+  }
+  if (mac.digest() !== proof) {
+    throw forbidden(`its proof of possession does not match the content ${hashHex.slice(0, 12)}…`);
+  }
+  return { xxh: xxh.digest(), stored };
+}
+
+/** Feeds the raw bytes of chunk `hex` to `sink`; damage marks the chunk and is a conflict. */
+async function readChunk(
+  storage: Storage,
+  path: string,
+  hex: string,
+  place: BlobPlace,
+  sink: (raw: Uint8Array) => void,
+): Promise<void> {
+  let total = 0;
+  try {
+    const split = new MemberSplitter();
+    for await (const piece of await storage.blobs.pieces(hex, place)) {
+      split.push(piece.slice());
+      for (let m = split.next(); m; m = split.next()) {
+        const raw = decodeMemberTransient(m);
+        total += raw.length;
+        sink(raw);
+      }
+    }
+    split.end();
+    if (total !== place.size) {
+      throw new KeepError("integrity", `chunk ${hex} holds ${total} bytes, not ${place.size}`);
+    }
+  } catch (err) {
+    if (!(err instanceof KeepError) || (err.code !== "integrity" && err.code !== "invalid")) {
+      throw err;
+    }
+    await storage.index.markDamaged(hexToBytes(hex), err.message);
+    throw new KeepError(
+      "conflict",
+      `Cannot record ${path}: a stored chunk of it is damaged; back up again to send it`,
+    );
+  }
 }

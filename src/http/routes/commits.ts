@@ -14,6 +14,7 @@ import { receiveUpload } from "../upload.ts";
 import { readJson } from "../json_body.ts";
 import { NEGOTIATE_BATCH, type NegotiateAnswer } from "../../format/possession.ts";
 import { hexToBytes } from "../../format/hex.ts";
+import { CHUNKED_FILE_MIN } from "../../format/fastcdc.ts";
 import { possessionKeys } from "../../server/possession.ts";
 
 /** The route group. */
@@ -47,6 +48,9 @@ export function commitRoutes(ctx: AppContext): Hono<Env> {
       nonce,
       key: Buffer.from(key).toString("hex"),
       have: (hashes as string[]).filter((h) => known.has(h)),
+      chunkOver: index.chunking
+        ? ctx.limits.chunkOverBytes === undefined ? CHUNKED_FILE_MIN : ctx.limits.chunkOverBytes
+        : null,
     };
     return c.json(answer);
   });
