@@ -22,6 +22,7 @@ import { collectNow } from "../platform/memory.ts";
 import type { ChangeRecord, CommitInfo, Entry, UploadHeader } from "../format/manifest.ts";
 import {
   ChunkHasher,
+  type ChunkRef,
   type CompressMode,
   type PackStats,
   packUpload,
@@ -576,7 +577,9 @@ class Backup {
         }
       }
     }
-    const partial = byChunk.size ? await this.#negotiateChunks(send, [...byChunk]) : new Map();
+    const partial = byChunk.size
+      ? await this.#negotiateChunks(send, [...byChunk], (answer ?? await ask([])).key)
+      : new Map();
     for (const p of partial.values()) bytes += p.heldBytes;
     if (!proven.size && !partial.size) return none;
     return {
@@ -587,38 +590,47 @@ class Backup {
   }
 
   /**
-   * Cuts each of `rows`' files into chunks as the upload will (FastCDC),
-   * hashes the chunks and asks which the store holds. The upload then sends
-   * only the others (client/upload.ts). Files that share none, moved, or
-   * could not be read are sent as usual.
+   * Reads each of `rows`' files once: cuts it into chunks as the upload of a
+   * big file does (FastCDC), hashes each chunk and the whole file, and makes
+   * the proof of possession under the negotiation's key; then asks which of
+   * the chunks the store holds. The upload sends only the others and names
+   * the file in a `have` record (client/upload.ts). Files that share no
+   * chunk, moved, or could not be read are sent as usual.
    */
-  async #negotiateChunks(send: ScanTable, rows: number[]): Promise<Partial> {
+  async #negotiateChunks(send: ScanTable, rows: number[], key: Negotiated): Promise<Partial> {
     const out: Partial = new Map();
-    const lists = new Map<number, { hash: string; size: number }[]>();
+    const cut = new Map<number, { hash: string; proof: string; chunks: ChunkRef[] }>();
     const all = new Set<string>();
     let total = 0;
     for (const k of rows) total += send.size(k);
     this.#phase("negotiate", `cutting ${rows.length} big files into chunks (${total} bytes)`);
     for (const k of rows) {
-      const list: { hash: string; size: number }[] = [];
-      const cuts = new ChunkHasher((hash, size) => list.push({ hash, size }));
-      if (!readStable(this.#root, send, k, (b) => cuts.push(b))) continue;
+      const chunks: ChunkRef[] = [];
+      const sha = createHash("sha256");
+      const proof = new Proof(key.key);
+      const cuts = new ChunkHasher((hash, size) => chunks.push({ hash, size }));
+      const read = readStable(this.#root, send, k, (b) => {
+        sha.update(b);
+        proof.update(b);
+        cuts.push(b);
+      });
+      if (!read) continue;
       cuts.end();
-      lists.set(k, list);
-      for (const c of list) all.add(c.hash);
+      cut.set(k, { hash: sha.digest("hex"), proof: proof.digest(), chunks });
+      for (const c of chunks) all.add(c.hash);
     }
     if (!all.size) return out;
     const had = await this.#remote.negotiate!([...all]);
-    for (const [k, list] of lists) {
+    for (const [k, f] of cut) {
       const held = new Set<string>();
       let heldBytes = 0;
-      for (const c of list) {
+      for (const c of f.chunks) {
         if (had.have.has(c.hash) && !held.has(c.hash)) {
           held.add(c.hash);
           heldBytes += c.size;
         }
       }
-      if (held.size) out.set(send.path(k), { held, heldBytes, ...had.key });
+      if (held.size) out.set(send.path(k), { ...f, held, heldBytes, nonce: key.nonce });
     }
     return out;
   }

@@ -22,7 +22,6 @@ import { churned } from "../platform/memory.ts";
 import { type Level, MAX_MEMBER_RAW, writeMember } from "../format/gzip_member.ts";
 import { createHash, type Hash } from "node:crypto";
 import { CDC_SIZES, CHUNKED_FILE_MIN, FastCdc } from "../format/fastcdc.ts";
-import { Proof } from "../format/possession.ts";
 import { lstatNs, type NativeStat, NotRegularFileError, TreeFile } from "../platform/fs_native.ts";
 import {
   type ChangeRecord,
@@ -78,13 +77,25 @@ export interface PackOptions {
 /** Files sent in part: the chunks the store holds, and the key of the proof. */
 export type Partial = Map<string, PartialSend>;
 
+/** A chunk of a file: its SHA-256 (hex) and size. */
+export interface ChunkRef {
+  hash: string;
+  size: number;
+}
+
+/** What the negotiation found of a file the store holds in part (read as scanned). */
 export interface PartialSend {
-  /** SHA-256 hex of the chunks the store holds. */
+  /** The whole file's SHA-256 (hex). */
+  hash: string;
+  /** Its proof of possession under the negotiation's key (nonce). */
+  proof: string;
+  nonce: string;
+  /** Its chunks, in order. */
+  chunks: ChunkRef[];
+  /** The chunks the store holds. */
   held: Set<string>;
   /** Their raw bytes (for the report). */
   heldBytes: number;
-  nonce: string;
-  key: Uint8Array;
 }
 
 /**
@@ -440,14 +451,17 @@ class UploadWriter {
     this.#options.onProgress?.(this.#stats);
   }
   /**
-   * A big file the store holds in part: its chunks (cut as in #sendStreamed)
-   * that the store lacks go as `chunk` control entries, named after the file
-   * and the chunk's offset so `tar -tzvf` shows what was sent; then a `have`
-   * record lists every chunk, with the file's hash and a proof over all of
-   * its bytes. A file that moved while read keeps its last version.
+   * A big file the store holds in part (see PartialSend: hashed, cut and
+   * proven by the negotiation): the chunks the store lacks go as `chunk`
+   * control entries, named after the file and the chunk's offset so
+   * `tar -tzvf` shows what was sent, each read again and checked against its
+   * hash; then a `have` record names every chunk. A file that is not as
+   * scanned (size, mtime, ctime) before or after keeps its last version.
    */
   async *#sendChunks(e: ScanEntry, part: PartialSend): AsyncGenerator<Uint8Array[]> {
     const abs = `${this.#options.root}/${e.path}`;
+    const moved = () =>
+      this.#problem({ path: e.path, reason: "changed while being read", kind: "unsettled" });
     let file: TreeFile;
     try {
       file = TreeFile.open(abs);
@@ -457,61 +471,50 @@ class UploadWriter {
       } else this.#problem({ path: e.path, reason: reasonOf(err), kind: "unreadable" });
       return;
     }
-    const st0 = file.stat;
-    const sha = createHash("sha256");
-    const proof = new Proof(part.key);
-    const list: string[] = [];
-    let offset = 0;
-    let moved = false;
-    const chunks = new ChunkHasher((hash, size, bytes) => {
-      list.push(hash);
-      if (!part.held.has(hash)) {
-        this.#control(`.keep-chunk/${e.path}@${offset}`, "chunk", bytes!);
-      }
-      offset += size;
-    }, true);
+    const scanned = { kind: "file" as const, size: e.size, mtime: e.mtime, ctime: e.ctime };
     try {
-      let left = st0.size;
-      const buf = new Uint8Array(MAX_MEMBER_RAW);
-      while (left > 0) {
-        const want = Math.min(left, buf.length);
-        const got = file.readSync(buf.subarray(0, want)) ?? 0;
-        if (got === 0) {
-          moved = true; // shrank
-          break;
+      if (!sameStat(scanned, file.stat)) return moved();
+      let offset = 0;
+      let buf = new Uint8Array(0);
+      for (const c of part.chunks) {
+        if (!part.held.has(c.hash)) {
+          if (buf.length < c.size) buf = new Uint8Array(Math.max(c.size, CDC_SIZES.max));
+          const bytes = buf.subarray(0, c.size);
+          file.seekSync(offset, Deno.SeekMode.Start);
+          let got = 0;
+          while (got < c.size) {
+            const n = file.readSync(bytes.subarray(got));
+            if (n === null || n === 0) break;
+            got += n;
+          }
+          if (got < c.size || createHash("sha256").update(bytes).digest("hex") !== c.hash) {
+            return moved();
+          }
+          this.#control(`.keep-chunk/${e.path}@${offset}`, "chunk", bytes);
+          this.#stats.bytesRead += c.size;
+          if (this.#out.ready >= BATCH_BLOCKS) yield this.#out.take();
+          if (this.#options.signal?.aborted) throw this.#options.signal.reason;
         }
-        const piece = buf.subarray(0, got);
-        sha.update(piece);
-        proof.update(piece);
-        chunks.push(piece);
-        left -= got;
-        this.#stats.bytesRead += got;
-        if (this.#out.ready >= BATCH_BLOCKS) yield this.#out.take();
-        if (this.#options.signal?.aborted) throw this.#options.signal.reason;
+        offset += c.size;
       }
-      chunks.end();
-      if (!sameStat(st0, lstatNs(abs))) moved = true;
+      if (!sameStat(scanned, lstatNs(abs))) return moved();
     } finally {
       file.close();
-    }
-    if (moved) {
-      this.#problem({ path: e.path, reason: "changed while being read", kind: "unsettled" });
-      return;
     }
     this.#changes.push({
       op: "have",
       e: {
         path: e.path,
         type: "f",
-        size: st0.size,
-        mode: st0.mode,
-        mtime: st0.mtime,
-        ctime: st0.ctime,
-        hash: sha.digest("hex"),
+        size: e.size,
+        mode: e.mode,
+        mtime: e.mtime,
+        ctime: e.ctime,
+        hash: part.hash,
       },
       n: part.nonce,
-      proof: proof.digest(),
-      c: list,
+      proof: part.proof,
+      c: part.chunks.map((c) => c.hash),
     });
     this.#stats.entriesSent++;
     this.#stats.filesSent++;

@@ -418,7 +418,7 @@ function decode(member: Uint8Array, transient: boolean): Uint8Array {
   const rawLen = v.getUint32(20, true);
   if (rawLen > MAX_MEMBER_RAW) throw corrupt(`declares ${rawLen} raw bytes`);
   const body = member.subarray(HEADER, member.length - TRAILER);
-  let raw = decodeStored(body, rawLen);
+  let raw = decodeStored(body, rawLen, transient);
   if (!raw) {
     let out: Uint8Array;
     if (transient) {
@@ -445,7 +445,7 @@ function decode(member: Uint8Array, transient: boolean): Uint8Array {
 }
 
 /** Decodes a deflate stream made only of stored blocks; null if it has others. */
-function decodeStored(body: Uint8Array, rawLen: number): Uint8Array | null {
+function decodeStored(body: Uint8Array, rawLen: number, transient: boolean): Uint8Array | null {
   if (body.length !== storedSize(rawLen) || (body[0] & 0x06) !== 0) return null;
   if (rawLen <= 65535 && body[0] === 1) {
     // One final stored block: the payload is a view, no copy.
@@ -453,7 +453,11 @@ function decodeStored(body: Uint8Array, rawLen: number): Uint8Array | null {
     const nn = body[3] | (body[4] << 8);
     return (n ^ 0xffff) === nn && n === rawLen ? body.subarray(5, 5 + n) : null;
   }
-  const out = new Uint8Array(rawLen);
+  // Into the scratch buffer for a transient decode: no buffer per member.
+  if (transient && inflateScratch.length < rawLen + 1) {
+    inflateScratch = new Uint8Array(MAX_MEMBER_RAW + 1);
+  }
+  const out = transient ? inflateScratch.subarray(0, rawLen) : new Uint8Array(rawLen);
   let i = 0;
   let o = 0;
   for (;;) {

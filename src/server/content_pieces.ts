@@ -7,6 +7,8 @@
  */
 
 import { KeepError } from "../errors.ts";
+import { churned } from "../platform/memory.ts";
+import { decodeMemberTransient, MemberSplitter } from "../format/gzip_member.ts";
 import type { BlobPlace } from "./storage/blob_store.ts";
 import type { Storage } from "./storage/open.ts";
 
@@ -68,4 +70,30 @@ export async function chunkPieces(
     for (let i = 1; i < list.length; i++) yield* await storage.blobs.pieces(list[i], places[i]);
   })();
   return { pieces, size, stored };
+}
+
+/**
+ * Cuts stored pieces into members and inflates each (CRC and length
+ * checked), handing the raw bytes to `sink` (valid during the call). Returns
+ * the raw size; throws KeepError (integrity or invalid) on damaged members.
+ */
+export async function forEachRaw(
+  pieces: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  sink: (raw: Uint8Array) => void,
+): Promise<number> {
+  const split = new MemberSplitter();
+  let total = 0;
+  for await (const piece of pieces) {
+    // A copy: the splitter holds the piece past the next one's read, which
+    // may reuse its buffer.
+    split.push(piece.slice());
+    churned(piece.length);
+    for (let m = split.next(); m; m = split.next()) {
+      const raw = decodeMemberTransient(m);
+      total += raw.length;
+      sink(raw);
+    }
+  }
+  split.end();
+  return total;
 }

@@ -14,12 +14,12 @@
 
 import { createHash, createHmac, randomBytes } from "node:crypto";
 import { KeepError } from "../errors.ts";
-import { decodeMemberTransient, MemberSplitter } from "../format/gzip_member.ts";
 import { hexToBytes } from "../format/hex.ts";
 import { PartialHasher } from "../format/partial_hash.ts";
 import { Proof } from "../format/possession.ts";
 import type { Storage } from "./storage/open.ts";
-import { contentPieces } from "./content_pieces.ts";
+import { contentPieces, forEachRaw } from "./content_pieces.ts";
+import { decodeMemberTransient, MemberSplitter } from "../format/gzip_member.ts";
 import type { BlobPlace } from "./storage/blob_store.ts";
 
 /** How long a negotiation's key is accepted. */
@@ -104,18 +104,11 @@ export async function checkPossession(
   const mac = new Proof(key);
   let total = 0;
   try {
-    const split = new MemberSplitter();
-    for await (const piece of await contentPieces(storage, hashHex, place)) {
-      split.push(piece.slice());
-      for (let m = split.next(); m; m = split.next()) {
-        const raw = decodeMemberTransient(m);
-        total += raw.length;
-        sha.update(raw);
-        xxh.update(raw);
-        mac.update(raw);
-      }
-    }
-    split.end();
+    total = await forEachRaw(await contentPieces(storage, hashHex, place), (raw) => {
+      sha.update(raw);
+      xxh.update(raw);
+      mac.update(raw);
+    });
   } catch (err) {
     if (!(err instanceof KeepError) || (err.code !== "integrity" && err.code !== "invalid")) {
       throw err;
@@ -200,8 +193,9 @@ export async function checkChunkedPossession(
   const sha = createHash("sha256");
   const xxh = new PartialHasher();
   const mac = new Proof(key);
+  const buf = { bytes: new Uint8Array(0) };
   for (let i = 0; i < chunks.length; i++) {
-    await readChunk(storage, path, chunks[i], places[i], (raw) => {
+    await readChunk(storage, path, chunks[i], places[i], buf, (raw) => {
       sha.update(raw);
       xxh.update(raw);
       mac.update(raw);
@@ -212,7 +206,7 @@ export async function checkChunkedPossession(
     // name (damaged behind CRCs that still hold): only the second is ours.
     for (let i = 0; i < chunks.length; i++) {
       const h = createHash("sha256");
-      await readChunk(storage, path, chunks[i], places[i], (raw) => h.update(raw));
+      await readChunk(storage, path, chunks[i], places[i], buf, (raw) => h.update(raw));
       if (h.digest("hex") !== chunks[i]) {
         await storage.index.markDamaged(hexToBytes(chunks[i]), "content does not match its hash");
         throw new KeepError(
@@ -229,26 +223,34 @@ export async function checkChunkedPossession(
   return { xxh: xxh.digest(), stored };
 }
 
-/** Feeds the raw bytes of chunk `hex` to `sink`; damage marks the chunk and is a conflict. */
+/**
+ * Feeds the raw bytes of chunk `hex` to `sink`; damage marks the chunk and is
+ * a conflict. A local pack blob is read into `buf` (reused chunk after chunk:
+ * a proof over a big file reads hundreds of MB, a buffer each would raise the
+ * server's RSS by as much before a GC).
+ */
 async function readChunk(
   storage: Storage,
   path: string,
   hex: string,
   place: BlobPlace,
+  buf: { bytes: Uint8Array },
   sink: (raw: Uint8Array) => void,
 ): Promise<void> {
-  let total = 0;
   try {
-    const split = new MemberSplitter();
-    for await (const piece of await storage.blobs.pieces(hex, place)) {
-      split.push(piece.slice());
+    let total = 0;
+    if (storage.blobs.readPacked && place.pack !== null) {
+      const stored = storage.blobs.readPacked(hex, place, buf.bytes);
+      if (stored.buffer !== buf.bytes.buffer) buf.bytes = new Uint8Array(stored.buffer);
+      const split = new MemberSplitter();
+      split.push(stored);
       for (let m = split.next(); m; m = split.next()) {
         const raw = decodeMemberTransient(m);
         total += raw.length;
         sink(raw);
       }
-    }
-    split.end();
+      split.end();
+    } else total = await forEachRaw(await storage.blobs.pieces(hex, place), sink);
     if (total !== place.size) {
       throw new KeepError("integrity", `chunk ${hex} holds ${total} bytes, not ${place.size}`);
     }

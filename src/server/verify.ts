@@ -15,11 +15,10 @@
 
 import { createHash } from "node:crypto";
 import type { VerifyReport } from "../format/api.ts";
-import { decodeMemberTransient, MemberSplitter } from "../format/gzip_member.ts";
 import { bytesToHex, hexToBytes } from "../format/hex.ts";
 import type { BlobPlace } from "./storage/blob_store.ts";
 import type { Storage } from "./storage/open.ts";
-import { contentPieces } from "./content_pieces.ts";
+import { contentPieces, forEachRaw } from "./content_pieces.ts";
 
 export interface VerifyOptions {
   /** Skip re-hashing blob contents (structure checks only). */
@@ -40,17 +39,10 @@ export async function checkBlob(
 ): Promise<string | null> {
   try {
     const h = createHash("sha256");
-    const split = new MemberSplitter();
-    let total = 0;
-    for await (const chunk of await contentPieces(storage, hashHex, place)) {
-      split.push(chunk.slice());
-      for (let m = split.next(); m; m = split.next()) {
-        const raw = decodeMemberTransient(m);
-        total += raw.length;
-        h.update(raw);
-      }
-    }
-    split.end();
+    const total = await forEachRaw(
+      await contentPieces(storage, hashHex, place),
+      (raw) => h.update(raw),
+    );
     if (total !== place.size) return `size ${total}, expected ${place.size}`;
     const got = h.digest("hex");
     return got === hashHex ? null : `content hash is ${got}`;

@@ -110,6 +110,13 @@ export interface BlobStore {
    * is read whole): it throws integrity then, so an archive can name the file.
    */
   pieces(hashHex: string, place: BlobPlace): Promise<AsyncIterable<Uint8Array>>;
+  /**
+   * A pack blob's stored bytes read into `buf` (grown when too small; the
+   * returned view may be a new buffer): for readers of many blobs one after
+   * another, with no buffer per blob. Throws integrity as `pieces` does.
+   * Absent where reads are not local (object stores): use `pieces`.
+   */
+  readPacked?(hashHex: string, place: BlobPlace, buf: Uint8Array): Uint8Array;
   /** Size in bytes of a pack, or null when it is missing. */
   packSize(pack: number): Promise<number | null>;
   /** Size in bytes of a large blob (of generation `gen`), or null when it is missing. */

@@ -298,6 +298,14 @@ export class LocalBlobStore implements BlobStore {
     }
   }
 
+  readPacked(hashHex: string, place: BlobPlace, buf: Uint8Array): Uint8Array {
+    const into = buf.length >= place.stored
+      ? buf.subarray(0, place.stored)
+      : new Uint8Array(Math.max(place.stored, 2 * buf.length, 1 << 20)).subarray(0, place.stored);
+    this.#readPack(hashHex, place, into);
+    return into;
+  }
+
   pieces(hashHex: string, place: BlobPlace): Promise<AsyncIterable<Uint8Array>> {
     return new Promise((resolve) => resolve(this.piecesSync(hashHex, place)));
   }
