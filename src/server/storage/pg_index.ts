@@ -1670,8 +1670,9 @@ export class PgIndex implements IndexStore {
   //    and pack seals are stamped by the database (keep_now()), never by a
   //    server, so "marked after the upload began" is decided by one clock.
   // 2. Marks never straddle a registration. A marking transaction
-  //    (cleanHistory, gcMark) holds the advisory lock LOCK_MARK exclusively
-  //    and stamps after taking it; registering an upload takes it shared.
+  //    (cleanHistory, gcMark, a sweep that frees a chunked file's chunks)
+  //    holds the advisory lock LOCK_MARK exclusively and stamps after taking
+  //    it; registering an upload takes it shared.
   //    So each marking transaction either committed before the upload was
   //    registered (the upload's knownBlobs, later, sees its marks and
   //    unmarks them) or stamps a time after the upload's start (GC's cutoff,
