@@ -1231,7 +1231,7 @@ interface IndexReader {
   hex(c: string): string;
 }
 
-Deno.test("chunks on RGW: a 20 MB file edited in its middle stores a few chunks in packs, alike through PostgreSQL and SQLite; both commits restore, verify is clean, GC frees the forgotten chunks and keeps the shared ones", async () => {
+Deno.test("chunks on RGW: a 20 MB file edited in its middle stores a few chunks in packs, alike through PostgreSQL and SQLite; both commits restore, verify is clean, GC frees the forgotten chunks and keeps the shared ones, a lost pack of chunks is repaired by the next backup", async () => {
   const env = await services();
   await using db = await freshDatabase(env);
   const s3 = bucketClient(env);
@@ -1362,7 +1362,41 @@ Deno.test("chunks on RGW: a 20 MB file edited in its middle stores a few chunks 
       await keepOk(["restore", dest], 0, cli);
       assertEquals(sha256(Deno.readFileSync(join(dest, "out/app.bin"))), f2, `${name}: after GC`);
       assertMatch((await keepOk(["verify", "--server", url], 0)).stdout, /OK/);
-      figures[name] = { chunks1, distinct1, stored1, added, grown, only, swept: first + second };
+
+      // A pack of v2's chunks deleted behind the server's back: verify finds its blobs and the
+      // file (through its list) damaged and marks them; the next backup sends the file again,
+      // which repairs the chunks and the file's row, its list rewritten whole.
+      const pack = await index.count(`SELECT pack AS n FROM blobs WHERE ${among([kept[0]])}`);
+      const lost = await index.count(`SELECT count(*) AS n FROM blobs WHERE pack = ${pack}`);
+      const listRows = () =>
+        index.count(`SELECT count(*) AS n FROM chunks WHERE ${index.hex("file")} = '${f2}'`);
+      const rows2 = await listRows();
+      await s3.deleteMany([`${prefixes[name]}packs/${pack}.pack`]);
+      const broken = await keep(["verify", "--server", url, "--json"]);
+      assertEquals(broken.code, 4, broken.stderr);
+      const damaged = json<{ damaged: { hash: string }[] }>(broken).damaged.map((d) => d.hash);
+      assert(damaged.includes(f2) && damaged.includes(kept[0]), `${name}: ${damaged}`);
+      assertEquals(damaged.length, lost + 1, `${name}: the pack's ${lost} blobs and the file`);
+      const repair = await backup();
+      assertEquals(repair.stats.newBlobs, lost + 1, `${name}: all of them sent again`);
+      assertEquals(await listRows(), rows2, `${name}: the repaired file's list, once`);
+      const healed = await tempDir();
+      await keepOk(["restore", healed], 0, cli);
+      assertEquals(sha256(Deno.readFileSync(join(healed, "out/app.bin"))), f2, `${name}: repaired`);
+      const sound = json<{ ok: boolean; damaged: unknown[] }>(
+        await keepOk(["verify", "--server", url, "--json"], 0),
+      );
+      assertEquals([sound.ok, sound.damaged.length], [true, 0], `${name}: verify after the repair`);
+      figures[name] = {
+        chunks1,
+        distinct1,
+        stored1,
+        added,
+        grown,
+        only,
+        swept: first + second,
+        lost,
+      };
     }
     // The two indexes hold the same: the client's chunks and members, kept as they came.
     assertEquals(figures.pg, figures.sqlite);
