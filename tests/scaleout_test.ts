@@ -16,8 +16,14 @@
  *   refusal; a web UI session made through one node used on another;
  *   keep migrate from a data dir into RGW + PostgreSQL and back (backups
  *   there, the id counters moved on; names whose UTF-8 and UTF-16 orders
- *   differ), into a database whose default collation is not C, and
- *   refused while a node serves the database.
+ *   differ; big files in chunks), into a database whose default collation
+ *   is not C, and refused while a node serves the database.
+ * - Big files in chunks (packs in RGW), through PostgreSQL and through
+ *   SQLite alike: an edit in the middle stores a chunk or few, both
+ *   commits restore, verify is clean, GC frees the chunks only the
+ *   forgotten version held and keeps the shared ones. Cases about a large
+ *   blob's own object (multipart parts, its spool) keep files whole
+ *   (WHOLE_FILES); the others chunk files over 8 MiB, as a server does.
  * - Three servers on one database and prefix: hosts backing up one project
  *   at once through all three land in a chain, each commit restored
  *   through another server; kill -9 of one in the middle of an upload (the
@@ -38,6 +44,7 @@
 import postgres from "postgres";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { commitHeader, Upload } from "./craft.ts";
 import { post } from "./hostile.ts";
@@ -75,11 +82,17 @@ import { PgIndex } from "../src/server/storage/pg_index.ts";
 async function s3Server(env: ServicesEnv, prefix: string, args: string[] = [], dataDir?: string) {
   return await startServer({
     dataDir,
-    // Whole files: these cases are about large blobs' multipart objects.
-    args: ["--blobs", `s3://${env.KEEP_S3_BUCKET}/${prefix}`, "--chunk-over", "off", ...args],
+    args: ["--blobs", `s3://${env.KEEP_S3_BUCKET}/${prefix}`, ...args],
     env: { ...env },
   });
 }
+
+/**
+ * serve's flag for whole files: the cases about a large blob's object
+ * (multipart parts, its spool while it arrives) keep big files whole; the
+ * others store files over 8 MiB as chunks in packs, as a server does.
+ */
+const WHOLE_FILES = ["--chunk-over", "off"];
 
 async function keys(s3: S3Client, prefix: string): Promise<{ key: string; size: number }[]> {
   const out: { key: string; size: number }[] = [];
@@ -97,7 +110,8 @@ Deno.test("s3 blobs: backup, restore, log, ls, verify, prune and GC end to end o
   const env = await services();
   const s3 = bucketClient(env);
   const prefix = freshPrefix("e2e");
-  await using server = await s3Server(env, prefix, ["--gc-grace", "0s"]);
+  // Whole files: this case is about large blobs' multipart objects.
+  await using server = await s3Server(env, prefix, ["--gc-grace", "0s", ...WHOLE_FILES]);
   const src = await tempDir();
   const cli = { env: { KEEP_SERVER: server.url, KEEP_PROJECT: "app" } };
   const snaps: [string, Snapshot][] = [];
@@ -239,7 +253,8 @@ Deno.test("s3 blobs: radosgw stopped between two backups gives 503 and exit 5, a
 Deno.test("s3 blobs: kill -9 of the server in the middle of an upload leaves no commit and nothing verify finds wrong", async () => {
   const env = await services();
   const prefix = freshPrefix("kill");
-  const first = await s3Server(env, prefix);
+  // Whole files: the kill comes while a large blob is spooled for its multipart upload.
+  const first = await s3Server(env, prefix, WHOLE_FILES);
   const src = await tempDir();
   const cli = (url: string) => ({ env: { KEEP_SERVER: url, KEEP_PROJECT: "app" } });
   writeTree(src, { ...smallFiles(300, 4), "big/a.bin": randomData(40_000_000) });
@@ -253,7 +268,7 @@ Deno.test("s3 blobs: kill -9 of the server in the middle of an upload leaves no 
   await first.stop("SIGKILL");
   const cut = await backup;
   assertEquals(cut.code, 5, cut.stderr);
-  await using again = await s3Server(env, prefix, [], first.dataDir);
+  await using again = await s3Server(env, prefix, WHOLE_FILES, first.dataDir);
   assertEquals(
     [...Deno.readDirSync(tmp)].filter((e) => e.name.endsWith(".s3part")).length,
     0,
@@ -940,9 +955,10 @@ async function assertStoreSound(
     WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = v.hash)`;
   assertEquals(Number(missing.n), 0, "versions whose content has no row");
   const objects = new Set((await keys(s3, prefix)).map((o) => o.key.slice(prefix.length)));
-  const rows = await sql`SELECT encode(hash, 'hex') AS hash, pack, "offset" FROM blobs`;
+  const rows = await sql`SELECT encode(hash, 'hex') AS hash, pack, "offset", chunked FROM blobs`;
   const large = new Set<string>();
   for (const r of rows) {
+    if (r.chunked !== null) continue; // a big file in chunks: no object of its own
     if (r.pack === null) {
       const name = `blobs/${r.hash}.${r.offset}`;
       assert(objects.has(name), `the object of large blob ${r.hash} is there`);
@@ -958,6 +974,17 @@ async function assertStoreSound(
   assertEquals(unknown, [], "pack objects the index forgot");
   const [staged] = await sql`SELECT count(*) AS n FROM stage`;
   assertEquals(Number(staged.n), 0, "staged rows left behind");
+  const [lists] = await sql`
+    SELECT (SELECT count(*) FROM chunks k WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.hash = k.chunk)) AS lost,
+      (SELECT count(*) FROM chunks k WHERE NOT EXISTS (
+        SELECT 1 FROM blobs b WHERE b.hash = k.file AND b.chunked IS NOT NULL)) AS stale,
+      (SELECT count(*) FROM blobs b WHERE chunked IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM chunks k WHERE k.file = b.hash)) AS empty`;
+  assertEquals(
+    [Number(lists.lost), Number(lists.stale), Number(lists.empty)],
+    [0, 0, 0],
+    "chunk lists naming no blob, lists of no chunked file, chunked files without a list",
+  );
   return large;
 }
 
@@ -1013,7 +1040,8 @@ Deno.test("pg index: kill -9 of one of three servers in the middle of an upload:
   const sql = postgres(db.url, { max: 1, onnotice: () => {} });
   const s3 = bucketClient(env);
   const timeout = ["--upload-timeout", "8s", "--gc-grace", "0s"];
-  const a = await node(env, db.url, prefix, true, timeout);
+  // Whole files on a: the kill comes while a large blob is spooled for its multipart upload.
+  const a = await node(env, db.url, prefix, true, [...timeout, ...WHOLE_FILES]);
   await using b = await node(env, db.url, prefix, true, timeout);
   await using c = await node(env, db.url, prefix, true, timeout);
   try {
@@ -1169,6 +1197,216 @@ Deno.test("pg index: prune and GC on one of three servers while the other two ta
   }
 });
 
+/**
+ * About `n` bytes of real files back to back (binaries under /usr/bin and
+ * /usr/lib, each up to 4 MB): data that compresses and repeats as build
+ * output does, unlike random bytes.
+ */
+function systemBytes(n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  let at = 0;
+  for (const dir of ["/usr/bin", "/usr/lib/x86_64-linux-gnu"]) {
+    const names = [...Deno.readDirSync(dir)].filter((e) => e.isFile).map((e) => e.name).sort();
+    for (const name of names) {
+      if (at === n) return out;
+      try {
+        if (Deno.statSync(join(dir, name)).size > 4_000_000) continue;
+        const data = Deno.readFileSync(join(dir, name));
+        const take = Math.min(data.length, n - at);
+        out.set(data.subarray(0, take), at);
+        at += take;
+      } catch { /* unreadable: the next one */ }
+    }
+  }
+  if (at < n) throw new Error(`only ${at} bytes of files under /usr`);
+  return out;
+}
+
+/** A server's index read directly (PostgreSQL, or the data dir's SQLite): counts and hashes. */
+interface IndexReader {
+  count(query: string): Promise<number>;
+  /** The column `h` of every row, as hex. */
+  hexes(query: string): Promise<string[]>;
+  /** SQL for column `c` as lower-case hex. */
+  hex(c: string): string;
+}
+
+Deno.test("chunks on RGW: a 20 MB file edited in its middle stores a few chunks in packs, alike through PostgreSQL and SQLite; both commits restore, verify is clean, GC frees the forgotten chunks and keeps the shared ones, a lost pack of chunks is repaired by the next backup", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const s3 = bucketClient(env);
+  const grace = ["--gc-grace", "0s"];
+  const prefixes = { pg: freshPrefix("pgchunks"), sqlite: freshPrefix("chunks") };
+  await using pgServer = await node(env, db.url, prefixes.pg, true, grace);
+  await using liteServer = await s3Server(env, prefixes.sqlite, grace);
+  const sql = postgres(db.url, { max: 1, onnotice: () => {} });
+  const lite = new DatabaseSync(join(liteServer.dataDir, "index.db"), { readOnly: true });
+  type Row = Record<string, unknown>;
+  const stores: { name: "pg" | "sqlite"; url: string; index: IndexReader }[] = [
+    {
+      name: "pg",
+      url: pgServer.url,
+      index: {
+        count: async (q) => Number((await sql.unsafe(q))[0].n),
+        hexes: async (q) => (await sql.unsafe(q)).map((r) => r.h as string),
+        hex: (c) => `encode(${c}, 'hex')`,
+      },
+    },
+    {
+      name: "sqlite",
+      url: liteServer.url,
+      index: {
+        count: (q) => Promise.resolve(Number((lite.prepare(q).get() as Row).n)),
+        hexes: (q) => Promise.resolve((lite.prepare(q).all() as Row[]).map((r) => r.h as string)),
+        hex: (c) => `lower(hex(${c}))`,
+      },
+    },
+  ];
+  try {
+    const v1 = systemBytes(20_000_000);
+    const v2 = v1.slice();
+    v2.set(randomData(4096), 10_000_000); // 4 KiB in the middle rewritten
+    const [f1, f2] = [sha256(v1), sha256(v2)];
+    const src = await tempDir();
+    const figures: Record<string, unknown> = {};
+    for (const { name, url, index } of stores) {
+      const cli = { env: { KEEP_SERVER: url, KEEP_PROJECT: "app" } };
+      const backup = async () =>
+        json<{ commit: { id: string; stats: { newBlobs: number } } }>(
+          await keepOk(["backup", "--settle", "0", "--json", src], 0, cli),
+        ).commit;
+      const stored = () =>
+        index.count("SELECT coalesce(sum(stored), 0) AS n FROM blobs WHERE chunked IS NULL");
+      const listed = (file: string) =>
+        index.hexes(`SELECT DISTINCT ${index.hex("chunk")} AS h FROM chunks
+          WHERE ${index.hex("file")} = '${file}'`);
+      const among = (hashes: string[]) =>
+        `${index.hex("hash")} IN (${hashes.map((h) => `'${h}'`).join(", ") || "''"})`;
+      const present = (hashes: string[]) =>
+        index.count(`SELECT count(*) AS n FROM blobs WHERE ${among(hashes)}`);
+      const unmarked = (hashes: string[]) =>
+        index.count(`SELECT count(*) AS n FROM blobs WHERE orphan IS NULL AND ${among(hashes)}`);
+
+      writeTree(src, { "out/app.bin": v1, "README": "a build\n" });
+      const one = await backup();
+      const chunks1 = await index.count("SELECT count(*) AS n FROM chunks");
+      const distinct1 = await index.count("SELECT count(DISTINCT chunk) AS n FROM chunks");
+      assertEquals(
+        await index.count("SELECT count(*) AS n FROM blobs WHERE chunked IS NOT NULL"),
+        1,
+        `${name}: the big file is one chunked row`,
+      );
+      // 20 MB in chunks of 128 KiB to 2 MiB.
+      assert(chunks1 >= 10 && chunks1 <= 160, `${name}: ${chunks1} chunks`);
+      assertEquals(
+        await keys(s3, `${prefixes[name]}blobs/`),
+        [],
+        `${name}: no large object, the chunks are in packs`,
+      );
+      const stored1 = await stored();
+      const stats = async () =>
+        json<{ store: { storedBytes: number } }>(await keepOk(["stats", "-s", url, "--json"]))
+          .store.storedBytes;
+      assertEquals(await stats(), stored1, `${name}: stats count the chunks, not the file's row`);
+
+      writeTree(src, { "out/app.bin": v2 });
+      const two = await backup();
+      const distinct2 = await index.count("SELECT count(DISTINCT chunk) AS n FROM chunks");
+      const grown = (await stored()) - stored1;
+      const added = distinct2 - distinct1;
+      // The chunk around the edit, and a neighbour or two where a cut moved.
+      assert(added >= 1 && added <= 6, `${name}: ${added} new chunks`);
+      assertEquals(two.stats.newBlobs, added + 1, `${name}: the new chunks and the file's row`);
+      assert(grown > 0 && grown <= added * (2 << 20) + 65536, `${name}: the store grew ${grown}`);
+      assert(grown * 4 < stored1, `${name}: grew ${grown} on ${stored1}`);
+      assertEquals(await stats(), stored1 + grown);
+
+      for (const [id, want] of [[one.id, v1], [two.id, v2]] as const) {
+        const dest = await tempDir();
+        await keepOk(["restore", "--commit", id, dest], 0, cli);
+        assertEquals(sha256(Deno.readFileSync(join(dest, "out/app.bin"))), sha256(want), id);
+      }
+      const clean = json<{ ok: boolean; blobs: number; damaged: unknown[] }>(
+        await keepOk(["verify", "--server", url, "--json"], 0),
+      );
+      assertEquals([clean.ok, clean.damaged.length], [true, 0], `${name}: verify`);
+
+      // GC: the first commit goes. Its file's row and list go, then the chunks only it held.
+      const own = await listed(f1);
+      const kept = await listed(f2);
+      const only = own.filter((h) => !kept.includes(h)).sort();
+      const shared = own.filter((h) => kept.includes(h));
+      assert(only.length >= 1 && only.length <= 6, `${name}: ${only.length} chunks only v1 holds`);
+      const prune = async () =>
+        json<{ gc: { blobsSwept: number } }>(
+          await keepOk(["prune", "--keep-last", "1", "--wait", "--json"], 0, cli),
+        ).gc.blobsSwept;
+      const first = await prune();
+      assertEquals(await present([f1]), 0, `${name}: the forgotten file's row is swept`);
+      assertEquals((await listed(f1)).length, 0, `${name}: its chunk list with it`);
+      assertEquals(await unmarked(only), 0, `${name}: its own chunks marked (or swept)`);
+      assertEquals(await unmarked(shared), shared.length, `${name}: the shared ones not`);
+      const second = await prune();
+      assertEquals(first + second, 1 + only.length, `${name}: swept ${first} + ${second}`);
+      assertEquals(await present(only), 0, `${name}: v1's own chunks are gone`);
+      assertEquals(await present(kept), kept.length, `${name}: every chunk of v2 is there`);
+      assertEquals(
+        await index.count(`SELECT count(*) AS n FROM blobs b
+          WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = b.hash)
+            AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = b.hash)
+            AND NOT EXISTS (SELECT 1 FROM chunks k WHERE k.chunk = b.hash)`),
+        0,
+        `${name}: no blob left that nothing refers to`,
+      );
+      const dest = await tempDir();
+      await keepOk(["restore", dest], 0, cli);
+      assertEquals(sha256(Deno.readFileSync(join(dest, "out/app.bin"))), f2, `${name}: after GC`);
+      assertMatch((await keepOk(["verify", "--server", url], 0)).stdout, /OK/);
+
+      // A pack of v2's chunks deleted behind the server's back: verify finds its blobs and the
+      // file (through its list) damaged and marks them; the next backup sends the file again,
+      // which repairs the chunks and the file's row, its list rewritten whole.
+      const pack = await index.count(`SELECT pack AS n FROM blobs WHERE ${among([kept[0]])}`);
+      const lost = await index.count(`SELECT count(*) AS n FROM blobs WHERE pack = ${pack}`);
+      const listRows = () =>
+        index.count(`SELECT count(*) AS n FROM chunks WHERE ${index.hex("file")} = '${f2}'`);
+      const rows2 = await listRows();
+      await s3.deleteMany([`${prefixes[name]}packs/${pack}.pack`]);
+      const broken = await keep(["verify", "--server", url, "--json"]);
+      assertEquals(broken.code, 4, broken.stderr);
+      const damaged = json<{ damaged: { hash: string }[] }>(broken).damaged.map((d) => d.hash);
+      assert(damaged.includes(f2) && damaged.includes(kept[0]), `${name}: ${damaged}`);
+      assertEquals(damaged.length, lost + 1, `${name}: the pack's ${lost} blobs and the file`);
+      const repair = await backup();
+      assertEquals(repair.stats.newBlobs, lost + 1, `${name}: all of them sent again`);
+      assertEquals(await listRows(), rows2, `${name}: the repaired file's list, once`);
+      const healed = await tempDir();
+      await keepOk(["restore", healed], 0, cli);
+      assertEquals(sha256(Deno.readFileSync(join(healed, "out/app.bin"))), f2, `${name}: repaired`);
+      const sound = json<{ ok: boolean; damaged: unknown[] }>(
+        await keepOk(["verify", "--server", url, "--json"], 0),
+      );
+      assertEquals([sound.ok, sound.damaged.length], [true, 0], `${name}: verify after the repair`);
+      figures[name] = {
+        chunks1,
+        distinct1,
+        stored1,
+        added,
+        grown,
+        only,
+        swept: first + second,
+        lost,
+      };
+    }
+    // The two indexes hold the same: the client's chunks and members, kept as they came.
+    assertEquals(figures.pg, figures.sqlite);
+    await assertStoreSound(sql, s3, prefixes.pg);
+  } finally {
+    lite.close();
+    await sql.end();
+  }
+});
+
 Deno.test("pg index: GC's mark and sweep on one connection while uploads on another count on the same content: no commit loses content, none is refused for it", async () => {
   const env = await services();
   await using db = await freshDatabase(env);
@@ -1272,7 +1510,7 @@ Deno.test("pg index: GC's mark and sweep on one connection while uploads on anot
         }
         const cutoff = Math.min(Date.now() + 1, await gc.oldestUploadStart() ?? Infinity);
         for (let after: number | null = 0; after !== null;) {
-          const s = await gc.gcSweep(after, cutoff, 10);
+          const s = await gc.gcSweep(after, cutoff, 10, Date.now());
           swept += s.swept;
           after = s.lastId;
         }
@@ -1564,31 +1802,92 @@ Deno.test("keep migrate refuses a PostgreSQL index a node serves, as source or a
   await keepOk(["migrate", "--from", from, "--to-blobs", blobs, "--to-index", db.url], 0, opts);
 });
 
-Deno.test("keep migrate refuses, in one line and before copying, a source with chunked big files into PostgreSQL", async () => {
+Deno.test("keep migrate: a data dir with big files in chunks into RGW + PostgreSQL and back: the chunk lists arrive, every commit restores, a backup there stores only the chunks around an edit, verified each way", async () => {
   const env = await services();
   await using db = await freshDatabase(env);
+  const prefix = freshPrefix("migchunks");
+  const blobs = `s3://${env.KEEP_S3_BUCKET}/${prefix}`;
   const from = await tempDir("keep-data-");
   const src = await tempDir();
-  writeTree(src, { "big.bin": randomData(9 << 20) });
+  const v1 = systemBytes(12 << 20);
+  const v2 = v1.slice();
+  v2.set(randomData(4096), 6 << 20);
+  const commits: [string, string][] = []; // id, the big file's hash
+  const backup = async (url: string, data: Uint8Array) => {
+    writeTree(src, { "big.bin": data, "small.txt": "small\n" });
+    const r = json<{ commit: { id: string; stats: { newBlobs: number } } }>(
+      await keepOk(["backup", "-s", url, "-p", "app", "--settle", "0", "--json", src]),
+    );
+    commits.push([r.commit.id, sha256(data)]);
+    return r.commit.stats.newBlobs;
+  };
+  const restoresAll = async (url: string) => {
+    for (const [id, hash] of commits) {
+      const dest = await tempDir();
+      await keepOk(["restore", "-s", url, "-p", "app", "--commit", id, dest]);
+      assertEquals(sha256(Deno.readFileSync(join(dest, "big.bin"))), hash, `commit ${id}`);
+    }
+    assertMatch((await keepOk(["verify", "--server", url], 0)).stdout, /OK/);
+  };
+  const sqliteLists = (dir: string) => {
+    const lite = new DatabaseSync(join(dir, "index.db"), { readOnly: true });
+    try {
+      return Number((lite.prepare("SELECT count(*) AS n FROM chunks").get() as { n: number }).n);
+    } finally {
+      lite.close();
+    }
+  };
   {
     await using server = await startServer({ dataDir: from });
-    await keepOk(["backup", "-s", server.url, "-p", "app", "--settle", "0", src]);
+    for (const v of [v1, v2]) await backup(server.url, v);
   }
-  const r = await keep(
-    [
-      "migrate",
-      "--from",
-      from,
-      "--to-blobs",
-      `s3://${env.KEEP_S3_BUCKET}/${freshPrefix("chunked")}`,
-      "--to-index",
-      db.url,
-    ],
-    { env: { ...env } },
+  const lists = sqliteLists(from);
+  // Two files of 12 MiB in chunks of at most 2 MiB.
+  assert(lists >= 12, `${lists} chunk list rows in the source`);
+  const opts = { env: { ...env } };
+  const there = json<{ verify: { ok: boolean }; finished: boolean; rows: Record<string, number> }>(
+    await keepOk(
+      ["migrate", "--from", from, "--to-blobs", blobs, "--to-index", db.url, "--json"],
+      0,
+      opts,
+    ),
   );
-  assertEquals(r.code, 2, r.stderr);
-  assertMatch(r.stderr, /^keep: Cannot migrate into .*: the source keeps big files in chunks/);
-  assertEquals(r.stderr.trim().split("\n").length, 1);
+  assertEquals([there.verify.ok, there.finished, there.rows.chunks], [true, true, lists]);
+  const sql = postgres(db.url, { max: 1, onnotice: () => {} });
+  try {
+    const [pg] = await sql`SELECT (SELECT count(*) FROM chunks) AS lists,
+      (SELECT count(*) FROM blobs WHERE chunked IS NOT NULL) AS files`;
+    assertEquals([Number(pg.lists), Number(pg.files)], [lists, 2]);
+    {
+      // Served from RGW + PostgreSQL: the copied chunks restore, and count for dedup.
+      await using server = await node(env, db.url, prefix);
+      await restoresAll(server.url);
+      const v3 = v2.slice();
+      v3.set(randomData(4096), 3 << 20);
+      const added = await backup(server.url, v3);
+      assert(added >= 2 && added <= 7, `${added} new blobs: a chunk or few and the file's row`);
+      await restoresAll(server.url);
+      await assertStoreSound(sql, bucketClient(env), prefix);
+    }
+    const [grown] = await sql`SELECT count(*) AS n FROM chunks`;
+    // And back into a data dir: every row equal (the lists too), verified.
+    const back = join(await tempDir(), "back");
+    const r = await keep(
+      ["migrate", "--from-blobs", blobs, "--from-index", db.url, "--to", back, "--json"],
+      opts,
+    );
+    assertEquals(r.code, 0, r.stderr);
+    const home = json<{ verify: { ok: boolean }; finished: boolean; rows: Record<string, number> }>(
+      r,
+    );
+    assertEquals([home.verify.ok, home.finished], [true, true]);
+    assertEquals([home.rows.chunks, sqliteLists(back)], [Number(grown.n), Number(grown.n)]);
+    assert(Number(grown.n) > lists, "the third version's list came back too");
+    await using local = await startServer({ dataDir: back });
+    await restoresAll(local.url);
+  } finally {
+    await sql.end();
+  }
 });
 
 Deno.test("pg index: behind a load balancer, a negotiation through one node and its upload through another record the content the store has without sending it", async () => {

@@ -13,7 +13,8 @@
  * 3. mark: every blob row no version refers to is marked with the time
  *    (and a marked row that is referred to again is unmarked);
  * 4. sweep: rows marked before the cutoff, and still unreferenced, go; the
- *    objects of large ones are deleted;
+ *    objects of large ones are deleted; a chunked file's list goes with its
+ *    row, and the chunks no other list holds are marked (a later round's);
  * 5. evacuate: a sealed pack whose live bytes are at most half its size has
  *    its live blobs copied (checked, made durable) to a new pack, the rows
  *    moved, and is then marked dead;
@@ -475,12 +476,14 @@ export class Collector implements Rounds {
       case "sweep": {
         // An upload that began meanwhile moves the cutoff back (it may count on a row).
         this.#cutoff = Math.min(this.#cutoff, await this.#sweepCutoff());
-        const { swept, sweptBytes, large, lastId } = await index.gcSweep(
+        const { swept, sweptBytes, marked, large, lastId } = await index.gcSweep(
           this.#afterId,
           this.#cutoff,
           this.#batch,
+          this.#now(),
         );
         r.blobsSwept += swept;
+        r.blobsMarked += marked;
         r.sweptBytes += sweptBytes;
         if (large.length) await this.#beforeDelete();
         for (const row of large) {

@@ -32,7 +32,6 @@ import type { VerifyReport } from "../format/api.ts";
 import type { Storage } from "./storage/open.ts";
 import { type CellValue, DURABLE_TABLES, type TableSpec } from "./storage/tables.ts";
 import { checkBlob, verifyStore } from "./verify.ts";
-import { PgIndex } from "./storage/pg_index.ts";
 
 /** Rows per page read from the source and written to the target. */
 const ROWS = 5000;
@@ -128,13 +127,7 @@ async function copyObjects(
     for (const r of rows) {
       if (r[DAMAGED] !== null) damaged.add(bytesToHex(r[HASH] as Uint8Array));
       if (isChunked(r)) {
-        // A big file kept in chunks: a list (the chunks table), no object of its own.
-        if (target.index instanceof PgIndex) {
-          throw new KeepError(
-            "usage",
-            `Cannot migrate into ${target.where}: the source keeps big files in chunks, which the PostgreSQL index does not hold yet`,
-          );
-        }
+        // A big file kept in chunks: a list (the chunks table, copied as rows), no object of its own.
       } else if (r[PACK] !== null) {
         packs.add(Number(r[PACK]));
         if (r[DAMAGED] === null) sound.add(Number(r[PACK]));
@@ -407,7 +400,8 @@ export async function migrate(
       continue;
     }
     const place = await target.index.blobPlace(d.hash);
-    if (!place) continue;
+    // A chunked file has no object of its own: its damaged chunks are listed themselves.
+    if (!place || place.chunked) continue;
     if (place.pack !== null) await target.blobs.deletePack(place.pack).catch(() => {});
     else await target.blobs.deleteLarge(d.hash, place.offset).catch(() => {});
     report.recopy++;

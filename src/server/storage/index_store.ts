@@ -328,12 +328,17 @@ export interface IndexStore {
    * `before` that are still unreferenced (referenced ones are unmarked).
    * Returns how many went and their stored bytes, the large ones as rows
    * (their files are the caller's to delete), and where to go on (null: done).
+   * A chunked file's row goes with its list; the chunks no other list or
+   * version holds are then marked (at `now`), to go after the grace.
    */
   gcSweep(
     afterId: number,
     before: number,
     limit: number,
-  ): Promise<{ swept: number; sweptBytes: number; large: BlobRow[]; lastId: number | null }>;
+    now: number,
+  ): Promise<
+    { swept: number; sweptBytes: number; marked: number; large: BlobRow[]; lastId: number | null }
+  >;
   /** Rows marked and not yet swept. */
   pendingOrphans(): Promise<number>;
   /** A pack whose rows all moved: its file is deleted after a grace (deadPacks). */

@@ -127,12 +127,13 @@ CREATE TABLE IF NOT EXISTS blobs(
   id bigserial PRIMARY KEY, hash bytea NOT NULL UNIQUE, size bigint NOT NULL,
   stored bigint NOT NULL, xxh bytea, pack bigint, "offset" bigint, level integer,
   damaged text, orphan bigint);
--- What an embedded store records of big files kept in chunks (keep migrate
--- copies it); this index does not chunk files yet, and migrate refuses to
--- bring chunked files here.
+-- Big files kept in content-defined chunks: the file's blob row is
+-- \`chunked\` (no bytes of its own), \`chunks\` lists its chunk blobs in order.
+-- A list is a reference to each chunk (GC): chunks_chunk answers that.
 ALTER TABLE blobs ADD COLUMN IF NOT EXISTS chunked bigint;
 CREATE TABLE IF NOT EXISTS chunks(
   file bytea NOT NULL, seq bigint NOT NULL, chunk bytea NOT NULL, PRIMARY KEY(file, seq));
+CREATE INDEX IF NOT EXISTS chunks_chunk ON chunks(chunk);
 CREATE TABLE IF NOT EXISTS uploads(
   id bigserial PRIMARY KEY, project text NOT NULL, parent text, started bigint NOT NULL);
 CREATE UNLOGGED TABLE IF NOT EXISTS stage(
@@ -178,10 +179,13 @@ const UPLOAD_TIMEOUT_MS = 60_000;
 /** GC rows per statement inside one call. */
 const SUB_BATCH = 4000;
 
+/** SQL conditions on a `blobs` row: no version or chunk list refers to it (or one does). */
 const UNREFERENCED = `AND NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = blobs.hash)
-  AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash)`;
+  AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash)
+  AND NOT EXISTS (SELECT 1 FROM chunks k WHERE k.chunk = blobs.hash)`;
 const REFERENCED = `AND (EXISTS (SELECT 1 FROM current c WHERE c.hash = blobs.hash)
-  OR EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash))`;
+  OR EXISTS (SELECT 1 FROM history h WHERE h.hash = blobs.hash)
+  OR EXISTS (SELECT 1 FROM chunks k WHERE k.chunk = blobs.hash))`;
 
 /**
  * The blob rows matching `cond`, locked in id order: every statement that
@@ -197,6 +201,8 @@ function inIdOrder(cond: string): string {
 const COLS =
   `path, type, size, mode, mtime, ctime, encode(hash, 'hex') AS hash, target, encode(xxh, 'hex') AS xxh, flag`;
 const PAGE = 2000;
+/** Chunk list rows per INSERT (a 10 GB file has ~20,000 chunks). */
+const LIST_ROWS = 10_000;
 /** Rows per INSERT … SELECT FROM unnest(…) of staged paths. */
 const CHUNK = 1000;
 
@@ -745,7 +751,7 @@ export class PgIndex implements IndexStore {
       if (hashes.length) {
         for (
           const b of await this.sql`
-          SELECT encode(hash, 'hex') AS hex, size, stored, pack, "offset" FROM blobs
+          SELECT encode(hash, 'hex') AS hex, size, stored, pack, "offset", chunked FROM blobs
           WHERE hash IN (SELECT decode(h, 'hex') FROM unnest(${hashes}::text[]) h)`
         ) places.set(b.hex, b);
       }
@@ -1162,19 +1168,21 @@ export class PgIndex implements IndexStore {
     for (let i = 0; i < rows.length; i += CHUNK) {
       const part = rows.slice(i, i + CHUNK);
       const fixed = await tx`
-        INSERT INTO blobs(hash, size, stored, xxh, pack, "offset")
-        SELECT decode(h, 'hex'), s, st, decode(x, 'hex'), p, o
+        INSERT INTO blobs(hash, size, stored, xxh, pack, "offset", chunked)
+        SELECT decode(h, 'hex'), s, st, decode(x, 'hex'), p, o, c
         FROM unnest(${part.map((r) => bytesToHex(r.hash))}::text[], ${
         part.map((r) => r.size)
       }::bigint[],
           ${part.map((r) => r.stored)}::bigint[], ${part.map((r) => bytesToHex(r.xxh))}::text[],
-          ${part.map((r) => r.pack)}::bigint[], ${part.map((r) => r.offset)}::bigint[])
-          AS t(h, s, st, x, p, o)
+          ${part.map((r) => r.pack)}::bigint[], ${part.map((r) => r.offset)}::bigint[],
+          ${part.map((r) => r.chunks ? 1 : null)}::bigint[])
+          AS t(h, s, st, x, p, o, c)
         ON CONFLICT (hash) DO UPDATE SET size = excluded.size, stored = excluded.stored,
           xxh = excluded.xxh, pack = excluded.pack, "offset" = excluded."offset", level = NULL,
-          damaged = NULL, orphan = NULL
+          damaged = NULL, orphan = NULL, chunked = excluded.chunked
         WHERE blobs.damaged IS NOT NULL OR blobs.orphan IS NOT NULL
         RETURNING xmax <> 0 AS updated, hash`;
+      await this.#writeChunkLists(tx, part, fixed);
       const updated = fixed.filter((r) => r.updated);
       if (updated.length) {
         this.#blobEpoch++;
@@ -1190,12 +1198,60 @@ export class PgIndex implements IndexStore {
     return repaired;
   }
 
+  /**
+   * The chunk lists of the rows an insert wrote (`written`: inserted or
+   * replaced), as SQLite's #insertBlobs: a replaced row's list is rewritten
+   * whole (the repair of a chunked file; a whole blob's row keeps none). In
+   * the insert's transaction, which holds those rows: a second server
+   * inserting the same file waits for it and then writes nothing (its
+   * conflict does no update), a sweep of the row and its list (one
+   * statement, gcSweep) goes before or after, never between.
+   */
+  async #writeChunkLists(tx: Sql, part: NewBlob[], written: Row[]): Promise<void> {
+    const byHex = new Map(part.map((r) => [bytesToHex(r.hash), r]));
+    const drop: string[] = [];
+    const file: string[] = [];
+    const seq: number[] = [];
+    const chunk: string[] = [];
+    for (const w of written) {
+      const hex = bytesToHex(w.hash as Uint8Array);
+      const r = byHex.get(hex);
+      if (!r || !(r.chunks || w.updated)) continue;
+      drop.push(hex);
+      r.chunks?.forEach((c, i) => {
+        file.push(hex);
+        seq.push(i);
+        chunk.push(bytesToHex(c));
+      });
+    }
+    if (drop.length) {
+      await tx`DELETE FROM chunks WHERE file IN (SELECT decode(h, 'hex') FROM unnest(${drop}::text[]) h)`;
+    }
+    for (let i = 0; i < file.length; i += LIST_ROWS) {
+      await tx`INSERT INTO chunks(file, seq, chunk)
+        SELECT decode(f, 'hex'), s, decode(c, 'hex')
+        FROM unnest(${file.slice(i, i + LIST_ROWS)}::text[], ${
+        seq.slice(i, i + LIST_ROWS)
+      }::bigint[], ${chunk.slice(i, i + LIST_ROWS)}::text[]) AS t(f, s, c)`;
+    }
+  }
+
   blobPlace(hashHex: string): Promise<BlobPlace | null> {
     return this.#run("look up a blob", async () => {
       const [r] = await this.sql`
-        SELECT size, stored, pack, "offset" FROM blobs WHERE hash = decode(${hashHex}, 'hex')`;
+        SELECT size, stored, pack, "offset", chunked FROM blobs
+        WHERE hash = decode(${hashHex}, 'hex')`;
       return r ? placeOf(r) : null;
     });
+  }
+
+  readonly chunking = true;
+
+  chunksOf(hashHex: string): Promise<string[]> {
+    return this.#run("read a chunk list", async () =>
+      (await this.sql`
+        SELECT encode(chunk, 'hex') AS hex FROM chunks WHERE file = decode(${hashHex}, 'hex')
+        ORDER BY seq`).map((r) => r.hex as string));
   }
 
   newPack(): Promise<number> {
@@ -1483,7 +1539,7 @@ export class PgIndex implements IndexStore {
   blobsPage(afterId: number, limit: number): Promise<BlobRow[]> {
     return this.#run("read blob rows", async () =>
       (await this.sql`
-        SELECT id, hash, size, stored, pack, "offset" FROM blobs WHERE id > ${afterId}
+        SELECT id, hash, size, stored, pack, "offset", chunked FROM blobs WHERE id > ${afterId}
         ORDER BY id LIMIT ${limit}`).map(blobRowOf));
   }
   knownPacks(): Promise<Set<number>> {
@@ -1498,7 +1554,7 @@ export class PgIndex implements IndexStore {
         SELECT (SELECT count(*) FROM projects) AS projects,
           (SELECT count(*) FROM commits WHERE forgotten IS NULL) AS commits,
           (SELECT count(*) FROM blobs) AS blobs,
-          (SELECT coalesce(sum(stored), 0) FROM blobs) AS stored`;
+          (SELECT coalesce(sum(stored), 0) FROM blobs WHERE chunked IS NULL) AS stored`;
       return {
         projects: Number(r.projects),
         commits: Number(r.commits),
@@ -1554,7 +1610,8 @@ export class PgIndex implements IndexStore {
       const [r] = await this.sql`
         SELECT count(*) AS n FROM blobs b
         WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.hash = b.hash)
-          AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = b.hash)`;
+          AND NOT EXISTS (SELECT 1 FROM history h WHERE h.hash = b.hash)
+          AND NOT EXISTS (SELECT 1 FROM chunks k WHERE k.chunk = b.hash)`;
       return Number(r.n);
     });
   }
@@ -1613,8 +1670,9 @@ export class PgIndex implements IndexStore {
   //    and pack seals are stamped by the database (keep_now()), never by a
   //    server, so "marked after the upload began" is decided by one clock.
   // 2. Marks never straddle a registration. A marking transaction
-  //    (cleanHistory, gcMark) holds the advisory lock LOCK_MARK exclusively
-  //    and stamps after taking it; registering an upload takes it shared.
+  //    (cleanHistory, gcMark, a sweep that frees a chunked file's chunks)
+  //    holds the advisory lock LOCK_MARK exclusively and stamps after taking
+  //    it; registering an upload takes it shared.
   //    So each marking transaction either committed before the upload was
   //    registered (the upload's knownBlobs, later, sees its marks and
   //    unmarks them) or stamps a time after the upload's start (GC's cutoff,
@@ -1788,19 +1846,37 @@ export class PgIndex implements IndexStore {
     afterId: number,
     before: number,
     limit: number,
-  ): Promise<{ swept: number; sweptBytes: number; large: BlobRow[]; lastId: number | null }> {
+    _now: number,
+  ): Promise<
+    { swept: number; sweptBytes: number; marked: number; large: BlobRow[]; lastId: number | null }
+  > {
     return this.#run("sweep unreferenced blobs", async () => {
       let swept = 0;
       let sweptBytes = 0;
+      let marked = 0;
       const large: BlobRow[] = [];
       let cursor = afterId;
       let done = false;
+      const marks = "id > $1 AND id <= $2 AND orphan IS NOT NULL AND orphan < $3";
+      const due = `${marks} ${UNREFERENCED}`;
+      // The rows and, in the same statement, the chunk lists of chunked ones
+      // (a list never outlives its file's row, nor goes without it).
+      const sweep = (sql: Sql, last: number) =>
+        sql.unsafe(
+          `WITH gone AS (DELETE FROM blobs WHERE ${inIdOrder(due)}
+             RETURNING id, stored, pack, "offset", size, chunked, hash),
+           lists AS (DELETE FROM chunks WHERE file IN (SELECT hash FROM gone WHERE chunked IS NOT NULL))
+           SELECT id, stored, pack, "offset", size, chunked,
+             CASE WHEN pack IS NULL AND chunked IS NULL THEN hash END AS hash FROM gone`,
+          [cursor, last, before],
+        );
       // Statements of their own (no transaction needed): each DELETE is atomic, and re-checks
       // rows another transaction unmarked meanwhile (point 3 above).
       for (let taken = 0; taken < limit && !done;) {
         const sub = Math.min(SUB_BATCH, limit - taken);
-        const [hi] = await this.sql`SELECT max(id) AS last, count(*) AS n FROM (
-          SELECT id FROM blobs WHERE id > ${cursor} AND orphan IS NOT NULL AND orphan < ${before}
+        const [hi] = await this.sql`SELECT max(id) AS last, count(*) AS n,
+            bool_or(chunked IS NOT NULL) AS lists FROM (
+          SELECT id, chunked FROM blobs WHERE id > ${cursor} AND orphan IS NOT NULL AND orphan < ${before}
           ORDER BY id LIMIT ${sub}) b`;
         const n = Number(hi.n);
         if (n < sub) done = true;
@@ -1814,28 +1890,44 @@ export class PgIndex implements IndexStore {
             [cursor, last],
           )
         );
-        const gone = await this.#retry(() =>
-          this.sql.unsafe(
-            `DELETE FROM blobs
-             WHERE ${
-              inIdOrder(
-                `id > $1 AND id <= $2 AND orphan IS NOT NULL AND orphan < $3 ${UNREFERENCED}`,
-              )
+        const gone = !hi.lists ? await this.#retry(() => sweep(this.sql, last)) : await this.#begin(
+          async (tx) => {
+            // Chunked files among them: the chunks their lists held are marked
+            // here (as cleanHistory marks a removed version's content), so
+            // they go after the grace, not at the next daily full mark. A
+            // marking transaction: under the marking lock, stamped after it.
+            await tx`SELECT pg_advisory_xact_lock(${LOCK_MARK}::int, 0)`;
+            const held = (await tx.unsafe(
+              `SELECT DISTINCT encode(chunk, 'hex') AS hex FROM chunks WHERE file IN (
+                 SELECT hash FROM blobs WHERE ${marks} AND chunked IS NOT NULL)`,
+              [cursor, last, before],
+            )).map((r) => r.hex as string);
+            const rows = await sweep(tx, last);
+            if (held.length) {
+              // Only those no other list (or version) still holds.
+              const m = await tx.unsafe(
+                `UPDATE blobs SET orphan = keep_now() WHERE ${
+                  inIdOrder(`orphan IS NULL
+                    AND hash IN (SELECT decode(h, 'hex') FROM unnest($1::text[]) h) ${UNREFERENCED}`)
+                }`,
+                [held as unknown as string],
+              );
+              marked += m.count;
             }
-           RETURNING id, stored, pack, "offset", size, CASE WHEN pack IS NULL THEN hash END AS hash`,
-            [cursor, last, before],
-          )
+            return rows;
+          },
         );
         for (const r of gone) {
-          sweptBytes += Number(r.stored);
-          if (r.pack === null) large.push(blobRowOf(r));
+          // A chunked file's row has no bytes of its own (its chunks are counted as they go).
+          if (r.chunked === null) sweptBytes += Number(r.stored);
+          if (r.pack === null && r.chunked === null) large.push(blobRowOf(r));
         }
         swept += gone.length;
         taken += sub;
         cursor = last;
       }
       if (swept) await this.#movedBlobs();
-      return { swept, sweptBytes, large, lastId: done ? null : cursor };
+      return { swept, sweptBytes, marked, large, lastId: done ? null : cursor };
     });
   }
 

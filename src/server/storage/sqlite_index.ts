@@ -1273,11 +1273,12 @@ export class SqliteIndex implements IndexStore {
       const changed = Number(
         ins.run(r.hash, r.size, r.stored, r.xxh, r.pack, r.offset, r.chunks ? 1 : null).changes,
       );
-      if (r.chunks && changed) {
-        // The file's list, replaced whole (a repaired row may have had another).
+      if (changed && (r.chunks || was)) {
+        // The file's list, replaced whole (a repaired row may have had
+        // another); a row repaired by a whole blob keeps none.
         this.#stmt("DELETE FROM chunks WHERE file = ?").run(r.hash);
         const add = this.#stmt("INSERT INTO chunks(file, seq, chunk) VALUES (?, ?, ?)");
-        r.chunks.forEach((c, i) => add.run(r.hash, i, c));
+        r.chunks?.forEach((c, i) => add.run(r.hash, i, c));
       }
       if (was && was.damaged !== null) {
         this.#stmt("UPDATE current SET flag = NULL WHERE hash = ? AND flag = 'damaged'").run(
@@ -1712,12 +1713,16 @@ export class SqliteIndex implements IndexStore {
     afterId: number,
     before: number,
     limit: number,
-  ): Promise<{ swept: number; sweptBytes: number; large: BlobRow[]; lastId: number | null }> {
+    now: number,
+  ): Promise<
+    { swept: number; sweptBytes: number; marked: number; large: BlobRow[]; lastId: number | null }
+  > {
     // In id order from a cursor: the rows (and their packs) sit together on
     // disk, so a batch rewrites few pages; statements per sub-batch, and only
     // the large blobs (whose files the caller deletes) come back as rows.
     let swept = 0;
     let sweptBytes = 0;
+    let marked = 0;
     const large: BlobRow[] = [];
     let cursor = afterId;
     let done = false;
@@ -1742,20 +1747,41 @@ export class SqliteIndex implements IndexStore {
             `SELECT id, hash, size, stored, pack, offset FROM blobs WHERE ${due} AND pack IS NULL AND chunked IS NULL`,
           ).all(cursor, hi.last, before) as Row[]
         ) large.push(blobRowOf(r));
+        // A chunked file's row has no bytes of its own (its chunks count as they go).
         sweptBytes += Number(
-          (this.#stmt(`SELECT coalesce(sum(stored), 0) AS n FROM blobs WHERE ${due}`).get(
+          (this.#stmt(
+            `SELECT coalesce(sum(stored), 0) AS n FROM blobs WHERE ${due} AND chunked IS NULL`,
+          ).get(
             cursor,
             hi.last,
             before,
           ) as Row).n,
         );
-        // A chunked file's list goes with it (its chunks are then unreferenced).
-        this.#stmt(
-          `DELETE FROM chunks WHERE file IN (SELECT hash FROM blobs WHERE ${due} AND chunked IS NOT NULL)`,
-        ).run(cursor, hi.last, before);
+        // A chunked file's list goes with it; the chunks no other list (or
+        // version) holds are then marked, to go after the grace (as
+        // cleanHistory marks a removed version's content), not at the next
+        // daily full mark.
+        const listed = `SELECT hash FROM blobs WHERE ${due} AND chunked IS NOT NULL`;
+        const lists = Number(
+          this.#stmt(
+            `INSERT OR IGNORE INTO temp.gc_gone(hash) SELECT chunk FROM chunks WHERE file IN (${listed})`,
+          ).run(cursor, hi.last, before).changes,
+        );
+        if (lists) {
+          this.#stmt(`DELETE FROM chunks WHERE file IN (${listed})`).run(cursor, hi.last, before);
+        }
         swept += Number(
           this.#stmt(`DELETE FROM blobs WHERE ${due}`).run(cursor, hi.last, before).changes,
         );
+        if (lists) {
+          marked += Number(
+            this.#stmt(
+              `UPDATE blobs SET orphan = ? WHERE hash IN (SELECT hash FROM temp.gc_gone)
+               AND orphan IS NULL ${UNREFERENCED}`,
+            ).run(now).changes,
+          );
+          this.db.exec("DELETE FROM temp.gc_gone");
+        }
         taken += sub;
         cursor = hi.last;
         if (this.#othersWait()) break;
@@ -1764,7 +1790,7 @@ export class SqliteIndex implements IndexStore {
     // The hash filter keeps the swept hashes: a "maybe" is always asked of
     // the table, so it costs a lookup, never a wrong answer (and no reload).
     if (swept) this.#blobEpoch++;
-    return { swept, sweptBytes, large, lastId: done ? null : cursor };
+    return { swept, sweptBytes, marked, large, lastId: done ? null : cursor };
   }
 
   async pendingOrphans(): Promise<number> {
