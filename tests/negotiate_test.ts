@@ -412,6 +412,19 @@ hostile(
       "invalid",
       /names its chunks wrongly/,
     );
+    // No proof at all: only chunks of the project's own files may go without one.
+    await refuse(
+      c,
+      "another project's chunks without a proof",
+      onHead(c).changes([{
+        op: "have",
+        e: haveRecord("stolen.bin", sha256(v.data), v.data.length, "", "").e,
+        c: v.chunks,
+      }]).end(),
+      403,
+      "forbidden",
+      /is not one of app's and comes without a proof of possession/,
+    );
     const ls = await keepOk(["ls", "--json"], 0, { env: c.env });
     assert(!ls.stdout.includes("stolen.bin"), "stolen.bin is in the project");
   },
@@ -445,6 +458,45 @@ hostile(
     const out = join(await tempDir(), "r");
     await keepOk(["restore", "-p", "rightful", out], 0, { env: c.env });
     assertEquals(sha256(Deno.readFileSync(join(out, "mine.bin"))), sha256(mine));
+    // Now the chunks are the project's own: the next edit names them with no proof.
+    const own = await fetch(`${c.url}/v1/projects/rightful/negotiate`, {
+      method: "POST",
+      body: JSON.stringify({ hashes: list, own: true }),
+      headers: { "content-type": "application/json" },
+    }).then((r) => r.json()) as { have: string[]; own: string[] };
+    assertEquals(own.own.length, own.have.length, "every held chunk is rightful's own");
+    const theirs = await fetch(`${c.url}/v1/projects/${P}/negotiate`, {
+      method: "POST",
+      body: JSON.stringify({ hashes: list, own: true }),
+      headers: { "content-type": "application/json" },
+    }).then((r) => r.json()) as { have: string[]; own: string[] };
+    assertEquals([theirs.have.length > 0, theirs.own], [true, []], "none is app's");
+    const next = mine.slice();
+    next.set(noise(3000, 94), 2 << 20);
+    const list2: string[] = [];
+    let up2 = new Upload(1).commit(
+      commitHeader((JSON.parse(r.text) as { commit: { id: string } }).commit.id),
+    );
+    let at2 = 0;
+    const cut2 = new ChunkHasher((h, n, bytes) => {
+      list2.push(h);
+      if (!own.own.includes(h)) {
+        up2 = up2.control(`.keep-chunk/mine.bin@${at2}`, "chunk", bytes!.slice());
+      }
+      at2 += n;
+    }, true);
+    cut2.push(next);
+    cut2.end();
+    const e = haveRecord("mine.bin", "", next.length, "", "").e as Record<string, unknown>;
+    delete e.h; // the server hashes the file from its chunks
+    const r2 = await post(
+      commitsUrl(c, "rightful"),
+      up2.changes([{ op: "have", e, c: list2 }]).end().bytes(),
+    );
+    assertEquals(r2.status, 201, r2.text);
+    const out2 = join(await tempDir(), "r2");
+    await keepOk(["restore", "-p", "rightful", out2], 0, { env: c.env });
+    assertEquals(sha256(Deno.readFileSync(join(out2, "mine.bin"))), sha256(next));
     const v2 = await keepOk(["verify", "--data", c.server.dataDir]);
     assertMatch(v2.stdout, /keep verify: OK/);
   },

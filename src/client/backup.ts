@@ -50,7 +50,7 @@ export interface BackupRemote {
    * Which of these contents (SHA-256 hex) the store holds, each with the key
    * its proof of possession is made with (format/possession.ts).
    */
-  negotiate?(hashes: string[]): Promise<Negotiation>;
+  negotiate?(hashes: string[], options?: { own?: boolean }): Promise<Negotiation>;
   /** Sends an upload; resolves to the new commit, rejects with KeepError (conflict on 409). */
   upload(body: ReadableStream<Uint8Array>): Promise<CommitInfo>;
 }
@@ -65,6 +65,8 @@ export interface Negotiated {
 export interface Negotiation {
   /** The asked contents the store holds. */
   have: Map<string, Negotiated>;
+  /** Asked with `own`: those that are chunks of files the project has (no proof needed). */
+  own: Set<string>;
   /** A key (with its nonce) for proofs of this upload. */
   key: Negotiated;
   /** Files over this size are kept in chunks by the store (null: whole). */
@@ -590,47 +592,51 @@ class Backup {
   }
 
   /**
-   * Reads each of `rows`' files once: cuts it into chunks as the upload of a
-   * big file does (FastCDC), hashes each chunk and the whole file, and makes
-   * the proof of possession under the negotiation's key; then asks which of
-   * the chunks the store holds. The upload sends only the others and names
-   * the file in a `have` record (client/upload.ts). Files that share no
-   * chunk, moved, or could not be read are sent as usual.
+   * Reads each of `rows`' files once, cutting it into chunks as the upload of
+   * a big file does (FastCDC) and hashing each chunk, then asks which of the
+   * chunks the store holds. The upload sends only the others and names the
+   * file in a `have` record (client/upload.ts); the server hashes the file
+   * from its chunks. Chunks of files the project has need no proof; a file
+   * that names others (a copy of another project's) is read again for a
+   * proof of possession. Files that share no chunk, moved, or could not be
+   * read are sent as usual.
    */
   async #negotiateChunks(send: ScanTable, rows: number[], key: Negotiated): Promise<Partial> {
     const out: Partial = new Map();
-    const cut = new Map<number, { hash: string; proof: string; chunks: ChunkRef[] }>();
+    const cut = new Map<number, ChunkRef[]>();
     const all = new Set<string>();
     let total = 0;
     for (const k of rows) total += send.size(k);
     this.#phase("negotiate", `cutting ${rows.length} big files into chunks (${total} bytes)`);
     for (const k of rows) {
       const chunks: ChunkRef[] = [];
-      const sha = createHash("sha256");
-      const proof = new Proof(key.key);
       const cuts = new ChunkHasher((hash, size) => chunks.push({ hash, size }));
-      const read = readStable(this.#root, send, k, (b) => {
-        sha.update(b);
-        proof.update(b);
-        cuts.push(b);
-      });
-      if (!read) continue;
+      if (!readStable(this.#root, send, k, (b) => cuts.push(b))) continue;
       cuts.end();
-      cut.set(k, { hash: sha.digest("hex"), proof: proof.digest(), chunks });
+      cut.set(k, chunks);
       for (const c of chunks) all.add(c.hash);
     }
     if (!all.size) return out;
-    const had = await this.#remote.negotiate!([...all]);
-    for (const [k, f] of cut) {
+    const had = await this.#remote.negotiate!([...all], { own: true });
+    for (const [k, chunks] of cut) {
       const held = new Set<string>();
       let heldBytes = 0;
-      for (const c of f.chunks) {
+      let foreign = false;
+      for (const c of chunks) {
         if (had.have.has(c.hash) && !held.has(c.hash)) {
           held.add(c.hash);
           heldBytes += c.size;
+          if (!had.own.has(c.hash)) foreign = true;
         }
       }
-      if (held.size) out.set(send.path(k), { ...f, held, heldBytes, nonce: key.nonce });
+      if (!held.size) continue;
+      let proof: { nonce: string; proof: string } | null = null;
+      if (foreign) {
+        const p = new Proof(key.key);
+        if (!readStable(this.#root, send, k, (b) => p.update(b))) continue;
+        proof = { nonce: key.nonce, proof: p.digest() };
+      }
+      out.set(send.path(k), { chunks, held, heldBytes, proof });
     }
     return out;
   }

@@ -85,11 +85,11 @@ export interface ChunkRef {
 
 /** What the negotiation found of a file the store holds in part (read as scanned). */
 export interface PartialSend {
-  /** The whole file's SHA-256 (hex). */
-  hash: string;
-  /** Its proof of possession under the negotiation's key (nonce). */
-  proof: string;
-  nonce: string;
+  /**
+   * Its proof of possession under the negotiation's key (nonce), when it
+   * names chunks that are not the project's own; null: none needed.
+   */
+  proof: { nonce: string; proof: string } | null;
   /** Its chunks, in order. */
   chunks: ChunkRef[];
   /** The chunks the store holds. */
@@ -501,21 +501,20 @@ class UploadWriter {
     } finally {
       file.close();
     }
-    this.#changes.push({
-      op: "have",
-      e: {
-        path: e.path,
-        type: "f",
-        size: e.size,
-        mode: e.mode,
-        mtime: e.mtime,
-        ctime: e.ctime,
-        hash: part.hash,
-      },
-      n: part.nonce,
-      proof: part.proof,
-      c: part.chunks.map((c) => c.hash),
-    });
+    const entry = {
+      path: e.path,
+      type: "f" as const,
+      size: e.size,
+      mode: e.mode,
+      mtime: e.mtime,
+      ctime: e.ctime,
+    };
+    const c = part.chunks.map((c) => c.hash);
+    this.#changes.push(
+      part.proof
+        ? { op: "have", e: entry, n: part.proof.nonce, proof: part.proof.proof, c }
+        : { op: "have", e: entry, c },
+    );
     this.#stats.entriesSent++;
     this.#stats.filesSent++;
     this.#options.onProgress?.(this.#stats);

@@ -131,12 +131,15 @@ export interface UploadHeader {
  * records a file whose content the store holds without sending it, with a
  * proof of possession under the negotiation's key `n` (format/possession.ts);
  * with `c`, a big file assembled from chunks (SHA-256 hex, in order), each
- * one the store holds or this upload sent as a `chunk` control entry.
+ * one the store holds or this upload sent as a `chunk` control entry; its
+ * hash (the server computes it) and its proof are then optional: without a
+ * proof every chunk must be the project's own or sent.
  */
 export type ChangeRecord =
   | { op: "del"; p: string }
   | { op: "meta"; e: Entry }
   | { op: "have"; e: Entry; n: string; proof: string; c?: string[] }
+  | { op: "have"; e: Entry; c: string[]; n?: undefined; proof?: undefined }
   | { op: "keep"; p: string; flag: EntryFlag; reason: string }
   | { op: "drop"; p: string; reason: string };
 
@@ -336,22 +339,26 @@ export function parseChangeRecord(line: string): ChangeRecord {
     }
     case "have": {
       const e = entryFromJson(o.e);
-      if (e.type !== "f" || e.hash === undefined || e.size === 0) {
+      const chunked = o.c !== undefined;
+      if (e.type !== "f" || (e.hash === undefined && !chunked) || e.size === 0) {
         throw new KeepError(
           "invalid",
           `Cannot read upload: have record for ${e.path} is not a non-empty file with a hash`,
         );
       }
+      // A file named by its chunks may go without a proof: then every chunk
+      // is one its project has, or one this upload sent (checked at the end).
+      const proven = o.n !== undefined || o.proof !== undefined || !chunked;
       if (
-        typeof o.n !== "string" || o.n.length > 128 || typeof o.proof !== "string" ||
-        !/^[0-9a-f]{32}$/.test(o.proof)
+        proven && (typeof o.n !== "string" || o.n.length > 128 ||
+          typeof o.proof !== "string" || !/^[0-9a-f]{32}$/.test(o.proof))
       ) {
         throw new KeepError(
           "invalid",
           `Cannot read upload: have record for ${e.path} without a nonce and proof`,
         );
       }
-      if (o.c === undefined) return { op: "have", e, n: o.n, proof: o.proof };
+      if (!chunked) return { op: "have", e, n: o.n as string, proof: o.proof as string };
       // Every chunk but the last is at least the chunker's min (fastcdc.ts).
       const most = Math.ceil(e.size / CDC_SIZES.min);
       if (
@@ -363,7 +370,9 @@ export function parseChangeRecord(line: string): ChangeRecord {
           `Cannot read upload: have record for ${e.path} names its chunks wrongly (1 to ${most} SHA-256 hex)`,
         );
       }
-      return { op: "have", e, n: o.n, proof: o.proof, c: o.c };
+      return proven
+        ? { op: "have", e, n: o.n as string, proof: o.proof as string, c: o.c }
+        : { op: "have", e, c: o.c };
     }
     case "keep": {
       if (o.flag !== "unreadable" && o.flag !== "unsettled") {
@@ -383,9 +392,8 @@ export function changeRecordToJson(r: ChangeRecord): string {
   if (r.op === "meta") return `{"op":"meta","e":${entryToJson(r.e)}}`;
   if (r.op === "have") {
     const c = r.c ? `,"c":${JSON.stringify(r.c)}` : "";
-    return `{"op":"have","e":${entryToJson(r.e)},"n":${
-      JSON.stringify(r.n)
-    },"proof":"${r.proof}"${c}}`;
+    const proof = r.n !== undefined ? `,"n":${JSON.stringify(r.n)},"proof":"${r.proof}"` : "";
+    return `{"op":"have","e":${entryToJson(r.e)}${proof}${c}}`;
   }
   return JSON.stringify(r);
 }

@@ -59,6 +59,11 @@ export interface NegotiateAnswer {
    * store keeps every file whole.
    */
   chunkOver?: number | null;
+  /**
+   * Asked with `own: true`: those of `have` that are chunks of files the
+   * project already has (a file sent in part may name them without a proof).
+   */
+  own?: string[];
 }
 
 /** Hashes per negotiation request (the client splits longer lists). */

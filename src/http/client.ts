@@ -369,18 +369,27 @@ export class KeepClient {
    * and whether the store keeps big files in chunks. No hashes: one request
    * all the same, for a key and the store's chunking.
    */
-  async negotiate(project: string, hashes: string[]): Promise<Negotiation> {
+  async negotiate(
+    project: string,
+    hashes: string[],
+    options: { own?: boolean } = {},
+  ): Promise<Negotiation> {
     const have = new Map<string, Negotiated>();
+    const own = new Set<string>();
     let last: Negotiation | null = null;
     for (let i = 0; i === 0 || i < hashes.length; i += NEGOTIATE_BATCH) {
       const a = await this.#json<NegotiateAnswer>(`${this.#p(project)}/negotiate`, {
         method: "POST",
-        body: JSON.stringify({ hashes: hashes.slice(i, i + NEGOTIATE_BATCH) }),
+        body: JSON.stringify({
+          hashes: hashes.slice(i, i + NEGOTIATE_BATCH),
+          ...(options.own ? { own: true } : {}),
+        }),
         headers: { "content-type": "application/json" },
       });
       const n: Negotiated = { nonce: a.nonce, key: hexToBytes(a.key) };
       for (const h of a.have) have.set(h, n);
-      last = { have, key: n, chunkOver: a.chunkOver ?? null };
+      for (const h of a.own ?? []) own.add(h);
+      last = { have, own, key: n, chunkOver: a.chunkOver ?? null };
     }
     return last!;
   }
@@ -465,7 +474,7 @@ export class KeepClient {
         return { commit: m.commit, stat: m.stat, lines: m.chunks };
       },
       entries: (commit, paths) => this.entries(project, commit, paths),
-      negotiate: (hashes) => this.negotiate(project, hashes),
+      negotiate: (hashes, options) => this.negotiate(project, hashes, options),
       upload: (body) => this.upload(project, body),
     };
   }

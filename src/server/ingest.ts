@@ -21,7 +21,7 @@ import { createHash, type Hash } from "node:crypto";
 import { KeepError } from "../errors.ts";
 import { ArchiveReader } from "../format/archive_reader.ts";
 import { encodeChecked, MAX_MEMBER_RAW, type MemberEncoder } from "../format/gzip_member.ts";
-import { hexToBytes } from "../format/hex.ts";
+import { bytesToHex, hexToBytes } from "../format/hex.ts";
 import {
   type CommitInfo,
   type Entry,
@@ -240,9 +240,11 @@ export class Ingest {
   #heldBytes = 0;
   #withdrawals: { path: string; reason: string }[] = [];
   /** `have` records: content the client proves it holds, checked at finish (`c`: its chunks). */
-  #haves: { e: Entry; n: string; proof: string; c?: string[] }[] = [];
+  #haves: { e: Entry; n?: string; proof?: string; c?: string[] }[] = [];
   /** A `chunk` control entry is being received (one chunk of a file sent in part). */
   #chunkEntry = false;
+  /** The chunks `chunk` entries of this upload carried (hex). */
+  #sentChunks = new Set<string>();
   #pack: PackSink | null = null;
   /** The last batch's pack write and rows, still going (object stores: see flush). */
   #tail: Promise<void> | null = null;
@@ -608,11 +610,12 @@ export class Ingest {
         ? await this.#storage.index.knownBlobs(whole.map((h) => hexToBytes(h.e.hash!)))
         : new Set<string>();
       for (const h of batch) {
-        const hex = h.e.hash!;
+        let hex = h.e.hash!;
         let xxh: string;
         if (h.c) {
           // A file sent in part: its chunks are stored (sent in this upload or
-          // held before), and together they must make the content it claims.
+          // held before). Without a proof each is the project's own or was
+          // sent; the server hashes the file itself from them.
           if (!this.#storage.index.chunking) {
             throw new KeepError(
               "invalid",
@@ -623,15 +626,30 @@ export class Ingest {
           const held = await this.#storage.index.knownBlobs(unique.map(hexToBytes));
           const gone = unique.find((c) => !held.has(c));
           if (gone) throw lost(h.e.path, gone);
+          if (h.proof === undefined) {
+            const others = unique.filter((c) => !this.#sentChunks.has(c));
+            const own = others.length
+              ? await this.#storage.index.projectChunks?.(this.project, others.map(hexToBytes))
+              : new Set<string>();
+            const foreign = others.find((c) => !own?.has(c));
+            if (foreign) {
+              throw new KeepError(
+                "forbidden",
+                `Cannot record ${h.e.path}: its chunk ${
+                  foreign.slice(0, 12)
+                }… is not one of ${this.project}'s and comes without a proof of possession; nothing was recorded`,
+              );
+            }
+          }
           const checked = await checkChunkedPossession(
             this.#storage,
             h.e.path,
-            hex,
+            h.e.hash ?? null,
             h.e.size,
-            keyOf(h.n),
-            h.proof,
+            h.proof === undefined ? null : { key: keyOf(h.n!), proof: h.proof },
             h.c,
           );
+          hex = checked.hash;
           xxh = checked.xxh;
           // Its row follows its chunks' (durable) rows, in the next flush.
           this.#pendingBlobs.push({
@@ -646,10 +664,16 @@ export class Ingest {
           });
         } else {
           if (!known.has(hex)) throw lost(h.e.path, hex);
-          xxh = (await checkPossession(this.#storage, h.e.path, hex, h.e.size, keyOf(h.n), h.proof))
-            .xxh;
+          xxh = (await checkPossession(
+            this.#storage,
+            h.e.path,
+            hex,
+            h.e.size,
+            keyOf(h.n!),
+            h.proof!,
+          )).xxh;
         }
-        const entry: Entry = { ...h.e, xxh };
+        const entry: Entry = { ...h.e, hash: hex, xxh };
         delete entry.flag;
         this.#pendingRows.push({
           op: "put",
@@ -898,6 +922,7 @@ export class Ingest {
     }
     if (this.#chunkEntry) {
       this.#endChunk();
+      this.#sentChunks.add(bytesToHex(this.#chunkList[0]));
       this.#chunk = null;
       this.#chunkList = [];
       this.#chunkEntry = false;

@@ -137,26 +137,28 @@ export async function checkPossession(
   return { xxh: xxh.digest() };
 }
 
-/** What a checked proof over chunks tells: also the stored bytes of the chunks. */
+/** What a check of a file named by its chunks tells: also its hash and its chunks' stored bytes. */
 export interface PossessedChunks extends Possessed {
+  /** SHA-256 (hex) of the content the chunks make. */
+  hash: string;
   stored: number;
 }
 
 /**
- * As checkPossession for a big file named by its chunks (`chunks`, SHA-256
- * hex in order, each a blob the store holds): reads them in order and checks
- * that they make `size` bytes hashing to `hashHex` and that `proof` under
- * `key` matches those bytes. A chunk gone or found damaged is a conflict (it
- * is marked: the next upload sends it); chunks that do not make the claimed
- * content, or a wrong proof, are forbidden.
+ * Reads a big file named by its chunks (`chunks`, SHA-256 hex in order, each
+ * a blob the store holds) and hashes the content they make: it must be
+ * `size` bytes, hash to `hashHex` when the client gave one, and match
+ * `proof` under `key` when there is one (the caller decided the chunks need
+ * none: the project's own, or sent). A chunk gone or found damaged is a
+ * conflict (it is marked: the next upload sends it); chunks that do not make
+ * the claimed content, or a wrong proof, are forbidden.
  */
 export async function checkChunkedPossession(
   storage: Storage,
   path: string,
-  hashHex: string,
+  hashHex: string | null,
   size: number,
-  key: Uint8Array,
-  proof: string,
+  proven: { key: Uint8Array; proof: string } | null,
   chunks: string[],
 ): Promise<PossessedChunks> {
   const places: BlobPlace[] = [];
@@ -192,16 +194,17 @@ export async function checkChunkedPossession(
   if (total !== size) throw forbidden(`its chunks hold ${total} bytes, not ${size}`);
   const sha = createHash("sha256");
   const xxh = new PartialHasher();
-  const mac = new Proof(key);
+  const mac = proven ? new Proof(proven.key) : null;
   const buf = { bytes: new Uint8Array(0) };
   for (let i = 0; i < chunks.length; i++) {
     await readChunk(storage, path, chunks[i], places[i], buf, (raw) => {
       sha.update(raw);
       xxh.update(raw);
-      mac.update(raw);
+      mac?.update(raw);
     });
   }
-  if (sha.digest("hex") !== hashHex) {
+  const hash = sha.digest("hex");
+  if (hashHex !== null && hash !== hashHex) {
     // The client's list is wrong, or a chunk's bytes no longer hash to its
     // name (damaged behind CRCs that still hold): only the second is ours.
     for (let i = 0; i < chunks.length; i++) {
@@ -217,10 +220,10 @@ export async function checkChunkedPossession(
     }
     throw forbidden(`its chunks do not make the content ${hashHex.slice(0, 12)}…`);
   }
-  if (mac.digest() !== proof) {
-    throw forbidden(`its proof of possession does not match the content ${hashHex.slice(0, 12)}…`);
+  if (mac && mac.digest() !== proven!.proof) {
+    throw forbidden(`its proof of possession does not match the content ${hash.slice(0, 12)}…`);
   }
-  return { xxh: xxh.digest(), stored };
+  return { hash, xxh: xxh.digest(), stored };
 }
 
 /**

@@ -29,25 +29,32 @@ export function commitRoutes(ctx: AppContext): Hono<Env> {
     need(c, "append", p);
     const body = await readJson(c, NEGOTIATE_BATCH * 70 + 4096, "negotiate") as {
       hashes?: unknown;
+      own?: unknown;
     };
     const hashes = body?.hashes;
     if (
       !Array.isArray(hashes) || hashes.length > NEGOTIATE_BATCH ||
-      !hashes.every((h) => typeof h === "string" && /^[0-9a-f]{64}$/.test(h))
+      !hashes.every((h) => typeof h === "string" && /^[0-9a-f]{64}$/.test(h)) ||
+      (body.own !== undefined && typeof body.own !== "boolean")
     ) {
       throw new KeepError(
         "invalid",
-        `Cannot negotiate: body must be JSON {hashes: [SHA-256 hex]}, at most ${NEGOTIATE_BATCH}`,
+        `Cannot negotiate: body must be JSON {hashes: [SHA-256 hex], own?: boolean}, at most ${NEGOTIATE_BATCH} hashes`,
       );
     }
     const known = hashes.length
       ? await index.knownBlobs((hashes as string[]).map(hexToBytes))
       : new Set<string>();
+    const have = (hashes as string[]).filter((h) => known.has(h));
+    const own = body.own && have.length && index.projectChunks
+      ? await index.projectChunks(p, have.map(hexToBytes))
+      : null;
     const { nonce, key } = possessionKeys.issue(p);
     const answer: NegotiateAnswer = {
       nonce,
       key: Buffer.from(key).toString("hex"),
-      have: (hashes as string[]).filter((h) => known.has(h)),
+      have,
+      ...(body.own ? { own: have.filter((h) => own?.has(h)) } : {}),
       chunkOver: index.chunking
         ? ctx.limits.chunkOverBytes === undefined ? CHUNKED_FILE_MIN : ctx.limits.chunkOverBytes
         : null,

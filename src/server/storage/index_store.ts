@@ -220,6 +220,12 @@ export interface IndexStore {
   readonly chunking?: boolean;
   /** The chunk hashes (hex, in order) of a chunked file's blob; [] for any other. */
   chunksOf?(hashHex: string): Promise<string[]>;
+  /**
+   * Which of `hashes` (hex) are chunks of a file `project` has in a live
+   * version (its current tree or its history): content the project already
+   * has, which an upload may name without a proof of possession.
+   */
+  projectChunks?(project: string, hashes: Uint8Array[]): Promise<Set<string>>;
   /** A new pack number, unsealed: its writer may still append to it. */
   newPack(): Promise<number>;
   /** The pack's writer closed it: from now on only repack rewrites or deletes it. */

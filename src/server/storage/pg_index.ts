@@ -821,6 +821,24 @@ export class PgIndex implements IndexStore {
     });
   }
 
+  projectChunks(project: string, hashes: Uint8Array[]): Promise<Set<string>> {
+    return this.#run("look up chunks", async () => {
+      const out = new Set<string>();
+      const pid = await this.#projectId(this.sql, project);
+      if (pid === null || !hashes.length) return out;
+      for (let i = 0; i < hashes.length; i += CHUNK) {
+        const part = hashes.slice(i, i + CHUNK).map((h) => bytesToHex(h));
+        const rows = await this.sql`
+          SELECT DISTINCT encode(k.chunk, 'hex') AS h FROM chunks k
+          WHERE k.chunk IN (SELECT decode(x, 'hex') FROM unnest(${part}::text[]) x)
+            AND (EXISTS (SELECT 1 FROM current c WHERE c.hash = k.file AND c.project = ${pid})
+              OR EXISTS (SELECT 1 FROM history h WHERE h.hash = k.file AND h.project = ${pid}))`;
+        for (const r of rows) out.add(r.h as string);
+      }
+      return out;
+    });
+  }
+
   projectHasHash(project: string, hash: Uint8Array): Promise<boolean> {
     return this.#run("look up content", async () => {
       const pid = await this.#projectId(this.sql, project);

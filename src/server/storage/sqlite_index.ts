@@ -742,6 +742,19 @@ export class SqliteIndex implements IndexStore {
     return Promise.resolve(out);
   }
 
+  projectChunks(project: string, hashes: Uint8Array[]): Promise<Set<string>> {
+    const out = new Set<string>();
+    const pid = this.#projectId(project);
+    if (pid === null) return Promise.resolve(out);
+    const has = this.#stmt(
+      `SELECT 1 FROM chunks k WHERE k.chunk = ?2 AND (
+         EXISTS (SELECT 1 FROM current c WHERE c.hash = k.file AND c.project = ?1)
+         OR EXISTS (SELECT 1 FROM history h WHERE h.hash = k.file AND h.project = ?1)) LIMIT 1`,
+    );
+    for (const h of hashes) if (has.get(pid, h)) out.add(bytesToHex(h));
+    return Promise.resolve(out);
+  }
+
   async projectHasHash(project: string, hash: Uint8Array): Promise<boolean> {
     const pid = this.#projectId(project);
     if (pid === null) return Promise.resolve(false);
