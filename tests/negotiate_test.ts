@@ -22,7 +22,7 @@ import {
   writeTree,
 } from "./helpers.ts";
 import { assertError, commitsUrl, hostile, onHead, P, post, refuse, sha256 } from "./hostile.ts";
-import { ChunkHasher } from "../src/client/upload.ts";
+import { ChunkHasher } from "../src/format/fastcdc.ts";
 
 interface BackupJson {
   commit: { id: string; seq: number; counts: { added: number } };

@@ -20,20 +20,15 @@ import { KeepError } from "../errors.ts";
 import { lstatNs, networkFilesystem, TreeFile } from "../platform/fs_native.ts";
 import { collectNow } from "../platform/memory.ts";
 import type { ChangeRecord, CommitInfo, Entry, UploadHeader } from "../format/manifest.ts";
-import {
-  ChunkHasher,
-  type ChunkRef,
-  type CompressMode,
-  type PackStats,
-  packUpload,
-  type Partial,
-} from "./upload.ts";
-import { CHUNKED_FILE_MIN } from "../format/fastcdc.ts";
+import { type CompressMode, type PackStats, packUpload, type Partial } from "./upload.ts";
+import { CHUNKED_FILE_MIN, type ChunkRef } from "../format/fastcdc.ts";
 import { partialHashOfFile } from "../format/partial_hash.ts";
 import { Proof } from "../format/possession.ts";
 import { isIncomplete, type Problem, reasonOf } from "./problem.ts";
 import { type ScanEntry, type ScanResult, type ScanTable, scanTree } from "./scan.ts";
 import { settleFiles } from "./settle.ts";
+import { readAsScanned } from "./read_stable.ts";
+import { cutFiles } from "./chunk_pool.ts";
 
 /** What the backup needs from the server. */
 export interface BackupRemote {
@@ -608,14 +603,18 @@ class Backup {
     let total = 0;
     for (const k of rows) total += send.size(k);
     this.#phase("negotiate", `cutting ${rows.length} big files into chunks (${total} bytes)`);
-    for (const k of rows) {
-      const chunks: ChunkRef[] = [];
-      const cuts = new ChunkHasher((hash, size) => chunks.push({ hash, size }));
-      if (!readStable(this.#root, send, k, (b) => cuts.push(b))) continue;
-      cuts.end();
+    const lists = await cutFiles(rows.map((k) => ({
+      abs: `${this.#root}/${send.path(k)}`,
+      size: send.size(k),
+      mtime: send.mtime(k),
+      ctime: send.ctime(k),
+    })));
+    rows.forEach((k, i) => {
+      const chunks = lists[i];
+      if (!chunks) return;
       cut.set(k, chunks);
       for (const c of chunks) all.add(c.hash);
-    }
+    });
     if (!all.size) return out;
     const had = await this.#remote.negotiate!([...all], { own: true });
     for (const [k, chunks] of cut) {
@@ -880,34 +879,7 @@ function readStable(
   k: number,
   sink: (bytes: Uint8Array) => void,
 ): boolean {
-  const abs = `${root}/${t.path(k)}`;
-  const same = () => {
-    const st = lstatNs(abs);
-    return st.kind === "file" && st.size === t.size(k) && st.mtime === t.mtime(k) &&
-      st.ctime === t.ctime(k);
-  };
-  try {
-    if (!same()) return false;
-    const f = TreeFile.open(abs);
-    try {
-      const buf = readBuffer();
-      for (;;) {
-        const n = f.readSync(buf);
-        if (n === null || n === 0) break;
-        sink(buf.subarray(0, n));
-      }
-    } finally {
-      f.close();
-    }
-    return same();
-  } catch {
-    return false;
-  }
-}
-
-let sharedBuffer: Uint8Array | null = null;
-function readBuffer(): Uint8Array {
-  return sharedBuffer ??= new Uint8Array(1 << 20);
+  return readAsScanned(`${root}/${t.path(k)}`, t.size(k), t.mtime(k), t.ctime(k), sink);
 }
 
 /** Raw bytes of the files in `t` (what the server checks a quota against). */

@@ -30,7 +30,11 @@ Deno.test("settleFiles settles fresh files that do not move within about one win
   });
   assertEquals(r.settled.sort(), [0, 1, 2]);
   assertEquals(r.unsettled, []);
-  assertEquals(waits, [3], "all three observed together, for one window");
+  assertEquals(
+    waits,
+    [3],
+    `all three observed together, for one window (waits ${waits}, ${r.waitedMs} ms)`,
+  );
   // The upper bound is loose: a loaded 2-core CI box stalls timers by hundreds of ms.
   assert(r.waitedMs >= 190 && r.waitedMs < 3000, `waited ${r.waitedMs} ms`);
 });

@@ -20,8 +20,8 @@
 import { BlockWriter } from "../platform/block_writer.ts";
 import { churned } from "../platform/memory.ts";
 import { type Level, MAX_MEMBER_RAW, writeMember } from "../format/gzip_member.ts";
-import { createHash, type Hash } from "node:crypto";
-import { CDC_SIZES, CHUNKED_FILE_MIN, FastCdc } from "../format/fastcdc.ts";
+import { createHash } from "node:crypto";
+import { CDC_SIZES, CHUNKED_FILE_MIN, type ChunkRef, FastCdc } from "../format/fastcdc.ts";
 import { lstatNs, type NativeStat, NotRegularFileError, TreeFile } from "../platform/fs_native.ts";
 import {
   type ChangeRecord,
@@ -77,12 +77,6 @@ export interface PackOptions {
 /** Files sent in part: the chunks the store holds, and the key of the proof. */
 export type Partial = Map<string, PartialSend>;
 
-/** A chunk of a file: its SHA-256 (hex) and size. */
-export interface ChunkRef {
-  hash: string;
-  size: number;
-}
-
 /** What the negotiation found of a file the store holds in part (read as scanned). */
 export interface PartialSend {
   /**
@@ -96,58 +90,6 @@ export interface PartialSend {
   held: Set<string>;
   /** Their raw bytes (for the report). */
   heldBytes: number;
-}
-
-/**
- * Cuts a stream as the upload of a big file does (FastCDC, fastcdc.ts) and
- * hashes each chunk (SHA-256): `onChunk` gets each chunk's hash and size,
- * and, when `keep` is set, its bytes (valid during the call).
- */
-export class ChunkHasher {
-  readonly #cdc = new FastCdc();
-  #sha: Hash = createHash("sha256");
-  #size = 0;
-  readonly #buf: Uint8Array | null;
-  #fill = 0;
-
-  constructor(
-    readonly onChunk: (hash: string, size: number, bytes: Uint8Array | null) => void,
-    keep = false,
-  ) {
-    // A chunk is at most the chunker's max: one buffer holds any.
-    this.#buf = keep ? new Uint8Array(CDC_SIZES.max) : null;
-  }
-
-  push(piece: Uint8Array): void {
-    const base = this.#cdc.position;
-    let from = 0;
-    for (const cut of this.#cdc.push(piece)) {
-      this.#add(piece.subarray(from, cut - base));
-      this.#emit();
-      from = cut - base;
-    }
-    this.#add(piece.subarray(from));
-  }
-
-  end(): void {
-    if (this.#size > 0) this.#emit();
-  }
-
-  #add(bytes: Uint8Array): void {
-    if (!bytes.length) return;
-    this.#sha.update(bytes);
-    this.#buf?.set(bytes, this.#fill);
-    this.#fill += bytes.length;
-    this.#size += bytes.length;
-  }
-
-  #emit(): void {
-    const hash = this.#sha.digest("hex");
-    this.onChunk(hash, this.#size, this.#buf ? this.#buf.subarray(0, this.#fill) : null);
-    this.#sha = createHash("sha256");
-    this.#size = 0;
-    this.#fill = 0;
-  }
 }
 
 const encoder = new TextEncoder();

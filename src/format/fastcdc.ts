@@ -18,6 +18,8 @@
  * @module
  */
 
+import { createHash, type Hash } from "node:crypto";
+
 /** Sizes of the chunks (bytes). */
 export interface CdcSizes {
   min: number;
@@ -167,4 +169,62 @@ export class FastCdc {
 export function chunkCuts(data: Uint8Array, sizes: CdcSizes = CDC_SIZES): number[] {
   const cdc = new FastCdc(sizes);
   return [...cdc.push(data), ...cdc.end()];
+}
+
+/** A chunk of a file: its SHA-256 (hex) and size. */
+export interface ChunkRef {
+  hash: string;
+  size: number;
+}
+
+/**
+ * Cuts a stream as the upload of a big file does (FastCdc) and
+ * hashes each chunk (SHA-256): `onChunk` gets each chunk's hash and size,
+ * and, when `keep` is set, its bytes (valid during the call).
+ */
+export class ChunkHasher {
+  readonly #cdc = new FastCdc();
+  #sha: Hash = createHash("sha256");
+  #size = 0;
+  readonly #buf: Uint8Array | null;
+  #fill = 0;
+
+  constructor(
+    readonly onChunk: (hash: string, size: number, bytes: Uint8Array | null) => void,
+    keep = false,
+  ) {
+    // A chunk is at most the chunker's max: one buffer holds any.
+    this.#buf = keep ? new Uint8Array(CDC_SIZES.max) : null;
+  }
+
+  push(piece: Uint8Array): void {
+    const base = this.#cdc.position;
+    let from = 0;
+    for (const cut of this.#cdc.push(piece)) {
+      this.#add(piece.subarray(from, cut - base));
+      this.#emit();
+      from = cut - base;
+    }
+    this.#add(piece.subarray(from));
+  }
+
+  end(): void {
+    if (this.#size > 0) this.#emit();
+  }
+
+  #add(bytes: Uint8Array): void {
+    if (!bytes.length) return;
+    this.#sha.update(bytes);
+    this.#buf?.set(bytes, this.#fill);
+    this.#fill += bytes.length;
+    this.#size += bytes.length;
+  }
+
+  #emit(): void {
+    const hash = this.#sha.digest("hex");
+    this.onChunk(hash, this.#size, this.#buf ? this.#buf.subarray(0, this.#fill) : null);
+    this.#sha = createHash("sha256");
+    this.#size = 0;
+    this.#fill = 0;
+  }
 }
