@@ -9,7 +9,7 @@ import { Buffer } from "node:buffer";
 import { createHmac } from "node:crypto";
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { commitHeader, noise, T0, Upload } from "./craft.ts";
+import { commitHeader, gunzip, noise, T0, Upload } from "./craft.ts";
 import {
   assertSameTree,
   captureProxy,
@@ -96,6 +96,74 @@ Deno.test("negotiate: a tree copied to a second project, or renamed in one, send
     await proxy.close();
   }
 });
+
+Deno.test("negotiate: artifacts built again for another project, one big file edited, send only that file's changed chunks (with a proof: the chunks are not the project's)", async () => {
+  await using server = await startServer();
+  const proxy = captureProxy(server.url);
+  try {
+    const a = await tempDir();
+    // Real bytes where the machine has them: system libraries back to back.
+    const libs = systemBytes(24 << 20);
+    const spec: Record<string, Uint8Array> = { "lib/libbig.so": libs };
+    for (let i = 0; i < 3; i++) spec[`lib/other${i}.so`] = noise(12 << 20, 200 + i);
+    writeTree(a, spec);
+    const env = { KEEP_SERVER: proxy.url };
+    const backup = async (project: string, dir: string) => {
+      const before = proxy.sent.bytes;
+      const r = json<BackupJson>(
+        await keepOk(["backup", "--project", project, "--settle", "0", "--json", dir], 0, { env }),
+      );
+      return { r, sent: proxy.sent.bytes - before };
+    };
+    await backup("a", a);
+    // Project b: the same build but for one edit inside the big library.
+    const b = await tempDir();
+    const edited = libs.slice();
+    edited.set(noise(4096, 300), 10 << 20);
+    writeTree(b, { ...spec, "lib/libbig.so": edited });
+    const copy = await backup("b", b);
+    assert(copy.sent < 3_000_000, `b sent ${copy.sent} B`);
+    assertEquals(copy.r.proven, 4, "3 files whole, one in part");
+    const upload = proxy.uploads[proxy.uploads.length - 1];
+    const text = new TextDecoder().decode(gunzip(upload));
+    assertMatch(text, /\.keep-chunk\/lib\/libbig\.so@\d+/);
+    assertMatch(
+      text,
+      /"op":"have","e":\{"p":"lib\/libbig\.so"[^\n]*"n":"[^"]+","proof":"[0-9a-f]{32}","c":\[/,
+    );
+    const out = join(await tempDir(), "b");
+    await keepOk(["restore", "--project", "b", out], 0, { env });
+    assertSameTree(snapshot(out), snapshot(b), "project b restored");
+    const v = await keep(["verify", "--data", server.dataDir]);
+    assertEquals(v.code, 0, v.stdout + v.stderr);
+  } finally {
+    await proxy.close();
+  }
+});
+
+/** `n` bytes of the machine's own shared libraries (real compiled code), noise when too few. */
+function systemBytes(n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  let at = 0;
+  for (const dir of ["/usr/lib/x86_64-linux-gnu", "/usr/lib", "/usr/bin"]) {
+    let names: string[] = [];
+    try {
+      names = [...Deno.readDirSync(dir)].filter((e) => e.isFile).map((e) => e.name).sort();
+    } catch {
+      continue;
+    }
+    for (const name of names) {
+      if (at >= n) return out;
+      try {
+        const data = Deno.readFileSync(join(dir, name));
+        out.set(data.subarray(0, n - at), at);
+        at += Math.min(data.length, n - at);
+      } catch { /* unreadable: next */ }
+    }
+  }
+  if (at < n) out.set(noise(n - at, 9), at);
+  return out;
+}
 
 Deno.test("negotiate: a first backup of new small files hashes only a probe of them", async () => {
   await using server = await startServer();
