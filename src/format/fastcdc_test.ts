@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertThrows } from "../../tests/assert.ts";
 import { noise } from "../../tests/craft.ts";
 import { createHash } from "node:crypto";
-import { CDC_SIZES, type CdcSizes, chunkCuts, FastCdc } from "./fastcdc.ts";
+import { CDC_SIZES, type CdcSizes, chunkCuts, ChunkHasher, FastCdc } from "./fastcdc.ts";
 
 /** A seeded xorshift for the property tests (reproducible failures: the seed is in the message). */
 function rng(seed: number): () => number {
@@ -144,4 +144,32 @@ Deno.test("FastCdc: bytes inserted at the front and in the middle of a 200 MB fi
   const fresh = [...after].filter((h) => !before.has(h)).length;
   assert(before.size > 300, `${before.size} chunks`);
   assert(fresh <= 12, `${fresh} new chunks of ${after.size}`);
+});
+
+Deno.test("ChunkHasher: the chunks of any split of a stream are chunkCuts' chunks, each hashed, with its bytes when kept", () => {
+  const r = rng(181);
+  const rand = (n: number) => Math.floor(r() * n);
+  for (let round = 0; round < 12; round++) {
+    const data = noise(CDC_SIZES.max * (1 + rand(6)) + rand(CDC_SIZES.max), round + 7);
+    const cuts = chunkCuts(data);
+    const want = cuts.map((end, i) => {
+      const bytes = data.subarray(i ? cuts[i - 1] : 0, end);
+      return { hash: createHash("sha256").update(bytes).digest("hex"), size: bytes.length };
+    });
+    const got: { hash: string; size: number }[] = [];
+    let at = 0;
+    const h = new ChunkHasher((hash, size, bytes) => {
+      got.push({ hash, size });
+      assertEquals(bytes!, data.subarray(at, at + size), `chunk ${got.length} bytes`);
+      at += size;
+    }, true);
+    // Pieces of 1 byte to 3 MiB, cut at random (crossing chunk cuts and the max).
+    for (let o = 0; o < data.length;) {
+      const n = Math.min(data.length - o, 1 + rand(rand(2) ? 3 << 20 : 4096));
+      h.push(data.subarray(o, o + n));
+      o += n;
+    }
+    h.end();
+    assertEquals(got, want, `round ${round}`);
+  }
 });

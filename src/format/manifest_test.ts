@@ -2,6 +2,7 @@ import { assert, assertEquals, assertThrows } from "../../tests/assert.ts";
 import { concatBytes } from "../platform/concat_bytes.ts";
 import { rng } from "../../tests/seeded.ts";
 import { KeepError } from "../errors.ts";
+import { CDC_SIZES } from "./fastcdc.ts";
 import {
   type ChangeRecord,
   changeRecordToJson,
@@ -447,4 +448,50 @@ Deno.test("LineChunker yields whole lines, byte for byte, across any chunk bound
     KeepError,
     /^Cannot read manifest: line too long$/,
   );
+});
+
+Deno.test("parseChangeRecord: a have record's chunk list, property-tested around its bounds (count, hex, proof or none)", () => {
+  const rand = rng(18);
+  const min = CDC_SIZES.min;
+  const hex = (i: number) => i.toString(16).padStart(64, "0");
+  const file = (size: number): Entry => ({ ...ENTRIES[0], type: "f", size, hash: undefined });
+  for (let round = 0; round < 300; round++) {
+    // Sizes on, just under and just over multiples of the chunker's min.
+    const k = 1 + rand(40);
+    const size = Math.max(1, k * min + [-1, 0, 1][rand(3)]);
+    const most = Math.ceil(size / min);
+    const n = [1, most, most + 1, rand(most + 2)][rand(4)];
+    const c = Array.from({ length: n }, (_, i) => hex(i + round));
+    const proven = rand(2) === 0;
+    const rec = proven
+      ? { op: "have", e: JSON.parse(entryToJson(file(size))), n: "1.ab", proof: "0".repeat(32), c }
+      : { op: "have", e: JSON.parse(entryToJson(file(size))), c };
+    const line = JSON.stringify(rec);
+    if (n >= 1 && n <= most) {
+      const r = parseChangeRecord(line);
+      assert(r.op === "have" && r.c !== undefined, line.slice(0, 80));
+      assertEquals(r.c, c);
+      assertEquals(r.proof, proven ? "0".repeat(32) : undefined);
+      // Serialised back, it reads the same.
+      assertEquals(parseChangeRecord(changeRecordToJson(r)), r);
+    } else {
+      const err = assertThrows(() => parseChangeRecord(line), KeepError);
+      assertEquals(err.code, "invalid");
+    }
+  }
+  const base = { op: "have", e: JSON.parse(entryToJson(file(3 * min))) };
+  for (
+    const [what, rec] of [
+      ["a hash that is not hex", { ...base, c: ["g".repeat(64)] }],
+      ["a short hash", { ...base, c: ["a".repeat(63)] }],
+      ["no chunks", { ...base, c: [] }],
+      ["not a list", { ...base, c: "a".repeat(64) }],
+      ["a nonce without a proof", { ...base, n: "x", c: [hex(1)] }],
+      ["a proof without a nonce", { ...base, proof: "0".repeat(32), c: [hex(1)] }],
+      ["no list and no hash", { ...base, n: "x", proof: "0".repeat(32) }],
+    ] as const
+  ) {
+    const err = assertThrows(() => parseChangeRecord(JSON.stringify(rec)), KeepError);
+    assertEquals(err.code, "invalid", what);
+  }
 });
