@@ -52,6 +52,21 @@ function buildTree(root: string): number {
   return bytes;
 }
 
+/** One backup through the capturing proxy: its JSON and the body bytes it sent. */
+async function backupVia(
+  proxy: ReturnType<typeof captureProxy>,
+  project: string,
+  dir: string,
+): Promise<{ r: BackupJson; sent: number }> {
+  const before = proxy.sent.bytes;
+  const r = json<BackupJson>(
+    await keepOk(["backup", "--project", project, "--settle", "0", "--json", dir], 0, {
+      env: { KEEP_SERVER: proxy.url },
+    }),
+  );
+  return { r, sent: proxy.sent.bytes - before };
+}
+
 Deno.test("negotiate: a tree copied to a second project, or renamed in one, sends under 1% of its bytes", async () => {
   await using server = await startServer();
   const proxy = captureProxy(server.url);
@@ -59,13 +74,7 @@ Deno.test("negotiate: a tree copied to a second project, or renamed in one, send
     const src = await tempDir();
     const bytes = buildTree(join(src, "tree"));
     const env = { KEEP_SERVER: proxy.url };
-    const backup = async (project: string, dir: string) => {
-      const before = proxy.sent.bytes;
-      const r = json<BackupJson>(
-        await keepOk(["backup", "--project", project, "--settle", "0", "--json", dir], 0, { env }),
-      );
-      return { r, sent: proxy.sent.bytes - before };
-    };
+    const backup = (project: string, dir: string) => backupVia(proxy, project, dir);
     const first = await backup("a", src);
     assert(first.sent > bytes / 2, `the first backup sends the content (${first.sent} B)`);
     assertEquals(first.r.proven, 0);
@@ -108,13 +117,7 @@ Deno.test("negotiate: artifacts built again for another project, one big file ed
     for (let i = 0; i < 3; i++) spec[`lib/other${i}.so`] = noise(12 << 20, 200 + i);
     writeTree(a, spec);
     const env = { KEEP_SERVER: proxy.url };
-    const backup = async (project: string, dir: string) => {
-      const before = proxy.sent.bytes;
-      const r = json<BackupJson>(
-        await keepOk(["backup", "--project", project, "--settle", "0", "--json", dir], 0, { env }),
-      );
-      return { r, sent: proxy.sent.bytes - before };
-    };
+    const backup = (project: string, dir: string) => backupVia(proxy, project, dir);
     await backup("a", a);
     // Project b: the same build but for one edit inside the big library.
     const b = await tempDir();

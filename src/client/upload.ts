@@ -319,21 +319,26 @@ class UploadWriter {
     this.#options.onProgress?.(this.#stats);
   }
 
+  /** Opens a file to stream; null (the problem reported) when it cannot be. */
+  #open(path: string, abs: string): TreeFile | null {
+    try {
+      return TreeFile.open(abs);
+    } catch (err) {
+      if (err instanceof NotRegularFileError) {
+        this.#problem({ path, reason: err.message, kind: "unsettled" });
+      } else this.#problem({ path, reason: reasonOf(err), kind: "unreadable" });
+      return null;
+    }
+  }
+
   /**
    * A large file, streamed at the size of the open file's stat (cut or
    * zero-filled to it), and withdrawn when it moved while it was read.
    */
   async *#sendStreamed(e: ScanEntry): AsyncGenerator<Uint8Array[]> {
     const abs = `${this.#options.root}/${e.path}`;
-    let file: TreeFile;
-    try {
-      file = TreeFile.open(abs);
-    } catch (err) {
-      if (err instanceof NotRegularFileError) {
-        this.#problem({ path: e.path, reason: err.message, kind: "unsettled" });
-      } else this.#problem({ path: e.path, reason: reasonOf(err), kind: "unreadable" });
-      return;
-    }
+    const file = this.#open(e.path, abs);
+    if (!file) return;
     const st0 = file.stat;
     let moved = false;
     try {
@@ -404,15 +409,8 @@ class UploadWriter {
     const abs = `${this.#options.root}/${e.path}`;
     const moved = () =>
       this.#problem({ path: e.path, reason: "changed while being read", kind: "unsettled" });
-    let file: TreeFile;
-    try {
-      file = TreeFile.open(abs);
-    } catch (err) {
-      if (err instanceof NotRegularFileError) {
-        this.#problem({ path: e.path, reason: err.message, kind: "unsettled" });
-      } else this.#problem({ path: e.path, reason: reasonOf(err), kind: "unreadable" });
-      return;
-    }
+    const file = this.#open(e.path, abs);
+    if (!file) return;
     const scanned = { kind: "file" as const, size: e.size, mtime: e.mtime, ctime: e.ctime };
     try {
       if (!sameStat(scanned, file.stat)) return moved();

@@ -84,20 +84,22 @@ export async function chunkPieces(
 
 /**
  * Cuts stored pieces into members and inflates each (CRC and length
- * checked), handing the raw bytes to `sink` (valid during the call). Returns
+ * checked), handing the raw bytes to `sink` (valid during the call); each
+ * piece is copied first unless `copy` is false. Returns
  * the raw size; throws KeepError (integrity or invalid) on damaged members.
  */
 export async function forEachRaw(
   pieces: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
   sink: (raw: Uint8Array) => void,
+  copy = true,
 ): Promise<number> {
   const split = new MemberSplitter();
   let total = 0;
   for await (const piece of pieces) {
     // A copy: the splitter holds the piece past the next one's read, which
-    // may reuse its buffer.
-    split.push(piece.slice());
-    churned(piece.length);
+    // may reuse its buffer (`copy` false: the caller's pieces stay put).
+    split.push(copy ? piece.slice() : piece);
+    if (copy) churned(piece.length);
     for (let m = split.next(); m; m = split.next()) {
       const raw = decodeMemberTransient(m);
       total += raw.length;

@@ -19,7 +19,6 @@ import { PartialHasher } from "../format/partial_hash.ts";
 import { Proof } from "../format/possession.ts";
 import type { Storage } from "./storage/open.ts";
 import { contentPieces, forEachRaw } from "./content_pieces.ts";
-import { decodeMemberTransient, MemberSplitter } from "../format/gzip_member.ts";
 import type { BlobPlace } from "./storage/blob_store.ts";
 
 /** How long a negotiation's key is accepted. */
@@ -245,14 +244,7 @@ async function readChunk(
     if (storage.blobs.readPacked && place.pack !== null) {
       const stored = storage.blobs.readPacked(hex, place, buf.bytes);
       if (stored.buffer !== buf.bytes.buffer) buf.bytes = new Uint8Array(stored.buffer);
-      const split = new MemberSplitter();
-      split.push(stored);
-      for (let m = split.next(); m; m = split.next()) {
-        const raw = decodeMemberTransient(m);
-        total += raw.length;
-        sink(raw);
-      }
-      split.end();
+      total = await forEachRaw([stored], sink, false);
     } else total = await forEachRaw(await storage.blobs.pieces(hex, place), sink);
     if (total !== place.size) {
       throw new KeepError("integrity", `chunk ${hex} holds ${total} bytes, not ${place.size}`);
