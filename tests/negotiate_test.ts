@@ -492,9 +492,9 @@ hostile(
         e: haveRecord("stolen.bin", sha256(v.data), v.data.length, "", "").e,
         c: v.chunks,
       }]).end(),
-      403,
-      "forbidden",
-      /is not one of app's and comes without a proof of possession/,
+      409,
+      "conflict",
+      /is not one of app's \(any more\) and comes without a proof of possession/,
     );
     const ls = await keepOk(["ls", "--json"], 0, { env: c.env });
     assert(!ls.stdout.includes("stolen.bin"), "stolen.bin is in the project");
@@ -571,4 +571,44 @@ hostile(
     const v2 = await keepOk(["verify", "--data", c.server.dataDir]);
     assertMatch(v2.stdout, /keep verify: OK/);
   },
+);
+
+hostile(
+  "negotiate: a store serving with --chunk-over off answers no chunking and takes no chunk entries and no file named by chunks",
+  async (c) => {
+    const res = await fetch(`${c.url}/v1/projects/${P}/negotiate`, {
+      method: "POST",
+      body: JSON.stringify({ hashes: [] }),
+      headers: { "content-type": "application/json" },
+    });
+    assertEquals((await res.json()).chunkOver, null, "the answer says big files stay whole");
+    const data = noise(9 << 20, 95);
+    const chunks: string[] = [];
+    const bytes: Uint8Array[] = [];
+    const cut = new ChunkHasher((h, _n, b) => {
+      chunks.push(h);
+      bytes.push(b!.slice());
+    }, true);
+    cut.push(data);
+    cut.end();
+    await refuse(
+      c,
+      "a chunk entry",
+      onHead(c).control(".keep-chunk/x.bin@0", "chunk", bytes[0]).changes([]).end(),
+      400,
+      "invalid",
+      /this store keeps big files whole; send them without chunk entries/,
+    );
+    const e = haveRecord("x.bin", "", data.length, "", "").e as Record<string, unknown>;
+    delete e.h;
+    await refuse(
+      c,
+      "a file named by chunks",
+      onHead(c).changes([{ op: "have", e, c: chunks }]).end(),
+      400,
+      "invalid",
+      /Cannot record x\.bin: this store keeps big files whole, not as chunks/,
+    );
+  },
+  { args: ["--chunk-over", "off"] },
 );

@@ -19,7 +19,13 @@ import {
 import { KeepError } from "../errors.ts";
 import { lstatNs, networkFilesystem, TreeFile } from "../platform/fs_native.ts";
 import { collectNow } from "../platform/memory.ts";
-import type { ChangeRecord, CommitInfo, Entry, UploadHeader } from "../format/manifest.ts";
+import {
+  type ChangeRecord,
+  type CommitInfo,
+  type Entry,
+  HAVE_CHUNKS_MAX,
+  type UploadHeader,
+} from "../format/manifest.ts";
 import { type CompressMode, type PackStats, packUpload, type Partial } from "./upload.ts";
 import { CHUNKED_FILE_MIN, type ChunkRef } from "../format/fastcdc.ts";
 import { partialHashOfFile } from "../format/partial_hash.ts";
@@ -433,7 +439,7 @@ class Backup {
       source: this.#root,
       scanTime: scan.startedNs.toString(),
       granularity: granularity.toString(),
-      bytes: sentBytes(finalSend),
+      bytes: sentBytes(finalSend, partial),
     };
     this.#phase("upload", `${finalSend.length} entries`, {
       entries: finalSend.length,
@@ -611,7 +617,9 @@ class Backup {
     })));
     rows.forEach((k, i) => {
       const chunks = lists[i];
-      if (!chunks) return;
+      // Unreadable or moved, or more chunks than a `have` record may list
+      // (a file of ~125 GB): sent whole.
+      if (!chunks || chunks.length > HAVE_CHUNKS_MAX) return;
       cut.set(k, chunks);
       for (const c of chunks) all.add(c.hash);
     });
@@ -882,9 +890,17 @@ function readStable(
   return readAsScanned(`${root}/${t.path(k)}`, t.size(k), t.mtime(k), t.ctime(k), sink);
 }
 
-/** Raw bytes of the files in `t` (what the server checks a quota against). */
-function sentBytes(t: ScanTable): number {
+/**
+ * Raw bytes of the files in `t` (what the server checks a quota against): of
+ * a file sent in part, only the chunks the store lacks.
+ */
+function sentBytes(t: ScanTable, partial: Partial): number {
   let n = 0;
-  for (let i = 0; i < t.length; i++) if (t.type(i) === "f") n += t.size(i);
+  for (let i = 0; i < t.length; i++) {
+    if (t.type(i) !== "f") continue;
+    const part = partial.get(t.path(i));
+    if (!part) n += t.size(i);
+    else for (const c of part.chunks) if (!part.held.has(c.hash)) n += c.size;
+  }
   return n;
 }

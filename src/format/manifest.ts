@@ -359,8 +359,9 @@ export function parseChangeRecord(line: string): ChangeRecord {
         );
       }
       if (!chunked) return { op: "have", e, n: o.n as string, proof: o.proof as string };
-      // Every chunk but the last is at least the chunker's min (fastcdc.ts).
-      const most = Math.ceil(e.size / CDC_SIZES.min);
+      // Every chunk but the last is at least the chunker's min (fastcdc.ts),
+      // and the record fits in a line of the change list.
+      const most = Math.min(Math.ceil(e.size / CDC_SIZES.min), HAVE_CHUNKS_MAX);
       if (
         !Array.isArray(o.c) || o.c.length === 0 || o.c.length > most ||
         !o.c.every((h: unknown) => typeof h === "string" && /^[0-9a-f]{64}$/.test(h))
@@ -386,6 +387,20 @@ export function parseChangeRecord(line: string): ChangeRecord {
       throw new KeepError("invalid", "Cannot read upload: unknown change record");
   }
 }
+
+/**
+ * Longest line of an upload's change list (bytes): a `have` record lists the
+ * chunks of a big file, 67 bytes each (64 hex, quotes, comma).
+ */
+export const CHANGE_LINE_MAX = 16 << 20;
+
+/**
+ * Most chunks one `have` record may list, so that with the longest path
+ * (every byte escaped) and a nonce it stays under CHANGE_LINE_MAX: about
+ * 250,000, a file of ~125 GB at the chunker's average. A file with more
+ * chunks is sent whole (client/backup.ts).
+ */
+export const HAVE_CHUNKS_MAX = Math.floor((CHANGE_LINE_MAX - (64 << 10)) / 67);
 
 /** Serialises a change record as one NDJSON line (without newline). */
 export function changeRecordToJson(r: ChangeRecord): string {
@@ -439,7 +454,8 @@ export class LineChunker {
 export class LineSplitter {
   #rest = "";
   #decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-  constructor(readonly maxLine = 1 << 20) {}
+  /** `what` names the text in errors ("manifest", "upload's change list"). */
+  constructor(readonly maxLine = 1 << 20, readonly what = "manifest") {}
 
   /** Lines completed by this chunk. */
   push(chunk: Uint8Array): string[] {
@@ -473,13 +489,18 @@ export class LineSplitter {
     try {
       return this.#decoder.decode(chunk, { stream });
     } catch {
-      throw new KeepError("invalid", "Cannot read manifest: not valid UTF-8");
+      throw new KeepError("invalid", `Cannot read ${this.what}: not valid UTF-8`);
     }
   }
 
   #checkLength(line: string): void {
     if (line.length > this.maxLine) {
-      throw new KeepError("too_large", "Cannot read manifest: line too long");
+      throw new KeepError(
+        "too_large",
+        this.what === "manifest"
+          ? "Cannot read manifest: line too long"
+          : `Cannot read ${this.what}: a record is longer than ${this.maxLine} bytes`,
+      );
     }
   }
 }

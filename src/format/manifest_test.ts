@@ -1,14 +1,16 @@
-import { assert, assertEquals, assertThrows } from "../../tests/assert.ts";
+import { assert, assertEquals, assertMatch, assertThrows } from "../../tests/assert.ts";
 import { concatBytes } from "../platform/concat_bytes.ts";
 import { rng } from "../../tests/seeded.ts";
 import { KeepError } from "../errors.ts";
 import { CDC_SIZES } from "./fastcdc.ts";
 import {
+  CHANGE_LINE_MAX,
   type ChangeRecord,
   changeRecordToJson,
   type Entry,
   entryFromJson,
   entryToJson,
+  HAVE_CHUNKS_MAX,
   LineChunker,
   LineSplitter,
   parseChangeRecord,
@@ -494,4 +496,44 @@ Deno.test("parseChangeRecord: a have record's chunk list, property-tested around
     const err = assertThrows(() => parseChangeRecord(JSON.stringify(rec)), KeepError);
     assertEquals(err.code, "invalid", what);
   }
+});
+
+Deno.test("a have record of the most chunks, with the longest escaped path, fits a change-list line; one chunk more is refused", () => {
+  const hex = (i: number) => i.toString(16).padStart(64, "0");
+  // 4095 bytes of path, every byte but the slashes escaped in JSON as six.
+  const path = Array(16).fill("\x01".repeat(255)).join("/");
+  const size = (HAVE_CHUNKS_MAX + 1) * CDC_SIZES.min;
+  const e: Entry = { ...ENTRIES[0], path, type: "f", size, hash: undefined };
+  const record = (n: number): ChangeRecord => ({
+    op: "have",
+    e,
+    n: "n".repeat(128),
+    proof: "0".repeat(32),
+    c: Array.from({ length: n }, (_, i) => hex(i)),
+  });
+  const most = changeRecordToJson(record(HAVE_CHUNKS_MAX));
+  assert(most.length <= CHANGE_LINE_MAX, `${most.length} > ${CHANGE_LINE_MAX}`);
+  // It goes through the server's splitter for change lists, and parses.
+  const s = new LineSplitter(CHANGE_LINE_MAX, "upload's change list");
+  const got = [...s.push(encoder.encode(most + "\n")), ...s.end()];
+  assertEquals(got.length, 1);
+  const r = parseChangeRecord(got[0]);
+  assert(r.op === "have" && r.c?.length === HAVE_CHUNKS_MAX);
+  const over = assertThrows(
+    () => parseChangeRecord(changeRecordToJson(record(HAVE_CHUNKS_MAX + 1))),
+    KeepError,
+  );
+  assertEquals(over.code, "invalid");
+  assertMatch(over.message, /names its chunks wrongly \(1 to \d+ SHA-256 hex\)/);
+  // A longer line is refused by the splitter with a message naming what it read.
+  const long = new LineSplitter(CHANGE_LINE_MAX, "upload's change list");
+  const err = assertThrows(
+    () => long.push(encoder.encode("x".repeat(CHANGE_LINE_MAX + 1))),
+    KeepError,
+  );
+  assertEquals(err.code, "too_large");
+  assertEquals(
+    err.message,
+    `Cannot read upload's change list: a record is longer than ${CHANGE_LINE_MAX} bytes`,
+  );
 });

@@ -23,6 +23,7 @@ import { ArchiveReader } from "../format/archive_reader.ts";
 import { encodeChecked, MAX_MEMBER_RAW, type MemberEncoder } from "../format/gzip_member.ts";
 import { bytesToHex, hexToBytes } from "../format/hex.ts";
 import {
+  CHANGE_LINE_MAX,
   type CommitInfo,
   type Entry,
   entryTypeOf,
@@ -79,6 +80,19 @@ const PACK_ROTATE = 1 << 30;
 const MAX_CONTROL = 1 << 20;
 /** A stored chunk is at most the chunker's max plus one member (see #onData). */
 const CHUNK_ENTRY_MAX = CDC_SIZES.max + MAX_MEMBER_RAW;
+
+/**
+ * The size over which a store keeps files as chunks, or null when it keeps
+ * every file whole (an index without chunks, or `serve --chunk-over off`):
+ * then it takes no chunk entries and no file named by its chunks either.
+ */
+export function chunkThreshold(
+  index: { readonly chunking?: boolean },
+  limits: IngestLimits,
+): number | null {
+  if (!index.chunking) return null;
+  return limits.chunkOverBytes === undefined ? CHUNKED_FILE_MIN : limits.chunkOverBytes;
+}
 
 /** One file's content as it arrives: members in memory (small) or a sink (large). */
 class BlobBuilder {
@@ -216,6 +230,8 @@ export class Ingest {
   #storage: Storage;
   #stage: UploadStage;
   #limits: IngestLimits;
+  /** Files over this size are kept as chunks; null: all whole (see chunkThreshold). */
+  readonly #chunkOver: number | null;
   #level: number;
   #encode: MemberEncoder | undefined;
   #reader: ArchiveReader;
@@ -285,6 +301,7 @@ export class Ingest {
     this.#stage = stage;
     this.project = project;
     this.#limits = options.limits ?? DEFAULT_LIMITS;
+    this.#chunkOver = chunkThreshold(storage.index, this.#limits);
     this.#level = options.level ?? -1;
     this.#encode = options.encode;
     this.#reader = new ArchiveReader({
@@ -616,7 +633,7 @@ export class Ingest {
           // A file sent in part: its chunks are stored (sent in this upload or
           // held before). Without a proof each is the project's own or was
           // sent; the server hashes the file itself from them.
-          if (!this.#storage.index.chunking) {
+          if (this.#chunkOver === null) {
             throw new KeepError(
               "invalid",
               `Cannot record ${h.e.path}: this store keeps big files whole, not as chunks`,
@@ -633,11 +650,14 @@ export class Ingest {
               : new Set<string>();
             const foreign = others.find((c) => !own?.has(c));
             if (foreign) {
+              // A conflict, not a refusal: the chunk may have been the
+              // project's when the client asked (a prune since swept that
+              // file), and a new attempt negotiates again and proves it.
               throw new KeepError(
-                "forbidden",
+                "conflict",
                 `Cannot record ${h.e.path}: its chunk ${
                   foreign.slice(0, 12)
-                }… is not one of ${this.project}'s and comes without a proof of possession; nothing was recorded`,
+                }… is not one of ${this.project}'s (any more) and comes without a proof of possession; nothing was recorded; back up again`,
               );
             }
           }
@@ -743,14 +763,14 @@ export class Ingest {
         throw new KeepError("invalid", "Cannot accept upload: change list is not a file");
       }
       this.#phase = "changes";
-      this.#lines = new LineSplitter();
+      this.#lines = new LineSplitter(CHANGE_LINE_MAX, "upload's change list");
       return;
     }
     if (control === "chunk") {
       // One chunk of a big file sent in part: a blob of its own, no path of
       // the tree (its file comes as a `have` record listing its chunks).
       this.#count();
-      if (!this.#storage.index.chunking) {
+      if (this.#chunkOver === null) {
         throw new KeepError(
           "invalid",
           "Cannot accept upload: this store keeps big files whole; send them without chunk entries",
@@ -818,10 +838,8 @@ export class Ingest {
       }
       this.#sha = createHash("sha256");
       this.#xxh.reset();
-      const chunkOver = this.#limits.chunkOverBytes === undefined
-        ? CHUNKED_FILE_MIN
-        : this.#limits.chunkOverBytes;
-      if (chunkOver !== null && h.size > chunkOver && this.#storage.index.chunking) {
+      const chunkOver = this.#chunkOver;
+      if (chunkOver !== null && h.size > chunkOver) {
         // Stored as chunks (each a blob, in the batch's pack), no blob of its own.
         this.#currentSink = null;
         this.#blob = null;

@@ -14,7 +14,7 @@ import { receiveUpload } from "../upload.ts";
 import { readJson } from "../json_body.ts";
 import { NEGOTIATE_BATCH, type NegotiateAnswer } from "../../format/possession.ts";
 import { hexToBytes } from "../../format/hex.ts";
-import { CHUNKED_FILE_MIN } from "../../format/fastcdc.ts";
+import { chunkThreshold } from "../../server/ingest.ts";
 import { possessionKeys } from "../../server/possession.ts";
 
 /** The route group. */
@@ -55,9 +55,7 @@ export function commitRoutes(ctx: AppContext): Hono<Env> {
       key: Buffer.from(key).toString("hex"),
       have,
       ...(body.own ? { own: have.filter((h) => own?.has(h)) } : {}),
-      chunkOver: index.chunking
-        ? ctx.limits.chunkOverBytes === undefined ? CHUNKED_FILE_MIN : ctx.limits.chunkOverBytes
-        : null,
+      chunkOver: chunkThreshold(index, ctx.limits),
     };
     return c.json(answer);
   });
