@@ -9,6 +9,8 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { noise } from "./craft.ts";
+import { chunkCuts, ChunkHasher, gearHash } from "../src/format/fastcdc.ts";
 import {
   captureProxy,
   json,
@@ -206,4 +208,67 @@ Deno.test("chunks: recompression at rest rewrites chunks bigger than a member an
   assertEquals(sha(Deno.readFileSync(join(out, "log.txt"))), sha(text));
   const v = await keepOk(["verify", "--server", server.url]);
   assertMatch(v.stdout, /keep verify: OK/);
+});
+
+Deno.test("chunks: a chunk of exactly one full gzip member (1 MiB) is stored as the client cuts it, so a later backup finds it", async () => {
+  await using server = await startServer();
+  // Random bytes with no cut before 1 MiB - 32, then 32 bytes that put one
+  // at 1 MiB exactly (past the average a cut is where the hash's top
+  // log2(512 Ki) - 2 = 17 bits are zero).
+  const MiB = 1 << 20;
+  let data: Uint8Array | null = null;
+  for (let seed = 1; !data && seed < 2000; seed++) {
+    const head = noise(MiB - 32, seed);
+    if (chunkCuts(head).length !== 1) continue; // a cut before the end
+    const tail = noise(32 * 300_000, seed + 7);
+    for (let t = 0; t < 300_000; t++) {
+      const x = tail.subarray(t * 32, t * 32 + 32);
+      if (gearHash(x) >>> 15 !== 0) continue;
+      const d = new Uint8Array(10 * MiB);
+      d.set(head);
+      d.set(x, MiB - 32);
+      d.set(noise(9 * MiB, seed + 11), MiB);
+      if (chunkCuts(d)[0] === MiB) data = d;
+      break;
+    }
+  }
+  assert(data, "no seed gives a cut at 1 MiB");
+  const src = await tempDir();
+  writeTree(src, { "one.bin": data });
+  const env = { KEEP_SERVER: server.url, KEEP_PROJECT: "m" };
+  // Sent whole (first backup): the server cuts it where the members say.
+  await keepOk(["backup", "--settle", "0", src], 0, { env });
+  const chunks: string[] = [];
+  const cut = new ChunkHasher((h) => chunks.push(h));
+  cut.push(data);
+  cut.end();
+  const res = await fetch(`${server.url}/v1/projects/m/negotiate`, {
+    method: "POST",
+    body: JSON.stringify({ hashes: chunks, own: true }),
+    headers: { "content-type": "application/json" },
+  });
+  const a = await res.json() as { own: string[] };
+  assertEquals(a.own, chunks, "the store holds every chunk the client cuts, as the project's");
+  const out = await tempDir();
+  await keepOk(["restore", out], 0, { env });
+  assertEquals(sha(Deno.readFileSync(join(out, "one.bin"))), sha(data));
+});
+
+Deno.test("chunks: a quota counts only the chunks a backup sends, not the whole edited file", async () => {
+  await using server = await startServer();
+  const src = await tempDir();
+  const v1 = randomData(40_000_000);
+  writeTree(src, { "big.bin": v1 });
+  const env = { KEEP_SERVER: server.url, KEEP_PROJECT: "q" };
+  await keepOk(["backup", "--settle", "0", src], 0, { env });
+  // 40 MB stored; 48 MB allowed: the edit's chunks fit, the whole file would not.
+  await keepOk(["policy", "set", "-s", server.url, "-p", "q", "--quota", "46M"]);
+  v1[20_000_000] ^= 1;
+  Deno.writeFileSync(join(src, "big.bin"), v1);
+  const b = json<BackupJson>(await keepOk(["backup", "--settle", "0", "--json", src], 0, { env }));
+  assert(b.commit.stats.wireBytes < 3_000_000, `sent ${b.commit.stats.wireBytes} B`);
+  // A new file of 10 MB is over the quota all the same.
+  writeTree(src, { "more.bin": randomData(10_000_000) });
+  const r = await keepOk(["backup", "--settle", "0", src], 7, { env });
+  assertMatch(r.stderr, /past its quota/);
 });

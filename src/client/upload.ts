@@ -463,26 +463,43 @@ class UploadWriter {
 
 /**
  * Members of a chunked file: full (MAX_MEMBER_RAW) from each chunk's start,
- * the chunk's last one shorter, so the server sees where chunks end.
+ * the chunk's last one shorter, so the server sees where chunks end. A
+ * chunk of exactly one full member (1 MiB; at the chunker's max the server
+ * cuts by size) goes as a member shorter than the chunker's min, which the
+ * server never cuts after, and a short one.
  */
-class ChunkMembers {
+export class ChunkMembers {
   #buf = new Uint8Array(MAX_MEMBER_RAW);
   #fill = 0;
+  /** Bytes of the current chunk already written. */
+  #written = 0;
   constructor(readonly write: (raw: Uint8Array) => void) {}
 
   add(bytes: Uint8Array): void {
     for (let o = 0; o < bytes.length;) {
+      // A full member goes only once more of its chunk comes (see flush).
+      if (this.#fill === this.#buf.length) this.#writeFull();
       const n = Math.min(bytes.length - o, this.#buf.length - this.#fill);
       this.#buf.set(bytes.subarray(o, o + n), this.#fill);
       this.#fill += n;
       o += n;
-      if (this.#fill === this.#buf.length) this.flush();
     }
   }
 
+  /** Ends the current chunk. */
   flush(): void {
-    if (this.#fill === 0) return;
-    this.write(this.#buf.subarray(0, this.#fill));
+    if (this.#fill === MAX_MEMBER_RAW && this.#written + this.#fill < CDC_SIZES.max) {
+      const head = CDC_SIZES.min >> 1;
+      this.write(this.#buf.subarray(0, head));
+      this.write(this.#buf.subarray(head));
+    } else if (this.#fill) this.write(this.#buf.subarray(0, this.#fill));
+    this.#fill = 0;
+    this.#written = 0;
+  }
+
+  #writeFull(): void {
+    this.write(this.#buf);
+    this.#written += this.#fill;
     this.#fill = 0;
   }
 }

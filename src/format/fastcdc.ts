@@ -19,6 +19,7 @@
  */
 
 import { createHash, type Hash } from "node:crypto";
+import { MAX_MEMBER_RAW } from "./gzip_member.ts";
 
 /** Sizes of the chunks (bytes). */
 export interface CdcSizes {
@@ -43,6 +44,17 @@ export const CDC_SIZES: CdcSizes = { min: 128 << 10, avg: 512 << 10, max: 2 << 2
  * and the server ends a chunk after a short member (see server/ingest.ts).
  */
 export const CHUNKED_FILE_MIN = 8 << 20;
+
+/**
+ * Whether a big file sent whole has a chunk end after a data member of
+ * `memberRaw` bytes that brought the chunk to `chunkSize`: after a short
+ * member (the client's cut: ChunkMembers in client/upload.ts), never before
+ * the chunker's min, and at the latest at its max (server/ingest.ts).
+ */
+export function memberEndsChunk(memberRaw: number, chunkSize: number): boolean {
+  return (memberRaw < MAX_MEMBER_RAW && chunkSize >= CDC_SIZES.min) ||
+    chunkSize >= CDC_SIZES.max;
+}
 
 const GEAR = (() => {
   const t = new Uint32Array(256);
@@ -163,6 +175,17 @@ export class FastCdc {
   end(): number[] {
     return this.#pos > this.#start ? [this.#pos] : [];
   }
+}
+
+/**
+ * The chunker's rolling hash after `bytes` (only the last 32 count): a cut
+ * past the average size falls where its top `log2(avg) - 2` bits are zero.
+ * For tests that need a cut at a chosen place.
+ */
+export function gearHash(bytes: Uint8Array): number {
+  let h = 0;
+  for (const b of bytes) h = ((h << 1) + GEAR[b]) >>> 0;
+  return h;
 }
 
 /** The cut points of `data` (the end of every chunk, the last one `data.length`). */

@@ -39,7 +39,7 @@ import type { TarHeader } from "../format/tar.ts";
 import { concatBytes } from "../platform/concat_bytes.ts";
 import { churned } from "../platform/memory.ts";
 import { type LargeSink, PACK_MAX, type PackSink } from "./storage/blob_store.ts";
-import { CDC_SIZES, CHUNKED_FILE_MIN } from "../format/fastcdc.ts";
+import { CDC_SIZES, CHUNKED_FILE_MIN, memberEndsChunk } from "../format/fastcdc.ts";
 import type { NewBlob, StageRow, UploadStage } from "./storage/index_store.ts";
 import { closeAndSeal, type Storage } from "./storage/open.ts";
 import { checkChunkedPossession, checkPossession, possessionKeys } from "./possession.ts";
@@ -883,10 +883,9 @@ export class Ingest {
       c.sha.update(chunk);
       c.xxh.update(chunk);
       c.size += chunk.length;
-      // A chunk ends after a short member (the client's cut: client/upload.ts),
-      // never before the chunker's min, and at the latest once past its max.
-      const cut = whole !== null && chunk.length < MAX_MEMBER_RAW && c.size >= CDC_SIZES.min;
-      if (cut || c.size >= CDC_SIZES.max) this.#endChunk();
+      // Where the client's members say (a piece not a whole member is cut
+      // only by size).
+      if (memberEndsChunk(whole ? chunk.length : MAX_MEMBER_RAW, c.size)) this.#endChunk();
     } else if (whole) this.#blob!.addMember(whole.member, whole.carried);
     else this.#blob!.addRaw(chunk);
     this.bytesReceived += chunk.length;
