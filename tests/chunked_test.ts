@@ -5,6 +5,7 @@
  * a store of schema 4 (before chunks) opens and keeps working.
  */
 
+import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
@@ -271,4 +272,44 @@ Deno.test("chunks: a quota counts only the chunks a backup sends, not the whole 
   writeTree(src, { "more.bin": randomData(10_000_000) });
   const r = await keepOk(["backup", "--settle", "0", src], 7, { env });
   assertMatch(r.stderr, /past its quota/);
+});
+
+Deno.test("chunks: several big files edited are hashed from their chunks on worker threads; a damaged stored chunk is found there, and the backup sends it again", async () => {
+  await using server = await startServer();
+  const src = await tempDir();
+  const a = randomData(40_000_000);
+  const b = randomData(40_000_000);
+  writeTree(src, { "a.bin": a, "b.bin": b });
+  const env = { KEEP_SERVER: server.url, KEEP_PROJECT: "w" };
+  await keepOk(["backup", "--settle", "0", src], 0, { env });
+  // Flip a byte in the middle of b.bin's sixth chunk, as stored in its pack.
+  const chunks: string[] = [];
+  const cut = new ChunkHasher((h) => chunks.push(h));
+  cut.push(b);
+  cut.end();
+  const db = new DatabaseSync(join(server.dataDir, "index.db"), { readOnly: true });
+  const row = db.prepare("SELECT pack, offset, stored FROM blobs WHERE hash = ?")
+    .get(Buffer.from(chunks[5], "hex")) as { pack: number; offset: number; stored: number };
+  db.close();
+  assert(row && row.pack !== null, "the chunk is in a pack");
+  const pack = join(server.dataDir, "packs", `${row.pack}.pack`);
+  const f = Deno.openSync(pack, { read: true, write: true });
+  const one = new Uint8Array(1);
+  f.seekSync(row.offset + Math.floor(row.stored / 2), Deno.SeekMode.Start);
+  f.readSync(one);
+  one[0] ^= 0xff;
+  f.seekSync(row.offset + Math.floor(row.stored / 2), Deno.SeekMode.Start);
+  f.writeSync(one);
+  f.close();
+  // Both files edited in their first chunk: each goes as one chunk and a
+  // list naming the rest, b's damaged chunk among them.
+  a[1000] ^= 1;
+  b[1000] ^= 1;
+  writeTree(src, { "a.bin": a, "b.bin": b });
+  const r = await keepOk(["backup", "--settle", "0", "-v", "--json", src], 0, { env });
+  assertMatch(r.stderr, /damaged/);
+  const out = await tempDir();
+  await keepOk(["restore", out], 0, { env });
+  assertEquals(sha(Deno.readFileSync(join(out, "a.bin"))), sha(a));
+  assertEquals(sha(Deno.readFileSync(join(out, "b.bin"))), sha(b));
 });

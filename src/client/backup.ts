@@ -344,10 +344,9 @@ class Backup {
         done = await this.#attempt(scan, check, stat, attempt < maxAttempts);
       } catch (err) {
         if (err instanceof KeepError && err.code === "conflict" && attempt < maxAttempts) {
-          this.#phase(
-            "retry",
-            `another backup landed first; diffing again (attempt ${attempt + 1})`,
-          );
+          // The server says why: another backup landed first, or content
+          // it counted on is gone or damaged (sent again this time).
+          this.#phase("retry", `${err.message}; diffing again (attempt ${attempt + 1})`);
           continue;
         }
         throw err;

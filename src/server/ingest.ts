@@ -42,7 +42,13 @@ import { type LargeSink, PACK_MAX, type PackSink } from "./storage/blob_store.ts
 import { CDC_SIZES, CHUNKED_FILE_MIN, memberEndsChunk } from "../format/fastcdc.ts";
 import type { NewBlob, StageRow, UploadStage } from "./storage/index_store.ts";
 import { closeAndSeal, type Storage } from "./storage/open.ts";
-import { checkChunkedPossession, checkPossession, possessionKeys } from "./possession.ts";
+import {
+  checkChunkedPossession,
+  checkPossession,
+  type PossessedChunks,
+  possessionKeys,
+} from "./possession.ts";
+import { HashPool } from "./hash_pool.ts";
 
 /** Limits on one upload. */
 export interface IngestLimits {
@@ -80,6 +86,57 @@ const PACK_ROTATE = 1 << 30;
 const MAX_CONTROL = 1 << 20;
 /** A stored chunk is at most the chunker's max plus one member (see #onData). */
 const CHUNK_ENTRY_MAX = CDC_SIZES.max + MAX_MEMBER_RAW;
+
+/** Chunked files of an upload worth hashing on Workers, in all (see HashPool). */
+const HASH_POOL_MIN_BYTES = 64 << 20;
+
+/** A `have` record waiting for the end of the upload. */
+type Have = { e: Entry; n?: string; proof?: string; c?: string[] };
+
+/** The store lost content a record names: the client backs up again and sends it. */
+function lost(path: string, hex: string): KeepError {
+  return new KeepError(
+    "conflict",
+    `Cannot record ${path}: the store no longer has its content (${
+      hex.slice(0, 12)
+    }…); back up again`,
+  );
+}
+
+/** Tasks run up to `n` at a time, their results taken (next) in the order added. */
+class Ahead<T> {
+  #queue: (() => Promise<T>)[] = [];
+  #started: Promise<T>[] = [];
+  #taken = 0;
+  constructor(readonly n: number) {}
+
+  add(task: () => Promise<T>): void {
+    this.#queue.push(task);
+    this.#fill();
+  }
+
+  /** The result of the next task added (its error, if it failed). */
+  next(): Promise<T> {
+    this.#fill();
+    const p = this.#started[this.#taken++];
+    this.#fill();
+    return p;
+  }
+
+  /** Starts no more; waits for the started ones to end. */
+  async settle(): Promise<void> {
+    this.#queue = [];
+    await Promise.allSettled(this.#started);
+  }
+
+  #fill(): void {
+    while (this.#started.length - this.#taken < this.n && this.#queue.length) {
+      const p = this.#queue.shift()!();
+      p.catch(() => {}); // taken, with its error, by next()
+      this.#started.push(p);
+    }
+  }
+}
 
 /**
  * The size over which a store keeps files as chunks, or null when it keeps
@@ -256,7 +313,7 @@ export class Ingest {
   #heldBytes = 0;
   #withdrawals: { path: string; reason: string }[] = [];
   /** `have` records: content the client proves it holds, checked at finish (`c`: its chunks). */
-  #haves: { e: Entry; n?: string; proof?: string; c?: string[] }[] = [];
+  #haves: Have[] = [];
   /** A `chunk` control entry is being received (one chunk of a file sent in part). */
   #chunkEntry = false;
   /** The chunks `chunk` entries of this upload carried (hex). */
@@ -613,101 +670,129 @@ export class Ingest {
       if (!key) keys.set(nonce, key = possessionKeys.keyFor(this.project, nonce));
       return key;
     };
-    const lost = (path: string, hex: string) =>
-      new KeepError(
-        "conflict",
-        `Cannot record ${path}: the store no longer has its content (${
-          hex.slice(0, 12)
-        }…); back up again`,
-      );
+    // Files sent in part are hashed from their chunks: on two Workers when
+    // several big ones came (an upload that edited a few artifacts).
+    let chunkedBytes = 0;
+    let chunkedFiles = 0;
+    for (const h of this.#haves) {
+      if (h.c) {
+        chunkedBytes += h.e.size;
+        chunkedFiles++;
+      }
+    }
+    const threads = Math.min(2, navigator.hardwareConcurrency || 1);
+    using pool = chunkedFiles >= 2 && chunkedBytes >= HASH_POOL_MIN_BYTES && threads >= 2
+      ? new HashPool(threads)
+      : null;
     for (let i = 0; i < this.#haves.length; i += BATCH_ROWS) {
       const batch = this.#haves.slice(i, i + BATCH_ROWS);
       const whole = batch.filter((h) => !h.c);
       const known = whole.length
         ? await this.#storage.index.knownBlobs(whole.map((h) => hexToBytes(h.e.hash!)))
         : new Set<string>();
-      for (const h of batch) {
-        let hex = h.e.hash!;
-        let xxh: string;
-        if (h.c) {
-          // A file sent in part: its chunks are stored (sent in this upload or
-          // held before). Without a proof each is the project's own or was
-          // sent; the server hashes the file itself from them.
-          if (this.#chunkOver === null) {
-            throw new KeepError(
-              "invalid",
-              `Cannot record ${h.e.path}: this store keeps big files whole, not as chunks`,
-            );
-          }
-          const unique = [...new Set(h.c)];
-          const held = await this.#storage.index.knownBlobs(unique.map(hexToBytes));
-          const gone = unique.find((c) => !held.has(c));
-          if (gone) throw lost(h.e.path, gone);
-          if (h.proof === undefined) {
-            const others = unique.filter((c) => !this.#sentChunks.has(c));
-            const own = others.length
-              ? await this.#storage.index.projectChunks?.(this.project, others.map(hexToBytes))
-              : new Set<string>();
-            const foreign = others.find((c) => !own?.has(c));
-            if (foreign) {
-              // A conflict, not a refusal: the chunk may have been the
-              // project's when the client asked (a prune since swept that
-              // file), and a new attempt negotiates again and proves it.
-              throw new KeepError(
-                "conflict",
-                `Cannot record ${h.e.path}: its chunk ${
-                  foreign.slice(0, 12)
-                }… is not one of ${this.project}'s (any more) and comes without a proof of possession; nothing was recorded; back up again`,
-              );
-            }
-          }
-          const checked = await checkChunkedPossession(
-            this.#storage,
-            h.e.path,
-            h.e.hash ?? null,
-            h.e.size,
-            h.proof === undefined ? null : { key: keyOf(h.n!), proof: h.proof },
-            h.c,
+      // The chunked files' checks run a few at a time, ahead of the loop below.
+      const checks = new Ahead<PossessedChunks>(pool?.threads ?? 1);
+      try {
+        for (const h of batch) {
+          if (!h.c) continue;
+          await this.#mayNameChunks(h as Have & { c: string[] });
+          checks.add(() =>
+            checkChunkedPossession(
+              this.#storage,
+              h.e.path,
+              h.e.hash ?? null,
+              h.e.size,
+              h.proof === undefined ? null : { key: keyOf(h.n!), proof: h.proof },
+              h.c!,
+              pool,
+            )
           );
-          hex = checked.hash;
-          xxh = checked.xxh;
-          // Its row follows its chunks' (durable) rows, in the next flush.
-          this.#pendingBlobs.push({
-            hash: hexToBytes(hex),
-            hex,
-            size: h.e.size,
-            xxh: hexToBytes(xxh),
-            stored: checked.stored,
-            data: null,
-            sink: null,
-            chunks: h.c.map(hexToBytes),
-          });
-        } else {
-          if (!known.has(hex)) throw lost(h.e.path, hex);
-          xxh = (await checkPossession(
-            this.#storage,
-            h.e.path,
-            hex,
-            h.e.size,
-            keyOf(h.n!),
-            h.proof!,
-          )).xxh;
         }
-        const entry: Entry = { ...h.e, hash: hex, xxh };
-        delete entry.flag;
-        this.#pendingRows.push({
-          op: "put",
-          path: entry.path,
-          entry,
-          hashBytes: hexToBytes(hex),
-          xxhBytes: hexToBytes(xxh),
-        });
-        this.filesProven++;
-        this.bytesProven += entry.size;
+        for (const h of batch) {
+          let hex = h.e.hash!;
+          let xxh: string;
+          if (h.c) {
+            const checked = await checks.next();
+            hex = checked.hash;
+            xxh = checked.xxh;
+            // Its row follows its chunks' (durable) rows, in the next flush.
+            this.#pendingBlobs.push({
+              hash: hexToBytes(hex),
+              hex,
+              size: h.e.size,
+              xxh: hexToBytes(xxh),
+              stored: checked.stored,
+              data: null,
+              sink: null,
+              chunks: h.c.map(hexToBytes),
+            });
+          } else {
+            if (!known.has(hex)) throw lost(h.e.path, hex);
+            xxh = (await checkPossession(
+              this.#storage,
+              h.e.path,
+              hex,
+              h.e.size,
+              keyOf(h.n!),
+              h.proof!,
+            )).xxh;
+          }
+          const entry: Entry = { ...h.e, hash: hex, xxh };
+          delete entry.flag;
+          this.#pendingRows.push({
+            op: "put",
+            path: entry.path,
+            entry,
+            hashBytes: hexToBytes(hex),
+            xxhBytes: hexToBytes(xxh),
+          });
+          this.filesProven++;
+          this.bytesProven += entry.size;
+        }
+      } catch (err) {
+        await checks.settle(); // nothing of this upload runs on after it failed
+        throw err;
       }
       if (this.wantsFlush) await this.flush();
     }
     this.#haves = [];
+  }
+
+  /**
+   * Refuses a file named by chunks the store lacks, or, without a proof, by
+   * chunks that are neither the project's own nor sent in this upload.
+   */
+  async #mayNameChunks(h: Have & { c: string[] }): Promise<void> {
+    // A file sent in part: its chunks are stored (sent in this upload or
+    // held before). Without a proof each is the project's own or was
+    // sent; the server hashes the file itself from them.
+    if (this.#chunkOver === null) {
+      throw new KeepError(
+        "invalid",
+        `Cannot record ${h.e.path}: this store keeps big files whole, not as chunks`,
+      );
+    }
+    const unique = [...new Set(h.c)];
+    const held = await this.#storage.index.knownBlobs(unique.map(hexToBytes));
+    const gone = unique.find((c) => !held.has(c));
+    if (gone) throw lost(h.e.path, gone);
+    if (h.proof !== undefined) return;
+    const others = unique.filter((c) => !this.#sentChunks.has(c));
+    const own = others.length
+      ? await this.#storage.index.projectChunks?.(this.project, others.map(hexToBytes))
+      : new Set<string>();
+    const foreign = others.find((c) => !own?.has(c));
+    if (foreign) {
+      // A conflict, not a refusal: the chunk may have been the project's
+      // when the client asked (a prune since swept that file), and a new
+      // attempt negotiates again and proves it.
+      throw new KeepError(
+        "conflict",
+        `Cannot record ${h.e.path}: its chunk ${
+          foreign.slice(0, 12)
+        }… is not one of ${this.project}'s (any more) and comes without a proof of possession; nothing was recorded; back up again`,
+      );
+    }
   }
 
   /** Drops everything staged and removes temp files. Safe to call twice. */

@@ -20,6 +20,7 @@ import { Proof } from "../format/possession.ts";
 import type { Storage } from "./storage/open.ts";
 import { contentPieces, forEachRaw } from "./content_pieces.ts";
 import type { BlobPlace } from "./storage/blob_store.ts";
+import { ChunkFault, type ContentDigest, type HashPool } from "./hash_pool.ts";
 
 /** How long a negotiation's key is accepted. */
 export const NONCE_TTL_MS = 6 * 3600_000;
@@ -159,6 +160,7 @@ export async function checkChunkedPossession(
   size: number,
   proven: { key: Uint8Array; proof: string } | null,
   chunks: string[],
+  pool: HashPool | null = null,
 ): Promise<PossessedChunks> {
   const places: BlobPlace[] = [];
   let total = 0;
@@ -191,18 +193,11 @@ export async function checkChunkedPossession(
       `Cannot record ${path}: ${why} (send the content itself); nothing was recorded`,
     );
   if (total !== size) throw forbidden(`its chunks hold ${total} bytes, not ${size}`);
-  const sha = createHash("sha256");
-  const xxh = new PartialHasher();
-  const mac = proven ? new Proof(proven.key) : null;
   const buf = { bytes: new Uint8Array(0) };
-  for (let i = 0; i < chunks.length; i++) {
-    await readChunk(storage, path, chunks[i], places[i], buf, (raw) => {
-      sha.update(raw);
-      xxh.update(raw);
-      mac?.update(raw);
-    });
-  }
-  const hash = sha.digest("hex");
+  const digest = pool
+    ? await hashOnPool(storage, path, chunks, places, proven?.key ?? null, pool)
+    : await hashHere(storage, path, chunks, places, proven?.key ?? null, buf);
+  const hash = digest.hash;
   if (hashHex !== null && hash !== hashHex) {
     // The client's list is wrong, or a chunk's bytes no longer hash to its
     // name (damaged behind CRCs that still hold): only the second is ours.
@@ -210,19 +205,92 @@ export async function checkChunkedPossession(
       const h = createHash("sha256");
       await readChunk(storage, path, chunks[i], places[i], buf, (raw) => h.update(raw));
       if (h.digest("hex") !== chunks[i]) {
-        await storage.index.markDamaged(hexToBytes(chunks[i]), "content does not match its hash");
-        throw new KeepError(
-          "conflict",
-          `Cannot record ${path}: a stored chunk of it is damaged; back up again to send it`,
-        );
+        throw await damaged(storage, path, chunks[i], "content does not match its hash");
       }
     }
     throw forbidden(`its chunks do not make the content ${hashHex.slice(0, 12)}…`);
   }
-  if (mac && mac.digest() !== proven!.proof) {
+  if (digest.mac !== null && digest.mac !== proven!.proof) {
     throw forbidden(`its proof of possession does not match the content ${hash.slice(0, 12)}…`);
   }
-  return { hash, xxh: xxh.digest(), stored };
+  return { hash, xxh: digest.xxh, stored };
+}
+
+/** The content of `chunks` hashed on this thread. */
+async function hashHere(
+  storage: Storage,
+  path: string,
+  chunks: string[],
+  places: BlobPlace[],
+  key: Uint8Array | null,
+  buf: { bytes: Uint8Array },
+): Promise<ContentDigest> {
+  const sha = createHash("sha256");
+  const xxh = new PartialHasher();
+  const mac = key ? new Proof(key) : null;
+  for (let i = 0; i < chunks.length; i++) {
+    await readChunk(storage, path, chunks[i], places[i], buf, (raw) => {
+      sha.update(raw);
+      xxh.update(raw);
+      mac?.update(raw);
+    });
+  }
+  return { hash: sha.digest("hex"), xxh: xxh.digest(), mac: mac?.digest() ?? null };
+}
+
+/** The content of `chunks` hashed on a worker of `pool` (this thread reads). */
+async function hashOnPool(
+  storage: Storage,
+  path: string,
+  chunks: string[],
+  places: BlobPlace[],
+  key: Uint8Array | null,
+  pool: HashPool,
+): Promise<ContentDigest> {
+  let reading = -1;
+  try {
+    return await pool.hash(places.map((p) => p.size), async (i) => {
+      reading = i;
+      const out = new Uint8Array(places[i].stored);
+      let at = 0;
+      for await (const piece of await storage.blobs.pieces(chunks[i], places[i])) {
+        if (at + piece.length > out.length) break;
+        out.set(piece, at);
+        at += piece.length;
+      }
+      if (at !== out.length) {
+        throw new KeepError("integrity", `chunk ${chunks[i]} is not ${out.length} bytes stored`);
+      }
+      reading = -1;
+      return out;
+    }, key);
+  } catch (err) {
+    if (err instanceof ChunkFault) {
+      throw await damaged(storage, path, chunks[err.index], err.message);
+    }
+    if (reading >= 0 && isDamage(err)) {
+      throw await damaged(storage, path, chunks[reading], (err as Error).message);
+    }
+    throw err;
+  }
+}
+
+function isDamage(err: unknown): boolean {
+  return err instanceof KeepError && (err.code === "integrity" || err.code === "invalid");
+}
+
+/** Marks chunk `hex` damaged; the conflict to throw (the next upload sends it). */
+async function damaged(
+  storage: Storage,
+  path: string,
+  hex: string,
+  why: string,
+): Promise<KeepError> {
+  await storage.index.markDamaged(hexToBytes(hex), why);
+  return new KeepError(
+    "conflict",
+    `Cannot record ${path}: a stored chunk of it is damaged; back up again to send it`,
+  );
 }
 
 /**
@@ -250,13 +318,7 @@ async function readChunk(
       throw new KeepError("integrity", `chunk ${hex} holds ${total} bytes, not ${place.size}`);
     }
   } catch (err) {
-    if (!(err instanceof KeepError) || (err.code !== "integrity" && err.code !== "invalid")) {
-      throw err;
-    }
-    await storage.index.markDamaged(hexToBytes(hex), err.message);
-    throw new KeepError(
-      "conflict",
-      `Cannot record ${path}: a stored chunk of it is damaged; back up again to send it`,
-    );
+    if (!isDamage(err)) throw err;
+    throw await damaged(storage, path, hex, (err as Error).message);
   }
 }
