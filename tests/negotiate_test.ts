@@ -574,7 +574,7 @@ hostile(
 );
 
 hostile(
-  "negotiate: a store serving with --chunk-over off answers no chunking and takes no chunk entries and no file named by chunks",
+  "negotiate: a store serving with --chunk-over off answers no chunking and takes no chunk entries and no file named by chunks (409: the client asks again)",
   async (c) => {
     const res = await fetch(`${c.url}/v1/projects/${P}/negotiate`, {
       method: "POST",
@@ -595,9 +595,9 @@ hostile(
       c,
       "a chunk entry",
       onHead(c).control(".keep-chunk/x.bin@0", "chunk", bytes[0]).changes([]).end(),
-      400,
-      "invalid",
-      /this store keeps big files whole; send them without chunk entries/,
+      409,
+      "conflict",
+      /this store keeps big files whole; back up again to send them without chunk entries/,
     );
     const e = haveRecord("x.bin", "", data.length, "", "").e as Record<string, unknown>;
     delete e.h;
@@ -605,10 +605,30 @@ hostile(
       c,
       "a file named by chunks",
       onHead(c).changes([{ op: "have", e, c: chunks }]).end(),
-      400,
-      "invalid",
-      /Cannot record x\.bin: this store keeps big files whole, not as chunks/,
+      409,
+      "conflict",
+      /Cannot record x\.bin: this store keeps big files whole, not as chunks; back up again/,
     );
   },
   { args: ["--chunk-over", "off"] },
+);
+
+hostile(
+  "negotiate: a tiny upload naming one chunk many times cannot make the server hash more than --max-upload",
+  async (c) => {
+    const v = await victimBig(c.url);
+    // The victim's first chunk, listed as often as a 20 MB file allows:
+    // a few KB on the wire, 20 MB for the server to read and hash.
+    const e = haveRecord("x.bin", "", 20_000_000, "", "").e as Record<string, unknown>;
+    delete e.h;
+    await refuse(
+      c,
+      "a chunk list over the upload limit",
+      onHead(c).changes([{ op: "have", e, c: Array(150).fill(v.chunks[0]) }]).end(),
+      413,
+      "too_large",
+      /files named by their chunks exceed the limit of 16777216 bytes/,
+    );
+  },
+  { args: ["--max-upload", "16M"] },
 );

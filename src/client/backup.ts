@@ -27,7 +27,7 @@ import {
   type UploadHeader,
 } from "../format/manifest.ts";
 import { type CompressMode, type PackStats, packUpload, type Partial } from "./upload.ts";
-import { CHUNKED_FILE_MIN, type ChunkRef } from "../format/fastcdc.ts";
+import { CDC_SIZES, CHUNKED_FILE_MIN, type ChunkRef } from "../format/fastcdc.ts";
 import { partialHashOfFile } from "../format/partial_hash.ts";
 import { Proof } from "../format/possession.ts";
 import { isIncomplete, type Problem, reasonOf } from "./problem.ts";
@@ -494,7 +494,11 @@ class Backup {
     if (byChunk.size) {
       chunkOver = (await ask([])).chunkOver;
       for (const k of byChunk) {
-        if (chunkOver === null || send.size(k) <= chunkOver) byChunk.delete(k);
+        // Past the most chunks a `have` record lists even at the max chunk size: whole.
+        if (
+          chunkOver === null || send.size(k) <= chunkOver ||
+          send.size(k) > HAVE_CHUNKS_MAX * CDC_SIZES.max
+        ) byChunk.delete(k);
       }
     }
     const big: number[] = [];
@@ -575,7 +579,7 @@ class Backup {
       chunkOver ??= (answer ?? await ask([])).chunkOver;
       for (const k of big) {
         if (chunkOver !== null && send.size(k) > Math.max(chunkOver, CHUNKED_FILE_MIN)) {
-          if (!proven.has(k)) byChunk.add(k);
+          if (!proven.has(k) && send.size(k) <= HAVE_CHUNKS_MAX * CDC_SIZES.max) byChunk.add(k);
         }
       }
     }

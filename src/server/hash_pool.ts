@@ -7,10 +7,13 @@
  * reads the stored chunks and hands each over (transferred, not copied),
  * a few MB ahead of its worker.
  *
+ * A worker that fails (it did not start, or died) is dropped and its hash
+ * fails with WorkerFailure: the caller hashes on its own thread instead
+ * (the pool is a speed-up, never a reason to refuse an upload).
+ *
  * @module
  */
 
-import { KeepError } from "../errors.ts";
 import type { HashIn, HashOut } from "./hash_worker.ts";
 
 /** What a file's raw content hashes to. */
@@ -28,8 +31,16 @@ export class ChunkFault extends Error {
   }
 }
 
+/** The pool could not hash (a worker failed, or the pool closed): hash elsewhere. */
+export class WorkerFailure extends Error {}
+
 /** Stored bytes in flight to one worker, at most. */
 const AHEAD_BYTES = 8 << 20;
+
+interface Waiter {
+  resolve: (w: Worker) => void;
+  reject: (err: Error) => void;
+}
 
 /**
  * Up to `threads` Workers, started on first use, ended by close().
@@ -37,22 +48,29 @@ const AHEAD_BYTES = 8 << 20;
  * @example
  * ```ts
  * using pool = new HashPool(2);
- * const d = await pool.hash(sizes.length, (i) => readStored(i), sizes, null);
+ * const d = await pool.hash(sizes, (i) => readStored(i), null);
  * ```
  */
 export class HashPool implements Disposable {
   #idle: Worker[] = [];
   #all: Worker[] = [];
-  #waiting: ((w: Worker) => void)[] = [];
+  #waiting: Waiter[] = [];
+  /** Ends each hash in progress (close() fails them). */
+  #running = new Set<(err: Error) => void>();
   #nextId = 1;
   #closed = false;
 
-  constructor(readonly threads: number) {}
+  /** `workerUrl`: the worker's module (tests give a failing one). */
+  constructor(
+    readonly threads: number,
+    readonly workerUrl: string = new URL("./hash_worker.ts", import.meta.url).href,
+  ) {}
 
   /**
    * Hashes a file of `sizes.length` chunks; `read(i)` gives chunk i as
    * stored (a buffer of its own: it is transferred). Throws ChunkFault for a
-   * damaged chunk; errors of `read` pass through.
+   * damaged chunk, WorkerFailure when the pool cannot; errors of `read` pass
+   * through.
    */
   async hash(
     sizes: number[],
@@ -60,10 +78,14 @@ export class HashPool implements Disposable {
     key: Uint8Array | null,
   ): Promise<ContentDigest> {
     const worker = await this.#take();
+    let healthy = true;
     try {
       return await this.#run(worker, sizes, read, key);
+    } catch (err) {
+      if (err instanceof WorkerFailure) healthy = false;
+      throw err;
     } finally {
-      this.#give(worker);
+      this.#give(worker, healthy);
     }
   }
 
@@ -81,12 +103,14 @@ export class HashPool implements Disposable {
       const finish = (err: Error | null, d?: ContentDigest) => {
         if (over) return;
         over = true;
+        this.#running.delete(finish);
         worker.onmessage = null;
         worker.onerror = null;
         wake?.();
         if (err) reject(err);
         else resolve(d!);
       };
+      this.#running.add(finish);
       worker.onmessage = (ev: MessageEvent<HashOut>) => {
         const m = ev.data;
         if (m.id !== id) return;
@@ -100,13 +124,13 @@ export class HashPool implements Disposable {
           finish(
             m.damage
               ? new ChunkFault(m.index, m.message)
-              : new Error(`Cannot hash chunk ${m.index}: ${m.message}`),
+              : new WorkerFailure(`Cannot hash chunk ${m.index}: ${firstLine(m.message)}`),
           );
         }
       };
       worker.onerror = (ev: ErrorEvent) => {
         ev.preventDefault();
-        finish(new Error(`Cannot hash stored chunks: ${ev.message}`));
+        finish(new WorkerFailure(`Cannot hash stored chunks: ${firstLine(ev.message)}`));
       };
       const post = (m: HashIn, transfer: ArrayBuffer[] = []) => worker.postMessage(m, transfer);
       (async () => {
@@ -128,41 +152,62 @@ export class HashPool implements Disposable {
     });
   }
 
-  #take(): Promise<Worker> {
-    if (this.#closed) throw new KeepError("unavailable", "Cannot hash: the server is closing");
+  async #take(): Promise<Worker> {
+    if (this.#closed) throw new WorkerFailure("Cannot hash: the pool is closed");
     const w = this.#idle.pop();
-    if (w) return Promise.resolve(w);
-    if (this.#all.length < this.threads) {
-      const worker = new Worker(new URL("./hash_worker.ts", import.meta.url).href, {
-        type: "module",
-      });
-      this.#all.push(worker);
-      // Its modules load with a top-level await (xxhash-wasm): messages
-      // posted before it listens can be lost, so it says when it does.
-      return new Promise((resolve, reject) => {
-        worker.onmessage = (ev: MessageEvent<HashOut>) => {
-          if (ev.data.t === "ready") resolve(worker);
-        };
-        worker.onerror = (ev: ErrorEvent) => {
-          ev.preventDefault();
-          worker.terminate();
-          this.#all = this.#all.filter((w) => w !== worker);
-          reject(new Error(`Cannot start a hashing worker: ${ev.message}`));
-        };
-      });
-    }
-    return new Promise((r) => this.#waiting.push(r));
+    if (w) return w;
+    if (this.#all.length < this.threads) return await this.#spawn();
+    return await new Promise<Worker>((resolve, reject) => this.#waiting.push({ resolve, reject }));
   }
 
-  #give(w: Worker): void {
+  #spawn(): Promise<Worker> {
+    const worker = new Worker(this.workerUrl, { type: "module" });
+    this.#all.push(worker);
+    // Its modules load with a top-level await (xxhash-wasm): messages
+    // posted before it listens can be lost, so it says when it does.
+    return new Promise((resolve, reject) => {
+      worker.onmessage = (ev: MessageEvent<HashOut>) => {
+        if (ev.data.t === "ready") resolve(worker);
+      };
+      worker.onerror = (ev: ErrorEvent) => {
+        ev.preventDefault();
+        this.#drop(worker);
+        const err = new WorkerFailure(`Cannot start a hashing worker: ${firstLine(ev.message)}`);
+        // Hashes waiting for a worker would wait for one that never comes.
+        for (const w of this.#waiting.splice(0)) w.reject(err);
+        reject(err);
+      };
+    });
+  }
+
+  /** Back to the pool; a failed worker is ended, and a waiting hash gets a new one. */
+  #give(w: Worker, healthy: boolean): void {
+    if (!healthy || this.#closed) {
+      this.#drop(w);
+      const next = this.#waiting.shift();
+      if (next && !this.#closed) this.#spawn().then(next.resolve, next.reject);
+      else next?.reject(new WorkerFailure("Cannot hash: the pool is closed"));
+      return;
+    }
     const next = this.#waiting.shift();
-    if (next) next(w);
+    if (next) next.resolve(w);
     else this.#idle.push(w);
   }
 
-  /** Ends the workers (a hash in progress fails). */
+  #drop(w: Worker): void {
+    w.terminate();
+    this.#all = this.#all.filter((x) => x !== w);
+    this.#idle = this.#idle.filter((x) => x !== w);
+  }
+
+  /** Ends the workers; hashes in progress and waiting fail with WorkerFailure. */
   close(): void {
+    if (this.#closed) return;
     this.#closed = true;
+    for (const finish of [...this.#running]) finish(new WorkerFailure("Cannot hash: pool closed"));
+    for (const w of this.#waiting.splice(0)) {
+      w.reject(new WorkerFailure("Cannot hash: pool closed"));
+    }
     for (const w of this.#all) w.terminate();
     this.#all = [];
     this.#idle = [];
@@ -171,4 +216,8 @@ export class HashPool implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+function firstLine(s: string): string {
+  return s.split("\n")[0].replace(/\x1b\[[0-9;]*m/g, "");
 }

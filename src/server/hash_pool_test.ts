@@ -5,7 +5,7 @@ import { encodeMember, MAX_MEMBER_RAW } from "../format/gzip_member.ts";
 import { PartialHasher } from "../format/partial_hash.ts";
 import { Proof } from "../format/possession.ts";
 import { concatBytes } from "../platform/concat_bytes.ts";
-import { ChunkFault, HashPool } from "./hash_pool.ts";
+import { ChunkFault, HashPool, WorkerFailure } from "./hash_pool.ts";
 
 /** Chunks of `data` at `cuts`, each stored as members of at most 1 MiB. */
 function stored(data: Uint8Array, sizes: number[]): Uint8Array[] {
@@ -72,4 +72,63 @@ Deno.test("HashPool: files hashed on two workers at once match the hashes made h
   assert(fault2 instanceof ChunkFault && fault2.index === 1, String(fault2));
   const again = await pool.hash(f.sizes, (i) => Promise.resolve(f.chunks[i].slice()), null);
   assertEquals(again.hash, createHash("sha256").update(f.data).digest("hex"));
+});
+
+/** A worker module in a temp file: `body` runs in it. */
+function workerOf(body: string): string {
+  const path = Deno.makeTempFileSync({ suffix: ".js" });
+  Deno.writeTextFileSync(path, body);
+  return new URL(`file://${path}`).href;
+}
+
+/** Settles within 10 s, or fails the test (a hang). */
+function settled<T>(p: Promise<T>): Promise<PromiseSettledResult<T>> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    Promise.allSettled([p]).then((r) => r[0]),
+    new Promise<never>((_, reject) =>
+      timer = setTimeout(() => reject(new Error("hash did not settle within 10 s")), 10_000)
+    ),
+  ]).finally(() => clearTimeout(timer));
+}
+
+Deno.test("HashPool: a worker that dies, or never starts, fails its hash with WorkerFailure and nothing waits forever; close fails hashes in progress", async () => {
+  const read = () => Promise.resolve(new Uint8Array(10));
+  // Dies on its first chunk (an uncaught error ends a worker).
+  {
+    using pool = new HashPool(
+      2,
+      workerOf(
+        `self.onmessage = (ev) => { if (ev.data.t === "chunk") throw new Error("boom\\nsecond line"); };
+         self.postMessage({ t: "ready", id: 0 });`,
+      ),
+    );
+    const all = await Promise.all([0, 1, 2, 3].map(() => settled(pool.hash([10, 10], read, null))));
+    for (const r of all) {
+      assert(r.status === "rejected" && r.reason instanceof WorkerFailure, String(r));
+      assert(!r.reason.message.includes("\n"), r.reason.message);
+    }
+  }
+  // Fails to load.
+  {
+    using pool = new HashPool(2, workerOf(`throw new Error("cannot load");`));
+    const all = await Promise.all([0, 1, 2].map(() => settled(pool.hash([10], read, null))));
+    for (const r of all) {
+      assert(r.status === "rejected" && r.reason instanceof WorkerFailure, String(r));
+    }
+  }
+  // Never answers: close() fails the hash in progress and the one waiting.
+  {
+    const pool = new HashPool(
+      1,
+      workerOf(`self.onmessage = () => {}; self.postMessage({ t: "ready", id: 0 });`),
+    );
+    const a = settled(pool.hash([10], read, null));
+    const b = settled(pool.hash([10], read, null));
+    await new Promise((r) => setTimeout(r, 300));
+    pool.close();
+    for (const r of [await a, await b]) {
+      assert(r.status === "rejected" && r.reason instanceof WorkerFailure, String(r));
+    }
+  }
 });

@@ -314,6 +314,8 @@ export class Ingest {
   #withdrawals: { path: string; reason: string }[] = [];
   /** `have` records: content the client proves it holds, checked at finish (`c`: its chunks). */
   #haves: Have[] = [];
+  /** Bytes of the files `have` records name by chunks. */
+  #named = 0;
   /** A `chunk` control entry is being received (one chunk of a file sent in part). */
   #chunkEntry = false;
   /** The chunks `chunk` entries of this upload carried (hex). */
@@ -768,8 +770,8 @@ export class Ingest {
     // sent; the server hashes the file itself from them.
     if (this.#chunkOver === null) {
       throw new KeepError(
-        "invalid",
-        `Cannot record ${h.e.path}: this store keeps big files whole, not as chunks`,
+        "conflict",
+        `Cannot record ${h.e.path}: this store keeps big files whole, not as chunks; back up again`,
       );
     }
     const unique = [...new Set(h.c)];
@@ -856,9 +858,11 @@ export class Ingest {
       // the tree (its file comes as a `have` record listing its chunks).
       this.#count();
       if (this.#chunkOver === null) {
+        // A conflict: the client negotiated before the server was restarted
+        // with --chunk-over off; it asks again and sends whole files.
         throw new KeepError(
-          "invalid",
-          "Cannot accept upload: this store keeps big files whole; send them without chunk entries",
+          "conflict",
+          "Cannot accept upload: this store keeps big files whole; back up again to send them without chunk entries",
         );
       }
       if (h.type !== "file" || h.size === 0 || h.size > CHUNK_ENTRY_MAX) {
@@ -1097,6 +1101,17 @@ export class Ingest {
         this.#pendingRows.push({ op: "meta", path: r.e.path, entry: r.e });
         return;
       case "have":
+        if (r.c) {
+          // The server reads and hashes what a chunk list names, however
+          // little came over the wire: bounded like bytes sent.
+          this.#named += r.e.size;
+          if (this.#named > this.#limits.maxUploadBytes) {
+            throw new KeepError(
+              "too_large",
+              `Cannot accept upload: files named by their chunks exceed the limit of ${this.#limits.maxUploadBytes} bytes`,
+            );
+          }
+        }
         this.#haves.push({ e: r.e, n: r.n, proof: r.proof, c: r.c });
         return;
       case "keep":

@@ -20,7 +20,10 @@ import { Proof } from "../format/possession.ts";
 import type { Storage } from "./storage/open.ts";
 import { contentPieces, forEachRaw } from "./content_pieces.ts";
 import type { BlobPlace } from "./storage/blob_store.ts";
-import { ChunkFault, type ContentDigest, type HashPool } from "./hash_pool.ts";
+import { ChunkFault, type ContentDigest, type HashPool, WorkerFailure } from "./hash_pool.ts";
+
+/** Raw bytes hashed on the event loop between two turns given to other requests. */
+const TURN_BYTES = 8 << 20;
 
 /** How long a negotiation's key is accepted. */
 export const NONCE_TTL_MS = 6 * 3600_000;
@@ -165,7 +168,9 @@ export async function checkChunkedPossession(
   const places: BlobPlace[] = [];
   let total = 0;
   let stored = 0;
-  for (const c of chunks) {
+  for (let i = 0; i < chunks.length; i++) {
+    const c = chunks[i];
+    if (i % 4096 === 4095) await new Promise((r) => setTimeout(r, 0));
     const place = await storage.index.blobPlace(c);
     if (!place) {
       throw new KeepError(
@@ -194,9 +199,17 @@ export async function checkChunkedPossession(
     );
   if (total !== size) throw forbidden(`its chunks hold ${total} bytes, not ${size}`);
   const buf = { bytes: new Uint8Array(0) };
-  const digest = pool
-    ? await hashOnPool(storage, path, chunks, places, proven?.key ?? null, pool)
-    : await hashHere(storage, path, chunks, places, proven?.key ?? null, buf);
+  const key = proven?.key ?? null;
+  let digest: ContentDigest | null = null;
+  if (pool) {
+    try {
+      digest = await hashOnPool(storage, path, chunks, places, key, pool);
+    } catch (err) {
+      // The pool failed (not the content): hashed here instead.
+      if (!(err instanceof WorkerFailure)) throw err;
+    }
+  }
+  digest ??= await hashHere(storage, path, chunks, places, key, buf);
   const hash = digest.hash;
   if (hashHex !== null && hash !== hashHex) {
     // The client's list is wrong, or a chunk's bytes no longer hash to its
@@ -210,7 +223,7 @@ export async function checkChunkedPossession(
     }
     throw forbidden(`its chunks do not make the content ${hashHex.slice(0, 12)}…`);
   }
-  if (digest.mac !== null && digest.mac !== proven!.proof) {
+  if (proven && digest.mac !== proven.proof) {
     throw forbidden(`its proof of possession does not match the content ${hash.slice(0, 12)}…`);
   }
   return { hash, xxh: digest.xxh, stored };
@@ -228,7 +241,13 @@ async function hashHere(
   const sha = createHash("sha256");
   const xxh = new PartialHasher();
   const mac = key ? new Proof(key) : null;
+  let sinceTurn = 0;
   for (let i = 0; i < chunks.length; i++) {
+    // Local reads never wait: other requests get the event loop every few MB.
+    if ((sinceTurn += places[i].size) >= TURN_BYTES) {
+      sinceTurn = 0;
+      await new Promise((r) => setTimeout(r, 0));
+    }
     await readChunk(storage, path, chunks[i], places[i], buf, (raw) => {
       sha.update(raw);
       xxh.update(raw);
