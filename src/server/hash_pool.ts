@@ -219,5 +219,6 @@ export class HashPool implements Disposable {
 }
 
 function firstLine(s: string): string {
+  // deno-lint-ignore no-control-regex -- ANSI colours Deno puts in worker errors
   return s.split("\n")[0].replace(/\x1b\[[0-9;]*m/g, "");
 }
