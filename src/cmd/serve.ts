@@ -38,7 +38,8 @@ Options:
                           (--fingerprint) and its file (--ca DIR/tls/ca.pem)
       --tls-name NAME     a host name clients use, added to that certificate (repeatable)
       --cert FILE --key FILE  serve HTTPS with this PEM certificate (chain) and key
-      --max-upload SIZE   largest upload, raw file bytes (default 1T)
+      --max-upload SIZE   largest upload, raw file bytes, counting the files it names
+                          by chunks (default 1T)
       --idle-timeout DUR  cut uploads silent for this long (default 60s)
       --compact-idle DUR  recompress stored blobs (deflate 6; uploads arrive at level 1)
                           once no request came for this long (default 10s; off = never)
