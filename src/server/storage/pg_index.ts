@@ -205,6 +205,8 @@ const PAGE = 2000;
 const LIST_ROWS = 10_000;
 /** Rows per INSERT … SELECT FROM unnest(…) of staged paths. */
 const CHUNK = 1000;
+/** Hashes per knownBlobs statement: an ingest batch (4,096 rows) is one round trip. */
+const LOOKUP_ROWS = 4096;
 
 /** Columns of a version as browsing shows it (mtime as text, hash as hex). */
 const VERSION_COLS =
@@ -1067,11 +1069,15 @@ export class PgIndex implements IndexStore {
       // GC's sweep deletes only marked rows and re-reads a row another
       // transaction changed, so it either went before this statement (and
       // contentGone sees it) or it stays (see "GC with several servers").
+      // From the upload's own rows, each blob by its hash: a test on
+      // `orphan` the partial index could answer let the planner start from
+      // every marked row instead, a whole-table walk after a mark pass (a
+      // commit of 100k paths then took minutes).
       await tx.unsafe(
-        `UPDATE blobs SET orphan = NULL WHERE ${
-          inIdOrder(`orphan IS NOT NULL
-            AND hash IN (SELECT hash FROM stage WHERE upload = $1 AND hash IS NOT NULL)`)
-        }`,
+        `UPDATE blobs SET orphan = NULL WHERE id IN (
+           SELECT b.id FROM stage s JOIN blobs b ON b.hash = s.hash
+           WHERE s.upload = $1 AND s.hash IS NOT NULL AND coalesce(b.orphan, 0) <> 0
+           ORDER BY b.id FOR UPDATE OF b)`,
         [upload],
       );
       const gone = await get(COMMIT.contentGone);
@@ -1139,23 +1145,31 @@ export class PgIndex implements IndexStore {
     return this.#run("look up blobs", async () => {
       const known = new Set<string>();
       const hex = hashes.map(bytesToHex);
-      for (let i = 0; i < hex.length; i += CHUNK) {
-        const part = hex.slice(i, i + CHUNK);
-        const these =
-          `hash IN (SELECT decode(h, 'hex') FROM unnest($1::text[]) h) AND damaged IS NULL`;
-        // A row GC marked is unmarked before the upload counts on it (see gc.ts)...
-        await this.#retry(() =>
+      for (let i = 0; i < hex.length; i += LOOKUP_ROWS) {
+        const part = hex.slice(i, i + LOOKUP_ROWS);
+        // One round trip: the rows there, and the marked ones among them
+        // unmarked by id (locked in id order, as every writer of many blob
+        // rows locks them) before the upload counts on them (see gc.ts). A
+        // marked row counts only when its unmark took its lock: one the sweep
+        // deleted first is not returned, and the upload sends the content. A
+        // row unmarked when read counts: one marked since was marked after
+        // this upload's registration (its start), which GC spares (point 2 of
+        // "GC with several servers"). Only rows GC marked are written.
+        const rows = await this.#retry(() =>
           this.sql.unsafe(
-            `UPDATE blobs SET orphan = NULL WHERE ${inIdOrder(`${these} AND orphan IS NOT NULL`)}`,
+            `WITH found AS MATERIALIZED (
+               SELECT id, hash, orphan IS NOT NULL AS marked FROM blobs
+               WHERE hash IN (SELECT decode(h, 'hex') FROM unnest($1::text[]) h)
+                 AND damaged IS NULL),
+             kept AS (
+               UPDATE blobs SET orphan = NULL WHERE id IN (
+                 SELECT id FROM blobs WHERE id IN (SELECT id FROM found WHERE marked)
+                   AND damaged IS NULL ORDER BY id FOR UPDATE)
+               RETURNING id)
+             SELECT encode(hash, 'hex') AS hex FROM found
+             WHERE NOT marked OR id IN (SELECT id FROM kept)`,
             [part as unknown as string],
           )
-        );
-        // ...then every row there counts: one marked since was marked after
-        // this upload's registration (its start), which GC spares (point 2
-        // of "GC with several servers"); only rows are written that GC marked.
-        const rows = await this.sql.unsafe(
-          `SELECT encode(hash, 'hex') AS hex FROM blobs WHERE ${these}`,
-          [part as unknown as string],
         );
         for (const r of rows) known.add(r.hex as string);
       }
