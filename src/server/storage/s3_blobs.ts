@@ -81,7 +81,8 @@ class S3PackSink implements PackSink {
   #store: S3BlobStore;
   #parts: Uint8Array[] = [];
   #size = 0;
-  #written = false;
+  /** The PUT, once started: a second flush (close) gets its outcome. */
+  #put: Promise<void> | null = null;
 
   constructor(store: S3BlobStore, pack: number) {
     this.#store = store;
@@ -93,7 +94,7 @@ class S3PackSink implements PackSink {
   }
 
   add(data: Uint8Array): number {
-    if (this.#written) {
+    if (this.#put) {
       throw new KeepError("internal", `Cannot add to pack ${this.pack}: it is written already`);
     }
     const at = this.#size;
@@ -102,14 +103,21 @@ class S3PackSink implements PackSink {
     return at;
   }
 
-  async flush(): Promise<void> {
-    if (this.#written || this.#size === 0) return;
+  flush(): Promise<void> {
+    if (this.#size === 0) return Promise.resolve();
+    this.#put ??= this.#send();
+    return this.#put;
+  }
+
+  async #send(): Promise<void> {
     const body = new Uint8Array(this.#size);
     let o = 0;
     for (const p of this.#parts) {
       body.set(p, o);
       o += p.length;
     }
+    // The body alone while the PUT is in flight (an upload has up to three).
+    this.#parts = [];
     const key = this.#store.packKey(this.pack);
     try {
       await this.#store.client.put(key, body, { ifNoneMatch: true });
@@ -119,8 +127,6 @@ class S3PackSink implements PackSink {
         throw storeError(err, `store pack ${this.pack}`);
       }
     }
-    this.#parts = [];
-    this.#written = true;
   }
 
   async #isOurs(key: string, body: Uint8Array): Promise<boolean> {
