@@ -4,7 +4,8 @@
  *
  * - Blobs in RGW: backup, restore, log, ls, verify, prune and GC end to
  *   end; objects gone or cut short behind the server's back; radosgw
- *   stopped and started between two backups.
+ *   stopped and started between two backups; the store cut off (a proxy)
+ *   during the first pack PUT or after three, then the backup again.
  * - The index in PostgreSQL (blobs in RGW): backup, restore, log and ls
  *   counted alike by PostgreSQL and SQLite; two servers on one database
  *   and one bucket prefix (hosts backing up one project at once through
@@ -247,6 +248,119 @@ Deno.test("s3 blobs: radosgw stopped between two backups gives 503 and exit 5, a
     await keepOk(["restore", "--commit", id, dest], 0, cli);
     assertSameTree(snapshot(dest), snap);
   }
+  assertMatch((await keepOk(["verify", "--server", server.url], 0)).stdout, /OK/);
+});
+
+/**
+ * A TCP proxy in front of radosgw that cuts the store off on cue: once
+ * `cutAfter(n)` bytes more went towards the store, every connection is
+ * closed and new ones are closed as they come, until `heal()`. What a
+ * network failure or a dying store looks like to the server, with the
+ * real RGW behind it.
+ */
+class CutProxy implements AsyncDisposable {
+  readonly url: string;
+  #listener: Deno.TcpListener;
+  #conns = new Set<Deno.Conn>();
+  #budget = Infinity;
+  cut = false;
+
+  private constructor(listener: Deno.TcpListener, target: URL) {
+    this.#listener = listener;
+    this.url = `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`;
+    (async () => {
+      for await (const conn of listener) this.#serve(conn, target);
+    })().catch(() => {});
+  }
+
+  static start(target: string): CutProxy {
+    return new CutProxy(Deno.listen({ hostname: "127.0.0.1", port: 0 }), new URL(target));
+  }
+
+  cutAfter(bytes: number): void {
+    this.#budget = bytes;
+    this.cut = false;
+  }
+
+  heal(): void {
+    this.#budget = Infinity;
+    this.cut = false;
+  }
+
+  #cutAll(): void {
+    this.cut = true;
+    for (const c of this.#conns) {
+      try {
+        c.close();
+      } catch { /* closed */ }
+    }
+    this.#conns.clear();
+  }
+
+  async #serve(conn: Deno.Conn, target: URL): Promise<void> {
+    if (this.cut) return conn.close();
+    const up = await Deno.connect({ hostname: target.hostname, port: Number(target.port) });
+    this.#conns.add(conn).add(up);
+    const pipe = async (from: Deno.Conn, to: Deno.Conn, counted: boolean) => {
+      const buf = new Uint8Array(64 * 1024);
+      try {
+        for (let n; (n = await from.read(buf)) !== null;) {
+          if (counted && (this.#budget -= n) < 0) return this.#cutAll();
+          for (let o = 0; o < n;) o += await to.write(buf.subarray(o, n));
+        }
+      } catch { /* cut */ }
+      for (const c of [from, to]) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+        this.#conns.delete(c);
+      }
+    };
+    pipe(conn, up, true);
+    pipe(up, conn, false);
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    this.#listener.close();
+    this.#cutAll();
+    return Promise.resolve();
+  }
+}
+
+Deno.test("s3 blobs + pg index: a pack PUT cut off early or late fails the upload (exit 5, the store named), records nothing, and the same backup then lands and restores byte for byte", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("cut");
+  await using proxy = CutProxy.start(env.AWS_ENDPOINT_URL);
+  await using server = await startServer({
+    args: ["--index", db.url, "--blobs", `s3://${env.KEEP_S3_BUCKET}/${prefix}`],
+    env: { ...env, AWS_ENDPOINT_URL: proxy.url },
+  });
+  const src = await tempDir();
+  // ~48 MB that does not compress, in small files: six batches, six pack PUTs.
+  const spec: Record<string, Uint8Array> = {};
+  for (let i = 0; i < 240; i++) spec[`d${i % 8}/f${i}.bin`] = randomData(200_000);
+  writeTree(src, spec);
+  const cli = { env: { KEEP_SERVER: server.url, KEEP_PROJECT: "app" } };
+  // Early: the first pack's PUT; late: after about three packs went (their rows staged).
+  for (const [when, after] of [["early", 1 << 20], ["late", 26 << 20]] as const) {
+    proxy.cutAfter(after);
+    const r = await keep(["backup", "--settle", "0", src], cli);
+    assert(proxy.cut, `${when}: the proxy cut the store off`);
+    assertEquals(r.code, 5, `${when}: ${r.stderr}`);
+    assertMatch(r.stderr, /Cannot store pack \d+: cannot reach the object store/, when);
+    const packs = (await keys(bucketClient(env), `${prefix}packs/`)).length;
+    if (when === "early") assertEquals(packs, 0, "early: no pack stored");
+    else assert(packs >= 2, `late: packs stored before the cut: ${packs}`);
+    proxy.heal();
+    const log = await keep(["log", "--json"], cli);
+    assert(log.code !== 0 || logJson(log).length === 0, `${when}: no commit: ${log.stdout}`);
+  }
+  await keepOk(["backup", "--settle", "0", src], 0, cli);
+  assertEquals(logJson(await keepOk(["log", "--json"], 0, cli)).length, 1);
+  const dest = await tempDir();
+  await keepOk(["restore", dest], 0, cli);
+  assertSameTree(snapshot(dest), snapshot(src));
   assertMatch((await keepOk(["verify", "--server", server.url], 0)).stdout, /OK/);
 });
 

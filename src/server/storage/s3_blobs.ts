@@ -124,6 +124,13 @@ class S3PackSink implements PackSink {
     } catch (err) {
       // A retried PUT whose first answer was lost finds its own object: same bytes, done.
       if (!(err instanceof S3Error && err.status === 412 && await this.#isOurs(key, body))) {
+        if (err instanceof KeepError && err.code === "unavailable") {
+          // Which write failed, for the upload's answer (the client's message).
+          throw new KeepError(
+            "unavailable",
+            `Cannot store pack ${this.pack}: ${err.message.replace(/^Cannot/, "cannot")}`,
+          );
+        }
         throw storeError(err, `store pack ${this.pack}`);
       }
     }
