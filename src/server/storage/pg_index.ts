@@ -205,6 +205,11 @@ const PAGE = 2000;
 const LIST_ROWS = 10_000;
 /** Rows per INSERT … SELECT FROM unnest(…) of staged paths. */
 const CHUNK = 1000;
+/**
+ * A commit touching this many paths has the version and blob tables
+ * analyzed after it (see #analyze).
+ */
+const ANALYZE_AFTER = 10_000;
 /** Hashes per knownBlobs statement: an ingest batch (4,096 rows) is one round trip. */
 const LOOKUP_ROWS = 4096;
 
@@ -629,6 +634,17 @@ export class PgIndex implements IndexStore {
     }
   }
 
+  /**
+   * Fresh planner statistics after a bulk commit. Taken while the tables
+   * were small (a first backup), they made the planner read a restore's
+   * pages through a bitmap scan of every row after the cursor and a sort,
+   * per page of 2,000 (85 ms a page on 100k paths, growing with the tree),
+   * until autovacuum came round. A failure only leaves the old statistics.
+   */
+  async #analyze(): Promise<void> {
+    await this.sql`ANALYZE current, history, paths, blobs`.catch(() => {});
+  }
+
   async #run<T>(what: string, f: () => Promise<T>): Promise<T> {
     try {
       return await f();
@@ -907,7 +923,14 @@ export class PgIndex implements IndexStore {
         commit: (header, stats) =>
           this.#run("commit", async () => {
             try {
-              return await this.#commitUpload(upload, project, header, stats);
+              const { commit, changed, touched } = await this.#commitUpload(
+                upload,
+                project,
+                header,
+                stats,
+              );
+              if (touched >= ANALYZE_AFTER) await this.#analyze();
+              return { commit, changed };
             } finally {
               await clear().catch(() => {});
               await unregister().catch(() => {});
@@ -1040,7 +1063,7 @@ export class PgIndex implements IndexStore {
     project: string,
     header: UploadHeader,
     stats: CommitStats,
-  ): Promise<{ commit: CommitInfo; changed: string[] | null }> {
+  ): Promise<{ commit: CommitInfo; changed: string[] | null; touched: number }> {
     return this.#begin(async (tx) => {
       await tx`INSERT INTO projects(name, created) VALUES (${project}, ${Date.now()})
         ON CONFLICT (name) DO NOTHING`;
@@ -1142,7 +1165,7 @@ export class PgIndex implements IndexStore {
         : null;
       await tx`DELETE FROM stage WHERE upload = ${upload}`;
       await tx`DELETE FROM uploads WHERE id = ${upload}`;
-      return { commit: (await this.#commitBySeq(tx, pid, project, seq))!, changed };
+      return { commit: (await this.#commitBySeq(tx, pid, project, seq))!, changed, touched };
     });
   }
 
