@@ -13,6 +13,12 @@ import { KeepError, toKeepError } from "../errors.ts";
 import { Ingest, type IngestLimits, type IngestResult } from "../server/ingest.ts";
 import type { Storage } from "../server/storage/open.ts";
 
+/**
+ * While the ingest stores batches behind the body, the event loop is let
+ * turn at least this often (ms): body reads that resolve from buffered data
+ * do not poll other I/O, and the pack PUTs and the index's answers wait.
+ */
+const TURN_EVERY_MS = 10;
 /** Reads on after a failure, up to this many bytes, so the client sees the answer. */
 const DRAIN_AFTER_FAILURE = 64 << 20;
 
@@ -64,6 +70,7 @@ export async function receiveUpload(
     let failure: KeepError | null = null;
     let drained = 0;
     let pending = read();
+    let turned = performance.now();
     for (;;) {
       const r = await pending;
       last = Date.now();
@@ -79,6 +86,11 @@ export async function receiveUpload(
       try {
         ingest.push(r.value);
         if (ingest.wantsFlush) await ingest.flush();
+        if (ingest.storing && performance.now() - turned >= TURN_EVERY_MS) {
+          // A read is pending meanwhile (docs/DESIGN.md, "The HTTP server").
+          await new Promise((r) => setTimeout(r, 0));
+          turned = performance.now();
+        }
       } catch (err) {
         failure = toKeepError(err, "Cannot accept upload");
         await ingest.abort();

@@ -79,6 +79,8 @@ export const DEFAULT_LIMITS: IngestLimits = {
 const BATCH_BYTES = 8 << 20;
 const BATCH_ROWS = 4096;
 const BATCH_LARGE = 8;
+/** On an object store, batches whose pack PUT (then rows) may be in flight at once. */
+const PUTS_IN_FLIGHT = 3;
 /** The batch buffer's bound: a batch, plus what one body chunk can end past it. */
 const HELD_MAX = BATCH_BYTES + 2 * PACK_MAX;
 /** A pack is closed once it is this big; the next blob starts a new one. */
@@ -323,6 +325,11 @@ export class Ingest {
   #pack: PackSink | null = null;
   /** The last batch's pack write and rows, still going (object stores: see flush). */
   #tail: Promise<void> | null = null;
+  /** Batches still going (each settles after the one before), and their new contents (hex). */
+  #inFlight: { done: Promise<void>; hexes: string[] }[] = [];
+  #unstaged = new Set<string>();
+  /** Batches whose PUT or rows are still going. */
+  #storing = 0;
   /** The sink of the large file being received, if any. */
   #currentSink: LargeSink | null = null;
   /** A chunked file being received: its current chunk and the hashes of those done. */
@@ -391,6 +398,15 @@ export class Ingest {
       this.#pendingLarge >= BATCH_LARGE || (this.#currentSink?.pending ?? 0) >= BATCH_BYTES;
   }
 
+  /**
+   * True while batches are being stored behind the body (object stores:
+   * pack PUTs, then rows): their I/O advances only when the event loop
+   * turns, which the body's reads alone need not let it do.
+   */
+  get storing(): boolean {
+    return this.#storing > 0;
+  }
+
   /** Processes a body chunk. Throws KeepError on bad input. */
   push(chunk: Uint8Array): void {
     this.wireBytes += chunk.length;
@@ -444,7 +460,7 @@ export class Ingest {
         );
       }
     }
-    await this.#settle();
+    await this.#putRoom();
     // The current large file's sink may hold too much unwritten: let it catch up.
     if (this.#currentSink?.pending) await this.#currentSink.drain();
     const rows = this.#pendingRows;
@@ -461,11 +477,12 @@ export class Ingest {
       await sink?.abort();
     };
     // The same content twice in this batch is stored once; in an earlier
-    // batch, its row is in the index by now and knownBlobs finds it.
+    // batch, its row is in the index by now and knownBlobs finds it, or that
+    // batch is still in flight (its rows go in before this one's).
     const seen = new Set<string>();
     const fresh: PendingBlob[] = [];
     for (const b of blobs) {
-      if (seen.has(b.hex)) await drop(b);
+      if (seen.has(b.hex) || this.#unstaged.has(b.hex)) await drop(b);
       else {
         seen.add(b.hex);
         fresh.push(b);
@@ -516,18 +533,28 @@ export class Ingest {
     this.#heldBytes = 0; // the pack sink copied or wrote every held blob
     this.#flushing = [];
     if (this.#storage.blobs.flushEndsPack) {
-      // An object store: this batch's pack is one object, sent while the
-      // next batch arrives; its rows follow the PUT (the next flush, or
-      // finish, waits for both). Batches' rows still go in order.
+      // An object store: this batch's pack is one object, its PUT started
+      // now, while the next batches arrive (up to PUTS_IN_FLIGHT at once).
+      // Its rows go in once its PUT is done and the batch before it has its
+      // rows in (a chain): rows name only durable bytes, batches stay in
+      // order, and a failed PUT fails every batch after it (finish and abort
+      // wait for the chain).
       const pack = this.#pack;
       this.#pack = null;
+      const put = pack ? closeAndSeal(this.#storage, pack) : Promise.resolve();
+      put.catch(() => {}); // awaited in the chain
       const before = this.#tail;
-      this.#tail = (async () => {
+      const hexes = added.map((a) => bytesToHex(a.hash));
+      for (const h of hexes) this.#unstaged.add(h);
+      const done = (async () => {
         await before;
-        if (pack) await closeAndSeal(this.#storage, pack);
+        await put;
         this.repairedBlobs += await this.#stage.stage(rows, added);
       })();
-      this.#tail.catch(() => {}); // awaited by the next flush, finish or abort
+      this.#storing++;
+      done.catch(() => {}).finally(() => this.#storing--); // awaited by a later flush, finish or abort
+      this.#tail = done;
+      this.#inFlight.push({ done, hexes });
       return;
     }
     // Rows may only point at bytes, and names, that are durable.
@@ -564,11 +591,22 @@ export class Ingest {
     return this.#held.subarray(at, need);
   }
 
-  /** Waits for the batch an object store is still writing (see flush); throws its failure. */
+  /** Waits for the batches an object store is still writing (see flush); throws a failure. */
   async #settle(): Promise<void> {
     const tail = this.#tail;
     this.#tail = null;
+    this.#inFlight = [];
+    this.#unstaged.clear();
     await tail;
+  }
+
+  /** Waits until fewer than PUTS_IN_FLIGHT batches are in flight; throws a failure. */
+  async #putRoom(): Promise<void> {
+    while (this.#inFlight.length >= PUTS_IN_FLIGHT) {
+      const { done, hexes } = this.#inFlight.shift()!;
+      await done;
+      for (const h of hexes) this.#unstaged.delete(h);
+    }
   }
 
   async #closePack(): Promise<void> {

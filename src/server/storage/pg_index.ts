@@ -205,6 +205,13 @@ const PAGE = 2000;
 const LIST_ROWS = 10_000;
 /** Rows per INSERT … SELECT FROM unnest(…) of staged paths. */
 const CHUNK = 1000;
+/**
+ * A commit touching this many paths has the version and blob tables
+ * analyzed after it (see #analyze).
+ */
+const ANALYZE_AFTER = 10_000;
+/** Hashes per knownBlobs statement: an ingest batch (4,096 rows) is one round trip. */
+const LOOKUP_ROWS = 4096;
 
 /** Columns of a version as browsing shows it (mtime as text, hash as hex). */
 const VERSION_COLS =
@@ -477,6 +484,13 @@ export class PgIndex implements IndexStore {
       await sql.begin(async (tx) => {
         await tx`SELECT pg_advisory_xact_lock(727274)`;
         await tx.unsafe(SCHEMA + GC_SCHEMA);
+        // A new store has no blobs of failed uploads yet: its first full GC
+        // mark pass is a day away, as on SQLite. (Run 10 s after the first
+        // start, it marked every blob of a first backup in flight, which the
+        // commit then unmarked: 100k rows written twice more.)
+        await tx`INSERT INTO store_meta(key, value)
+          SELECT 'gc_full_mark', keep_now() WHERE NOT EXISTS (SELECT 1 FROM blobs)
+          ON CONFLICT (key) DO NOTHING`;
       });
     } catch (err) {
       await sql.end({ timeout: 1 }).catch(() => {});
@@ -618,6 +632,17 @@ export class PgIndex implements IndexStore {
         await new Promise((r) => setTimeout(r, Math.random() * 10 * attempt));
       }
     }
+  }
+
+  /**
+   * Fresh planner statistics after a bulk commit. Taken while the tables
+   * were small (a first backup), they made the planner read a restore's
+   * pages through a bitmap scan of every row after the cursor and a sort,
+   * per page of 2,000 (85 ms a page on 100k paths, growing with the tree),
+   * until autovacuum came round. A failure only leaves the old statistics.
+   */
+  async #analyze(): Promise<void> {
+    await this.sql`ANALYZE current, history, paths, blobs`.catch(() => {});
   }
 
   async #run<T>(what: string, f: () => Promise<T>): Promise<T> {
@@ -898,7 +923,14 @@ export class PgIndex implements IndexStore {
         commit: (header, stats) =>
           this.#run("commit", async () => {
             try {
-              return await this.#commitUpload(upload, project, header, stats);
+              const { commit, changed, touched } = await this.#commitUpload(
+                upload,
+                project,
+                header,
+                stats,
+              );
+              if (touched >= ANALYZE_AFTER) await this.#analyze();
+              return { commit, changed };
             } finally {
               await clear().catch(() => {});
               await unregister().catch(() => {});
@@ -1031,7 +1063,7 @@ export class PgIndex implements IndexStore {
     project: string,
     header: UploadHeader,
     stats: CommitStats,
-  ): Promise<{ commit: CommitInfo; changed: string[] | null }> {
+  ): Promise<{ commit: CommitInfo; changed: string[] | null; touched: number }> {
     return this.#begin(async (tx) => {
       await tx`INSERT INTO projects(name, created) VALUES (${project}, ${Date.now()})
         ON CONFLICT (name) DO NOTHING`;
@@ -1067,11 +1099,15 @@ export class PgIndex implements IndexStore {
       // GC's sweep deletes only marked rows and re-reads a row another
       // transaction changed, so it either went before this statement (and
       // contentGone sees it) or it stays (see "GC with several servers").
+      // From the upload's own rows, each blob by its hash: a test on
+      // `orphan` the partial index could answer let the planner start from
+      // every marked row instead, a whole-table walk after a mark pass (a
+      // commit of 100k paths then took minutes).
       await tx.unsafe(
-        `UPDATE blobs SET orphan = NULL WHERE ${
-          inIdOrder(`orphan IS NOT NULL
-            AND hash IN (SELECT hash FROM stage WHERE upload = $1 AND hash IS NOT NULL)`)
-        }`,
+        `UPDATE blobs SET orphan = NULL WHERE id IN (
+           SELECT b.id FROM stage s JOIN blobs b ON b.hash = s.hash
+           WHERE s.upload = $1 AND s.hash IS NOT NULL AND coalesce(b.orphan, 0) <> 0
+           ORDER BY b.id FOR UPDATE OF b)`,
         [upload],
       );
       const gone = await get(COMMIT.contentGone);
@@ -1129,7 +1165,7 @@ export class PgIndex implements IndexStore {
         : null;
       await tx`DELETE FROM stage WHERE upload = ${upload}`;
       await tx`DELETE FROM uploads WHERE id = ${upload}`;
-      return { commit: (await this.#commitBySeq(tx, pid, project, seq))!, changed };
+      return { commit: (await this.#commitBySeq(tx, pid, project, seq))!, changed, touched };
     });
   }
 
@@ -1139,23 +1175,31 @@ export class PgIndex implements IndexStore {
     return this.#run("look up blobs", async () => {
       const known = new Set<string>();
       const hex = hashes.map(bytesToHex);
-      for (let i = 0; i < hex.length; i += CHUNK) {
-        const part = hex.slice(i, i + CHUNK);
-        const these =
-          `hash IN (SELECT decode(h, 'hex') FROM unnest($1::text[]) h) AND damaged IS NULL`;
-        // A row GC marked is unmarked before the upload counts on it (see gc.ts)...
-        await this.#retry(() =>
+      for (let i = 0; i < hex.length; i += LOOKUP_ROWS) {
+        const part = hex.slice(i, i + LOOKUP_ROWS);
+        // One round trip: the rows there, and the marked ones among them
+        // unmarked by id (locked in id order, as every writer of many blob
+        // rows locks them) before the upload counts on them (see gc.ts). A
+        // marked row counts only when its unmark took its lock: one the sweep
+        // deleted first is not returned, and the upload sends the content. A
+        // row unmarked when read counts: one marked since was marked after
+        // this upload's registration (its start), which GC spares (point 2 of
+        // "GC with several servers"). Only rows GC marked are written.
+        const rows = await this.#retry(() =>
           this.sql.unsafe(
-            `UPDATE blobs SET orphan = NULL WHERE ${inIdOrder(`${these} AND orphan IS NOT NULL`)}`,
+            `WITH found AS MATERIALIZED (
+               SELECT id, hash, orphan IS NOT NULL AS marked FROM blobs
+               WHERE hash IN (SELECT decode(h, 'hex') FROM unnest($1::text[]) h)
+                 AND damaged IS NULL),
+             kept AS (
+               UPDATE blobs SET orphan = NULL WHERE id IN (
+                 SELECT id FROM blobs WHERE id IN (SELECT id FROM found WHERE marked)
+                   AND damaged IS NULL ORDER BY id FOR UPDATE)
+               RETURNING id)
+             SELECT encode(hash, 'hex') AS hex FROM found
+             WHERE NOT marked OR id IN (SELECT id FROM kept)`,
             [part as unknown as string],
           )
-        );
-        // ...then every row there counts: one marked since was marked after
-        // this upload's registration (its start), which GC spares (point 2
-        // of "GC with several servers"); only rows are written that GC marked.
-        const rows = await this.sql.unsafe(
-          `SELECT encode(hash, 'hex') AS hex FROM blobs WHERE ${these}`,
-          [part as unknown as string],
         );
         for (const r of rows) known.add(r.hex as string);
       }

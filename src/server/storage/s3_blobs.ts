@@ -81,7 +81,8 @@ class S3PackSink implements PackSink {
   #store: S3BlobStore;
   #parts: Uint8Array[] = [];
   #size = 0;
-  #written = false;
+  /** The PUT, once started: a second flush (close) gets its outcome. */
+  #put: Promise<void> | null = null;
 
   constructor(store: S3BlobStore, pack: number) {
     this.#store = store;
@@ -93,7 +94,7 @@ class S3PackSink implements PackSink {
   }
 
   add(data: Uint8Array): number {
-    if (this.#written) {
+    if (this.#put) {
       throw new KeepError("internal", `Cannot add to pack ${this.pack}: it is written already`);
     }
     const at = this.#size;
@@ -102,25 +103,37 @@ class S3PackSink implements PackSink {
     return at;
   }
 
-  async flush(): Promise<void> {
-    if (this.#written || this.#size === 0) return;
+  flush(): Promise<void> {
+    if (this.#size === 0) return Promise.resolve();
+    this.#put ??= this.#send();
+    return this.#put;
+  }
+
+  async #send(): Promise<void> {
     const body = new Uint8Array(this.#size);
     let o = 0;
     for (const p of this.#parts) {
       body.set(p, o);
       o += p.length;
     }
+    // The body alone while the PUT is in flight (an upload has up to three).
+    this.#parts = [];
     const key = this.#store.packKey(this.pack);
     try {
       await this.#store.client.put(key, body, { ifNoneMatch: true });
     } catch (err) {
       // A retried PUT whose first answer was lost finds its own object: same bytes, done.
       if (!(err instanceof S3Error && err.status === 412 && await this.#isOurs(key, body))) {
+        if (err instanceof KeepError && err.code === "unavailable") {
+          // Which write failed, for the upload's answer (the client's message).
+          throw new KeepError(
+            "unavailable",
+            `Cannot store pack ${this.pack}: ${err.message.replace(/^Cannot/, "cannot")}`,
+          );
+        }
         throw storeError(err, `store pack ${this.pack}`);
       }
     }
-    this.#parts = [];
-    this.#written = true;
   }
 
   async #isOurs(key: string, body: Uint8Array): Promise<boolean> {
