@@ -274,7 +274,7 @@ Deno.test("chunks: a quota counts only the chunks a backup sends, not the whole 
   assertMatch(r.stderr, /past its quota/);
 });
 
-Deno.test("chunks: several big files edited are hashed from their chunks on worker threads; a damaged stored chunk is found there, and the backup sends it again", async () => {
+Deno.test("chunks: several big files edited are hashed from their chunks; a damaged stored chunk is found, marked, and the backup sends it again", async () => {
   await using server = await startServer();
   const src = await tempDir();
   const a = randomData(40_000_000);

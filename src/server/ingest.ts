@@ -48,7 +48,6 @@ import {
   type PossessedChunks,
   possessionKeys,
 } from "./possession.ts";
-import { HashPool } from "./hash_pool.ts";
 
 /** Limits on one upload. */
 export interface IngestLimits {
@@ -88,9 +87,6 @@ const PACK_ROTATE = 1 << 30;
 const MAX_CONTROL = 1 << 20;
 /** A stored chunk is at most the chunker's max plus one member (see #onData). */
 const CHUNK_ENTRY_MAX = CDC_SIZES.max + MAX_MEMBER_RAW;
-
-/** Chunked files of an upload worth hashing on Workers, in all (see HashPool). */
-const HASH_POOL_MIN_BYTES = 64 << 20;
 
 /** A `have` record waiting for the end of the upload. */
 type Have = { e: Entry; n?: string; proof?: string; c?: string[] };
@@ -710,28 +706,15 @@ export class Ingest {
       if (!key) keys.set(nonce, key = possessionKeys.keyFor(this.project, nonce));
       return key;
     };
-    // Files sent in part are hashed from their chunks: on two Workers when
-    // several big ones came (an upload that edited a few artifacts).
-    let chunkedBytes = 0;
-    let chunkedFiles = 0;
-    for (const h of this.#haves) {
-      if (h.c) {
-        chunkedBytes += h.e.size;
-        chunkedFiles++;
-      }
-    }
-    const threads = Math.min(2, navigator.hardwareConcurrency || 1);
-    using pool = chunkedFiles >= 2 && chunkedBytes >= HASH_POOL_MIN_BYTES && threads >= 2
-      ? new HashPool(threads)
-      : null;
     for (let i = 0; i < this.#haves.length; i += BATCH_ROWS) {
       const batch = this.#haves.slice(i, i + BATCH_ROWS);
       const whole = batch.filter((h) => !h.c);
       const known = whole.length
         ? await this.#storage.index.knownBlobs(whole.map((h) => hexToBytes(h.e.hash!)))
         : new Set<string>();
-      // The chunked files' checks run a few at a time, ahead of the loop below.
-      const checks = new Ahead<PossessedChunks>(pool?.threads ?? 1);
+      // The chunked files' checks run two at a time (an object store's reads
+      // overlap), ahead of the loop below.
+      const checks = new Ahead<PossessedChunks>(2);
       try {
         for (const h of batch) {
           if (!h.c) continue;
@@ -744,7 +727,6 @@ export class Ingest {
               h.e.size,
               h.proof === undefined ? null : { key: keyOf(h.n!), proof: h.proof },
               h.c!,
-              pool,
             )
           );
         }

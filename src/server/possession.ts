@@ -20,7 +20,6 @@ import { Proof } from "../format/possession.ts";
 import type { Storage } from "./storage/open.ts";
 import { contentPieces, forEachRaw } from "./content_pieces.ts";
 import type { BlobPlace } from "./storage/blob_store.ts";
-import { ChunkFault, type ContentDigest, type HashPool, WorkerFailure } from "./hash_pool.ts";
 
 /** Raw bytes hashed on the event loop between two turns given to other requests. */
 const TURN_BYTES = 8 << 20;
@@ -163,7 +162,6 @@ export async function checkChunkedPossession(
   size: number,
   proven: { key: Uint8Array; proof: string } | null,
   chunks: string[],
-  pool: HashPool | null = null,
 ): Promise<PossessedChunks> {
   const places: BlobPlace[] = [];
   let total = 0;
@@ -199,17 +197,7 @@ export async function checkChunkedPossession(
     );
   if (total !== size) throw forbidden(`its chunks hold ${total} bytes, not ${size}`);
   const buf = { bytes: new Uint8Array(0) };
-  const key = proven?.key ?? null;
-  let digest: ContentDigest | null = null;
-  if (pool) {
-    try {
-      digest = await hashOnPool(storage, path, chunks, places, key, pool);
-    } catch (err) {
-      // The pool failed (not the content): hashed here instead.
-      if (!(err instanceof WorkerFailure)) throw err;
-    }
-  }
-  digest ??= await hashHere(storage, path, chunks, places, key, buf);
+  const digest = await hashHere(storage, path, chunks, places, proven?.key ?? null, buf);
   const hash = digest.hash;
   if (hashHex !== null && hash !== hashHex) {
     // The client's list is wrong, or a chunk's bytes no longer hash to its
@@ -229,7 +217,15 @@ export async function checkChunkedPossession(
   return { hash, xxh: digest.xxh, stored };
 }
 
-/** The content of `chunks` hashed on this thread. */
+/** What a file's raw content hashes to. */
+interface ContentDigest {
+  hash: string;
+  xxh: string;
+  /** The proof over the content under the key given (null: none asked). */
+  mac: string | null;
+}
+
+/** The content of `chunks` hashed (one reused buffer for local pack reads). */
 async function hashHere(
   storage: Storage,
   path: string,
@@ -255,43 +251,6 @@ async function hashHere(
     });
   }
   return { hash: sha.digest("hex"), xxh: xxh.digest(), mac: mac?.digest() ?? null };
-}
-
-/** The content of `chunks` hashed on a worker of `pool` (this thread reads). */
-async function hashOnPool(
-  storage: Storage,
-  path: string,
-  chunks: string[],
-  places: BlobPlace[],
-  key: Uint8Array | null,
-  pool: HashPool,
-): Promise<ContentDigest> {
-  let reading = -1;
-  try {
-    return await pool.hash(places.map((p) => p.size), async (i) => {
-      reading = i;
-      const out = new Uint8Array(places[i].stored);
-      let at = 0;
-      for await (const piece of await storage.blobs.pieces(chunks[i], places[i])) {
-        if (at + piece.length > out.length) break;
-        out.set(piece, at);
-        at += piece.length;
-      }
-      if (at !== out.length) {
-        throw new KeepError("integrity", `chunk ${chunks[i]} is not ${out.length} bytes stored`);
-      }
-      reading = -1;
-      return out;
-    }, key);
-  } catch (err) {
-    if (err instanceof ChunkFault) {
-      throw await damaged(storage, path, chunks[err.index], err.message);
-    }
-    if (reading >= 0 && isDamage(err)) {
-      throw await damaged(storage, path, chunks[reading], (err as Error).message);
-    }
-    throw err;
-  }
 }
 
 function isDamage(err: unknown): boolean {
