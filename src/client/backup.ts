@@ -493,13 +493,7 @@ class Backup {
     let chunkOver: number | null = null;
     if (byChunk.size) {
       chunkOver = (await ask([])).chunkOver;
-      for (const k of byChunk) {
-        // Past the most chunks a `have` record lists even at the max chunk size: whole.
-        if (
-          chunkOver === null || send.size(k) <= chunkOver ||
-          send.size(k) > HAVE_CHUNKS_MAX * CDC_SIZES.max
-        ) byChunk.delete(k);
-      }
+      for (const k of byChunk) if (!byChunkSize(send.size(k), chunkOver)) byChunk.delete(k);
     }
     const big: number[] = [];
     const small: number[] = [];
@@ -578,9 +572,7 @@ class Backup {
     if (bigFound) {
       chunkOver ??= (answer ?? await ask([])).chunkOver;
       for (const k of big) {
-        if (chunkOver !== null && send.size(k) > Math.max(chunkOver, CHUNKED_FILE_MIN)) {
-          if (!proven.has(k) && send.size(k) <= HAVE_CHUNKS_MAX * CDC_SIZES.max) byChunk.add(k);
-        }
+        if (!proven.has(k) && byChunkSize(send.size(k), chunkOver)) byChunk.add(k);
       }
     }
     const partial = byChunk.size
@@ -891,6 +883,16 @@ function readStable(
   sink: (bytes: Uint8Array) => void,
 ): boolean {
   return readAsScanned(`${root}/${t.path(k)}`, t.size(k), t.mtime(k), t.ctime(k), sink);
+}
+
+/**
+ * Whether a file of `size` goes by chunks to a store that chunks files over
+ * `chunkOver` (null: none): over that and the chunking threshold, and not
+ * past what one `have` record can list even at the max chunk size (whole).
+ */
+function byChunkSize(size: number, chunkOver: number | null): boolean {
+  return chunkOver !== null && size > Math.max(chunkOver, CHUNKED_FILE_MIN) &&
+    size <= HAVE_CHUNKS_MAX * CDC_SIZES.max;
 }
 
 /**

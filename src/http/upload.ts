@@ -12,6 +12,7 @@
 import { KeepError, toKeepError } from "../errors.ts";
 import { Ingest, type IngestLimits, type IngestResult } from "../server/ingest.ts";
 import type { Storage } from "../server/storage/open.ts";
+import { nextTurn } from "../platform/turn.ts";
 
 /**
  * While the ingest stores batches behind the body, the event loop is let
@@ -88,7 +89,7 @@ export async function receiveUpload(
         if (ingest.wantsFlush) await ingest.flush();
         if (ingest.storing && performance.now() - turned >= TURN_EVERY_MS) {
           // A read is pending meanwhile (docs/DESIGN.md, "The HTTP server").
-          await new Promise((r) => setTimeout(r, 0));
+          await nextTurn();
           turned = performance.now();
         }
       } catch (err) {

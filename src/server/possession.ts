@@ -20,6 +20,7 @@ import { Proof } from "../format/possession.ts";
 import type { Storage } from "./storage/open.ts";
 import { contentPieces, forEachRaw } from "./content_pieces.ts";
 import type { BlobPlace } from "./storage/blob_store.ts";
+import { nextTurn } from "../platform/turn.ts";
 
 /** Raw bytes hashed on the event loop between two turns given to other requests. */
 const TURN_BYTES = 8 << 20;
@@ -168,7 +169,7 @@ export async function checkChunkedPossession(
   let stored = 0;
   for (let i = 0; i < chunks.length; i++) {
     const c = chunks[i];
-    if (i % 4096 === 4095) await new Promise((r) => setTimeout(r, 0));
+    if (i % 4096 === 4095) await nextTurn();
     const place = await storage.index.blobPlace(c);
     if (!place) {
       throw new KeepError(
@@ -242,7 +243,7 @@ async function hashHere(
     // Local reads never wait: other requests get the event loop every few MB.
     if ((sinceTurn += places[i].size) >= TURN_BYTES) {
       sinceTurn = 0;
-      await new Promise((r) => setTimeout(r, 0));
+      await nextTurn();
     }
     await readChunk(storage, path, chunks[i], places[i], buf, (raw) => {
       sha.update(raw);
