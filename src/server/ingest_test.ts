@@ -1,8 +1,10 @@
 import { assert, assertEquals, assertRejects } from "../../tests/assert.ts";
-import { commitHeader, noise, Upload } from "../../tests/craft.ts";
+import { createHash } from "node:crypto";
+import { commitHeader, noise, noiseText, rechunk, Upload } from "../../tests/craft.ts";
 import { scopedStore } from "../../tests/helpers.ts";
 import { KeepError } from "../errors.ts";
 import type { CommitInfo, Entry } from "../format/manifest.ts";
+import { contentPieces, forEachRaw } from "./content_pieces.ts";
 import { Ingest } from "./ingest.ts";
 import type { Storage } from "./storage/open.ts";
 
@@ -163,4 +165,45 @@ Deno.test("Ingest.wantsFlush turns true after 4096 rows, and flushing then gives
   );
   assertEquals(whole.stats.newBlobs, 3000);
   assertEquals(await headEntries(a.storage), await headEntries(b.storage));
+});
+
+Deno.test("Ingest: a big file's chunks go into the batch buffer and read back byte for byte, however its members are cut and whenever batches flush", async () => {
+  // Text and noise, 27 MB: chunks end where short members do, or at the
+  // chunker's max; 8 MB batches flush while a chunk is open.
+  const parts: Uint8Array[] = [];
+  for (let i = 0; i < 9; i++) {
+    parts.push(
+      i % 2
+        ? noise(3_000_000 + i * 7919, i)
+        : new TextEncoder().encode(noiseText(3_000_000 - i * 4099, i)),
+    );
+  }
+  const content = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  parts.reduce((at, p) => (content.set(p, at), at + p.length), 0);
+  const want = createHash("sha256").update(content).digest("hex");
+  const body = new Upload().commit(commitHeader(null)).file("big.bin", content).changes().end()
+    .bytes();
+  const cases: [string, Uint8Array, boolean][] = [
+    ["full members", body, true],
+    ["members of 300 KiB (re-encoded)", rechunk(body, 300 << 10), true],
+    ["members of 100,003 bytes", rechunk(body, 100_003), true],
+    // Several members a body chunk: a batch flushes with bytes of the next chunk held.
+    ["members of 20,011 bytes", rechunk(body, 20_011), true],
+    ["no flush until the end", rechunk(body, 700_001), false],
+  ];
+  for (const [what, bytes, flush] of cases) {
+    await using s = await store();
+    await ingest(s.storage, bytes, { flush });
+    const [entry] = await headEntries(s.storage);
+    assertEquals(entry.hash, want, what);
+    const place = (await s.storage.index.blobPlace(want))!;
+    assert(place.chunked, what);
+    assert((await s.storage.index.chunksOf!(want)).length >= 10, what);
+    const sha = createHash("sha256");
+    const size = await forEachRaw(
+      await contentPieces(s.storage, want, place),
+      (raw) => sha.update(raw),
+    );
+    assertEquals([size, sha.digest("hex")], [content.length, want], what);
+  }
 });
