@@ -282,9 +282,20 @@ hostile(
         upload(proof),
         403,
         "forbidden",
-        /^Cannot record stolen\.key: its proof of possession does not match/,
+        /^Cannot record "stolen\.key": its proof of possession does not match/,
       );
     }
+    // A name with a newline stays on the message's one line.
+    await refuse(
+      c,
+      "a name with a newline",
+      onHead(c).changes([
+        haveRecord("stolen\nkey", SECRET_HASH, SECRET.length, a.nonce, "0".repeat(32)),
+      ]).end(),
+      403,
+      "forbidden",
+      /^Cannot record "stolen\\nkey": its proof of possession does not match[^\n]*$/,
+    );
     // A forged nonce: no key of this server.
     await refuse(
       c,
@@ -607,7 +618,7 @@ hostile(
       onHead(c).changes([{ op: "have", e, c: chunks }]).end(),
       409,
       "conflict",
-      /Cannot record x\.bin: this store keeps big files whole, not as chunks; back up again/,
+      /Cannot record "x\.bin": this store keeps big files whole, not as chunks; back up again/,
     );
   },
   { args: ["--chunk-over", "off"] },

@@ -95,7 +95,7 @@ type Have = { e: Entry; n?: string; proof?: string; c?: string[] };
 function lost(path: string, hex: string): KeepError {
   return new KeepError(
     "conflict",
-    `Cannot record ${path}: the store no longer has its content (${
+    `Cannot record ${JSON.stringify(path)}: the store no longer has its content (${
       hex.slice(0, 12)
     }…); back up again`,
   );
@@ -831,7 +831,9 @@ export class Ingest {
     if (this.#chunkOver === null) {
       throw new KeepError(
         "conflict",
-        `Cannot record ${h.e.path}: this store keeps big files whole, not as chunks; back up again`,
+        `Cannot record ${
+          JSON.stringify(h.e.path)
+        }: this store keeps big files whole, not as chunks; back up again`,
       );
     }
     const unique = [...new Set(h.c)];
@@ -850,7 +852,7 @@ export class Ingest {
       // attempt negotiates again and proves it.
       throw new KeepError(
         "conflict",
-        `Cannot record ${h.e.path}: its chunk ${
+        `Cannot record ${JSON.stringify(h.e.path)}: its chunk ${
           foreign.slice(0, 12)
         }… is not one of ${this.project}'s (any more) and comes without a proof of possession; nothing was recorded; back up again`,
       );

@@ -97,7 +97,7 @@ export async function checkPossession(
   if (!place || place.size !== size) {
     throw new KeepError(
       "conflict",
-      `Cannot record ${path}: the store no longer has its content (${
+      `Cannot record ${JSON.stringify(path)}: the store no longer has its content (${
         hashHex.slice(0, 12)
       }…); back up again`,
     );
@@ -119,20 +119,24 @@ export async function checkPossession(
     await storage.index.markDamaged(hexToBytes(hashHex), err.message);
     throw new KeepError(
       "conflict",
-      `Cannot record ${path}: its stored content is damaged; back up again to send it`,
+      `Cannot record ${
+        JSON.stringify(path)
+      }: its stored content is damaged; back up again to send it`,
     );
   }
   if (total !== size || sha.digest("hex") !== hashHex) {
     await storage.index.markDamaged(hexToBytes(hashHex), "content does not match its hash");
     throw new KeepError(
       "conflict",
-      `Cannot record ${path}: its stored content is damaged; back up again to send it`,
+      `Cannot record ${
+        JSON.stringify(path)
+      }: its stored content is damaged; back up again to send it`,
     );
   }
   if (mac.digest() !== proof) {
     throw new KeepError(
       "forbidden",
-      `Cannot record ${path}: its proof of possession does not match the content ${
+      `Cannot record ${JSON.stringify(path)}: its proof of possession does not match the content ${
         hashHex.slice(0, 12)
       }… (send the content itself); nothing was recorded`,
     );
@@ -174,7 +178,7 @@ export async function checkChunkedPossession(
     if (!place) {
       throw new KeepError(
         "conflict",
-        `Cannot record ${path}: the store no longer has its chunk ${
+        `Cannot record ${JSON.stringify(path)}: the store no longer has its chunk ${
           c.slice(0, 12)
         }…; back up again`,
       );
@@ -182,7 +186,7 @@ export async function checkChunkedPossession(
     if (place.chunked) {
       throw new KeepError(
         "forbidden",
-        `Cannot record ${path}: ${
+        `Cannot record ${JSON.stringify(path)}: ${
           c.slice(0, 12)
         }… is a chunked file, not a chunk; nothing was recorded`,
       );
@@ -194,7 +198,9 @@ export async function checkChunkedPossession(
   const forbidden = (why: string) =>
     new KeepError(
       "forbidden",
-      `Cannot record ${path}: ${why} (send the content itself); nothing was recorded`,
+      `Cannot record ${
+        JSON.stringify(path)
+      }: ${why} (send the content itself); nothing was recorded`,
     );
   if (total !== size) throw forbidden(`its chunks hold ${total} bytes, not ${size}`);
   const buf = { bytes: new Uint8Array(0) };
@@ -268,7 +274,9 @@ async function damaged(
   await storage.index.markDamaged(hexToBytes(hex), why);
   return new KeepError(
     "conflict",
-    `Cannot record ${path}: a stored chunk of it is damaged; back up again to send it`,
+    `Cannot record ${
+      JSON.stringify(path)
+    }: a stored chunk of it is damaged; back up again to send it`,
   );
 }
 
