@@ -22,7 +22,8 @@ import {
   writeTree,
 } from "./helpers.ts";
 import { assertError, commitsUrl, hostile, onHead, P, post, refuse, sha256 } from "./hostile.ts";
-import { ChunkHasher } from "../src/format/fastcdc.ts";
+import { CDC_SIZES, ChunkHasher } from "../src/format/fastcdc.ts";
+import { HAVE_CHUNKS_MAX, UPLOAD_CHUNKS_MAX } from "../src/format/manifest.ts";
 
 interface BackupJson {
   commit: { id: string; seq: number; counts: { added: number } };
@@ -642,4 +643,29 @@ hostile(
     );
   },
   { args: ["--max-upload", "16M"] },
+);
+
+hostile(
+  "negotiate: the have records of one upload list at most UPLOAD_CHUNKS_MAX chunks in all (the server holds every list)",
+  async (c) => {
+    const v = await victimBig(c.url);
+    // Three records of the most chunks one may list: each line fits, their sum does not.
+    const records = [0, 1, 2].map((i) => {
+      const e = haveRecord(`x${i}.bin`, "", HAVE_CHUNKS_MAX * CDC_SIZES.min, "", "").e as Record<
+        string,
+        unknown
+      >;
+      delete e.h;
+      return { op: "have", e, c: Array(HAVE_CHUNKS_MAX).fill(v.chunks[0]) };
+    });
+    assert(3 * HAVE_CHUNKS_MAX > UPLOAD_CHUNKS_MAX);
+    await refuse(
+      c,
+      "three full chunk lists",
+      onHead(c).changes(records).end(),
+      413,
+      "too_large",
+      new RegExp(`its have records list more than ${UPLOAD_CHUNKS_MAX} chunks in all`),
+    );
+  },
 );

@@ -24,6 +24,7 @@ import {
   type CommitInfo,
   type Entry,
   HAVE_CHUNKS_MAX,
+  UPLOAD_CHUNKS_MAX,
   type UploadHeader,
 } from "../format/manifest.ts";
 import { type CompressMode, type PackStats, packUpload, type Partial } from "./upload.ts";
@@ -610,11 +611,15 @@ class Backup {
       mtime: send.mtime(k),
       ctime: send.ctime(k),
     })));
+    let listed = 0;
     rows.forEach((k, i) => {
       const chunks = lists[i];
       // Unreadable or moved, or more chunks than a `have` record may list
-      // (a file of ~125 GB): sent whole.
+      // (a file of ~125 GB) or than one upload's records may (~250 GB of
+      // big files): sent whole.
       if (!chunks || chunks.length > HAVE_CHUNKS_MAX) return;
+      if (listed + chunks.length > UPLOAD_CHUNKS_MAX) return;
+      listed += chunks.length;
       cut.set(k, chunks);
       for (const c of chunks) all.add(c.hash);
     });

@@ -30,6 +30,7 @@ import {
   LineSplitter,
   parseChangeRecord,
   parseUploadHeader,
+  UPLOAD_CHUNKS_MAX,
   type UploadHeader,
 } from "../format/manifest.ts";
 import { comparePaths, pathProblem } from "../format/paths.ts";
@@ -88,8 +89,25 @@ const MAX_CONTROL = 1 << 20;
 /** A stored chunk is at most the chunker's max plus one member (see #onData). */
 const CHUNK_ENTRY_MAX = CDC_SIZES.max + MAX_MEMBER_RAW;
 
-/** A `have` record waiting for the end of the upload. */
-type Have = { e: Entry; n?: string; proof?: string; c?: string[] };
+/**
+ * A `have` record waiting for the end of the upload; `c`: its chunks'
+ * SHA-256 back to back (32 bytes each: a list of hex strings took ~80).
+ */
+type Have = { e: Entry; n?: string; proof?: string; c?: Uint8Array };
+
+/** The hashes of a packed chunk list (see Have), as views of it. */
+function chunkHashes(c: Uint8Array): Uint8Array[] {
+  const out: Uint8Array[] = new Array(c.length / 32);
+  for (let i = 0; i < out.length; i++) out[i] = c.subarray(i * 32, i * 32 + 32);
+  return out;
+}
+
+/** A chunk list packed (see Have). */
+function packChunks(hexes: string[]): Uint8Array {
+  const out = new Uint8Array(hexes.length * 32);
+  for (let i = 0; i < hexes.length; i++) out.set(hexToBytes(hexes[i]), i * 32);
+  return out;
+}
 
 /** The store lost content a record names: the client backs up again and sends it. */
 function lost(path: string, hex: string): KeepError {
@@ -331,6 +349,8 @@ export class Ingest {
   #haves: Have[] = [];
   /** Bytes of the files `have` records name by chunks. */
   #named = 0;
+  /** Chunks `have` records listed (at most UPLOAD_CHUNKS_MAX). */
+  #listed = 0;
   /** A `chunk` control entry is being received (one chunk of a file sent in part). */
   #chunkEntry = false;
   /** The chunks `chunk` entries of this upload carried (hex). */
@@ -758,7 +778,7 @@ export class Ingest {
       try {
         for (const h of batch) {
           if (!h.c) continue;
-          await this.#mayNameChunks(h as Have & { c: string[] });
+          await this.#mayNameChunks(h as Have & { c: Uint8Array });
           checks.add(() =>
             checkChunkedPossession(
               this.#storage,
@@ -766,7 +786,7 @@ export class Ingest {
               h.e.hash ?? null,
               h.e.size,
               h.proof === undefined ? null : { key: keyOf(h.n!), proof: h.proof },
-              h.c!,
+              chunkHashes(h.c!).map(bytesToHex),
             )
           );
         }
@@ -786,7 +806,7 @@ export class Ingest {
               stored: checked.stored,
               data: null,
               sink: null,
-              chunks: h.c.map(hexToBytes),
+              chunks: chunkHashes(h.c),
             });
           } else {
             if (!known.has(hex)) throw lost(h.e.path, hex);
@@ -824,7 +844,7 @@ export class Ingest {
    * Refuses a file named by chunks the store lacks, or, without a proof, by
    * chunks that are neither the project's own nor sent in this upload.
    */
-  async #mayNameChunks(h: Have & { c: string[] }): Promise<void> {
+  async #mayNameChunks(h: Have & { c: Uint8Array }): Promise<void> {
     // A file sent in part: its chunks are stored (sent in this upload or
     // held before). Without a proof each is the project's own or was
     // sent; the server hashes the file itself from them.
@@ -836,7 +856,7 @@ export class Ingest {
         }: this store keeps big files whole, not as chunks; back up again`,
       );
     }
-    const unique = [...new Set(h.c)];
+    const unique = [...new Set(chunkHashes(h.c).map(bytesToHex))];
     const held = await this.#storage.index.knownBlobs(unique.map(hexToBytes));
     const gone = unique.find((c) => !held.has(c));
     if (gone) throw lost(h.e.path, gone);
@@ -1175,7 +1195,13 @@ export class Ingest {
             );
           }
         }
-        this.#haves.push({ e: r.e, n: r.n, proof: r.proof, c: r.c });
+        if (r.c && (this.#listed += r.c.length) > UPLOAD_CHUNKS_MAX) {
+          throw new KeepError(
+            "too_large",
+            `Cannot accept upload: its have records list more than ${UPLOAD_CHUNKS_MAX} chunks in all`,
+          );
+        }
+        this.#haves.push({ e: r.e, n: r.n, proof: r.proof, c: r.c && packChunks(r.c) });
         return;
       case "keep":
         this.#pendingRows.push({ op: "keep", path: r.p, flag: r.flag, reason: r.reason });

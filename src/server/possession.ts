@@ -168,12 +168,65 @@ export async function checkChunkedPossession(
   proven: { key: Uint8Array; proof: string } | null,
   chunks: string[],
 ): Promise<PossessedChunks> {
-  const places: BlobPlace[] = [];
+  const forbidden = (why: string) =>
+    new KeepError(
+      "forbidden",
+      `Cannot record ${
+        JSON.stringify(path)
+      }: ${why} (send the content itself); nothing was recorded`,
+    );
+  const sha = createHash("sha256");
+  const xxh = new PartialHasher();
+  const mac = proven ? new Proof(proven.key) : null;
+  const buf = { bytes: new Uint8Array(0) };
   let total = 0;
   let stored = 0;
-  for (let i = 0; i < chunks.length; i++) {
-    const c = chunks[i];
-    if (i % 4096 === 4095) await nextTurn();
+  // A window of chunks at a time: a list of 250,000 keeps 4,096 places, not all.
+  for (let w = 0; w < chunks.length; w += PLACES_WINDOW) {
+    const window = chunks.slice(w, w + PLACES_WINDOW);
+    const places = await placesOf(storage, path, window);
+    for (const p of places) {
+      total += p.size;
+      stored += p.stored;
+    }
+    if (total > size) throw forbidden(`its chunks hold more than ${size} bytes`);
+    await hashHere(storage, path, window, places, buf, (raw) => {
+      sha.update(raw);
+      xxh.update(raw);
+      mac?.update(raw);
+    });
+  }
+  if (total !== size) throw forbidden(`its chunks hold ${total} bytes, not ${size}`);
+  const hash = sha.digest("hex");
+  if (hashHex !== null && hash !== hashHex) {
+    // The client's list is wrong, or a chunk's bytes no longer hash to its
+    // name (damaged behind CRCs that still hold): only the second is ours.
+    for (let w = 0; w < chunks.length; w += PLACES_WINDOW) {
+      const window = chunks.slice(w, w + PLACES_WINDOW);
+      const places = await placesOf(storage, path, window);
+      for (let i = 0; i < window.length; i++) {
+        const h = createHash("sha256");
+        await readChunk(storage, path, window[i], places[i], buf, (raw) => h.update(raw));
+        if (h.digest("hex") !== window[i]) {
+          throw await damaged(storage, path, window[i], "content does not match its hash");
+        }
+      }
+    }
+    throw forbidden(`its chunks do not make the content ${hashHex.slice(0, 12)}…`);
+  }
+  if (mac && mac.digest() !== proven!.proof) {
+    throw forbidden(`its proof of possession does not match the content ${hash.slice(0, 12)}…`);
+  }
+  return { hash, xxh: xxh.digest(), stored };
+}
+
+/** Chunks whose places are looked up, then read, together. */
+const PLACES_WINDOW = 4096;
+
+/** The places of `chunks` (SHA-256 hex): each must be a stored chunk, not a chunked file. */
+async function placesOf(storage: Storage, path: string, chunks: string[]): Promise<BlobPlace[]> {
+  const places: BlobPlace[] = [];
+  for (const c of chunks) {
     const place = await storage.index.blobPlace(c);
     if (!place) {
       throw new KeepError(
@@ -192,58 +245,20 @@ export async function checkChunkedPossession(
       );
     }
     places.push(place);
-    total += place.size;
-    stored += place.stored;
   }
-  const forbidden = (why: string) =>
-    new KeepError(
-      "forbidden",
-      `Cannot record ${
-        JSON.stringify(path)
-      }: ${why} (send the content itself); nothing was recorded`,
-    );
-  if (total !== size) throw forbidden(`its chunks hold ${total} bytes, not ${size}`);
-  const buf = { bytes: new Uint8Array(0) };
-  const digest = await hashHere(storage, path, chunks, places, proven?.key ?? null, buf);
-  const hash = digest.hash;
-  if (hashHex !== null && hash !== hashHex) {
-    // The client's list is wrong, or a chunk's bytes no longer hash to its
-    // name (damaged behind CRCs that still hold): only the second is ours.
-    for (let i = 0; i < chunks.length; i++) {
-      const h = createHash("sha256");
-      await readChunk(storage, path, chunks[i], places[i], buf, (raw) => h.update(raw));
-      if (h.digest("hex") !== chunks[i]) {
-        throw await damaged(storage, path, chunks[i], "content does not match its hash");
-      }
-    }
-    throw forbidden(`its chunks do not make the content ${hashHex.slice(0, 12)}…`);
-  }
-  if (proven && digest.mac !== proven.proof) {
-    throw forbidden(`its proof of possession does not match the content ${hash.slice(0, 12)}…`);
-  }
-  return { hash, xxh: digest.xxh, stored };
+  await nextTurn();
+  return places;
 }
 
-/** What a file's raw content hashes to. */
-interface ContentDigest {
-  hash: string;
-  xxh: string;
-  /** The proof over the content under the key given (null: none asked). */
-  mac: string | null;
-}
-
-/** The content of `chunks` hashed (one reused buffer for local pack reads). */
+/** Feeds the content of `chunks` to `sink` (one reused buffer for local pack reads). */
 async function hashHere(
   storage: Storage,
   path: string,
   chunks: string[],
   places: BlobPlace[],
-  key: Uint8Array | null,
   buf: { bytes: Uint8Array },
-): Promise<ContentDigest> {
-  const sha = createHash("sha256");
-  const xxh = new PartialHasher();
-  const mac = key ? new Proof(key) : null;
+  sink: (raw: Uint8Array) => void,
+): Promise<void> {
   let sinceTurn = 0;
   for (let i = 0; i < chunks.length; i++) {
     // Local reads never wait: other requests get the event loop every few MB.
@@ -251,13 +266,8 @@ async function hashHere(
       sinceTurn = 0;
       await nextTurn();
     }
-    await readChunk(storage, path, chunks[i], places[i], buf, (raw) => {
-      sha.update(raw);
-      xxh.update(raw);
-      mac?.update(raw);
-    });
+    await readChunk(storage, path, chunks[i], places[i], buf, sink);
   }
-  return { hash: sha.digest("hex"), xxh: xxh.digest(), mac: mac?.digest() ?? null };
 }
 
 function isDamage(err: unknown): boolean {
