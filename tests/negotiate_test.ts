@@ -649,8 +649,8 @@ hostile(
   "negotiate: the have records of one upload list at most UPLOAD_CHUNKS_MAX chunks in all (the server holds every list)",
   async (c) => {
     const v = await victimBig(c.url);
-    // Three records of the most chunks one may list: each line fits, their sum does not.
-    const records = [0, 1, 2].map((i) => {
+    // Five records of the most chunks one may list: each line fits, their sum does not.
+    const records = [0, 1, 2, 3, 4].map((i) => {
       const e = haveRecord(`x${i}.bin`, "", HAVE_CHUNKS_MAX * CDC_SIZES.min, "", "").e as Record<
         string,
         unknown
@@ -658,10 +658,10 @@ hostile(
       delete e.h;
       return { op: "have", e, c: Array(HAVE_CHUNKS_MAX).fill(v.chunks[0]) };
     });
-    assert(3 * HAVE_CHUNKS_MAX > UPLOAD_CHUNKS_MAX);
+    assert(5 * HAVE_CHUNKS_MAX > UPLOAD_CHUNKS_MAX);
     await refuse(
       c,
-      "three full chunk lists",
+      "five full chunk lists",
       onHead(c).changes(records).end(),
       413,
       "too_large",

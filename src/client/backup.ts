@@ -611,20 +611,19 @@ class Backup {
       mtime: send.mtime(k),
       ctime: send.ctime(k),
     })));
-    let listed = 0;
     rows.forEach((k, i) => {
       const chunks = lists[i];
       // Unreadable or moved, or more chunks than a `have` record may list
-      // (a file of ~125 GB) or than one upload's records may (~250 GB of
-      // big files): sent whole.
+      // (a file of ~125 GB): sent whole.
       if (!chunks || chunks.length > HAVE_CHUNKS_MAX) return;
-      if (listed + chunks.length > UPLOAD_CHUNKS_MAX) return;
-      listed += chunks.length;
       cut.set(k, chunks);
       for (const c of chunks) all.add(c.hash);
     });
     if (!all.size) return out;
     const had = await this.#remote.negotiate!([...all], { own: true });
+    // The records of one upload list at most UPLOAD_CHUNKS_MAX chunks (~500
+    // GB of big files): past it, files are sent whole.
+    let listed = 0;
     for (const [k, chunks] of cut) {
       const held = new Set<string>();
       let heldBytes = 0;
@@ -636,7 +635,8 @@ class Backup {
           if (!had.own.has(c.hash)) foreign = true;
         }
       }
-      if (!held.size) continue;
+      if (!held.size || listed + chunks.length > UPLOAD_CHUNKS_MAX) continue;
+      listed += chunks.length;
       let proof: { nonce: string; proof: string } | null = null;
       if (foreign) {
         const p = new Proof(key.key);

@@ -403,12 +403,12 @@ export const CHANGE_LINE_MAX = 16 << 20;
 export const HAVE_CHUNKS_MAX = Math.floor((CHANGE_LINE_MAX - (64 << 10)) / 67);
 
 /**
- * Most chunks the `have` records of one upload may list in all (~500,000,
- * ~250 GB of big files at the chunker's average): the server holds every
+ * Most chunks the `have` records of one upload may list in all (~1,000,000,
+ * ~500 GB of big files at the chunker's average): the server holds every
  * list until the upload ends (32 bytes a chunk). Past it the client sends
  * big files whole.
  */
-export const UPLOAD_CHUNKS_MAX = 2 * HAVE_CHUNKS_MAX;
+export const UPLOAD_CHUNKS_MAX = 4 * HAVE_CHUNKS_MAX;
 
 /** Serialises a change record as one NDJSON line (without newline). */
 export function changeRecordToJson(r: ChangeRecord): string {

@@ -79,15 +79,28 @@ export const DEFAULT_LIMITS: IngestLimits = {
 const BATCH_BYTES = 8 << 20;
 const BATCH_ROWS = 4096;
 const BATCH_LARGE = 8;
+/** Proven chunked files are flushed once their lists name this many chunks. */
+const REFS_FLUSH = 1 << 16;
 /** On an object store, batches whose pack PUT (then rows) may be in flight at once. */
 const PUTS_IN_FLIGHT = 3;
-/** The batch buffer's bound: a batch, plus what one body chunk can end past it. */
+/**
+ * Small blobs are copied into the batch buffer while it stays under this: a
+ * batch, plus what one body chunk can end past it. The buffer also holds
+ * the open chunk of a big file (at most CHUNK_STORED_MAX).
+ */
 const HELD_MAX = BATCH_BYTES + 2 * PACK_MAX;
 /** A pack is closed once it is this big; the next blob starts a new one. */
 const PACK_ROTATE = 1 << 30;
 const MAX_CONTROL = 1 << 20;
 /** A stored chunk is at most the chunker's max plus one member (see #onData). */
 const CHUNK_ENTRY_MAX = CDC_SIZES.max + MAX_MEMBER_RAW;
+/**
+ * Most bytes one chunk may store: twice its most raw bytes. Keep's writers
+ * never make a member longer than stored blocks (~0.01% over raw); members
+ * padded past that (empty stored blocks) would make the server hold, and
+ * store, any amount for a few raw bytes.
+ */
+const CHUNK_STORED_MAX = 2 * CHUNK_ENTRY_MAX;
 
 /**
  * A `have` record waiting for the end of the upload; `c`: its chunks'
@@ -351,6 +364,8 @@ export class Ingest {
   #named = 0;
   /** Chunks `have` records listed (at most UPLOAD_CHUNKS_MAX). */
   #listed = 0;
+  /** Chunks the chunked files waiting for the next flush list. */
+  #pendingRefs = 0;
   /** A `chunk` control entry is being received (one chunk of a file sent in part). */
   #chunkEntry = false;
   /** The chunks `chunk` entries of this upload carried (hex). */
@@ -501,6 +516,7 @@ export class Ingest {
     if (rows.length === 0 && blobs.length === 0) return;
     this.#pendingRows = [];
     this.#pendingBlobs = [];
+    this.#pendingRefs = 0;
     this.#flushing = blobs;
     this.#pendingBytes = 0;
     this.#pendingLarge = 0;
@@ -623,10 +639,18 @@ export class Ingest {
    * straight into the batch buffer (no list of copies, no concatenation,
    * nothing for the GC: 1.3 GB of big files made ~80 full GCs that way).
    * #held then holds the batch (flushed past BATCH_BYTES), one body chunk's
-   * worth past it, and the open chunk (at most CHUNK_ENTRY_MAX raw).
+   * worth past it, and the open chunk (at most CHUNK_STORED_MAX).
    */
   #putMember = (member: Uint8Array): void => {
     const need = this.#heldBytes + member.length;
+    if (need - this.#chunkAt > CHUNK_STORED_MAX) {
+      throw new KeepError(
+        "invalid",
+        `Cannot accept upload: a chunk of ${
+          JSON.stringify(this.#entry?.path ?? "a chunk entry")
+        } stores more than ${CHUNK_STORED_MAX} bytes (its members are padded past stored blocks)`,
+      );
+    }
     this.#heldRoom(need);
     this.#held.set(member, this.#heldBytes);
     this.#heldBytes = need;
@@ -635,9 +659,10 @@ export class Ingest {
   /** Grows #held to at least `need` bytes, moving the views of the blobs held so far. */
   #heldRoom(need: number): void {
     if (need <= this.#held.length) return;
+    // Doubling: bounded by a batch, a body chunk and an open chunk (~16 MiB).
     let size = Math.max(this.#held.length, 1 << 20);
     while (size < need) size *= 2;
-    const grown = new Uint8Array(Math.max(need, Math.min(size, HELD_MAX)));
+    const grown = new Uint8Array(size);
     grown.set(this.#held.subarray(0, this.#heldBytes));
     for (const b of this.#pendingBlobs) {
       if (b.data && b.data.buffer === this.#held.buffer) {
@@ -786,7 +811,7 @@ export class Ingest {
               h.e.hash ?? null,
               h.e.size,
               h.proof === undefined ? null : { key: keyOf(h.n!), proof: h.proof },
-              chunkHashes(h.c!).map(bytesToHex),
+              h.c!,
             )
           );
         }
@@ -808,6 +833,7 @@ export class Ingest {
               sink: null,
               chunks: chunkHashes(h.c),
             });
+            this.#pendingRefs += h.c.length / 32;
           } else {
             if (!known.has(hex)) throw lost(h.e.path, hex);
             xxh = (await checkPossession(
@@ -830,6 +856,8 @@ export class Ingest {
           });
           this.filesProven++;
           this.bytesProven += entry.size;
+          // Chunk lists waiting for their rows cost ~110 bytes a chunk.
+          if (this.#pendingRefs >= REFS_FLUSH) await this.flush();
         }
       } catch (err) {
         await checks.settle(); // nothing of this upload runs on after it failed
@@ -1198,7 +1226,7 @@ export class Ingest {
         if (r.c && (this.#listed += r.c.length) > UPLOAD_CHUNKS_MAX) {
           throw new KeepError(
             "too_large",
-            `Cannot accept upload: its have records list more than ${UPLOAD_CHUNKS_MAX} chunks in all`,
+            `Cannot accept upload: its have records list more than ${UPLOAD_CHUNKS_MAX} chunks in all (a client of this version sends the rest whole; an older one can back up with --no-negotiate)`,
           );
         }
         this.#haves.push({ e: r.e, n: r.n, proof: r.proof, c: r.c && packChunks(r.c) });

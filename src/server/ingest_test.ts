@@ -1,8 +1,19 @@
 import { assert, assertEquals, assertRejects } from "../../tests/assert.ts";
 import { createHash } from "node:crypto";
-import { commitHeader, noise, noiseText, rechunk, Upload } from "../../tests/craft.ts";
+import {
+  commitHeader,
+  crc32,
+  handMember,
+  noise,
+  noiseText,
+  rechunk,
+  storedBlocks,
+  T0,
+  Upload,
+} from "../../tests/craft.ts";
 import { scopedStore } from "../../tests/helpers.ts";
 import { KeepError } from "../errors.ts";
+import { encodeHeader, padded } from "../format/tar.ts";
 import type { CommitInfo, Entry } from "../format/manifest.ts";
 import { contentPieces, forEachRaw } from "./content_pieces.ts";
 import { Ingest } from "./ingest.ts";
@@ -206,4 +217,42 @@ Deno.test("Ingest: a big file's chunks go into the batch buffer and read back by
     );
     assertEquals([size, sha.digest("hex")], [content.length, want], what);
   }
+});
+
+Deno.test("Ingest refuses a big file whose members are padded past stored blocks (a chunk may store at most twice its raw bytes)", async () => {
+  await using s = await store();
+  // 1 KiB raw per member, each padded to ~600 KB with empty stored blocks:
+  // valid deflate, right CRC, but ~600x its content on the wire and in store.
+  const raw = noise(1024, 9);
+  const pad = new Uint8Array(5 * 120_000);
+  for (let i = 0; i < pad.length; i += 5) pad.set([0, 0, 0, 0xff, 0xff], i);
+  const member = handMember({
+    body: new Uint8Array([...pad, ...storedBlocks(raw)]),
+    rawLen: raw.length,
+    crc: crc32(raw),
+  });
+  const n = 160; // 160 KiB raw: past the chunker's min, one chunk
+  const up = new Upload().commit(commitHeader(null)).headerBlocks(
+    encodeHeader({ path: "big.bin", type: "file", size: n * 1024, mode: 0o644, mtime: T0 }),
+  );
+  for (let i = 0; i < n; i++) up.wire(member);
+  up.pad = padded(n * 1024) - n * 1024;
+  const body = up.changes().end().bytes();
+  const ing = await Ingest.start(s.storage, "app", {
+    limits: { maxUploadBytes: 1 << 30, maxEntries: 1000, chunkOverBytes: 0 },
+  });
+  const err = await assertRejects(async () => {
+    for (let i = 0; i < body.length; i += 65000) {
+      ing.push(body.subarray(i, i + 65000));
+      if (ing.wantsFlush) await ing.flush();
+    }
+    await ing.finish();
+  }, KeepError);
+  await ing.abort();
+  assertEquals((err as KeepError).code, "invalid");
+  assert(
+    /a chunk of "big\.bin" stores more than \d+ bytes/.test((err as Error).message),
+    (err as Error).message,
+  );
+  assertEquals(await s.storage.index.headCommit("app"), null);
 });

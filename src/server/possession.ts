@@ -14,7 +14,7 @@
 
 import { createHash, createHmac, randomBytes } from "node:crypto";
 import { KeepError } from "../errors.ts";
-import { hexToBytes } from "../format/hex.ts";
+import { bytesToHex, hexToBytes } from "../format/hex.ts";
 import { PartialHasher } from "../format/partial_hash.ts";
 import { Proof } from "../format/possession.ts";
 import type { Storage } from "./storage/open.ts";
@@ -152,8 +152,8 @@ export interface PossessedChunks extends Possessed {
 }
 
 /**
- * Reads a big file named by its chunks (`chunks`, SHA-256 hex in order, each
- * a blob the store holds) and hashes the content they make: it must be
+ * Reads a big file named by its chunks (`packed`: their SHA-256 back to back,
+ * in order, each a blob the store holds) and hashes the content they make: it must be
  * `size` bytes, hash to `hashHex` when the client gave one, and match
  * `proof` under `key` when there is one (the caller decided the chunks need
  * none: the project's own, or sent). A chunk gone or found damaged is a
@@ -166,8 +166,17 @@ export async function checkChunkedPossession(
   hashHex: string | null,
   size: number,
   proven: { key: Uint8Array; proof: string } | null,
-  chunks: string[],
+  packed: Uint8Array,
 ): Promise<PossessedChunks> {
+  // Hex names a window at a time: a list of 250,000 as strings is ~20 MB.
+  const count = packed.length / 32;
+  const windowAt = (w: number) => {
+    const out: string[] = [];
+    for (let i = w; i < Math.min(count, w + PLACES_WINDOW); i++) {
+      out.push(bytesToHex(packed.subarray(i * 32, i * 32 + 32)));
+    }
+    return out;
+  };
   const forbidden = (why: string) =>
     new KeepError(
       "forbidden",
@@ -182,8 +191,8 @@ export async function checkChunkedPossession(
   let total = 0;
   let stored = 0;
   // A window of chunks at a time: a list of 250,000 keeps 4,096 places, not all.
-  for (let w = 0; w < chunks.length; w += PLACES_WINDOW) {
-    const window = chunks.slice(w, w + PLACES_WINDOW);
+  for (let w = 0; w < count; w += PLACES_WINDOW) {
+    const window = windowAt(w);
     const places = await placesOf(storage, path, window);
     for (const p of places) {
       total += p.size;
@@ -201,8 +210,8 @@ export async function checkChunkedPossession(
   if (hashHex !== null && hash !== hashHex) {
     // The client's list is wrong, or a chunk's bytes no longer hash to its
     // name (damaged behind CRCs that still hold): only the second is ours.
-    for (let w = 0; w < chunks.length; w += PLACES_WINDOW) {
-      const window = chunks.slice(w, w + PLACES_WINDOW);
+    for (let w = 0; w < count; w += PLACES_WINDOW) {
+      const window = windowAt(w);
       const places = await placesOf(storage, path, window);
       for (let i = 0; i < window.length; i++) {
         const h = createHash("sha256");
