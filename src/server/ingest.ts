@@ -612,10 +612,28 @@ export class Ingest {
       this.#inFlight.push({ done, hexes });
       return;
     }
-    // Rows may only point at bytes, and names, that are durable.
-    if (packed) await this.#pack!.flush();
-    this.repairedBlobs += await this.#stage.stage(rows, added);
-    if (this.#pack && this.#pack.size >= PACK_ROTATE) await this.#closePack();
+    // A local pack: this batch's bytes are written now; its fsync runs off
+    // the event loop while the next batches arrive, and its rows go in once
+    // it is done, after the batch before's (the chain above): rows name
+    // only durable bytes, and names (a new pack's directory entry).
+    const synced = packed ? this.#pack!.flush() : Promise.resolve();
+    synced.catch(() => {}); // awaited in the chain
+    const before = this.#tail;
+    const hexes = added.map((a) => bytesToHex(a.hash));
+    for (const h of hexes) this.#unstaged.add(h);
+    const done = (async () => {
+      await before;
+      await synced;
+      this.repairedBlobs += await this.#stage.stage(rows, added);
+    })();
+    this.#storing++;
+    done.catch(() => {}).finally(() => this.#storing--);
+    this.#tail = done;
+    this.#inFlight.push({ done, hexes });
+    if (this.#pack && this.#pack.size >= PACK_ROTATE) {
+      await this.#settle();
+      await this.#closePack();
+    }
   }
 
   /**

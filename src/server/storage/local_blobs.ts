@@ -96,14 +96,18 @@ class LocalPackSink implements PackSink {
   }
 
   /** Everything added so far on disk, including a new pack's name in packs/. */
-  flush(): Promise<void> {
+  async flush(): Promise<void> {
     this.#drain();
-    this.#file.syncSync();
-    if (this.#newName) {
-      syncDirs([this.#dir]);
-      this.#newName = false;
+    const named = this.#newName;
+    this.#newName = false;
+    try {
+      // On a blocking thread: the event loop goes on reading the upload.
+      await this.#file.sync();
+      if (named) syncDirs([this.#dir]);
+    } catch (err) {
+      this.#newName ||= named;
+      throw err;
     }
-    return Promise.resolve();
   }
 
   async close(): Promise<void> {
