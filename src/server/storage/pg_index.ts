@@ -90,6 +90,22 @@ export const DB_STATEMENTS = { n: 0 };
 
 /** The commit's statements on the shared staging table. */
 const COMMIT = commitStatements("stage");
+/**
+ * COMMIT.apply with the paths statement an anti-join: PostgreSQL's
+ * `ON CONFLICT` takes the speculative-insertion path for every row (a first
+ * backup's 100k paths: ~1.5 s against ~0.8 s in psql). No other writer adds
+ * paths of the project meanwhile: the commit holds its project's row.
+ */
+const PG_APPLY = COMMIT.apply.map((st) =>
+  st.sql.includes("INSERT INTO paths")
+    ? {
+      ...st,
+      sql: `INSERT INTO paths(project, path)
+         SELECT ?2, path FROM stage s WHERE upload = ?1 AND op IN ('put', 'meta')
+           AND NOT EXISTS (SELECT 1 FROM paths p WHERE p.project = ?2 AND p.path = s.path)`,
+    }
+    : st
+);
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS projects(
@@ -514,6 +530,7 @@ export class PgIndex implements IndexStore {
   async close(): Promise<void> {
     clearInterval(this.#timer);
     await this.#beat;
+    await this.#analyzing;
     this.#held?.release();
     this.#held = null;
     await this.sql.end({ timeout: 5 });
@@ -650,7 +667,11 @@ export class PgIndex implements IndexStore {
    */
   async #analyze(): Promise<void> {
     await this.sql`ANALYZE current, history, paths, blobs`.catch(() => {});
+    this.#analyzing = null;
   }
+
+  /** The ANALYZE after a bulk commit, while it runs (close waits for it). */
+  #analyzing: Promise<void> | null = null;
 
   async #run<T>(what: string, f: () => Promise<T>): Promise<T> {
     try {
@@ -936,7 +957,8 @@ export class PgIndex implements IndexStore {
                 header,
                 stats,
               );
-              if (touched >= ANALYZE_AFTER) await this.#analyze();
+              // After the answer: the client need not wait for the statistics.
+              if (touched >= ANALYZE_AFTER) this.#analyzing ??= this.#analyze();
               return { commit, changed };
             } finally {
               await clear().catch(() => {});
@@ -1145,14 +1167,20 @@ export class PgIndex implements IndexStore {
         }
         return t;
       };
-      const count = async (st: Statement) => Number((await get(st))!.n);
-      const added = await count(COMMIT.added);
-      const staged = await count(COMMIT.ofOp("put"));
-      const metadata = await count(COMMIT.ofOp("meta"));
-      const deleted = await count(COMMIT.ofOp("del"));
-      const flagged = await count(COMMIT.ofOp("keep"));
-      const removed = await totals();
-      for (const st of COMMIT.apply) await tx.unsafe(pgText(st), argsOf(st, v) as never[]);
+      // The staged rows per op in one scan (SQLite counts them one op at a time).
+      const [ops] = await tx`
+        SELECT count(*) FILTER (WHERE op = 'put') AS put, count(*) FILTER (WHERE op = 'meta') AS meta,
+          count(*) FILTER (WHERE op = 'del') AS del, count(*) FILTER (WHERE op = 'keep') AS keep
+        FROM stage WHERE upload = ${upload}`;
+      const staged = Number(ops.put);
+      const metadata = Number(ops.meta);
+      const deleted = Number(ops.del);
+      const flagged = Number(ops.keep);
+      // A project's first commit has no head rows: every put is added, nothing
+      // is replaced (two scans of the staged rows less on a first backup).
+      const added = head ? Number((await get(COMMIT.added))!.n) : staged;
+      const removed = head ? await totals() : { f: 0, d: 0, l: 0, bytes: 0 };
+      for (const st of PG_APPLY) await tx.unsafe(pgText(st), argsOf(st, v) as never[]);
       await check("noParentDir");
       await check("childrenLeft");
       const addedTotals = await totals();
