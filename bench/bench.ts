@@ -980,12 +980,12 @@ async function benchScaleoutStep(name: string, tree: Tree): Promise<void> {
       fmtBytes(f.bytes)
     })`,
     body: [
-      "One `keep serve` each, on this machine: the embedded store (data dir, SQLite, packs) and `--blobs s3://…` on Ceph RGW 16 + `--index postgres://…` on PostgreSQL 15 (scripts/services), runs interleaved; a fresh store (data dir; bucket prefix and database) for each first backup. Median seconds:",
-      "| step | embedded | scale-out | ratio |\n| --- | ---: | ---: | ---: |\n" +
+      "One `keep serve` each, on this machine: the embedded store (data dir, SQLite, packs) and `--blobs s3://…` on Ceph RGW 16 + `--index postgres://…` on PostgreSQL 15 (scripts/services), run in pairs (one of each back to back, the order swapped every repetition); a fresh store (data dir; bucket prefix and database) for each first backup. Median seconds, the ratio of the medians, and the median of the pairs' ratios (each pair's in run order):",
+      "| step | embedded | scale-out | ratio | pairs' ratio (each) |\n| --- | ---: | ---: | ---: | ---: |\n" +
       f.steps.map((st) =>
         `| ${st.step} (${st.runs}×) | ${fmt(st.embedded)} | ${fmt(st.scaleout)} | ${
           (st.scaleout / st.embedded).toFixed(2)
-        }× |`
+        }× | ${st.pairRatio.toFixed(2)}× (${st.pairRatios.map((x) => x.toFixed(2)).join(", ")}) |`
       ).join("\n"),
     ].join("\n\n"),
   });
