@@ -146,6 +146,8 @@ export async function benchScaleout(o: {
   bytes: number;
   keepBin: string;
   work: string;
+  /** Parent of the restore targets (default `work`), e.g. /dev/shm, away from a noisy disk. */
+  restoreDir?: string;
   root: string;
   reps: number;
   slowReps: number;
@@ -199,7 +201,7 @@ export async function benchScaleout(o: {
     }
     for (let rep = 1; rep <= o.reps; rep++) {
       for (const b of order(rep)) {
-        const dest = join(o.work, `restore-${b}-${rep}`);
+        const dest = join(o.restoreDir ?? o.work, `keep-restore-${b}-${rep}`);
         const s = await timed(o.keepBin, [
           "restore",
           "-s",
