@@ -221,8 +221,8 @@ const PAGE = 2000;
 const LIST_ROWS = 10_000;
 /** Rows per INSERT … SELECT FROM unnest(…) (GC's moves). */
 const CHUNK = 1000;
-/** Blob rows per INSERT (an ingest batch is one: up to 4,096 rows). */
-const BLOB_ROWS = 4096;
+/** Rows per INSERT of a JSON array (an ingest batch is one: up to 4,096 rows). */
+const JSON_ROWS = 4096;
 /**
  * A commit touching this many paths has the version and blob tables
  * analyzed after it (see #analyze).
@@ -975,40 +975,44 @@ export class PgIndex implements IndexStore {
   }
 
   async #stageRows(sql: Sql, upload: number, rows: StageRow[]): Promise<void> {
-    if (rows.length === 0) return;
-    // One statement for the batch, its rows one JSON array (JSON.stringify is
+    // A statement per batch, its rows one JSON array (JSON.stringify is
     // native; postgres.js escaped every element of 13 text arrays in
-    // JavaScript, ~1 s of the server's event loop on a 100k-file backup).
-    const json = JSON.stringify(rows.map((r) => {
-      const e = r.entry;
-      return [
-        r.path,
-        parentOf(r.path),
-        r.op,
-        e?.type ?? null,
-        e?.size ?? null,
-        e?.mode ?? null,
-        e ? String(e.mtime) : null,
-        e ? String(e.ctime) : null,
-        hexOf(r.hashBytes) ?? e?.hash ?? null,
-        e?.target ?? null,
-        hexOf(r.xxhBytes) ?? e?.xxh ?? null,
-        r.flag ?? null,
-        r.reason ?? null,
-      ];
-    }));
-    try {
-      await sql`
-        INSERT INTO stage(upload, path, parent, op, type, size, mode, mtime, ctime, hash, target, xxh, flag, reason)
-        SELECT ${upload}, r->>0, r->>1, r->>2, r->>3, (r->>4)::bigint, (r->>5)::integer,
-          (r->>6)::bigint, (r->>7)::bigint, decode(r->>8, 'hex'), r->>9, decode(r->>10, 'hex'),
-          r->>11, r->>12
-        FROM jsonb_array_elements(${json}::text::jsonb) r`;
-    } catch (err) {
-      if ((err as { code?: string }).code === "23505") {
-        throw new KeepError("invalid", "Cannot accept upload: a path appears twice");
+    // JavaScript on the server's event loop, ~1.5 s a 100k-file backup with
+    // the blob rows'). A rebase may stage more than a batch: in parts.
+    for (let i = 0; i < rows.length; i += JSON_ROWS) {
+      const json = JSON.stringify(
+        rows.slice(i, i + JSON_ROWS).map((r) => {
+          const e = r.entry;
+          return [
+            r.path,
+            parentOf(r.path),
+            r.op,
+            e?.type ?? null,
+            e?.size ?? null,
+            e?.mode ?? null,
+            e ? String(e.mtime) : null,
+            e ? String(e.ctime) : null,
+            hexOf(r.hashBytes) ?? e?.hash ?? null,
+            e?.target ?? null,
+            hexOf(r.xxhBytes) ?? e?.xxh ?? null,
+            r.flag ?? null,
+            r.reason ?? null,
+          ];
+        }),
+      );
+      try {
+        await sql`
+          INSERT INTO stage(upload, path, parent, op, type, size, mode, mtime, ctime, hash, target, xxh, flag, reason)
+          SELECT ${upload}, r->>0, r->>1, r->>2, r->>3, (r->>4)::bigint, (r->>5)::integer,
+            (r->>6)::bigint, (r->>7)::bigint, decode(r->>8, 'hex'), r->>9, decode(r->>10, 'hex'),
+            r->>11, r->>12
+          FROM jsonb_array_elements(${json}::text::jsonb) r`;
+      } catch (err) {
+        if ((err as { code?: string }).code === "23505") {
+          throw new KeepError("invalid", "Cannot accept upload: a path appears twice");
+        }
+        throw err;
       }
-      throw err;
     }
   }
 
@@ -1279,8 +1283,8 @@ export class PgIndex implements IndexStore {
         );
       }
     }
-    for (let i = 0; i < rows.length; i += BLOB_ROWS) {
-      const part = rows.slice(i, i + BLOB_ROWS);
+    for (let i = 0; i < rows.length; i += JSON_ROWS) {
+      const part = rows.slice(i, i + JSON_ROWS);
       // One JSON array per statement, as #stageRows (in hash order still).
       const json = JSON.stringify(part.map((r, j) => [
         sorted[i + j].hex,
