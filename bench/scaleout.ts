@@ -2,10 +2,13 @@
  * `deno task bench --backend scaleout`: the same steps through one
  * `keep serve` on the embedded store (data dir, SQLite, packs) and on
  * Ceph RGW + PostgreSQL (scripts/services, on this machine), side by side
- * and interleaved (embedded, then scale-out, each repetition), so both see
- * the same moments of a machine whose speed drifts: first backup (a fresh
- * store each: a new data dir; a new bucket prefix and database), no-change
- * backup, restore into a fresh directory.
+ * and in pairs (one run of each backend, back to back, the order swapped
+ * every repetition), so both see the same moments of a machine whose speed
+ * drifts: first backup (a fresh store each: a new data dir; a new bucket
+ * prefix and database), no-change backup, restore into a fresh directory.
+ * Besides each backend's median, a step reports the median of its pairs'
+ * ratios: a slow moment of the disk (restores of 100k files ranged 10–82 s
+ * within one run here) then moves one pair, not the comparison.
  *
  * @module
  */
@@ -22,6 +25,10 @@ export interface ScaleoutStep {
   /** Median seconds of each backend. */
   embedded: number;
   scaleout: number;
+  /** Median of the pairs' ratios (scale-out / embedded, each pair run back to back). */
+  pairRatio: number;
+  /** Each pair's ratio, in run order. */
+  pairRatios: number[];
   runs: number;
 }
 
@@ -139,12 +146,18 @@ export async function benchScaleout(o: {
   bytes: number;
   keepBin: string;
   work: string;
+  /** Parent of the restore targets (default `work`), e.g. /dev/shm, away from a noisy disk. */
+  restoreDir?: string;
   root: string;
   reps: number;
   slowReps: number;
   progress: (line: string) => void;
 }): Promise<ScaleoutFigures> {
   Deno.mkdirSync(o.work, { recursive: true });
+  // A pair's order swaps every repetition: neither backend always runs
+  // right after the other's writes (its writeback, its dirty pages).
+  const order = (rep: number): Backend[] =>
+    rep % 2 ? ["embedded", "scaleout"] : ["scaleout", "embedded"];
   const backends: Backend[] = ["embedded", "scaleout"];
   const runs: Record<string, Record<Backend, number[]>> = {
     first: { embedded: [], scaleout: [] },
@@ -166,7 +179,7 @@ export async function benchScaleout(o: {
   const kept: Partial<Record<Backend, Store>> = {};
   try {
     for (let rep = 1; rep <= o.slowReps; rep++) {
-      for (const b of backends) {
+      for (const b of order(rep)) {
         await kept[b]?.drop();
         const store = await openStore(b, { ...o, tag: `${o.dataset}-${rep}` });
         kept[b] = store;
@@ -178,7 +191,7 @@ export async function benchScaleout(o: {
       }
     }
     for (let rep = 1; rep <= o.reps; rep++) {
-      for (const b of backends) {
+      for (const b of order(rep)) {
         const s = await timed(o.keepBin, backup(kept[b]!));
         runs.nochange[b].push(s);
         o.progress(
@@ -187,8 +200,8 @@ export async function benchScaleout(o: {
       }
     }
     for (let rep = 1; rep <= o.reps; rep++) {
-      for (const b of backends) {
-        const dest = join(o.work, `restore-${b}-${rep}`);
+      for (const b of order(rep)) {
+        const dest = join(o.restoreDir ?? o.work, `keep-restore-${b}-${rep}`);
         const s = await timed(o.keepBin, [
           "restore",
           "-s",
@@ -209,11 +222,17 @@ export async function benchScaleout(o: {
     dataset: o.dataset,
     files: o.files,
     bytes: o.bytes,
-    steps: (["first", "nochange", "restore"] as const).map((step) => ({
-      step,
-      embedded: median(runs[step].embedded),
-      scaleout: median(runs[step].scaleout),
-      runs: runs[step].embedded.length,
-    })),
+    steps: (["first", "nochange", "restore"] as const).map((step) => {
+      const r = runs[step];
+      const pairRatios = r.embedded.map((e, i) => r.scaleout[i] / e);
+      return {
+        step,
+        embedded: median(r.embedded),
+        scaleout: median(r.scaleout),
+        pairRatio: median(pairRatios),
+        pairRatios,
+        runs: r.embedded.length,
+      };
+    }),
   };
 }

@@ -4,7 +4,8 @@
  *
  * - Blobs in RGW: backup, restore, log, ls, verify, prune and GC end to
  *   end; objects gone or cut short behind the server's back; radosgw
- *   stopped and started between two backups; the store cut off (a proxy)
+ *   stopped and started between two backups, and all of Ceph (monitor,
+ *   OSD, radosgw, with the index in PostgreSQL); the store cut off (a proxy)
  *   during the first pack PUT or after three, then the backup again.
  * - The index in PostgreSQL (blobs in RGW): backup, restore, log and ls
  *   counted alike by PostgreSQL and SQLite; two servers on one database
@@ -65,10 +66,12 @@ import {
 import {
   bucketClient,
   freshPrefix,
+  restartCeph,
   restartPg,
   restartRgw,
   services,
   type ServicesEnv,
+  stopCeph,
   stopPg,
   stopRgw,
 } from "./services.ts";
@@ -239,6 +242,51 @@ Deno.test("s3 blobs: radosgw stopped between two backups gives 503 and exit 5, a
   } finally {
     await restartRgw();
   }
+  await keepOk(["backup", "--settle", "0", src], 0, cli);
+  const second = snapshot(src);
+  const commits = logJson<{ id: string }>(await keepOk(["log", "--json"], 0, cli));
+  assertEquals(commits.length, 3, "the refused backup left no commit");
+  for (const [id, snap] of [[commits[2].id, first], [commits[0].id, second]] as const) {
+    const dest = await tempDir();
+    await keepOk(["restore", "--commit", id, dest], 0, cli);
+    assertSameTree(snapshot(dest), snap);
+  }
+  assertMatch((await keepOk(["verify", "--server", server.url], 0)).stdout, /OK/);
+});
+
+Deno.test("scale-out: all of Ceph (monitor, OSD, radosgw) restarted between two backups loses nothing, 503 and exit 5 while down, and the server recovers without a restart", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("ceph");
+  await using server = await node(env, db.url, prefix);
+  const src = await tempDir();
+  const cli = { env: { KEEP_SERVER: server.url, KEEP_PROJECT: "app" } };
+  writeTree(src, { ...smallFiles(30, 4), "big.bin": randomData(2_000_000) });
+  await keepOk(["backup", "--settle", "0", src], 0, cli);
+  const first = snapshot(src);
+  const bigHash = createHash("sha256").update(Deno.readFileSync(join(src, "big.bin")))
+    .digest("hex");
+  const before = await keys(bucketClient(env), prefix);
+  await stopCeph();
+  try {
+    // Nothing new to send needs only the index (PostgreSQL is up): it goes on.
+    await keepOk(["backup", "--settle", "0", src], 0, cli);
+    writeTree(src, { "new.txt": "made while Ceph was down\n", "big2.bin": randomData(1_500_000) });
+    const down = await keep(["backup", "--settle", "0", src], cli);
+    assertEquals(down.code, 5, down.stderr);
+    assertMatch(down.stderr, /object store/);
+    const res = await fetch(`${server.url}/v1/projects/app/blobs/${bigHash}`);
+    assertEquals(res.status, 503);
+    assertMatch(JSON.stringify(await res.json()), /unavailable/);
+    const restore = await keep(["restore", await tempDir()], cli);
+    assertEquals(restore.code, 5, restore.stderr);
+    assertEquals(logJson<unknown>(await keepOk(["log", "--json"], 0, cli)).length, 2);
+  } finally {
+    await restartCeph();
+  }
+  // The OSD kept every object through its restart (bluestore on its file).
+  const after = await keys(bucketClient(env), prefix);
+  for (const o of before) assert(after.some((a) => a.key === o.key && a.size === o.size), o.key);
   await keepOk(["backup", "--settle", "0", src], 0, cli);
   const second = snapshot(src);
   const commits = logJson<{ id: string }>(await keepOk(["log", "--json"], 0, cli));

@@ -52,6 +52,11 @@ export async function stopRgw(): Promise<void> {
   await run("down", "rgw");
 }
 
+/** Stops all of Ceph: radosgw, the OSD and the monitor (`restartCeph` starts them again). */
+export async function stopCeph(): Promise<void> {
+  await run("down", "ceph");
+}
+
 export async function restartRgw(): Promise<void> {
   started = null;
   await services();
@@ -63,6 +68,7 @@ export async function stopPg(): Promise<void> {
 }
 
 export const restartPg = restartRgw;
+export const restartCeph = restartRgw;
 
 /** A client on the services' bucket, for tests that reach behind the server. */
 export function bucketClient(env: ServicesEnv): S3Client {
