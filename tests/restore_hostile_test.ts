@@ -6,7 +6,7 @@
 
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { encodeMember } from "../src/format/gzip_member.ts";
+import { encodeMember, MAX_MEMBER_RAW } from "../src/format/gzip_member.ts";
 import { encodeHeader, END_OF_ARCHIVE, padded, type TarHeader } from "../src/format/tar.ts";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { keep, tempDir } from "./helpers.ts";
@@ -26,7 +26,9 @@ function archive(items: Item[]): Uint8Array {
     const raw = new Uint8Array(pad + blocks.length);
     raw.set(blocks, pad);
     parts.push(encodeMember(raw, 1));
-    if (bytes.length) parts.push(encodeMember(bytes, 1));
+    for (let o = 0; o < bytes.length; o += MAX_MEMBER_RAW) {
+      parts.push(encodeMember(bytes.subarray(o, o + MAX_MEMBER_RAW), 1));
+    }
     pad = padded(bytes.length) - bytes.length;
   }
   parts.push(encodeMember(new Uint8Array(pad + END_OF_ARCHIVE.length), 1));
@@ -132,14 +134,22 @@ Deno.test("restore refuses to write through a symlink it created or found", asyn
 });
 
 Deno.test("restore checks every hash: a mismatching file is not written, the rest are, exit 4", async () => {
+  // Large files (over 1 MiB) are checked by the writer thread as it writes them.
+  const big = "x".repeat(3 * MAX_MEMBER_RAW + 7);
   const r = await restoreFrom([
     f("a-good.txt", "good"),
     f("b-bad.txt", "tampered", "0".repeat(64)),
-    f("c-last.txt", "last"),
+    f("c-big-bad.bin", big, createHash("sha256").update(big + "!").digest("hex")),
+    f("d-big-good.bin", big),
+    f("e-last.txt", "last"),
   ]);
   assertEquals(r.code, 4, r.stderr);
   assertMatch(r.stderr, /keep restore: b-bad\.txt: content hash mismatch .*not written/);
-  assertEquals(listAll(r.dest), ["a-good.txt", "c-last.txt"]);
+  assertMatch(r.stderr, /keep restore: c-big-bad\.bin: content hash mismatch .*not written/);
+  assertMatch(r.stdout, /: 3 files, .*\n  INTEGRITY 2 files failed their hash check/);
+  // Nothing else is left: no temp file of the refused large one.
+  assertEquals(listAll(r.dest), ["a-good.txt", "d-big-good.bin", "e-last.txt"]);
+  assertEquals(Deno.readTextFileSync(join(r.dest, "d-big-good.bin")), big);
 });
 
 Deno.test("restore refuses duplicate or unordered entries and a truncated stream", async () => {
