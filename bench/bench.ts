@@ -207,6 +207,27 @@ function parseOptions(args: string[]): Options {
 const opts = parseOptions(Deno.args);
 const benchStart = performance.now();
 
+// The floors need these; a missing one would fail each dataset after minutes of generating.
+{
+  const missing = ["find", "tar", "pigz", "bash"].filter((tool) =>
+    !(Deno.env.get("PATH") ?? "").split(":").some((dir) => {
+      try {
+        return Deno.statSync(join(dir, tool)).isFile;
+      } catch {
+        return false;
+      }
+    })
+  );
+  if (missing.length) {
+    console.error(
+      `bench: Cannot run the floors: ${missing.join(", ")} not on PATH (Debian: apt-get install ${
+        missing.map((t) => t === "find" ? "findutils" : t).join(" ")
+      })`,
+    );
+    Deno.exit(2);
+  }
+}
+
 /** Progress goes to stderr, stamped with the time since start, so stdout is only the table. */
 function progress(line: string): void {
   const t = ((performance.now() - benchStart) / 1000).toFixed(0).padStart(5);
@@ -686,6 +707,8 @@ async function benchTree(name: "small" | "large", tree: Tree): Promise<void> {
           fmtBytes(growth.keep)
         }${rm ? `, restic ${fmtBytes(growth.restic)}` : ""}`;
       if (rm) rm.note = km.note;
+      storage.keepMutationGrowth = growth.keep;
+      if (rm) storage.resticMutationGrowth = growth.restic;
       progress(
         `[${name}] post-mutation backup ${round}/${slow}: keep ${fmt(k.seconds)} s${
           rm ? `, restic ${fmt(rm.runs[rm.runs.length - 1].seconds)} s` : ""
@@ -695,7 +718,9 @@ async function benchTree(name: "small" | "large", tree: Tree): Promise<void> {
   }
 
   // Restores of the latest state, each into a fresh directory, each right
-  // after a tar -xzf of the same files (the floor, timed in the same moments).
+  // after a tar -xzf of the same files (the floor, timed in the same moments)
+  // and right before restic's (this VM's speed drifts within minutes: the
+  // pairs compare the same moments).
   const dest = (tool: string, rep: number) => join(base, `${tool}-restore-${rep}`);
   const untar = newStep(row("untar", "tar -xzf (floor: restore)", "floor", { files, bytes }));
   const keepRestore = newStep(
@@ -705,6 +730,13 @@ async function benchTree(name: "small" | "large", tree: Tree): Promise<void> {
       ref: ref("floor", "untar", "tar -xzf"),
     }),
   );
+  const resticRestore = rs
+    ? newStep(row("restore", "restic restore", "restic", {
+      files: tree.files.length,
+      bytes: tree.bytes,
+      ref: ref("floor", "untar", "tar -xzf"),
+    }))
+    : null;
   for (let rep = 1; rep <= bulk; rep++) {
     await Deno.mkdir(dest("untar", rep));
     await run("sync", []);
@@ -728,23 +760,17 @@ async function benchTree(name: "small" | "large", tree: Tree): Promise<void> {
         progress(`[${name}] keep restore MISMATCH (${c.files} files, ${c.bytes} B)`);
       } else progress(`[${name}] keep restore checked: ${c.files} files, ${fmtBytes(c.bytes)}`);
     }
+    if (rs && resticRestore) {
+      await run("sync", []);
+      const r = toRecord(await rs.restore(dest("restic", rep)));
+      resticRestore.runs.push(r);
+      progress(`[${name}] restic restore ${rep}/${bulk}: ${fmt(r.seconds)} s`);
+      await discard(dest("restic", rep));
+    }
     await discard(dest("untar", rep));
     await discard(dest("keep", rep));
   }
   await Deno.remove(archive);
-  if (rs) {
-    await measureStep(
-      row("restore", "restic restore", "restic", {
-        files: tree.files.length,
-        bytes: tree.bytes,
-        ref: ref("floor", "untar", "tar -xzf"),
-      }),
-      bulk,
-      (rep) => rs.restore(dest("restic", rep)).then(toRecord),
-      undefined,
-      (rep) => discard(dest("restic", rep)),
-    );
-  }
 
   await stopServer(srv);
   storage.keepBeforeCompaction = await duSize(keepData);

@@ -72,6 +72,9 @@ export interface StorageRow {
   /** After all backups and the idle server's recompression at rest. */
   keepFinal?: StoreSize;
   resticFinal?: StoreSize;
+  /** Apparent bytes the stores grew by over the mutation rounds of big files (large). */
+  keepMutationGrowth?: number;
+  resticMutationGrowth?: number;
 }
 
 /** Everything one `deno task bench` measured. */
@@ -234,7 +237,7 @@ function mdTable(header: string[], body: string[][], left = 2): string {
 }
 
 /**
- * Checks the targets of issue 5 against the measured medians.
+ * Checks the targets (issues 5 and 18) against the measured medians.
  *
  * @example
  * ```ts
@@ -293,6 +296,43 @@ export function evaluateTargets(report: BenchReport): TargetRow[] {
         `${kt.toFixed(1)} MB/s vs restic ${rt.toFixed(1)} MB/s`,
       );
     } else check("first backup of large ≥ restic's throughput", null, "–");
+  }
+  // Issue 18's targets on the large dataset.
+  ratio(
+    "post-mutation backup of large ≤ restic's",
+    "large/keep/mutation",
+    "large/restic/mutation",
+    1,
+    "restic",
+  );
+  {
+    const s = report.storage.find((r) => r.dataset === "large");
+    const label = "store growth after large's mutation ≤ 1.2× restic's";
+    if (s?.keepMutationGrowth !== undefined && s.resticMutationGrowth) {
+      check(
+        label,
+        s.keepMutationGrowth <= 1.2 * s.resticMutationGrowth,
+        `${fmtBytes(s.keepMutationGrowth)} vs restic ${fmtBytes(s.resticMutationGrowth)} = ${
+          (s.keepMutationGrowth / s.resticMutationGrowth).toFixed(2)
+        }× (apparent bytes, over all rounds)`,
+      );
+    } else check(label, null, "–");
+  }
+  {
+    const k = byId.get("large/keep/restore"), r = byId.get("large/restic/restore");
+    const label = "restore of large ≥ restic's throughput";
+    if (k?.runs.length && r?.runs.length) {
+      // Run in pairs (keep, then restic, each after a sync): the ratio of each pair too.
+      const pairs = k.runs.slice(0, r.runs.length).map((x, i) => x.seconds / r.runs[i].seconds);
+      const pm = [...pairs].sort((a, b) => a - b)[Math.floor(pairs.length / 2)];
+      check(
+        label,
+        medianSeconds(k) <= medianSeconds(r),
+        `${fmtSec(medianSeconds(k))} s vs restic ${fmtSec(medianSeconds(r))} s (medians); pairs ${
+          pairs.map((p) => p.toFixed(2)).join(", ")
+        }× (median ${pm.toFixed(2)}×)`,
+      );
+    } else check(label, null, "–");
   }
   ratio(
     "restore of small ≤ GNU tar -xzf",
