@@ -146,7 +146,7 @@ Deno.test("restore checks every hash: a mismatching file is not written, the res
   assertEquals(r.code, 4, r.stderr);
   assertMatch(r.stderr, /keep restore: b-bad\.txt: content hash mismatch .*not written/);
   assertMatch(r.stderr, /keep restore: c-big-bad\.bin: content hash mismatch .*not written/);
-  assertMatch(r.stdout, /: 3 files, .*\n  INTEGRITY 2 files failed their hash check/);
+  assertMatch(r.stdout, /: 3 files, .*\n {2}INTEGRITY 2 files failed their hash check/);
   // Nothing else is left: no temp file of the refused large one.
   assertEquals(listAll(r.dest), ["a-good.txt", "d-big-good.bin", "e-last.txt"]);
   assertEquals(Deno.readTextFileSync(join(r.dest, "d-big-good.bin")), big);
