@@ -23,7 +23,9 @@ import {
 } from "./helpers.ts";
 import { randomBytes, rng } from "./seeded.ts";
 
-const SOAK_MS = 40_000;
+/** Each soak's length: 30 s in the suite (two run), longer with KEEP_SOAK_SECONDS (e.g. 3600). */
+const SOAK_MS = Number(Deno.env.get("KEEP_SOAK_SECONDS") || 30) * 1000;
+if (!(SOAK_MS > 0)) throw new Error("KEEP_SOAK_SECONDS must be a positive number of seconds");
 
 interface Client {
   project: string;
