@@ -134,7 +134,7 @@ Deno.test("restore refuses to write through a symlink it created or found", asyn
 });
 
 Deno.test("restore checks every hash: a mismatching file is not written, the rest are, exit 4", async () => {
-  // Large files (over 1 MiB) are checked by the writer thread as it writes them.
+  // Large files (over 1 MiB) go through a temp file beside their target, renamed once verified.
   const big = "x".repeat(3 * MAX_MEMBER_RAW + 7);
   const r = await restoreFrom([
     f("a-good.txt", "good"),

@@ -233,6 +233,7 @@ async function outage(
   const bigHash = createHash("sha256").update(Deno.readFileSync(join(src, "big.bin")))
     .digest("hex");
   const before = kept ? await keys(bucketClient(await services()), prefix) : [];
+  if (kept) assert(before.length > 0, "the first backup stored objects");
   await stop();
   try {
     // A backup with nothing new needs only the index: it goes on.

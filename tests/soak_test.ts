@@ -23,9 +23,11 @@ import {
 } from "./helpers.ts";
 import { randomBytes, rng } from "./seeded.ts";
 
-/** Each soak's length: 30 s in the suite (two run), longer with KEEP_SOAK_SECONDS (e.g. 3600). */
+/** Each soak's length: 30 s in the suite, longer with KEEP_SOAK_SECONDS (at least 10). */
 const SOAK_MS = Number(Deno.env.get("KEEP_SOAK_SECONDS") || 30) * 1000;
-if (!(SOAK_MS > 0)) throw new Error("KEEP_SOAK_SECONDS must be a positive number of seconds");
+if (!(SOAK_MS > 0) || !Number.isFinite(SOAK_MS)) {
+  throw new Error("KEEP_SOAK_SECONDS must be a positive number of seconds");
+}
 
 interface Client {
   project: string;
@@ -174,6 +176,7 @@ async function soak(name: string, seed: number, killing: boolean): Promise<void>
     }
   };
   await Promise.all([...clients.map(loop), pruner(), killer()]);
+  assert(!killing || kills > 0, `${name}: the soak ended before the server was killed once`);
 
   // One last round by hand, then check everything.
   for (const project of ["alpha", "beta", "farm"]) {
