@@ -43,6 +43,7 @@
  * every test here needs. Keep every test that needs them in this file.
  */
 
+import { concatBytes } from "../src/platform/concat_bytes.ts";
 import postgres from "postgres";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
@@ -472,6 +473,56 @@ Deno.test("S3BlobStore never writes a pack name twice: the same bytes again pass
     }),
   );
   assertEquals(piece, bytes.subarray(5000, 6000));
+});
+
+Deno.test("S3BlobStore: a pack past its first buffer (9 MiB, doubled) is written whole; blobs inside one 4 MiB range and across ranges read back byte for byte", async () => {
+  const env = await services();
+  const store = new S3BlobStore(
+    {
+      endpoint: env.AWS_ENDPOINT_URL,
+      region: env.AWS_REGION,
+      accessKey: env.AWS_ACCESS_KEY_ID,
+      secretKey: env.AWS_SECRET_ACCESS_KEY,
+      bucket: env.KEEP_S3_BUCKET,
+    },
+    freshPrefix("grow"),
+    await tempDir(),
+  );
+  const MiB = 1 << 20;
+  // 3 + 7 + 12 MiB (+ odd bytes): the buffer grows twice (9 → 18 → 36 MiB).
+  const parts = [randomData(3 * MiB + 1), randomData(7 * MiB + 2), randomData(12 * MiB + 3)];
+  const sink = store.openPack(3);
+  const at: number[] = [];
+  for (const p of parts) at.push(sink.add(p));
+  await sink.close();
+  const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  parts.forEach((p, i) => all.set(p, at[i]));
+  assertEquals(at, [0, parts[0].length, parts[0].length + parts[1].length]);
+  assertEquals(await store.packSize(3), all.length);
+  const read = async (offset: number, stored: number) => {
+    const pieces = await Array.fromAsync(
+      await store.pieces("x", { size: 0, stored, pack: 3, offset }),
+    );
+    return concatBytes(pieces);
+  };
+  for (
+    const [offset, stored] of [
+      [0, 1000], // inside the first range
+      [4 * MiB - 10, 10], // ends exactly at a range's end
+      [4 * MiB - 10, 20], // across two ranges
+      [5 * MiB, 9 * MiB], // across three
+      [all.length - 5000, 5000], // the pack's last bytes
+    ]
+  ) {
+    assertEquals(
+      await read(offset, stored),
+      all.subarray(offset, offset + stored),
+      `${offset}+${stored}`,
+    );
+  }
+  // Past the pack's end: short, not a silent empty piece.
+  const err = await read(all.length - 10, 20).then(() => null, (e) => e as KeepError);
+  assert(err instanceof KeepError && err.code === "integrity", String(err));
 });
 
 /** A new empty database on the services' PostgreSQL; dropped when the scope ends. */

@@ -75,11 +75,20 @@ function storeError(err: unknown, what: string): KeepError {
   return new KeepError("unavailable", `Cannot ${what}: ${(err as Error).message}`);
 }
 
-/** A pack being filled in memory; written as one object at its flush. */
+/**
+ * A pack's buffer starts this big (an upload's batch is 8 MiB, plus what
+ * one body chunk ends past it) and doubles when a pack outgrows it.
+ */
+const PACK_BUFFER = 9 << 20;
+
+/**
+ * A pack being filled in memory, in one buffer (the PUT's body: no copies
+ * into a list and then into a body); written as one object at its flush.
+ */
 class S3PackSink implements PackSink {
   readonly pack: number;
   #store: S3BlobStore;
-  #parts: Uint8Array[] = [];
+  #buf: Uint8Array | null = null;
   #size = 0;
   /** The PUT, once started: a second flush (close) gets its outcome. */
   #put: Promise<void> | null = null;
@@ -98,8 +107,14 @@ class S3PackSink implements PackSink {
       throw new KeepError("internal", `Cannot add to pack ${this.pack}: it is written already`);
     }
     const at = this.#size;
-    this.#parts.push(data.slice());
-    this.#size += data.length;
+    const need = at + data.length;
+    if (!this.#buf || need > this.#buf.length) {
+      const grown = new Uint8Array(Math.max(need, this.#buf ? 2 * this.#buf.length : PACK_BUFFER));
+      if (this.#buf) grown.set(this.#buf.subarray(0, at));
+      this.#buf = grown;
+    }
+    this.#buf.set(data, at);
+    this.#size = need;
     return at;
   }
 
@@ -110,14 +125,9 @@ class S3PackSink implements PackSink {
   }
 
   async #send(): Promise<void> {
-    const body = new Uint8Array(this.#size);
-    let o = 0;
-    for (const p of this.#parts) {
-      body.set(p, o);
-      o += p.length;
-    }
     // The body alone while the PUT is in flight (an upload has up to three).
-    this.#parts = [];
+    const body = this.#buf!.subarray(0, this.#size);
+    this.#buf = null;
     const key = this.#store.packKey(this.pack);
     try {
       await this.#store.client.put(key, body, { ifNoneMatch: true });
@@ -147,7 +157,7 @@ class S3PackSink implements PackSink {
   }
 
   abort(): Promise<void> {
-    this.#parts = [];
+    this.#buf = null;
     return Promise.resolve();
   }
 }
@@ -376,6 +386,18 @@ export class S3BlobStore implements BlobStore {
     if (place.pack !== null) {
       const start = place.offset!;
       const end = start + place.stored;
+      const first = Math.floor(start / CHUNK);
+      if (Math.floor((end - 1) / CHUNK) === first) {
+        // Inside one cached range: a view of it (its bytes never change).
+        const chunk = await this.#chunk(hashHex, place.pack, first);
+        if (end - first * CHUNK > chunk.length) {
+          throw new KeepError(
+            "integrity",
+            `Cannot read blob ${hashHex}: pack ${place.pack} is short`,
+          );
+        }
+        return both([chunk.subarray(start - first * CHUNK, end - first * CHUNK)]);
+      }
       const out = new Uint8Array(place.stored);
       for (let c = Math.floor(start / CHUNK); c * CHUNK < end; c++) {
         const chunk = await this.#chunk(hashHex, place.pack, c);
