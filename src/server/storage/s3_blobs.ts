@@ -125,8 +125,12 @@ class S3PackSink implements PackSink {
   }
 
   async #send(): Promise<void> {
-    // The body alone while the PUT is in flight (an upload has up to three).
-    const body = this.#buf!.subarray(0, this.#size);
+    // The body alone while the PUT is in flight (an upload has up to three):
+    // a small pack (an upload's last) is copied out of its mostly empty buffer.
+    const buf = this.#buf!;
+    const body = this.#size < buf.length / 2
+      ? buf.slice(0, this.#size)
+      : buf.subarray(0, this.#size);
     this.#buf = null;
     const key = this.#store.packKey(this.pack);
     try {
