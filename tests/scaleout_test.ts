@@ -436,11 +436,10 @@ Deno.test("s3 blobs: kill -9 of the server in the middle of an upload leaves no 
   assertSameTree(snapshot(dest), snapshot(src));
 });
 
-Deno.test("S3BlobStore never writes a pack name twice: the same bytes again pass (a retried PUT), other bytes are refused", async () => {
+/** An S3BlobStore on the services' bucket under `prefix`, with no index (for the store's own calls). */
+async function bareStore(prefix: string): Promise<S3BlobStore> {
   const env = await services();
-  const prefix = freshPrefix("once");
-  const tmp = await tempDir();
-  const store = new S3BlobStore(
+  return new S3BlobStore(
     {
       endpoint: env.AWS_ENDPOINT_URL,
       region: env.AWS_REGION,
@@ -449,8 +448,12 @@ Deno.test("S3BlobStore never writes a pack name twice: the same bytes again pass
       bucket: env.KEEP_S3_BUCKET,
     },
     prefix,
-    tmp,
+    await tempDir(),
   );
+}
+
+Deno.test("S3BlobStore never writes a pack name twice: the same bytes again pass (a retried PUT), other bytes are refused", async () => {
+  const store = await bareStore(freshPrefix("once"));
   const bytes = randomData(100_000);
   for (const data of [bytes, bytes]) {
     const sink = store.openPack(7);
@@ -476,18 +479,7 @@ Deno.test("S3BlobStore never writes a pack name twice: the same bytes again pass
 });
 
 Deno.test("S3BlobStore: a pack past its first buffer (9 MiB, doubled) is written whole; blobs inside one 4 MiB range and across ranges read back byte for byte", async () => {
-  const env = await services();
-  const store = new S3BlobStore(
-    {
-      endpoint: env.AWS_ENDPOINT_URL,
-      region: env.AWS_REGION,
-      accessKey: env.AWS_ACCESS_KEY_ID,
-      secretKey: env.AWS_SECRET_ACCESS_KEY,
-      bucket: env.KEEP_S3_BUCKET,
-    },
-    freshPrefix("grow"),
-    await tempDir(),
-  );
+  const store = await bareStore(freshPrefix("grow"));
   const MiB = 1 << 20;
   // 3 + 7 + 12 MiB (+ odd bytes): the buffer grows twice (9 → 18 → 36 MiB).
   const parts = [randomData(3 * MiB + 1), randomData(7 * MiB + 2), randomData(12 * MiB + 3)];
