@@ -596,44 +596,39 @@ export class Ingest {
       // wait for the chain).
       const pack = this.#pack;
       this.#pack = null;
-      const put = pack ? closeAndSeal(this.#storage, pack) : Promise.resolve();
-      put.catch(() => {}); // awaited in the chain
-      const before = this.#tail;
-      const hexes = added.map((a) => bytesToHex(a.hash));
-      for (const h of hexes) this.#unstaged.add(h);
-      const done = (async () => {
-        await before;
-        await put;
-        this.repairedBlobs += await this.#stage.stage(rows, added);
-      })();
-      this.#storing++;
-      done.catch(() => {}).finally(() => this.#storing--); // awaited by a later flush, finish or abort
-      this.#tail = done;
-      this.#inFlight.push({ done, hexes });
+      this.#chain(pack ? closeAndSeal(this.#storage, pack) : Promise.resolve(), rows, added);
       return;
     }
     // A local pack: this batch's bytes are written now; its fsync runs off
     // the event loop while the next batches arrive, and its rows go in once
     // it is done, after the batch before's (the chain above): rows name
     // only durable bytes, and names (a new pack's directory entry).
-    const synced = packed ? this.#pack!.flush() : Promise.resolve();
-    synced.catch(() => {}); // awaited in the chain
+    this.#chain(packed ? this.#pack!.flush() : Promise.resolve(), rows, added);
+    if (this.#pack && this.#pack.size >= PACK_ROTATE) {
+      await this.#settle();
+      await this.#closePack();
+    }
+  }
+
+  /**
+   * Chains a batch's rows behind `durable` (its bytes stored: a PUT, an
+   * fsync) and behind the batch before's rows; finish, abort and a later
+   * flush await the chain.
+   */
+  #chain(durable: Promise<void>, rows: StageRow[], added: NewBlob[]): void {
+    durable.catch(() => {}); // awaited in the chain
     const before = this.#tail;
     const hexes = added.map((a) => bytesToHex(a.hash));
     for (const h of hexes) this.#unstaged.add(h);
     const done = (async () => {
       await before;
-      await synced;
+      await durable;
       this.repairedBlobs += await this.#stage.stage(rows, added);
     })();
     this.#storing++;
     done.catch(() => {}).finally(() => this.#storing--);
     this.#tail = done;
     this.#inFlight.push({ done, hexes });
-    if (this.#pack && this.#pack.size >= PACK_ROTATE) {
-      await this.#settle();
-      await this.#closePack();
-    }
   }
 
   /**
