@@ -621,8 +621,8 @@ class Backup {
     });
     if (!all.size) return out;
     const had = await this.#remote.negotiate!([...all], { own: true });
-    // The records of one upload list at most UPLOAD_CHUNKS_MAX chunks (~500
-    // GB of big files): past it, files are sent whole.
+    // The records of one upload list at most UPLOAD_CHUNKS_MAX chunks (~1M,
+    // ~1 TB of big files at ~1 MiB a chunk): past it, files are sent whole.
     let listed = 0;
     for (const [k, chunks] of cut) {
       const held = new Set<string>();
