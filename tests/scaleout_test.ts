@@ -293,13 +293,16 @@ Deno.test("scale-out: all of Ceph (monitor, OSD, radosgw) restarted between two 
  * `cutAfter(n)` bytes more went towards the store, every connection is
  * closed and new ones are closed as they come, until `heal()`. What a
  * network failure or a dying store looks like to the server, with the
- * real RGW behind it.
+ * real RGW behind it. `stallAfter(n)` instead goes silent: connections stay
+ * open, nothing more passes either way (a store whose disk is full: its
+ * writes hang).
  */
 class CutProxy implements AsyncDisposable {
   readonly url: string;
   #listener: Deno.TcpListener;
   #conns = new Set<Deno.Conn>();
   #budget = Infinity;
+  #stall = false;
   cut = false;
 
   private constructor(listener: Deno.TcpListener, target: URL) {
@@ -316,11 +319,19 @@ class CutProxy implements AsyncDisposable {
 
   cutAfter(bytes: number): void {
     this.#budget = bytes;
+    this.#stall = false;
     this.cut = false;
   }
 
+  stallAfter(bytes: number): void {
+    this.cutAfter(bytes);
+    this.#stall = true;
+  }
+
   heal(): void {
+    if (this.cut && this.#stall) this.#cutAll(); // the silent connections end
     this.#budget = Infinity;
+    this.#stall = false;
     this.cut = false;
   }
 
@@ -335,14 +346,18 @@ class CutProxy implements AsyncDisposable {
   }
 
   async #serve(conn: Deno.Conn, target: URL): Promise<void> {
-    if (this.cut) return conn.close();
+    if (this.cut && !this.#stall) return conn.close();
     const up = await Deno.connect({ hostname: target.hostname, port: Number(target.port) });
     this.#conns.add(conn).add(up);
     const pipe = async (from: Deno.Conn, to: Deno.Conn, counted: boolean) => {
       const buf = new Uint8Array(64 * 1024);
       try {
         for (let n; (n = await from.read(buf)) !== null;) {
-          if (counted && (this.#budget -= n) < 0) return this.#cutAll();
+          if (counted && (this.#budget -= n) < 0) {
+            if (!this.#stall) return this.#cutAll();
+            this.cut = true;
+          }
+          if (this.cut) continue; // stalled: swallowed
           for (let o = 0; o < n;) o += await to.write(buf.subarray(o, n));
         }
       } catch { /* cut */ }
@@ -399,6 +414,60 @@ Deno.test("s3 blobs + pg index: a pack PUT cut off early or late fails the uploa
   await keepOk(["restore", dest], 0, cli);
   assertSameTree(snapshot(dest), snapshot(src));
   assertMatch((await keepOk(["verify", "--server", server.url], 0)).stdout, /OK/);
+});
+
+Deno.test("s3 blobs + pg index: a store that stops answering (writes hang, as on a full disk) fails the upload as unavailable (exit 5, the store named), not as the client's silence; once it answers the backup lands", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const prefix = freshPrefix("stall");
+  for (
+    const [bad, message] of [["5ms", /below 100ms/], [
+      "soon",
+      /Cannot parse --s3-timeout "soon"/,
+    ]] as const
+  ) {
+    const r = await keep(["serve", "--data", await tempDir(), "--no-auth", "--s3-timeout", bad]);
+    assertEquals(r.code, 2, r.stderr);
+    assertMatch(r.stderr, message);
+    assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+  }
+  await using proxy = CutProxy.start(env.AWS_ENDPOINT_URL);
+  // The idle timeout is shorter than the store's: the server's own wait must not count as the client's.
+  await using server = await startServer({
+    args: [
+      "--index",
+      db.url,
+      "--blobs",
+      `s3://${env.KEEP_S3_BUCKET}/${prefix}`,
+      "--s3-timeout",
+      "1s",
+      "--idle-timeout",
+      "1s",
+    ],
+    env: { ...env, AWS_ENDPOINT_URL: proxy.url },
+  });
+  const src = await tempDir();
+  // ~64 MB that does not compress: more packs than the server PUTs at once, so it waits on the store.
+  const spec: Record<string, Uint8Array> = {};
+  for (let i = 0; i < 320; i++) spec[`d${i % 4}/f${i}.bin`] = randomData(200_000);
+  writeTree(src, spec);
+  const cli = { env: { KEEP_SERVER: server.url, KEEP_PROJECT: "app" } };
+  proxy.stallAfter(1 << 20);
+  const r = await keep(["backup", "--settle", "0", src], cli);
+  assert(proxy.cut, "the proxy went silent");
+  assertEquals(r.code, 5, r.stderr);
+  assertMatch(
+    r.stderr,
+    /Cannot store pack \d+: cannot reach the object store at .*no answer in time/,
+  );
+  assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+  proxy.heal();
+  const log = await keep(["log", "--json"], cli);
+  assert(log.code !== 0 || logJson(log).length === 0, `nothing committed: ${log.stdout}`);
+  await keepOk(["backup", "--settle", "0", src], 0, cli);
+  const dest = await tempDir();
+  await keepOk(["restore", dest], 0, cli);
+  assertSameTree(snapshot(dest), snapshot(src));
 });
 
 Deno.test("s3 blobs: kill -9 of the server in the middle of an upload leaves no commit and nothing verify finds wrong", async () => {

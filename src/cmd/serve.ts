@@ -66,6 +66,8 @@ index stays in DIR, which remembers the bucket in DIR/blobs.json):
       --s3-region R       signing region (env AWS_REGION; default us-east-1)
       --s3-access-key K, --s3-secret-key S  keys (env AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY;
                           the environment keeps them out of ps)
+      --s3-timeout DUR    a request the store does not answer for this long is tried again
+                          (3 tries), then the store counts as unavailable (default 60s)
   With --blobs, --compact-idle defaults to off (each step would write a small object).
 
 The index in PostgreSQL (several servers may share it and one bucket prefix;
@@ -112,6 +114,7 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       "s3-region": { type: "string" },
       "s3-access-key": { type: "string" },
       "s3-secret-key": { type: "string" },
+      "s3-timeout": { type: "string" },
     });
     positionals(p, "serve", []);
     const dataDir = resolve(flagOrEnv(p, "data", "KEEP_DATA") ?? "keep-data");
@@ -123,6 +126,12 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       ? parseDuration(p.values["idle-timeout"] as string, "idle-timeout")
       : 60_000;
     const s3 = s3Flags(p);
+    const s3TimeoutMs = p.values["s3-timeout"]
+      ? parseDuration(p.values["s3-timeout"] as string, "s3-timeout")
+      : undefined;
+    if (s3TimeoutMs !== undefined && s3TimeoutMs < 100) {
+      throw new KeepError("usage", "Cannot use --s3-timeout below 100ms");
+    }
     const compactRaw = (p.values["compact-idle"] as string | undefined) ?? (s3 ? "off" : "10s");
     const compactIdleMs = compactRaw === "off" ? 0 : parseDuration(compactRaw, "compact-idle");
     const everyRaw = (p.values["retention-every"] as string | undefined) ?? "1h";
@@ -203,6 +212,7 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       s3,
       pg,
       uploadTimeoutMs,
+      s3TimeoutMs,
       hostname,
       port,
       noAuth: !!p.values["no-auth"],

@@ -33,6 +33,8 @@ export interface ServeOptions {
   pg?: string;
   /** PostgreSQL: an upload whose server stopped refreshing it expires after this (ms). */
   uploadTimeoutMs?: number;
+  /** An object-store request with no answer for this long is tried again, then unavailable (ms). */
+  s3TimeoutMs?: number;
   hostname: string;
   port: number;
   /** Serve without tokens; refused unless hostname is loopback. */
@@ -105,6 +107,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     s3: options.s3,
     pg: options.pg,
     uploadTimeoutMs: options.uploadTimeoutMs,
+    s3TimeoutMs: options.s3TimeoutMs,
   });
   // Proofs of possession: every server on this index derives the same keys.
   possessionKeys.useSecret(await storage.index.sharedSecret("possession"));

@@ -3,7 +3,9 @@
  * chunk by chunk into an Ingest; a read is always pending while the ingest
  * waits on the storage (docs/DESIGN.md, "The HTTP server": awaiting other I/O between body reads makes
  * Deno's HTTP/1.1 server crawl while unread body piles up). A client silent
- * for the idle timeout is cut. After a failure the rest of the body is still
+ * for the idle timeout is cut; time the server spends waiting on its own
+ * storage (a slow or hung object store) is not the client's silence: a
+ * store that does not answer fails the upload as unavailable. After a failure the rest of the body is still
  * read (bounded), so the client gets the JSON error instead of a reset.
  *
  * @module
@@ -41,6 +43,7 @@ export async function receiveUpload(
   const reader = body.getReader();
   let last = Date.now();
   let timedOut = false;
+  let storing = false; // awaiting the ingest: the idle clock stands still
   const idleMs = options.idleTimeoutSec * 1000;
   const tick = Math.min(1000, idleMs / 4);
   let lastTick = Date.now();
@@ -51,6 +54,7 @@ export async function receiveUpload(
     const stalled = now - lastTick - tick;
     lastTick = now;
     if (stalled > 100) last += stalled;
+    if (storing) last = now;
     if (now - last > idleMs) {
       timedOut = true;
       reader.cancel(new KeepError("timeout", "Cannot accept upload: client idle too long"))
@@ -86,7 +90,10 @@ export async function receiveUpload(
       }
       try {
         ingest.push(r.value);
-        if (ingest.wantsFlush) await ingest.flush();
+        if (ingest.wantsFlush) {
+          storing = true;
+          await ingest.flush();
+        }
         if (ingest.storing && performance.now() - turned >= TURN_EVERY_MS) {
           // A read is pending meanwhile (docs/DESIGN.md, "The HTTP server").
           await nextTurn();
@@ -95,6 +102,9 @@ export async function receiveUpload(
       } catch (err) {
         failure = toKeepError(err, "Cannot accept upload");
         await ingest.abort();
+      } finally {
+        if (storing) last = Date.now();
+        storing = false;
       }
     }
     if (timedOut) throw timeout();

@@ -62,7 +62,12 @@ function writeRecord(dataDir: string, r: BlobsRecord): void {
 }
 
 /** The bucket store `r` names, keys from `given` or the environment. */
-function openS3(dataDir: string, r: BlobsRecord, given?: S3Blobs): S3BlobStore {
+function openS3(
+  dataDir: string,
+  r: BlobsRecord,
+  given?: S3Blobs,
+  timeoutMs?: number,
+): S3BlobStore {
   const accessKey = given?.accessKey ?? Deno.env.get("AWS_ACCESS_KEY_ID");
   const secretKey = given?.secretKey ?? Deno.env.get("AWS_SECRET_ACCESS_KEY");
   // Without keys the store opens (token and policy commands never read blobs); its first request fails.
@@ -73,6 +78,7 @@ function openS3(dataDir: string, r: BlobsRecord, given?: S3Blobs): S3BlobStore {
       bucket: r.bucket,
       accessKey: accessKey ?? "",
       secretKey: secretKey ?? "",
+      headersTimeoutMs: timeoutMs,
     },
     r.prefix,
     join(dataDir, "tmp"),
@@ -179,6 +185,8 @@ export async function openLocalStorage(
     pg?: string;
     /** PostgreSQL: when an upload whose server stopped refreshing it expires (PgIndex.open). */
     uploadTimeoutMs?: number;
+    /** An object-store request with no answer for this long is tried again, then unavailable (default 60 s). */
+    s3TimeoutMs?: number;
     /** Open the target of an unfinished `keep migrate` (only migrate itself does). */
     migrating?: boolean;
     /**
@@ -297,7 +305,7 @@ export async function openLocalStorage(
       writeRecord(dataDir, record);
     }
     if (record) {
-      const store = openS3(dataDir, record, s3);
+      const store = openS3(dataDir, record, s3, options.s3TimeoutMs);
       if (options.owner) await claimBucket(store, record);
       blobs = store;
     } else blobs = LocalBlobStore.open(dataDir);
