@@ -54,6 +54,7 @@ import { post } from "./hostile.ts";
 import {
   assertSameTree,
   json,
+  KEEP,
   keep,
   keepOk,
   logJson,
@@ -295,7 +296,8 @@ Deno.test("scale-out: all of Ceph (monitor, OSD, radosgw) restarted between two 
  * network failure or a dying store looks like to the server, with the
  * real RGW behind it. `stallAfter(n)` instead goes silent: connections stay
  * open, nothing more passes either way (a store whose disk is full: its
- * writes hang).
+ * writes hang); `stallAfter(n, "down")` counts the bytes coming from the
+ * store (a store that hangs in the middle of an answer).
  */
 class CutProxy implements AsyncDisposable {
   readonly url: string;
@@ -303,6 +305,7 @@ class CutProxy implements AsyncDisposable {
   #conns = new Set<Deno.Conn>();
   #budget = Infinity;
   #stall = false;
+  #counted: "up" | "down" = "up";
   cut = false;
 
   private constructor(listener: Deno.TcpListener, target: URL) {
@@ -320,12 +323,14 @@ class CutProxy implements AsyncDisposable {
   cutAfter(bytes: number): void {
     this.#budget = bytes;
     this.#stall = false;
+    this.#counted = "up";
     this.cut = false;
   }
 
-  stallAfter(bytes: number): void {
+  stallAfter(bytes: number, counted: "up" | "down" = "up"): void {
     this.cutAfter(bytes);
     this.#stall = true;
+    this.#counted = counted;
   }
 
   heal(): void {
@@ -349,11 +354,11 @@ class CutProxy implements AsyncDisposable {
     if (this.cut && !this.#stall) return conn.close();
     const up = await Deno.connect({ hostname: target.hostname, port: Number(target.port) });
     this.#conns.add(conn).add(up);
-    const pipe = async (from: Deno.Conn, to: Deno.Conn, counted: boolean) => {
+    const pipe = async (from: Deno.Conn, to: Deno.Conn, way: "up" | "down") => {
       const buf = new Uint8Array(64 * 1024);
       try {
         for (let n; (n = await from.read(buf)) !== null;) {
-          if (counted && (this.#budget -= n) < 0) {
+          if (way === this.#counted && (this.#budget -= n) < 0) {
             if (!this.#stall) return this.#cutAll();
             this.cut = true;
           }
@@ -368,8 +373,8 @@ class CutProxy implements AsyncDisposable {
         this.#conns.delete(c);
       }
     };
-    pipe(conn, up, true);
-    pipe(up, conn, false);
+    pipe(conn, up, "up");
+    pipe(up, conn, "down");
   }
 
   [Symbol.asyncDispose](): Promise<void> {
@@ -432,7 +437,8 @@ Deno.test("s3 blobs + pg index: a store that stops answering (writes hang, as on
     assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
   }
   await using proxy = CutProxy.start(env.AWS_ENDPOINT_URL);
-  // The idle timeout is shorter than the store's: the server's own wait must not count as the client's.
+  // The idle timeout is shorter than the store's: the server's own wait must not count as the client's
+  // (2 s for the store: under the suite's load a healthy RGW can take over a second to answer).
   await using server = await startServer({
     args: [
       "--index",
@@ -440,7 +446,7 @@ Deno.test("s3 blobs + pg index: a store that stops answering (writes hang, as on
       "--blobs",
       `s3://${env.KEEP_S3_BUCKET}/${prefix}`,
       "--s3-timeout",
-      "1s",
+      "2s",
       "--idle-timeout",
       "1s",
     ],
@@ -468,6 +474,24 @@ Deno.test("s3 blobs + pg index: a store that stops answering (writes hang, as on
   const dest = await tempDir();
   await keepOk(["restore", dest], 0, cli);
   assertSameTree(snapshot(dest), snapshot(src));
+  // A restore whose pack reads stop in the middle of an answer: exit 5 in bounded time, not a hang.
+  proxy.stallAfter(6 << 20, "down");
+  const started = Date.now();
+  const stuck = await new Deno.Command(KEEP, {
+    args: ["restore", await tempDir()],
+    env: { KEEP_TOKEN: "", KEEP_DATA: "", ...cli.env },
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(90_000),
+  }).output();
+  const stderr = new TextDecoder().decode(stuck.stderr);
+  assert(proxy.cut, "the proxy went silent");
+  assertEquals(stuck.code, 5, `after ${Date.now() - started} ms: ${stderr}`);
+  assertMatch(stderr, /Cannot restore: the connection to the server broke/);
+  proxy.heal();
+  const again = await tempDir();
+  await keepOk(["restore", again], 0, cli);
+  assertSameTree(snapshot(again), snapshot(src));
 });
 
 Deno.test("s3 blobs: kill -9 of the server in the middle of an upload leaves no commit and nothing verify finds wrong", async () => {

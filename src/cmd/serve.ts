@@ -67,7 +67,8 @@ index stays in DIR, which remembers the bucket in DIR/blobs.json):
       --s3-access-key K, --s3-secret-key S  keys (env AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY;
                           the environment keeps them out of ps)
       --s3-timeout DUR    a request the store does not answer for this long is tried again
-                          (3 tries), then the store counts as unavailable (default 60s)
+                          (3 tries), then the store counts as unavailable; so does an answer
+                          that stops coming for this long (default 60s)
   With --blobs, --compact-idle defaults to off (each step would write a small object).
 
 The index in PostgreSQL (several servers may share it and one bucket prefix;

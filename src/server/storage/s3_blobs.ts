@@ -33,6 +33,7 @@ import {
   newGeneration,
   type PackSink,
 } from "./blob_store.ts";
+import { concatBytes } from "../../platform/concat_bytes.ts";
 import { writeAll } from "./local_blobs.ts";
 import { S3Client, S3Error, type S3Options } from "./s3_client.ts";
 
@@ -374,11 +375,14 @@ export class S3BlobStore implements BlobStore {
         await res.body?.cancel();
         return new Uint8Array(0);
       }
+      // At most CHUNK bytes; read piece by piece, so a store that stalls in the middle is "unavailable".
+      const parts: Uint8Array[] = [];
       try {
-        return new Uint8Array(await res.arrayBuffer());
+        for await (const piece of this.client.bodyPieces(res.body!)) parts.push(piece);
       } catch (err) {
         throw storeError(err, `read blob ${hashHex}`);
       }
+      return parts.length === 1 ? parts[0] : concatBytes(parts);
     })();
     this.#chunks.set(id, p);
     p.catch(() => this.#chunks.delete(id));
@@ -434,7 +438,7 @@ export class S3BlobStore implements BlobStore {
         `Cannot read blob ${hashHex}: its object has ${size} bytes, the index says ${place.stored}`,
       );
     }
-    return streamPieces(res.body!, hashHex, place.stored);
+    return streamPieces(this.client.bodyPieces(res.body!), hashHex, place.stored);
   }
 
   async packSize(pack: number): Promise<number | null> {
@@ -543,17 +547,16 @@ export class S3BlobStore implements BlobStore {
 
 /** A large object's body in pieces; a body cut short is an error, never short content. */
 async function* streamPieces(
-  body: ReadableStream<Uint8Array>,
+  body: AsyncGenerator<Uint8Array>,
   hashHex: string,
   stored: number,
 ): AsyncGenerator<Uint8Array> {
-  const reader = body.getReader();
   let got = 0;
   try {
     for (;;) {
-      let r: ReadableStreamReadResult<Uint8Array>;
+      let r: IteratorResult<Uint8Array>;
       try {
-        r = await reader.read();
+        r = await body.next();
       } catch (err) {
         throw storeError(err, `read blob ${hashHex}`);
       }
@@ -562,8 +565,7 @@ async function* streamPieces(
       yield r.value;
     }
   } finally {
-    reader.releaseLock();
-    await body.cancel().catch(() => {});
+    await body.return(undefined).catch(() => {});
   }
   if (got !== stored) {
     throw new KeepError(

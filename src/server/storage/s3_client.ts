@@ -13,7 +13,9 @@
  *
  * Failures: no answer, or a 5xx after retries → KeepError "unavailable"
  * (the store is down: clients exit 5, HTTP 503); other statuses are
- * returned to the caller as S3Error with the store's code.
+ * returned to the caller as S3Error with the store's code. A body read
+ * through `bodyPieces` that stops coming for the same timeout is
+ * "unavailable" too (a store that hangs in the middle of an answer).
  *
  * @module
  */
@@ -31,7 +33,10 @@ export interface S3Options {
   bucket: string;
   /** Attempts for a request that got no answer or a 5xx (default 3). */
   attempts?: number;
-  /** How long a request may wait for the answer's headers (default 60 s). */
+  /**
+   * How long a request may wait for the answer's headers, and a body read
+   * with `bodyPieces` for its next bytes (default 60 s).
+   */
   headersTimeoutMs?: number;
 }
 
@@ -142,6 +147,58 @@ export class S3Client {
     this.#base = url.origin;
   }
 
+  /** How long the store may stay silent in a request or an answer's body (ms). */
+  get timeoutMs(): number {
+    return this.#o.headersTimeoutMs ?? 60_000;
+  }
+
+  /**
+   * An answer's body, piece by piece; when the store sends nothing for
+   * `timeoutMs` while a piece is awaited, the body is cancelled and this
+   * throws "unavailable" (not a body cut short: nothing is wrong with what
+   * is stored). Time the caller spends between pieces is not counted.
+   */
+  async *bodyPieces(body: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
+    const reader = body.getReader();
+    const ms = this.timeoutMs;
+    const tick = Math.min(1000, ms / 4);
+    let since = 0;
+    let lastTick = Date.now();
+    let silent = false;
+    const timer = setInterval(() => {
+      const now = Date.now();
+      // Time this process could not run is not the store's silence.
+      const late = now - lastTick - tick;
+      lastTick = now;
+      if (late > 100 && since) since += late;
+      if (since && now - since > ms) {
+        silent = true;
+        reader.cancel().catch(() => {});
+      }
+    }, tick);
+    try {
+      for (;;) {
+        since = Date.now();
+        const r = await reader.read();
+        since = 0;
+        if (silent) {
+          throw new KeepError(
+            "unavailable",
+            `Cannot reach the object store at ${this.endpoint}: it sent nothing for ${
+              ms / 1000
+            } s in the middle of an answer`,
+          );
+        }
+        if (r.done) return;
+        yield r.value;
+      }
+    } finally {
+      clearInterval(timer);
+      reader.releaseLock();
+      await body.cancel().catch(() => {});
+    }
+  }
+
   /** Signs and sends one request, with retries when there is no answer or a 5xx. */
   request(method: string, key: string, opts: RequestOptions = {}): Promise<Response> {
     const q = opts.query ?? {};
@@ -172,7 +229,7 @@ export class S3Client {
       // A store that accepts connections but does not answer counts as down;
       // the timer stops at the headers (a long GET streams as long as it takes).
       const abort = new AbortController();
-      const timer = setTimeout(() => abort.abort(), this.#o.headersTimeoutMs ?? 60_000);
+      const timer = setTimeout(() => abort.abort(), this.timeoutMs);
       try {
         res = await fetch(url, {
           method,
