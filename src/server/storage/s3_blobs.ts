@@ -33,7 +33,6 @@ import {
   newGeneration,
   type PackSink,
 } from "./blob_store.ts";
-import { concatBytes } from "../../platform/concat_bytes.ts";
 import { writeAll } from "./local_blobs.ts";
 import { S3Client, S3Error, type S3Options } from "./s3_client.ts";
 
@@ -362,27 +361,16 @@ export class S3BlobStore implements BlobStore {
     }
     p = (async () => {
       const start = index * CHUNK;
-      let res: Response | null;
+      let bytes: Uint8Array | null;
       try {
-        res = await this.client.get(this.packKey(pack), { start, end: start + CHUNK });
+        bytes = await this.client.getRange(this.packKey(pack), { start, end: start + CHUNK });
       } catch (err) {
         throw storeError(err, `read blob ${hashHex}`);
       }
-      if (res === null) {
+      if (bytes === null) {
         throw new KeepError("integrity", `Cannot read blob ${hashHex}: pack ${pack} is missing`);
       }
-      if (res.status === 416) {
-        await res.body?.cancel();
-        return new Uint8Array(0);
-      }
-      // At most CHUNK bytes; read piece by piece, so a store that stalls in the middle is "unavailable".
-      const parts: Uint8Array[] = [];
-      try {
-        for await (const piece of this.client.bodyPieces(res.body!)) parts.push(piece);
-      } catch (err) {
-        throw storeError(err, `read blob ${hashHex}`);
-      }
-      return parts.length === 1 ? parts[0] : concatBytes(parts);
+      return bytes;
     })();
     this.#chunks.set(id, p);
     p.catch(() => this.#chunks.delete(id));

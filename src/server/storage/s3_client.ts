@@ -210,10 +210,30 @@ export class S3Client {
       ? `multipart-${method.toLowerCase()}`
       : method.toLowerCase();
     OBJECT_REQUESTS.set(op, (OBJECT_REQUESTS.get(op) ?? 0) + 1);
-    return this.#request(method, key, opts);
+    return this.#request(method, key, opts, false).then((r) => r.res);
   }
 
-  async #request(method: string, key: string, opts: RequestOptions): Promise<Response> {
+  /**
+   * GetObject of bytes [start, end) read whole within the timeout (a store
+   * that stalls in the middle counts as no answer: tried again, then
+   * "unavailable"); null when the key does not exist, empty past its end.
+   */
+  async getRange(key: string, range: { start: number; end: number }): Promise<Uint8Array | null> {
+    OBJECT_REQUESTS.set("get", (OBJECT_REQUESTS.get("get") ?? 0) + 1);
+    const { res, bytes } = await this.#request("GET", key, {
+      headers: { range: `bytes=${range.start}-${range.end - 1}` },
+      accept: [404, 416],
+    }, true);
+    if (res.status === 404) return null;
+    return res.status === 416 ? new Uint8Array(0) : bytes!;
+  }
+
+  async #request(
+    method: string,
+    key: string,
+    opts: RequestOptions,
+    whole: boolean,
+  ): Promise<{ res: Response; bytes: Uint8Array | null }> {
     if (!this.#o.accessKey || !this.#o.secretKey) {
       throw new KeepError(
         "usage",
@@ -226,8 +246,10 @@ export class S3Client {
       if (attempt > 0) await sleep(RETRY_DELAYS[Math.min(attempt - 1, RETRY_DELAYS.length - 1)]);
       const { url, headers } = this.#sign(method, key, opts.query ?? {}, opts.body, opts.headers);
       let res: Response;
+      let bytes: Uint8Array | null = null;
       // A store that accepts connections but does not answer counts as down;
-      // the timer stops at the headers (a long GET streams as long as it takes).
+      // the timer stops at the headers (a long GET streams as long as it
+      // takes: see bodyPieces), or for a whole read at the body's end.
       const abort = new AbortController();
       const timer = setTimeout(() => abort.abort(), this.timeoutMs);
       try {
@@ -237,6 +259,9 @@ export class S3Client {
           body: opts.body as Uint8Array<ArrayBuffer>,
           signal: abort.signal,
         });
+        if (whole && res.status >= 200 && res.status < 300 && res.status !== 204) {
+          bytes = new Uint8Array(await res.arrayBuffer());
+        }
       } catch (err) {
         lastProblem = abort.signal.aborted ? "no answer in time" : (err as Error).message;
         continue;
@@ -249,7 +274,8 @@ export class S3Client {
         continue;
       }
       if ((res.status >= 200 && res.status < 300) || opts.accept?.includes(res.status)) {
-        return res;
+        if (whole && bytes === null) await res.body?.cancel();
+        return { res, bytes };
       }
       const text = await res.text().catch(() => "");
       const code = tag(text, "Code") ?? `HTTP ${res.status}`;
