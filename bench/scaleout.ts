@@ -17,6 +17,7 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { KeepServer } from "./keep_server.ts";
 import { runTimed } from "./measure.ts";
+import { S3Client } from "../src/server/storage/s3_client.ts";
 
 export type Backend = "embedded" | "scaleout";
 
@@ -116,7 +117,16 @@ async function openStore(
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
       await admin.unsafe(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`).catch(() => {});
       await admin.end();
-      // The bucket prefix stays (no S3 lifecycle here); `scripts/services destroy` removes all.
+      // Its objects go too: the test services' OSD is a 20 GiB file, which a
+      // few runs' large datasets filled (then every PUT hangs).
+      const bucket = new S3Client({
+        endpoint: s.env.AWS_ENDPOINT_URL,
+        region: s.env.AWS_REGION,
+        accessKey: s.env.AWS_ACCESS_KEY_ID,
+        secretKey: s.env.AWS_SECRET_ACCESS_KEY,
+        bucket: s.bucket,
+      });
+      for await (const page of bucket.list(prefix)) await bucket.deleteMany(page.map((o) => o.key));
     },
   };
 }
