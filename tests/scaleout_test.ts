@@ -426,10 +426,11 @@ Deno.test("s3 blobs + pg index: a store that stops answering (writes hang, as on
   await using db = await freshDatabase(env);
   const prefix = freshPrefix("stall");
   for (
-    const [bad, message] of [["5ms", /below 100ms/], [
-      "soon",
-      /Cannot parse --s3-timeout "soon"/,
-    ]] as const
+    const [bad, message] of [
+      ["500ms", /--s3-timeout 500ms: give 1s to 1h/],
+      ["30d", /--s3-timeout 30d: give 1s to 1h/],
+      ["soon", /Cannot parse --s3-timeout "soon"/],
+    ] as const
   ) {
     const r = await keep(["serve", "--data", await tempDir(), "--no-auth", "--s3-timeout", bad]);
     assertEquals(r.code, 2, r.stderr);
@@ -438,7 +439,8 @@ Deno.test("s3 blobs + pg index: a store that stops answering (writes hang, as on
   }
   await using proxy = CutProxy.start(env.AWS_ENDPOINT_URL);
   // The idle timeout is shorter than the store's: the server's own wait must not count as the client's
-  // (2 s for the store: under the suite's load a healthy RGW can take over a second to answer).
+  // (4 s for the store, 2 s for the client: under the suite's load a healthy RGW can take over a
+  // second to answer, and a client can be starved as long).
   await using server = await startServer({
     args: [
       "--index",
@@ -446,9 +448,9 @@ Deno.test("s3 blobs + pg index: a store that stops answering (writes hang, as on
       "--blobs",
       `s3://${env.KEEP_S3_BUCKET}/${prefix}`,
       "--s3-timeout",
-      "2s",
+      "4s",
       "--idle-timeout",
-      "1s",
+      "2s",
     ],
     env: { ...env, AWS_ENDPOINT_URL: proxy.url },
   });
@@ -492,6 +494,26 @@ Deno.test("s3 blobs + pg index: a store that stops answering (writes hang, as on
   const again = await tempDir();
   await keepOk(["restore", again], 0, cli);
   assertSameTree(snapshot(again), snapshot(src));
+  // A large object (a 3 MB file: its own object, streamed) that stops coming: exit 5 too.
+  const one = await tempDir();
+  writeTree(one, { "big.bin": randomData(3_000_000) });
+  const big = { env: { ...cli.env, KEEP_PROJECT: "big" } };
+  await keepOk(["backup", "--settle", "0", one], 0, big);
+  assert((await keys(bucketClient(env), `${prefix}blobs/`)).length > 0, "a large object");
+  proxy.stallAfter(1 << 20, "down");
+  const cutBig = await new Deno.Command(KEEP, {
+    args: ["restore", await tempDir()],
+    env: { KEEP_TOKEN: "", KEEP_DATA: "", ...big.env },
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(90_000),
+  }).output();
+  assert(proxy.cut, "the proxy went silent on the large object");
+  assertEquals(cutBig.code, 5, new TextDecoder().decode(cutBig.stderr));
+  proxy.heal();
+  const bigBack = await tempDir();
+  await keepOk(["restore", bigBack], 0, big);
+  assertSameTree(snapshot(bigBack), snapshot(one));
 });
 
 Deno.test("s3 blobs: kill -9 of the server in the middle of an upload leaves no commit and nothing verify finds wrong", async () => {

@@ -66,9 +66,10 @@ index stays in DIR, which remembers the bucket in DIR/blobs.json):
       --s3-region R       signing region (env AWS_REGION; default us-east-1)
       --s3-access-key K, --s3-secret-key S  keys (env AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY;
                           the environment keeps them out of ps)
-      --s3-timeout DUR    a request the store does not answer for this long is tried again
-                          (3 tries), then the store counts as unavailable; so does an answer
-                          that stops coming for this long (default 60s)
+      --s3-timeout DUR    a request to the store not done in this long (sent and answered;
+                          a pack is up to ~8 MiB, a part 16 MiB) is tried again (3 tries),
+                          then the store counts as unavailable; so does a large object's
+                          answer that stops coming for this long (default 60s; 1s to 1h)
   With --blobs, --compact-idle defaults to off (each step would write a small object).
 
 The index in PostgreSQL (several servers may share it and one bucket prefix;
@@ -130,8 +131,11 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
     const s3TimeoutMs = p.values["s3-timeout"]
       ? parseDuration(p.values["s3-timeout"] as string, "s3-timeout")
       : undefined;
-    if (s3TimeoutMs !== undefined && s3TimeoutMs < 100) {
-      throw new KeepError("usage", "Cannot use --s3-timeout below 100ms");
+    if (s3TimeoutMs !== undefined && (s3TimeoutMs < 1000 || s3TimeoutMs > 3_600_000)) {
+      throw new KeepError(
+        "usage",
+        `Cannot use --s3-timeout ${p.values["s3-timeout"]}: give 1s to 1h`,
+      );
     }
     const compactRaw = (p.values["compact-idle"] as string | undefined) ?? (s3 ? "off" : "10s");
     const compactIdleMs = compactRaw === "off" ? 0 : parseDuration(compactRaw, "compact-idle");

@@ -101,14 +101,16 @@ export async function receiveUpload(
         }
       } catch (err) {
         failure = toKeepError(err, "Cannot accept upload");
+        storing = true; // abort waits for the PUTs in flight
         await ingest.abort();
       } finally {
         if (storing) last = Date.now();
         storing = false;
       }
     }
-    if (timedOut) throw timeout();
+    // The upload's own failure is the answer, even if the client then went quiet.
     if (failure) throw failure;
+    if (timedOut) throw timeout();
     const result = await ingest.finish();
     return { ...result, wireBytes: ingest.wireBytes };
   } catch (err) {

@@ -52,7 +52,10 @@ export function contentRoutes(ctx: AppContext): Hono<Env> {
     }
     const pieces = await contentPieces(ctx.storage, hash, place);
     return new Response(
-      streamFrom(copies(pieces), { onChunk: (b) => churned(b.length) }),
+      streamFrom(copies(pieces), {
+        onChunk: (b) => churned(b.length),
+        onError: (err) => ctx.log?.(`error: blob ${p} ${hash}: ${(err as Error).message}`),
+      }),
       { headers: { "content-type": "application/gzip" } },
     );
   });

@@ -95,9 +95,15 @@ async function claimBucket(blobs: S3BlobStore, r: BlobsRecord): Promise<void> {
   const where = `s3://${r.bucket}/${r.prefix}`;
   try {
     for (let i = 0; i < 2; i++) {
-      const res = await blobs.client.get(key);
-      if (res) {
-        const owner = (await res.json().catch(() => ({}))) as { store?: string };
+      const bytes = await blobs.client.getSmall(key);
+      if (bytes) {
+        const owner = (() => {
+          try {
+            return JSON.parse(new TextDecoder().decode(bytes)) as { store?: string };
+          } catch {
+            return {};
+          }
+        })();
         if (owner.store !== r.store) {
           throw new KeepError(
             "usage",

@@ -121,7 +121,16 @@ export interface RequestOptions {
   headers?: Record<string, string>;
   /** Statuses returned to the caller instead of thrown. */
   accept?: number[];
+  /**
+   * A 2xx answer's body is the caller's to stream (only the headers are
+   * timed: see bodyPieces); otherwise every answer is read whole under the
+   * request's timer, so a store that stops in the middle is no answer.
+   */
+  stream?: boolean;
 }
+
+/** Statuses whose Response cannot carry a body. */
+const NULL_BODY = new Set([101, 103, 204, 205, 304]);
 
 /**
  * Requests this process sent to object stores, by kind (get, put, head,
@@ -161,26 +170,20 @@ export class S3Client {
   async *bodyPieces(body: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
     const reader = body.getReader();
     const ms = this.timeoutMs;
-    const tick = Math.min(1000, ms / 4);
-    let since = 0;
-    let lastTick = Date.now();
     let silent = false;
-    const timer = setInterval(() => {
-      const now = Date.now();
-      // Time this process could not run is not the store's silence.
-      const late = now - lastTick - tick;
-      lastTick = now;
-      if (late > 100 && since) since += late;
-      if (since && now - since > ms) {
-        silent = true;
-        reader.cancel().catch(() => {});
-      }
-    }, tick);
     try {
       for (;;) {
-        since = Date.now();
-        const r = await reader.read();
-        since = 0;
+        // Armed only while a read waits: a caller that holds a piece is not the store.
+        const timer = setTimeout(() => {
+          silent = true;
+          reader.cancel().catch(() => {});
+        }, ms);
+        let r: ReadableStreamReadResult<Uint8Array>;
+        try {
+          r = await reader.read();
+        } finally {
+          clearTimeout(timer);
+        }
         if (silent) {
           throw new KeepError(
             "unavailable",
@@ -193,7 +196,6 @@ export class S3Client {
         yield r.value;
       }
     } finally {
-      clearInterval(timer);
       reader.releaseLock();
       await body.cancel().catch(() => {});
     }
@@ -210,30 +212,61 @@ export class S3Client {
       ? `multipart-${method.toLowerCase()}`
       : method.toLowerCase();
     OBJECT_REQUESTS.set(op, (OBJECT_REQUESTS.get(op) ?? 0) + 1);
-    return this.#request(method, key, opts, false).then((r) => r.res);
+    return this.#request(method, key, opts).then(({ res, bytes }) =>
+      bytes === null ? res : new Response(NULL_BODY.has(res.status) ? null : bytes, {
+        status: res.status,
+        headers: res.headers,
+      })
+    );
   }
 
   /**
    * GetObject of bytes [start, end) read whole within the timeout (a store
    * that stalls in the middle counts as no answer: tried again, then
-   * "unavailable"); null when the key does not exist, empty past its end.
+   * "unavailable"); null when the key does not exist, empty past its end,
+   * shorter than asked where the object ends. An answer that is not the
+   * range asked for (a 200 of the whole object, another range, a body of
+   * another length) is "unavailable", never bytes.
    */
   async getRange(key: string, range: { start: number; end: number }): Promise<Uint8Array | null> {
     OBJECT_REQUESTS.set("get", (OBJECT_REQUESTS.get("get") ?? 0) + 1);
     const { res, bytes } = await this.#request("GET", key, {
       headers: { range: `bytes=${range.start}-${range.end - 1}` },
       accept: [404, 416],
-    }, true);
+    });
     if (res.status === 404) return null;
-    return res.status === 416 ? new Uint8Array(0) : bytes!;
+    if (res.status === 416) return new Uint8Array(0);
+    const m = /^bytes (\d+)-(\d+)\//.exec(res.headers.get("content-range") ?? "");
+    const first = m ? Number(m[1]) : -1;
+    const last = m ? Number(m[2]) : -1;
+    if (
+      res.status !== 206 || first !== range.start || last >= range.end || last < first ||
+      bytes!.length !== last - first + 1
+    ) {
+      throw new KeepError(
+        "unavailable",
+        `Cannot read s3://${this.bucket}/${key}: asked for bytes ${range.start}-${
+          range.end - 1
+        }, the store answered ${res.status} ${
+          res.headers.get("content-range") ?? "(no range)"
+        } with ${bytes!.length} bytes`,
+      );
+    }
+    return bytes;
   }
 
+  /** GetObject of a small object read whole (as getRange); null when it does not exist. */
+  async getSmall(key: string): Promise<Uint8Array | null> {
+    const res = await this.request("GET", key, { accept: [404] });
+    return res.status === 404 ? null : new Uint8Array(await res.arrayBuffer());
+  }
+
+  /** The answer, and its body read whole (null: the caller streams it). */
   async #request(
     method: string,
     key: string,
     opts: RequestOptions,
-    whole: boolean,
-  ): Promise<{ res: Response; bytes: Uint8Array | null }> {
+  ): Promise<{ res: Response; bytes: Uint8Array<ArrayBuffer> | null }> {
     if (!this.#o.accessKey || !this.#o.secretKey) {
       throw new KeepError(
         "usage",
@@ -246,10 +279,10 @@ export class S3Client {
       if (attempt > 0) await sleep(RETRY_DELAYS[Math.min(attempt - 1, RETRY_DELAYS.length - 1)]);
       const { url, headers } = this.#sign(method, key, opts.query ?? {}, opts.body, opts.headers);
       let res: Response;
-      let bytes: Uint8Array | null = null;
-      // A store that accepts connections but does not answer counts as down;
-      // the timer stops at the headers (a long GET streams as long as it
-      // takes: see bodyPieces), or for a whole read at the body's end.
+      let bytes: Uint8Array<ArrayBuffer> | null = null;
+      // A store that accepts connections but does not answer counts as down:
+      // one timer for sending the request and reading the answer (a
+      // streamed 2xx body only to its headers: see bodyPieces).
       const abort = new AbortController();
       const timer = setTimeout(() => abort.abort(), this.timeoutMs);
       try {
@@ -259,7 +292,7 @@ export class S3Client {
           body: opts.body as Uint8Array<ArrayBuffer>,
           signal: abort.signal,
         });
-        if (whole && res.status >= 200 && res.status < 300 && res.status !== 204) {
+        if (!(opts.stream && res.status >= 200 && res.status < 300)) {
           bytes = new Uint8Array(await res.arrayBuffer());
         }
       } catch (err) {
@@ -268,22 +301,21 @@ export class S3Client {
       } finally {
         clearTimeout(timer);
       }
+      const text = () => new TextDecoder().decode(bytes ?? new Uint8Array(0));
       if (res.status >= 500) {
-        const text = await res.text().catch(() => "");
-        lastProblem = `HTTP ${res.status} ${tag(text, "Code") ?? ""}`.trim();
+        lastProblem = `HTTP ${res.status} ${tag(text(), "Code") ?? ""}`.trim();
         continue;
       }
       if ((res.status >= 200 && res.status < 300) || opts.accept?.includes(res.status)) {
-        if (whole && bytes === null) await res.body?.cancel();
         return { res, bytes };
       }
-      const text = await res.text().catch(() => "");
-      const code = tag(text, "Code") ?? `HTTP ${res.status}`;
+      const body = text();
+      const code = tag(body, "Code") ?? `HTTP ${res.status}`;
       throw new S3Error(
         res.status,
         code,
         `${method} s3://${this.bucket}/${key}: ${code}${
-          tag(text, "Message") ? ` (${tag(text, "Message")})` : ""
+          tag(body, "Message") ? ` (${tag(body, "Message")})` : ""
         }`,
       );
     }
@@ -352,11 +384,15 @@ export class S3Client {
     await res.body?.cancel();
   }
 
-  /** GetObject of bytes [start, end); null when the key does not exist. */
+  /**
+   * GetObject of bytes [start, end), its body streamed (read it with
+   * bodyPieces); null when the key does not exist.
+   */
   async get(key: string, range?: { start: number; end: number }): Promise<Response | null> {
     const res = await this.request("GET", key, {
       headers: range ? { range: `bytes=${range.start}-${range.end - 1}` } : {},
       accept: [404, 416],
+      stream: true,
     });
     if (res.status === 404) {
       await res.body?.cancel();
