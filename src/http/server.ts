@@ -33,7 +33,7 @@ export interface ServeOptions {
   pg?: string;
   /** PostgreSQL: an upload whose server stopped refreshing it expires after this (ms). */
   uploadTimeoutMs?: number;
-  /** An object-store request with no answer for this long is tried again, then unavailable (ms). */
+  /** An object-store request not done (sent and answered) in this long is tried again, then unavailable (ms). */
   s3TimeoutMs?: number;
   hostname: string;
   port: number;

@@ -1,11 +1,12 @@
 /**
  * Receiving one upload (`POST /v1/projects/:p/commits`): the body is read
  * chunk by chunk into an Ingest; a read is always pending while the ingest
- * waits on the storage (docs/DESIGN.md, "The HTTP server": awaiting other I/O between body reads makes
- * Deno's HTTP/1.1 server crawl while unread body piles up). A client silent
- * for the idle timeout is cut; time the server spends waiting on its own
- * storage (a slow or hung object store) is not the client's silence: a
- * store that does not answer fails the upload as unavailable. After a failure the rest of the body is still
+ * waits on the storage (docs/DESIGN.md, "The HTTP server": awaiting other
+ * I/O between body reads makes Deno's HTTP/1.1 server crawl while unread
+ * body piles up). A client silent for the idle timeout is cut; time the
+ * server spends waiting on its own storage (a slow or hung object store)
+ * is not the client's silence: a store that does not answer fails the
+ * upload as unavailable. After a failure the rest of the body is still
  * read (bounded), so the client gets the JSON error instead of a reset.
  *
  * @module

@@ -78,7 +78,7 @@ function openS3(
       bucket: r.bucket,
       accessKey: accessKey ?? "",
       secretKey: secretKey ?? "",
-      headersTimeoutMs: timeoutMs,
+      timeoutMs: timeoutMs,
     },
     r.prefix,
     join(dataDir, "tmp"),
@@ -191,7 +191,7 @@ export async function openLocalStorage(
     pg?: string;
     /** PostgreSQL: when an upload whose server stopped refreshing it expires (PgIndex.open). */
     uploadTimeoutMs?: number;
-    /** An object-store request with no answer for this long is tried again, then unavailable (default 60 s). */
+    /** An object-store request not done (sent and answered) in this long is tried again, then unavailable (default 60 s). */
     s3TimeoutMs?: number;
     /** Open the target of an unfinished `keep migrate` (only migrate itself does). */
     migrating?: boolean;

@@ -13,8 +13,9 @@
  *
  * Failures: no answer, or a 5xx after retries → KeepError "unavailable"
  * (the store is down: clients exit 5, HTTP 503); other statuses are
- * returned to the caller as S3Error with the store's code. A body read
- * through `bodyPieces` that stops coming for the same timeout is
+ * returned to the caller as S3Error with the store's code. A request not
+ * sent and answered within the timeout counts as no answer; a streamed
+ * body read through `bodyPieces` that stops coming for as long is
  * "unavailable" too (a store that hangs in the middle of an answer).
  *
  * @module
@@ -34,10 +35,11 @@ export interface S3Options {
   /** Attempts for a request that got no answer or a 5xx (default 3). */
   attempts?: number;
   /**
-   * How long a request may wait for the answer's headers, and a body read
-   * with `bodyPieces` for its next bytes (default 60 s).
+   * How long a request may take, sent and answered (a streamed body: to its
+   * headers), and a body read with `bodyPieces` wait for its next bytes
+   * (default 60 s).
    */
-  headersTimeoutMs?: number;
+  timeoutMs?: number;
 }
 
 /** A non-2xx answer the caller may handle (404 NoSuchKey, 412 PreconditionFailed, …). */
@@ -130,7 +132,7 @@ export interface RequestOptions {
 }
 
 /** Statuses whose Response cannot carry a body. */
-const NULL_BODY = new Set([101, 103, 204, 205, 304]);
+const NULL_BODY = new Set([204, 205, 304]);
 
 /**
  * Requests this process sent to object stores, by kind (get, put, head,
@@ -156,9 +158,9 @@ export class S3Client {
     this.#base = url.origin;
   }
 
-  /** How long the store may stay silent in a request or an answer's body (ms). */
+  /** How long a request may take, or a streamed body wait for its next bytes (ms). */
   get timeoutMs(): number {
-    return this.#o.headersTimeoutMs ?? 60_000;
+    return this.#o.timeoutMs ?? 60_000;
   }
 
   /**
