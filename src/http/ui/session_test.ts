@@ -30,7 +30,9 @@ Deno.test("SessionStore keeps only the hash of a session's id, and any store on 
   // Another server's store on the same index.
   const other = await new SessionStore(s.index).get(id);
   assertEquals([other?.tokenId, other?.csrf], ["tok1", session.csrf]);
-  assertEquals(await new SessionStore(s.index).get(id.slice(0, -1) + "A"), null);
+  // One character changed (the id may end in "A" itself: 1 run in 64 failed so).
+  const near = id.slice(0, -1) + (id.endsWith("A") ? "B" : "A");
+  assertEquals(await new SessionStore(s.index).get(near), null);
   assertEquals(await new SessionStore(s.index).get("short"), null);
 });
 
