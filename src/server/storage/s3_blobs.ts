@@ -395,7 +395,7 @@ export class S3BlobStore implements BlobStore {
         return both([chunk.subarray(start - first * CHUNK, end - first * CHUNK)]);
       }
       const out = new Uint8Array(place.stored);
-      for (let c = Math.floor(start / CHUNK); c * CHUNK < end; c++) {
+      for (let c = first; c * CHUNK < end; c++) {
         const chunk = await this.#chunk(hashHex, place.pack, c);
         const from = Math.max(start, c * CHUNK);
         const to = Math.min(end, c * CHUNK + chunk.length);

@@ -205,6 +205,20 @@ export class S3Client {
 
   /** Signs and sends one request, with retries when there is no answer or a 5xx. */
   request(method: string, key: string, opts: RequestOptions = {}): Promise<Response> {
+    return this.#send(method, key, opts).then(({ res, bytes }) =>
+      bytes === null ? res : new Response(NULL_BODY.has(res.status) ? null : bytes, {
+        status: res.status,
+        headers: res.headers,
+      })
+    );
+  }
+
+  /** #request, counted in OBJECT_REQUESTS by kind. */
+  #send(
+    method: string,
+    key: string,
+    opts: RequestOptions,
+  ): Promise<{ res: Response; bytes: Uint8Array<ArrayBuffer> | null }> {
     const q = opts.query ?? {};
     const op = "list-type" in q
       ? "list"
@@ -214,12 +228,7 @@ export class S3Client {
       ? `multipart-${method.toLowerCase()}`
       : method.toLowerCase();
     OBJECT_REQUESTS.set(op, (OBJECT_REQUESTS.get(op) ?? 0) + 1);
-    return this.#request(method, key, opts).then(({ res, bytes }) =>
-      bytes === null ? res : new Response(NULL_BODY.has(res.status) ? null : bytes, {
-        status: res.status,
-        headers: res.headers,
-      })
-    );
+    return this.#request(method, key, opts);
   }
 
   /**
@@ -231,8 +240,7 @@ export class S3Client {
    * another length) is "unavailable", never bytes.
    */
   async getRange(key: string, range: { start: number; end: number }): Promise<Uint8Array | null> {
-    OBJECT_REQUESTS.set("get", (OBJECT_REQUESTS.get("get") ?? 0) + 1);
-    const { res, bytes } = await this.#request("GET", key, {
+    const { res, bytes } = await this.#send("GET", key, {
       headers: { range: `bytes=${range.start}-${range.end - 1}` },
       accept: [404, 416],
     });
@@ -259,8 +267,8 @@ export class S3Client {
 
   /** GetObject of a small object read whole (as getRange); null when it does not exist. */
   async getSmall(key: string): Promise<Uint8Array | null> {
-    const res = await this.request("GET", key, { accept: [404] });
-    return res.status === 404 ? null : new Uint8Array(await res.arrayBuffer());
+    const { res, bytes } = await this.#send("GET", key, { accept: [404] });
+    return res.status === 404 ? null : bytes;
   }
 
   /** The answer, and its body read whole (null: the caller streams it). */
