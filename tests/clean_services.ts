@@ -8,20 +8,21 @@
  */
 
 import postgres from "postgres";
-import { S3Client } from "../src/server/storage/s3_client.ts";
+import { bucketClient, type ServicesEnv } from "./services.ts";
 
-const env = (name: string): string => {
+const env = (name: keyof ServicesEnv): string => {
   const v = Deno.env.get(name);
   if (!v) throw new Error(`clean_services: ${name} is not set (source the services' env)`);
   return v;
 };
 
-const bucket = new S3Client({
-  endpoint: env("AWS_ENDPOINT_URL"),
-  region: env("AWS_REGION"),
-  accessKey: env("AWS_ACCESS_KEY_ID"),
-  secretKey: env("AWS_SECRET_ACCESS_KEY"),
-  bucket: env("KEEP_S3_BUCKET"),
+const bucket = bucketClient({
+  AWS_ENDPOINT_URL: env("AWS_ENDPOINT_URL"),
+  AWS_REGION: env("AWS_REGION"),
+  AWS_ACCESS_KEY_ID: env("AWS_ACCESS_KEY_ID"),
+  AWS_SECRET_ACCESS_KEY: env("AWS_SECRET_ACCESS_KEY"),
+  KEEP_S3_BUCKET: env("KEEP_S3_BUCKET"),
+  KEEP_PG_URL: env("KEEP_PG_URL"),
 });
 let objects = 0;
 for await (const page of bucket.list("test-")) {
