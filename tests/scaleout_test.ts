@@ -83,7 +83,8 @@ import { KeepError } from "../src/errors.ts";
 import { bytesToHex } from "../src/format/hex.ts";
 import type { UploadHeader } from "../src/format/manifest.ts";
 import type { NewBlob } from "../src/server/storage/index_store.ts";
-import { PgIndex } from "../src/server/storage/pg_index.ts";
+import { DB_STATEMENTS, PgIndex } from "../src/server/storage/pg_index.ts";
+import { openLocalStorage } from "../src/server/storage/open.ts";
 
 async function s3Server(env: ServicesEnv, prefix: string, args: string[] = [], dataDir?: string) {
   return await startServer({
@@ -2334,5 +2335,58 @@ Deno.test("pg index: behind a load balancer, a negotiation through one node and 
     assertSameTree(snapshot(dest), snapshot(src));
   } finally {
     await lb.shutdown();
+  }
+});
+
+Deno.test("pg index: blobPlaces answers for a window of hashes in one statement as blobPlace does for each, in order, repeats and unknown hashes included; alike on SQLite", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  const pg = await PgIndex.open(db.url);
+  const dir = await tempDir();
+  const local = await openLocalStorage(dir, { create: true, owner: true });
+  try {
+    const made = (packs: number[]): NewBlob[] =>
+      Array.from({ length: 5000 }, (_, i) => {
+        const b = new TextEncoder().encode(`chunk ${i}`);
+        return {
+          hash: new Uint8Array(createHash("sha256").update(b).digest()),
+          size: b.length + i,
+          stored: b.length,
+          xxh: new Uint8Array(8),
+          pack: i % 3 === 0 ? null : packs[i % 2],
+          offset: i % 3 === 0 ? null : i * 100,
+        };
+      });
+    let blobs: NewBlob[] = [];
+    for (const index of [pg, local.index]) {
+      blobs = made([await index.newPack(), await index.newPack()]);
+      const up = await index.beginUpload("app");
+      for (let i = 0; i < blobs.length; i += 2048) await up.stage([], blobs.slice(i, i + 2048));
+    }
+    const hex = blobs.map((b) => bytesToHex(b.hash));
+    const unknown = bytesToHex(new Uint8Array(32).fill(7));
+    // Out of order, a hash twice, one the store lacks, 4,097 in all.
+    const ask = [hex[4999], unknown, ...hex.slice(0, 4093), hex[10], hex[4999]];
+    for (const index of [pg, local.index]) {
+      const got = await index.blobPlaces(ask);
+      assertEquals(got.length, ask.length);
+      const each = [];
+      for (const h of ask) each.push(await index.blobPlace(h));
+      assertEquals(got, each, "blobPlaces as blobPlace for each");
+      assertEquals(got[1], null, "an unknown hash has no place");
+      assertEquals(got[0]!.size, blobs[4999].size);
+    }
+    assertEquals(
+      await pg.blobPlaces(ask),
+      await local.index.blobPlaces(ask),
+      "PostgreSQL as SQLite",
+    );
+    assertEquals(await pg.blobPlaces([]), []);
+    const before = DB_STATEMENTS.n;
+    await pg.blobPlaces(ask);
+    assertEquals(DB_STATEMENTS.n - before, 1, "one statement for the window");
+  } finally {
+    await pg.close();
+    await local.close();
   }
 });

@@ -41,6 +41,9 @@ export async function contentPieces(
   return chunks.pieces;
 }
 
+/** Chunk places looked up together (as possession.ts checks them). */
+export const PLACES_WINDOW = 4096;
+
 /**
  * The stored pieces of the chunks `list` (SHA-256 hex) in order, with their
  * raw and stored sizes. Every chunk's place is looked up first: a missing
@@ -54,15 +57,20 @@ export async function chunkPieces(
   const places: BlobPlace[] = [];
   let size = 0;
   let stored = 0;
-  for (const c of list) {
-    const p = await storage.index.blobPlace(c);
-    if (!p) throw new KeepError("integrity", `Cannot read ${what}: its chunk ${c} is missing`);
-    if (p.chunked) {
-      throw new KeepError("integrity", `Cannot read ${what}: its chunk ${c} is a chunked file`);
+  // A window of places per lookup: on PostgreSQL one round trip, not one per chunk.
+  for (let w = 0; w < list.length; w += PLACES_WINDOW) {
+    const window = list.slice(w, w + PLACES_WINDOW);
+    const found = await storage.index.blobPlaces(window);
+    for (const [i, c] of window.entries()) {
+      const p = found[i];
+      if (!p) throw new KeepError("integrity", `Cannot read ${what}: its chunk ${c} is missing`);
+      if (p.chunked) {
+        throw new KeepError("integrity", `Cannot read ${what}: its chunk ${c} is a chunked file`);
+      }
+      places.push(p);
+      size += p.size;
+      stored += p.stored;
     }
-    places.push(p);
-    size += p.size;
-    stored += p.stored;
   }
   const first = await storage.blobs.pieces(list[0], places[0]);
   const blobs = storage.blobs;

@@ -18,7 +18,7 @@ import { bytesToHex, hexToBytes } from "../format/hex.ts";
 import { PartialHasher } from "../format/partial_hash.ts";
 import { Proof } from "../format/possession.ts";
 import type { Storage } from "./storage/open.ts";
-import { contentPieces, forEachRaw } from "./content_pieces.ts";
+import { contentPieces, forEachRaw, PLACES_WINDOW } from "./content_pieces.ts";
 import type { BlobPlace } from "./storage/blob_store.ts";
 import { nextTurn } from "../platform/turn.ts";
 
@@ -229,14 +229,12 @@ export async function checkChunkedPossession(
   return { hash, xxh: xxh.digest(), stored };
 }
 
-/** Chunks whose places are looked up, then read, together. */
-const PLACES_WINDOW = 4096;
-
 /** The places of `chunks` (SHA-256 hex): each must be a stored chunk, not a chunked file. */
 async function placesOf(storage: Storage, path: string, chunks: string[]): Promise<BlobPlace[]> {
   const places: BlobPlace[] = [];
-  for (const c of chunks) {
-    const place = await storage.index.blobPlace(c);
+  const found = await storage.index.blobPlaces(chunks);
+  for (const [i, c] of chunks.entries()) {
+    const place = found[i];
     if (!place) {
       throw new KeepError(
         "conflict",

@@ -214,6 +214,11 @@ export interface IndexStore {
   knownBlobs(hashes: Uint8Array[]): Promise<Set<string>>;
   blobPlace(hashHex: string): Promise<BlobPlace | null>;
   /**
+   * The places of `hashesHex`, in their order (null where the store has no
+   * such blob): one round trip for a chunk list's window on a database.
+   */
+  blobPlaces(hashesHex: string[]): Promise<(BlobPlace | null)[]>;
+  /**
    * True when the index records chunked files (NewBlob.chunks, chunksOf):
    * ingest cuts big files into chunk blobs only then.
    */

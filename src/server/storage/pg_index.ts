@@ -1365,6 +1365,19 @@ export class PgIndex implements IndexStore {
     });
   }
 
+  blobPlaces(hashesHex: string[]): Promise<(BlobPlace | null)[]> {
+    if (!hashesHex.length) return Promise.resolve([]);
+    return this.#run("look up blobs", async () => {
+      const found = new Map<string, BlobPlace>();
+      for (
+        const r of await this.sql`
+        SELECT encode(hash, 'hex') AS hex, size, stored, pack, "offset", chunked FROM blobs
+        WHERE hash IN (SELECT decode(h, 'hex') FROM unnest(${[...new Set(hashesHex)]}::text[]) h)`
+      ) found.set(r.hex as string, placeOf(r));
+      return hashesHex.map((h) => found.get(h.toLowerCase()) ?? null);
+    });
+  }
+
   readonly chunking = true;
 
   chunksOf(hashHex: string): Promise<string[]> {

@@ -1324,6 +1324,12 @@ export class SqliteIndex implements IndexStore {
     return Promise.resolve(r ? placeOf(r) : null);
   }
 
+  async blobPlaces(hashesHex: string[]): Promise<(BlobPlace | null)[]> {
+    const out: (BlobPlace | null)[] = [];
+    for (const h of hashesHex) out.push(await this.blobPlace(h));
+    return out;
+  }
+
   async newPack(): Promise<number> {
     // Never a number a deleted pack had (GC deletes the highest too): another
     // process may still hold the old file open under that number. The
