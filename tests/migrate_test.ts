@@ -5,6 +5,7 @@
  * and bad flags or a non-empty target lose nothing.
  */
 
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
@@ -319,4 +320,101 @@ Deno.test("a source pack damaged at its size and not marked: migrate says to run
   assertEquals(second.code, 4, second.stderr);
   const r = json<{ finished: boolean; inherited: number; unmarked: number }>(second);
   assert(r.finished && r.inherited > 0 && r.unmarked === 0, second.stdout);
+});
+
+/** The CA fingerprint `keep serve --tls auto` printed, once it is up. */
+async function autoFingerprint(server: { stderr(): string }): Promise<string> {
+  for (let i = 0; i < 100 && !/fingerprint sha256:/.test(server.stderr()); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const m = /TLS with (?:a new CA|its CA), fingerprint sha256:([0-9a-f]{64})/.exec(server.stderr());
+  assert(m, server.stderr());
+  return m[1];
+}
+
+Deno.test("keep migrate carries the CA of serve --tls auto: a client pinning it backs up to the target unchanged; a target with its own CA keeps it", async () => {
+  const from = await tempDir("keep-data-");
+  const src = await tempDir();
+  writeTree(src, { "a.txt": "over tls\n" });
+  let pin = "";
+  {
+    await using first = await startServer({ dataDir: from, args: ["--tls", "auto"] });
+    pin = await autoFingerprint(first);
+    await keepOk([
+      "backup",
+      "-s",
+      first.url,
+      "-p",
+      "app",
+      "--settle",
+      "0",
+      "--fingerprint",
+      pin,
+      src,
+    ]);
+  }
+  const to = join(await tempDir(), "target");
+  const r = await keepOk(["migrate", "--from", from, "--to", to]);
+  assertMatch(
+    r.stdout,
+    new RegExp(`tls: the CA of serve --tls auto copied \\(fingerprint sha256:${pin}\\)`),
+  );
+  assertEquals(Deno.statSync(join(to, "tls/ca-key.pem")).mode! & 0o777, 0o600);
+  assertEquals(Deno.statSync(join(to, "tls/key.pem")).mode! & 0o777, 0o600);
+  {
+    // Another name to answer to: the server certificate is issued again by the same CA.
+    await using moved = await startServer({
+      dataDir: to,
+      args: ["--tls", "auto", "--tls-name", "backup-box"],
+    });
+    assertEquals(await autoFingerprint(moved), pin, "the target presents the source's CA");
+    writeTree(src, { "b.txt": "after the move\n" });
+    const env = { KEEP_SERVER: moved.url, KEEP_PROJECT: "app" };
+    await keepOk(["backup", "--settle", "0", "--fingerprint", pin, src], 0, { env });
+    const dest = join(await tempDir(), "r");
+    await keepOk(["restore", "--fingerprint", pin, dest], 0, { env });
+    assertSameTree(snapshot(dest), snapshot(src));
+  }
+  // A store without --tls auto copies nothing; a target with its own CA keeps it (and says so).
+  const plain = await tempDir("keep-data-");
+  {
+    await using s = await startServer({ dataDir: plain });
+    await keepOk(["backup", "-s", s.url, "-p", "app", "--settle", "0", src]);
+  }
+  const plainTo = join(await tempDir(), "t");
+  const p = json<{ tls: { outcome: string; fingerprint: string | null } }>(
+    await keepOk(["migrate", "--from", plain, "--to", plainTo, "--json"]),
+  );
+  assertEquals(p.tls, { outcome: "none", fingerprint: null });
+  assert(!existsSync(join(plainTo, "tls")), "no tls dir made for a store without one");
+  const own = join(await tempDir(), "own");
+  Deno.mkdirSync(join(own, "tls"), { recursive: true });
+  Deno.copyFileSync(join(from, "tls/ca.pem"), join(own, "tls/ca.pem"));
+  const other = await tempDir("keep-data-");
+  {
+    await using s = await startServer({ dataDir: other, args: ["--tls", "auto"] });
+    const theirs = await autoFingerprint(s);
+    assert(theirs !== pin);
+    await keepOk([
+      "backup",
+      "-s",
+      s.url,
+      "-p",
+      "app",
+      "--settle",
+      "0",
+      "--fingerprint",
+      theirs,
+      src,
+    ]);
+  }
+  const k = await keepOk(["migrate", "--from", other, "--to", own]);
+  assertMatch(
+    k.stdout,
+    new RegExp(`tls: the target keeps its own CA \\(fingerprint sha256:${pin}\\)`),
+  );
+  assertEquals(
+    Deno.readTextFileSync(join(own, "tls/ca.pem")),
+    Deno.readTextFileSync(join(from, "tls/ca.pem")),
+  );
 });

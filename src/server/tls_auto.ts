@@ -144,3 +144,60 @@ export function certProblem(pem: string): string | null {
   }
   return null;
 }
+
+/** What copyAutoTls did. */
+export interface TlsCopy {
+  /** copied (or already there); none: the source has no CA; kept: the target has another CA. */
+  outcome: "copied" | "none" | "kept";
+  /** The fingerprint of the CA a server on the target presents with `--tls auto`. */
+  fingerprint: string | null;
+}
+
+/**
+ * Copies the `--tls auto` CA and certificate of data dir `fromDir` into
+ * `toDir` (a migration's target), so that a server there presents the CA
+ * clients already trust or pin. A target with a CA of its own keeps it. The
+ * CA certificate goes last: a copy cut short is made again by the next one.
+ *
+ * @example
+ * ```ts
+ * const { outcome, fingerprint } = copyAutoTls("/srv/keep", "/srv/keep-node1");
+ * ```
+ */
+export function copyAutoTls(fromDir: string, toDir: string): TlsCopy {
+  const from = join(fromDir, "tls");
+  const to = join(toDir, "tls");
+  const read = (file: string): string | null => {
+    try {
+      return Deno.readTextFileSync(file);
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return null;
+      throw new KeepError("unavailable", `Cannot read ${file}: ${(err as Error).message}`);
+    }
+  };
+  const ca = read(join(from, "ca.pem"));
+  const theirs = read(join(to, "ca.pem"));
+  if (ca === null) {
+    return { outcome: "none", fingerprint: theirs === null ? null : pemFingerprint(theirs) };
+  }
+  if (theirs !== null) {
+    return { outcome: theirs === ca ? "copied" : "kept", fingerprint: pemFingerprint(theirs) };
+  }
+  Deno.mkdirSync(to, { recursive: true, mode: 0o700 });
+  for (const [name, secret] of SETUP_FILES) {
+    const text = read(join(from, name));
+    if (text === null) continue;
+    if (secret) writeSecret(join(to, name), text);
+    else Deno.writeTextFileSync(join(to, name), text);
+  }
+  Deno.writeTextFileSync(join(to, "ca.pem"), ca);
+  return { outcome: "copied", fingerprint: pemFingerprint(ca) };
+}
+
+/** The files of DATA/tls/ besides ca.pem, and whether each is a secret (mode 0600). */
+const SETUP_FILES: [string, boolean][] = [
+  ["ca-key.pem", true],
+  ["key.pem", true],
+  ["cert.pem", false],
+  ["names.json", false],
+];
