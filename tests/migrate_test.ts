@@ -361,6 +361,7 @@ Deno.test("keep migrate carries the CA of serve --tls auto: a client pinning it 
   );
   assertEquals(Deno.statSync(join(to, "tls/ca-key.pem")).mode! & 0o777, 0o600);
   assertEquals(Deno.statSync(join(to, "tls/key.pem")).mode! & 0o777, 0o600);
+  assertEquals(Deno.statSync(join(to, "tls")).mode! & 0o777, 0o700);
   {
     // Another name to answer to: the server certificate is issued again by the same CA.
     await using moved = await startServer({
@@ -408,6 +409,19 @@ Deno.test("keep migrate carries the CA of serve --tls auto: a client pinning it 
       src,
     ]);
   }
+  // A source whose tls/ holds a link (to a file of this host) is refused before anything is
+  // copied; with the link gone, the same command copies the store and its CA.
+  const secret = join(await tempDir(), "secret.txt");
+  Deno.writeTextFileSync(secret, "not a certificate\n");
+  Deno.renameSync(join(other, "tls/cert.pem"), join(other, "cert.pem.away"));
+  Deno.symlinkSync(secret, join(other, "tls/cert.pem"));
+  const linked = join(await tempDir(), "linked");
+  const refused = await keep(["migrate", "--from", other, "--to", linked]);
+  assertEquals(refused.code, 4, refused.stderr);
+  assertMatch(refused.stderr, /^keep: Cannot copy .*tls\/cert\.pem: not a regular file/);
+  assert(!existsSync(linked), "nothing made in the target");
+  Deno.removeSync(join(other, "tls/cert.pem"));
+  Deno.renameSync(join(other, "cert.pem.away"), join(other, "tls/cert.pem"));
   const k = await keepOk(["migrate", "--from", other, "--to", own]);
   assertMatch(
     k.stdout,

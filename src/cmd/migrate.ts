@@ -6,7 +6,7 @@ import { lockForLife } from "../platform/fs_native.ts";
 import { type Command, note, out, outJson } from "./command.ts";
 import { formatBytes, parseFlags, parseIndexFlag, positionals } from "./flags.ts";
 import { s3Flags } from "./store_flags.ts";
-import { copyAutoTls, type TlsCopy } from "../server/tls_auto.ts";
+import { readAutoTls, type TlsCopy, writeAutoTls } from "../server/tls_auto.ts";
 
 export const migrateCommand: Command = {
   name: "migrate",
@@ -41,10 +41,11 @@ Examples:
 A source with damage keep verify has marked (a pack or large blob lost) is
 copied with it: the copy's verify reports the same blobs, and exits 4.
 
-The CA of keep serve --tls auto (DIR/tls/) goes along into DIR2/tls/, so
-clients that trust it (--ca) or pin it (--fingerprint) keep working against
-a server on the target; a target with a CA of its own keeps it (and says
-so). Web UI sign-ins do not move: users sign in again.
+The CA of keep serve --tls auto (DIR/tls/, with its key) goes along into
+DIR2/tls/ once the copy verified, so clients that trust it (--ca) or pin it
+(--fingerprint) keep working against a server on the target; a target with
+a CA of its own keeps it, and without --to DIR2 it is left where it is (both
+said in the output). Web UI sign-ins do not move: users sign in again.
 
 Exit codes: 0 copied and verified, 4 the copy does not verify (or holds the
 source's damage), 2 bad flags.`,
@@ -115,27 +116,41 @@ source's damage), 2 bad flags.`,
     };
     const source = await open(from, false);
     try {
+      // The CA of `serve --tls auto` travels with the store: clients that
+      // trust or pin it keep working against a server on the target. Read
+      // (and checked) first, written once the copy verified and before the
+      // target counts as finished: a failure leaves it to the next run.
+      const setup = from.dir === undefined ? null : readAutoTls(from.dir);
+      let tls: TlsCopy = setup === null
+        ? { outcome: "none", fingerprint: null }
+        : { outcome: "left", fingerprint: setup.fingerprint };
       const target = await open(to, true);
       try {
         const t0 = performance.now();
-        const report = await migrate(source, target, json ? () => {} : (line) => note(line));
-        // The CA of `serve --tls auto` travels with the store: clients that
-        // trust or pin it keep working against a server on the target.
-        const tls: TlsCopy | null = from.dir !== undefined && to.dir !== undefined
-          ? copyAutoTls(from.dir, to.dir)
-          : null;
+        const report = await migrate(
+          source,
+          target,
+          json ? () => {} : (line) => note(line),
+          () => {
+            if (setup !== null && to.dir !== undefined) tls = writeAutoTls(setup, to.dir);
+          },
+        );
         const seconds = (performance.now() - t0) / 1000;
         if (json) outJson({ ...report, tls, seconds });
         else {
-          if (tls?.outcome === "copied") {
-            out(
+          // Said only by the run that finished (it copies the TLS set-up).
+          const says: Record<TlsCopy["outcome"], string | null> = {
+            none: null,
+            left:
+              `tls: the CA of serve --tls auto (fingerprint sha256:${tls.fingerprint}) is not copied: no --to DIR2; copy ${
+                from.dir === undefined ? "" : join(from.dir, "tls")
+              } into the data dir of each node that serves with --tls auto`,
+            copied:
               `tls: the CA of serve --tls auto copied (fingerprint sha256:${tls.fingerprint}): clients that trust or pin it keep working`,
-            );
-          } else if (tls?.outcome === "kept") {
-            out(
+            kept:
               `tls: the target keeps its own CA (fingerprint sha256:${tls.fingerprint}), not the source's: clients must trust that one`,
-            );
-          }
+          };
+          if (report.finished && says[tls.outcome] !== null) out(says[tls.outcome]!);
           out(
             `migrated ${source.where} to ${target.where}: ${report.packs.copied} packs and ${report.large.copied} large blobs copied (${
               formatBytes(report.packs.bytes + report.large.bytes)

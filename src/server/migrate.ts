@@ -337,6 +337,8 @@ export async function migrate(
   source: Storage,
   target: Storage,
   progress: Progress = () => {},
+  /** Runs once the copy verified, before the target counts as finished (a failure leaves it unfinished). */
+  beforeFinish: () => void | Promise<void> = () => {},
 ): Promise<MigrateReport> {
   const report: MigrateReport = {
     packs: { copied: 0, present: 0, bytes: 0 },
@@ -407,6 +409,9 @@ export async function migrate(
     report.recopy++;
   }
   report.finished = report.verify.integrity === "ok" && copyDamage.length === 0;
-  if (report.finished) await target.index.setMeta(MARK, 0);
+  if (report.finished) {
+    await beforeFinish();
+    await target.index.setMeta(MARK, 0);
+  }
   return report;
 }

@@ -145,59 +145,154 @@ export function certProblem(pem: string): string | null {
   return null;
 }
 
-/** What copyAutoTls did. */
+/** What copyAutoTls did (or would do: readAutoTls). */
 export interface TlsCopy {
-  /** copied (or already there); none: the source has no CA; kept: the target has another CA. */
-  outcome: "copied" | "none" | "kept";
-  /** The fingerprint of the CA a server on the target presents with `--tls auto`. */
+  /**
+   * copied (or already there); none: the source has no CA; kept: the target
+   * has another CA; left: not copied (the target has no data dir, or the
+   * migration did not finish: its next run copies it).
+   */
+  outcome: "copied" | "none" | "kept" | "left";
+  /** The fingerprint of the CA concerned: the target's for kept, else the source's. */
   fingerprint: string | null;
 }
 
-/**
- * Copies the `--tls auto` CA and certificate of data dir `fromDir` into
- * `toDir` (a migration's target), so that a server there presents the CA
- * clients already trust or pin. A target with a CA of its own keeps it. The
- * CA certificate goes last: a copy cut short is made again by the next one.
- *
- * @example
- * ```ts
- * const { outcome, fingerprint } = copyAutoTls("/srv/keep", "/srv/keep-node1");
- * ```
- */
-export function copyAutoTls(fromDir: string, toDir: string): TlsCopy {
-  const from = join(fromDir, "tls");
-  const to = join(toDir, "tls");
-  const read = (file: string): string | null => {
-    try {
-      return Deno.readTextFileSync(file);
-    } catch (err) {
-      if (err instanceof Deno.errors.NotFound) return null;
-      throw new KeepError("unavailable", `Cannot read ${file}: ${(err as Error).message}`);
-    }
-  };
-  const ca = read(join(from, "ca.pem"));
-  const theirs = read(join(to, "ca.pem"));
-  if (ca === null) {
-    return { outcome: "none", fingerprint: theirs === null ? null : pemFingerprint(theirs) };
-  }
-  if (theirs !== null) {
-    return { outcome: theirs === ca ? "copied" : "kept", fingerprint: pemFingerprint(theirs) };
-  }
-  Deno.mkdirSync(to, { recursive: true, mode: 0o700 });
-  for (const [name, secret] of SETUP_FILES) {
-    const text = read(join(from, name));
-    if (text === null) continue;
-    if (secret) writeSecret(join(to, name), text);
-    else Deno.writeTextFileSync(join(to, name), text);
-  }
-  Deno.writeTextFileSync(join(to, "ca.pem"), ca);
-  return { outcome: "copied", fingerprint: pemFingerprint(ca) };
+/** The `--tls auto` files of a data dir, read and checked (copyAutoTls writes them). */
+export interface AutoTlsFiles {
+  /** File name in DIR/tls/ → its text; ca.pem is always there. */
+  files: Map<string, string>;
+  fingerprint: string;
 }
 
-/** The files of DATA/tls/ besides ca.pem, and whether each is a secret (mode 0600). */
+/** The files of DATA/tls/, and whether each is a secret (mode 0600); ca.pem is written last. */
 const SETUP_FILES: [string, boolean][] = [
   ["ca-key.pem", true],
   ["key.pem", true],
   ["cert.pem", false],
   ["names.json", false],
+  ["ca.pem", false],
 ];
+
+/**
+ * Reads the `--tls auto` set-up of data dir `dataDir` (null when it has no
+ * CA). Each file must be a regular file (not a link, a pipe or a device) of
+ * PEM text, or JSON for names.json: a hostile or damaged source cannot make
+ * a migration copy another file of this host into the target.
+ */
+export function readAutoTls(dataDir: string): AutoTlsFiles | null {
+  const dir = join(dataDir, "tls");
+  const files = new Map<string, string>();
+  for (const [name] of SETUP_FILES) {
+    const file = join(dir, name);
+    let st: Deno.FileInfo;
+    try {
+      st = Deno.lstatSync(file);
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) continue;
+      throw new KeepError("unavailable", `Cannot read ${file}: ${(err as Error).message}`);
+    }
+    if (!st.isFile || st.size > 1 << 20) {
+      throw new KeepError(
+        "integrity",
+        `Cannot copy ${file}: not a regular file of at most 1 MiB (a link, a device or damage)`,
+      );
+    }
+    let text: string;
+    try {
+      text = Deno.readTextFileSync(file);
+    } catch (err) {
+      throw new KeepError("unavailable", `Cannot read ${file}: ${(err as Error).message}`);
+    }
+    const ok = name === "names.json"
+      ? (() => {
+        try {
+          return Array.isArray(JSON.parse(text));
+        } catch {
+          return false;
+        }
+      })()
+      : /^-----BEGIN [A-Z ]+-----\r?\n/.test(text);
+    if (!ok) {
+      throw new KeepError(
+        "integrity",
+        `Cannot copy ${file}: not ${name === "names.json" ? "a JSON list" : "PEM text"}`,
+      );
+    }
+    files.set(name, text);
+  }
+  const ca = files.get("ca.pem");
+  if (ca === undefined) return null;
+  return { files, fingerprint: pemFingerprint(ca) };
+}
+
+/**
+ * Writes a set-up read by readAutoTls into data dir `toDir` (a migration's
+ * target), so that a server there presents the CA clients already trust or
+ * pin. A target with a CA of its own keeps it. Each file is written to a
+ * temp file, synced and renamed into place (a link in the target is
+ * replaced, never written through), keys with mode 0600 in a 0700 dir, and
+ * the CA certificate last: a copy cut short is made again by the next run.
+ *
+ * @example
+ * ```ts
+ * const tls = readAutoTls("/srv/keep");
+ * if (tls) writeAutoTls(tls, "/srv/keep-node1");
+ * ```
+ */
+export function writeAutoTls(tls: AutoTlsFiles, toDir: string): TlsCopy {
+  const to = join(toDir, "tls");
+  let dirSt: Deno.FileInfo | null = null;
+  try {
+    dirSt = Deno.lstatSync(to);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) {
+      throw new KeepError("unavailable", `Cannot read ${to}: ${(err as Error).message}`);
+    }
+  }
+  if (dirSt && !dirSt.isDirectory) {
+    throw new KeepError("usage", `Cannot copy the TLS set-up into ${to}: it is not a directory`);
+  }
+  let theirs: string | null = null;
+  try {
+    if (Deno.lstatSync(join(to, "ca.pem")).isFile) {
+      theirs = Deno.readTextFileSync(join(to, "ca.pem"));
+    }
+  } catch { /* none */ }
+  const ca = tls.files.get("ca.pem")!;
+  if (theirs !== null && theirs !== ca) {
+    return { outcome: "kept", fingerprint: pemFingerprint(theirs) };
+  }
+  try {
+    Deno.mkdirSync(to, { recursive: true, mode: 0o700 });
+    Deno.chmodSync(to, 0o700);
+    for (const [name, secret] of SETUP_FILES) {
+      const text = tls.files.get(name);
+      if (text === undefined) continue;
+      const tmp = join(to, `.${name}.${crypto.randomUUID()}.tmp`);
+      try {
+        const f = Deno.openSync(tmp, { write: true, createNew: true, mode: 0o600 });
+        try {
+          const bytes = new TextEncoder().encode(text);
+          for (let o = 0; o < bytes.length;) o += f.writeSync(bytes.subarray(o));
+          f.syncSync();
+        } finally {
+          f.close();
+        }
+        Deno.chmodSync(tmp, secret ? 0o600 : 0o644);
+        Deno.renameSync(tmp, join(to, name));
+      } catch (err) {
+        try {
+          Deno.removeSync(tmp);
+        } catch { /* never made, or renamed */ }
+        throw err;
+      }
+    }
+  } catch (err) {
+    if (err instanceof KeepError) throw err;
+    throw new KeepError(
+      "unavailable",
+      `Cannot copy the TLS set-up into ${to}: ${(err as Error).message}`,
+    );
+  }
+  return { outcome: "copied", fingerprint: tls.fingerprint };
+}
