@@ -2018,8 +2018,10 @@ Deno.test("pg index: a server's scheduled rounds apply a policy set through anot
 Deno.test("pg index: a pack a dead server left open is sealed once its refresh expired; a live server's open pack is not", async () => {
   const env = await services();
   await using db = await freshDatabase(env);
-  const dead = await PgIndex.open(db.url, { uploadTimeoutMs: 600 });
-  const live = await PgIndex.open(db.url, { uploadTimeoutMs: 600 });
+  // 2 s: the live server refreshes every 0.67 s, so a stalled event loop on a loaded box does not
+  // make its pack look abandoned.
+  const dead = await PgIndex.open(db.url, { uploadTimeoutMs: 2000 });
+  const live = await PgIndex.open(db.url, { uploadTimeoutMs: 2000 });
   try {
     const abandoned = await dead.newPack();
     await dead.close(); // no more heartbeats: as after kill -9
@@ -2035,7 +2037,7 @@ Deno.test("pg index: a pack a dead server left open is sealed once its refresh e
         ]),
       );
     assertEquals(await state(), { [abandoned]: false, [open]: false, [sealed]: true });
-    await new Promise((r) => setTimeout(r, 1000));
+    await new Promise((r) => setTimeout(r, 3000));
     await live.sealAllPacks();
     assertEquals(await state(), { [abandoned]: true, [open]: false, [sealed]: true });
     // GC now sees it (no upload in flight): empty, so evacuated as dead and deleted.
