@@ -422,6 +422,15 @@ Deno.test("keep migrate carries the CA of serve --tls auto: a client pinning it 
   assert(!existsSync(linked), "nothing made in the target");
   Deno.removeSync(join(other, "tls/cert.pem"));
   Deno.renameSync(join(other, "cert.pem.away"), join(other, "tls/cert.pem"));
+  // So is a tls/ that is itself a link.
+  Deno.renameSync(join(other, "tls"), join(other, "tls.real"));
+  Deno.symlinkSync(join(other, "tls.real"), join(other, "tls"));
+  const dirLink = await keep(["migrate", "--from", other, "--to", linked]);
+  assertEquals(dirLink.code, 4, dirLink.stderr);
+  assertMatch(dirLink.stderr, /^keep: Cannot copy .*tls: not a directory/);
+  assert(!existsSync(linked), "nothing made in the target");
+  Deno.removeSync(join(other, "tls"));
+  Deno.renameSync(join(other, "tls.real"), join(other, "tls"));
   const k = await keepOk(["migrate", "--from", other, "--to", own]);
   assertMatch(
     k.stdout,

@@ -145,7 +145,7 @@ export function certProblem(pem: string): string | null {
   return null;
 }
 
-/** What copyAutoTls did (or would do: readAutoTls). */
+/** What writeAutoTls did, or why a migration did not call it. */
 export interface TlsCopy {
   /**
    * copied (or already there); none: the source has no CA; kept: the target
@@ -157,7 +157,7 @@ export interface TlsCopy {
   fingerprint: string | null;
 }
 
-/** The `--tls auto` files of a data dir, read and checked (copyAutoTls writes them). */
+/** The `--tls auto` files of a data dir, read and checked (writeAutoTls writes them). */
 export interface AutoTlsFiles {
   /** File name in DIR/tls/ → its text; ca.pem is always there. */
   files: Map<string, string>;
@@ -181,6 +181,15 @@ const SETUP_FILES: [string, boolean][] = [
  */
 export function readAutoTls(dataDir: string): AutoTlsFiles | null {
   const dir = join(dataDir, "tls");
+  try {
+    if (!Deno.lstatSync(dir).isDirectory) {
+      throw new KeepError("integrity", `Cannot copy ${dir}: not a directory (a link?)`);
+    }
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return null;
+    if (err instanceof KeepError) throw err;
+    throw new KeepError("unavailable", `Cannot read ${dir}: ${(err as Error).message}`);
+  }
   const files = new Map<string, string>();
   for (const [name] of SETUP_FILES) {
     const file = join(dir, name);
