@@ -482,13 +482,15 @@ Deno.test("ten thousand freshly written files settle together, in about one wind
       Deno.writeTextFileSync(join(src, `o${d}`, `${f}.o`), `${d}.${f}`);
     }
   }
-  // Written just now: every file is younger than the window and must be watched once.
+  // Written just now: younger than the window when the scan sees them, so they are watched
+  // for one window. (With 500 ms, writing them and starting the CLI on a loaded box took
+  // longer than the window: all were old enough at the first look, none waited.)
   // --no-sync: this is about the windows; a syncfs may wait for other tests' writes.
-  const r = await backup(server, "settle", src, ["--settle", "500ms", "--no-sync"]);
+  const r = await backup(server, "settle", src, ["--settle", "2s", "--no-sync"]);
   assertEquals(r.commit.counts.files, 10_000);
   assertEquals(r.incomplete, 0);
   const waited = (r as unknown as { settleMs: number }).settleMs;
-  assert(waited >= 500, `did not wait: ${waited} ms`);
-  // One window per file would be 10,000 × 500 ms; one for all, ~0.5 s (5 s: a loaded box).
-  assert(waited < 5000, `waited ${waited} ms: not one window for all files`);
+  assert(waited >= 2000, `did not wait: ${waited} ms`);
+  // One window per file would be 10,000 × 2 s; one for all, ~2 s (8 s: a loaded box).
+  assert(waited < 8000, `waited ${waited} ms: not one window for all files`);
 });
