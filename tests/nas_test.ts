@@ -179,7 +179,8 @@ Deno.test("a rewrite within the same second as the last backup is caught on a 1 
   // Simulate a filesystem that keeps whole seconds (SMB/FAT/ext3): touch -d @S,
   // with S the second the backup's scan falls in or just after (a NAS clock a
   // little ahead), so every later write in that second keeps mtime S.
-  const S = BigInt(Math.floor(Date.now() / 1000) + 2) * 1_000_000_000n;
+  // (+5: a slow CLI start on a loaded box must not begin the scan past S.)
+  const S = BigInt(Math.floor(Date.now() / 1000) + 5) * 1_000_000_000n;
   for (const n of ["a.o", "b.o", "c.o"]) setTimesNs(join(src, n), S);
   await backup(server, "racy", src, ["--settle", "1s"]);
   // Same second, same size, mtime still S: only the racily-clean rule can tell.
@@ -216,8 +217,8 @@ Deno.test("a file still being appended to is not packed half-written, is reporte
   let r: BackupJson & { stderr: string };
   try {
     await new Promise((res) => setTimeout(res, 200));
-    // Appends every ~50 ms; a 500 ms window leaves room for a loaded box.
-    r = await backup(server, "live", src, ["--settle", "500ms", "--settle-timeout", "2s"], 3);
+    // Appends every ~50 ms; a 1 s window leaves room for a loaded box.
+    r = await backup(server, "live", src, ["--settle", "1s", "--settle-timeout", "4s"], 3);
   } finally {
     writer.kill("SIGKILL");
     await writer.status;
@@ -482,15 +483,17 @@ Deno.test("ten thousand freshly written files settle together, in about one wind
       Deno.writeTextFileSync(join(src, `o${d}`, `${f}.o`), `${d}.${f}`);
     }
   }
-  // Written just now: younger than the window when the scan sees them, so they are watched
-  // for one window. (With 500 ms, writing them and starting the CLI on a loaded box took
-  // longer than the window: all were old enough at the first look, none waited.)
+  // Just written, and young for certain when the scan first looks: their mtime a minute
+  // ahead (a NAS clock ahead of this host). With mtimes of now and a 500 ms window, writing
+  // them and starting the CLI on a loaded box took longer than the window: all were old
+  // enough at the first look, and none waited. Each must be watched, all in one window.
+  age(src, -60);
   // --no-sync: this is about the windows; a syncfs may wait for other tests' writes.
-  const r = await backup(server, "settle", src, ["--settle", "2s", "--no-sync"]);
+  const r = await backup(server, "settle", src, ["--settle", "1s", "--no-sync"]);
   assertEquals(r.commit.counts.files, 10_000);
   assertEquals(r.incomplete, 0);
   const waited = (r as unknown as { settleMs: number }).settleMs;
-  assert(waited >= 2000, `did not wait: ${waited} ms`);
-  // One window per file would be 10,000 × 2 s; one for all, ~2 s (8 s: a loaded box).
+  assert(waited >= 1000, `did not wait: ${waited} ms`);
+  // One window per file would be 10,000 × 1 s; one for all, ~1 s (8 s: a loaded box).
   assert(waited < 8000, `waited ${waited} ms: not one window for all files`);
 });

@@ -1352,7 +1352,9 @@ Deno.test("pg index: kill -9 of one of three servers in the middle of an upload:
   const prefix = freshPrefix("pgkill");
   const sql = postgres(db.url, { max: 1, onnotice: () => {} });
   const s3 = bucketClient(env);
-  const timeout = ["--upload-timeout", "8s", "--gc-grace", "0s"];
+  // 20 s: a's last refresh may come up to a third of it before the kill, and a backup and a
+  // GC round must run before its registration expires (8 s left ~5 s: too little on a loaded box).
+  const timeout = ["--upload-timeout", "20s", "--gc-grace", "0s"];
   // Whole files on a: the kill comes while a large blob is spooled for its multipart upload.
   const a = await node(env, db.url, prefix, true, [...timeout, ...WHOLE_FILES]);
   await using b = await node(env, db.url, prefix, true, timeout);
@@ -1409,7 +1411,7 @@ Deno.test("pg index: kill -9 of one of three servers in the middle of an upload:
       "no commit of the cut upload",
     );
     // ...and once its registration expired (no heartbeat from a), it goes.
-    await new Promise((r) => setTimeout(r, Math.max(0, killed + 8500 - Date.now())));
+    await new Promise((r) => setTimeout(r, Math.max(0, killed + 20_500 - Date.now())));
     const second = json<{ gc: { blobsSwept: number } }>(
       await keepOk(["prune", "--keep-last", "2", "--wait", "--json"], 0, via(c)),
     );
