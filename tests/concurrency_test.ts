@@ -129,7 +129,7 @@ Deno.test("reads never wait for a long upload", async () => {
     }
     await keepOk(["restore", "-s", server.url, "-p", "reader", dest]);
     const restoreEnded = performance.now();
-    assert(restoreEnded < uploadEnded, "the restore ended while the upload was still running");
+    assert(restoreEnded < uploadEnded, "the restore ended only after the upload did: it waited");
     const result = await upload;
     const uploadMs = performance.now() - started;
     assert(uploadMs > 4000, `the upload took only ${uploadMs} ms; the test needs a long one`);
