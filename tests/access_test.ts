@@ -9,7 +9,16 @@ import { X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import postgres from "postgres";
-import { keep, keepOk, pgUrlOf, startServer, tempDir, token, writeTree } from "./helpers.ts";
+import {
+  keep,
+  keepOk,
+  pgUrlOf,
+  startServer,
+  tempDir,
+  tlsAnnounced,
+  token,
+  writeTree,
+} from "./helpers.ts";
 
 /** SHA-256 of "hello\n". */
 const HELLO_HASH = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
@@ -321,10 +330,9 @@ Deno.test("TLS auto: serve makes its own CA on first start; clients pin it by --
   try {
     assertMatch(first.url, /^https:\/\/127\.0\.0\.1:\d+$/);
     // The fingerprint is printed once the server is up.
-    for (let i = 0; i < 50 && !/fingerprint sha256:/.test(first.stderr()); i++) {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    const m = /TLS with a new CA, fingerprint sha256:([0-9a-f]{64})/.exec(first.stderr());
+    const m = /TLS with a new CA, fingerprint sha256:([0-9a-f]{64})/.exec(
+      await tlsAnnounced(first),
+    );
     assert(m, first.stderr());
     fingerprint = m[1];
     const env = { KEEP_SERVER: first.url, KEEP_PROJECT: "tls" };
@@ -347,10 +355,10 @@ Deno.test("TLS auto: serve makes its own CA on first start; clients pin it by --
   }
   // A restart keeps the CA: the same fingerprint still works.
   await using again = await startServer({ dataDir, args: ["--tls", "auto", "--tls-name", "nas"] });
-  for (let i = 0; i < 50 && !/fingerprint sha256:/.test(again.stderr()); i++) {
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  assertMatch(again.stderr(), new RegExp(`TLS with its CA, fingerprint sha256:${fingerprint}`));
+  assertMatch(
+    await tlsAnnounced(again),
+    new RegExp(`TLS with its CA, fingerprint sha256:${fingerprint}`),
+  );
   const dest = await tempDir();
   await keepOk(["restore", "-s", again.url, "-p", "tls", "--fingerprint", fingerprint, dest]);
   assertEquals(Deno.readTextFileSync(join(dest, "x.txt")), "tls auto\n");

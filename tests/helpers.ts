@@ -121,6 +121,17 @@ export function pgUrlOf(dataDir: string): string | undefined {
   return scaleoutStores.get(dataDir)?.pg;
 }
 
+/**
+ * The stderr of a `keep serve --tls auto` once it printed its CA's fingerprint
+ * (it does so once it is up; given up after 5 s, for the caller's match to fail).
+ */
+export async function tlsAnnounced(server: { stderr(): string }): Promise<string> {
+  for (let i = 0; i < 100 && !/fingerprint sha256:/.test(server.stderr()); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return server.stderr();
+}
+
 /** Starts `keep serve` on a free loopback port. */
 export async function startServer(
   opts: { dataDir?: string; args?: string[]; noAuth?: boolean; env?: Record<string, string> } = {},

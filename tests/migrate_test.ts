@@ -21,6 +21,7 @@ import {
   snapshot,
   startServer,
   tempDir,
+  tlsAnnounced,
   token,
   writeTree,
 } from "./helpers.ts";
@@ -324,11 +325,9 @@ Deno.test("a source pack damaged at its size and not marked: migrate says to run
 
 /** The CA fingerprint `keep serve --tls auto` printed, once it is up. */
 async function autoFingerprint(server: { stderr(): string }): Promise<string> {
-  for (let i = 0; i < 100 && !/fingerprint sha256:/.test(server.stderr()); i++) {
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  const m = /TLS with (?:a new CA|its CA), fingerprint sha256:([0-9a-f]{64})/.exec(server.stderr());
-  assert(m, server.stderr());
+  const text = await tlsAnnounced(server);
+  const m = /TLS with (?:a new CA|its CA), fingerprint sha256:([0-9a-f]{64})/.exec(text);
+  assert(m, text);
   return m[1];
 }
 

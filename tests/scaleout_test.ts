@@ -1854,23 +1854,26 @@ Deno.test("pg index: GC's mark and sweep on one connection while uploads on anot
   }
 });
 
+/** A blob row of `text` (its SHA-256, raw and stored size its length) at `pack`/`offset`. */
+function blobRow(text: string, pack: number | null, offset: number | null): NewBlob {
+  const b = new TextEncoder().encode(text);
+  return {
+    hash: new Uint8Array(createHash("sha256").update(b).digest()),
+    size: b.length,
+    stored: b.length,
+    xxh: new Uint8Array(8),
+    pack,
+    offset,
+  };
+}
+
 Deno.test("pg index: a commit after a mark pass marked its staged content unmarks it from the upload's rows, fast, and the sweep then takes only the unreferenced", async () => {
   const env = await services();
   await using db = await freshDatabase(env);
   const index = await PgIndex.open(db.url);
   try {
     const N = 20_000;
-    const blob = (i: number, what = "staged"): NewBlob => {
-      const b = new TextEncoder().encode(`${what} ${i}`);
-      return {
-        hash: new Uint8Array(createHash("sha256").update(b).digest()),
-        size: b.length,
-        stored: b.length,
-        xxh: new Uint8Array(8),
-        pack: null,
-        offset: i,
-      };
-    };
+    const blob = (i: number, what = "staged") => blobRow(`${what} ${i}`, null, i);
     const staged = Array.from({ length: N }, (_, i) => blob(i));
     // Content of a failed upload: in no version, so the mark pass marks it and the sweep takes it.
     const stray = Array.from({ length: 100 }, (_, i) => blob(i, "stray"));
@@ -2350,17 +2353,10 @@ Deno.test("pg index: blobPlaces answers for a window of hashes in one statement 
   const local = await openLocalStorage(dir, { create: true, owner: true });
   try {
     const made = (packs: number[]): NewBlob[] =>
-      Array.from({ length: 5000 }, (_, i) => {
-        const b = new TextEncoder().encode(`chunk ${i}`);
-        return {
-          hash: new Uint8Array(createHash("sha256").update(b).digest()),
-          size: b.length + i,
-          stored: b.length,
-          xxh: new Uint8Array(8),
-          pack: i % 3 === 0 ? null : packs[i % 2],
-          offset: i % 3 === 0 ? null : i * 100,
-        };
-      });
+      Array.from({ length: 5000 }, (_, i) => ({
+        ...blobRow(`chunk ${i}`, i % 3 === 0 ? null : packs[i % 2], i % 3 === 0 ? null : i * 100),
+        size: `chunk ${i}`.length + i,
+      }));
     let blobs: NewBlob[] = [];
     for (const index of [pg, local.index]) {
       blobs = made([await index.newPack(), await index.newPack()]);

@@ -54,6 +54,16 @@ export function namesFor(hostname: string, extra: string[] = []): string[] {
   return [...names].filter((n) => !/^fe80:/i.test(n)).sort();
 }
 
+/** A file's text; null when it does not exist (unavailable when it cannot be read). */
+function readText(file: string): string | null {
+  try {
+    return Deno.readTextFileSync(file);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return null;
+    throw new KeepError("unavailable", `Cannot read ${file}: ${(err as Error).message}`);
+  }
+}
+
 function writeSecret(path: string, text: string): void {
   Deno.writeTextFileSync(path, text, { mode: 0o600 });
   Deno.chmodSync(path, 0o600);
@@ -79,18 +89,10 @@ export function ensureAutoTls(dataDir: string, names: string[]): AutoTls {
   const namesFile = join(dir, "names.json");
   let createdCa = false;
   let ca: { cert: string; key: string | null };
-  const read = (file: string): string | null => {
-    try {
-      return Deno.readTextFileSync(file);
-    } catch (err) {
-      if (err instanceof Deno.errors.NotFound) return null;
-      throw new KeepError("unavailable", `Cannot read ${file}: ${(err as Error).message}`);
-    }
-  };
-  const caCert = read(caFile);
+  const caCert = readText(caFile);
   if (caCert !== null) {
     // The key may be kept offline: the CA's certificate stays what clients trust.
-    ca = { cert: caCert, key: read(caKeyFile) };
+    ca = { cert: caCert, key: readText(caKeyFile) };
   } else {
     const made = makeCa({ commonName: `Keep CA ${Deno.hostname()}` });
     ca = { cert: made.cert, key: made.key };
@@ -206,11 +208,9 @@ export function readAutoTls(dataDir: string): AutoTlsFiles | null {
         `Cannot copy ${file}: not a regular file of at most 1 MiB (a link, a device or damage)`,
       );
     }
-    let text: string;
-    try {
-      text = Deno.readTextFileSync(file);
-    } catch (err) {
-      throw new KeepError("unavailable", `Cannot read ${file}: ${(err as Error).message}`);
+    const text = readText(file);
+    if (text === null) {
+      throw new KeepError("unavailable", `Cannot read ${file}: it went while being copied`);
     }
     const ok = name === "names.json"
       ? (() => {
