@@ -23,7 +23,7 @@ export interface Run {
 /** Runs the CLI. */
 export async function keep(
   args: string[],
-  opts: { env?: Record<string, string>; cwd?: string } = {},
+  opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {},
 ): Promise<Run> {
   const out = await new Deno.Command(KEEP, {
     args,
@@ -38,6 +38,8 @@ export async function keep(
     cwd: opts.cwd,
     stdout: "piped",
     stderr: "piped",
+    // Killed (SIGTERM) once this long passed: for a test of what must not hang.
+    signal: opts.timeoutMs ? AbortSignal.timeout(opts.timeoutMs) : undefined,
   }).output();
   return {
     code: out.code,
@@ -50,7 +52,7 @@ export async function keep(
 export async function keepOk(
   args: string[],
   code = 0,
-  opts: { env?: Record<string, string> } = {},
+  opts: { env?: Record<string, string>; timeoutMs?: number } = {},
 ): Promise<Run> {
   const r = await keep(args, opts);
   if (r.code !== code) {

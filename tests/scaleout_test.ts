@@ -11,7 +11,11 @@
  *   counted alike by PostgreSQL and SQLite; two servers on one database
  *   and one bucket prefix (hosts backing up one project at once through
  *   both land in a chain, dedup and restores across servers, 409 for a
- *   parent that is no commit); PostgreSQL stopped between two backups;
+ *   parent that is no commit); PostgreSQL stopped between two backups (the
+ *   node's store lock taken again after); the database gone silent (a proxy
+ *   that black-holes every connection once a commit locked its project's
+ *   row: 503 within --index-timeout, the other node commits the project
+ *   once PostgreSQL rolled the silent session back, recovery on failover);
  *   tree, diff, find and history pages compared with an embedded server fed
  *   the same trees; verify (clean, then a pack deleted behind the server's
  *   back: found, marked, sent again by the next backup), stats and a quota
@@ -910,10 +914,11 @@ Deno.test("pg index: two servers on one database and bucket: one project backed 
   assertEquals(logJson<unknown>(await keepOk(["log", "--json"], 0, via(b))).length, 4);
 });
 
-Deno.test("pg index: PostgreSQL stopped between two backups gives exit 5, and the server recovers without a restart", async () => {
+Deno.test("pg index: PostgreSQL stopped between two backups gives exit 5, and the server recovers without a restart, its store lock taken again", async () => {
   const env = await services();
   await using db = await freshDatabase(env);
-  await using server = await node(env, db.url, freshPrefix("pg3"));
+  const prefix = freshPrefix("pg3");
+  await using server = await node(env, db.url, prefix, true, ["--index-timeout", "3s"]);
   const src = await tempDir();
   const cli = { env: { KEEP_SERVER: server.url, KEEP_PROJECT: "app" } };
   writeTree(src, { "a.txt": "one\n" });
@@ -935,6 +940,197 @@ Deno.test("pg index: PostgreSQL stopped between two backups gives exit 5, and th
   await keepOk(["restore", dest], 0, cli);
   assertSameTree(snapshot(dest), snapshot(src));
   assertEquals(logJson<unknown>(await keepOk(["log", "--json"], 0, cli)).length, 2);
+  // The restart ended the session that held the node's shared store lock; its watchdog (a ping
+  // a second at this timeout) took it again, so a migrate is still refused while it serves.
+  await waitFor(() => /answers again/.test(server.stderr()), 15_000, server.stderr());
+  const m = await keep([
+    "migrate",
+    "--from-blobs",
+    `s3://${env.KEEP_S3_BUCKET}/${prefix}`,
+    "--from-index",
+    db.url,
+    "--to",
+    join(await tempDir(), "copy"),
+  ], { env: { ...env } });
+  assertEquals(m.code, 2, m.stderr);
+  assertMatch(m.stderr, /a keep serve runs on it/);
+});
+
+/** Waits until `ok()` (checked every 50 ms), failing with `what` after `ms`. */
+async function waitFor(ok: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > end) throw new Error(`not within ${ms} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * A loopback proxy in front of PostgreSQL that can go silent as a network
+ * does when it black-holes a route (a failover, a dead switch): after the
+ * client sent `pattern`, that statement still runs and its answer comes
+ * back up to ReadyForQuery in a transaction, then nothing more goes either
+ * way on any connection, and none is closed (the database keeps its
+ * sessions, idle in their transactions; the server its sockets). New
+ * connections are taken and swallowed too, until `failover()`: from then
+ * on new ones reach the database; the silent ones stay silent. (TCP itself
+ * stays up: the keepalives and user timeout Keep asks of PostgreSQL cannot
+ * show here, only what a silent client gets.)
+ */
+class BlackHole implements AsyncDisposable {
+  readonly port: number;
+  #listener: Deno.TcpListener;
+  #conns = new Set<Deno.Conn>();
+  #pattern: string | null = null;
+  #silent = new Set<Deno.Conn>();
+  #forward = true;
+  frozen = false;
+
+  private constructor(listener: Deno.TcpListener, target: number) {
+    this.#listener = listener;
+    this.port = (listener.addr as Deno.NetAddr).port;
+    (async () => {
+      for await (const conn of listener) this.#serve(conn, target).catch(() => {});
+    })().catch(() => {});
+  }
+
+  static start(target: number): BlackHole {
+    return new BlackHole(Deno.listen({ hostname: "127.0.0.1", port: 0 }), target);
+  }
+
+  /** Goes silent once a client sends a message holding `pattern`. */
+  freezeOn(pattern: string): void {
+    this.#pattern = pattern;
+  }
+
+  failover(): void {
+    this.#forward = true;
+  }
+
+  #freeze(): void {
+    this.frozen = true;
+    this.#forward = false;
+    for (const c of this.#conns) this.#silent.add(c);
+  }
+
+  async #serve(conn: Deno.Conn, target: number): Promise<void> {
+    this.#conns.add(conn);
+    if (!this.#forward) {
+      this.#silent.add(conn);
+      for (const buf = new Uint8Array(65536); (await conn.read(buf)) !== null;) { /* swallowed */ }
+      return;
+    }
+    const up = await Deno.connect({ hostname: "127.0.0.1", port: target });
+    this.#conns.add(up);
+    const silent = () => this.#silent.has(conn);
+    let armed = false; // this connection sent the pattern: silent at its next ReadyForQuery 'T'
+    const pipe = async (from: Deno.Conn, to: Deno.Conn, client: boolean) => {
+      const buf = new Uint8Array(65536);
+      let tail = "";
+      try {
+        for (let n; (n = await from.read(buf)) !== null;) {
+          if (silent()) continue;
+          const bytes = buf.subarray(0, n);
+          const chunk = new TextDecoder("latin1").decode(bytes);
+          const text = tail + chunk;
+          tail = text.slice(-64);
+          if (client && this.#pattern && text.includes(this.#pattern)) {
+            this.#pattern = null;
+            armed = true;
+          }
+          for (let o = 0; o < n;) o += await to.write(bytes.subarray(o));
+          // (In this chunk: the tail may hold the ReadyForQuery of the statement before.)
+          if (!client && armed && chunk.includes("Z\0\0\0\x05T")) this.#freeze();
+        }
+      } catch { /* closed */ }
+      // A silent connection is never closed: the other side must see nothing at all.
+      if (silent()) return;
+      for (const c of [from, to]) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
+    };
+    pipe(conn, up, true);
+    pipe(up, conn, false);
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    this.#listener.close();
+    for (const c of this.#conns) {
+      try {
+        c.close();
+      } catch { /* closed */ }
+    }
+    return Promise.resolve();
+  }
+}
+
+Deno.test("pg index: a database gone silent (a black-holed route, then a failover) fails the node's requests as unavailable within --index-timeout, not TCP's ~15 min; PostgreSQL rolls back the cut-off commit, so another node commits the project; the node recovers without a restart", async () => {
+  const env = await services();
+  await using db = await freshDatabase(env);
+  for (
+    const [args, message] of [
+      [["--index", db.url, "--index-timeout", "500ms"], /--index-timeout 500ms: give 1s to 10m/],
+      [["--index", db.url, "--index-timeout", "1h"], /--index-timeout 1h: give 1s to 10m/],
+      [["--index", db.url, "--index-timeout", "soon"], /Cannot parse --index-timeout "soon"/],
+      [["--index-timeout", "5s"], /Cannot use --index-timeout without --index/],
+    ] as const
+  ) {
+    const r = await keep(["serve", "--data", await tempDir(), "--no-auth", ...args]);
+    assertEquals(r.code, 2, r.stderr);
+    assertMatch(r.stderr, message);
+    assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+  }
+  const pgUrl = new URL(db.url);
+  await using hole = BlackHole.start(Number(pgUrl.port));
+  const viaHole = new URL(db.url);
+  viaHole.port = String(hole.port);
+  const prefix = freshPrefix("hole");
+  await using a = await node(env, viaHole.href, prefix, true, ["--index-timeout", "2s"]);
+  await using b = await node(env, db.url, prefix);
+  const srcA = await tempDir();
+  const srcB = await tempDir();
+  writeTree(srcA, smallFiles(40, 1));
+  writeTree(srcB, smallFiles(30, 2));
+  const viaA = { env: { KEEP_SERVER: a.url, KEEP_PROJECT: "app" }, timeoutMs: 60_000 };
+  const viaB = { env: { KEEP_SERVER: b.url, KEEP_PROJECT: "app" }, timeoutMs: 60_000 };
+  // Silent once the commit locked the project's row: the database holds that lock for a
+  // session whose server hears nothing more.
+  hole.freezeOn("FROM projects WHERE name = $1 FOR UPDATE");
+  let t = Date.now();
+  const cut = await keep(["backup", "--settle", "0", srcA], viaA);
+  const cutMs = Date.now() - t;
+  assert(hole.frozen, "the route went silent");
+  assertEquals(cut.code, 5, `${cut.stderr}\nserver: ${a.stderr()}`);
+  assertMatch(cut.stderr, /database is unavailable/);
+  assert(cutMs < 30_000, `the cut-off backup ended in ${cutMs} ms`);
+  assertMatch(a.stderr(), /lost the PostgreSQL index at .* \(no answer in 2 s\)/);
+  // Still silent: the node answers 503 (new connections time out), it does not hang.
+  t = Date.now();
+  const down = await fetch(`${a.url}/v1/projects/app/commits`, {
+    signal: AbortSignal.timeout(30_000),
+  });
+  assertEquals(down.status, 503, await down.text());
+  assert(Date.now() - t < 20_000, `503 after ${Date.now() - t} ms`);
+  // The other node commits the project: the silent session's transaction was rolled back (it
+  // idled past the timeout) and its lock on the project went with it.
+  t = Date.now();
+  await keepOk(["backup", "--settle", "0", srcB], 0, viaB);
+  const other = logJson<{ id: string }>(await keepOk(["log", "--json"], 0, viaB));
+  assertEquals(other.length, 1, "only the other node's commit");
+  hole.failover();
+  await waitFor(() => /answers again/.test(a.stderr()), 20_000, a.stderr());
+  await keepOk(["backup", "--settle", "0", srcA], 0, viaA);
+  const log = logJson<{ id: string; parent: string | null }>(
+    await keepOk(["log", "--json"], 0, viaA),
+  );
+  assertEquals(log.length, 2);
+  assertEquals(log[0].parent, other[0].id, "a chain");
+  const dest = await tempDir();
+  await keepOk(["restore", dest], 0, viaA);
+  assertSameTree(snapshot(dest), snapshot(srcA));
+  assertMatch((await keepOk(["verify", "--server", b.url], 0)).stdout, /OK/);
 });
 
 Deno.test("pg index: verify finds a pack deleted behind the server's back and marks it; stats and a quota refusal", async () => {

@@ -80,6 +80,11 @@ UI, verify, stats, quotas, tokens, retention, GC and recompression):
       --upload-timeout DUR  this server refreshes its uploads' registrations every third
                           of DUR; one not refreshed for DUR (its server died) no longer
                           holds back retention and GC (default 1m)
+      --index-timeout DUR  the database pinged every few seconds and not answering for
+                          DUR (stopped, black-holed, failed over) counts as down: the
+                          server drops its connections (requests waiting on them get
+                          503) and connects again; PostgreSQL rolls back a transaction
+                          of a server cut off from it after DUR idle (default 30s; 1s to 10m)
   One server at a time runs a GC round (or recompresses): the others wait their turn.
   While the store does not answer, requests that need it get 503 (clients exit 5);
   the server needs no restart when it is back.
@@ -117,6 +122,7 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       "s3-access-key": { type: "string" },
       "s3-secret-key": { type: "string" },
       "s3-timeout": { type: "string" },
+      "index-timeout": { type: "string" },
     });
     positionals(p, "serve", []);
     const dataDir = resolve(flagOrEnv(p, "data", "KEEP_DATA") ?? "keep-data");
@@ -136,6 +142,18 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
         "usage",
         `Cannot use --s3-timeout ${p.values["s3-timeout"]}: give 1s to 1h`,
       );
+    }
+    const indexTimeoutMs = p.values["index-timeout"]
+      ? parseDuration(p.values["index-timeout"] as string, "index-timeout")
+      : undefined;
+    if (indexTimeoutMs !== undefined && (indexTimeoutMs < 1000 || indexTimeoutMs > 600_000)) {
+      throw new KeepError(
+        "usage",
+        `Cannot use --index-timeout ${p.values["index-timeout"]}: give 1s to 10m`,
+      );
+    }
+    if (indexTimeoutMs !== undefined && p.values.index === undefined) {
+      throw new KeepError("usage", "Cannot use --index-timeout without --index");
     }
     const compactRaw = (p.values["compact-idle"] as string | undefined) ?? (s3 ? "off" : "10s");
     const compactIdleMs = compactRaw === "off" ? 0 : parseDuration(compactRaw, "compact-idle");
@@ -218,6 +236,7 @@ UI at http(s)://HOST:PORT/ signs in with a restore or admin token.`,
       pg,
       uploadTimeoutMs,
       s3TimeoutMs,
+      indexTimeoutMs,
       hostname,
       port,
       noAuth: !!p.values["no-auth"],

@@ -35,6 +35,8 @@ export interface ServeOptions {
   uploadTimeoutMs?: number;
   /** An object-store request not done (sent and answered) in this long is tried again, then unavailable (ms). */
   s3TimeoutMs?: number;
+  /** PostgreSQL: a database not answering this long counts as unavailable; the pool connects again (ms). */
+  indexTimeoutMs?: number;
   hostname: string;
   port: number;
   /** Serve without tokens; refused unless hostname is loopback. */
@@ -108,6 +110,8 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     pg: options.pg,
     uploadTimeoutMs: options.uploadTimeoutMs,
     s3TimeoutMs: options.s3TimeoutMs,
+    indexTimeoutMs: options.indexTimeoutMs,
+    onIndexReset: (message) => options.log?.(message),
   });
   // Proofs of possession: every server on this index derives the same keys.
   possessionKeys.useSecret(await storage.index.sharedSecret("possession"));

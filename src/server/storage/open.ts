@@ -193,6 +193,10 @@ export async function openLocalStorage(
     uploadTimeoutMs?: number;
     /** An object-store request not done (sent and answered) in this long is tried again, then unavailable (default 60 s). */
     s3TimeoutMs?: number;
+    /** PostgreSQL: a database not answering this long counts as unavailable; connect again (PgIndex.open). */
+    indexTimeoutMs?: number;
+    /** PostgreSQL: called with a line when that happened. */
+    onIndexReset?: (message: string) => void;
     /** Open the target of an unfinished `keep migrate` (only migrate itself does). */
     migrating?: boolean;
     /**
@@ -250,7 +254,11 @@ export async function openLocalStorage(
   }
   let index: IndexStore;
   if (pg !== undefined) {
-    index = await PgIndex.open(pg, { uploadTimeoutMs: options.uploadTimeoutMs });
+    index = await PgIndex.open(pg, {
+      uploadTimeoutMs: options.uploadTimeoutMs,
+      timeoutMs: options.indexTimeoutMs,
+      onReset: options.onIndexReset,
+    });
     if (options.pg !== undefined && (!pgDir || recordedIndex(pgMark) !== withoutPassword(pg))) {
       const url = withoutPassword(pg);
       Deno.writeTextFileSync(pgMark, JSON.stringify({ kind: "postgres", url }) + "\n");

@@ -183,6 +183,20 @@ const LOCK_MARK = 727275;
 const LOCK_FORGET = 727276;
 /** Default: an upload not refreshed for this long is a dead server's (ms). */
 const UPLOAD_TIMEOUT_MS = 60_000;
+
+/**
+ * How long the database may not answer (serve --index-timeout): see
+ * PgIndex.open. Thirty seconds is far above any statement's time here
+ * (a commit of 100k paths takes ~2 s) and far below TCP's own ~15 min.
+ */
+export const INDEX_TIMEOUT_MS = 30_000;
+
+/** A promise's value, or `late` once `ms` passed without one. */
+function within<T>(p: Promise<T>, ms: number, late: T): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<T>((r) => timer = setTimeout(() => r(late), ms));
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
 /** GC rows per statement inside one call. */
 const SUB_BATCH = 4000;
 
@@ -440,8 +454,9 @@ function dbError(err: unknown, what: string): unknown {
   if (err instanceof KeepError) return err;
   const e = err as { code?: string; message?: string };
   const code = String(e.code ?? "");
-  // Connection failures (ECONNREFUSED, CONNECT_TIMEOUT, …) and class 08/57P (shutdown).
-  if (/^(E[A-Z]+|CONNECT_TIMEOUT|CONNECTION_.*|08...|57P0.)$/.test(code)) {
+  // Connection failures (ECONNREFUSED, CONNECT_TIMEOUT, …), class 08/57P (shutdown) and a
+  // session the database ended for idling in its transaction (25P03: this server stalled).
+  if (/^(E[A-Z]+|CONNECT_TIMEOUT|CONNECTION_.*|08...|57P0.|25P03)$/.test(code)) {
     return new KeepError("unavailable", `Cannot ${what}: the database is unavailable (${code})`);
   }
   return err;
@@ -458,11 +473,14 @@ function dbError(err: unknown, what: string): unknown {
  * ```
  */
 export class PgIndex implements IndexStore {
-  readonly sql: postgres.Sql;
+  #sql: postgres.Sql;
+  #url: string;
   #blobEpoch = 0;
   /** This server's name in leases. */
   #holder = crypto.randomUUID();
   #uploadTimeoutMs: number;
+  #timeoutMs: number;
+  #onReset: (message: string) => void;
   /** Uploads of this server in flight: the heartbeat refreshes their rows. */
   #live = new Set<number>();
   /** Packs this server opened and has not sealed: the heartbeat refreshes them too. */
@@ -472,30 +490,89 @@ export class PgIndex implements IndexStore {
   /** The store-wide blob epoch (store_meta) as last read: another server moved rows when it changes. */
   #sharedEpoch: number | null = null;
 
-  private constructor(sql: postgres.Sql, uploadTimeoutMs: number) {
-    this.sql = sql;
-    this.#uploadTimeoutMs = uploadTimeoutMs;
+  private constructor(
+    url: string,
+    options: { uploadTimeoutMs: number; timeoutMs: number; onReset: (message: string) => void },
+  ) {
+    this.#url = url;
+    this.#uploadTimeoutMs = options.uploadTimeoutMs;
+    this.#timeoutMs = options.timeoutMs;
+    this.#onReset = options.onReset;
+    this.#sql = PgIndex.#connect(url, options.timeoutMs);
     this.#timer = setInterval(() => {
-      this.#beat ??= this.#heartbeat().catch(() => {}).finally(() => this.#beat = null);
-    }, Math.max(100, Math.floor(uploadTimeoutMs / 3)));
+      this.#beat ??= this.#run("refresh uploads", () => this.#heartbeat()).catch(() => {})
+        .finally(() => this.#beat = null);
+    }, Math.max(100, Math.floor(this.#uploadTimeoutMs / 3)));
     Deno.unrefTimer(this.#timer as unknown as number);
+  }
+
+  /** The connection pool (replaced when the database stopped answering: see #reset). */
+  get sql(): postgres.Sql {
+    return this.#sql;
+  }
+
+  /**
+   * A pool whose sessions PostgreSQL ends on its side too when this server
+   * is cut off: a transaction left idle (its server gone silent) is rolled
+   * back after `timeoutMs`, releasing the rows it locked (a project's
+   * head); TCP keepalives and the user timeout find a client host gone (a
+   * black-holed route) in about as long, whatever the session was doing.
+   * Without them such a session held its locks until the database's own
+   * keepalive (two hours by default) or TCP's retries (~15 min), and every
+   * commit of that project on every server waited.
+   */
+  static #connect(
+    url: string,
+    timeoutMs: number,
+    extra: { max?: number; onclose?: () => void } = {},
+  ): postgres.Sql {
+    const s = Math.max(1, Math.round(timeoutMs / 1000));
+    return postgres(url, {
+      max: extra.max ?? 8,
+      onnotice: () => {},
+      connect_timeout: Math.min(10, s),
+      connection: {
+        idle_in_transaction_session_timeout: timeoutMs,
+        tcp_keepalives_idle: Math.max(1, Math.round(s / 2)),
+        tcp_keepalives_interval: Math.max(1, Math.round(s / 6)),
+        tcp_keepalives_count: 3,
+        // Unacknowledged data (an answer into a black hole) ends the connection too (PG 12+).
+        tcp_user_timeout: timeoutMs,
+      },
+      debug: () => DB_STATEMENTS.n++,
+      // The lock's connection lives as long as it can (a new one is a new session, without it).
+      ...(extra.onclose ? { max_lifetime: null, onclose: extra.onclose } : {}),
+    });
   }
 
   /**
    * Connects and creates the tables when missing (under a lock: several
    * servers may start). `uploadTimeoutMs`: this server's uploads are
    * refreshed every third of it; one not refreshed for that long (its
-   * server died) stops holding back retention and GC.
+   * server died) stops holding back retention and GC. `timeoutMs`: once
+   * this index holds the store lock (a serving node, keep migrate), it
+   * pings the database on that lock's own connection every few seconds; a
+   * ping not answered in this long (a stopped or black-holed database, a
+   * failover) drops every connection, so that the requests waiting on them
+   * fail as unavailable (503) instead of waiting out TCP (~15 min), and
+   * connects again (`onReset` says so). keep migrate stops then (its lock
+   * went with the connection); a serving node takes its shared lock again.
    */
-  static async open(url: string, options: { uploadTimeoutMs?: number } = {}): Promise<PgIndex> {
-    const sql = postgres(url, {
-      max: 8,
-      onnotice: () => {},
-      connect_timeout: 10,
-      debug: () => DB_STATEMENTS.n++,
+  static async open(
+    url: string,
+    options: {
+      uploadTimeoutMs?: number;
+      timeoutMs?: number;
+      onReset?: (message: string) => void;
+    } = {},
+  ): Promise<PgIndex> {
+    const index = new PgIndex(url, {
+      uploadTimeoutMs: options.uploadTimeoutMs ?? UPLOAD_TIMEOUT_MS,
+      timeoutMs: options.timeoutMs ?? INDEX_TIMEOUT_MS,
+      onReset: options.onReset ?? (() => {}),
     });
     try {
-      await sql.begin(async (tx) => {
+      await index.sql.begin(async (tx) => {
         await tx`SELECT pg_advisory_xact_lock(727274)`;
         await tx.unsafe(SCHEMA + GC_SCHEMA);
         // A new store has no blobs of failed uploads yet: its first full GC
@@ -507,7 +584,8 @@ export class PgIndex implements IndexStore {
           ON CONFLICT (key) DO NOTHING`;
       });
     } catch (err) {
-      await sql.end({ timeout: 1 }).catch(() => {});
+      clearInterval(index.#timer);
+      await index.sql.end({ timeout: 1 }).catch(() => {});
       const e = dbError(err, `open the index at ${redact(url)}`);
       if (e instanceof KeepError) throw e;
       throw new KeepError(
@@ -515,45 +593,141 @@ export class PgIndex implements IndexStore {
         `Cannot open the index at ${redact(url)}: ${(err as Error).message}`,
       );
     }
-    return new PgIndex(sql, options.uploadTimeoutMs ?? UPLOAD_TIMEOUT_MS);
+    return index;
   }
 
   async close(): Promise<void> {
     clearInterval(this.#timer);
-    await this.#beat;
-    await this.#analyzing;
-    this.#held?.release();
+    if (this.#watch) clearInterval(this.#watch);
+    this.#lock = null;
+    // Each waited for no longer than the timeout (the database may be gone silent).
+    for (const p of [this.#beat, this.#analyzing, this.#retaking]) {
+      if (p) await within(p.then(() => {}, () => {}), this.#timeoutMs, undefined);
+    }
     this.#held = null;
+    await this.#lockSql?.end({ timeout: 5 });
     await this.sql.end({ timeout: 5 });
   }
 
-  #held: postgres.ReservedSql | null = null;
+  /**
+   * The store lock's own pool of one connection (holdStoreLock). Not a
+   * connection reserved from the main pool: a reserved connection that the
+   * database closed takes no more queries safely (postgres.js 3.4.9 then
+   * throws from a timer, outside any promise), and its close is not told.
+   */
+  #lockSql: postgres.Sql | null = null;
+  /** That pool while its session holds the store lock. */
+  #held: postgres.Sql | null = null;
+  /** The store lock as asked for: taken again on a new connection after a reset. */
+  #lock: { exclusive: boolean } | null = null;
+  /** keep migrate's exclusive lock went with its connection: it may not go on. */
+  #lostExclusive = false;
+  #watch: ReturnType<typeof setInterval> | null = null;
+  #pinging = false;
+  #retaking: Promise<boolean> | null = null;
 
   /**
    * Takes the store's lock for as long as this index is open, on a
    * connection of its own: shared for a serving node (any number of them),
    * exclusive for keep migrate (none then). False when it is not free. A
    * session lock: a node killed, or its connection lost, holds it no more.
+   * From then on the database is pinged on that connection (see open),
+   * and a serving node takes the lock again when its session ended.
    */
   holdStoreLock(exclusive: boolean): Promise<boolean> {
     return this.#run("lock the store", async () => {
       if (this.#held) return true;
-      const r = await this.sql.reserve();
-      try {
-        const [row] = exclusive
-          ? await r`SELECT pg_try_advisory_lock(727275) AS ok`
-          : await r`SELECT pg_try_advisory_lock_shared(727275) AS ok`;
-        if (row.ok) {
-          this.#held = r;
-          return true;
-        }
-      } catch (err) {
-        r.release();
-        throw err;
+      if (!(await this.#takeLock(exclusive))) return false;
+      this.#lock = { exclusive };
+      if (!this.#watch) {
+        const every = Math.max(200, Math.min(5_000, Math.floor(this.#timeoutMs / 3)));
+        this.#watch = setInterval(() => this.#ping(), every);
+        Deno.unrefTimer(this.#watch as unknown as number);
       }
-      r.release();
-      return false;
+      return true;
     });
+  }
+
+  async #takeLock(exclusive: boolean): Promise<boolean> {
+    const pool = this.#lockSql ??= PgIndex.#connect(this.#url, this.#timeoutMs, {
+      max: 1,
+      onclose: () => {
+        // Its session ended (a restart, a broken connection, a reset): the lock went with it.
+        if (this.#lockSql !== pool || !this.#held) return;
+        this.#held = null;
+        if (this.#lock?.exclusive) this.#lostExclusive = true;
+        this.#onReset(
+          `the PostgreSQL index at ${redact(this.#url)} ended the session that held the store lock${
+            this.#lostExclusive ? "" : "; taking it again"
+          }`,
+        );
+      },
+    });
+    const [row] = exclusive
+      ? await pool`SELECT pg_try_advisory_lock(727275) AS ok`
+      : await pool`SELECT pg_try_advisory_lock_shared(727275) AS ok`;
+    if (!row.ok) return false;
+    this.#held = pool;
+    return true;
+  }
+
+  /** The lock taken again after its session ended (one attempt at a time); false while a migrate holds it. */
+  #retake(): Promise<boolean> {
+    return this.#retaking ??= this.#takeLock(false).then((ok) => {
+      if (ok) this.#onReset(`the PostgreSQL index at ${redact(this.#url)} answers again`);
+      return ok;
+    }).finally(() => this.#retaking = null);
+  }
+
+  /**
+   * The watchdog's round: a ping on the lock's connection. Unanswered in
+   * the timeout, it resets both pools; whenever the lock's session ended,
+   * it takes the lock again (until it can).
+   */
+  async #ping(): Promise<void> {
+    if (this.#pinging || !this.#lock) return;
+    this.#pinging = true;
+    try {
+      const held = this.#held;
+      if (held) {
+        const answered = await within(
+          (async () => {
+            await held`SELECT 1`;
+            return true;
+          })().catch(() => true), // an error is an answer; a closed session shows in #held
+          this.#timeoutMs,
+          false,
+        );
+        if (answered || this.#held !== held || !this.#lock) return;
+        this.#reset(`no answer in ${this.#timeoutMs / 1000} s`);
+      }
+      if (!this.#held && !this.#lostExclusive) await this.#retake().catch(() => false);
+    } finally {
+      this.#pinging = false;
+    }
+  }
+
+  /**
+   * Drops every connection (the requests waiting on them fail, as
+   * unavailable) for new pools. The old sessions' locks and transactions
+   * end on the database's side when it notices (see #connect).
+   */
+  #reset(reason: string): void {
+    const old = [this.#sql, this.#lockSql];
+    this.#sql = PgIndex.#connect(this.#url, this.#timeoutMs);
+    this.#lockSql = null;
+    this.#held = null;
+    if (this.#lock?.exclusive) this.#lostExclusive = true;
+    // Rows may have moved meanwhile: readers look places up again.
+    this.#blobEpoch++;
+    for (const pool of old) pool?.end({ timeout: 0 }).catch(() => {});
+    for (const drop of this.#inflight) drop(reason);
+    this.#inflight.clear();
+    this.#onReset(
+      `lost the PostgreSQL index at ${
+        redact(this.#url)
+      } (${reason}): its connections were dropped; connecting again`,
+    );
   }
 
   /**
@@ -657,18 +831,53 @@ export class PgIndex implements IndexStore {
    * until autovacuum came round. A failure only leaves the old statistics.
    */
   async #analyze(): Promise<void> {
-    await this.sql`ANALYZE current, history, paths, blobs`.catch(() => {});
+    await this.#run("analyze", () => this.sql`ANALYZE current, history, paths, blobs`)
+      .catch(() => {});
     this.#analyzing = null;
   }
 
   /** The ANALYZE after a bulk commit, while it runs (close waits for it). */
   #analyzing: Promise<void> | null = null;
 
+  /** Calls of #run in flight: a reset fails them (see #run). */
+  #inflight = new Set<(reason: string) => void>();
+
+  /**
+   * `f` as a KeepError on failure (no database: "unavailable"). A reset
+   * fails the calls in flight at once: postgres.js ends a connection by
+   * closing its socket, which on a black-holed route never closes, so a
+   * transaction on it would wait out TCP (its ROLLBACK queued behind the
+   * query that got no answer). What it sent stays unanswered; PostgreSQL
+   * rolls its transaction back (see #connect).
+   */
   async #run<T>(what: string, f: () => Promise<T>): Promise<T> {
+    let drop!: (reason: string) => void;
+    const dropped = new Promise<never>((_, reject) =>
+      drop = (reason) =>
+        reject(
+          new KeepError("unavailable", `Cannot ${what}: the database is unavailable (${reason})`),
+        )
+    );
+    this.#inflight.add(drop);
     try {
-      return await f();
+      if (this.#lostExclusive) {
+        throw new KeepError(
+          "unavailable",
+          `Cannot ${what}: the connection that held the store's lock on its PostgreSQL index was lost; run keep migrate again`,
+        );
+      }
+      // After a reset: this node writes only under its shared lock (not while a migrate runs).
+      if (this.#lock && !this.#held && !(await Promise.race([this.#retake(), dropped]))) {
+        throw new KeepError(
+          "unavailable",
+          `Cannot ${what}: a keep migrate holds this store's PostgreSQL index`,
+        );
+      }
+      return await Promise.race([f(), dropped]);
     } catch (err) {
       throw dbError(err, what);
+    } finally {
+      this.#inflight.delete(drop);
     }
   }
 
