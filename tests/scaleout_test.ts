@@ -1087,7 +1087,13 @@ Deno.test("pg index: a database gone silent (a black-holed route, then a failove
   const viaHole = new URL(db.url);
   viaHole.port = String(hole.port);
   const prefix = freshPrefix("hole");
-  await using a = await node(env, viaHole.href, prefix, true, ["--index-timeout", "2s"]);
+  // Its uploads' registrations expire 2 s after it stops refreshing them.
+  await using a = await node(env, viaHole.href, prefix, true, [
+    "--index-timeout",
+    "3s",
+    "--upload-timeout",
+    "2s",
+  ]);
   await using b = await node(env, db.url, prefix);
   const srcA = await tempDir();
   const srcB = await tempDir();
@@ -1104,8 +1110,10 @@ Deno.test("pg index: a database gone silent (a black-holed route, then a failove
   assert(hole.frozen, "the route went silent");
   assertEquals(cut.code, 5, `${cut.stderr}\nserver: ${a.stderr()}`);
   assertMatch(cut.stderr, /database is unavailable/);
-  assert(cutMs < 30_000, `the cut-off backup ended in ${cutMs} ms`);
-  assertMatch(a.stderr(), /lost the PostgreSQL index at .* \(no answer in 2 s\)/);
+  // The ping's timeout (3 s) after at most a ping's interval, then the upload's abort (its
+  // registration cannot be deleted through the silent route: a connect timeout, 3 s).
+  assert(cutMs < 20_000, `the cut-off backup ended in ${cutMs} ms`);
+  assertMatch(a.stderr(), /lost the PostgreSQL index at .* \(no answer in 3 s\)/);
   // Still silent: the node answers 503 (new connections time out), it does not hang.
   t = Date.now();
   const down = await fetch(`${a.url}/v1/projects/app/commits`, {
@@ -1131,6 +1139,20 @@ Deno.test("pg index: a database gone silent (a black-holed route, then a failove
   await keepOk(["restore", dest], 0, viaA);
   assertSameTree(snapshot(dest), snapshot(srcA));
   assertMatch((await keepOk(["verify", "--server", b.url], 0)).stdout, /OK/);
+  // The cut-off upload's registration (its DELETE never got through) is no longer refreshed:
+  // it stops holding GC back once expired, on every node.
+  const admin = postgres(db.url, { max: 1, onnotice: () => {} });
+  try {
+    let live = -1;
+    for (const end = Date.now() + 15_000; Date.now() < end;) {
+      const [r] = await admin`SELECT count(*)::int AS n FROM uploads WHERE expires > keep_now()`;
+      if ((live = r.n) === 0) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    assertEquals(live, 0, "live upload registrations once the backups ended");
+  } finally {
+    await admin.end();
+  }
 });
 
 Deno.test("pg index: verify finds a pack deleted behind the server's back and marks it; stats and a quota refusal", async () => {

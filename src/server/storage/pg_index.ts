@@ -572,7 +572,7 @@ export class PgIndex implements IndexStore {
       onReset: options.onReset ?? (() => {}),
     });
     try {
-      await index.sql.begin(async (tx) => {
+      const made = index.sql.begin(async (tx) => {
         await tx`SELECT pg_advisory_xact_lock(727274)`;
         await tx.unsafe(SCHEMA + GC_SCHEMA);
         // A new store has no blobs of failed uploads yet: its first full GC
@@ -583,9 +583,19 @@ export class PgIndex implements IndexStore {
           SELECT 'gc_full_mark', keep_now() WHERE NOT EXISTS (SELECT 1 FROM blobs)
           ON CONFLICT (key) DO NOTHING`;
       });
+      const late = { code: "ENOANSWER", message: "no answer" };
+      if (await within(made.then(() => null), index.#timeoutMs, late)) throw late;
     } catch (err) {
       clearInterval(index.#timer);
-      await index.sql.end({ timeout: 1 }).catch(() => {});
+      await index.sql.end({ timeout: 0 }).catch(() => {});
+      if ((err as { code?: string }).code === "42704") {
+        throw new KeepError(
+          "usage",
+          `Cannot open the index at ${redact(url)}: ${
+            (err as Error).message
+          } (Keep needs PostgreSQL 12 or later, and a pooler that passes its startup parameters on)`,
+        );
+      }
       const e = dbError(err, `open the index at ${redact(url)}`);
       if (e instanceof KeepError) throw e;
       throw new KeepError(
@@ -656,17 +666,31 @@ export class PgIndex implements IndexStore {
         if (this.#lockSql !== pool || !this.#held) return;
         this.#held = null;
         if (this.#lock?.exclusive) this.#lostExclusive = true;
-        this.#onReset(
+        this.#say(
           `the PostgreSQL index at ${redact(this.#url)} ended the session that held the store lock${
             this.#lostExclusive ? "" : "; taking it again"
           }`,
         );
       },
     });
-    const [row] = exclusive
-      ? await pool`SELECT pg_try_advisory_lock(727275) AS ok`
-      : await pool`SELECT pg_try_advisory_lock_shared(727275) AS ok`;
-    if (!row.ok) return false;
+    // Bounded: connect_timeout ends at the first ReadyForQuery, and a database that went
+    // silent after it would hold the watchdog and every call waiting on this.
+    const rows = await within(
+      (async () =>
+        exclusive
+          ? await pool`SELECT pg_try_advisory_lock(727275) AS ok`
+          : await pool`SELECT pg_try_advisory_lock_shared(727275) AS ok`)(),
+      this.#timeoutMs,
+      null,
+    );
+    if (rows === null) {
+      if (this.#lockSql === pool) this.#lockSql = null;
+      pool.end({ timeout: 0 }).catch(() => {});
+      throw Object.assign(new Error(`no answer in ${this.#timeoutMs / 1000} s`), {
+        code: "ENOANSWER",
+      });
+    }
+    if (!rows[0].ok) return false;
     this.#held = pool;
     return true;
   }
@@ -674,8 +698,12 @@ export class PgIndex implements IndexStore {
   /** The lock taken again after its session ended (one attempt at a time); false while a migrate holds it. */
   #retake(): Promise<boolean> {
     return this.#retaking ??= this.#takeLock(false).then((ok) => {
-      if (ok) this.#onReset(`the PostgreSQL index at ${redact(this.#url)} answers again`);
+      if (ok) this.#say(`the PostgreSQL index at ${redact(this.#url)} answers again`);
       return ok;
+    }, (err) => {
+      // Connected, then silent: the main pool is as stuck (its calls fail now, as after a ping).
+      if ((err as { code?: string }).code === "ENOANSWER") this.#reset((err as Error).message);
+      throw err;
     }).finally(() => this.#retaking = null);
   }
 
@@ -688,23 +716,37 @@ export class PgIndex implements IndexStore {
     if (this.#pinging || !this.#lock) return;
     this.#pinging = true;
     try {
-      const held = this.#held;
-      if (held) {
-        const answered = await within(
-          (async () => {
-            await held`SELECT 1`;
-            return true;
-          })().catch(() => true), // an error is an answer; a closed session shows in #held
-          this.#timeoutMs,
-          false,
-        );
-        if (answered || this.#held !== held || !this.#lock) return;
-        this.#reset(`no answer in ${this.#timeoutMs / 1000} s`);
-      }
-      if (!this.#held && !this.#lostExclusive) await this.#retake().catch(() => false);
+      await this.#pingOnce();
+    } catch {
+      /* told through the calls it failed */
     } finally {
       this.#pinging = false;
     }
+  }
+
+  async #pingOnce(): Promise<void> {
+    const held = this.#held;
+    if (held) {
+      let answered = false; // an error is an answer too; a closed session shows in #held
+      const ping = (async () => await held`SELECT 1`)().then(
+        () => answered = true,
+        () => answered = true,
+      );
+      await within(ping, this.#timeoutMs, undefined);
+      // An event loop stalled past the deadline runs the timer before it reads the answer
+      // waiting on the socket: one more turn for it, so a busy node is not reset.
+      if (!answered) await new Promise((r) => setTimeout(r, 100));
+      if (answered || this.#held !== held || !this.#lock) return;
+      this.#reset(`no answer in ${this.#timeoutMs / 1000} s`);
+    }
+    if (!this.#held && !this.#lostExclusive) await this.#retake().catch(() => false);
+  }
+
+  /** A line for the server's log: never a throw (it runs in timers and socket handlers). */
+  #say(message: string): void {
+    try {
+      this.#onReset(message);
+    } catch { /* a closed stderr */ }
   }
 
   /**
@@ -723,7 +765,7 @@ export class PgIndex implements IndexStore {
     for (const pool of old) pool?.end({ timeout: 0 }).catch(() => {});
     for (const drop of this.#inflight) drop(reason);
     this.#inflight.clear();
-    this.#onReset(
+    this.#say(
       `lost the PostgreSQL index at ${
         redact(this.#url)
       } (${reason}): its connections were dropped; connecting again`,
@@ -808,7 +850,10 @@ export class PgIndex implements IndexStore {
    * transaction left nothing behind.
    */
   #begin<T>(f: (tx: postgres.TransactionSql) => Promise<T>): Promise<T> {
-    return this.#retry(() => this.sql.begin(f) as Promise<T>);
+    // On the pool of the call: tried again after a reset, it fails (that pool ended) rather
+    // than run again, unseen, on the new one.
+    const sql = this.sql;
+    return this.#retry(() => sql.begin(f) as Promise<T>);
   }
 
   async #retry<T>(f: () => Promise<T>): Promise<T> {
@@ -1106,72 +1151,74 @@ export class PgIndex implements IndexStore {
 
   // ---------------------------------------------------------------- uploads
 
-  beginUpload(project: string): Promise<UploadStage> {
-    return this.#run("begin an upload", async () => {
-      // Registered under GC's marking lock (shared): a marking transaction
-      // either ended before this (the upload's lookups see its marks and
-      // unmark them) or began after, and stamps its marks later than this
-      // start, which GC's cutoff then spares (see "GC with several servers").
-      const upload = await this.#begin(async (tx) => {
+  async beginUpload(project: string): Promise<UploadStage> {
+    // Registered under GC's marking lock (shared): a marking transaction
+    // either ended before this (the upload's lookups see its marks and
+    // unmark them) or began after, and stamps its marks later than this
+    // start, which GC's cutoff then spares (see "GC with several servers").
+    const upload = await this.#run("begin an upload", () =>
+      this.#begin(async (tx) => {
         await tx`SELECT pg_advisory_xact_lock_shared(${LOCK_MARK}::int, 0)`;
         const [reg] = await tx`
           INSERT INTO uploads(project, started, expires)
           VALUES (${project}, keep_now(), keep_now() + ${this.#uploadTimeoutMs}) RETURNING id`;
         return Number(reg.id);
-      });
-      this.#live.add(upload);
-      const unregister = () => {
-        this.#live.delete(upload);
-        return this.sql`DELETE FROM uploads WHERE id = ${upload}`;
-      };
-      const clear = () => this.sql`DELETE FROM stage WHERE upload = ${upload}`;
-      return {
-        pin: (parent) =>
-          this.#run("pin the parent", () =>
-            this.#begin(async (tx) => {
-              // Against forgetCommits of this project (it reads the pins under the lock).
-              await tx`SELECT pg_advisory_xact_lock_shared(${LOCK_FORGET}::int, hashtext(${project}))`;
-              const r = await tx`UPDATE uploads SET parent = ${parent},
-                expires = keep_now() + ${this.#uploadTimeoutMs} WHERE id = ${upload}`;
-              if (r.count !== 1) throw this.#expired("pin the parent");
-            })),
-        stage: (rows, blobs) =>
-          this.#run("stage the upload", () =>
-            this.#begin(async (tx) => {
-              // Refreshed, and proven alive: rows of an expired upload no longer hold GC back.
-              const r = await tx`UPDATE uploads SET expires = keep_now() + ${this.#uploadTimeoutMs}
-                WHERE id = ${upload}`;
-              if (r.count !== 1) throw this.#expired("stage the upload");
-              const repaired = await this.#insertBlobs(tx, blobs);
-              await this.#stageRows(tx, upload, rows);
-              return repaired;
-            })),
-        withdraw: (path, reason) =>
-          this.#run("withdraw a file", () => this.#withdraw(upload, project, path, reason)),
-        commit: (header, stats) =>
-          this.#run("commit", async () => {
-            try {
-              const { commit, changed, touched } = await this.#commitUpload(
-                upload,
-                project,
-                header,
-                stats,
-              );
-              // After the answer: the client need not wait for the statistics.
-              if (touched >= ANALYZE_AFTER) this.#analyzing ??= this.#analyze();
-              return { commit, changed };
-            } finally {
-              await clear().catch(() => {});
-              await unregister().catch(() => {});
-            }
-          }),
-        abort: () =>
-          this.#run("abort the upload", async () => {
-            await unregister();
-            await clear();
-          }),
-      };
-    });
+      }));
+    // Refreshed by the heartbeat from here until its caller saw the commit or the abort end,
+    // however they ended: a row left behind (its DELETE failed or never ran) then expires.
+    // (Added here, not in the call: one a reset dropped may still land, unseen.)
+    this.#live.add(upload);
+    const forget = () => this.#live.delete(upload);
+    const unregister = () => this.sql`DELETE FROM uploads WHERE id = ${upload}`;
+    const clear = () => this.sql`DELETE FROM stage WHERE upload = ${upload}`;
+    return {
+      pin: (parent) =>
+        this.#run("pin the parent", () =>
+          this.#begin(async (tx) => {
+            // Against forgetCommits of this project (it reads the pins under the lock).
+            await tx`SELECT pg_advisory_xact_lock_shared(${LOCK_FORGET}::int, hashtext(${project}))`;
+            const r = await tx`UPDATE uploads SET parent = ${parent},
+              expires = keep_now() + ${this.#uploadTimeoutMs} WHERE id = ${upload}`;
+            if (r.count !== 1) throw this.#expired("pin the parent");
+          })),
+      stage: (rows, blobs) =>
+        this.#run("stage the upload", () =>
+          this.#begin(async (tx) => {
+            // Refreshed, and proven alive: rows of an expired upload no longer hold GC back.
+            const r = await tx`UPDATE uploads SET expires = keep_now() + ${this.#uploadTimeoutMs}
+              WHERE id = ${upload}`;
+            if (r.count !== 1) throw this.#expired("stage the upload");
+            const repaired = await this.#insertBlobs(tx, blobs);
+            await this.#stageRows(tx, upload, rows);
+            return repaired;
+          })),
+      withdraw: (path, reason) =>
+        this.#run("withdraw a file", () => this.#withdraw(upload, project, path, reason)),
+      commit: (header, stats) =>
+        this.#run("commit", async () => {
+          try {
+            const { commit, changed, touched } = await this.#commitUpload(
+              upload,
+              project,
+              header,
+              stats,
+            );
+            // After the answer: the client need not wait for the statistics.
+            if (touched >= ANALYZE_AFTER) this.#analyzing ??= this.#analyze();
+            return { commit, changed };
+          } finally {
+            await clear().catch(() => {});
+            await unregister().catch(() => {});
+          }
+        }).finally(forget),
+      abort: () => {
+        forget();
+        return this.#run("abort the upload", async () => {
+          await unregister();
+          await clear();
+        });
+      },
+    };
   }
 
   async #stageRows(sql: Sql, upload: number, rows: StageRow[]): Promise<void> {
@@ -1596,18 +1643,21 @@ export class PgIndex implements IndexStore {
         ORDER BY seq`).map((r) => r.hex as string));
   }
 
-  newPack(): Promise<number> {
-    return this.#run("number a pack", async () => {
+  async newPack(): Promise<number> {
+    const pack = await this.#run("number a pack", async () => {
       const [r] = await this.sql`INSERT INTO packs(created, expires)
         VALUES (${Date.now()}, keep_now() + ${this.#uploadTimeoutMs}) RETURNING id`;
-      this.#open.add(Number(r.id));
       return Number(r.id);
     });
+    // Refreshed once its caller has it, until it asks to seal it (sealed or not: one left
+    // open expires and sealAbandoned seals it).
+    this.#open.add(pack);
+    return pack;
   }
 
   sealPack(pack: number): Promise<void> {
+    this.#open.delete(pack);
     return this.#run("seal a pack", async () => {
-      this.#open.delete(pack);
       await this.sql`UPDATE packs SET sealed = keep_now() WHERE id = ${pack} AND sealed IS NULL`;
     });
   }
