@@ -16,7 +16,11 @@
  * returned to the caller as S3Error with the store's code. A request not
  * sent and answered within the timeout counts as no answer; a streamed
  * body read through `bodyPieces` that stops coming for as long is
- * "unavailable" too (a store that hangs in the middle of an answer).
+ * "unavailable" too (a store that hangs in the middle of an answer), and
+ * so is a 2xx answer that cannot be read right (a listing, DeleteResult or
+ * CompleteMultipartUploadResult cut short or malformed, a range not the
+ * one asked for): never keys, bytes or success made up from it. Redirects
+ * are not followed (a 3xx is an S3Error).
  *
  * @module
  */
@@ -86,20 +90,44 @@ function uriEncode(s: string, keepSlash: boolean): string {
   return out;
 }
 
-function xmlText(s: string): string {
-  return s.replace(
-    /&(lt|gt|quot|apos|amp);/g,
-    (_, e) => ({ lt: "<", gt: ">", quot: '"', apos: "'", amp: "&" })[e as string]!,
-  );
+const ENTITIES: Record<string, string> = { lt: "<", gt: ">", quot: '"', apos: "'", amp: "&" };
+
+/**
+ * XML character data: the five named entities and character references
+ * (`&#x41;`, `&#65;`: stores write control characters so) resolved, CDATA
+ * sections taken as written; null when an `&` starts no such entity (the
+ * answer is not XML this reads right).
+ */
+function xmlText(s: string): string | null {
+  let bad = false;
+  const text = (t: string) =>
+    t.replace(/&(?:#x([0-9A-Fa-f]{1,6})|#([0-9]{1,7})|([a-z]+));|&/g, (all, hex, num, name) => {
+      if (name !== undefined && Object.hasOwn(ENTITIES, name)) return ENTITIES[name];
+      const cp = hex !== undefined ? parseInt(hex, 16) : num !== undefined ? Number(num) : -1;
+      if (cp > 0 && cp <= 0x10ffff && (cp < 0xd800 || cp > 0xdfff)) return String.fromCodePoint(cp);
+      bad = true;
+      return all;
+    });
+  const out = s.split(/(<!\[CDATA\[[\s\S]*?\]\]>)/)
+    .map((part, i) => i % 2 ? part.slice(9, -3) : text(part))
+    .join("");
+  return bad ? null : out;
 }
 
 function xmlEscape(s: string): string {
   return s.replace(/[<>&'"]/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
+/**
+ * The text of the first `<name>` element (`<name/>`: ""); null when there
+ * is none, or it holds elements or text that xmlText cannot read.
+ */
 function tag(xml: string, name: string): string | null {
-  const m = new RegExp(`<${name}>([^<]*)</${name}>`).exec(xml);
-  return m ? xmlText(m[1]) : null;
+  const m = new RegExp(
+    `<${name}>((?:[^<]|<!\\[CDATA\\[[\\s\\S]*?\\]\\]>)*)</${name}>|<${name}/>`,
+  ).exec(xml);
+  if (!m) return null;
+  return m[1] === undefined ? "" : xmlText(m[1]);
 }
 
 function sleep(ms: number): Promise<void> {
@@ -283,6 +311,14 @@ export class S3Client {
         `Cannot reach s3://${this.bucket}: no keys (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)`,
       );
     }
+    // fetch resolves "." and ".." segments (and their %2E forms): it would
+    // send another path than the one signed, naming another key.
+    if (`${this.bucket}/${key}`.split("/").some((s) => s === "." || s === "..")) {
+      throw new KeepError(
+        "usage",
+        `Cannot address s3://${this.bucket}/${key}: a "." or ".." segment cannot be sent as it is`,
+      );
+    }
     const attempts = this.#o.attempts ?? 3;
     let lastProblem = "";
     for (let attempt = 0; attempt < attempts; attempt++) {
@@ -301,6 +337,9 @@ export class S3Client {
           headers,
           body: opts.body as Uint8Array<ArrayBuffer>,
           signal: abort.signal,
+          // A redirect followed would re-send a signed request elsewhere, a
+          // 303 as a GET whose 200 would read as the PUT's: a 3xx is an S3Error.
+          redirect: "manual",
         });
         if (!(opts.stream && res.status >= 200 && res.status < 300)) {
           bytes = new Uint8Array(await res.arrayBuffer());
@@ -355,9 +394,10 @@ export class S3Client {
     const now = new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d{3}/, "");
     const date = now.slice(0, 8);
     const path = `/${uriEncode(this.bucket, false)}${key ? "/" + uriEncode(key, true) : ""}`;
-    const qs = Object.keys(query).sort().map((k) =>
-      `${uriEncode(k, false)}=${uriEncode(query[k], false)}`
-    ).join("&");
+    // Sorted once encoded, as SigV4 says ("a%2F" before "a.").
+    const qs = Object.keys(query).map((k) => [uriEncode(k, false), uriEncode(query[k], false)])
+      .sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)
+      .map(([k, v]) => `${k}=${v}`).join("&");
     const payload = body ? sha256Hex(body) : EMPTY_SHA256;
     const headers: Record<string, string> = {
       ...extra,
@@ -431,16 +471,36 @@ export class S3Client {
       const query: Record<string, string> = { "list-type": "2", prefix, "max-keys": "1000" };
       if (token) query["continuation-token"] = token;
       const xml = await (await this.request("GET", "", { query })).text();
+      // A listing read wrong is worse than none: a key missing from it, or
+      // listed as written at 0, is a blob GC may take for an old stray.
+      const bad = (why: string) =>
+        new KeepError(
+          "unavailable",
+          `Cannot list s3://${this.bucket}/${prefix}: the store's answer ${why}`,
+        );
+      if (!/<ListBucketResult[\s>]/.test(xml) || !/<\/ListBucketResult>\s*$/.test(xml)) {
+        throw bad("is not a whole ListBucketResult");
+      }
       const page: S3Object[] = [];
       for (const m of xml.matchAll(/<Contents>([\s\S]*?)<\/Contents>/g)) {
-        page.push({
-          key: tag(m[1], "Key") ?? "",
-          size: Number(tag(m[1], "Size") ?? 0),
-          modified: Date.parse(tag(m[1], "LastModified") ?? "") || 0,
-        });
+        const key = tag(m[1], "Key");
+        const size = tag(m[1], "Size");
+        const modified = Date.parse(tag(m[1], "LastModified") ?? "");
+        if (key === null || !/^\d+$/.test(size ?? "") || !Number.isFinite(modified)) {
+          throw bad(`has an object without a readable Key, Size and LastModified (${key ?? "?"})`);
+        }
+        page.push({ key, size: Number(size), modified });
       }
+      if (page.length !== (xml.match(/<Contents>/g)?.length ?? 0)) {
+        throw bad("has a Contents element cut short");
+      }
+      const truncated = tag(xml, "IsTruncated");
+      if (truncated !== "true" && truncated !== "false") {
+        throw bad("has no IsTruncated true or false");
+      }
+      token = truncated === "true" ? tag(xml, "NextContinuationToken") : null;
+      if (truncated === "true" && !token) throw bad("is truncated with no NextContinuationToken");
       yield page;
-      token = tag(xml, "IsTruncated") === "true" ? tag(xml, "NextContinuationToken") : null;
       if (!token) return;
     }
   }
@@ -466,6 +526,15 @@ export class S3Client {
           500,
           tag(err[1], "Code") ?? "DeleteError",
           `Cannot delete ${tag(err[1], "Key")}: ${tag(err[1], "Message") ?? tag(err[1], "Code")}`,
+        );
+      }
+      // Quiet: a whole DeleteResult with no Error is the only word that all went.
+      if (!/<DeleteResult\b[^>]*\/>|<\/DeleteResult>\s*$/.test(text)) {
+        const n = Math.min(1000, keys.length - i);
+        throw new KeepError(
+          "unavailable",
+          `Cannot delete ${keys[i]}${n > 1 ? ` and ${n - 1} more` : ""}: ` +
+            `the store's answer is not a whole DeleteResult`,
         );
       }
     }
@@ -503,7 +572,20 @@ export class S3Client {
     })).text();
     // S3 may answer 200 with an error in the body.
     if (/<Error>/.test(text)) {
-      throw new S3Error(500, tag(text, "Code") ?? "InternalError", `Cannot complete ${key}`);
+      const code = tag(text, "Code") ?? "InternalError";
+      const message = tag(text, "Message");
+      throw new S3Error(
+        500,
+        code,
+        `Cannot complete ${key}: ${code}${message ? ` (${message})` : ""}`,
+      );
+    }
+    // Nor is an answer cut short a completed upload.
+    if (!/<\/CompleteMultipartUploadResult>\s*$/.test(text)) {
+      throw new KeepError(
+        "unavailable",
+        `Cannot complete ${key}: the store's answer is not a whole CompleteMultipartUploadResult`,
+      );
     }
   }
 
